@@ -1,0 +1,3 @@
+from vmemtrace.cli import main
+
+main()

@@ -1,0 +1,53 @@
+"""The kernel's build configuration, from /proc/config.gz or /boot/config-<release>."""
+
+import gzip
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+# The options that decide whether the compound-devmap optimisation exists and can be watched.
+# ARCH_WANT_OPTIMIZE_DAX_VMEMMAP is the arch gate added in 6.4 (mm/Kconfig); older kernels have
+# no such option and optimise whenever SPARSEMEM_VMEMMAP and ZONE_DEVICE are set.
+RELEVANT = (
+    "ZONE_DEVICE",
+    "SPARSEMEM_VMEMMAP",
+    "ARCH_WANT_OPTIMIZE_DAX_VMEMMAP",
+    "DEV_DAX",
+    "KPROBES",
+    "KPROBE_EVENTS",
+    "KPROBE_EVENTS_ON_NOTRACE",
+    "BPF_SYSCALL",
+    "DEBUG_INFO_BTF",
+    "KALLSYMS_ALL",
+    "PROC_KCORE",
+)
+
+
+def parse_config(text: str) -> Dict[str, str]:
+    """CONFIG_X=value lines into {"X": value}; "# CONFIG_X is not set" into {"X": "n"}."""
+    options = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("CONFIG_") and "=" in line:
+            key, value = line.split("=", 1)
+            options[key[len("CONFIG_"):]] = value.strip('"')
+        elif line.startswith("# CONFIG_") and line.endswith(" is not set"):
+            options[line[len("# CONFIG_"):-len(" is not set")]] = "n"
+    return options
+
+
+def read_config(root: Path, release: str) -> Tuple[Optional[Dict[str, str]], Optional[str]]:
+    """(options, the file they came from), or (None, None) when the kernel publishes none."""
+    proc = root / "proc/config.gz"
+    if proc.exists():
+        return parse_config(gzip.decompress(proc.read_bytes()).decode()), "/proc/config.gz"
+    boot = root / "boot" / f"config-{release}"
+    if boot.exists():
+        return parse_config(boot.read_text()), f"/boot/config-{release}"
+    return None, None
+
+
+def enabled(options: Optional[Dict[str, str]], name: str) -> Optional[bool]:
+    """True for =y/=m, False for not set or absent, None when the config is unknown."""
+    if options is None:
+        return None
+    return options.get(name, "n") in ("y", "m")

@@ -1,0 +1,59 @@
+"""What the tracer itself needs around the kernel: privileges, BTF, headers for BCC, bcc."""
+
+import os
+from pathlib import Path
+from typing import Optional
+
+# CAP_SYS_ADMIN is bit 21, CAP_BPF bit 39, CAP_PERFMON bit 38 (include/uapi/linux/capability.h).
+CAP_SYS_ADMIN = 21
+CAP_PERFMON = 38
+CAP_BPF = 39
+
+
+def parse_cap_eff(status_text: str) -> int:
+    for line in status_text.splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def privileged(root: Path) -> bool:
+    """Root, or CAP_SYS_ADMIN, or CAP_BPF together with CAP_PERFMON (what kprobe+BPF asks)."""
+    if os.geteuid() == 0 and str(root) == "/":
+        return True
+    try:
+        caps = parse_cap_eff((root / "proc/self/status").read_text())
+    except OSError:
+        return False
+    if caps & (1 << CAP_SYS_ADMIN):
+        return True
+    return bool(caps & (1 << CAP_BPF)) and bool(caps & (1 << CAP_PERFMON))
+
+
+def btf_path(root: Path) -> Optional[str]:
+    path = root / "sys/kernel/btf/vmlinux"
+    return "/sys/kernel/btf/vmlinux" if path.exists() else None
+
+
+def headers_path(root: Path, release: str) -> Optional[str]:
+    """BCC compiles against /lib/modules/<release>/build, or the in-kernel kheaders archive."""
+    build = root / "lib/modules" / release / "build"
+    if (build / "include").is_dir():
+        return f"/lib/modules/{release}/build"
+    if (root / "sys/kernel/kheaders.tar.xz").exists():
+        return "/sys/kernel/kheaders.tar.xz"
+    return None
+
+
+def bcc_version() -> Optional[str]:
+    """Debian's python3-bpfcc, if importable from this interpreter."""
+    try:
+        import bcc  # noqa: F401
+    except Exception:  # an unusable bcc (missing libbcc.so) raises more than ImportError
+        return None
+    try:
+        from importlib.metadata import version
+
+        return version("bcc")
+    except Exception:
+        return getattr(bcc, "__version__", "unknown")

@@ -1,0 +1,57 @@
+"""Gather every fact `check` reports into one KernelFacts, from a file system root."""
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Optional, Set
+
+from vmemtrace.errors import VmemtraceError
+from vmemtrace.kernel import config, environment, ftrace, kallsyms, release
+from vmemtrace.probes.targets import TARGETS
+
+# Data symbols the page-table walk needs (x86_64, CONFIG_KALLSYMS_ALL); also a feature witness.
+DATA_SYMBOLS = ("init_top_pgt", "page_offset_base", "vmemmap_base", "__pgtable_l5_enabled")
+
+
+@dataclass
+class KernelFacts:
+    release: str
+    version: tuple
+    config: Optional[Dict[str, str]]
+    config_source: Optional[str]
+    syms: kallsyms.Kallsyms
+    filter_functions: Optional[Set[str]]
+    kprobe_blacklist: Optional[Set[str]]
+    kprobe_events: bool
+    privileged: bool
+    btf: Optional[str]
+    headers: Optional[str]
+    bcc: Optional[str]
+    notes: list = field(default_factory=list)
+
+
+def gather(root: Path = Path("/"), with_bcc: bool = True) -> KernelFacts:
+    try:
+        rel = release.read_release(root)
+    except OSError as e:
+        raise VmemtraceError(f"cannot read the kernel release from {root}/proc: {e.strerror}")
+    wanted = {t.name for t in TARGETS} | set(DATA_SYMBOLS)
+    try:
+        syms = kallsyms.read_kallsyms(root, wanted)
+    except OSError as e:
+        raise VmemtraceError(f"cannot read /proc/kallsyms: {e.strerror}")
+    opts, source = config.read_config(root, rel)
+    return KernelFacts(
+        release=rel,
+        version=release.parse_version(rel),
+        config=opts,
+        config_source=source,
+        syms=syms,
+        filter_functions=ftrace.read_filter_functions(root),
+        kprobe_blacklist=ftrace.read_kprobe_blacklist(root),
+        kprobe_events=ftrace.has_kprobe_events(root),
+        privileged=environment.privileged(root) if str(root) == "/" else os.geteuid() == 0,
+        btf=environment.btf_path(root),
+        headers=environment.headers_path(root, rel),
+        bcc=environment.bcc_version() if with_bcc else None,
+    )

@@ -1,0 +1,40 @@
+"""`vmemtrace lab`: the click command (kept apart so the guest never imports host-only code)."""
+
+import sys
+
+import click
+
+from vmemtrace.lab.cases import DEFAULT_CASES, parse_cases, parse_size
+
+
+@click.command()
+@click.option("--kernel", "kernel_specs", multiple=True, default=("6.12",), show_default=True,
+              help="5.10, 6.1, 6.12 (Debian's newest build of that series) or a kernel image "
+                   "path; repeatable")
+@click.option("--modules", help="with --kernel PATH: its lib/modules/<release> directory")
+@click.option("--case", "case_list", default=",".join(DEFAULT_CASES), show_default=True,
+              help="comma-separated namespace cases")
+@click.option("--size", default="3G", show_default=True,
+              help="persistent memory region (and namespace) size")
+@click.option("--accel", type=click.Choice(["auto", "tcg", "kvm"]), default="auto",
+              show_default=True, help="auto: KVM only if a probe boot shows it works")
+@click.option("--refresh", is_flag=True, help="refresh the guest's package lists first")
+@click.option("--timeout", default=1200.0, show_default=True, help="seconds per guest")
+@click.option("--json", "as_json", is_flag=True,
+              help="one JSON document per kernel, one per line")
+@click.option("--shell", is_flag=True, help="boot the first kernel into an interactive shell")
+def lab(kernel_specs, modules, case_list, size, accel, refresh, timeout, as_json, shell):
+    """Boot a throwaway guest with emulated pmem and run the cases in it.
+
+    Exit 0 when every case passed, 1 when one failed, 2 when one could not be verified."""
+    from vmemtrace.cli import one_line_errors
+    from vmemtrace.lab.kernels import parse_spec
+    from vmemtrace.lab.runner import run_lab
+
+    @one_line_errors
+    def go():
+        specs = [parse_spec(s, modules) for s in kernel_specs]
+        sys.exit(run_lab(specs, parse_cases(case_list), parse_size(size), accel, refresh,
+                         as_json, shell, timeout))
+
+    go()

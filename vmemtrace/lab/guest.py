@@ -1,0 +1,120 @@
+"""Runs inside the lab guest (Debian's /usr/bin/python3, the project mounted read-only).
+
+Prepares device-dax, then for each case creates a fresh namespace and runs vmemtrace itself, as a
+user would, as a subprocess. Writes one JSON document for the host to read.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from vmemtrace.lab.cases import parse_cases
+
+NAMESPACE = "namespace0.0"
+MODULES = ("nd_e820", "dax_pmem", "device_dax")
+
+
+def sh(cmd, check=False, timeout=600):
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: {proc.stderr.strip() or proc.returncode}")
+    return proc
+
+
+def log(message):
+    print(f"guest: {message}", flush=True)
+
+
+def prepare():
+    """debugfs for the kprobe blacklist; the nvdimm and dax drivers for the memmap= region."""
+    if not os.path.exists("/sys/kernel/debug/kprobes"):
+        sh(["mount", "-t", "debugfs", "none", "/sys/kernel/debug"])
+    if not os.path.exists("/sys/kernel/tracing/README"):
+        sh(["mount", "-t", "tracefs", "none", "/sys/kernel/tracing"])
+    for module in MODULES:
+        sh(["modprobe", module], check=True)
+    # The region comes up as an fsdax namespace with its own memmap (lab-notes.md); wait for it.
+    for _ in range(50):
+        if sh(["ndctl", "list", "-N"]).stdout.strip():
+            break
+        time.sleep(0.1)
+
+
+def evidence():
+    """Raw lines about every probe target, read with grep rather than vmemtrace's own readers:
+    an independent witness for the end-to-end tests, and the source of the unit-test fixtures."""
+    from vmemtrace.kernel.config import RELEVANT
+    from vmemtrace.kernel.facts import DATA_SYMBOLS
+    from vmemtrace.probes.targets import TARGETS
+
+    names = "|".join([t.name for t in TARGETS] + list(DATA_SYMBOLS))
+    pattern = rf"[[:space:]]({names})(\.[a-z]+(\.[0-9]+)*)?([[:space:]]|$)"
+
+    def grep(path, regex):
+        return sh(["grep", "-E", regex, path]).stdout.splitlines()
+
+    release = os.uname().release
+    return {
+        "osrelease": release,
+        "kallsyms": grep("/proc/kallsyms", pattern),
+        "available_filter_functions": grep("/sys/kernel/tracing/available_filter_functions",
+                                           rf"^({names})(\.[a-z]+(\.[0-9]+)*)?([[:space:]]|$)"),
+        "kprobe_blacklist": grep("/sys/kernel/debug/kprobes/blacklist", pattern),
+        "config": grep(f"/boot/config-{release}", rf"CONFIG_({'|'.join(RELEVANT)})[= ]"),
+    }
+
+
+def vmemtrace(*args):
+    """Run the real CLI; (exit code, parsed JSON or None, stderr)."""
+    proc = sh([sys.executable, "-m", "vmemtrace", *args])
+    try:
+        doc = json.loads(proc.stdout) if proc.stdout.strip() else None
+    except ValueError:
+        doc = None
+    return proc.returncode, doc, proc.stderr.strip()
+
+
+def run_case(case):
+    proc = sh(case.ndctl_args(NAMESPACE))
+    if proc.returncode != 0:
+        return {"verdict": "error", "error": f"ndctl create-namespace: {proc.stderr.strip()}"}
+    namespace = json.loads(proc.stdout)
+    code, check, err = vmemtrace("check", "--json")
+    result = {"verdict": "pass" if code == 0 and check else "error",
+              "namespace": namespace, "check": check, "check_exit": code}
+    if err:
+        result["error"] = err
+    return result
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cases", required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    doc = {"kernel": os.uname().release, "cases": []}
+    try:
+        prepare()
+        code, doc["check"], err = vmemtrace("check", "--json")
+        doc["check_exit"], doc["check_error"] = code, err
+        doc["evidence"] = evidence()
+        for case in parse_cases(args.cases):
+            log(f"case {case.name}")
+            start = time.monotonic()
+            result = run_case(case)
+            result["seconds"] = round(time.monotonic() - start, 2)
+            doc["cases"].append({"case": case.name, "result": result})
+    except Exception as e:  # report, never die silently: the host shows this line
+        doc["error"] = f"{type(e).__name__}: {e}"
+    tmp = Path(args.out + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    tmp.rename(args.out)
+    log("done")
+
+
+if __name__ == "__main__":
+    main()

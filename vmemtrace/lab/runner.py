@@ -1,0 +1,104 @@
+"""Host side of `vmemtrace lab`: prepare the cache, boot each kernel, run the cases, report."""
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import List
+
+import vmemtrace
+from vmemtrace import render
+from vmemtrace.errors import EXIT_CANNOT, EXIT_FAIL, EXIT_OK, VmemtraceError
+from vmemtrace.lab import image, vm
+from vmemtrace.lab.cases import Case
+from vmemtrace.lab.kernels import KernelSpec
+from vmemtrace.lab.steps import say, step
+from vmemtrace.lab.tables import case_table
+
+KEEP_RUNS = 20
+
+
+def project_root() -> Path:
+    """The tree the guest mounts: vmemtrace/ and bpf/ as in this checkout."""
+    root = Path(vmemtrace.__file__).resolve().parent.parent
+    if not (root / "bpf").is_dir():
+        raise VmemtraceError(f"{root} is not a vmemtrace checkout (no bpf/): "
+                             "install with `pip install -e .` from the source tree")
+    return root
+
+
+def _new_workdir(cache: Path, release: str) -> Path:
+    runs = cache / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    for old in sorted(runs.iterdir())[:-KEEP_RUNS]:
+        shutil.rmtree(old, ignore_errors=True)
+    workdir = runs / f"{time.strftime('%Y%m%d-%H%M%S')}-{release}"
+    (workdir / "out").mkdir(parents=True, exist_ok=True)
+    return workdir
+
+
+def guest_command(cases: List[Case]) -> str:
+    names = ",".join(c.name for c in cases)
+    return (f"env PYTHONPATH={image.GUEST_SRC} PYTHONDONTWRITEBYTECODE=1 /usr/bin/python3 "
+            f"-m vmemtrace.lab.guest --cases {names} --out {image.GUEST_OUT}/result.json")
+
+
+def _fail_with_console(boot: vm.Boot, message: str):
+    for line in boot.tail():
+        say(f"console| {line}")
+    raise VmemtraceError(f"{message} (full console: {boot.console})")
+
+
+def run_kernel(root: Path, kernel, cases: List[Case], size: int, accel: str, cache: Path,
+               timeout: float) -> dict:
+    src = project_root()
+    workdir = _new_workdir(cache, kernel.release)
+    accel = vm.choose_accel(accel, root, kernel, src, workdir, cache)
+    with step(f"booting {kernel.release} ({accel}) with {size >> 20} MiB of pmem, "
+              f"cases {', '.join(c.name for c in cases)}"):
+        boot = vm.boot(root, kernel, src, workdir / "out", guest_command(cases), size,
+                       workdir / "console.log", accel=accel, timeout=timeout)
+    result = workdir / "out" / "result.json"
+    if boot.returncode is None:
+        _fail_with_console(boot, f"the {kernel.release} guest did not finish in {timeout:.0f}s")
+    if not result.exists():
+        _fail_with_console(boot, f"the {kernel.release} guest did not boot or crashed "
+                                 f"(vng exit {boot.returncode})")
+    doc = json.loads(result.read_text())
+    if doc.get("error"):
+        _fail_with_console(boot, f"in the {kernel.release} guest: {doc['error']}")
+    doc["accel"] = accel
+    return doc
+
+
+def run_lab(specs: List[KernelSpec], cases: List[Case], size: int, accel: str, refresh: bool,
+            as_json: bool, shell: bool, timeout: float) -> int:
+    vm.require_tools()
+    cache = image.cache_dir()
+    root, kernels = image.prepare(specs, refresh, cache)
+    if shell:
+        kernel = kernels[0]
+        say(f"shell in {kernel.release}: the project is at {image.GUEST_SRC}; try "
+            f"`cd {image.GUEST_SRC} && python3 -m vmemtrace check`")
+        workdir = _new_workdir(cache, kernel.release)
+        vm.boot(root, kernel, project_root(), workdir / "out", None, size,
+                workdir / "console.log", accel="tcg" if accel == "auto" else accel)
+        return EXIT_OK
+    worst = EXIT_OK
+    for kernel in kernels:
+        doc = run_kernel(root, kernel, cases, size, accel, cache, timeout)
+        verdicts = [c["result"]["verdict"] for c in doc["cases"]]
+        if any(v == "error" for v in verdicts):
+            worst = max(worst, EXIT_CANNOT)
+        elif any(v != "pass" for v in verdicts):
+            worst = max(worst, EXIT_FAIL)
+        if as_json:
+            # One document per kernel, one per line: each is exactly design.md's lab schema.
+            print(json.dumps(doc), flush=True)
+        else:
+            print(f"\n=== {doc['kernel']} ({doc['accel']}) ===\n")
+            if doc.get("check"):
+                print(render.check_table(doc["check"]) + "\n")
+            print(case_table(doc), flush=True)
+    return worst

@@ -1,0 +1,105 @@
+"""Booting the guest: virtme-ng (vng) over qemu, TCG by default.
+
+KVM on this project's machines is a nested hypervisor on which stock Debian kernels hang after
+the decompressor (lab-notes.md), so KVM is used only after a probe boot showed it works; the
+verdict is cached per host and guest kernel.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+from vmemtrace.errors import VmemtraceError
+from vmemtrace.lab.image import GUEST_OUT, GUEST_SRC, GuestKernel
+from vmemtrace.lab.steps import say
+
+# Persistent memory is carved out of guest RAM with memmap=SIZE!START (legacy e820 pmem,
+# driver nd_e820). START at 5 GiB is 1 GiB aligned, so 1 GiB compound pages fit.
+PMEM_START = 5 << 30
+CONSOLE_TAIL = 25
+
+
+@dataclass
+class Boot:
+    returncode: Optional[int]  # None when it timed out
+    console: Path
+
+    def tail(self, n: int = CONSOLE_TAIL) -> List[str]:
+        try:
+            lines = self.console.read_text(errors="replace").splitlines()
+        except OSError:
+            return []
+        return lines[-n:]
+
+
+def tool_path(name: str) -> Optional[str]:
+    """vng is installed next to this interpreter (the venv), or on PATH."""
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else shutil.which(name)
+
+
+def require_tools() -> str:
+    if shutil.which("qemu-system-x86_64") is None:
+        raise VmemtraceError("qemu-system-x86_64 not found (apt install qemu-system-x86)")
+    vng = tool_path("vng")
+    if vng is None:
+        raise VmemtraceError("vng not found (pip install virtme-ng)")
+    return vng
+
+
+def boot(root: Path, kernel: GuestKernel, src: Path, out: Path, exec_cmd: Optional[str],
+         pmem_bytes: int, console: Path, accel: str = "tcg", cpus: int = 2,
+         timeout: Optional[float] = 900) -> Boot:
+    """Boot once, run exec_cmd (None: an interactive shell), power off."""
+    vng = require_tools()
+    memory_mib = (PMEM_START + pmem_bytes) >> 20
+    cmd = [vng, "--root", str(root), "--run", str(kernel.image), "--memory", f"{memory_mib}M",
+           "--cpus", str(cpus), "--append", f"memmap={pmem_bytes >> 20}M!{PMEM_START >> 20}M",
+           f"--rodir={GUEST_SRC}={src}", f"--rwdir={GUEST_OUT}={out}",
+           # 9p: virtiofsd, where installed, fails in this kind of container and costs seconds.
+           "--force-9p"]
+    if accel == "tcg":
+        cmd.append("--disable-kvm")
+    env = dict(os.environ)
+    # vng runs virtme-run from the same bin directory.
+    env["PATH"] = f"{Path(vng).parent}:{env.get('PATH', '/usr/bin:/bin')}"
+    if exec_cmd is None:
+        return Boot(subprocess.call(cmd, env=env), console)
+    cmd += ["--verbose", "--exec", exec_cmd]
+    with open(console, "w") as log:
+        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            return Boot(proc.wait(timeout=timeout), console)
+        except subprocess.TimeoutExpired:
+            return Boot(None, console)
+        finally:
+            # Whatever happened (timeout, Ctrl-C, SIGTERM), no qemu is left running.
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def choose_accel(requested: str, root: Path, kernel: GuestKernel, src: Path, workdir: Path,
+                 cache: Path) -> str:
+    if requested != "auto":
+        return requested
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "tcg"
+    verdict_file = cache / f"kvm-probe-{os.uname().release}-{kernel.release}"
+    if verdict_file.exists():
+        return verdict_file.read_text().strip()
+    say(f"probing whether KVM boots {kernel.release} (once; the answer is cached)")
+    out = workdir / "kvm-probe"
+    out.mkdir(exist_ok=True)
+    result = boot(root, kernel, src, out, f"touch {GUEST_OUT}/booted", 1 << 30,
+                  workdir / "kvm-probe.console", accel="kvm", timeout=30)
+    verdict = "kvm" if result.returncode == 0 and (out / "booted").exists() else "tcg"
+    say(f"KVM {'boots' if verdict == 'kvm' else 'does not boot'} {kernel.release}: using {verdict}")
+    verdict_file.write_text(verdict + "\n")
+    return verdict

@@ -1,0 +1,1 @@
+"""What to attach where: the probe targets (targets.py) and the per-kernel plan (plan.py)."""

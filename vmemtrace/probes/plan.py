@@ -1,0 +1,79 @@
+"""The attach plan: per target, whether this kernel lets us probe it, and how we will see it.
+
+Availability is read from the kernel (kernel/kallsyms.py, kernel/ftrace.py), never assumed
+from the version alone.
+"""
+
+from dataclasses import dataclass
+from typing import List, Optional, Set
+
+from vmemtrace.kernel.kallsyms import Kallsyms
+from vmemtrace.probes.targets import TARGETS, Target
+
+TRACEABLE = "traceable"
+NOTRACE = "notrace"
+BLACKLISTED = "blacklisted"
+CLONE = "clone"
+INLINED = "inlined"
+ABSENT = "absent"
+UNKNOWN = "unknown"
+
+
+@dataclass
+class TargetStatus:
+    name: str
+    availability: str  # one of the constants above
+    strategy: str  # kprobe, kretprobe, kprobe+kretprobe, fallback, unavailable
+    reason: str
+    clones: List[str]
+
+    def as_json(self) -> dict:
+        return {"availability": self.availability, "strategy": self.strategy,
+                "reason": self.reason, "clones": self.clones}
+
+
+def classify(target: Target, version: tuple, syms: Kallsyms,
+             filter_functions: Optional[Set[str]], blacklist: Optional[Set[str]]):
+    """(availability, reason) of one target on this kernel."""
+    name = target.name
+    if syms.has_function(name):
+        if blacklist is not None and name in blacklist:
+            return BLACKLISTED, "in the kprobe blacklist"
+        if filter_functions is None:
+            return UNKNOWN, "in kallsyms; no tracefs to tell whether ftrace records it"
+        if name in filter_functions:
+            return TRACEABLE, "in kallsyms and available_filter_functions"
+        return NOTRACE, "in kallsyms but not in available_filter_functions (notrace)"
+    clones = syms.clones_of(name)
+    if clones:
+        return CLONE, (f"only as compiler clone {', '.join(clones)}: "
+                       "its arguments cannot be decoded by position")
+    if version[:2] >= target.since:
+        return INLINED, (f"not in kallsyms although the source has it since "
+                         f"{target.since[0]}.{target.since[1]}: inlined into its caller")
+    return ABSENT, f"not in this kernel (added in {target.since[0]}.{target.since[1]})"
+
+
+def build_plan(version: tuple, syms: Kallsyms, filter_functions: Optional[Set[str]],
+               blacklist: Optional[Set[str]], kprobes: bool) -> List[TargetStatus]:
+    """One TargetStatus per target, in TARGETS order.
+
+    A target that cannot be probed names its fallback when the fallback itself is probeable;
+    otherwise it is "unavailable": we never pretend to see what we cannot.
+    """
+    raw = {t.name: classify(t, version, syms, filter_functions, blacklist) for t in TARGETS}
+    plan = []
+    for t in TARGETS:
+        availability, reason = raw[t.name]
+        if availability == TRACEABLE and kprobes:
+            strategy = t.attach
+        elif availability == TRACEABLE:
+            strategy = "unavailable"
+            reason = "traceable, but this kernel has no kprobes (CONFIG_KPROBES)"
+        elif t.fallback in raw and raw[t.fallback][0] == TRACEABLE and kprobes:
+            strategy = "fallback"
+            reason = f"{reason}; seen through {t.fallback}"
+        else:
+            strategy = "unavailable"
+        plan.append(TargetStatus(t.name, availability, strategy, reason, syms.clones_of(t.name)))
+    return plan

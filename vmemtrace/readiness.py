@@ -1,0 +1,109 @@
+"""What this kernel offers: is the compound-devmap optimisation there, and can tracing start?
+
+Pure logic over KernelFacts and the attach plan; `vmemtrace check` prints what this returns.
+"""
+
+from dataclasses import dataclass
+from typing import List, Optional
+
+from vmemtrace.kernel.config import RELEVANT, enabled
+from vmemtrace.kernel.facts import KernelFacts
+from vmemtrace.probes import plan as P
+from vmemtrace.probes.targets import REQUIRED
+
+# The series "sparse-vmemmap: memory savings for compound devmaps (device-dax)" landed in 5.19.
+FEATURE_SINCE = (5, 19)
+
+
+@dataclass
+class Feature:
+    present: Optional[bool]  # None: cannot tell
+    evidence: str
+
+
+@dataclass
+class Readiness:
+    feature: Feature
+    plan: List[P.TargetStatus]
+    blockers: List[str]  # why tracing cannot start; empty when it can
+
+    @property
+    def can_trace(self) -> bool:
+        return not self.blockers
+
+
+def feature(facts: KernelFacts, plan: List[P.TargetStatus]) -> Feature:
+    """Decide from what the build contains, version only as a last resort.
+
+    - ZONE_DEVICE and SPARSEMEM_VMEMMAP are preconditions (mm/Kconfig).
+    - ARCH_WANT_OPTIMIZE_DAX_VMEMMAP (6.4+) is the arch gate: explicitly unset means no.
+    - vmemmap_populate_address and vmemmap_populate_compound_pages exist only with the series;
+      either one present in kallsyms (even as a clone) proves the code is built in.
+    """
+    cfg = facts.config
+    for opt in ("ZONE_DEVICE", "SPARSEMEM_VMEMMAP"):
+        if enabled(cfg, opt) is False:
+            return Feature(False, f"CONFIG_{opt} is not set")
+    if cfg is not None and cfg.get("ARCH_WANT_OPTIMIZE_DAX_VMEMMAP") == "n":
+        return Feature(False, "CONFIG_ARCH_WANT_OPTIMIZE_DAX_VMEMMAP is not set")
+    by_name = {s.name: s for s in plan}
+    for name in ("vmemmap_populate_compound_pages", "vmemmap_populate_address"):
+        if by_name[name].availability not in (P.INLINED, P.ABSENT):
+            return Feature(True, f"{name} is built in ({by_name[name].availability})")
+    if facts.version[:2] < FEATURE_SINCE:
+        return Feature(False, f"kernel {facts.release} predates 5.19 and has no "
+                              "vmemmap_populate_address: compound devmaps are not optimised")
+    return Feature(True, f"inferred from version {facts.release} >= 5.19: "
+                         "the populate functions are all inlined")
+
+
+def blockers(facts: KernelFacts, plan: List[P.TargetStatus]) -> List[str]:
+    """Each reason tracing cannot start on this kernel, most fundamental first."""
+    out = []
+    if enabled(facts.config, "KPROBES") is False:
+        out.append("kernel built without CONFIG_KPROBES: nothing can be traced")
+    elif not facts.kprobe_events:
+        out.append("no kprobe_events in tracefs (CONFIG_KPROBE_EVENTS off or tracefs not mounted)")
+    if enabled(facts.config, "BPF_SYSCALL") is False:
+        out.append("kernel built without CONFIG_BPF_SYSCALL")
+    if enabled(facts.config, "ZONE_DEVICE") is False:
+        out.append("kernel built without CONFIG_ZONE_DEVICE: it has no device-dax memory to trace")
+    required = next(s for s in plan if s.name == REQUIRED)
+    if required.strategy == "unavailable" and not out:
+        out.append(f"{REQUIRED} cannot be probed: {required.reason}")
+    if not facts.privileged:
+        out.append("not root (needs CAP_SYS_ADMIN, or CAP_BPF with CAP_PERFMON)")
+    if facts.bcc is None:
+        out.append("BCC's Python module is not importable (apt install python3-bpfcc)")
+    if facts.headers is None:
+        out.append(f"no kernel headers for BCC at /lib/modules/{facts.release}/build "
+                   f"(apt install linux-headers-{facts.release})")
+    return out
+
+
+def assess(facts: KernelFacts) -> Readiness:
+    plan = P.build_plan(facts.version, facts.syms, facts.filter_functions,
+                        facts.kprobe_blacklist,
+                        kprobes=enabled(facts.config, "KPROBES") is not False and facts.kprobe_events)
+    return Readiness(feature(facts, plan), plan, blockers(facts, plan))
+
+
+def check_report(facts: KernelFacts, ready: Readiness) -> dict:
+    """The `check --json` document."""
+    return {
+        "kernel": facts.release,
+        "can_trace": ready.can_trace,
+        "blockers": ready.blockers,
+        "feature": {"present": ready.feature.present, "evidence": ready.feature.evidence},
+        "config": {"source": facts.config_source,
+                   "options": {o: (facts.config.get(o, "n") if facts.config is not None else None)
+                               for o in RELEVANT}},
+        "privileged": facts.privileged,
+        "btf": facts.btf,
+        "headers": facts.headers,
+        "bcc": facts.bcc,
+        "kallsyms_data": {s: facts.syms.has_data(s) for s in
+                          ("init_top_pgt", "page_offset_base", "vmemmap_base")},
+        "targets": {s.name: s.as_json() for s in ready.plan},
+        "strategy": {s.name: s.strategy for s in ready.plan},
+    }
