@@ -155,6 +155,8 @@ def install_user_kernel(root: Path, spec: kernels.KernelSpec) -> GuestKernel:
     """A kernel the user built: its modules are copied into the guest root under their name."""
     release = spec.modules.name
     target = root / "lib/modules" / release
+    if target.resolve() == spec.modules.resolve():
+        return GuestKernel(release, spec.image)  # already the guest root's own modules
     with step(f"copying modules of {release} into the guest root"):
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(spec.modules, target, symlinks=True)

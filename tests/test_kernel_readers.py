@@ -1,0 +1,81 @@
+"""The readers on excerpts of real kernels' files (captured in lab guests)."""
+
+import gzip
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import kernel_root
+from vmemtrace.kernel import config, ftrace, kallsyms, release
+
+
+def test_parse_version():
+    assert release.parse_version("6.12.117+deb12-amd64") == (6, 12, 117)
+    assert release.parse_version("6.1.0-56-amd64") == (6, 1, 0)
+    assert release.parse_version("5.10.0-46-amd64") == (5, 10, 0)
+    with pytest.raises(ValueError):
+        release.parse_version("vmlinuz")
+
+
+def test_config_reads_set_and_unset_options():
+    root = kernel_root("6.1")
+    opts, source = config.read_config(root, release.read_release(root))
+    assert source == "/boot/config-6.1.0-56-amd64"
+    assert opts["KPROBES"] == "y"
+    assert opts["DEV_DAX"] == "m"
+    assert opts["KPROBE_EVENTS_ON_NOTRACE"] == "n"  # "# CONFIG_... is not set"
+    assert config.enabled(opts, "DEV_DAX") is True
+    assert config.enabled(opts, "KPROBE_EVENTS_ON_NOTRACE") is False
+    assert config.enabled(opts, "NO_SUCH_OPTION") is False
+    assert config.enabled(None, "KPROBES") is None
+
+
+def test_config_prefers_proc_config_gz(tmp_path):
+    (tmp_path / "proc").mkdir()
+    text = (kernel_root("6.12") / "boot").glob("config-*").__next__().read_text()
+    (tmp_path / "proc/config.gz").write_bytes(gzip.compress(text.encode()))
+    opts, source = config.read_config(tmp_path, "whatever")
+    assert source == "/proc/config.gz"
+    assert opts["ARCH_WANT_OPTIMIZE_DAX_VMEMMAP"] == "y"
+
+
+def test_config_absent(tmp_path):
+    assert config.read_config(tmp_path, "6.1.0-56-amd64") == (None, None)
+
+
+def test_kallsyms_local_global_and_data_symbols():
+    syms = kallsyms.read_kallsyms(kernel_root("6.1"))
+    assert syms.has_function("vmemmap_populate_address")  # "t": static, still in kallsyms
+    assert syms.has_function("memmap_init_zone_device")  # "T"
+    assert syms.has_data("init_top_pgt") and syms.has_data("__pgtable_l5_enabled")
+    assert not syms.has_function("vmemmap_populate_compound_pages")
+
+
+def test_kallsyms_clone_is_not_the_function():
+    syms = kallsyms.read_kallsyms(kernel_root("6.12"))
+    assert not syms.has_function("__init_zone_device_page")
+    assert syms.clones_of("__init_zone_device_page") == ["__init_zone_device_page.constprop.0"]
+
+
+def test_kallsyms_wanted_filter_and_module_column():
+    text = ("ffffffffc0a01000 t dax_pmem_probe\t[dax_pmem]\n"
+            "ffffffff8b64ab90 T memmap_init_zone_device\n"
+            "ffffffff8b64ab90 t foo.isra.0\n")
+    syms = kallsyms.parse_kallsyms(text, wanted={"memmap_init_zone_device", "foo"})
+    assert syms.text == {"memmap_init_zone_device"}
+    assert syms.clones_of("foo") == ["foo.isra.0"]
+
+
+def test_filter_functions_and_tracefs():
+    root = kernel_root("6.1")
+    assert ftrace.tracefs(root) == root / "sys/kernel/tracing"
+    funcs = ftrace.read_filter_functions(root)
+    assert "memmap_init_zone_device" in funcs
+    assert "vmemmap_populate_address" not in funcs  # notrace on Debian 6.1
+    assert ftrace.parse_filter_functions("foo [mod]\nbar\n\n") == {"foo", "bar"}
+    assert ftrace.read_filter_functions(Path("/nonexistent")) is None
+
+
+def test_kprobe_blacklist_format():
+    text = "0xffffffff81000000-0xffffffff81000010\tdo_int3\n0xffffffff81000100-0xffffffff81000110\tnotify_die\n"
+    assert ftrace.parse_kprobe_blacklist(text) == {"do_int3", "notify_die"}

@@ -1,0 +1,108 @@
+"""End to end: real Debian kernels booted in qemu, real namespaces, vmemtrace run inside.
+
+One lab run covers the three kernels of lab-notes.md; its JSON is what every test here reads.
+"""
+
+import json
+import re
+import shutil
+
+import pytest
+
+from tests.conftest import run_cli
+from vmemtrace.lab import cases, image
+from vmemtrace.probes.targets import TARGETS
+
+pytestmark = pytest.mark.lab
+SERIES = ("5.10", "6.1", "6.12")
+
+
+@pytest.fixture(scope="module")
+def lab():
+    args = ["lab", "--json"]
+    for s in SERIES:
+        args += ["--kernel", s]
+    res = run_cli(*args)
+    assert res.returncode == 0, res.stderr[-3000:]
+    docs = [json.loads(line) for line in res.stdout.splitlines()]
+    for doc, series in zip(docs, SERIES):
+        assert re.match(re.escape(series) + r"[.-]", doc["kernel"]), (series, doc["kernel"])
+    return {s: d for s, d in zip(SERIES, docs)}
+
+
+def targets(doc):
+    return doc["check"]["targets"]
+
+
+def test_6_12_populate_address_traceable_compound_pages_inlined(lab):
+    t = targets(lab["6.12"])
+    assert t["vmemmap_populate_address"]["availability"] == "traceable"
+    assert t["vmemmap_populate_compound_pages"]["availability"] == "inlined"
+    assert lab["6.12"]["check"]["feature"]["present"] is True
+
+
+def test_6_1_populate_address_notrace_init_traceable(lab):
+    t = targets(lab["6.1"])
+    assert t["vmemmap_populate_address"]["availability"] == "notrace"
+    assert t["memmap_init_zone_device"]["availability"] == "traceable"
+    assert lab["6.1"]["check"]["feature"]["present"] is True
+
+
+def test_5_10_feature_absent(lab):
+    assert lab["5.10"]["check"]["feature"]["present"] is False
+
+
+@pytest.mark.parametrize("series", SERIES)
+def test_classification_agrees_with_grep(lab, series):
+    """The guest also grepped the raw files: classify from those lines independently."""
+    doc = lab[series]
+    ev = doc["evidence"]
+    ksyms = {line.split()[2] for line in ev["kallsyms"]}
+    aff = {line.split()[0] for line in ev["available_filter_functions"]}
+    for t in TARGETS:
+        got = targets(doc)[t.name]["availability"]
+        clones = [s for s in ksyms if re.fullmatch(re.escape(t.name) + r"\.\w+(\.\d+)*", s)]
+        if t.name in ksyms:
+            assert got == ("traceable" if t.name in aff else "notrace"), t.name
+        elif clones:
+            assert got == "clone", t.name
+        else:
+            assert got in ("inlined", "absent"), t.name
+
+
+@pytest.mark.parametrize("series", SERIES)
+def test_every_case_creates_its_namespace_and_check_can_trace(lab, series):
+    doc = lab[series]
+    assert doc["check_exit"] == 0, doc.get("check_error")
+    assert [c["case"] for c in doc["cases"]] == list(cases.DEFAULT_CASES)
+    for entry in doc["cases"]:
+        case, result = cases.CASES[entry["case"]], entry["result"]
+        assert result["verdict"] == "pass", result
+        assert result["namespace"]["map"] == case.map_mode
+        assert result["namespace"]["align"] == case.align
+        assert result["namespace"]["daxregion"]["devices"][0]["chardev"] == "dax0.0"
+
+
+def test_second_run_reuses_the_cache(lab):
+    """After the module's lab run, everything is cached: no build step is announced."""
+    res = run_cli("lab", "--kernel", "6.12", "--case", "mem-2M")
+    assert res.returncode == 0, res.stderr
+    assert "debootstrap" not in res.stderr and "installing" not in res.stderr
+    assert "mem-2M" in res.stdout and "pass" in res.stdout
+
+
+def test_guest_that_does_not_boot_shows_its_console(lab, tmp_path):
+    """A truncated kernel image: the guest dies early; one error line plus the console tail."""
+    release = lab["6.12"]["kernel"]
+    root = image.cache_dir() / "root"
+    broken = tmp_path / "vmlinuz-broken"
+    with open(root / "boot" / f"vmlinuz-{release}", "rb") as src, open(broken, "wb") as dst:
+        dst.write(src.read(2 << 20))
+    modules = root / "lib/modules" / release
+    res = run_cli("lab", "--kernel", str(broken), "--modules", str(modules), "--case", "mem-2M",
+                  "--timeout", "120")
+    assert res.returncode == 2
+    assert "console|" in res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert re.match(r"vmemtrace: the \S+ guest did not (boot or crashed|finish)", last), last
+    assert shutil.which("qemu-system-x86_64")

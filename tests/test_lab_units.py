@@ -1,0 +1,88 @@
+"""The lab's pure parts: kernel specs, cases, sizes, and its refusals (no guest booted)."""
+
+import os
+import subprocess
+
+import pytest
+
+from tests.conftest import run_cli
+from vmemtrace.errors import VmemtraceError
+from vmemtrace.lab import cases, kernels
+
+
+def test_newest_abi_by_number_not_by_string():
+    names = ["linux-image-6.12.95+deb12-amd64", "linux-image-6.12.117+deb12-amd64",
+             "linux-image-6.12.100+deb12-cloud-amd64", "linux-image-6.1.0-56-amd64",
+             "linux-image-6.1.0-9-amd64", "linux-image-5.10.0-46-amd64"]
+    assert kernels.newest_abi("6.12", names) == "6.12.117+deb12-amd64"
+    assert kernels.newest_abi("6.1", names) == "6.1.0-56-amd64"
+    assert kernels.newest_abi("5.10", names) == "5.10.0-46-amd64"
+    with pytest.raises(VmemtraceError):
+        kernels.newest_abi("6.1", ["linux-image-6.12.95+deb12-amd64"])
+
+
+def test_kernel_spec(tmp_path):
+    assert kernels.parse_spec("6.1").series == "6.1"
+    with pytest.raises(VmemtraceError, match="unknown kernel spec"):
+        kernels.parse_spec("4.19")
+    image = tmp_path / "bzImage"
+    image.write_bytes(b"\0")
+    with pytest.raises(VmemtraceError, match="--modules"):
+        kernels.parse_spec(str(image))
+    mods = tmp_path / "6.99.0"
+    (mods / "kernel").mkdir(parents=True)
+    spec = kernels.parse_spec(str(image), str(mods))
+    assert spec.image == image and spec.modules == mods
+
+
+def test_cases_and_ndctl_arguments():
+    chosen = cases.parse_cases("mem-1G,dev-2M")
+    assert [c.name for c in chosen] == ["mem-1G", "dev-2M"]
+    assert chosen[0].ndctl_args("namespace0.0")[-4:] == ["-M", "mem", "-a", "1G"]
+    assert chosen[1].ndctl_args("namespace0.0")[-4:] == ["-M", "dev", "-a", "2M"]
+    assert cases.CASES["mem-4K"].ndctl_args("namespace0.0")[-1] == "4K"
+    with pytest.raises(VmemtraceError, match="unknown case"):
+        cases.parse_cases("mem-3M")
+
+
+def test_sizes():
+    assert cases.parse_size("3G") == 3 << 30
+    assert cases.parse_size("1536M") == 1536 << 20
+    assert cases.parse_size("4GiB") == 4 << 30
+    for bad in ("3", "100M", "-1G", "big"):
+        with pytest.raises(VmemtraceError):
+            cases.parse_size(bad)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--kernel", "4.19"], "unknown kernel spec '4.19'"),
+    (["--case", "mem-3M"], "unknown case mem-3M"),
+    (["--size", "1000M"], "multiple of 128M"),
+])
+def test_lab_refuses_bad_input_in_one_line(args, message):
+    res = run_cli("lab", *args)
+    assert res.returncode == 2
+    assert res.stderr.count("\n") == 1 and message in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_lab_without_qemu(tmp_path):
+    res = run_cli("lab", env={"PATH": str(tmp_path)})
+    assert res.returncode == 2
+    assert res.stderr.strip() == "vmemtrace: qemu-system-x86_64 not found (apt install qemu-system-x86)"
+
+
+def test_lab_with_unwritable_cache(tmp_path):
+    res = run_cli("lab", env={"XDG_CACHE_HOME": "/proc/vmemtrace-cannot-write"})
+    assert res.returncode == 2
+    assert "is not writable" in res.stderr and res.stderr.count("\n") == 1
+
+
+def test_lab_without_archive(tmp_path):
+    """A fresh cache and no network at all (a new network namespace): one clear line."""
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path))
+    proc = subprocess.run(["unshare", "--net", "--", os.sys.executable, "-m", "vmemtrace", "lab"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("vmemtrace: debootstrap failed (is the Debian archive reachable?)"), proc.stderr

@@ -1,0 +1,83 @@
+"""Classification of probe targets on the recorded kernels, against lab-notes.md's table."""
+
+import json
+
+import pytest
+from tests.conftest import kernel_root, run_cli
+from vmemtrace.kernel.facts import gather
+from vmemtrace.probes import plan as P
+from vmemtrace.readiness import assess, check_report
+
+
+def report(prefix):
+    facts = gather(kernel_root(prefix), with_bcc=False)
+    return check_report(facts, assess(facts))
+
+
+def test_6_12_traces_the_populate_path():
+    t = report("6.12")["targets"]
+    assert t["vmemmap_populate_address"]["availability"] == P.TRACEABLE
+    assert t["vmemmap_populate_address"]["strategy"] == "kprobe+kretprobe"
+    assert t["vmemmap_populate_compound_pages"]["availability"] == P.INLINED
+    assert t["vmemmap_populate_compound_pages"]["strategy"] == "fallback"
+    assert t["memmap_init_zone_device"]["strategy"] == "kprobe+kretprobe"
+    # This build has it only as a clone: never decoded by position.
+    assert t["__init_zone_device_page"]["availability"] == P.CLONE
+    assert t["__init_zone_device_page"]["strategy"] == "unavailable"
+
+
+def test_6_1_populate_functions_are_notrace():
+    r = report("6.1")
+    t = r["targets"]
+    for name in ("vmemmap_populate_address", "__populate_section_memmap", "vmemmap_alloc_block_buf"):
+        assert t[name]["availability"] == P.NOTRACE, name
+        assert t[name]["strategy"] == "unavailable", name
+    assert t["memmap_init_zone_device"]["availability"] == P.TRACEABLE
+    assert t["memmap_init_compound"]["availability"] == P.TRACEABLE
+    assert r["feature"]["present"] is True
+
+
+def test_5_10_lacks_the_feature():
+    r = report("5.10")
+    assert r["feature"]["present"] is False
+    assert "5.19" in r["feature"]["evidence"]
+    t = r["targets"]
+    assert t["vmemmap_populate_address"]["availability"] == P.ABSENT
+    assert t["memmap_init_compound"]["availability"] == P.ABSENT
+    assert t["memmap_init_zone_device"]["availability"] == P.TRACEABLE
+
+
+def test_blacklisted_target_is_not_attached(tmp_path):
+    import shutil
+
+    root = tmp_path / "k"
+    shutil.copytree(kernel_root("6.12"), root)
+    (root / "sys/kernel/debug/kprobes/blacklist").write_text(
+        "0xffffffff961fde10-0xffffffff961fdf00\tvmemmap_populate_address\n")
+    t = {s.name: s for s in assess(gather(root, with_bcc=False)).plan}
+    assert t["vmemmap_populate_address"].availability == P.BLACKLISTED
+    assert t["vmemmap_populate_address"].strategy == "unavailable"
+
+
+def test_arch_gate_unset_means_no_feature(tmp_path):
+    import shutil
+
+    root = tmp_path / "k"
+    shutil.copytree(kernel_root("6.12"), root)
+    cfg = next((root / "boot").glob("config-*"))
+    cfg.write_text(cfg.read_text().replace("CONFIG_ARCH_WANT_OPTIMIZE_DAX_VMEMMAP=y",
+                                           "# CONFIG_ARCH_WANT_OPTIMIZE_DAX_VMEMMAP is not set"))
+    r = check_report(gather(root, with_bcc=False), assess(gather(root, with_bcc=False)))
+    assert r["feature"]["present"] is False
+    assert "ARCH_WANT_OPTIMIZE_DAX_VMEMMAP" in r["feature"]["evidence"]
+
+
+def test_check_json_on_fixture_names_missing_headers(series):
+    """The fixture trees carry no kernel headers: check must say so and exit 2, in one line."""
+    res = run_cli("check", "--json", "--root", str(kernel_root(series)))
+    assert res.returncode == 2
+    doc = json.loads(res.stdout)
+    assert doc["kernel"].startswith(series)
+    assert doc["headers"] is None
+    assert any("no kernel headers" in b for b in doc["blockers"])
+    assert res.stderr.count("\n") == 1 and res.stderr.startswith("vmemtrace: cannot trace:")
