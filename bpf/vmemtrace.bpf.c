@@ -1,0 +1,355 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * vmemtrace: watch the kernel build the vmemmap of device-dax memory (BCC program).
+ *
+ * One program, parametrised by defines that vmemtrace/probes/loader.py chooses from the attach
+ * plan and the kernel headers; nothing here is pasted together from strings.
+ *
+ *   PROBE_SECTION    __populate_section_memmap(pfn, nr_pages, nid, altmap[, pgmap])
+ *   PROBE_VPA        vmemmap_populate_address(addr, node, altmap, reuse|ptpfn[, flags])
+ *   PROBE_ALLOC      vmemmap_alloc_block_buf(size, node, altmap)
+ *   PROBE_MIZD       memmap_init_zone_device(zone, start_pfn, nr_pages, pgmap)
+ *   PROBE_MIC        memmap_init_compound(head, head_pfn, zone_idx, nid, pgmap, nr_pages)
+ *   HAVE_SECTION_PGMAP  5.19+: __populate_section_memmap has the pgmap argument
+ *   HAVE_VMEMMAP_SHIFT  5.17+: struct dev_pagemap has vmemmap_shift
+ *   VPA_PTPFN           6.15+: vmemmap_populate_address takes (ptpfn, flags), ptpfn -1 = allocate
+ *
+ * Aggregation happens here: one event per section and per range (perf buffer), one map entry
+ * per compound page (drained by user space when its range is initialised). Nothing is emitted
+ * per struct page or per vmemmap page.
+ *
+ * All probes are nested calls of one thread (memremap_pages() -> pagemap_range() ->
+ * add_pages() -> ... -> __populate_section_memmap(), then memmap_init_zone_device()), so the
+ * per-thread context maps below tie callees to their caller.
+ */
+#include <uapi/linux/ptrace.h>
+#include <linux/mm_types.h>
+#include <linux/memremap.h>
+#include <linux/range.h>
+
+/* x86_64 pte: physical frame number bits 12..51 (arch/x86/include/asm/pgtable_types.h). */
+#define VT_PTE_PFN_MASK 0x000ffffffffff000ULL
+
+enum { EV_SECTION = 1, EV_RANGE = 2 };
+enum { ERR_CP_MAP_FULL = 0, ERR_NO_CONTEXT = 1, ERR_READ = 2, ERR_MAX = 3 };
+
+struct section_ctx {
+    u64 pfn;
+    u64 nr_pages;
+    u64 range_start_pfn;   /* pgmap->ranges[pgmap->nr_range].start >> PAGE_SHIFT */
+    u64 start_addr;        /* vmemmap address of pfn: the first populate call's addr */
+    u64 pfns_per_compound; /* 1 << pgmap->vmemmap_shift */
+    u64 ptes;              /* vmemmap_populate_address calls */
+    u64 fresh;             /* ... that allocated a new vmemmap page */
+    u64 reused;            /* ... that mapped an existing page (reuse != NULL) */
+    u64 existing;          /* ... whose PTE was already present (neither) */
+    u64 alloc_calls;       /* vmemmap_alloc_block_buf calls in this section */
+    u64 alloc_bytes;
+    u64 altmap;
+    u64 has_pgmap;
+};
+
+struct vpa_ctx {
+    u64 addr;
+    u64 reuse;
+    u64 allocated;
+};
+
+struct cp_val {
+    u64 range_start_pfn;
+    u64 pfns_per_compound;
+    u64 ptes;
+    u64 fresh;
+    u64 reused;
+    u64 existing;
+    u64 head_fresh;   /* vmemmap page 0 of the compound page got a new page */
+    u64 tail_fresh;   /* vmemmap page 1 (the first tail page) got a new page */
+    u64 tail_pfn;     /* backing pfn of vmemmap page 1 */
+    u64 on_tail;      /* reused PTEs mapped onto tail_pfn */
+    u64 max_index;    /* highest vmemmap page index seen within the compound page, + 1 */
+};
+
+struct range_ctx {
+    u64 ts;
+    u64 start_pfn;
+    u64 nr_pages;
+    u64 pfns_per_compound;
+    u64 altmap;
+    u64 altmap_base_pfn;
+    u64 altmap_reserve;
+    u64 altmap_free;
+    u64 mic_calls;
+    u64 mic_pages;
+    u64 mic_min;
+    u64 mic_max;
+    u64 cpu;
+};
+
+struct event {
+    u64 type;
+    u64 struct_page_size;
+    u64 page_size;
+    u64 a[13]; /* section_ctx or range_ctx (13 fields each), in declaration order */
+    u64 duration_ns;
+};
+
+BPF_PERF_OUTPUT(events);
+BPF_HASH(sections, u32, struct section_ctx, 1024);
+BPF_HASH(vpa_calls, u32, struct vpa_ctx, 1024);
+BPF_HASH(ranges, u32, struct range_ctx, 1024);
+BPF_F_TABLE("hash", u64, struct cp_val, compound, CP_MAP_ENTRIES, BPF_F_NO_PREALLOC);
+BPF_ARRAY(errors, u64, ERR_MAX);
+
+static __always_inline void count_error(int which)
+{
+    u64 *v = errors.lookup(&which);
+    if (v)
+        __sync_fetch_and_add(v, 1);
+}
+
+static __always_inline u32 tid(void)
+{
+    return (u32)bpf_get_current_pid_tgid();
+}
+
+/* The pfns per compound page and the start pfn of the range being populated (5.19+:
+ * mm/sparse-vmemmap.c, reuse_compound_section(), reads the same ranges[nr_range]). */
+static __always_inline void read_pgmap(struct dev_pagemap *pgmap, u64 *pfns, u64 *range_start)
+{
+    *pfns = 1;
+    *range_start = 0;
+    if (!pgmap)
+        return;
+#ifdef HAVE_VMEMMAP_SHIFT
+    unsigned long shift = 0;
+    bpf_probe_read_kernel(&shift, sizeof(shift), &pgmap->vmemmap_shift);
+    if (shift < 64)
+        *pfns = 1ULL << shift;
+#endif
+    int nr_range = 0;
+    struct range r = {};
+    bpf_probe_read_kernel(&nr_range, sizeof(nr_range), &pgmap->nr_range);
+    if (nr_range < 0 || nr_range > 64)
+        return;
+    if (bpf_probe_read_kernel(&r, sizeof(r), (void *)pgmap->ranges + nr_range * sizeof(struct range)) == 0)
+        *range_start = r.start >> PAGE_SHIFT;
+}
+
+static __always_inline void emit(struct pt_regs *ctx, u64 type, void *src, u64 duration)
+{
+    struct event ev = {};
+    ev.type = type;
+    ev.struct_page_size = sizeof(struct page);
+    ev.page_size = PAGE_SIZE;
+    bpf_probe_read_kernel(&ev.a, sizeof(ev.a), src);
+    ev.duration_ns = duration;
+    events.perf_submit(ctx, &ev, sizeof(ev));
+}
+
+#ifdef PROBE_SECTION
+int section_enter(struct pt_regs *ctx, unsigned long pfn, unsigned long nr_pages, int nid,
+                  struct vmem_altmap *altmap)
+{
+    struct section_ctx s = {};
+    u32 t = tid();
+    s.pfn = pfn;
+    s.nr_pages = nr_pages;
+    s.altmap = altmap != NULL;
+#ifdef HAVE_SECTION_PGMAP
+    struct dev_pagemap *pgmap = (struct dev_pagemap *)PT_REGS_PARM5(ctx);
+    s.has_pgmap = pgmap != NULL;
+    read_pgmap(pgmap, &s.pfns_per_compound, &s.range_start_pfn);
+#else
+    s.pfns_per_compound = 1;
+#endif
+    sections.update(&t, &s);
+    return 0;
+}
+
+int section_return(struct pt_regs *ctx)
+{
+    u32 t = tid();
+    struct section_ctx *s = sections.lookup(&t);
+    if (!s)
+        return 0;
+    /* NULL return: the memmap could not be populated; the event still reports what was done. */
+    emit(ctx, EV_SECTION, s, PT_REGS_RC(ctx) != 0);
+    sections.delete(&t);
+    return 0;
+}
+#endif
+
+#ifdef PROBE_VPA
+int vpa_enter(struct pt_regs *ctx, unsigned long addr, int node, struct vmem_altmap *altmap)
+{
+    struct vpa_ctx v = {};
+    u32 t = tid();
+    v.addr = addr;
+#ifdef VPA_PTPFN
+    v.reuse = PT_REGS_PARM4(ctx) != (u64)-1;
+#else
+    v.reuse = PT_REGS_PARM4(ctx) != 0;
+#endif
+    vpa_calls.update(&t, &v);
+    return 0;
+}
+
+int vpa_return(struct pt_regs *ctx)
+{
+    u32 t = tid();
+    struct vpa_ctx *v = vpa_calls.lookup(&t);
+    struct section_ctx *s = sections.lookup(&t);
+    u64 pte_ptr = PT_REGS_RC(ctx), pte = 0, backing;
+    if (!v)
+        return 0;
+    if (!s) {
+        /* Not under __populate_section_memmap: e.g. 6.15's boot-time vmemmap_populate_hvo()
+         * for HugeTLB, which is not device-dax and must not be counted as such. */
+        vpa_calls.delete(&t);
+        return 0;
+    }
+    if (pte_ptr == 0 || bpf_probe_read_kernel(&pte, sizeof(pte), (void *)pte_ptr) != 0) {
+        count_error(ERR_READ);
+        vpa_calls.delete(&t);
+        return 0;
+    }
+    backing = (pte & VT_PTE_PFN_MASK) >> PAGE_SHIFT;
+
+    /* Both populate paths start at the vmemmap address of the section's first pfn
+     * (vmemmap_populate_compound_pages() and vmemmap_populate_range() begin at `start`). */
+    if (s->ptes == 0)
+        s->start_addr = v->addr;
+    s->ptes++;
+    int fresh = 0, reused = 0;
+#ifdef PROBE_ALLOC
+    fresh = v->allocated != 0;
+    reused = !fresh && v->reuse;
+#else
+    fresh = !v->reuse;
+    reused = v->reuse;
+#endif
+    if (fresh)
+        s->fresh++;
+    else if (reused)
+        s->reused++;
+    else
+        s->existing++;
+
+    u64 ppc = s->pfns_per_compound;
+    if (ppc > 1 && v->addr >= s->start_addr) {
+        u64 pfn = s->pfn + (v->addr - s->start_addr) / sizeof(struct page);
+        u64 head = s->range_start_pfn + ((pfn - s->range_start_pfn) & ~(ppc - 1));
+        u64 index = ((pfn - head) * sizeof(struct page)) / PAGE_SIZE;
+        struct cp_val zero = {};
+        zero.range_start_pfn = s->range_start_pfn;
+        zero.pfns_per_compound = ppc;
+        struct cp_val *c = compound.lookup_or_try_init(&head, &zero);
+        if (!c) {
+            count_error(ERR_CP_MAP_FULL);
+        } else {
+            c->ptes++;
+            if (fresh) {
+                c->fresh++;
+                if (index == 0)
+                    c->head_fresh = 1;
+                if (index == 1) {
+                    c->tail_fresh = 1;
+                    c->tail_pfn = backing;
+                }
+            } else if (reused) {
+                c->reused++;
+                if (c->tail_fresh && backing == c->tail_pfn)
+                    c->on_tail++;
+            } else {
+                c->existing++;
+            }
+            if (index + 1 > c->max_index)
+                c->max_index = index + 1;
+        }
+    }
+    vpa_calls.delete(&t);
+    return 0;
+}
+#endif
+
+#ifdef PROBE_ALLOC
+int alloc_enter(struct pt_regs *ctx, unsigned long size)
+{
+    u32 t = tid();
+    struct section_ctx *s = sections.lookup(&t);
+    if (!s)
+        return 0; /* boot-time or non-device users */
+    s->alloc_calls++;
+    s->alloc_bytes += size;
+    return 0;
+}
+
+int alloc_return(struct pt_regs *ctx)
+{
+    u32 t = tid();
+    struct vpa_ctx *v = vpa_calls.lookup(&t);
+    if (v && PT_REGS_RC(ctx) != 0)
+        v->allocated = 1;
+    return 0;
+}
+#endif
+
+#ifdef PROBE_MIZD
+int mizd_enter(struct pt_regs *ctx, void *zone, unsigned long start_pfn, unsigned long nr_pages,
+               struct dev_pagemap *pgmap)
+{
+    struct range_ctx r = {};
+    u32 t = tid();
+    u64 unused;
+    unsigned int flags = 0;
+    r.ts = bpf_ktime_get_ns();
+    r.start_pfn = start_pfn;
+    r.nr_pages = nr_pages;
+    read_pgmap(pgmap, &r.pfns_per_compound, &unused);
+    bpf_probe_read_kernel(&flags, sizeof(flags), &pgmap->flags);
+    if (flags & PGMAP_ALTMAP_VALID) {
+        /* memmap_init_zone_device() skips the pfns whose struct pages the altmap holds:
+         * start_pfn = altmap->base_pfn + vmem_altmap_offset(altmap), i.e. + reserve + free
+         * (include/linux/mm.h). */
+        r.altmap = 1;
+        bpf_probe_read_kernel(&r.altmap_base_pfn, sizeof(u64), (void *)&pgmap->altmap.base_pfn);
+        bpf_probe_read_kernel(&r.altmap_reserve, sizeof(u64), (void *)&pgmap->altmap.reserve);
+        bpf_probe_read_kernel(&r.altmap_free, sizeof(u64), (void *)&pgmap->altmap.free);
+    }
+    r.mic_min = (u64)-1;
+    r.cpu = bpf_get_smp_processor_id();
+    ranges.update(&t, &r);
+    return 0;
+}
+
+int mizd_return(struct pt_regs *ctx)
+{
+    u32 t = tid();
+    struct range_ctx *r = ranges.lookup(&t);
+    if (!r)
+        return 0;
+    emit(ctx, EV_RANGE, r, bpf_ktime_get_ns() - r->ts);
+    ranges.delete(&t);
+    return 0;
+}
+#endif
+
+#ifdef PROBE_MIC
+int mic_enter(struct pt_regs *ctx)
+{
+    u32 t = tid();
+    struct range_ctx *r = ranges.lookup(&t);
+    u64 nr = PT_REGS_PARM6(ctx);
+    if (!r) {
+        count_error(ERR_NO_CONTEXT);
+        return 0;
+    }
+    r->mic_calls++;
+    r->mic_pages += nr;
+    if (nr < r->mic_min)
+        r->mic_min = nr;
+    if (nr > r->mic_max)
+        r->mic_max = nr;
+    return 0;
+}
+#endif

@@ -1,0 +1,40 @@
+"""The kernel headers BCC compiles against, read to choose the BPF program's defines.
+
+Debian splits them: /lib/modules/<release>/build holds the generated files and a Makefile whose
+first line includes the shared tree (/usr/src/linux-headers-<version>-common).
+"""
+
+import re
+from pathlib import Path
+from typing import List, Optional
+
+
+def header_dirs(build: Path) -> List[Path]:
+    dirs = [build]
+    makefile = build / "Makefile"
+    try:
+        m = re.match(r"include\s+(\S+)/Makefile", makefile.read_text())
+    except OSError:
+        m = None
+    if m:
+        dirs.append(Path(m.group(1)))
+    return dirs
+
+
+def read_header(build: Path, rel: str) -> Optional[str]:
+    for base in header_dirs(build):
+        path = base / rel
+        if path.exists():
+            return path.read_text(errors="replace")
+    return None
+
+
+def has_vmemmap_shift(memremap_h: str) -> bool:
+    """struct dev_pagemap gained vmemmap_shift in 5.17 (include/linux/memremap.h)."""
+    return re.search(r"\bunsigned long\s+vmemmap_shift\s*;", memremap_h) is not None
+
+
+def section_memmap_has_pgmap(mm_h: str) -> bool:
+    """__populate_section_memmap() gained its pgmap argument in 5.19 (include/linux/mm.h)."""
+    m = re.search(r"__populate_section_memmap\(([^;]*)\);", mm_h)
+    return bool(m) and "dev_pagemap" in m.group(1)

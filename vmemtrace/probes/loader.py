@@ -1,0 +1,161 @@
+"""Compile bpf/vmemtrace.bpf.c with BCC, attach it as the plan says, and turn what it reports
+into typed events (plain dicts, the record/replay schema of vmemtrace/events.py)."""
+
+import ctypes
+import os
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+from vmemtrace.errors import VmemtraceError
+from vmemtrace.kernel import headers
+from vmemtrace.probes.plan import TargetStatus
+
+BPF_SOURCE = Path(__file__).resolve().parents[2] / "bpf" / "vmemtrace.bpf.c"
+CP_MAP_ENTRIES = 1 << 18  # compound pages between two drains: 512 GiB at 2 MiB pages
+
+# (target, define, [(kind, fn_name)]) — the BPF function names for each probe target.
+ATTACH = (
+    ("__populate_section_memmap", "PROBE_SECTION", [("kprobe", "section_enter"), ("kretprobe", "section_return")]),
+    ("vmemmap_populate_address", "PROBE_VPA", [("kprobe", "vpa_enter"), ("kretprobe", "vpa_return")]),
+    ("vmemmap_alloc_block_buf", "PROBE_ALLOC", [("kprobe", "alloc_enter"), ("kretprobe", "alloc_return")]),
+    ("memmap_init_zone_device", "PROBE_MIZD", [("kprobe", "mizd_enter"), ("kretprobe", "mizd_return")]),
+    ("memmap_init_compound", "PROBE_MIC", [("kprobe", "mic_enter")]),
+)
+SECTION_FIELDS = ("pfn", "nr_pages", "range_start_pfn", "start_addr", "pfns_per_compound", "ptes",
+                  "fresh", "reused", "existing", "alloc_calls", "alloc_bytes", "altmap", "has_pgmap")
+RANGE_FIELDS = ("ts", "start_pfn", "nr_pages", "pfns_per_compound", "altmap", "altmap_base_pfn",
+                "altmap_reserve", "altmap_free", "mic_calls", "mic_pages", "mic_min", "mic_max", "cpu")
+CP_FIELDS = ("range_start_pfn", "pfns_per_compound", "ptes", "fresh", "reused", "existing",
+             "head_fresh", "tail_fresh", "tail_pfn", "on_tail", "max_index")
+ERRORS = ("compound_map_full", "no_context", "read_failed")
+
+
+class RawEvent(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_uint64), ("struct_page_size", ctypes.c_uint64),
+                ("page_size", ctypes.c_uint64), ("a", ctypes.c_uint64 * 13),
+                ("duration_ns", ctypes.c_uint64)]
+
+
+def defines(plan: List[TargetStatus], release: str, version: tuple, build: Path) -> List[str]:
+    """-D flags: which probes to compile, and which struct layout the headers have."""
+    traced = {s.name for s in plan if s.strategy not in ("unavailable", "fallback")}
+    flags = [f"-D{define}" for target, define, _ in ATTACH if target in traced]
+    memremap = headers.read_header(build, "include/linux/memremap.h") or ""
+    mm = headers.read_header(build, "include/linux/mm.h") or ""
+    if headers.has_vmemmap_shift(memremap):
+        flags.append("-DHAVE_VMEMMAP_SHIFT")
+    if headers.section_memmap_has_pgmap(mm):
+        flags.append("-DHAVE_SECTION_PGMAP")
+    # 6.15 changed vmemmap_populate_address(..., struct page *reuse) to (..., ptpfn, flags):
+    # the function is static, so no header says which one this kernel has.
+    if version[:2] >= (6, 15):
+        flags.append("-DVPA_PTPFN")
+    flags.append(f"-DCP_MAP_ENTRIES={CP_MAP_ENTRIES}")
+    return flags
+
+
+class Tracer:
+    """The loaded program. Use as a context manager: leaving it detaches everything."""
+
+    def __init__(self, plan: List[TargetStatus], release: str, version: tuple):
+        try:
+            from bcc import BPF
+        except Exception as e:
+            raise VmemtraceError(f"BCC is not usable: {e} (apt install python3-bpfcc)")
+        build = Path(f"/lib/modules/{release}/build")
+        self.cflags = defines(plan, release, version, build)
+        self.attached: Dict[str, str] = {}
+        self.lost = 0
+        self._queue: List[dict] = []
+        try:
+            self.bpf = BPF(src_file=str(BPF_SOURCE), cflags=self.cflags + ["-Wno-everything"])
+        except Exception as e:
+            raise VmemtraceError(f"BCC could not compile {BPF_SOURCE.name}: {str(e).splitlines()[-1] if str(e) else e}")
+        try:
+            self._attach(plan)
+            self.bpf["events"].open_perf_buffer(self._on_event, page_cnt=256, lost_cb=self._on_lost)
+        except Exception:
+            self.close()
+            raise
+
+    def _attach(self, plan: List[TargetStatus]):
+        by_name = {s.name: s for s in plan}
+        for target, _define, probes in ATTACH:
+            status = by_name[target]
+            if status.strategy in ("unavailable", "fallback"):
+                continue
+            for kind, fn in probes:
+                try:
+                    if kind == "kprobe":
+                        self.bpf.attach_kprobe(event=target, fn_name=fn)
+                    else:
+                        self.bpf.attach_kretprobe(event=target, fn_name=fn, maxactive=64)
+                except Exception as e:
+                    raise VmemtraceError(f"cannot attach {kind} to {target}: {e}")
+            self.attached[target] = status.strategy
+
+    def _on_lost(self, count):
+        self.lost += count
+
+    def _on_event(self, cpu, data, size):
+        raw = ctypes.cast(data, ctypes.POINTER(RawEvent)).contents
+        values = list(raw.a)
+        if raw.type == 1:
+            ev = dict(zip(SECTION_FIELDS, values))
+            ev.update(type="section", ok=bool(raw.duration_ns))
+            del ev["start_addr"]  # an address: no use to anyone reading the log
+        else:
+            ev = dict(zip(RANGE_FIELDS, values))
+            ev.update(type="range", duration_ns=raw.duration_ns)
+            if ev["mic_calls"] == 0:
+                ev["mic_min"] = 0
+            del ev["ts"], ev["cpu"]
+        ev["struct_page_size"], ev["page_size"] = raw.struct_page_size, raw.page_size
+        for key in ("altmap", "has_pgmap"):
+            if key in ev:
+                ev[key] = bool(ev[key])
+        self._queue.append(ev)
+
+    def poll(self, timeout_ms: int = 100) -> List[dict]:
+        """Events since the last poll; a range event is followed by its compound pages."""
+        self.bpf.perf_buffer_poll(timeout=timeout_ms)
+        out = []
+        for ev in self._queue:
+            out.append(ev)
+            if ev["type"] == "range":
+                out.extend(self.drain_compound(ev["start_pfn"], ev["nr_pages"]))
+        self._queue = []
+        return out
+
+    def drain_compound(self, start_pfn: Optional[int] = None, nr_pages: int = 0) -> List[dict]:
+        """Per-compound-page aggregates of one range (all with start_pfn None), removed from
+        the map so that a later namespace at the same pfns starts from zero."""
+        table = self.bpf["compound"]
+        out = []
+        for key, val in list(table.items()):
+            head = key.value
+            if start_pfn is not None and not (start_pfn <= head < start_pfn + nr_pages):
+                continue
+            ev = {"type": "compound", "head_pfn": head}
+            ev.update({f: int(getattr(val, f)) for f in CP_FIELDS})
+            out.append(ev)
+            del table[key]
+        out.sort(key=lambda e: e["head_pfn"])
+        return out
+
+    def errors(self) -> Dict[str, int]:
+        table = self.bpf["errors"]
+        return {name: int(table[ctypes.c_int(i)].value) for i, name in enumerate(ERRORS)}
+
+    def close(self):
+        bpf = getattr(self, "bpf", None)
+        if bpf is not None:
+            bpf.cleanup()
+            self.bpf = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
