@@ -57,6 +57,167 @@ def check(as_json, root):
         raise VmemtraceError("cannot trace: " + "; ".join(ready.blockers), EXIT_CANNOT)
 
 
+def _output_verdict(doc: dict, as_json: bool, junit) -> None:
+    from vmemtrace.junit import junit_xml
+
+    if as_json:
+        render.emit_json(doc)
+    else:
+        click.echo(render.verify_table(doc))
+    if junit is not None:
+        try:
+            junit.write_bytes(junit_xml(doc))
+        except OSError as e:
+            raise VmemtraceError(f"cannot write {junit}: {e.strerror}")
+
+
+def _finish(doc: dict) -> None:
+    from vmemtrace.verdict import EXIT
+
+    code = EXIT[doc["verdict"]]
+    if code:
+        reasons = doc.get("problems") or [
+            f"{d['device']} {c['name']}: {c['detail']}"
+            for d in doc["devices"] for c in d["checks"] if c["status"] == "fail"]
+        raise VmemtraceError(f"{doc['verdict']}: {reasons[0] if reasons else 'see above'}", code)
+
+
+EXPECT = click.option("--expect", type=click.Choice(["auto", "optimized", "unoptimized"]),
+                      default="auto", show_default=True,
+                      help="auto: what this kernel and device should do")
+JUNIT = click.option("--junit", type=click.Path(dir_okay=False, path_type=Path),
+                     help="also write JUnit XML here")
+JSON = click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@EXPECT
+@JSON
+@JUNIT
+@click.option("--record", "record_to", type=click.Path(dir_okay=False, path_type=Path),
+              help="also write the event log here (as `record -o` does)")
+@click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
+@one_line_errors
+def verify(expect, as_json, junit, record_to, cmd):
+    """Run CMD (no shell) under tracing and judge what the kernel did.
+
+    Exit 0 pass, 1 fail, 2 could not verify.  Example:
+
+      vmemtrace verify -- ndctl create-namespace -f -e namespace0.0 -m devdax -M mem -a 2M"""
+    from vmemtrace.ledger import fold
+    from vmemtrace.session import say, trace_command
+    from vmemtrace.verdict import evaluate
+
+    log = trace_command(list(cmd), say, quiet_stdout=as_json)
+    if record_to is not None:
+        _write_log(record_to, log)
+    doc = evaluate(fold(log), expect)
+    _output_verdict(doc, as_json, junit)
+    _finish(doc)
+
+
+def _write_log(path: Path, log) -> None:
+    from vmemtrace import events
+
+    try:
+        with open(path, "w") as fh:
+            events.write(log, fh)
+    except OSError as e:
+        raise VmemtraceError(f"cannot write {path}: {e.strerror}")
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="event log to write (JSON Lines)")
+@click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
+@one_line_errors
+def record(output, cmd):
+    """Run CMD (no shell) under tracing and write every event to FILE, for `replay`."""
+    from vmemtrace.session import say, trace_command
+
+    try:
+        output.touch()  # fail before tracing, not after, when FILE cannot be written
+    except OSError as e:
+        raise VmemtraceError(f"cannot write {output}: {e.strerror}")
+    log = trace_command(list(cmd), say)
+    _write_log(output, log)
+    ranges = sum(1 for e in log if e["type"] == "range")
+    say(f"recorded {len(log)} events ({ranges} ranges) to {output}")
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@EXPECT
+@JSON
+@JUNIT
+@one_line_errors
+def replay(file, expect, as_json, junit):
+    """Read an event log written by `record` back through the ledger and the verdict."""
+    from vmemtrace import events
+    from vmemtrace.ledger import fold
+    from vmemtrace.verdict import evaluate
+
+    doc = evaluate(fold(list(events.iter_file(file))), expect)
+    _output_verdict(doc, as_json, junit)
+    _finish(doc)
+
+
+@cli.command()
+@click.option("-d", "--duration", type=float, help="stop after this many seconds")
+@JSON
+@one_line_errors
+def trace(duration, as_json):
+    """Print events as the kernel produces them, one line each, until Ctrl-C."""
+    import json as _json
+
+    from vmemtrace.session import say, watch
+
+    def show(ev):
+        click.echo(_json.dumps(ev, sort_keys=True) if as_json else render.event_line(ev))
+
+    watch(duration, say, show)
+
+
+@cli.command()
+@click.argument("interval", type=float, default=1.0)
+@click.argument("count", type=int, required=False)
+@JSON
+@one_line_errors
+def stats(interval, count, as_json):
+    """Per-device ledger tables every INTERVAL seconds, COUNT times (bcc style)."""
+    import time as _time
+
+    from vmemtrace.ledger import fold
+    from vmemtrace.session import say, watch
+    from vmemtrace.verdict import evaluate
+
+    if interval <= 0:
+        raise VmemtraceError("INTERVAL must be positive")
+    log = []
+    state = {"next": _time.monotonic() + interval, "printed": 0}
+
+    def tick():
+        if _time.monotonic() < state["next"]:
+            return True
+        state["next"] += interval
+        state["printed"] += 1
+        doc = evaluate(fold(log), "auto")
+        if as_json:
+            click.echo(json_line(doc))
+        else:
+            click.echo(f"\n{_time.strftime('%H:%M:%S')}")
+            click.echo(render.verify_table(doc) if doc["devices"] else "no device ranges yet")
+        return count is None or state["printed"] < count
+
+    watch(None, say, log.append, tick)
+
+
+def json_line(doc) -> str:
+    import json as _json
+
+    return _json.dumps(doc, sort_keys=True)
+
+
 def main():
     from vmemtrace.lab.cli import lab
 

@@ -33,3 +33,58 @@ def check_table(report: dict) -> str:
             for name, t in report["targets"].items()]
     return (tabulate(head, tablefmt="plain") + "\n\n"
             + tabulate(rows, headers=["probe target", "availability", "strategy", "why"]))
+
+
+def _n(value) -> str:
+    return "-" if value is None else str(value)
+
+
+def _triple(d: dict) -> str:
+    return f"{_n(d['observed'])} / {_n(d['expected'])} / {_n(d['naive'])}"
+
+
+def verify_table(doc: dict) -> str:
+    rows = []
+    for d in doc["devices"]:
+        rows.append((d["device"], d["start_pfn"], d["nr_pages"], _n(d["align"]),
+                     "yes" if d["altmap"] else "no", _yn(d["expected_optimized"]),
+                     _yn(d["optimized"]), _triple(d["vmemmap_pages"]),
+                     _triple(d["struct_pages_initialized"]),
+                     _n(d["memmap_init_seconds"]), d["verdict"]))
+    out = [f"kernel {doc['kernel']}  expect {doc.get('expect', 'auto')}  verdict {doc['verdict'].upper()}"]
+    if rows:
+        out.append(tabulate(rows, headers=["device", "start pfn", "pages", "align", "altmap",
+                                           "eligible", "optimised", "vmemmap pages obs/exp/naive",
+                                           "struct pages init obs/exp/naive", "init s", "verdict"]))
+    for d in doc["devices"]:
+        out.append("")
+        out.append(tabulate([(f"{d['device']}", c["name"], c["status"], c["detail"]) for c in d["checks"]],
+                            headers=["device", "check", "status", "detail"]))
+    for p in doc.get("problems", []):
+        out.append(f"problem: {p}")
+    return "\n".join(out)
+
+
+def event_line(ev: dict) -> str:
+    """One line per event for `trace`."""
+    kind = ev["type"]
+    if kind == "section":
+        return (f"SECTION  pfn {ev['pfn']} +{ev['nr_pages']}  compound {ev['pfns_per_compound']}  "
+                f"altmap {'yes' if ev['altmap'] else 'no'}  ptes {ev['ptes']} fresh {ev['fresh']} "
+                f"reused {ev['reused']}  alloc {ev['alloc_calls']} ({ev['alloc_bytes']} B)")
+    if kind == "range":
+        return (f"RANGE    pfn {ev['start_pfn']} +{ev['nr_pages']}  compound {ev['pfns_per_compound']}  "
+                f"altmap {'yes' if ev['altmap'] else 'no'}  memmap_init_compound {ev['mic_calls']} calls "
+                f"{ev['mic_pages']} struct pages  {ev['duration_ns'] / 1e6:.3f} ms")
+    if kind == "compound":
+        return (f"COMPOUND head pfn {ev['head_pfn']}  ptes {ev['ptes']} fresh {ev['fresh']} "
+                f"reused {ev['reused']} on-first-tail {ev['on_tail']}")
+    if kind == "header":
+        return f"HEADER   kernel {ev['kernel']}  " + " ".join(f"{k}={v}" for k, v in ev["strategy"].items())
+    if kind == "lost":
+        return f"LOST     {ev['count']} events  " + " ".join(f"{k}={v}" for k, v in ev["errors"].items())
+    if kind == "vmstat":
+        return f"VMSTAT   nr_memmap_pages {ev['nr_memmap_pages']} ({ev['when']})"
+    if kind == "device":
+        return f"DEVICE   {ev['name']} pfn {ev['start_pfn']} +{ev['nr_pages']} align {ev['align']}"
+    return f"{kind.upper():8} " + json.dumps(ev)

@@ -1,20 +1,37 @@
-"""The lab's per-case table."""
+"""The lab's per-case table: one row per case and device, from each case's verify document."""
 
 from tabulate import tabulate
 
 
-def _mib(n) -> str:
-    return f"{n / (1 << 20):.0f} MiB" if n is not None else "-"
+def _n(v) -> str:
+    return "-" if v is None else str(v)
+
+
+def _yn(v) -> str:
+    return {True: "yes", False: "no", None: "-"}[v]
 
 
 def case_table(doc: dict) -> str:
     rows = []
     for entry in doc["cases"]:
         r = entry["result"]
-        ns = r.get("namespace") or {}
-        region = ns.get("daxregion") or {}
-        devices = region.get("devices") or [{}]
-        rows.append((entry["case"], devices[0].get("chardev", "-"), ns.get("map", "-"),
-                     _mib(ns.get("size")), ns.get("align", region.get("align", "-")),
-                     r["verdict"], r.get("error", "")))
-    return tabulate(rows, headers=["case", "device", "map", "size", "align", "verdict", "note"])
+        notes = [f"{c['name']}: {c['status']}" for d in r.get("devices", [])
+                 for c in d["checks"] if c["status"] == "fail"]
+        skipped = sorted({c["name"] for d in r.get("devices", []) for c in d["checks"]
+                          if c["status"] == "skip"})
+        if skipped:
+            notes.append("skipped " + ",".join(skipped))
+        notes += r.get("problems", [])
+        devices = r.get("devices") or [None]
+        for d in devices:
+            if d is None:
+                rows.append((entry["case"], "-", "-", "-", "-", "-", "-", r["verdict"], "; ".join(notes)))
+                continue
+            vm, sp = d["vmemmap_pages"], d["struct_pages_initialized"]
+            rows.append((entry["case"], d["device"], _n(d["align"]), _yn(d["expected_optimized"]),
+                         _yn(d["optimized"]), f"{_n(vm['observed'])}/{vm['expected']}/{vm['naive']}",
+                         f"{_n(sp['observed'])}/{sp['expected']}/{sp['naive']}", r["verdict"],
+                         "; ".join(notes)))
+    return tabulate(rows, headers=["case", "device", "align", "eligible", "optimised",
+                                   "vmemmap pages obs/exp/naive", "struct pages init obs/exp/naive",
+                                   "verdict", "notes"])

@@ -34,7 +34,7 @@ TARGETS = (
     Target("vmemmap_populate_address", "kprobe+kretprobe", (5, 19),
            "one call per vmemmap page: the PTE it installs and whether its page is reused",
            fallback="page-table walk"),
-    Target("vmemmap_alloc_block_buf", "kretprobe", (4, 5),
+    Target("vmemmap_alloc_block_buf", "kprobe+kretprobe", (4, 5),
            "one call per freshly allocated vmemmap page"),
     # mm/page_alloc.c up to 6.3, mm/mm_init.c from 6.4: stable signature 5.17-6.19.
     Target("memmap_init_zone_device", "kprobe+kretprobe", (4, 19),

@@ -1,0 +1,89 @@
+"""The event log: what a trace saw, as JSON Lines (record writes it, replay reads it back).
+
+Every line is one object with a "type". The first is the header, which names the schema version
+and the kernel. Types and their required keys are listed here once; the reader checks them, so
+a corrupt or truncated file fails on the line that is wrong, never deep inside the ledger.
+"""
+
+import json
+from typing import IO, Iterable, Iterator, List
+
+from vmemtrace.errors import VmemtraceError
+
+SCHEMA = 1
+
+REQUIRED = {
+    # kernel facts at trace start; strategy: target -> kprobe/kretprobe/fallback/unavailable
+    "header": ("schema", "kernel", "version", "feature", "strategy"),
+    # one __populate_section_memmap() call, aggregated in BPF
+    "section": ("pfn", "nr_pages", "range_start_pfn", "pfns_per_compound", "ptes", "fresh",
+                "reused", "existing", "alloc_calls", "alloc_bytes", "altmap", "has_pgmap"),
+    # one compound page's vmemmap PTEs, aggregated in BPF
+    "compound": ("head_pfn", "range_start_pfn", "pfns_per_compound", "ptes", "fresh", "reused",
+                 "existing", "head_fresh", "tail_fresh", "tail_pfn", "on_tail", "max_index"),
+    # one memmap_init_zone_device() call
+    "range": ("start_pfn", "nr_pages", "pfns_per_compound", "altmap", "altmap_base_pfn",
+              "altmap_reserve", "altmap_free", "mic_calls", "mic_pages", "duration_ns",
+              "struct_page_size", "page_size"),
+    # /proc/vmstat nr_memmap_pages (6.11+) before and after the command
+    "vmstat": ("when", "nr_memmap_pages"),
+    # a dax device found in sysfs after the command
+    "device": ("name", "start_pfn", "nr_pages", "align"),
+    # the command verify/record ran
+    "command": ("argv", "exit", "seconds"),
+    # events the perf buffer dropped and BPF-side failures, at the end
+    "lost": ("count", "errors"),
+}
+
+
+def validate(event, where: str) -> dict:
+    if not isinstance(event, dict):
+        raise VmemtraceError(f"{where}: not a JSON object")
+    kind = event.get("type")
+    if kind not in REQUIRED:
+        raise VmemtraceError(f"{where}: unknown event type {kind!r}")
+    missing = [k for k in REQUIRED[kind] if k not in event]
+    if missing:
+        raise VmemtraceError(f"{where}: {kind} event lacks {', '.join(missing)}")
+    return event
+
+
+def write(events: Iterable[dict], fh: IO[str]) -> None:
+    for ev in events:
+        fh.write(json.dumps(ev, sort_keys=True) + "\n")
+    fh.flush()
+
+
+def read(fh: IO[str], name: str) -> List[dict]:
+    """All events of a log, validated. Errors name the file and line."""
+    out: List[dict] = []
+    lineno = 0
+    for lineno, line in enumerate(fh, 1):
+        if not line.strip():
+            continue
+        if not line.endswith("\n"):
+            raise VmemtraceError(f"{name}:{lineno}: truncated line (the recording was cut off)")
+        try:
+            event = json.loads(line)
+        except ValueError as e:
+            raise VmemtraceError(f"{name}:{lineno}: not JSON ({e.msg})")
+        out.append(validate(event, f"{name}:{lineno}"))
+    if not out:
+        raise VmemtraceError(f"{name}: empty event log")
+    header = out[0]
+    if header["type"] != "header":
+        raise VmemtraceError(f"{name}:1: the first event must be the header")
+    if header["schema"] != SCHEMA:
+        raise VmemtraceError(f"{name}:1: schema {header['schema']} is not {SCHEMA} "
+                             "(recorded by another vmemtrace version)")
+    return out
+
+
+def iter_file(path: str) -> Iterator[dict]:
+    try:
+        with open(path) as fh:
+            return iter(read(fh, path))
+    except OSError as e:
+        raise VmemtraceError(f"cannot read {path}: {e.strerror}")
+    except UnicodeDecodeError:
+        raise VmemtraceError(f"{path}: not a text file")

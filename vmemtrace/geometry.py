@@ -1,0 +1,141 @@
+"""What the kernel should do for one device range: the single source of every expected number.
+
+Pure arithmetic, no I/O. Each function mirrors the kernel code named in its docstring
+(mm/sparse-vmemmap.c, mm/memory_hotplug.c, mm/mm_init.c as of 6.12; the same logic since 5.19).
+x86_64 constants are defaults; every one is a parameter.
+"""
+
+from dataclasses import dataclass
+from typing import Iterator, Tuple
+
+PAGE_SIZE = 4096
+STRUCT_PAGE_SIZE = 64
+PAGES_PER_SECTION = 1 << 15  # 128 MiB sections (SECTION_SIZE_BITS 27)
+PAGES_PER_SUBSECTION = 1 << 9  # 2 MiB subsections
+VMEMMAP_RESERVE_NR = 2  # vmemmap pages kept per compound page (include/linux/mm.h)
+
+
+@dataclass(frozen=True)
+class RangeShape:
+    """One pgmap range as the kernel sees it."""
+
+    start_pfn: int
+    nr_pages: int
+    pfns_per_compound: int = 1  # 1 << pgmap->vmemmap_shift
+    altmap: bool = False
+    altmap_offset: int = 0  # vmem_altmap_offset(): pfns whose struct pages the altmap holds
+    feature: bool = True  # the kernel carries the compound-devmap optimisation (5.19+)
+    page_size: int = PAGE_SIZE
+    struct_page_size: int = STRUCT_PAGE_SIZE
+    pages_per_section: int = PAGES_PER_SECTION
+
+
+def eligibility(shape: RangeShape) -> Tuple[bool, str]:
+    """Mirrors vmemmap_can_optimize() (include/linux/mm.h): no altmap, sizeof(struct page) a
+    power of two, and a compound page whose memmap is larger than the 2 pages kept."""
+    sp = shape.struct_page_size
+    if not shape.feature:
+        return False, "the kernel lacks the compound-devmap optimisation (before 5.19)"
+    if shape.altmap:
+        return False, "struct pages live on the device (altmap, ndctl -M dev)"
+    if sp & (sp - 1):
+        return False, f"sizeof(struct page) = {sp} is not a power of two"
+    if shape.pfns_per_compound <= 1:
+        return False, "no compound pages (4 KiB alignment)"
+    per_compound = shape.pfns_per_compound * sp // shape.page_size
+    if per_compound <= VMEMMAP_RESERVE_NR:
+        return False, (f"a compound page's memmap is {per_compound} vmemmap page(s), "
+                       f"not more than the {VMEMMAP_RESERVE_NR} kept")
+    return True, (f"compound pages of {shape.pfns_per_compound * shape.page_size >> 10} KiB, "
+                  "no altmap")
+
+
+def section_pieces(start_pfn: int, nr_pages: int,
+                   pages_per_section: int = PAGES_PER_SECTION) -> Iterator[Tuple[int, int]]:
+    """The (pfn, nr_pages) of each __populate_section_memmap() call for a range: __add_pages()
+    (mm/memory_hotplug.c) cuts it at every section boundary."""
+    pfn, end = start_pfn, start_pfn + nr_pages
+    while pfn < end:
+        n = min(end - pfn, (pfn // pages_per_section + 1) * pages_per_section - pfn)
+        yield pfn, n
+        pfn += n
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def vmemmap_pages_naive(shape: RangeShape) -> int:
+    """vmemmap pages without the optimisation: every struct page of the range mapped once.
+    On x86_64 a full section is one 2 MiB PMD block (512 pages), a partial one 4 KiB pages
+    (arch/x86/mm/init_64.c, vmemmap_populate()): either way its memmap rounded up to pages."""
+    return sum(_ceil(n * shape.struct_page_size, shape.page_size)
+               for _, n in section_pieces(shape.start_pfn, shape.nr_pages, shape.pages_per_section))
+
+
+def reuse_compound_section(pfn: int, shape: RangeShape) -> bool:
+    """mm/sparse-vmemmap.c reuse_compound_section(): a section starting inside a compound page
+    larger than a subsection reuses the previous section's last tail page for all its PTEs."""
+    offset = pfn - shape.start_pfn
+    return offset % shape.pfns_per_compound != 0 and shape.pfns_per_compound > PAGES_PER_SUBSECTION
+
+
+def fresh_pages_of_piece(pfn: int, n: int, shape: RangeShape) -> int:
+    """Freshly allocated vmemmap pages of one section piece on the optimised path, mirroring
+    vmemmap_populate_compound_pages(): per compound-page chunk, the head page and the first
+    tail page; every other PTE reuses the first tail page."""
+    if reuse_compound_section(pfn, shape):
+        return 0
+    size = n * shape.struct_page_size
+    chunk = min(size, shape.pfns_per_compound * shape.struct_page_size)
+    return _ceil(size, chunk) * min(VMEMMAP_RESERVE_NR, _ceil(chunk, shape.page_size))
+
+
+def vmemmap_pages_expected(shape: RangeShape) -> int:
+    """vmemmap pages the kernel should allocate for the range."""
+    if not eligibility(shape)[0]:
+        return vmemmap_pages_naive(shape)
+    return sum(fresh_pages_of_piece(pfn, n, shape)
+               for pfn, n in section_pieces(shape.start_pfn, shape.nr_pages, shape.pages_per_section))
+
+
+def vmemmap_pages_per_compound(shape: RangeShape) -> int:
+    """PTEs (vmemmap pages) that map one compound page's struct pages."""
+    return _ceil(shape.pfns_per_compound * shape.struct_page_size, shape.page_size)
+
+
+def compound_pages(shape: RangeShape) -> int:
+    return _ceil(shape.nr_pages, shape.pfns_per_compound)
+
+
+def init_loop_pages(shape: RangeShape) -> int:
+    """pfns memmap_init_zone_device() walks: with an altmap it starts past the pfns whose struct
+    pages the altmap holds (start_pfn = altmap->base_pfn + vmem_altmap_offset(altmap))."""
+    return shape.nr_pages - shape.altmap_offset
+
+
+def compound_nr_pages(shape: RangeShape) -> int:
+    """mm/mm_init.c compound_nr_pages(): struct pages memmap_init_compound() initialises per
+    compound page: only the 2 kept vmemmap pages' worth (128) when optimised."""
+    if eligibility(shape)[0]:
+        return VMEMMAP_RESERVE_NR * (shape.page_size // shape.struct_page_size)
+    return shape.pfns_per_compound
+
+
+def struct_pages_init_naive(shape: RangeShape) -> int:
+    """Without the optimisation every pfn of the loop gets its struct page initialised."""
+    return init_loop_pages(shape)
+
+
+def struct_pages_init_expected(shape: RangeShape) -> int:
+    """memmap_init_zone_device(): one __init_zone_device_page() per head, then
+    memmap_init_compound(head, ..., compound_nr_pages()) initialises head + tails; that is
+    compound_nr_pages() struct pages per compound page, or every pfn without compound pages."""
+    loop = init_loop_pages(shape)
+    if shape.pfns_per_compound <= 1:
+        return loop
+    return _ceil(loop, shape.pfns_per_compound) * compound_nr_pages(shape)
+
+
+def saved_bytes(shape: RangeShape) -> int:
+    return (vmemmap_pages_naive(shape) - vmemmap_pages_expected(shape)) * shape.page_size

@@ -1,0 +1,19 @@
+"""/proc/vmstat nr_memmap_pages: the kernel's own count of memmap pages (6.11+)."""
+
+from pathlib import Path
+from typing import Optional
+
+
+def parse_nr_memmap_pages(text: str) -> Optional[int]:
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == "nr_memmap_pages":
+            return int(parts[1])
+    return None
+
+
+def read_nr_memmap_pages(root: Path = Path("/")) -> Optional[int]:
+    try:
+        return parse_nr_memmap_pages((root / "proc/vmstat").read_text())
+    except OSError:
+        return None

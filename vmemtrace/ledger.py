@@ -1,0 +1,139 @@
+"""Fold events (live, replayed, or from an audit) into one ledger per device range.
+
+Pure: takes the event dicts of events.py, returns plain objects; no kernel, no BPF.
+"""
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from vmemtrace import geometry
+
+# Strategies under which a target's events really arrive.
+OBSERVED = ("kprobe", "kretprobe", "kprobe+kretprobe")
+
+
+@dataclass
+class Sources:
+    """What this trace could see, from the header's strategy map."""
+
+    populate: bool  # per-PTE reuse: vmemmap_populate_address under __populate_section_memmap
+    alloc: bool  # vmemmap pages allocated: vmemmap_alloc_block_buf under the same
+    init: bool  # struct pages initialised per compound page: memmap_init_compound
+    ranges: bool  # memmap_init_zone_device
+
+    @classmethod
+    def from_strategy(cls, strategy: Dict[str, str]) -> "Sources":
+        seen = {name for name, how in strategy.items() if how in OBSERVED}
+        section = "__populate_section_memmap" in seen
+        return cls(populate=section and "vmemmap_populate_address" in seen,
+                   alloc=section and "vmemmap_alloc_block_buf" in seen,
+                   init="memmap_init_compound" in seen,
+                   ranges="memmap_init_zone_device" in seen)
+
+
+@dataclass
+class DeviceLedger:
+    start_pfn: int
+    nr_pages: int
+    range: Optional[dict] = None
+    sections: List[dict] = field(default_factory=list)
+    compounds: List[dict] = field(default_factory=list)
+    device: Optional[dict] = None
+
+    @property
+    def name(self) -> str:
+        return self.device["name"] if self.device else f"pfn-{self.start_pfn}"
+
+    @property
+    def pfns_per_compound(self) -> int:
+        if self.range:
+            return self.range["pfns_per_compound"]
+        return self.sections[0]["pfns_per_compound"] if self.sections else 1
+
+    @property
+    def altmap(self) -> bool:
+        if self.range:
+            return bool(self.range["altmap"])
+        return any(s["altmap"] for s in self.sections)
+
+    def shape(self, feature: bool) -> geometry.RangeShape:
+        r = self.range or {}
+        offset = 0
+        if r.get("altmap"):
+            # memmap_init_zone_device(): start = altmap->base_pfn + reserve + free
+            offset = r["altmap_base_pfn"] + r["altmap_reserve"] + r["altmap_free"] - self.start_pfn
+        return geometry.RangeShape(
+            start_pfn=self.start_pfn, nr_pages=self.nr_pages,
+            pfns_per_compound=self.pfns_per_compound, altmap=self.altmap, altmap_offset=offset,
+            feature=feature, page_size=r.get("page_size", geometry.PAGE_SIZE),
+            struct_page_size=r.get("struct_page_size", geometry.STRUCT_PAGE_SIZE))
+
+    def totals(self) -> Dict[str, int]:
+        keys = ("ptes", "fresh", "reused", "existing", "alloc_calls", "alloc_bytes")
+        return {k: sum(s[k] for s in self.sections) for k in keys}
+
+
+@dataclass
+class Ledger:
+    header: dict
+    devices: List[DeviceLedger]
+    sources: Sources
+    vmstat: Dict[str, int]
+    lost: int
+    bpf_errors: Dict[str, int]
+    command: Optional[dict]
+
+    @property
+    def feature(self) -> bool:
+        return bool(self.header["feature"]["present"])
+
+
+def _contains(d: DeviceLedger, pfn: int) -> bool:
+    return d.start_pfn <= pfn < d.start_pfn + d.nr_pages
+
+
+def fold(events: List[dict]) -> Ledger:
+    """Events in the order they happened: a range's sections come before its range event
+    (__populate_section_memmap runs before memmap_init_zone_device), its compound pages after
+    (drained when the range event arrives)."""
+    header = events[0]
+    ranges: Dict[int, DeviceLedger] = {}  # by start pfn; a re-created range replaces the old
+    pending: List[dict] = []
+    devices, vmstat, lost, bpf_errors, command = [], {}, 0, {}, None
+    for ev in events[1:]:
+        kind = ev["type"]
+        if kind == "section":
+            pending.append(ev)
+        elif kind == "range":
+            d = DeviceLedger(ev["start_pfn"], ev["nr_pages"], range=ev)
+            d.sections = [s for s in pending if _contains(d, s["pfn"])]
+            pending = [s for s in pending if not _contains(d, s["pfn"])]
+            ranges[d.start_pfn] = d
+        elif kind == "compound":
+            owner = next((d for d in ranges.values() if _contains(d, ev["head_pfn"])), None)
+            if owner is not None:
+                owner.compounds.append(ev)
+        elif kind == "vmstat":
+            vmstat[ev["when"]] = ev["nr_memmap_pages"]
+        elif kind == "device":
+            devices.append(ev)
+        elif kind == "lost":
+            lost += ev["count"]
+            for k, v in ev["errors"].items():
+                bpf_errors[k] = bpf_errors.get(k, 0) + v
+        elif kind == "command":
+            command = ev
+    # Sections of a range that never reached memmap_init_zone_device (failed, or not traced)
+    # still form a ledger, under the range start the kernel gave them (5.19+).
+    for s in pending:
+        if s["has_pgmap"]:
+            d = ranges.setdefault(s["range_start_pfn"], DeviceLedger(s["range_start_pfn"], 0))
+            d.sections.append(s)
+            d.nr_pages = max(d.nr_pages, s["pfn"] + s["nr_pages"] - d.start_pfn)
+    for dev in devices:
+        owner = next((d for d in ranges.values() if _contains(d, dev["start_pfn"])), None)
+        if owner is not None:
+            owner.device = dev
+    ordered = sorted(ranges.values(), key=lambda d: d.start_pfn)
+    return Ledger(header, ordered, Sources.from_strategy(header["strategy"]), vmstat, lost,
+                  bpf_errors, command)

@@ -1,0 +1,145 @@
+"""A live tracing session: kernel facts, the BPF tracer, the command it watches, and the event
+log it produces (header first). verify, record, trace and stats all run through here."""
+
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from typing import Callable, List, Optional
+
+from vmemtrace import __version__
+from vmemtrace.errors import VmemtraceError
+from vmemtrace.events import SCHEMA
+from vmemtrace.kernel import daxdev, vmstat
+from vmemtrace.kernel.facts import gather
+from vmemtrace.readiness import assess
+
+
+def header_event(facts, ready, cflags: List[str]) -> dict:
+    return {"type": "header", "schema": SCHEMA, "tool": f"vmemtrace {__version__}",
+            "kernel": facts.release, "version": list(facts.version),
+            "feature": {"present": ready.feature.present, "evidence": ready.feature.evidence},
+            "strategy": {s.name: s.strategy for s in ready.plan}, "cflags": cflags,
+            "started": time.time()}
+
+
+@contextmanager
+def terminate_on_sigterm():
+    """SIGTERM behaves like Ctrl-C: the with-blocks unwind and the tracer detaches."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def open_tracer(progress: Callable[[str], None]):
+    """Facts, readiness, and a loaded Tracer; exit 2 with the reason when tracing cannot start."""
+    from vmemtrace.probes.loader import Tracer
+
+    facts = gather()
+    ready = assess(facts)
+    if ready.blockers:
+        raise VmemtraceError("cannot trace: " + "; ".join(ready.blockers))
+    progress("compiling and attaching the BPF program (BCC) ...")
+    start = time.monotonic()
+    tracer = Tracer(ready.plan, facts.release, facts.version)
+    progress(f"attached to {', '.join(tracer.attached)} in {time.monotonic() - start:.1f}s")
+    return tracer, header_event(facts, ready, tracer.cflags)
+
+
+def closing_events(tracer) -> List[dict]:
+    """What is left once the command is done: compound pages of ranges that never completed,
+    losses and BPF-side errors, the kernel's counter, the dax devices now in sysfs."""
+    out = tracer.drain_compound()
+    out.append({"type": "lost", "count": tracer.lost, "errors": tracer.errors()})
+    n = vmstat.read_nr_memmap_pages()
+    if n is not None:
+        out.append({"type": "vmstat", "when": "after", "nr_memmap_pages": n})
+    out.extend(daxdev.inventory())
+    return out
+
+
+def run_command(argv: List[str], tracer, on_events: Callable[[List[dict]], None],
+                quiet_stdout: bool = False) -> dict:
+    """Run argv (no shell) while polling the tracer; returns the command event. With
+    quiet_stdout the command's stdout goes to our stderr, keeping ours clean for JSON."""
+    start = time.monotonic()
+    try:
+        child = subprocess.Popen(argv, stdout=sys.stderr if quiet_stdout else None)
+    except OSError as e:
+        raise VmemtraceError(f"cannot run {argv[0]}: {e.strerror}")
+    try:
+        while child.poll() is None:
+            on_events(tracer.poll(100))
+    except KeyboardInterrupt:
+        child.terminate()
+        child.wait()
+        raise
+    # The last events may still sit in the perf buffer.
+    for _ in range(3):
+        on_events(tracer.poll(50))
+    return {"type": "command", "argv": argv, "exit": child.returncode,
+            "seconds": round(time.monotonic() - start, 3)}
+
+
+def trace_command(argv: List[str], progress: Callable[[str], None],
+                  on_event: Optional[Callable[[dict], None]] = None,
+                  quiet_stdout: bool = False) -> List[dict]:
+    """The whole event log of argv run under tracing."""
+    log: List[dict] = []
+
+    def take(events):
+        log.extend(events)
+        if on_event:
+            for ev in events:
+                on_event(ev)
+
+    with terminate_on_sigterm():
+        tracer, header = open_tracer(progress)
+        with tracer:
+            take([header])
+            before = vmstat.read_nr_memmap_pages()
+            if before is not None:
+                take([{"type": "vmstat", "when": "before", "nr_memmap_pages": before}])
+            command = run_command(argv, tracer, take, quiet_stdout)
+            take(closing_events(tracer))
+            take([command])
+    return log
+
+
+def say(message: str) -> None:
+    print(f"vmemtrace: {message}", file=sys.stderr, flush=True)
+
+
+def watch(seconds: Optional[float], progress: Callable[[str], None],
+          on_event: Callable[[dict], None], tick: Optional[Callable[[], bool]] = None) -> List[dict]:
+    """Trace with no command until `seconds` pass, Ctrl-C/SIGTERM, or tick() returns False."""
+    log: List[dict] = []
+
+    def take(events):
+        log.extend(events)
+        for ev in events:
+            on_event(ev)
+
+    with terminate_on_sigterm():
+        tracer, header = open_tracer(progress)
+        with tracer:
+            take([header])
+            before = vmstat.read_nr_memmap_pages()
+            if before is not None:
+                take([{"type": "vmstat", "when": "before", "nr_memmap_pages": before}])
+            deadline = None if seconds is None else time.monotonic() + seconds
+            try:
+                while deadline is None or time.monotonic() < deadline:
+                    take(tracer.poll(100))
+                    if tick is not None and not tick():
+                        break
+            except KeyboardInterrupt:
+                pass  # the user's way to end an open-ended trace
+            take(closing_events(tracer))
+    return log
