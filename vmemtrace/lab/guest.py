@@ -80,9 +80,10 @@ def vmemtrace(*args):
 
 def run_case(case, out_dir):
     """A fresh namespace under `vmemtrace verify`; the event log is kept for replay tests."""
-    # Back to raw first, so that the traced command only creates (lab-notes.md: a legacy
-    # memmap= region starts as fsdax with its own memmap; -m raw releases it).
-    sh(["ndctl", "create-namespace", "-f", "-e", NAMESPACE, "-m", "raw"])
+    # Disable the previous namespace first, so that the traced command only creates: a legacy
+    # memmap= region starts as fsdax with its own memmap (lab-notes.md), and even raw mode maps
+    # pages there; tearing that down inside the traced command would blur nr_memmap_pages.
+    sh(["ndctl", "disable-namespace", NAMESPACE])
     log = os.path.join(out_dir, f"{case.name}.jsonl")
     code, doc, err = vmemtrace("verify", "--json", "--record", log, "--", *case.ndctl_args(NAMESPACE))
     ns = sh(["ndctl", "list", "-N", "-n", NAMESPACE]).stdout

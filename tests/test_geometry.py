@@ -1,0 +1,102 @@
+"""geometry: the expected numbers, against the patch series' arithmetic, lab-notes.md's measured
+numbers, and properties that must hold for any range (hypothesis)."""
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vmemtrace import geometry as g
+
+GiB_PFNS = (1 << 30) >> 12
+TWO_MiB, ONE_GiB = 512, 262144
+
+
+def shape(nr, ppc, **kw):
+    return g.RangeShape(start_pfn=5 * GiB_PFNS, nr_pages=nr, pfns_per_compound=ppc, **kw)
+
+
+def test_lab_notes_numbers_3GiB():
+    s2, s1g, s4k = shape(3 * GiB_PFNS, TWO_MiB), shape(3 * GiB_PFNS, ONE_GiB), shape(3 * GiB_PFNS, 1)
+    assert (g.vmemmap_pages_naive(s2), g.vmemmap_pages_expected(s2)) == (12288, 3072)
+    assert g.struct_pages_init_expected(s2) == 196608 and g.compound_pages(s2) == 1536
+    assert (g.vmemmap_pages_expected(s1g), g.struct_pages_init_expected(s1g)) == (6, 384)
+    assert g.vmemmap_pages_expected(s4k) == 12288 and g.struct_pages_init_expected(s4k) == 786432
+    dev = shape(3 * GiB_PFNS, TWO_MiB, altmap=True, altmap_offset=12800)
+    assert g.eligibility(dev)[0] is False
+    assert g.struct_pages_init_expected(dev) == 1511 * 512  # measured: 1511 x 512
+
+
+def test_patch_series_per_TiB():
+    tib = 1 << 28  # pfns in 1 TiB
+    s2 = shape(tib, TWO_MiB)
+    assert g.vmemmap_pages_naive(s2) * 4096 == 16 << 30
+    assert g.vmemmap_pages_expected(s2) * 4096 == 4 << 30
+    assert g.vmemmap_pages_expected(shape(tib, ONE_GiB)) * 4096 == 8 << 20
+    assert g.compound_nr_pages(s2) == 128
+
+
+def test_1GiB_page_spans_eight_sections():
+    pieces = list(g.section_pieces(5 * GiB_PFNS, GiB_PFNS))
+    assert len(pieces) == 8
+    s = shape(GiB_PFNS, ONE_GiB)
+    fresh = [g.fresh_pages_of_piece(p, n, s) for p, n in pieces]
+    assert fresh == [2, 0, 0, 0, 0, 0, 0, 0]  # later sections reuse the previous tail page
+
+
+def test_unaligned_range_start_is_cut_at_the_section_boundary():
+    start = 5 * GiB_PFNS + 3 * TWO_MiB  # 6 MiB into a section
+    pieces = list(g.section_pieces(start, g.PAGES_PER_SECTION))
+    assert pieces == [(start, g.PAGES_PER_SECTION - 3 * TWO_MiB), (5 * GiB_PFNS + g.PAGES_PER_SECTION, 3 * TWO_MiB)]
+
+
+def test_partial_compound_page_at_the_end():
+    # 3 GiB + 1 MiB at 2 MiB pages: the last chunk is half a compound page, still 2 fresh pages.
+    s = shape(3 * GiB_PFNS + 256, TWO_MiB)
+    assert g.vmemmap_pages_expected(s) == 3072 + 2
+    assert g.vmemmap_pages_naive(s) == 12288 + 4
+
+
+def test_eligibility_reasons():
+    assert "altmap" in g.eligibility(shape(GiB_PFNS, TWO_MiB, altmap=True))[1]
+    assert "4 KiB" in g.eligibility(shape(GiB_PFNS, 1))[1]
+    assert "lacks" in g.eligibility(shape(GiB_PFNS, TWO_MiB, feature=False))[1]
+    assert "power of two" in g.eligibility(shape(GiB_PFNS, TWO_MiB, struct_page_size=72))[1]
+    assert not g.eligibility(shape(GiB_PFNS, 128))[0]  # 128 x 64 B = 2 vmemmap pages: nothing to save
+    assert g.eligibility(shape(GiB_PFNS, 256))[0]
+
+
+ranges = st.builds(
+    lambda start_sub, nr_sub, shift, altmap: (start_sub * 512, nr_sub * 512, 1 << shift, altmap),
+    st.integers(min_value=2560, max_value=1 << 22),  # subsection-aligned starts above 5 GiB
+    st.integers(min_value=1, max_value=1 << 14),  # up to 16 GiB
+    st.sampled_from([0, 9, 18]),  # 4 KiB, 2 MiB, 1 GiB: what device-dax offers on x86_64
+    st.booleans(),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ranges)
+def test_properties(r):
+    start, nr, ppc, altmap = r
+    start -= start % ppc if ppc <= nr else 0  # device-dax ranges are aligned to their pages
+    s = g.RangeShape(start, nr, ppc, altmap=altmap)
+    pieces = list(g.section_pieces(start, nr))
+    # The pieces partition the range and none crosses a section boundary.
+    assert sum(n for _, n in pieces) == nr
+    assert all(p // g.PAGES_PER_SECTION == (p + n - 1) // g.PAGES_PER_SECTION for p, n in pieces)
+    assert all(a + m == b for (a, m), (b, _) in zip(pieces, pieces[1:]))
+    naive, expected = g.vmemmap_pages_naive(s), g.vmemmap_pages_expected(s)
+    assert naive == -(-nr * 64 // 4096) or len(pieces) > 1
+    assert 0 < expected <= naive
+    assert g.saved_bytes(s) == (naive - expected) * 4096 >= 0
+    eligible = g.eligibility(s)[0]
+    assert eligible == (not altmap and ppc > 128)
+    if not eligible:
+        assert expected == naive
+        assert g.struct_pages_init_expected(s) == (nr if ppc == 1 else -(-nr // ppc) * ppc)
+    else:
+        # Two vmemmap pages kept per compound page (or per piece of one, for partial ones).
+        assert expected >= 2
+        if start % ppc == 0 and nr % ppc == 0:
+            assert expected == 2 * g.compound_pages(s)
+            assert g.struct_pages_init_expected(s) == 128 * g.compound_pages(s)
+        assert g.struct_pages_init_expected(s) <= 128 * -(-nr // ppc)

@@ -1,0 +1,221 @@
+"""Ledger and verdict on event logs recorded in lab guests (real kernel output), through the
+real `vmemtrace replay` command; and the same logs doctored to prove each check can fail."""
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FIXTURES, run_cli
+from vmemtrace import events
+from vmemtrace.ledger import fold
+from vmemtrace.verdict import evaluate
+
+LOGS = FIXTURES / "events"
+
+
+def log_path(series: str, case: str) -> Path:
+    found = [p for p in LOGS.iterdir() if p.name.startswith(series + ".") or p.name.startswith(series + "-")]
+    assert len(found) == 1, found
+    return found[0] / f"{case}.jsonl"
+
+
+def load(series, case):
+    with open(log_path(series, case)) as fh:
+        return events.read(fh, str(log_path(series, case)))
+
+
+def replay(path, *args):
+    res = run_cli("replay", str(path), "--json", *args)
+    return res, (json.loads(res.stdout) if res.stdout.strip() else None)
+
+
+def checks(device):
+    return {c["name"]: c for c in device["checks"]}
+
+
+@pytest.mark.parametrize("case,vm_obs,init_obs", [("mem-2M", 3072, 196608), ("mem-1G", 6, 384)])
+def test_6_12_optimised_cases(case, vm_obs, init_obs):
+    res, doc = replay(log_path("6.12", case))
+    assert res.returncode == 0, res.stderr
+    (dev,) = doc["devices"]
+    assert dev["device"] == "dax0.0" and dev["expected_optimized"] and dev["optimized"]
+    assert dev["vmemmap_pages"] == {"naive": 12288, "expected": vm_obs, "observed": vm_obs}
+    assert dev["struct_pages_initialized"]["observed"] == init_obs
+    assert {n: c["status"] for n, c in checks(dev).items()} == {
+        "feature-present": "pass", "eligibility": "pass", "tail-reuse": "pass",
+        "init-skip": "pass", "accounting": "pass", "no-false-optimisation": "skip"}
+
+
+@pytest.mark.parametrize("case", ["dev-2M", "mem-4K"])
+def test_6_12_unoptimised_cases(case):
+    res, doc = replay(log_path("6.12", case))
+    assert res.returncode == 0, res.stderr
+    (dev,) = doc["devices"]
+    assert dev["expected_optimized"] is False and dev["optimized"] is False
+    assert dev["vmemmap_pages"]["observed"] == 12288
+    assert checks(dev)["no-false-optimisation"]["status"] == "pass"
+    assert dev["altmap"] is (case == "dev-2M")
+
+
+def test_6_1_reuse_is_skipped_never_passed():
+    res, doc = replay(log_path("6.1", "mem-2M"))
+    assert res.returncode == 0, res.stderr
+    (dev,) = doc["devices"]
+    c = checks(dev)
+    assert c["tail-reuse"]["status"] == "skip" and "cannot be probed" in c["tail-reuse"]["detail"]
+    assert c["init-skip"]["status"] == "pass"
+    assert dev["struct_pages_initialized"]["observed"] == 196608
+    assert dev["vmemmap_pages"]["observed"] is None
+    assert doc["strategy"]["vmemmap_populate_address"] == "unavailable"
+
+
+def test_5_10_feature_absent_auto_passes_optimized_fails():
+    path = log_path("5.10", "mem-2M")
+    res, doc = replay(path)
+    assert res.returncode == 0, res.stderr
+    (dev,) = doc["devices"]
+    assert checks(dev)["feature-present"]["status"] == "skip"
+    assert "feature absent, nothing optimised" in checks(dev)["feature-present"]["detail"]
+    res, doc = replay(path, "--expect", "optimized")
+    assert res.returncode == 1
+    assert checks(doc["devices"][0])["feature-present"]["status"] == "fail"
+    assert "feature-present" in res.stderr and res.stderr.count("\n") == 1
+
+
+def test_expect_unoptimized_on_an_optimised_device_fails():
+    res, doc = replay(log_path("6.12", "mem-2M"), "--expect", "unoptimized")
+    assert res.returncode == 1
+    assert checks(doc["devices"][0])["eligibility"]["status"] == "fail"
+
+
+def test_expect_optimized_on_altmap_fails_eligibility():
+    res, doc = replay(log_path("6.12", "dev-2M"), "--expect", "optimized")
+    assert res.returncode == 1
+    assert "altmap" in checks(doc["devices"][0])["eligibility"]["detail"]
+
+
+def doctor(tmp_path, series, case, change):
+    """A copy of a real log with one event changed by `change` (returns the changed event)."""
+    evs = load(series, case)
+    changed = change(evs)
+    out = tmp_path / f"doctored-{case}.jsonl"
+    with open(out, "w") as fh:
+        events.write(evs, fh)
+    return out, changed
+
+
+def test_doctored_tail_not_reused_fails_naming_the_page(tmp_path):
+    def break_one(evs):
+        c = [e for e in evs if e["type"] == "compound"][700]
+        # One tail vmemmap page got its own page instead of reusing the first tail page.
+        c["fresh"] += 1
+        c["reused"] -= 1
+        c["on_tail"] -= 1
+        return c
+
+    path, c = doctor(tmp_path, "6.12", "mem-2M", break_one)
+    res, doc = replay(path)
+    assert res.returncode == 1
+    tail = checks(doc["devices"][0])["tail-reuse"]
+    assert tail["status"] == "fail"
+    assert f"compound page at pfn {c['head_pfn']}" in tail["detail"] and "3 freshly allocated" in tail["detail"]
+    assert "tail-reuse" in res.stderr and str(c["head_pfn"]) in res.stderr
+
+
+def test_doctored_reuse_onto_a_foreign_page_fails(tmp_path):
+    def misplace(evs):
+        c = [e for e in evs if e["type"] == "compound"][-1]
+        c["on_tail"] -= 2
+        return c
+
+    path, c = doctor(tmp_path, "6.12", "mem-1G", misplace)
+    res, doc = replay(path)
+    assert res.returncode == 1
+    assert "4092 of 4094 tail vmemmap pages" in checks(doc["devices"][0])["tail-reuse"]["detail"]
+
+
+def test_doctored_init_count_fails_init_skip(tmp_path):
+    def init_all(evs):
+        r = next(e for e in evs if e["type"] == "range")
+        r["mic_pages"], r["mic_max"] = 786432, 512
+        return r
+
+    path, _ = doctor(tmp_path, "6.12", "mem-2M", init_all)
+    res, doc = replay(path)
+    assert res.returncode == 1
+    assert checks(doc["devices"][0])["init-skip"]["status"] == "fail"
+
+
+def test_doctored_reuse_on_altmap_fails_no_false_optimisation(tmp_path):
+    def reuse(evs):
+        s = next(e for e in evs if e["type"] == "section")
+        s["alloc_bytes"] -= 4096
+        return s
+
+    path, _ = doctor(tmp_path, "6.12", "dev-2M", reuse)
+    res, doc = replay(path)
+    assert res.returncode == 1
+    c = checks(doc["devices"][0])["no-false-optimisation"]
+    assert c["status"] == "fail" and "12287 vmemmap pages allocated" in c["detail"]
+
+
+def test_lost_events_make_it_unverifiable(tmp_path):
+    def lose(evs):
+        e = next(e for e in evs if e["type"] == "lost")
+        e["count"] = 3
+        return e
+
+    path, _ = doctor(tmp_path, "6.12", "mem-2M", lose)
+    res, doc = replay(path)
+    assert res.returncode == 2 and doc["verdict"] == "error"
+    assert "3 events lost" in res.stderr
+
+
+def test_junit(tmp_path):
+    out = tmp_path / "junit.xml"
+    res = run_cli("replay", str(log_path("6.12", "dev-2M")), "--junit", str(out))
+    assert res.returncode == 0
+    suite = ET.parse(out).getroot()
+    assert suite.get("failures") == "0" and int(suite.get("tests")) == 6
+    assert int(suite.get("skipped")) == 2
+    names = {tc.get("name") for tc in suite.iter("testcase")}
+    assert {"tail-reuse", "init-skip", "no-false-optimisation"} <= names
+
+
+@pytest.mark.parametrize("mangle,message", [
+    (lambda text: text[:-40], "truncated line"),
+    (lambda text: text.replace("\n", "\n{oops\n", 2), "not JSON"),
+    (lambda text: text.replace('"schema": 1', '"schema": 99', 1), "schema 99"),
+    (lambda text: "\n".join(text.splitlines()[1:]) + "\n", "first event must be the header"),
+    (lambda text: text.replace('"type": "range"', '"type": "rnage"', 1), "unknown event type 'rnage'"),
+    (lambda text: "", "empty event log"),
+])
+def test_corrupt_logs_get_one_line_naming_the_line(tmp_path, mangle, message):
+    text = log_path("6.12", "mem-2M").read_text()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(mangle(text))
+    res = run_cli("replay", str(bad))
+    assert res.returncode == 2
+    assert message in res.stderr and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
+    if message in ("not JSON", "unknown event type 'rnage'", "truncated line"):
+        assert f"{bad}:" in res.stderr
+
+
+def test_missing_and_binary_files(tmp_path):
+    res = run_cli("replay", str(tmp_path / "nope.jsonl"))
+    assert res.returncode == 2 and "No such file" in res.stderr
+    binary = tmp_path / "bin.jsonl"
+    binary.write_bytes(b"\xff\xfe\x00garbage\n")
+    res = run_cli("replay", str(binary))
+    assert res.returncode == 2 and res.stderr.count("\n") == 1
+
+
+def test_ledger_fold_matches_sections():
+    evs = load("6.12", "mem-2M")
+    ledger = fold(evs)
+    (d,) = ledger.devices
+    assert len(d.sections) == 24 and len(d.compounds) == 1536
+    assert d.totals()["fresh"] == 3072 and d.totals()["reused"] == 9216
+    assert evaluate(ledger)["verdict"] == "pass"
