@@ -78,9 +78,46 @@ def test_every_case_creates_its_namespace_and_check_can_trace(lab, series):
     for entry in doc["cases"]:
         case, result = cases.CASES[entry["case"]], entry["result"]
         assert result["verdict"] == "pass", result
-        assert result["namespace"]["map"] == case.map_mode
-        assert result["namespace"]["align"] == case.align
-        assert result["namespace"]["daxregion"]["devices"][0]["chardev"] == "dax0.0"
+        assert entry["namespace"]["map"] == case.map_mode
+        assert entry["namespace"]["align"] == case.align
+        assert entry["namespace"]["daxregion"]["devices"][0]["chardev"] == "dax0.0"
+        assert result["devices"][0]["align"] == case.align
+
+
+def cases_of(doc):
+    return {c["case"]: c["result"] for c in doc["cases"]}
+
+
+def test_6_12_verify_numbers(lab):
+    r = cases_of(lab["6.12"])
+    for case, vm, init in (("mem-2M", 3072, 196608), ("mem-1G", 6, 384)):
+        (d,) = r[case]["devices"]
+        assert r[case]["verdict"] == "pass"
+        assert d["vmemmap_pages"] == {"naive": 12288, "expected": vm, "observed": vm}
+        assert d["struct_pages_initialized"]["observed"] == init
+        assert d["optimized"] is True
+        assert {c["name"]: c["status"] for c in d["checks"]}["tail-reuse"] == "pass"
+    for case in ("dev-2M", "mem-4K"):
+        (d,) = r[case]["devices"]
+        assert r[case]["verdict"] == "pass" and d["optimized"] is False
+        assert d["vmemmap_pages"]["observed"] == 12288
+
+
+def test_6_1_verify_init_skip_but_never_pass_reuse(lab):
+    r = cases_of(lab["6.1"])
+    for case in ("mem-2M", "mem-1G"):
+        (d,) = r[case]["devices"]
+        checks = {c["name"]: c["status"] for c in d["checks"]}
+        assert checks["tail-reuse"] == "skip" and checks["init-skip"] == "pass"
+    assert r["mem-1G"]["devices"][0]["struct_pages_initialized"]["observed"] == 384
+
+
+def test_5_10_verify_passes_as_feature_absent(lab):
+    for case, result in cases_of(lab["5.10"]).items():
+        (d,) = result["devices"]
+        assert result["verdict"] == "pass", case
+        assert d["optimized"] is False and d["expected_optimized"] is False
+        assert {c["name"]: c["status"] for c in d["checks"]}["feature-present"] == "skip"
 
 
 def test_second_run_reuses_the_cache(lab):

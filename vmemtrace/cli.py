@@ -194,9 +194,11 @@ def stats(interval, count, as_json):
     if interval <= 0:
         raise VmemtraceError("INTERVAL must be positive")
     log = []
-    state = {"next": _time.monotonic() + interval, "printed": 0}
+    state = {"next": None, "printed": 0}
 
     def tick():
+        if state["next"] is None:  # intervals count from the moment the probes are attached
+            state["next"] = _time.monotonic() + interval
         if _time.monotonic() < state["next"]:
             return True
         state["next"] += interval

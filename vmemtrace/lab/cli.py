@@ -23,7 +23,10 @@ from vmemtrace.lab.cases import DEFAULT_CASES, parse_cases, parse_size
 @click.option("--json", "as_json", is_flag=True,
               help="one JSON document per kernel, one per line")
 @click.option("--shell", is_flag=True, help="boot the first kernel into an interactive shell")
-def lab(kernel_specs, modules, case_list, size, accel, refresh, timeout, as_json, shell):
+@click.option("--exec", "command", metavar="CMD",
+              help="instead of the cases: run this shell command in each guest (device-dax "
+                   "drivers loaded, `vmemtrace` on PATH); exit with its status")
+def lab(kernel_specs, modules, case_list, size, accel, refresh, timeout, as_json, shell, command):
     """Boot a throwaway guest with emulated pmem and run the cases in it.
 
     Exit 0 when every case passed, 1 when one failed, 2 when one could not be verified."""
@@ -35,6 +38,6 @@ def lab(kernel_specs, modules, case_list, size, accel, refresh, timeout, as_json
     def go():
         specs = [parse_spec(s, modules) for s in kernel_specs]
         sys.exit(run_lab(specs, parse_cases(case_list), parse_size(size), accel, refresh,
-                         as_json, shell, timeout))
+                         as_json, shell, timeout, command))
 
     go()

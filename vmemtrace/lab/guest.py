@@ -95,11 +95,36 @@ def run_case(case, out_dir):
             "stderr_tail": err.splitlines()[-3:]}
 
 
+def install_wrapper():
+    """`vmemtrace` on PATH for --exec commands, running the mounted project tree."""
+    bindir = "/tmp/vmemtrace-bin"
+    os.makedirs(bindir, exist_ok=True)
+    with open(f"{bindir}/vmemtrace", "w") as fh:
+        fh.write(f"#!/bin/sh\nexec {sys.executable} -m vmemtrace \"$@\"\n")
+    os.chmod(f"{bindir}/vmemtrace", 0o755)
+    os.environ["PATH"] = f"{bindir}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
+
+
+def run_exec(command, out):
+    """Prepare device-dax, then run one shell command; its output and exit code go to out."""
+    prepare()
+    install_wrapper()
+    proc = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=1800)
+    doc = {"kernel": os.uname().release, "exit": proc.returncode, "stdout": proc.stdout,
+           "stderr": proc.stderr}
+    tmp = Path(out + ".tmp")
+    tmp.write_text(json.dumps(doc))
+    tmp.rename(out)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser()
-    parser.add_argument("--cases", required=True)
+    parser.add_argument("--cases")
+    parser.add_argument("--exec", dest="command")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
+    if args.command is not None:
+        return run_exec(args.command, args.out)
     doc = {"kernel": os.uname().release, "cases": []}
     try:
         prepare()

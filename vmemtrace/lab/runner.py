@@ -1,11 +1,12 @@
 """Host side of `vmemtrace lab`: prepare the cache, boot each kernel, run the cases, report."""
 
 import json
+import shlex
 import shutil
 import sys
 import time
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import vmemtrace
 from vmemtrace import render
@@ -38,10 +39,11 @@ def _new_workdir(cache: Path, release: str) -> Path:
     return workdir
 
 
-def guest_command(cases: List[Case]) -> str:
-    names = ",".join(c.name for c in cases)
+def guest_command(cases: List[Case], command: Optional[str] = None) -> str:
+    what = (f"--exec {shlex.quote(command)}" if command is not None
+            else "--cases " + ",".join(c.name for c in cases))
     return (f"env PYTHONPATH={image.GUEST_SRC} PYTHONDONTWRITEBYTECODE=1 /usr/bin/python3 "
-            f"-m vmemtrace.lab.guest --cases {names} --out {image.GUEST_OUT}/result.json")
+            f"-m vmemtrace.lab.guest {what} --out {image.GUEST_OUT}/result.json")
 
 
 def _fail_with_console(boot: vm.Boot, message: str):
@@ -51,13 +53,13 @@ def _fail_with_console(boot: vm.Boot, message: str):
 
 
 def run_kernel(root: Path, kernel, cases: List[Case], size: int, accel: str, cache: Path,
-               timeout: float) -> dict:
+               timeout: float, command: Optional[str] = None) -> dict:
     src = project_root()
     workdir = _new_workdir(cache, kernel.release)
     accel = vm.choose_accel(accel, root, kernel, src, workdir, cache)
-    with step(f"booting {kernel.release} ({accel}) with {size >> 20} MiB of pmem, "
-              f"cases {', '.join(c.name for c in cases)}"):
-        boot = vm.boot(root, kernel, src, workdir / "out", guest_command(cases), size,
+    what = f"`{command}`" if command is not None else f"cases {', '.join(c.name for c in cases)}"
+    with step(f"booting {kernel.release} ({accel}) with {size >> 20} MiB of pmem, {what}"):
+        boot = vm.boot(root, kernel, src, workdir / "out", guest_command(cases, command), size,
                        workdir / "console.log", accel=accel, timeout=timeout)
     result = workdir / "out" / "result.json"
     if boot.returncode is None:
@@ -73,18 +75,29 @@ def run_kernel(root: Path, kernel, cases: List[Case], size: int, accel: str, cac
 
 
 def run_lab(specs: List[KernelSpec], cases: List[Case], size: int, accel: str, refresh: bool,
-            as_json: bool, shell: bool, timeout: float) -> int:
+            as_json: bool, shell: bool, timeout: float, command: Optional[str] = None) -> int:
     vm.require_tools()
     cache = image.cache_dir()
     root, kernels = image.prepare(specs, refresh, cache)
     if shell:
         kernel = kernels[0]
         say(f"shell in {kernel.release}: the project is at {image.GUEST_SRC}; try "
-            f"`cd {image.GUEST_SRC} && python3 -m vmemtrace check`")
+            f"`modprobe -a nd_e820 dax_pmem device_dax; cd {image.GUEST_SRC}; "
+            "python3 -m vmemtrace check`")
         workdir = _new_workdir(cache, kernel.release)
         vm.boot(root, kernel, project_root(), workdir / "out", None, size,
                 workdir / "console.log", accel="tcg" if accel == "auto" else accel)
         return EXIT_OK
+    if command is not None:
+        worst = EXIT_OK
+        for kernel in kernels:
+            doc = run_kernel(root, kernel, cases, size, accel, cache, timeout, command)
+            sys.stdout.write(doc["stdout"])
+            sys.stderr.write(doc["stderr"])
+            sys.stdout.flush()
+            say(f"`{command}` exited {doc['exit']} on {doc['kernel']}")
+            worst = worst or doc["exit"]
+        return worst
     worst = EXIT_OK
     for kernel in kernels:
         doc = run_kernel(root, kernel, cases, size, accel, cache, timeout)

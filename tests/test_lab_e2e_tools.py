@@ -1,0 +1,105 @@
+"""End to end in lab guests: trace, stats, Ctrl-C/SIGTERM detaching, verify's refusals, and
+--expect optimized on a kernel without the feature. One guest boot per kernel runs a script."""
+
+import json
+import re
+
+import pytest
+
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.lab
+
+NDCTL = "ndctl create-namespace -f -e namespace0.0 -m devdax -M mem"
+WAIT_ATTACHED = 'for i in $(seq 300); do grep -q attached {err} && break; sleep 1; done'
+COUNT_KPROBES = ("grep -c -E '(memmap_init_zone_device|vmemmap_populate_address|"
+                 "__populate_section_memmap)' /sys/kernel/debug/kprobes/list")
+
+SCRIPT_6_12 = f"""
+ndctl disable-namespace namespace0.0 >/dev/null 2>&1
+vmemtrace trace -d 600 > /tmp/trace.out 2> /tmp/trace.err &
+pid=$!
+{WAIT_ATTACHED.format(err="/tmp/trace.err")}
+{NDCTL} -a 1G > /dev/null
+sleep 2
+echo "kprobes-during=$({COUNT_KPROBES})"
+kill -TERM $pid; wait $pid; echo "trace-exit=$?"
+echo "kprobes-after=$({COUNT_KPROBES})"
+echo "--- trace"; cat /tmp/trace.out; echo "--- end"
+ndctl disable-namespace namespace0.0 >/dev/null 2>&1
+vmemtrace stats 6 1 --json > /tmp/stats.out 2> /tmp/stats.err &
+pid=$!
+{WAIT_ATTACHED.format(err="/tmp/stats.err")}
+{NDCTL} -a 2M > /dev/null
+wait $pid; echo "stats-exit=$?"
+echo "--- stats"; cat /tmp/stats.out; echo "--- end"
+vmemtrace verify -- ndctl create-namespace -e namespace9.9 > /dev/null 2> /tmp/v.err; echo "noop-exit=$?"
+echo "noop-err=$(tail -1 /tmp/v.err)"
+vmemtrace verify -- /nonexistent/cmd > /dev/null 2> /tmp/v.err; echo "nocmd-exit=$?"
+echo "nocmd-err=$(tail -1 /tmp/v.err)"
+"""
+
+SCRIPT_5_10 = f"""
+vmemtrace verify --expect optimized -- {NDCTL} -a 2M > /dev/null 2> /tmp/v.err; echo "optimized-exit=$?"
+echo "optimized-err=$(tail -1 /tmp/v.err)"
+"""
+
+
+def guest(series, script):
+    res = run_cli("lab", "--kernel", series, "--exec", script)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res.stdout
+
+
+def value(out, key):
+    m = re.search(rf"^{key}=(.*)$", out, re.M)
+    assert m, f"{key} missing from:\n{out}"
+    return m.group(1)
+
+
+def section(out, name):
+    return out.split(f"--- {name}\n", 1)[1].split("--- end", 1)[0]
+
+
+@pytest.fixture(scope="module")
+def out_6_12():
+    return guest("6.12", SCRIPT_6_12)
+
+
+def test_trace_prints_one_line_per_event(out_6_12):
+    lines = section(out_6_12, "trace").splitlines()
+    ranges = [l for l in lines if l.startswith("RANGE")]
+    assert len(ranges) == 1
+    assert "compound 262144" in ranges[0] and "memmap_init_compound 3 calls 384 struct pages" in ranges[0]
+    assert sum(l.startswith("COMPOUND") for l in lines) == 3
+    assert sum(l.startswith("SECTION") for l in lines) == 24
+    assert all("fresh 2 reused 4094 on-first-tail 4094" in l for l in lines if l.startswith("COMPOUND"))
+
+
+def test_sigterm_detaches_everything(out_6_12):
+    assert int(value(out_6_12, "kprobes-during")) >= 3
+    assert value(out_6_12, "trace-exit") == "0"
+    assert value(out_6_12, "kprobes-after") == "0"
+
+
+def test_stats_interval_count(out_6_12):
+    assert value(out_6_12, "stats-exit") == "0"
+    docs = [json.loads(l) for l in section(out_6_12, "stats").splitlines() if l.strip()]
+    assert len(docs) == 1
+    (dev,) = docs[0]["devices"]
+    assert dev["vmemmap_pages"]["observed"] == 3072
+    assert dev["struct_pages_initialized"]["observed"] == 196608
+
+
+def test_verify_refusals(out_6_12):
+    assert value(out_6_12, "noop-exit") == "2"
+    assert "no device-dax range was set up" in value(out_6_12, "noop-err")
+    assert value(out_6_12, "nocmd-exit") == "2"
+    assert value(out_6_12, "nocmd-err") == "vmemtrace: cannot run /nonexistent/cmd: No such file or directory"
+
+
+def test_5_10_expect_optimized_fails_on_feature_present():
+    out = guest("5.10", SCRIPT_5_10)
+    assert value(out, "optimized-exit") == "1"
+    err = value(out, "optimized-err")
+    assert err.startswith("vmemtrace: fail: dax0.0 feature-present:")
