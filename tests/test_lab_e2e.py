@@ -141,5 +141,5 @@ def test_guest_that_does_not_boot_shows_its_console(lab, tmp_path):
     assert res.returncode == 2
     assert "console|" in res.stderr
     last = res.stderr.strip().splitlines()[-1]
-    assert re.match(r"vmemtrace: the \S+ guest did not (boot or crashed|finish)", last), last
+    assert re.match(r"vmemtrace: the \S+ guest (did not (boot or crashed|finish)|kernel panicked)", last), last
     assert shutil.which("qemu-system-x86_64")

@@ -1,6 +1,7 @@
 """A live tracing session: kernel facts, the BPF tracer, the command it watches, and the event
 log it produces (header first). verify, record, trace and stats all run through here."""
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -87,10 +88,10 @@ def run_command(argv: List[str], tracer, on_events: Callable[[List[dict]], None]
             "seconds": round(time.monotonic() - start, 3)}
 
 
-def trace_command(argv: List[str], progress: Callable[[str], None],
-                  on_event: Optional[Callable[[dict], None]] = None,
-                  quiet_stdout: bool = False) -> List[dict]:
-    """The whole event log of argv run under tracing."""
+@contextmanager
+def traced(progress: Callable[[str], None], on_event: Optional[Callable[[dict], None]] = None):
+    """Attach, log the header and the "before" counter; yields (tracer, take, log). On the
+    way out, closing events are logged and everything is detached, whatever happened."""
     log: List[dict] = []
 
     def take(events):
@@ -106,9 +107,20 @@ def trace_command(argv: List[str], progress: Callable[[str], None],
             before = vmstat.read_nr_memmap_pages()
             if before is not None:
                 take([{"type": "vmstat", "when": "before", "nr_memmap_pages": before}])
-            command = run_command(argv, tracer, take, quiet_stdout)
+            yield tracer, take, log
             take(closing_events(tracer))
-            take([command])
+
+
+def trace_command(argv: List[str], progress: Callable[[str], None],
+                  on_event: Optional[Callable[[dict], None]] = None,
+                  quiet_stdout: bool = False) -> List[dict]:
+    """The whole event log of argv run under tracing."""
+    if shutil.which(argv[0]) is None:
+        # Fail before the BPF compile, not after it.
+        raise VmemtraceError(f"cannot run {argv[0]}: No such file or directory")
+    with traced(progress, on_event) as (tracer, take, log):
+        command = run_command(argv, tracer, take, quiet_stdout)
+    take([command])
     return log
 
 
@@ -119,27 +131,13 @@ def say(message: str) -> None:
 def watch(seconds: Optional[float], progress: Callable[[str], None],
           on_event: Callable[[dict], None], tick: Optional[Callable[[], bool]] = None) -> List[dict]:
     """Trace with no command until `seconds` pass, Ctrl-C/SIGTERM, or tick() returns False."""
-    log: List[dict] = []
-
-    def take(events):
-        log.extend(events)
-        for ev in events:
-            on_event(ev)
-
-    with terminate_on_sigterm():
-        tracer, header = open_tracer(progress)
-        with tracer:
-            take([header])
-            before = vmstat.read_nr_memmap_pages()
-            if before is not None:
-                take([{"type": "vmstat", "when": "before", "nr_memmap_pages": before}])
-            deadline = None if seconds is None else time.monotonic() + seconds
-            try:
-                while deadline is None or time.monotonic() < deadline:
-                    take(tracer.poll(100))
-                    if tick is not None and not tick():
-                        break
-            except KeyboardInterrupt:
-                pass  # the user's way to end an open-ended trace
-            take(closing_events(tracer))
+    with traced(progress, on_event) as (tracer, take, log):
+        deadline = None if seconds is None else time.monotonic() + seconds
+        try:
+            while deadline is None or time.monotonic() < deadline:
+                take(tracer.poll(100))
+                if tick is not None and not tick():
+                    break
+        except KeyboardInterrupt:
+            pass  # the user's way to end an open-ended trace
     return log

@@ -120,11 +120,11 @@ def run_exec(command, out):
 def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--cases")
-    parser.add_argument("--exec", dest="command")
+    parser.add_argument("--exec-file", dest="command_file")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    if args.command is not None:
-        return run_exec(args.command, args.out)
+    if args.command_file is not None:
+        return run_exec(Path(args.command_file).read_text(), args.out)
     doc = {"kernel": os.uname().release, "cases": []}
     try:
         prepare()

@@ -1,7 +1,6 @@
 """Host side of `vmemtrace lab`: prepare the cache, boot each kernel, run the cases, report."""
 
 import json
-import shlex
 import shutil
 import sys
 import time
@@ -39,8 +38,14 @@ def _new_workdir(cache: Path, release: str) -> Path:
     return workdir
 
 
+COMMAND_FILE = "command.sh"
+
+
 def guest_command(cases: List[Case], command: Optional[str] = None) -> str:
-    what = (f"--exec {shlex.quote(command)}" if command is not None
+    # An --exec command travels as a file in the results directory: vng passes the guest
+    # command on the kernel command line, and a long one overflows it (2048 bytes on x86: the
+    # kernel dies with an early exception while parsing it).
+    what = (f"--exec-file {image.GUEST_OUT}/{COMMAND_FILE}" if command is not None
             else "--cases " + ",".join(c.name for c in cases))
     return (f"env PYTHONPATH={image.GUEST_SRC} PYTHONDONTWRITEBYTECODE=1 /usr/bin/python3 "
             f"-m vmemtrace.lab.guest {what} --out {image.GUEST_OUT}/result.json")
@@ -57,11 +62,16 @@ def run_kernel(root: Path, kernel, cases: List[Case], size: int, accel: str, cac
     src = project_root()
     workdir = _new_workdir(cache, kernel.release)
     accel = vm.choose_accel(accel, root, kernel, src, workdir, cache)
-    what = f"`{command}`" if command is not None else f"cases {', '.join(c.name for c in cases)}"
+    if command is not None:
+        (workdir / "out" / COMMAND_FILE).write_text(command + "\n")
+    what = (f"`{command if len(command) < 60 else command[:57] + '...'}`" if command is not None
+            else f"cases {', '.join(c.name for c in cases)}")
     with step(f"booting {kernel.release} ({accel}) with {size >> 20} MiB of pmem, {what}"):
         boot = vm.boot(root, kernel, src, workdir / "out", guest_command(cases, command), size,
                        workdir / "console.log", accel=accel, timeout=timeout)
     result = workdir / "out" / "result.json"
+    if boot.panicked:
+        _fail_with_console(boot, f"the {kernel.release} guest kernel panicked")
     if boot.returncode is None:
         _fail_with_console(boot, f"the {kernel.release} guest did not finish in {timeout:.0f}s")
     if not result.exists():
@@ -95,7 +105,7 @@ def run_lab(specs: List[KernelSpec], cases: List[Case], size: int, accel: str, r
             sys.stdout.write(doc["stdout"])
             sys.stderr.write(doc["stderr"])
             sys.stdout.flush()
-            say(f"`{command}` exited {doc['exit']} on {doc['kernel']}")
+            say(f"the command exited {doc['exit']} on {doc['kernel']}")
             worst = worst or doc["exit"]
         return worst
     worst = EXIT_OK

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
@@ -26,8 +27,9 @@ CONSOLE_TAIL = 25
 
 @dataclass
 class Boot:
-    returncode: Optional[int]  # None when it timed out
+    returncode: Optional[int]  # None when it timed out or panicked
     console: Path
+    panicked: bool = False
 
     def tail(self, n: int = CONSOLE_TAIL) -> List[str]:
         try:
@@ -35,6 +37,21 @@ class Boot:
         except OSError:
             return []
         return lines[-n:]
+
+
+PANICS = (b"PANIC: early exception", b"Kernel panic - not syncing")
+
+
+def _panicked(console: Path) -> bool:
+    """A guest kernel that panicked before panic= took effect would hang until the timeout."""
+    try:
+        with open(console, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 65536))
+            tail = fh.read()
+    except OSError:
+        return False
+    return any(p in tail for p in PANICS)
 
 
 def tool_path(name: str) -> Optional[str]:
@@ -75,8 +92,13 @@ def boot(root: Path, kernel: GuestKernel, src: Path, out: Path, exec_cmd: Option
         proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            return Boot(proc.wait(timeout=timeout), console)
-        except subprocess.TimeoutExpired:
+            deadline = time.monotonic() + (timeout or 1e9)
+            while time.monotonic() < deadline:
+                try:
+                    return Boot(proc.wait(timeout=2), console)
+                except subprocess.TimeoutExpired:
+                    if _panicked(console):
+                        return Boot(None, console, panicked=True)
             return Boot(None, console)
         finally:
             # Whatever happened (timeout, Ctrl-C, SIGTERM), no qemu is left running.
