@@ -80,7 +80,7 @@ def test_every_case_creates_its_namespace_and_check_can_trace(lab, series):
         assert result["verdict"] == "pass", result
         assert entry["namespace"]["map"] == case.map_mode
         assert entry["namespace"]["align"] == case.align
-        assert entry["namespace"]["daxregion"]["devices"][0]["chardev"] == "dax0.0"
+        assert entry["namespace"]["chardev"] == "dax0.0"
         assert result["devices"][0]["align"] == case.align
 
 

@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 from tests.conftest import kernel_root, run_cli
 from vmemtrace.kernel.facts import gather
 from vmemtrace.probes import plan as P

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 from vmemtrace.kernel.config import RELEVANT, enabled
-from vmemtrace.kernel.facts import KernelFacts
+from vmemtrace.kernel.facts import DATA_SYMBOLS, KernelFacts
 from vmemtrace.probes import plan as P
 from vmemtrace.probes.targets import REQUIRED
 
@@ -102,8 +102,7 @@ def check_report(facts: KernelFacts, ready: Readiness) -> dict:
         "btf": facts.btf,
         "headers": facts.headers,
         "bcc": facts.bcc,
-        "kallsyms_data": {s: facts.syms.has_data(s) for s in
-                          ("init_top_pgt", "page_offset_base", "vmemmap_base")},
+        "kallsyms_data": {s: facts.syms.has_data(s) for s in DATA_SYMBOLS},
         "targets": {s.name: s.as_json() for s in ready.plan},
         "strategy": {s.name: s.strategy for s in ready.plan},
     }

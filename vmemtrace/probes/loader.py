@@ -2,10 +2,8 @@
 into typed events (plain dicts, the record/replay schema of vmemtrace/events.py)."""
 
 import ctypes
-import os
-import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 from vmemtrace.errors import VmemtraceError
 from vmemtrace.kernel import headers
