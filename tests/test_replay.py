@@ -84,6 +84,23 @@ def test_5_10_feature_absent_auto_passes_optimized_fails():
     assert "feature-present" in res.stderr and res.stderr.count("\n") == 1
 
 
+def test_5_10_kernel_log_witness_agrees_and_can_disagree(tmp_path):
+    res, doc = replay(log_path("5.10", "dev-2M"))
+    (dev,) = doc["devices"]
+    assert dev["kernel_log"]["pages"] == dev["struct_pages_initialized"]["observed"] == 773632
+    assert "the kernel's log" in checks(dev)["no-false-optimisation"]["detail"]
+
+    def claim_fewer(evs):
+        e = next(e for e in evs if e["type"] == "kmsg")
+        e["pages"] = 196608
+        return e
+
+    path, _ = doctor(tmp_path, "5.10", "dev-2M", claim_fewer)
+    res, doc = replay(path)
+    assert res.returncode == 1
+    assert "not the 773632 pfns expected" in checks(doc["devices"][0])["no-false-optimisation"]["detail"]
+
+
 def test_expect_unoptimized_on_an_optimised_device_fails():
     res, doc = replay(log_path("6.12", "mem-2M"), "--expect", "unoptimized")
     assert res.returncode == 1

@@ -29,6 +29,8 @@ REQUIRED = {
     "vmstat": ("when", "nr_memmap_pages"),
     # a dax device found in sysfs after the command
     "device": ("name", "start_pfn", "nr_pages", "align"),
+    # the kernel's own "memmap_init_zone_device initialised N pages in Xms" (kernel/kmsg.py)
+    "kmsg": ("pages", "ms"),
     # the command verify/record ran
     "command": ("argv", "exit", "seconds"),
     # events the perf buffer dropped and BPF-side failures, at the end

@@ -39,6 +39,7 @@ class DeviceLedger:
     sections: List[dict] = field(default_factory=list)
     compounds: List[dict] = field(default_factory=list)
     device: Optional[dict] = None
+    kernel_log: Optional[dict] = None  # the kernel's own pr_info about this range, if any
 
     @property
     def name(self) -> str:
@@ -99,6 +100,8 @@ def fold(events: List[dict]) -> Ledger:
     header = events[0]
     ranges: Dict[int, DeviceLedger] = {}  # by start pfn; a re-created range replaces the old
     pending: List[dict] = []
+    in_order: List[DeviceLedger] = []  # range events as they came, for the kernel log lines
+    kmsg: List[dict] = []
     devices, vmstat, lost, bpf_errors, command = [], {}, 0, {}, None
     for ev in events[1:]:
         kind = ev["type"]
@@ -109,6 +112,7 @@ def fold(events: List[dict]) -> Ledger:
             d.sections = [s for s in pending if _contains(d, s["pfn"])]
             pending = [s for s in pending if not _contains(d, s["pfn"])]
             ranges[d.start_pfn] = d
+            in_order.append(d)
         elif kind == "compound":
             owner = next((d for d in ranges.values() if _contains(d, ev["head_pfn"])), None)
             if owner is not None:
@@ -123,6 +127,13 @@ def fold(events: List[dict]) -> Ledger:
                 bpf_errors[k] = bpf_errors.get(k, 0) + v
         elif kind == "command":
             command = ev
+        elif kind == "kmsg":
+            kmsg.append(ev)
+    # One log line per memmap_init_zone_device call, in call order: pair them only when the
+    # counts agree, never by guess.
+    if kmsg and len(kmsg) == len(in_order):
+        for d, line in zip(in_order, kmsg):
+            d.kernel_log = line
     # Sections of a range that never reached memmap_init_zone_device (failed, or not traced)
     # still form a ledger, under the range start the kernel gave them (5.19+).
     for s in pending:

@@ -13,6 +13,7 @@ from vmemtrace import __version__
 from vmemtrace.errors import VmemtraceError
 from vmemtrace.events import SCHEMA
 from vmemtrace.kernel import daxdev, vmstat
+from vmemtrace.kernel.kmsg import KmsgCursor, parse_memmap_init
 from vmemtrace.kernel.facts import gather
 from vmemtrace.readiness import assess
 
@@ -53,10 +54,12 @@ def open_tracer(progress: Callable[[str], None]):
     return tracer, header_event(facts, ready, tracer.cflags)
 
 
-def closing_events(tracer) -> List[dict]:
+def closing_events(tracer, kmsg: Optional[KmsgCursor] = None) -> List[dict]:
     """What is left once the command is done: compound pages of ranges that never completed,
-    losses and BPF-side errors, the kernel's counter, the dax devices now in sysfs."""
+    losses and BPF-side errors, the kernel's own log and counter, the dax devices in sysfs."""
     out = tracer.drain_compound()
+    if kmsg is not None:
+        out.extend(ev for ev in map(parse_memmap_init, kmsg.messages()) if ev)
     out.append({"type": "lost", "count": tracer.lost, "errors": tracer.errors()})
     n = vmstat.read_nr_memmap_pages()
     if n is not None:
@@ -102,13 +105,17 @@ def traced(progress: Callable[[str], None], on_event: Optional[Callable[[dict], 
 
     with terminate_on_sigterm():
         tracer, header = open_tracer(progress)
-        with tracer:
-            take([header])
-            before = vmstat.read_nr_memmap_pages()
-            if before is not None:
-                take([{"type": "vmstat", "when": "before", "nr_memmap_pages": before}])
-            yield tracer, take, log
-            take(closing_events(tracer))
+        kmsg = KmsgCursor()
+        try:
+            with tracer:
+                take([header])
+                before = vmstat.read_nr_memmap_pages()
+                if before is not None:
+                    take([{"type": "vmstat", "when": "before", "nr_memmap_pages": before}])
+                yield tracer, take, log
+                take(closing_events(tracer, kmsg))
+        finally:
+            kmsg.close()
 
 
 def trace_command(argv: List[str], progress: Callable[[str], None],
