@@ -168,12 +168,10 @@ def replay(file, expect, as_json, junit):
 @one_line_errors
 def trace(duration, as_json):
     """Print events as the kernel produces them, one line each, until Ctrl-C."""
-    import json as _json
-
     from vmemtrace.session import say, watch
 
     def show(ev):
-        click.echo(_json.dumps(ev, sort_keys=True) if as_json else render.event_line(ev))
+        click.echo(render.json_line(ev) if as_json else render.event_line(ev))
 
     watch(duration, say, show)
 
@@ -205,19 +203,13 @@ def stats(interval, count, as_json):
         state["printed"] += 1
         doc = evaluate(fold(log), "auto")
         if as_json:
-            click.echo(json_line(doc))
+            click.echo(render.json_line(doc))
         else:
             click.echo(f"\n{_time.strftime('%H:%M:%S')}")
             click.echo(render.verify_table(doc) if doc["devices"] else "no device ranges yet")
         return count is None or state["printed"] < count
 
     watch(None, say, log.append, tick)
-
-
-def json_line(doc) -> str:
-    import json as _json
-
-    return _json.dumps(doc, sort_keys=True)
 
 
 def main():

@@ -7,9 +7,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from vmemtrace import geometry
-
-# Strategies under which a target's events really arrive.
-OBSERVED = ("kprobe", "kretprobe", "kprobe+kretprobe")
+from vmemtrace.probes.plan import is_attached
 
 
 @dataclass
@@ -23,7 +21,7 @@ class Sources:
 
     @classmethod
     def from_strategy(cls, strategy: Dict[str, str]) -> "Sources":
-        seen = {name for name, how in strategy.items() if how in OBSERVED}
+        seen = {name for name, how in strategy.items() if is_attached(how)}
         section = "__populate_section_memmap" in seen
         return cls(populate=section and "vmemmap_populate_address" in seen,
                    alloc=section and "vmemmap_alloc_block_buf" in seen,

@@ -11,6 +11,11 @@ def emit_json(doc) -> None:
     sys.stdout.write("\n")
 
 
+def json_line(doc) -> str:
+    """One document on one line: trace --json, stats --json, lab --json."""
+    return json.dumps(doc, sort_keys=True)
+
+
 def _yn(value) -> str:
     return {True: "yes", False: "no", None: "unknown"}[value]
 
@@ -35,22 +40,22 @@ def check_table(report: dict) -> str:
             + tabulate(rows, headers=["probe target", "availability", "strategy", "why"]))
 
 
-def _n(value) -> str:
+def num(value) -> str:
     return "-" if value is None else str(value)
 
 
 def _triple(d: dict) -> str:
-    return f"{_n(d['observed'])} / {_n(d['expected'])} / {_n(d['naive'])}"
+    return f"{num(d['observed'])} / {num(d['expected'])} / {num(d['naive'])}"
 
 
 def verify_table(doc: dict) -> str:
     rows = []
     for d in doc["devices"]:
-        rows.append((d["device"], d["start_pfn"], d["nr_pages"], _n(d["align"]),
+        rows.append((d["device"], d["start_pfn"], d["nr_pages"], num(d["align"]),
                      "yes" if d["altmap"] else "no", _yn(d["expected_optimized"]),
                      _yn(d["optimized"]), _triple(d["vmemmap_pages"]),
                      _triple(d["struct_pages_initialized"]),
-                     _n(d["memmap_init_seconds"]), d["verdict"]))
+                     num(d["memmap_init_seconds"]), d["verdict"]))
     out = [f"kernel {doc['kernel']}  expect {doc.get('expect', 'auto')}  verdict {doc['verdict'].upper()}"]
     if rows:
         out.append(tabulate(rows, headers=["device", "start pfn", "pages", "align", "altmap",

@@ -110,10 +110,14 @@ def run_exec(command, out):
     prepare()
     install_wrapper()
     proc = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=1800)
-    doc = {"kernel": os.uname().release, "exit": proc.returncode, "stdout": proc.stdout,
-           "stderr": proc.stderr}
+    write_result({"kernel": os.uname().release, "exit": proc.returncode, "stdout": proc.stdout,
+                  "stderr": proc.stderr}, out)
+
+
+def write_result(doc, out):
+    """Whole or not at all: the host reads a missing file as "the guest died"."""
     tmp = Path(out + ".tmp")
-    tmp.write_text(json.dumps(doc))
+    tmp.write_text(json.dumps(doc, indent=1))
     tmp.rename(out)
 
 
@@ -140,9 +144,7 @@ def main(argv=None):
             doc["cases"].append(entry)
     except Exception as e:  # report, never die silently: the host shows this line
         doc["error"] = f"{type(e).__name__}: {e}"
-    tmp = Path(args.out + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    tmp.rename(args.out)
+    write_result(doc, args.out)
     log("done")
 
 

@@ -118,7 +118,7 @@ def run_lab(specs: List[KernelSpec], cases: List[Case], size: int, accel: str, r
             worst = max(worst, EXIT_FAIL)
         if as_json:
             # One document per kernel, one per line: each is exactly design.md's lab schema.
-            print(json.dumps(doc), flush=True)
+            print(render.json_line(doc), flush=True)
         else:
             print(f"\n=== {doc['kernel']} ({doc['accel']}) ===\n")
             if doc.get("check"):

@@ -2,9 +2,7 @@
 
 from tabulate import tabulate
 
-
-def _n(v) -> str:
-    return "-" if v is None else str(v)
+from vmemtrace.render import num as _n
 
 
 def _yn(v) -> str:

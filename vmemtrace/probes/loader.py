@@ -7,7 +7,7 @@ from typing import Dict, List, Optional
 
 from vmemtrace.errors import VmemtraceError
 from vmemtrace.kernel import headers
-from vmemtrace.probes.plan import TargetStatus
+from vmemtrace.probes.plan import TargetStatus, is_attached
 
 BPF_SOURCE = Path(__file__).resolve().parents[2] / "bpf" / "vmemtrace.bpf.c"
 CP_MAP_ENTRIES = 1 << 18  # compound pages between two drains: 512 GiB at 2 MiB pages
@@ -35,9 +35,9 @@ class RawEvent(ctypes.Structure):
                 ("duration_ns", ctypes.c_uint64)]
 
 
-def defines(plan: List[TargetStatus], release: str, version: tuple, build: Path) -> List[str]:
+def defines(plan: List[TargetStatus], version: tuple, build: Path) -> List[str]:
     """-D flags: which probes to compile, and which struct layout the headers have."""
-    traced = {s.name for s in plan if s.strategy not in ("unavailable", "fallback")}
+    traced = {s.name for s in plan if is_attached(s.strategy)}
     flags = [f"-D{define}" for target, define, _ in ATTACH if target in traced]
     memremap = headers.read_header(build, "include/linux/memremap.h") or ""
     mm = headers.read_header(build, "include/linux/mm.h") or ""
@@ -62,7 +62,7 @@ class Tracer:
         except Exception as e:
             raise VmemtraceError(f"BCC is not usable: {e} (apt install python3-bpfcc)")
         build = Path(f"/lib/modules/{release}/build")
-        self.cflags = defines(plan, release, version, build)
+        self.cflags = defines(plan, version, build)
         self.attached: Dict[str, str] = {}
         self.lost = 0
         self._queue: List[dict] = []
@@ -81,7 +81,7 @@ class Tracer:
         by_name = {s.name: s for s in plan}
         for target, _define, probes in ATTACH:
             status = by_name[target]
-            if status.strategy in ("unavailable", "fallback"):
+            if not is_attached(status.strategy):
                 continue
             for kind, fn in probes:
                 try:

@@ -18,6 +18,13 @@ INLINED = "inlined"
 ABSENT = "absent"
 UNKNOWN = "unknown"
 
+# Strategies under which the target's own probes are attached (the rest: fallback, unavailable).
+ATTACHED = ("kprobe", "kretprobe", "kprobe+kretprobe")
+
+
+def is_attached(strategy: str) -> bool:
+    return strategy in ATTACHED
+
 
 @dataclass
 class TargetStatus:
