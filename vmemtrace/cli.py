@@ -96,19 +96,22 @@ JSON = click.option("--json", "as_json", is_flag=True, help="machine-readable ou
 @JUNIT
 @click.option("--record", "record_to", type=click.Path(dir_okay=False, path_type=Path),
               help="also write the event log here (as `record -o` does)")
+@click.option("--cross-check", is_flag=True,
+              help="also walk each range's page tables and fail if they disagree with the probes")
 @click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
 @one_line_errors
-def verify(expect, as_json, junit, record_to, cmd):
+def verify(expect, as_json, junit, record_to, cross_check, cmd):
     """Run CMD (no shell) under tracing and judge what the kernel did.
 
-    Exit 0 pass, 1 fail, 2 could not verify.  Example:
+    Where the populate functions are notrace, each range's vmemmap page tables are walked once
+    memmap_init_zone_device returns. Exit 0 pass, 1 fail, 2 could not verify.  Example:
 
       vmemtrace verify -- ndctl create-namespace -f -e namespace0.0 -m devdax -M mem -a 2M"""
     from vmemtrace.ledger import fold
     from vmemtrace.session import say, trace_command
     from vmemtrace.verdict import evaluate
 
-    log = trace_command(list(cmd), say, quiet_stdout=as_json)
+    log = trace_command(list(cmd), say, quiet_stdout=as_json, cross_check=cross_check)
     if record_to is not None:
         _write_log(record_to, log)
     doc = evaluate(fold(log), expect)
@@ -158,6 +161,31 @@ def replay(file, expect, as_json, junit):
     from vmemtrace.verdict import evaluate
 
     doc = evaluate(fold(list(events.iter_file(file))), expect)
+    _output_verdict(doc, as_json, junit)
+    _finish(doc)
+
+
+@cli.command()
+@EXPECT
+@JSON
+@JUNIT
+@click.option("--record", "record_to", type=click.Path(dir_okay=False, path_type=Path),
+              help="also write the walk's events here (replay reads them)")
+@one_line_errors
+def audit(expect, as_json, junit, record_to):
+    """Verify the dax devices that already exist, by walking their vmemmap page tables
+    through /proc/kcore. Checks that need the act itself (init-skip) say skip.
+
+    Exit 0 pass, 1 fail, 2 could not verify (or no dax device)."""
+    from vmemtrace.audit import audit_log
+    from vmemtrace.ledger import fold
+    from vmemtrace.session import say
+    from vmemtrace.verdict import evaluate
+
+    log = audit_log(say)
+    if record_to is not None:
+        _write_log(record_to, log)
+    doc = evaluate(fold(log), expect)
     _output_verdict(doc, as_json, junit)
     _finish(doc)
 

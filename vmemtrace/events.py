@@ -25,9 +25,14 @@ REQUIRED = {
     "range": ("start_pfn", "nr_pages", "pfns_per_compound", "altmap", "altmap_base_pfn",
               "altmap_reserve", "altmap_free", "mic_calls", "mic_pages", "duration_ns",
               "struct_page_size", "page_size"),
+    # the page-table walk of one range's vmemmap (kernel/kcore.py, backing.py); its compound
+    # pages follow as "compound" events with "source": "walk"
+    "walk": ("start_pfn", "nr_pages", "pfns_per_compound", "altmap", "vmemmap_pages", "mapped",
+             "distinct", "reused", "levels", "struct_page_size", "page_size"),
     # /proc/vmstat nr_memmap_pages (6.11+) before and after the command
     "vmstat": ("when", "nr_memmap_pages"),
-    # a dax device found in sysfs after the command
+    # a dax device found in sysfs after the command (optional: "mode", "pgmap_start_pfn",
+    # "pgmap_nr_pages" from its nvdimm parent, see kernel/daxdev.py)
     "device": ("name", "start_pfn", "nr_pages", "align"),
     # the kernel's own "memmap_init_zone_device initialised N pages in Xms" (kernel/kmsg.py)
     "kmsg": ("pages", "ms"),

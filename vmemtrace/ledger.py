@@ -37,6 +37,8 @@ class DeviceLedger:
     sections: List[dict] = field(default_factory=list)
     compounds: List[dict] = field(default_factory=list)
     device: Optional[dict] = None
+    walk: Optional[dict] = None  # the page-table walk of this range, if one was made
+    walk_compounds: List[dict] = field(default_factory=list)
     kernel_log: Optional[dict] = None  # the kernel's own pr_info about this range, if any
 
     @property
@@ -45,20 +47,20 @@ class DeviceLedger:
 
     @property
     def pfns_per_compound(self) -> int:
-        if self.range:
-            return self.range["pfns_per_compound"]
+        if self.range or self.walk:
+            return (self.range or self.walk)["pfns_per_compound"]
         return self.sections[0]["pfns_per_compound"] if self.sections else 1
 
     @property
     def altmap(self) -> bool:
-        if self.range:
-            return bool(self.range["altmap"])
+        if self.range or self.walk:
+            return bool((self.range or self.walk)["altmap"])
         return any(s["altmap"] for s in self.sections)
 
     def shape(self, feature: bool) -> geometry.RangeShape:
-        r = self.range or {}
+        r = self.range or self.walk or {}
         offset = 0
-        if r.get("altmap"):
+        if self.range and r.get("altmap"):
             # memmap_init_zone_device(): start = altmap->base_pfn + reserve + free
             offset = r["altmap_base_pfn"] + r["altmap_reserve"] + r["altmap_free"] - self.start_pfn
         return geometry.RangeShape(
@@ -111,10 +113,16 @@ def fold(events: List[dict]) -> Ledger:
             pending = [s for s in pending if not _contains(d, s["pfn"])]
             ranges[d.start_pfn] = d
             in_order.append(d)
+        elif kind == "walk":
+            d = ranges.get(ev["start_pfn"])
+            if d is None:  # an audit: the range existed before we looked
+                d = ranges[ev["start_pfn"]] = DeviceLedger(ev["start_pfn"], ev["nr_pages"])
+            d.walk = ev
+            d.walk_compounds = []
         elif kind == "compound":
             owner = next((d for d in ranges.values() if _contains(d, ev["head_pfn"])), None)
             if owner is not None:
-                owner.compounds.append(ev)
+                (owner.walk_compounds if ev.get("source") == "walk" else owner.compounds).append(ev)
         elif kind == "vmstat":
             vmstat[ev["when"]] = ev["nr_memmap_pages"]
         elif kind == "device":

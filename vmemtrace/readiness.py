@@ -84,7 +84,8 @@ def blockers(facts: KernelFacts, plan: List[P.TargetStatus]) -> List[str]:
 def assess(facts: KernelFacts) -> Readiness:
     plan = P.build_plan(facts.version, facts.syms, facts.filter_functions,
                         facts.kprobe_blacklist,
-                        kprobes=enabled(facts.config, "KPROBES") is not False and facts.kprobe_events)
+                        kprobes=enabled(facts.config, "KPROBES") is not False and facts.kprobe_events,
+                        walk_blocker=facts.walk_blocker)
     return Readiness(feature(facts, plan), plan, blockers(facts, plan))
 
 
@@ -103,6 +104,8 @@ def check_report(facts: KernelFacts, ready: Readiness) -> dict:
         "headers": facts.headers,
         "bcc": facts.bcc,
         "kallsyms_data": {s: facts.syms.has_data(s) for s in DATA_SYMBOLS},
+        "page_table_walk": {"possible": facts.walk_blocker is None,
+                            "reason": facts.walk_blocker or "root, /proc/kcore, data symbols"},
         "targets": {s.name: s.as_json() for s in ready.plan},
         "strategy": {s.name: s.strategy for s in ready.plan},
     }

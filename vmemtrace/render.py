@@ -81,6 +81,10 @@ def event_line(ev: dict) -> str:
         return (f"RANGE    pfn {ev['start_pfn']} +{ev['nr_pages']}  compound {ev['pfns_per_compound']}  "
                 f"altmap {'yes' if ev['altmap'] else 'no'}  memmap_init_compound {ev['mic_calls']} calls "
                 f"{ev['mic_pages']} struct pages  {ev['duration_ns'] / 1e6:.3f} ms")
+    if kind == "walk":
+        levels = " ".join(f"{k}={v}" for k, v in sorted(ev["levels"].items()))
+        return (f"WALK     pfn {ev['start_pfn']} +{ev['nr_pages']}  vmemmap pages {ev['vmemmap_pages']} "
+                f"mapped {ev['mapped']} ({levels})  distinct {ev['distinct']} reused {ev['reused']}")
     if kind == "compound":
         return (f"COMPOUND head pfn {ev['head_pfn']}  ptes {ev['ptes']} fresh {ev['fresh']} "
                 f"reused {ev['reused']} on-first-tail {ev['on_tail']}")

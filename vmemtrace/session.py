@@ -10,20 +10,25 @@ from contextlib import contextmanager
 from typing import Callable, List, Optional
 
 from vmemtrace import __version__
+from vmemtrace.audit import walk_range
 from vmemtrace.errors import VmemtraceError
 from vmemtrace.events import SCHEMA
 from vmemtrace.kernel import daxdev, vmstat
 from vmemtrace.kernel.kmsg import KmsgCursor, parse_memmap_init
 from vmemtrace.kernel.facts import gather
+from vmemtrace.probes.plan import WALK_STRATEGY
 from vmemtrace.readiness import assess
 
 
-def header_event(facts, ready, cflags: List[str]) -> dict:
+def header_event(facts, ready, cflags: List[str], walk: Optional[str] = None,
+                 strategy: Optional[dict] = None) -> dict:
+    """walk: None, "fallback" (populate functions notrace: each range is walked), "cross-check"
+    (probes and walk both), or "audit" (walk only, after the fact)."""
     return {"type": "header", "schema": SCHEMA, "tool": f"vmemtrace {__version__}",
             "kernel": facts.release, "version": list(facts.version),
             "feature": {"present": ready.feature.present, "evidence": ready.feature.evidence},
-            "strategy": {s.name: s.strategy for s in ready.plan}, "cflags": cflags,
-            "started": time.time()}
+            "strategy": strategy or {s.name: s.strategy for s in ready.plan}, "cflags": cflags,
+            "walk": walk, "started": time.time()}
 
 
 @contextmanager
@@ -39,19 +44,46 @@ def terminate_on_sigterm():
         signal.signal(signal.SIGTERM, old)
 
 
-def open_tracer(progress: Callable[[str], None]):
-    """Facts, readiness, and a loaded Tracer; exit 2 with the reason when tracing cannot start."""
+def walk_mode(ready, cross_check: bool) -> Optional[str]:
+    """Whether ranges get walked: always with --cross-check (which needs the probes it checks),
+    and wherever the plan chose the walk for a populate target (kernel/kcore.py)."""
+    from vmemtrace.ledger import Sources
+
+    seen = Sources.from_strategy({s.name: s.strategy for s in ready.plan})
+    if cross_check:
+        if not (seen.populate and seen.alloc):
+            raise VmemtraceError("--cross-check compares the populate probes with the page-table "
+                                 "walk, and this kernel does not let them attach (see `vmemtrace "
+                                 "check`); plain verify already walks the page tables here")
+        return "cross-check"
+    if any(s.strategy == WALK_STRATEGY for s in ready.plan):
+        return "fallback"
+    return None
+
+
+def open_tracer(progress: Callable[[str], None], cross_check: bool = False):
+    """Facts, readiness, a loaded Tracer and, when needed, the page-table walker; exit 2 with
+    the reason when tracing cannot start."""
+    from vmemtrace.audit import open_walker
     from vmemtrace.probes.loader import Tracer
 
     facts = gather()
     ready = assess(facts)
     if ready.blockers:
         raise VmemtraceError("cannot trace: " + "; ".join(ready.blockers))
+    mode = walk_mode(ready, cross_check)
+    walker = open_walker(facts) if mode else None  # before the compile: fail fast
     progress("compiling and attaching the BPF program (BCC) ...")
     start = time.monotonic()
-    tracer = Tracer(ready.plan, facts.release, facts.version)
-    progress(f"attached to {', '.join(tracer.attached)} in {time.monotonic() - start:.1f}s")
-    return tracer, header_event(facts, ready, tracer.cflags)
+    try:
+        tracer = Tracer(ready.plan, facts.release, facts.version)
+    except BaseException:
+        if walker is not None:
+            walker.close()
+        raise
+    progress(f"attached to {', '.join(tracer.attached)} in {time.monotonic() - start:.1f}s"
+             + (f"; page-table walk after each range ({mode})" if mode else ""))
+    return tracer, walker, header_event(facts, ready, tracer.cflags, mode)
 
 
 def closing_events(tracer, kmsg: Optional[KmsgCursor] = None) -> List[dict]:
@@ -92,19 +124,25 @@ def run_command(argv: List[str], tracer, on_events: Callable[[List[dict]], None]
 
 
 @contextmanager
-def traced(progress: Callable[[str], None], on_event: Optional[Callable[[dict], None]] = None):
+def traced(progress: Callable[[str], None], on_event: Optional[Callable[[dict], None]] = None,
+           cross_check: bool = False):
     """Attach, log the header and the "before" counter; yields (tracer, take, log). On the
     way out, closing events are logged and everything is detached, whatever happened."""
     log: List[dict] = []
+    walker = None
 
     def take(events):
-        log.extend(events)
-        if on_event:
-            for ev in events:
+        for ev in events:
+            log.append(ev)
+            if on_event:
                 on_event(ev)
+            if walker is not None and ev["type"] == "range":
+                # memmap_init_zone_device has returned: the range's vmemmap is complete.
+                take(walk_range(walker, ev["start_pfn"], ev["nr_pages"], ev["pfns_per_compound"],
+                                bool(ev["altmap"]), ev["struct_page_size"], ev["page_size"]))
 
     with terminate_on_sigterm():
-        tracer, header = open_tracer(progress)
+        tracer, walker, header = open_tracer(progress, cross_check)
         kmsg = KmsgCursor()
         try:
             with tracer:
@@ -116,16 +154,18 @@ def traced(progress: Callable[[str], None], on_event: Optional[Callable[[dict], 
                 take(closing_events(tracer, kmsg))
         finally:
             kmsg.close()
+            if walker is not None:
+                walker.close()
 
 
 def trace_command(argv: List[str], progress: Callable[[str], None],
                   on_event: Optional[Callable[[dict], None]] = None,
-                  quiet_stdout: bool = False) -> List[dict]:
+                  quiet_stdout: bool = False, cross_check: bool = False) -> List[dict]:
     """The whole event log of argv run under tracing."""
     if shutil.which(argv[0]) is None:
         # Fail before the BPF compile, not after it.
         raise VmemtraceError(f"cannot run {argv[0]}: No such file or directory")
-    with traced(progress, on_event) as (tracer, take, log):
+    with traced(progress, on_event, cross_check) as (tracer, take, log):
         command = run_command(argv, tracer, take, quiet_stdout)
     take([command])
     return log

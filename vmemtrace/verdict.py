@@ -12,7 +12,10 @@ from vmemtrace.ledger import DeviceLedger, Ledger
 PASS, FAIL, SKIP = "pass", "fail", "skip"
 EXPECTATIONS = ("auto", "optimized", "unoptimized")
 NOTRACE_REUSE = ("vmemmap_populate_address cannot be probed on this kernel "
-                 "(see `vmemtrace check`): tail reuse is not visible to kprobes")
+                 "(see `vmemtrace check`) and its vmemmap was not walked")
+AUDIT_INIT = ("the range existed before tracing: struct page initialisation is only visible "
+              "while memmap_init_zone_device runs (use `verify` when the device is created)")
+BY_WALK = " (page-table walk)"
 
 
 @dataclass
@@ -32,14 +35,23 @@ class Observed:
     vmemmap_pages: Optional[int]
     struct_pages_initialized: Optional[int]
     init_source: str
+    compounds: Optional[List[dict]]  # per compound page vmemmap layout, live or walked
+    reused: Optional[int]  # vmemmap PTEs mapped onto an already used page
+    how: str  # "" when probes saw it, BY_WALK when the page-table walk did
 
 
 def observe(d: DeviceLedger, ledger: Ledger) -> Observed:
     src = ledger.sources
-    vmemmap = None
+    vmemmap, compounds, reused, walked = None, None, None, ""
     if src.alloc and d.sections:
         page = d.shape(ledger.feature).page_size
         vmemmap = d.totals()["alloc_bytes"] // page
+    elif d.walk is not None:
+        vmemmap, walked = d.walk["distinct"], BY_WALK
+    if src.populate:
+        compounds, reused = d.compounds, d.totals()["reused"]
+    elif d.walk is not None:
+        compounds, reused, walked = d.walk_compounds, d.walk["reused"], BY_WALK
     init, how = None, "not observable on this kernel"
     if d.range is not None:
         shape = d.shape(ledger.feature)
@@ -49,7 +61,9 @@ def observe(d: DeviceLedger, ledger: Ledger) -> Observed:
             init, how = geometry.init_loop_pages(shape), "every pfn of memmap_init_zone_device's loop"
         elif src.init:
             init, how = d.range["mic_pages"], "memmap_init_compound nr_pages, summed"
-    return Observed(vmemmap, init, how)
+    elif d.walk is not None:
+        how = AUDIT_INIT
+    return Observed(vmemmap, init, how, compounds, reused, walked)
 
 
 def _compound_problem(c: dict, per_compound: int) -> Optional[str]:
@@ -99,25 +113,27 @@ def check_device(d: DeviceLedger, ledger: Ledger, expect: str) -> Dict:
     # tail-reuse
     if not eligible:
         checks.append(Check("tail-reuse", SKIP, "not eligible: see no-false-optimisation"))
-    elif not ledger.sources.populate:
+    elif seen.compounds is None:
         checks.append(Check("tail-reuse", SKIP, NOTRACE_REUSE))
     else:
-        problems = [p for p in (_compound_problem(c, per_cp) for c in d.compounds) if p]
+        problems = [p for p in (_compound_problem(c, per_cp) for c in seen.compounds) if p]
         if problems:
             more = f" (and {len(problems) - 1} more compound pages)" if len(problems) > 1 else ""
-            checks.append(Check("tail-reuse", FAIL, problems[0] + more))
-        elif len(d.compounds) != n_cp:
-            checks.append(Check("tail-reuse", FAIL, f"saw the vmemmap of {len(d.compounds)} "
-                                                    f"compound pages, expected {n_cp}"))
+            checks.append(Check("tail-reuse", FAIL, problems[0] + more + seen.how))
+        elif len(seen.compounds) != n_cp:
+            checks.append(Check("tail-reuse", FAIL, f"saw the vmemmap of {len(seen.compounds)} "
+                                                    f"compound pages, expected {n_cp}" + seen.how))
         else:
             checks.append(Check("tail-reuse", PASS,
                                 f"all {n_cp} compound pages: {geometry.VMEMMAP_RESERVE_NR} fresh "
                                 f"vmemmap pages, {per_cp - geometry.VMEMMAP_RESERVE_NR} tail PTEs "
-                                "on the first tail page"))
+                                "on the first tail page" + seen.how))
 
     # init-skip
     if not eligible:
         checks.append(Check("init-skip", SKIP, "not eligible: see no-false-optimisation"))
+    elif seen.struct_pages_initialized is None and d.range is None:
+        checks.append(Check("init-skip", SKIP, seen.init_source))
     elif seen.struct_pages_initialized is None:
         checks.append(Check("init-skip", SKIP, "memmap_init_compound cannot be probed: "
                                                + seen.init_source))
@@ -135,14 +151,15 @@ def check_device(d: DeviceLedger, ledger: Ledger, expect: str) -> Dict:
 
     # accounting
     vmstat_note = _vmstat_note(ledger, seen.vmemmap_pages, naive_vm, len(ledger.devices))
+    what = "distinct pages behind the vmemmap" if seen.how else "vmemmap pages allocated"
     if seen.vmemmap_pages is None:
         checks.append(Check("accounting", SKIP, "vmemmap_alloc_block_buf cannot be probed on this "
                                                 "kernel" + vmstat_note))
     elif seen.vmemmap_pages == expected_vm:
-        checks.append(Check("accounting", PASS, f"{seen.vmemmap_pages} vmemmap pages allocated, as "
+        checks.append(Check("accounting", PASS, f"{seen.vmemmap_pages} {what}, as "
                                                 f"expected (naive {naive_vm})" + vmstat_note))
     else:
-        checks.append(Check("accounting", FAIL, f"{seen.vmemmap_pages} vmemmap pages allocated, "
+        checks.append(Check("accounting", FAIL, f"{seen.vmemmap_pages} {what}, "
                                                 f"expected {expected_vm} (naive {naive_vm})" + vmstat_note))
 
     # no-false-optimisation
@@ -150,9 +167,9 @@ def check_device(d: DeviceLedger, ledger: Ledger, expect: str) -> Dict:
         checks.append(Check("no-false-optimisation", SKIP, "eligible: see tail-reuse and init-skip"))
     else:
         wrong = []
-        reused = d.totals()["reused"] if ledger.sources.populate else None
+        reused = seen.reused
         if reused:
-            first = next((c for c in d.compounds if c["reused"]), None)
+            first = next((c for c in seen.compounds or () if c["reused"]), None)
             where = f" (first at compound page pfn {first['head_pfn']})" if first else ""
             wrong.append(f"{reused} vmemmap PTEs reused{where}")
         if seen.vmemmap_pages is not None and seen.vmemmap_pages != naive_vm:
@@ -171,7 +188,10 @@ def check_device(d: DeviceLedger, ledger: Ledger, expect: str) -> Dict:
                 parts.append(f"all {naive_vm} vmemmap pages allocated")
             if seen.struct_pages_initialized is not None:
                 parts.append(f"all {expected_init} struct pages initialised")
-            checks.append(Check("no-false-optimisation", PASS, ", ".join(parts)))
+            checks.append(Check("no-false-optimisation", PASS, ", ".join(parts) + seen.how))
+
+    if ledger.header.get("walk") == "cross-check":
+        checks.append(cross_check(d, ledger))
 
     if d.kernel_log is not None:
         # The kernel's own count (pfns of its init loop) next to ours, in the init checks.
@@ -185,10 +205,15 @@ def check_device(d: DeviceLedger, ledger: Ledger, expect: str) -> Dict:
                     c.detail += f", not the {geometry.init_loop_pages(shape)} pfns expected"
     statuses = {c.status for c in checks}
     verdict = "fail" if FAIL in statuses else "pass"
-    if d.range is None:
+    if d.range is None and d.walk is None:
         verdict = "error"
         checks.append(Check("range-complete", FAIL, "memmap_init_zone_device was not seen for this "
                                                     "range: it was populated but never initialised"))
+    elif d.walk is not None and d.walk["mapped"] < d.walk["vmemmap_pages"]:
+        verdict = "fail"
+        checks.append(Check("range-complete", FAIL, f"{d.walk['vmemmap_pages'] - d.walk['mapped']} "
+                                                    f"of the range's {d.walk['vmemmap_pages']} vmemmap "
+                                                    "pages are not mapped"))
     r = d.range or {}
     optimized = None
     if seen.vmemmap_pages is not None:
@@ -212,6 +237,42 @@ def check_device(d: DeviceLedger, ledger: Ledger, expect: str) -> Dict:
         "checks": [c.as_json() for c in checks],
         "verdict": verdict,
     }
+
+
+def _layout(compounds: List[dict]) -> Dict[int, tuple]:
+    return {c["head_pfn"]: (c["ptes"], c["fresh"], c["reused"], c["on_tail"], c["tail_pfn"])
+            for c in compounds}
+
+
+def cross_check(d: DeviceLedger, ledger: Ledger) -> Check:
+    """The probes' account of the populate against the page tables it left (verify
+    --cross-check): the same allocation count, and per compound page the same fresh/reused
+    split onto the same physical tail page."""
+    if d.walk is None:
+        return Check("cross-check", FAIL, "the range was not walked")
+    diffs = []
+    if ledger.sources.alloc:
+        live = d.totals()["alloc_bytes"] // d.shape(ledger.feature).page_size
+        if live != d.walk["distinct"]:
+            diffs.append(f"probes saw {live} vmemmap pages allocated, the walk finds "
+                         f"{d.walk['distinct']} distinct pages")
+    if ledger.sources.populate:
+        if d.totals()["reused"] != d.walk["reused"]:
+            diffs.append(f"probes saw {d.totals()['reused']} reused PTEs, the walk "
+                         f"{d.walk['reused']}")
+        live, walked = _layout(d.compounds), _layout(d.walk_compounds)
+        differ = sorted(h for h in set(live) | set(walked) if live.get(h) != walked.get(h))
+        if differ:
+            h = differ[0]
+            diffs.append(f"{len(differ)} compound pages differ, first at pfn {h}: probes "
+                         f"(ptes, fresh, reused, on tail, tail pfn) {live.get(h)}, walk "
+                         f"{walked.get(h)}")
+    if diffs:
+        return Check("cross-check", FAIL, "; ".join(diffs))
+    return Check("cross-check", PASS,
+                 f"probes and page-table walk agree: {d.walk['distinct']} distinct vmemmap pages, "
+                 f"{d.walk['reused']} reused PTEs, {len(d.walk_compounds)} compound pages "
+                 "on the same tail pages")
 
 
 def _vmstat_note(ledger: Ledger, observed: Optional[int], naive: int, n_devices: int) -> str:
@@ -240,7 +301,9 @@ def evaluate(ledger: Ledger, expect: str = "auto") -> dict:
     bad = {k: v for k, v in ledger.bpf_errors.items() if v}
     if bad:
         problems.append("BPF-side errors: " + ", ".join(f"{k}={v}" for k, v in bad.items()))
-    if not devices:
+    if not devices and ledger.header.get("walk") == "audit":
+        problems.append("no dax device with memory in /sys/bus/dax/devices: nothing to audit")
+    elif not devices:
         problems.append("no device-dax range was set up while tracing")
     if problems:
         verdict = "error"

@@ -28,6 +28,29 @@ def inventory(root: Path = Path("/")) -> List[dict]:
             align = int(_read(dev / "align"), 0)
         except (OSError, ValueError):
             align = None
-        out.append({"type": "device", "name": dev.name, "start_pfn": start >> PAGE_SHIFT,
-                    "nr_pages": size >> PAGE_SHIFT, "align": align})
+        ev = {"type": "device", "name": dev.name, "start_pfn": start >> PAGE_SHIFT,
+              "nr_pages": size >> PAGE_SHIFT, "align": align}
+        if (dev / "driver").exists():
+            ev["driver"] = (dev / "driver").resolve().name  # device_dax, or kmem (system-ram)
+        ev.update(_nvdimm_parent(dev))
+        out.append(ev)
     return out
+
+
+def _nvdimm_parent(dev: Path) -> dict:
+    """For a dax device made by `ndctl create-namespace -m devdax`, its nd_dax parent says the
+    map mode ("pmem": struct pages on the device, an altmap; "ram": in RAM), and its namespace
+    gives the range the kernel hands to memremap_pages(). __nvdimm_setup_pfn()
+    (drivers/nvdimm/pfn_devs.c) sets that range to the namespace from res.start + start_pad to
+    res.end - end_trunc, while the dax device only covers the data after the info block (dataoff):
+    its end is the range's end, and start_pad is 0 for every namespace created since 5.7
+    ("libnvdimm/pfn: stop padding pmem namespaces to section alignment")."""
+    parent = dev.resolve().parent
+    try:
+        mode = _read(parent / "mode")
+        ns_start = int(_read(parent.parent / _read(parent / "namespace") / "resource"), 0)
+        end = int(_read(parent / "resource"), 0) + int(_read(parent / "size"), 0)
+    except (OSError, ValueError):
+        return {}  # not nvdimm-backed (hmem, CXL): the dax device's range is the pgmap's
+    return {"mode": mode, "pgmap_start_pfn": ns_start >> PAGE_SHIFT,
+            "pgmap_nr_pages": (end - ns_start) >> PAGE_SHIFT}

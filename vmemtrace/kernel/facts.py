@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Dict, Optional, Set
 
 from vmemtrace.errors import VmemtraceError
-from vmemtrace.kernel import config, environment, ftrace, kallsyms, release
+from vmemtrace.kernel import config, environment, ftrace, kallsyms, kcore, release
 from vmemtrace.probes.targets import TARGETS
 
 # Data symbols the page-table walk needs (x86_64, CONFIG_KALLSYMS_ALL); also a feature witness.
@@ -27,6 +27,7 @@ class KernelFacts:
     btf: Optional[str]
     headers: Optional[str]
     bcc: Optional[str]
+    walk_blocker: Optional[str] = "not asked"  # why the page-table walk cannot run, or None
     notes: list = field(default_factory=list)
 
 
@@ -54,4 +55,5 @@ def gather(root: Path = Path("/"), with_bcc: bool = True) -> KernelFacts:
         btf=environment.btf_path(root),
         headers=environment.headers_path(root, rel),
         bcc=environment.bcc_version() if with_bcc else None,
+        walk_blocker=kcore.walk_blocker(root, syms.addresses, os.uname().machine),
     )

@@ -12,10 +12,12 @@ _CLONE = re.compile(r"^(?P<base>[A-Za-z0-9_]+)\.(constprop|isra|part|cold|llvm)(
 class Kallsyms:
     """Names of text and data symbols, with clones indexed by the function they were cut from."""
 
-    def __init__(self, text_symbols: Set[str], data_symbols: Set[str], clones: Dict[str, List[str]]):
+    def __init__(self, text_symbols: Set[str], data_symbols: Set[str], clones: Dict[str, List[str]],
+                 addresses: Dict[str, int] = None):
         self.text = text_symbols
         self.data = data_symbols
         self.clones = clones
+        self.addresses = addresses or {}  # data symbols: runtime address (KASLR applied); 0 if hidden
 
     def has_function(self, name: str) -> bool:
         return name in self.text
@@ -30,7 +32,7 @@ class Kallsyms:
 def parse_kallsyms(text: str, wanted: Set[str] = None) -> Kallsyms:
     """Parse "addr type name [module]" lines. With `wanted`, keep only those names (and their
     clones) and the data symbols: a full kallsyms holds ~200k lines we do not need to keep."""
-    funcs, data, clones = set(), set(), {}
+    funcs, data, clones, addresses = set(), set(), {}, {}
     for line in text.splitlines():
         parts = line.split()
         if len(parts) < 3:
@@ -46,7 +48,11 @@ def parse_kallsyms(text: str, wanted: Set[str] = None) -> Kallsyms:
                 funcs.add(name)
         elif kind in "dDbBrR" and (wanted is None or name in wanted):
             data.add(name)
-    return Kallsyms(funcs, data, clones)
+            try:
+                addresses[name] = int(parts[0], 16)
+            except ValueError:
+                addresses[name] = 0
+    return Kallsyms(funcs, data, clones, addresses)
 
 
 def read_kallsyms(root: Path, wanted: Set[str] = None) -> Kallsyms:

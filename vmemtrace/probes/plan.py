@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Set
 
 from vmemtrace.kernel.kallsyms import Kallsyms
-from vmemtrace.probes.targets import TARGETS, Target
+from vmemtrace.probes.targets import TARGETS, WALK, Target
 
 TRACEABLE = "traceable"
 NOTRACE = "notrace"
@@ -18,8 +18,10 @@ INLINED = "inlined"
 ABSENT = "absent"
 UNKNOWN = "unknown"
 
-# Strategies under which the target's own probes are attached (the rest: fallback, unavailable).
+# Strategies under which the target's own probes are attached (the rest: fallback, walk,
+# unavailable).
 ATTACHED = ("kprobe", "kretprobe", "kprobe+kretprobe")
+WALK_STRATEGY = "walk"  # read the page tables after the fact (kernel/kcore.py)
 
 
 def is_attached(strategy: str) -> bool:
@@ -30,7 +32,7 @@ def is_attached(strategy: str) -> bool:
 class TargetStatus:
     name: str
     availability: str  # one of the constants above
-    strategy: str  # kprobe, kretprobe, kprobe+kretprobe, fallback, unavailable
+    strategy: str  # kprobe, kretprobe, kprobe+kretprobe, fallback, walk, unavailable
     reason: str
     clones: List[str]
 
@@ -62,11 +64,13 @@ def classify(target: Target, version: tuple, syms: Kallsyms,
 
 
 def build_plan(version: tuple, syms: Kallsyms, filter_functions: Optional[Set[str]],
-               blacklist: Optional[Set[str]], kprobes: bool) -> List[TargetStatus]:
+               blacklist: Optional[Set[str]], kprobes: bool,
+               walk_blocker: Optional[str] = "not asked") -> List[TargetStatus]:
     """One TargetStatus per target, in TARGETS order.
 
-    A target that cannot be probed names its fallback when the fallback itself is probeable;
-    otherwise it is "unavailable": we never pretend to see what we cannot.
+    A target that cannot be probed names its fallback when the fallback itself is probeable,
+    or "walk" when the page-table walk can read its result (walk_blocker None); otherwise it is
+    "unavailable": we never pretend to see what we cannot.
     """
     raw = {t.name: classify(t, version, syms, filter_functions, blacklist) for t in TARGETS}
     plan = []
@@ -80,6 +84,12 @@ def build_plan(version: tuple, syms: Kallsyms, filter_functions: Optional[Set[st
         elif t.fallback in raw and raw[t.fallback][0] == TRACEABLE and kprobes:
             strategy = "fallback"
             reason = f"{reason}; seen through {t.fallback}"
+        elif t.fallback == WALK and walk_blocker is None:
+            strategy = WALK_STRATEGY
+            reason = f"{reason}; its result read from the vmemmap page tables after each range"
+        elif t.fallback == WALK:
+            strategy = "unavailable"
+            reason = f"{reason}; no page-table walk either: {walk_blocker}"
         else:
             strategy = "unavailable"
         plan.append(TargetStatus(t.name, availability, strategy, reason, syms.clones_of(t.name)))

@@ -19,6 +19,8 @@ class Target:
     deep_only: bool = False  # per-struct-page: only in an explicit deep mode
 
 
+WALK = "page-table walk"
+
 TARGETS = (
     # mm/sparse-vmemmap.c, 5.19+: the populate loop for one section of a compound-page pgmap.
     # Static and called once: every Debian build inlines it into __populate_section_memmap.
@@ -33,9 +35,9 @@ TARGETS = (
     # 6.15+: (addr, node, altmap, unsigned long ptpfn, unsigned long flags).
     Target("vmemmap_populate_address", "kprobe+kretprobe", (5, 19),
            "one call per vmemmap page: the PTE it installs and whether its page is reused",
-           fallback="page-table walk"),
+           fallback=WALK),
     Target("vmemmap_alloc_block_buf", "kprobe+kretprobe", (4, 5),
-           "one call per freshly allocated vmemmap page"),
+           "one call per freshly allocated vmemmap page", fallback=WALK),
     # mm/page_alloc.c up to 6.3, mm/mm_init.c from 6.4: stable signature 5.17-6.19.
     Target("memmap_init_zone_device", "kprobe+kretprobe", (4, 19),
            "one call per pgmap range: zone, start_pfn, nr_pages, pgmap; its duration"),
@@ -45,6 +47,10 @@ TARGETS = (
     Target("__init_zone_device_page", "kprobe", (5, 17),
            "one call per struct page initialised", deep_only=True),
 )
+
+# What is left behind can be read instead of the act: the vmemmap page tables (kernel/kcore.py),
+# walked once memmap_init_zone_device has returned for the range.
+WALK_TARGETS = tuple(t.name for t in TARGETS if t.fallback == WALK)
 
 BY_NAME = {t.name: t for t in TARGETS}
 

@@ -1,0 +1,160 @@
+"""The page-table walker on kcore-format images built by tests/kcore_image.py: 4- and 5-level
+paging, 4 KiB PTE and 2 MiB PMD vmemmap mappings, KASLR-moved bases, and its refusals."""
+
+import random
+
+import pytest
+
+from tests.kcore_image import Image
+from vmemtrace import geometry, verdict
+from vmemtrace.backing import walk_events
+from vmemtrace.errors import VmemtraceError
+from vmemtrace.kernel.kcore import Kcore, Walker, layout, walk_blocker
+
+# Default and KASLR-moved bases (Documentation/arch/x86/x86_64/mm.rst: the direct map and the
+# vmemmap move in 1 GiB (PUD) steps under CONFIG_RANDOMIZE_MEMORY).
+BASES = {4: [(0xFFFF888000000000, 0xFFFFEA0000000000), (0xFFFF9A3C40000000, 0xFFFFD31D80000000)],
+         5: [(0xFF11000000000000, 0xFFD4000000000000), (0xFF3A9C0000000000, 0xFFE1400000000000)]}
+SHAPES = [(levels, mapping) for levels in (4, 5) for mapping in ("pte", "pmd")]
+START_PFN = 0x140000  # 5 GiB, where the lab's pmem starts
+DATA_PHYS = 0x150000000  # device/RAM pages backing the vmemmap (never read by the walk)
+
+
+def compound_layout(img: Image, start_pfn: int, n_compound: int, per_compound: int, rng):
+    """vmemmap_populate_compound_pages()' result: per compound page two fresh pages, every
+    further tail vmemmap page on the first tail page. Fresh pages at random physical spots."""
+    free = rng.sample(range(0x1000), 2 * n_compound)
+    for c in range(n_compound):
+        head_va = img.vmemmap_va(start_pfn + c * per_compound * 64)
+        head, tail = (DATA_PHYS + p * 4096 for p in free[2 * c:2 * c + 2])
+        img.map_4k(head_va, head)
+        for i in range(1, per_compound):
+            img.map_4k(head_va + i * 4096, tail)
+
+
+@pytest.mark.parametrize("levels,mapping", SHAPES)
+@pytest.mark.parametrize("kaslr", [0, 1])
+def test_walk_returns_the_backing_page_of_every_vmemmap_page(tmp_path, levels, mapping, kaslr):
+    rng = random.Random(levels * 10 + kaslr)
+    pob, vmb = BASES[levels][kaslr]
+    img = Image(levels, pob, vmb)
+    nr_pages = 4 * 512 if mapping == "pte" else 2 * 32768  # 4 compound pages / 2 PMD blocks
+    if mapping == "pte":
+        compound_layout(img, START_PFN, 4, 8, rng)
+    else:
+        for block in range(2):  # one section = one 2 MiB PMD block of struct pages
+            img.map_2m(img.vmemmap_va(START_PFN + block * 32768), DATA_PHYS + block * (2 << 20))
+    symbols = img.write(tmp_path / "kcore")
+    with Walker(symbols, str(tmp_path / "kcore")) as w:
+        assert w.tables.layout.levels == levels
+        assert (w.tables.layout.page_offset_base, w.tables.layout.vmemmap_base) == (pob, vmb)
+        got = w.backing(START_PFN, nr_pages, 64)
+    want = [img.expected[img.vmemmap_va(START_PFN) + i * 4096] for i in range(len(got))]
+    assert got == [(phys >> 12, level) for phys, level in want]
+    assert len(got) == nr_pages * 64 // 4096
+
+
+@pytest.mark.parametrize("levels", [4, 5])
+def test_walked_compound_layout_passes_the_same_checks_as_live_probes(tmp_path, levels):
+    """The walk's events go through the ledger and verdict: tail-reuse and accounting pass,
+    and one remapped tail page makes tail-reuse fail, naming its compound page."""
+    from vmemtrace.ledger import fold
+
+    rng = random.Random(levels)
+    img = Image(levels, *BASES[levels][1])
+    compound_layout(img, START_PFN, 8, 8, rng)
+    # Break compound page 5: its last tail vmemmap page gets a page of its own.
+    bad_head = START_PFN + 5 * 512
+    img.map_4k(img.vmemmap_va(bad_head) + 7 * 4096, DATA_PHYS + 0x2000 * 4096)
+    symbols = img.write(tmp_path / "kcore")
+    with Walker(symbols, str(tmp_path / "kcore")) as w:
+        backing = w.backing(START_PFN, 8 * 512, 64)
+    events = walk_events(START_PFN, 8 * 512, 512, False, backing, 64, 4096)
+    walk, compounds = events[0], events[1:]
+    assert (walk["vmemmap_pages"], walk["mapped"], walk["distinct"], walk["reused"]) == (64, 64, 17, 47)
+    assert walk["levels"] == {"pte": 64}
+    assert [c["head_pfn"] for c in compounds] == [START_PFN + i * 512 for i in range(8)]
+    header = {"type": "header", "kernel": "test", "strategy": {}, "walk": "audit",
+              "feature": {"present": True, "evidence": "test image"}}
+    doc = verdict.evaluate(fold([header] + events))
+    checks = {c["name"]: c for c in doc["devices"][0]["checks"]}
+    assert checks["tail-reuse"]["status"] == "fail"
+    assert f"compound page at pfn {bad_head}" in checks["tail-reuse"]["detail"]
+    assert checks["accounting"]["status"] == "fail"  # 17 distinct pages, not 16
+    assert checks["init-skip"]["status"] == "skip"
+
+
+def test_unmapped_vmemmap_is_none_and_fails_range_complete(tmp_path):
+    from vmemtrace.ledger import fold
+
+    img = Image(4, *BASES[4][0])
+    compound_layout(img, START_PFN, 2, 8, random.Random(1))
+    symbols = img.write(tmp_path / "kcore")
+    with Walker(symbols, str(tmp_path / "kcore")) as w:
+        backing = w.backing(START_PFN, 3 * 512, 64)  # one compound page more than mapped
+    assert backing[16:] == [None] * 8 and None not in backing[:16]
+    header = {"type": "header", "kernel": "test", "strategy": {}, "walk": "audit",
+              "feature": {"present": True, "evidence": "test image"}}
+    doc = verdict.evaluate(fold([header] + walk_events(START_PFN, 3 * 512, 512, False, backing,
+                                                       64, 4096)))
+    checks = {c["name"]: c for c in doc["devices"][0]["checks"]}
+    assert checks["range-complete"]["status"] == "fail"
+    assert "8 of the range's 24 vmemmap pages are not mapped" in checks["range-complete"]["detail"]
+
+
+@pytest.mark.parametrize("levels", [4, 5])
+def test_paging_depth_from_the_direct_map_when_the_symbol_is_gone(tmp_path, levels):
+    img = Image(levels, *BASES[levels][1], l5_symbol=False)
+    img.map_4k(img.vmemmap_va(START_PFN), DATA_PHYS)
+    symbols = img.write(tmp_path / "kcore")
+    assert "__pgtable_l5_enabled" not in symbols
+    with Kcore(str(tmp_path / "kcore")) as k:
+        assert layout(k, symbols).levels == levels
+
+
+def test_expected_numbers_match_geometry_for_a_walked_1g_layout(tmp_path):
+    """A 1 GiB compound page's 4096 vmemmap pages: 2 fresh, 4094 on the first tail page,
+    as geometry expects for one compound page."""
+    img = Image(5, *BASES[5][0])
+    compound_layout(img, 0x180000, 1, 4096, random.Random(3))
+    symbols = img.write(tmp_path / "kcore")
+    with Walker(symbols, str(tmp_path / "kcore")) as w:
+        backing = w.backing(0x180000, 262144, 64)
+    walk = walk_events(0x180000, 262144, 262144, False, backing, 64, 4096)
+    shape = geometry.RangeShape(0x180000, 262144, 262144)
+    assert walk[0]["distinct"] == geometry.vmemmap_pages_expected(shape) == 2
+    assert (walk[1]["fresh"], walk[1]["reused"], walk[1]["on_tail"]) == (2, 4094, 4094)
+
+
+def test_refusals_are_one_line(tmp_path):
+    img = Image(4, *BASES[4][0])
+    img.map_4k(img.vmemmap_va(START_PFN), DATA_PHYS)
+    symbols = img.write(tmp_path / "kcore")
+    (tmp_path / "notelf").write_bytes(b"\0" * 128)
+    with pytest.raises(VmemtraceError, match="not a little-endian ELF64 core file"):
+        Kcore(str(tmp_path / "notelf"))
+    with pytest.raises(VmemtraceError, match="CONFIG_PROC_KCORE"):
+        Kcore(str(tmp_path / "missing"))
+    no_sym = {k: v for k, v in symbols.items() if k != "vmemmap_base"}
+    with pytest.raises(VmemtraceError, match="vmemmap_base is not in /proc/kallsyms"):
+        Walker(no_sym, str(tmp_path / "kcore"))
+    with pytest.raises(VmemtraceError, match="hides addresses"):
+        Walker(dict(symbols, init_top_pgt=0), str(tmp_path / "kcore"))
+    with Kcore(str(tmp_path / "kcore")) as k:
+        with pytest.raises(VmemtraceError, match="is in no segment"):
+            k.read(0xFFFFFFFF90000000, 8)
+
+
+def test_walk_blocker_reads_the_root(tmp_path):
+    full = {"init_top_pgt": 1, "page_offset_base": 2, "vmemmap_base": 3}
+    assert "x86_64 paging only" in walk_blocker(tmp_path, full, "aarch64")
+    assert "CONFIG_PROC_KCORE" in walk_blocker(tmp_path, full, "x86_64")
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc/kcore").write_bytes(b"")
+    assert "CONFIG_KALLSYMS_ALL" in walk_blocker(tmp_path, {"init_top_pgt": 1}, "x86_64")
+    assert "hides addresses" in walk_blocker(tmp_path, dict(full, vmemmap_base=0), "x86_64")
+    (tmp_path / "sys/kernel/security").mkdir(parents=True)
+    (tmp_path / "sys/kernel/security/lockdown").write_text("none integrity [confidentiality]\n")
+    assert "confidentiality" in walk_blocker(tmp_path, full, "x86_64")
+    (tmp_path / "sys/kernel/security/lockdown").write_text("[none] integrity confidentiality\n")
+    assert walk_blocker(tmp_path, full, "x86_64") is None

@@ -1,0 +1,62 @@
+"""`vmemtrace audit`, and the walk verify does after each range: read the vmemmap page tables
+of device ranges through /proc/kcore (kernel/kcore.py) and turn them into events (backing.py)."""
+
+import os
+from typing import Callable, List
+
+from vmemtrace.backing import walk_events
+from vmemtrace.errors import VmemtraceError
+from vmemtrace.kernel import daxdev
+from vmemtrace.kernel.facts import gather
+from vmemtrace.kernel.kcore import Walker
+from vmemtrace.probes.plan import WALK_STRATEGY
+from vmemtrace.probes.targets import TARGETS, WALK_TARGETS
+from vmemtrace.readiness import assess
+
+# drivers/dax/device.c sets pgmap->vmemmap_shift from the device's align since 5.17 ("device-dax:
+# compound devmap support"); before, every struct page is a base page.
+COMPOUND_SINCE = (5, 17)
+
+
+def walk_range(walker: Walker, start_pfn: int, nr_pages: int, pfns_per_compound: int,
+               altmap: bool, struct_page_size: int, page_size: int) -> List[dict]:
+    backing = walker.backing(start_pfn, nr_pages, struct_page_size)
+    return walk_events(start_pfn, nr_pages, pfns_per_compound, altmap, backing,
+                       struct_page_size, page_size)
+
+
+def open_walker(facts) -> Walker:
+    if os.geteuid() != 0:
+        raise VmemtraceError("the page-table walk needs root (it reads /proc/kcore)")
+    if facts.walk_blocker:
+        raise VmemtraceError(f"cannot walk the page tables: {facts.walk_blocker}")
+    return Walker(facts.syms.addresses)
+
+
+def audit_log(progress: Callable[[str], None]) -> List[dict]:
+    """The event log of an audit: a header, then per dax device its walk and its device event."""
+    from vmemtrace import geometry
+    from vmemtrace.session import header_event
+
+    facts = gather(with_bcc=False)
+    ready = assess(facts)
+    strategy = {t.name: WALK_STRATEGY if t.name in WALK_TARGETS else "not traced (audit)"
+                for t in TARGETS}
+    header = header_event(facts, ready, [], walk="audit", strategy=strategy)
+    devices = daxdev.inventory()
+    log = [header]
+    with open_walker(facts) as walker:
+        progress(f"walking the vmemmap page tables ({walker.tables.layout.levels}-level paging) "
+                 f"of {len(devices)} dax devices")
+        for dev in devices:
+            if dev.get("driver") == "kmem":
+                progress(f"{dev['name']}: skipped, onlined as System RAM (kmem): not ZONE_DEVICE")
+                continue
+            align = dev["align"] or geometry.PAGE_SIZE
+            per = align // geometry.PAGE_SIZE if facts.version[:2] >= COMPOUND_SINCE else 1
+            log.extend(walk_range(walker, dev.get("pgmap_start_pfn", dev["start_pfn"]),
+                                  dev.get("pgmap_nr_pages", dev["nr_pages"]), per,
+                                  dev.get("mode") == "pmem", geometry.STRUCT_PAGE_SIZE,
+                                  geometry.PAGE_SIZE))
+            log.append(dev)
+    return log

@@ -1,0 +1,65 @@
+"""From the pages behind a range's vmemmap (kernel/kcore.py) to events the ledger folds.
+
+Pure. The walk sees the result, not the act: a vmemmap page is "fresh" when no earlier vmemmap
+page of the range is backed by the same physical page, "reused" otherwise. That is exactly what
+vmemmap_populate_compound_pages() leaves behind (mm/sparse-vmemmap.c): per compound page the
+head's vmemmap page and the first tail vmemmap page are allocated, every further tail vmemmap
+page maps the first tail page again (Documentation/mm/vmemmap_dedup.rst, "device-dax").
+The compound events carry the same keys as the live ones (events.py), so one verdict judges both.
+"""
+
+from typing import List, Optional, Tuple
+
+Backing = List[Optional[Tuple[int, str]]]  # per vmemmap page: (backing pfn, level) or None
+
+
+def walk_events(start_pfn: int, nr_pages: int, pfns_per_compound: int, altmap: bool,
+                backing: Backing, struct_page_size: int, page_size: int) -> List[dict]:
+    """One "walk" event for the range, then one "compound" event (source "walk") per compound
+    page when the range has compound pages whose memmap spans whole vmemmap pages."""
+    seen = set()
+    reused = 0
+    levels = {}
+    for b in backing:
+        if b is None:
+            continue
+        levels[b[1]] = levels.get(b[1], 0) + 1
+        if b[0] in seen:
+            reused += 1
+        seen.add(b[0])
+    mapped = sum(levels.values())
+    out = [{"type": "walk", "start_pfn": start_pfn, "nr_pages": nr_pages,
+            "pfns_per_compound": pfns_per_compound, "altmap": altmap,
+            "vmemmap_pages": len(backing), "mapped": mapped, "distinct": len(seen),
+            "reused": reused, "levels": levels, "struct_page_size": struct_page_size,
+            "page_size": page_size}]
+    per_compound = pfns_per_compound * struct_page_size // page_size
+    if pfns_per_compound <= 1 or per_compound < 1:
+        return out
+    for i in range(0, len(backing) - per_compound + 1, per_compound):
+        out.append(_compound(start_pfn + i // per_compound * pfns_per_compound, start_pfn,
+                             pfns_per_compound, backing[i:i + per_compound]))
+    return out
+
+
+def _compound(head_pfn: int, range_start: int, pfns_per_compound: int, pages: Backing) -> dict:
+    seen, fresh, reused = set(), 0, 0
+    for b in pages:
+        if b is None:
+            continue
+        if b[0] in seen:
+            reused += 1
+        else:
+            fresh += 1
+            seen.add(b[0])
+    pfns = [b[0] if b else None for b in pages]
+    head, tail = pfns[0], pfns[1] if len(pfns) > 1 else None
+    return {"type": "compound", "source": "walk", "head_pfn": head_pfn,
+            "range_start_pfn": range_start, "pfns_per_compound": pfns_per_compound,
+            "ptes": sum(1 for p in pfns if p is not None), "fresh": fresh, "reused": reused,
+            "existing": 0,  # a walk cannot tell pre-existing PTEs from new ones
+            "head_fresh": int(head is not None and pfns.count(head) == 1),
+            "tail_fresh": int(tail is not None and tail != head),
+            "tail_pfn": tail or 0,
+            "on_tail": sum(1 for p in pfns[2:] if p is not None and p == tail),
+            "max_index": len(pfns)}  # as in BPF: highest vmemmap page index + 1

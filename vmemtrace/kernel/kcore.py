@@ -1,0 +1,244 @@
+"""Kernel memory through /proc/kcore, and the x86_64 page-table walk of the vmemmap.
+
+/proc/kcore is an ELF64 core file (fs/proc/kcore.c): one PT_LOAD per kernel region, p_vaddr its
+kernel virtual address. The kernel image (KCORE_TEXT) holds init_top_pgt and the KASLR-chosen
+bases; every page-table page below the top one is RAM, read through the direct map at
+page_offset_base + phys (KCORE_RAM). The walk only reads page tables, never the vmemmap pages
+themselves: device memory is not in kcore's RAM list, and we only want where each page lives.
+
+Paging follows arch/x86/include/asm/pgtable_64_types.h: 9 bits per level, 4 KiB PTEs, _PAGE_PSE
+at the PUD (1 GiB) and PMD (2 MiB) level; 5-level paging adds the P4D level above the PUD when
+__pgtable_l5_enabled (CONFIG_X86_5LEVEL and a CPU with LA57).
+"""
+
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from vmemtrace.errors import VmemtraceError
+
+PT_LOAD = 1
+PN_XNUM = 0xFFFF
+_PRESENT = 1 << 0
+_PSE = 1 << 7
+# Physical address bits 12..51 of an entry (PTE_PFN_MASK with __PHYSICAL_MASK_SHIFT 52).
+_ADDR = ((1 << 52) - 1) & ~0xFFF
+PAGE_SHIFT = 12
+ENTRIES = 512
+# The direct map starts at 0xffff888000000000 with 4-level paging and 0xff11000000000000 with
+# 5-level (Documentation/arch/x86/x86_64/mm.rst); KASLR only moves it up within its hole, so an
+# address below the 4-level kernel half proves 5-level paging.
+_L4_KERNEL_HALF = 0xFFFF800000000000
+
+LEVEL_NAMES = {30: "pud", 21: "pmd", 12: "pte"}
+
+
+@dataclass(frozen=True)
+class Segment:
+    vaddr: int
+    paddr: int
+    offset: int
+    size: int
+
+
+class Kcore:
+    """Reads kernel virtual addresses from an ELF64 core file (/proc/kcore, or a test image)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        try:
+            self.fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise VmemtraceError(f"no {path} (kernel built without CONFIG_PROC_KCORE)")
+        except PermissionError:
+            raise VmemtraceError(f"{path}: permission denied ({lockdown_hint()})")
+        try:
+            self.segments = self._segments()
+        except Exception:
+            os.close(self.fd)
+            raise
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _pread(self, size: int, offset: int) -> bytes:
+        try:
+            data = os.pread(self.fd, size, offset)
+        except OSError as e:
+            raise VmemtraceError(f"cannot read {self.path}: {e.strerror} ({lockdown_hint()})")
+        if len(data) != size:
+            raise VmemtraceError(f"{self.path}: short read at offset {offset:#x}")
+        return data
+
+    def _segments(self) -> List[Segment]:
+        ehdr = self._pread(64, 0)
+        if ehdr[:4] != b"\x7fELF" or ehdr[4] != 2 or ehdr[5] != 1:
+            raise VmemtraceError(f"{self.path}: not a little-endian ELF64 core file")
+        shoff, = struct.unpack_from("<Q", ehdr, 40)
+        phoff, = struct.unpack_from("<Q", ehdr, 32)
+        phentsize, phnum = struct.unpack_from("<HH", ehdr, 54)
+        if phnum == PN_XNUM:  # more segments than e_phnum holds: the count is in section 0
+            phnum, = struct.unpack_from("<I", self._pread(64, shoff), 44)
+        table = self._pread(phentsize * phnum, phoff)
+        out = []
+        for i in range(phnum):
+            p_type, _flags, off, vaddr, paddr, filesz = struct.unpack_from(
+                "<IIQQQQ", table, i * phentsize)
+            if p_type == PT_LOAD and filesz:
+                out.append(Segment(vaddr, paddr, off, filesz))
+        if not out:
+            raise VmemtraceError(f"{self.path}: no loadable segments")
+        return out
+
+    def read(self, vaddr: int, size: int) -> bytes:
+        for s in self.segments:
+            if s.vaddr <= vaddr and vaddr + size <= s.vaddr + s.size:
+                return self._pread(size, s.offset + vaddr - s.vaddr)
+        raise VmemtraceError(f"{self.path}: address {vaddr:#x} is in no segment")
+
+    def u64(self, vaddr: int) -> int:
+        return struct.unpack("<Q", self.read(vaddr, 8))[0]
+
+
+def lockdown_hint(root: Path = Path("/")) -> str:
+    """Why kcore may be refused: lockdown's confidentiality mode (security/lockdown) or no root."""
+    try:
+        mode = (root / "sys/kernel/security/lockdown").read_text()
+    except OSError:
+        mode = ""
+    if "[confidentiality]" in mode:
+        return "kernel lockdown is in confidentiality mode, which forbids /proc/kcore"
+    if os.geteuid() != 0:
+        return "reading /proc/kcore needs root"
+    return "no lockdown reported"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the kernel put things this boot (KASLR applied)."""
+
+    init_top_pgt: int  # virtual address of the top-level table
+    page_offset_base: int
+    vmemmap_base: int
+    levels: int  # 4 or 5
+
+    def as_json(self) -> dict:
+        return {"init_top_pgt": hex(self.init_top_pgt),
+                "page_offset_base": hex(self.page_offset_base),
+                "vmemmap_base": hex(self.vmemmap_base), "levels": self.levels}
+
+
+REQUIRED_SYMBOLS = ("init_top_pgt", "page_offset_base", "vmemmap_base")
+
+
+def layout(kcore: Kcore, addresses: Dict[str, int]) -> Layout:
+    """Read the layout from kernel data; `addresses` are kallsyms' data symbol addresses."""
+    for name in REQUIRED_SYMBOLS:
+        if name not in addresses:
+            raise VmemtraceError(f"{name} is not in /proc/kallsyms (kernel built without "
+                                 "CONFIG_KALLSYMS_ALL): cannot walk the page tables")
+        if addresses[name] == 0:
+            raise VmemtraceError("/proc/kallsyms hides addresses (not root, or kptr_restrict=2): "
+                                 "cannot walk the page tables")
+    pob = kcore.u64(addresses["page_offset_base"])
+    vmb = kcore.u64(addresses["vmemmap_base"])
+    if addresses.get("__pgtable_l5_enabled"):
+        l5 = struct.unpack("<I", kcore.read(addresses["__pgtable_l5_enabled"], 4))[0]
+    else:  # newer kernels test X86_FEATURE_LA57 instead; the direct map's place tells the same
+        l5 = pob < _L4_KERNEL_HALF
+    return Layout(addresses["init_top_pgt"], pob, vmb, 5 if l5 else 4)
+
+
+class PageTables:
+    """Translate kernel virtual addresses through init_top_pgt, one table page read at most once."""
+
+    def __init__(self, kcore: Kcore, lay: Layout):
+        self.kcore = kcore
+        self.layout = lay
+        self.shifts = (48, 39, 30, 21, 12)[5 - lay.levels:]
+        self._tables: Dict[int, Tuple[int, ...]] = {}
+
+    def _table(self, vaddr: int) -> Tuple[int, ...]:
+        t = self._tables.get(vaddr)
+        if t is None:
+            t = struct.unpack(f"<{ENTRIES}Q", self.kcore.read(vaddr, ENTRIES * 8))
+            self._tables[vaddr] = t
+        return t
+
+    def translate(self, vaddr: int) -> Optional[Tuple[int, str]]:
+        """(physical address, "pte"|"pmd"|"pud") of the page mapping vaddr, or None."""
+        table = self.layout.init_top_pgt
+        for shift in self.shifts:
+            entry = self._table(table)[(vaddr >> shift) & (ENTRIES - 1)]
+            if not entry & _PRESENT:
+                return None
+            if shift == 12 or (shift in (21, 30) and entry & _PSE):
+                size = 1 << shift
+                base = entry & _ADDR & ~(size - 1)
+                return base + (vaddr & (size - 1) & ~0xFFF), LEVEL_NAMES[shift]
+            table = self.layout.page_offset_base + (entry & _ADDR)
+        raise AssertionError("unreachable: the last level is a PTE")
+
+    def vmemmap_backing(self, start_pfn: int, nr_pages: int,
+                        struct_page_size: int) -> List[Optional[Tuple[int, str]]]:
+        """Per vmemmap page of the struct pages of [start_pfn, start_pfn + nr_pages): the pfn of
+        the physical page behind it and the level that maps it, None where nothing is mapped."""
+        page = 1 << PAGE_SHIFT
+        first = self.layout.vmemmap_base + start_pfn * struct_page_size
+        last = self.layout.vmemmap_base + (start_pfn + nr_pages) * struct_page_size
+        out = []
+        for va in range(first & ~(page - 1), last, page):
+            hit = self.translate(va)
+            out.append(None if hit is None else (hit[0] >> PAGE_SHIFT, hit[1]))
+        return out
+
+
+def walk_blocker(root: Path, addresses: Dict[str, int], machine: str) -> Optional[str]:
+    """Why this host cannot walk its vmemmap page tables, or None. Cheap: no kcore read."""
+    if machine != "x86_64":
+        return f"the page-table walk knows x86_64 paging only, not {machine}"
+    if not (root / "proc/kcore").exists():
+        return "no /proc/kcore (kernel built without CONFIG_PROC_KCORE)"
+    missing = [s for s in REQUIRED_SYMBOLS if s not in addresses]
+    if missing:
+        return f"{', '.join(missing)} not in /proc/kallsyms (CONFIG_KALLSYMS_ALL off)"
+    if not all(addresses[s] for s in REQUIRED_SYMBOLS):
+        return "/proc/kallsyms hides addresses (not root, or kptr_restrict)"
+    hint = lockdown_hint(root)
+    if hint != "no lockdown reported":
+        return hint
+    return None
+
+
+class Walker:
+    """The walk of this running kernel: open once, walk many ranges."""
+
+    def __init__(self, addresses: Dict[str, int], path: str = "/proc/kcore"):
+        self.kcore = Kcore(path)
+        try:
+            self.tables = PageTables(self.kcore, layout(self.kcore, addresses))
+        except Exception:
+            self.kcore.close()
+            raise
+
+    def close(self) -> None:
+        self.kcore.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def backing(self, start_pfn: int, nr_pages: int, struct_page_size: int):
+        # A fresh cache per range: page tables change when namespaces come and go.
+        self.tables._tables.clear()
+        return self.tables.vmemmap_backing(start_pfn, nr_pages, struct_page_size)
