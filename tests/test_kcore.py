@@ -158,3 +158,17 @@ def test_walk_blocker_reads_the_root(tmp_path):
     assert "confidentiality" in walk_blocker(tmp_path, full, "x86_64")
     (tmp_path / "sys/kernel/security/lockdown").write_text("[none] integrity confidentiality\n")
     assert walk_blocker(tmp_path, full, "x86_64") is None
+
+
+def test_pmd_mapped_compound_pages_yield_no_compound_layout(tmp_path):
+    """The altmap path (ndctl -M dev) maps a 2 MiB-aligned device's vmemmap with PMDs even
+    though its pgmap has compound pages: like the live probes, the walk reports no per-compound
+    layout for it, only the distinct pages behind it."""
+    img = Image(5, *BASES[5][1])
+    img.map_2m(img.vmemmap_va(START_PFN), DATA_PHYS)
+    symbols = img.write(tmp_path / "kcore")
+    with Walker(symbols, str(tmp_path / "kcore")) as w:
+        backing = w.backing(START_PFN, 32768, 64)
+    events = walk_events(START_PFN, 32768, 512, True, backing, 64, 4096)
+    assert len(events) == 1
+    assert (events[0]["distinct"], events[0]["reused"], events[0]["levels"]) == (512, 0, {"pmd": 512})

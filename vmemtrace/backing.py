@@ -16,7 +16,10 @@ Backing = List[Optional[Tuple[int, str]]]  # per vmemmap page: (backing pfn, lev
 def walk_events(start_pfn: int, nr_pages: int, pfns_per_compound: int, altmap: bool,
                 backing: Backing, struct_page_size: int, page_size: int) -> List[dict]:
     """One "walk" event for the range, then one "compound" event (source "walk") per compound
-    page when the range has compound pages whose memmap spans whole vmemmap pages."""
+    page whose memmap spans whole vmemmap pages, all mapped by PTEs: only
+    vmemmap_populate_address() lays a compound page out page by page; a PMD-mapped vmemmap
+    (altmap, or a range without compound pages) cannot share tail pages, exactly as the live
+    probes, which only see PTEs, report no compound pages for it."""
     seen = set()
     reused = 0
     levels = {}
@@ -37,6 +40,8 @@ def walk_events(start_pfn: int, nr_pages: int, pfns_per_compound: int, altmap: b
     if pfns_per_compound <= 1 or per_compound < 1:
         return out
     for i in range(0, len(backing) - per_compound + 1, per_compound):
+        if any(b is not None and b[1] != "pte" for b in backing[i:i + per_compound]):
+            continue
         out.append(_compound(start_pfn + i // per_compound * pfns_per_compound, start_pfn,
                              pfns_per_compound, backing[i:i + per_compound]))
     return out

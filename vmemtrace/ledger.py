@@ -19,6 +19,11 @@ class Sources:
     init: bool  # struct pages initialised per compound page: memmap_init_compound
     ranges: bool  # memmap_init_zone_device
 
+    @property
+    def cross_checkable(self) -> bool:
+        """The probes see the populate itself, so a page-table walk can check them."""
+        return self.populate and self.alloc
+
     @classmethod
     def from_strategy(cls, strategy: Dict[str, str]) -> "Sources":
         seen = {name for name, how in strategy.items() if is_attached(how)}

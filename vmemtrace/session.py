@@ -51,7 +51,7 @@ def walk_mode(ready, cross_check: bool) -> Optional[str]:
 
     seen = Sources.from_strategy({s.name: s.strategy for s in ready.plan})
     if cross_check:
-        if not (seen.populate and seen.alloc):
+        if not seen.cross_checkable:
             raise VmemtraceError("--cross-check compares the populate probes with the page-table "
                                  "walk, and this kernel does not let them attach (see `vmemtrace "
                                  "check`); plain verify already walks the page tables here")

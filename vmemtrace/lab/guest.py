@@ -78,21 +78,29 @@ def vmemtrace(*args):
     return proc.returncode, doc, proc.stderr.strip()
 
 
-def run_case(case, out_dir):
-    """A fresh namespace under `vmemtrace verify`; the event log is kept for replay tests."""
+def run_case(case, out_dir, cross_check):
+    """A fresh namespace under `vmemtrace verify` (with --cross-check where the probes see the
+    populate), then `vmemtrace audit` of what it left; the event logs are kept for replay tests."""
     # Disable the previous namespace first, so that the traced command only creates: a legacy
     # memmap= region starts as fsdax with its own memmap (lab-notes.md), and even raw mode maps
     # pages there; tearing that down inside the traced command would blur nr_memmap_pages.
     sh(["ndctl", "disable-namespace", NAMESPACE])
     log = os.path.join(out_dir, f"{case.name}.jsonl")
-    code, doc, err = vmemtrace("verify", "--json", "--record", log, "--", *case.ndctl_args(NAMESPACE))
+    cross = ["--cross-check"] if cross_check else []
+    code, doc, err = vmemtrace("verify", "--json", "--record", log, *cross, "--",
+                               *case.ndctl_args(NAMESPACE))
     ns = sh(["ndctl", "list", "-N", "-n", NAMESPACE]).stdout
     namespace = json.loads(ns)[0] if ns.strip() else None
-    if doc is None:
-        doc = {"verdict": "error", "problems": [err.splitlines()[-1] if err else f"exit {code}"],
-               "devices": []}
-    return {"result": doc, "verify_exit": code, "namespace": namespace,
-            "stderr_tail": err.splitlines()[-3:]}
+    a_code, a_doc, a_err = vmemtrace("audit", "--json", "--record",
+                                     os.path.join(out_dir, f"{case.name}.audit.jsonl"))
+    return {"result": doc or _error_doc(code, err), "verify_exit": code, "namespace": namespace,
+            "stderr_tail": err.splitlines()[-3:], "audit": a_doc or _error_doc(a_code, a_err),
+            "audit_exit": a_code}
+
+
+def _error_doc(code, err):
+    return {"verdict": "error", "problems": [err.splitlines()[-1] if err else f"exit {code}"],
+            "devices": []}
 
 
 def install_wrapper():
@@ -135,11 +143,14 @@ def main(argv=None):
         code, doc["check"], err = vmemtrace("check", "--json")
         doc["check_exit"], doc["check_error"] = code, err
         doc["evidence"] = evidence()
+        from vmemtrace.ledger import Sources
+
+        cross = bool(doc["check"]) and Sources.from_strategy(doc["check"]["strategy"]).cross_checkable
         for case in parse_cases(args.cases):
             log(f"case {case.name}")
             start = time.monotonic()
             entry = {"case": case.name}
-            entry.update(run_case(case, os.path.dirname(args.out)))
+            entry.update(run_case(case, os.path.dirname(args.out), cross))
             entry["seconds"] = round(time.monotonic() - start, 2)
             doc["cases"].append(entry)
     except Exception as e:  # report, never die silently: the host shows this line

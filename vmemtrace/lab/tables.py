@@ -20,16 +20,25 @@ def case_table(doc: dict) -> str:
         if skipped:
             notes.append("skipped " + ",".join(skipped))
         notes += r.get("problems", [])
+        audit = _audit_cell(entry.get("audit"))
         devices = r.get("devices") or [None]
         for d in devices:
             if d is None:
-                rows.append((entry["case"], "-", "-", "-", "-", "-", "-", r["verdict"], "; ".join(notes)))
+                rows.append((entry["case"], "-", "-", "-", "-", "-", "-", r["verdict"], audit,
+                             "; ".join(notes)))
                 continue
             vm, sp = d["vmemmap_pages"], d["struct_pages_initialized"]
             rows.append((entry["case"], d["device"], _n(d["align"]), _yn(d["expected_optimized"]),
                          _yn(d["optimized"]), f"{_n(vm['observed'])}/{vm['expected']}/{vm['naive']}",
                          f"{_n(sp['observed'])}/{sp['expected']}/{sp['naive']}", r["verdict"],
-                         "; ".join(notes)))
+                         audit, "; ".join(notes)))
     return tabulate(rows, headers=["case", "device", "align", "eligible", "optimised",
                                    "vmemmap pages obs/exp/naive", "struct pages init obs/exp/naive",
-                                   "verdict", "notes"])
+                                   "verdict", "audit (walked vmemmap pages)", "notes"])
+
+
+def _audit_cell(doc) -> str:
+    if not doc:
+        return "-"
+    pages = ",".join(_n(d["vmemmap_pages"]["observed"]) for d in doc.get("devices", []))
+    return f"{doc['verdict']} ({pages or '-'})"
