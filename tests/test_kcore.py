@@ -69,7 +69,7 @@ def test_walked_compound_layout_passes_the_same_checks_as_live_probes(tmp_path, 
     symbols = img.write(tmp_path / "kcore")
     with Walker(symbols, str(tmp_path / "kcore")) as w:
         backing = w.backing(START_PFN, 8 * 512, 64)
-    events = walk_events(START_PFN, 8 * 512, 512, False, backing, 64, 4096)
+    events = walk_events(START_PFN, 8 * 512, 512, False, backing, 64, 4096, 5)
     walk, compounds = events[0], events[1:]
     assert (walk["vmemmap_pages"], walk["mapped"], walk["distinct"], walk["reused"]) == (64, 64, 17, 47)
     assert walk["levels"] == {"pte": 64}
@@ -96,7 +96,7 @@ def test_unmapped_vmemmap_is_none_and_fails_range_complete(tmp_path):
     header = {"type": "header", "kernel": "test", "strategy": {}, "walk": "audit",
               "feature": {"present": True, "evidence": "test image"}}
     doc = verdict.evaluate(fold([header] + walk_events(START_PFN, 3 * 512, 512, False, backing,
-                                                       64, 4096)))
+                                                       64, 4096, 4)))
     checks = {c["name"]: c for c in doc["devices"][0]["checks"]}
     assert checks["range-complete"]["status"] == "fail"
     assert "8 of the range's 24 vmemmap pages are not mapped" in checks["range-complete"]["detail"]
@@ -120,7 +120,7 @@ def test_expected_numbers_match_geometry_for_a_walked_1g_layout(tmp_path):
     symbols = img.write(tmp_path / "kcore")
     with Walker(symbols, str(tmp_path / "kcore")) as w:
         backing = w.backing(0x180000, 262144, 64)
-    walk = walk_events(0x180000, 262144, 262144, False, backing, 64, 4096)
+    walk = walk_events(0x180000, 262144, 262144, False, backing, 64, 4096, 5)
     shape = geometry.RangeShape(0x180000, 262144, 262144)
     assert walk[0]["distinct"] == geometry.vmemmap_pages_expected(shape) == 2
     assert (walk[1]["fresh"], walk[1]["reused"], walk[1]["on_tail"]) == (2, 4094, 4094)
@@ -169,6 +169,6 @@ def test_pmd_mapped_compound_pages_yield_no_compound_layout(tmp_path):
     symbols = img.write(tmp_path / "kcore")
     with Walker(symbols, str(tmp_path / "kcore")) as w:
         backing = w.backing(START_PFN, 32768, 64)
-    events = walk_events(START_PFN, 32768, 512, True, backing, 64, 4096)
+    events = walk_events(START_PFN, 32768, 512, True, backing, 64, 4096, 5)
     assert len(events) == 1
     assert (events[0]["distinct"], events[0]["reused"], events[0]["levels"]) == (512, 0, {"pmd": 512})

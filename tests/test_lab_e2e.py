@@ -103,13 +103,63 @@ def test_6_12_verify_numbers(lab):
         assert d["vmemmap_pages"]["observed"] == 12288
 
 
-def test_6_1_verify_init_skip_but_never_pass_reuse(lab):
-    r = cases_of(lab["6.1"])
-    for case in ("mem-2M", "mem-1G"):
+def statuses(device):
+    return {c["name"]: c["status"] for c in device["checks"]}
+
+
+def test_6_1_verify_sees_reuse_by_the_page_table_walk(lab):
+    """6.1's populate functions are notrace: verify walks each range's vmemmap page tables
+    once memmap_init_zone_device returns, and says so in its strategy."""
+    doc = lab["6.1"]
+    assert doc["check"]["strategy"]["vmemmap_populate_address"] == "walk"
+    assert doc["check"]["page_table_walk"]["possible"] is True
+    r = cases_of(doc)
+    for case, vm in (("mem-2M", 3072), ("mem-1G", 6)):
         (d,) = r[case]["devices"]
-        checks = {c["name"]: c["status"] for c in d["checks"]}
-        assert checks["tail-reuse"] == "skip" and checks["init-skip"] == "pass"
+        assert r[case]["strategy"]["vmemmap_populate_address"] == "walk"
+        checks = {c["name"]: c for c in d["checks"]}
+        assert checks["tail-reuse"]["status"] == "pass"
+        assert checks["tail-reuse"]["detail"].endswith("(page-table walk)")
+        assert checks["init-skip"]["status"] == "pass"
+        assert d["vmemmap_pages"] == {"naive": 12288, "expected": vm, "observed": vm}
     assert r["mem-1G"]["devices"][0]["struct_pages_initialized"]["observed"] == 384
+    for case in ("dev-2M", "mem-4K"):
+        (d,) = r[case]["devices"]
+        assert r[case]["verdict"] == "pass" and d["optimized"] is False
+        assert d["vmemmap_pages"]["observed"] == 12288
+        no_false = next(c for c in d["checks"] if c["name"] == "no-false-optimisation")
+        assert no_false["status"] == "pass" and "no vmemmap PTE reused" in no_false["detail"]
+
+
+def _numbers(device):
+    return {k: device[k] for k in ("device", "start_pfn", "nr_pages", "compound_pages", "altmap",
+                                    "expected_optimized", "optimized")} | {
+        "vmemmap": device["vmemmap_pages"]}
+
+
+@pytest.mark.parametrize("series", SERIES)
+def test_audit_after_each_case_reports_what_verify_reported(lab, series):
+    """audit walks the devices that exist after the case: the same range, the same vmemmap
+    numbers as live verify, tail-reuse and accounting judged, init-skip skipped."""
+    for entry in lab[series]["cases"]:
+        audit, result = entry["audit"], entry["result"]
+        assert entry["audit_exit"] == 0 and audit["verdict"] == "pass", audit
+        (a,), (v,) = audit["devices"], result["devices"]
+        assert _numbers(a) == _numbers(v), entry["case"]
+        s = statuses(a)
+        assert s["init-skip"] == "skip" and s["accounting"] == "pass"
+        if v["expected_optimized"]:
+            assert s["tail-reuse"] == "pass"
+        else:
+            assert s["no-false-optimisation"] == "pass"
+
+
+def test_6_12_verify_cross_check_passes(lab):
+    for case, result in cases_of(lab["6.12"]).items():
+        (d,) = result["devices"]
+        cross = next(c for c in d["checks"] if c["name"] == "cross-check")
+        assert cross["status"] == "pass", (case, cross)
+        assert f"{d['vmemmap_pages']['observed']} distinct vmemmap pages" in cross["detail"]
 
 
 def test_5_10_verify_passes_as_feature_absent(lab):
@@ -117,7 +167,7 @@ def test_5_10_verify_passes_as_feature_absent(lab):
         (d,) = result["devices"]
         assert result["verdict"] == "pass", case
         assert d["optimized"] is False and d["expected_optimized"] is False
-        assert {c["name"]: c["status"] for c in d["checks"]}["feature-present"] == "skip"
+        assert statuses(d)["feature-present"] == "skip"
         # 5.10 still logs its own count with pr_info: an independent witness of ours.
         assert d["kernel_log"]["pages"] == d["struct_pages_initialized"]["observed"], case
 

@@ -42,11 +42,22 @@ echo "nocmd-err=$(tail -1 /tmp/v.err)"
 SCRIPT_5_10 = f"""
 vmemtrace verify --expect optimized -- {NDCTL} -a 2M > /dev/null 2> /tmp/v.err; echo "optimized-exit=$?"
 echo "optimized-err=$(tail -1 /tmp/v.err)"
+vmemtrace verify --cross-check -- {NDCTL} -a 2M > /dev/null 2> /tmp/v.err; echo "cross-exit=$?"
+echo "cross-err=$(tail -1 /tmp/v.err)"
+"""
+
+# 4-level paging for real: TCG's -cpu max offers LA57, so the default lab runs 5-level.
+SCRIPT_4_LEVEL = f"""
+ndctl disable-namespace namespace0.0 >/dev/null 2>&1
+vmemtrace audit > /dev/null 2> /tmp/a.err; echo "empty-exit=$?"
+echo "empty-err=$(tail -1 /tmp/a.err)"
+{NDCTL} -a 1G > /dev/null
+echo "--- audit"; vmemtrace audit --json; echo "--- end"
 """
 
 
-def guest(series, script):
-    res = run_cli("lab", "--kernel", series, "--exec", script)
+def guest(series, script, *extra):
+    res = run_cli("lab", "--kernel", series, *extra, "--exec", script)
     assert res.returncode == 0, res.stderr[-3000:]
     return res.stdout
 
@@ -103,3 +114,31 @@ def test_5_10_expect_optimized_fails_on_feature_present():
     assert value(out, "optimized-exit") == "1"
     err = value(out, "optimized-err")
     assert err.startswith("vmemtrace: fail: dax0.0 feature-present:")
+    assert value(out, "cross-exit") == "2"
+    assert "--cross-check compares the populate probes with the page-table walk" in value(out, "cross-err")
+
+
+def test_audit_on_4_level_paging_and_with_nothing_to_audit():
+    out = guest("6.12", SCRIPT_4_LEVEL, "--append", "no5lvl")
+    assert value(out, "empty-exit") == "2"
+    assert value(out, "empty-err") == ("vmemtrace: error: no dax device with memory in "
+                                       "/sys/bus/dax/devices: nothing to audit")
+    doc = json.loads(section(out, "audit"))
+    (dev,) = doc["devices"]
+    assert doc["verdict"] == "pass"
+    assert dev["page_table_walk"]["paging"] == 4
+    assert dev["page_table_walk"]["levels"] == {"pte": 12288}
+    assert dev["vmemmap_pages"] == {"naive": 12288, "expected": 6, "observed": 6}
+
+
+def test_audit_and_check_refused_under_lockdown_confidentiality():
+    """A real kernel in lockdown=confidentiality forbids /proc/kcore and tracefs: one line each,
+    exit 2."""
+    script = ('vmemtrace audit 2> /tmp/a.err; echo "audit-exit=$?"; echo "audit-err=$(tail -1 /tmp/a.err)"\n'
+              'vmemtrace check > /dev/null 2> /tmp/c.err; echo "check-exit=$?"; '
+              'echo "check-err=$(tail -1 /tmp/c.err)"')
+    out = guest("6.12", script, "--append", "lockdown=confidentiality")
+    assert value(out, "audit-exit") == "2"
+    assert value(out, "audit-err").startswith("vmemtrace: cannot walk the page tables: kernel lockdown")
+    assert value(out, "check-exit") == "2"
+    assert "kernel lockdown is in confidentiality mode: it forbids tracefs" in value(out, "check-err")

@@ -36,6 +36,26 @@ def test_6_1_populate_functions_are_notrace():
     assert r["feature"]["present"] is True
 
 
+def test_6_1_notrace_populate_is_read_by_the_walk_where_kcore_is_there(tmp_path):
+    """The fixture tree has no /proc/kcore: the walk is refused by name. Give it one (the
+    kallsyms excerpt carries the data symbols with their addresses) and the two targets whose
+    result is in the page tables take the walk; the rest stays unavailable."""
+    import shutil
+
+    t = report("6.1")["targets"]
+    assert "no page-table walk either: no /proc/kcore" in t["vmemmap_populate_address"]["reason"]
+    root = tmp_path / "k"
+    shutil.copytree(kernel_root("6.1"), root)
+    (root / "proc/kcore").write_bytes(b"")
+    facts = gather(root, with_bcc=False)
+    assert facts.walk_blocker is None
+    r = check_report(facts, assess(facts))
+    assert r["page_table_walk"]["possible"] is True
+    assert {n for n, how in r["strategy"].items() if how == P.WALK_STRATEGY} == {
+        "vmemmap_populate_address", "vmemmap_alloc_block_buf"}
+    assert r["strategy"]["__populate_section_memmap"] == "unavailable"
+
+
 def test_5_10_lacks_the_feature():
     r = report("5.10")
     assert r["feature"]["present"] is False

@@ -45,7 +45,8 @@ def test_6_12_optimised_cases(case, vm_obs, init_obs):
     assert dev["struct_pages_initialized"]["observed"] == init_obs
     assert {n: c["status"] for n, c in checks(dev).items()} == {
         "feature-present": "pass", "eligibility": "pass", "tail-reuse": "pass",
-        "init-skip": "pass", "accounting": "pass", "no-false-optimisation": "skip"}
+        "init-skip": "pass", "accounting": "pass", "no-false-optimisation": "skip",
+        "cross-check": "pass"}
 
 
 @pytest.mark.parametrize("case", ["dev-2M", "mem-4K"])
@@ -59,16 +60,84 @@ def test_6_12_unoptimised_cases(case):
     assert dev["altmap"] is (case == "dev-2M")
 
 
-def test_6_1_reuse_is_skipped_never_passed():
+def test_6_1_reuse_is_seen_by_the_walk():
     res, doc = replay(log_path("6.1", "mem-2M"))
     assert res.returncode == 0, res.stderr
     (dev,) = doc["devices"]
     c = checks(dev)
-    assert c["tail-reuse"]["status"] == "skip" and "cannot be probed" in c["tail-reuse"]["detail"]
+    assert c["tail-reuse"]["status"] == "pass" and c["tail-reuse"]["detail"].endswith("(page-table walk)")
     assert c["init-skip"]["status"] == "pass"
     assert dev["struct_pages_initialized"]["observed"] == 196608
-    assert dev["vmemmap_pages"]["observed"] is None
-    assert doc["strategy"]["vmemmap_populate_address"] == "unavailable"
+    assert dev["vmemmap_pages"]["observed"] == 3072
+    assert doc["strategy"]["vmemmap_populate_address"] == "walk"
+
+
+def test_6_1_without_the_walk_reuse_is_skipped_never_passed(tmp_path):
+    """The same log with its walk taken out: what a host without /proc/kcore would see."""
+    evs = [e for e in load("6.1", "mem-2M") if e["type"] != "walk" and e.get("source") != "walk"]
+    evs[0]["strategy"]["vmemmap_populate_address"] = "unavailable"
+    evs[0]["walk"] = None
+    path = tmp_path / "nowalk.jsonl"
+    with open(path, "w") as fh:
+        events.write(evs, fh)
+    res, doc = replay(path)
+    assert res.returncode == 0, res.stderr
+    c = checks(doc["devices"][0])
+    assert c["tail-reuse"]["status"] == "skip" and "cannot be probed" in c["tail-reuse"]["detail"]
+    assert doc["devices"][0]["vmemmap_pages"]["observed"] is None
+
+
+def test_doctored_walk_fails_tail_reuse_on_a_notrace_kernel(tmp_path):
+    def break_one(evs):
+        c = [e for e in evs if e["type"] == "compound" and e["source"] == "walk"][99]
+        c["fresh"], c["reused"], c["on_tail"] = 3, 5, 5
+        return c
+
+    path, c = doctor(tmp_path, "6.1", "mem-2M", break_one)
+    res, doc = replay(path)
+    assert res.returncode == 1
+    tail = checks(doc["devices"][0])["tail-reuse"]
+    assert tail["status"] == "fail" and f"pfn {c['head_pfn']}" in tail["detail"]
+    assert tail["detail"].endswith("(page-table walk)")
+
+
+@pytest.mark.parametrize("case", ["mem-2M", "mem-1G", "dev-2M", "mem-4K"])
+def test_6_12_cross_check_passes_and_catches_a_different_tail_page(tmp_path, case):
+    res, doc = replay(log_path("6.12", case))
+    assert checks(doc["devices"][0])["cross-check"]["status"] == "pass"
+
+    def move_tail(evs):
+        walked = [e for e in evs if e["type"] == "compound" and e.get("source") == "walk"]
+        if walked:  # the walk found the first tail page somewhere else
+            walked[-1]["tail_pfn"] += 1
+            return walked[-1]
+        w = next(e for e in evs if e["type"] == "walk")  # no compound layout: count differs
+        w["distinct"] -= 1
+        return w
+
+    path, changed = doctor(tmp_path, "6.12", case, move_tail)
+    res, doc = replay(path)
+    assert res.returncode == 1
+    cross = checks(doc["devices"][0])["cross-check"]
+    assert cross["status"] == "fail"
+    if changed["type"] == "compound":
+        assert f"1 compound pages differ, first at pfn {changed['head_pfn']}" in cross["detail"]
+    else:
+        assert f"the walk finds {changed['distinct']} distinct pages" in cross["detail"]
+
+
+@pytest.mark.parametrize("series", ["5.10", "6.1", "6.12"])
+@pytest.mark.parametrize("case", ["mem-2M", "mem-1G", "dev-2M", "mem-4K"])
+def test_audit_logs_replay_to_the_numbers_verify_saw(series, case):
+    res, audit = replay(log_path(series, case).with_suffix(".audit.jsonl"))
+    assert res.returncode == 0, res.stderr
+    _, live = replay(log_path(series, case))
+    (a,), (v,) = audit["devices"], live["devices"]
+    assert a["vmemmap_pages"] == v["vmemmap_pages"]
+    assert (a["start_pfn"], a["nr_pages"], a["altmap"]) == (v["start_pfn"], v["nr_pages"], v["altmap"])
+    assert checks(a)["init-skip"]["status"] == "skip"
+    assert "only visible while memmap_init_zone_device runs" in checks(a)["init-skip"]["detail"] \
+        or not a["expected_optimized"]
 
 
 def test_5_10_feature_absent_auto_passes_optimized_fails():
@@ -125,7 +194,7 @@ def doctor(tmp_path, series, case, change):
 
 def test_doctored_tail_not_reused_fails_naming_the_page(tmp_path):
     def break_one(evs):
-        c = [e for e in evs if e["type"] == "compound"][700]
+        c = [e for e in evs if e["type"] == "compound" and "source" not in e][700]
         # One tail vmemmap page got its own page instead of reusing the first tail page.
         c["fresh"] += 1
         c["reused"] -= 1
@@ -143,7 +212,7 @@ def test_doctored_tail_not_reused_fails_naming_the_page(tmp_path):
 
 def test_doctored_reuse_onto_a_foreign_page_fails(tmp_path):
     def misplace(evs):
-        c = [e for e in evs if e["type"] == "compound"][-1]
+        c = [e for e in evs if e["type"] == "compound" and "source" not in e][-1]
         c["on_tail"] -= 2
         return c
 
@@ -195,7 +264,7 @@ def test_junit(tmp_path):
     res = run_cli("replay", str(log_path("6.12", "dev-2M")), "--junit", str(out))
     assert res.returncode == 0
     suite = ET.parse(out).getroot()
-    assert suite.get("failures") == "0" and int(suite.get("tests")) == 6
+    assert suite.get("failures") == "0" and int(suite.get("tests")) == 7  # with cross-check
     assert int(suite.get("skipped")) == 2
     names = {tc.get("name") for tc in suite.iter("testcase")}
     assert {"tail-reuse", "init-skip", "no-false-optimisation"} <= names
@@ -233,6 +302,6 @@ def test_ledger_fold_matches_sections():
     evs = load("6.12", "mem-2M")
     ledger = fold(evs)
     (d,) = ledger.devices
-    assert len(d.sections) == 24 and len(d.compounds) == 1536
+    assert len(d.sections) == 24 and len(d.compounds) == len(d.walk_compounds) == 1536
     assert d.totals()["fresh"] == 3072 and d.totals()["reused"] == 9216
     assert evaluate(ledger)["verdict"] == "pass"

@@ -14,7 +14,8 @@ Backing = List[Optional[Tuple[int, str]]]  # per vmemmap page: (backing pfn, lev
 
 
 def walk_events(start_pfn: int, nr_pages: int, pfns_per_compound: int, altmap: bool,
-                backing: Backing, struct_page_size: int, page_size: int) -> List[dict]:
+                backing: Backing, struct_page_size: int, page_size: int,
+                paging: int) -> List[dict]:
     """One "walk" event for the range, then one "compound" event (source "walk") per compound
     page whose memmap spans whole vmemmap pages, all mapped by PTEs: only
     vmemmap_populate_address() lays a compound page out page by page; a PMD-mapped vmemmap
@@ -35,7 +36,7 @@ def walk_events(start_pfn: int, nr_pages: int, pfns_per_compound: int, altmap: b
             "pfns_per_compound": pfns_per_compound, "altmap": altmap,
             "vmemmap_pages": len(backing), "mapped": mapped, "distinct": len(seen),
             "reused": reused, "levels": levels, "struct_page_size": struct_page_size,
-            "page_size": page_size}]
+            "page_size": page_size, "paging": paging}]
     per_compound = pfns_per_compound * struct_page_size // page_size
     if pfns_per_compound <= 1 or per_compound < 1:
         return out

@@ -28,7 +28,7 @@ REQUIRED = {
     # the page-table walk of one range's vmemmap (kernel/kcore.py, backing.py); its compound
     # pages follow as "compound" events with "source": "walk"
     "walk": ("start_pfn", "nr_pages", "pfns_per_compound", "altmap", "vmemmap_pages", "mapped",
-             "distinct", "reused", "levels", "struct_page_size", "page_size"),
+             "distinct", "reused", "levels", "struct_page_size", "page_size", "paging"),
     # /proc/vmstat nr_memmap_pages (6.11+) before and after the command
     "vmstat": ("when", "nr_memmap_pages"),
     # a dax device found in sysfs after the command (optional: "mode", "pgmap_start_pfn",

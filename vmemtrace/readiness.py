@@ -60,7 +60,11 @@ def feature(facts: KernelFacts, plan: List[P.TargetStatus]) -> Feature:
 def blockers(facts: KernelFacts, plan: List[P.TargetStatus]) -> List[str]:
     """Each reason tracing cannot start on this kernel, most fundamental first."""
     out = []
-    if enabled(facts.config, "KPROBES") is False:
+    if facts.lockdown == "confidentiality":
+        # security/lockdown: LOCKDOWN_TRACEFS, LOCKDOWN_BPF_READ_KERNEL are confidentiality-level
+        out.append("kernel lockdown is in confidentiality mode: it forbids tracefs and BPF "
+                   "reading kernel memory (boot without lockdown=confidentiality)")
+    elif enabled(facts.config, "KPROBES") is False:
         out.append("kernel built without CONFIG_KPROBES: nothing can be traced")
     elif not facts.kprobe_events:
         out.append("no kprobe_events in tracefs (CONFIG_KPROBE_EVENTS off or tracefs not mounted)")

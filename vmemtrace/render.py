@@ -83,7 +83,8 @@ def event_line(ev: dict) -> str:
                 f"{ev['mic_pages']} struct pages  {ev['duration_ns'] / 1e6:.3f} ms")
     if kind == "walk":
         levels = " ".join(f"{k}={v}" for k, v in sorted(ev["levels"].items()))
-        return (f"WALK     pfn {ev['start_pfn']} +{ev['nr_pages']}  vmemmap pages {ev['vmemmap_pages']} "
+        return (f"WALK     pfn {ev['start_pfn']} +{ev['nr_pages']}  {ev['paging']}-level  "
+                f"vmemmap pages {ev['vmemmap_pages']} "
                 f"mapped {ev['mapped']} ({levels})  distinct {ev['distinct']} reused {ev['reused']}")
     if kind == "compound":
         return (f"COMPOUND head pfn {ev['head_pfn']}  ptes {ev['ptes']} fresh {ev['fresh']} "

@@ -48,7 +48,9 @@ def observe(d: DeviceLedger, ledger: Ledger) -> Observed:
         vmemmap = d.totals()["alloc_bytes"] // page
     elif d.walk is not None:
         vmemmap, walked = d.walk["distinct"], BY_WALK
-    if src.populate:
+    # Probes first where they saw this range; a range that existed before tracing (audited by
+    # the exporter at start) has only its walk.
+    if src.populate and d.sections:
         compounds, reused = d.compounds, d.totals()["reused"]
     elif d.walk is not None:
         compounds, reused, walked = d.walk_compounds, d.walk["reused"], BY_WALK
@@ -234,6 +236,8 @@ def check_device(d: DeviceLedger, ledger: Ledger, expect: str) -> Dict:
                                      "observed": seen.struct_pages_initialized},
         "memmap_init_seconds": round(r["duration_ns"] / 1e9, 6) if "duration_ns" in r else None,
         "kernel_log": d.kernel_log and {"pages": d.kernel_log["pages"], "ms": d.kernel_log["ms"]},
+        "page_table_walk": d.walk and {k: d.walk[k] for k in ("paging", "vmemmap_pages", "mapped",
+                                                              "distinct", "reused", "levels")},
         "checks": [c.as_json() for c in checks],
         "verdict": verdict,
     }

@@ -57,3 +57,14 @@ def bcc_version() -> Optional[str]:
         return version("bcc")
     except Exception:
         return getattr(bcc, "__version__", "unknown")
+
+
+def lockdown_mode(root: Path) -> Optional[str]:
+    """The active mode of the lockdown LSM ("none", "integrity", "confidentiality"), None when
+    it is not there (security/lockdown/lockdown.c shows the active one in brackets)."""
+    try:
+        text = (root / "sys/kernel/security/lockdown").read_text()
+    except OSError:
+        return None
+    start, end = text.find("["), text.find("]")
+    return text[start + 1:end] if 0 <= start < end else None

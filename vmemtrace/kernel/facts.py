@@ -27,6 +27,7 @@ class KernelFacts:
     btf: Optional[str]
     headers: Optional[str]
     bcc: Optional[str]
+    lockdown: Optional[str] = None  # the lockdown LSM's mode, if it is there
     walk_blocker: Optional[str] = "not asked"  # why the page-table walk cannot run, or None
     notes: list = field(default_factory=list)
 
@@ -55,5 +56,6 @@ def gather(root: Path = Path("/"), with_bcc: bool = True) -> KernelFacts:
         btf=environment.btf_path(root),
         headers=environment.headers_path(root, rel),
         bcc=environment.bcc_version() if with_bcc else None,
+        lockdown=environment.lockdown_mode(root),
         walk_blocker=kcore.walk_blocker(root, syms.addresses, os.uname().machine),
     )

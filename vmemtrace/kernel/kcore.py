@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from vmemtrace.errors import VmemtraceError
+from vmemtrace.kernel.environment import lockdown_mode
 
 PT_LOAD = 1
 PN_XNUM = 0xFFFF
@@ -109,12 +110,8 @@ class Kcore:
 
 
 def lockdown_hint(root: Path = Path("/")) -> str:
-    """Why kcore may be refused: lockdown's confidentiality mode (security/lockdown) or no root."""
-    try:
-        mode = (root / "sys/kernel/security/lockdown").read_text()
-    except OSError:
-        mode = ""
-    if "[confidentiality]" in mode:
+    """Why kcore may be refused: lockdown's confidentiality mode (LOCKDOWN_KCORE) or no root."""
+    if lockdown_mode(root) == "confidentiality":
         return "kernel lockdown is in confidentiality mode, which forbids /proc/kcore"
     if os.geteuid() != 0:
         return "reading /proc/kcore needs root"

@@ -22,11 +22,14 @@ from vmemtrace.lab.cases import DEFAULT_CASES, parse_cases, parse_size
 @click.option("--timeout", default=1200.0, show_default=True, help="seconds per guest")
 @click.option("--json", "as_json", is_flag=True,
               help="one JSON document per kernel, one per line")
+@click.option("--append", default="", metavar="ARGS",
+              help="extra guest kernel command line, e.g. no5lvl for 4-level paging")
 @click.option("--shell", is_flag=True, help="boot the first kernel into an interactive shell")
 @click.option("--exec", "command", metavar="CMD",
               help="instead of the cases: run this shell command in each guest (device-dax "
                    "drivers loaded, `vmemtrace` on PATH); exit with its status")
-def lab(kernel_specs, modules, case_list, size, accel, refresh, timeout, as_json, shell, command):
+def lab(kernel_specs, modules, case_list, size, accel, refresh, timeout, as_json, append, shell,
+        command):
     """Boot a throwaway guest with emulated pmem and run the cases in it.
 
     Exit 0 when every case passed, 1 when one failed, 2 when one could not be verified."""
@@ -38,6 +41,6 @@ def lab(kernel_specs, modules, case_list, size, accel, refresh, timeout, as_json
     def go():
         specs = [parse_spec(s, modules) for s in kernel_specs]
         sys.exit(run_lab(specs, parse_cases(case_list), parse_size(size), accel, refresh,
-                         as_json, shell, timeout, command))
+                         as_json, shell, timeout, command, append))
 
     go()

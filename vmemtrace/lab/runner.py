@@ -58,7 +58,7 @@ def _fail_with_console(boot: vm.Boot, message: str):
 
 
 def run_kernel(root: Path, kernel, cases: List[Case], size: int, accel: str, cache: Path,
-               timeout: float, command: Optional[str] = None) -> dict:
+               timeout: float, command: Optional[str] = None, append: str = "") -> dict:
     src = project_root()
     workdir = _new_workdir(cache, kernel.release)
     accel = vm.choose_accel(accel, root, kernel, src, workdir, cache)
@@ -68,7 +68,7 @@ def run_kernel(root: Path, kernel, cases: List[Case], size: int, accel: str, cac
             else f"cases {', '.join(c.name for c in cases)}")
     with step(f"booting {kernel.release} ({accel}) with {size >> 20} MiB of pmem, {what}"):
         boot = vm.boot(root, kernel, src, workdir / "out", guest_command(cases, command), size,
-                       workdir / "console.log", accel=accel, timeout=timeout)
+                       workdir / "console.log", accel=accel, timeout=timeout, append=append)
     result = workdir / "out" / "result.json"
     if boot.panicked:
         _fail_with_console(boot, f"the {kernel.release} guest kernel panicked")
@@ -85,7 +85,8 @@ def run_kernel(root: Path, kernel, cases: List[Case], size: int, accel: str, cac
 
 
 def run_lab(specs: List[KernelSpec], cases: List[Case], size: int, accel: str, refresh: bool,
-            as_json: bool, shell: bool, timeout: float, command: Optional[str] = None) -> int:
+            as_json: bool, shell: bool, timeout: float, command: Optional[str] = None,
+            append: str = "") -> int:
     vm.require_tools()
     cache = image.cache_dir()
     root, kernels = image.prepare(specs, refresh, cache)
@@ -96,12 +97,12 @@ def run_lab(specs: List[KernelSpec], cases: List[Case], size: int, accel: str, r
             "python3 -m vmemtrace check`")
         workdir = _new_workdir(cache, kernel.release)
         vm.boot(root, kernel, project_root(), workdir / "out", None, size,
-                workdir / "console.log", accel="tcg" if accel == "auto" else accel)
+                workdir / "console.log", accel="tcg" if accel == "auto" else accel, append=append)
         return EXIT_OK
     if command is not None:
         worst = EXIT_OK
         for kernel in kernels:
-            doc = run_kernel(root, kernel, cases, size, accel, cache, timeout, command)
+            doc = run_kernel(root, kernel, cases, size, accel, cache, timeout, command, append)
             sys.stdout.write(doc["stdout"])
             sys.stderr.write(doc["stderr"])
             sys.stdout.flush()
@@ -110,7 +111,7 @@ def run_lab(specs: List[KernelSpec], cases: List[Case], size: int, accel: str, r
         return worst
     worst = EXIT_OK
     for kernel in kernels:
-        doc = run_kernel(root, kernel, cases, size, accel, cache, timeout)
+        doc = run_kernel(root, kernel, cases, size, accel, cache, timeout, append=append)
         verdicts = [c[k]["verdict"] for c in doc["cases"] for k in ("result", "audit") if k in c]
         if any(v == "error" for v in verdicts):
             worst = max(worst, EXIT_CANNOT)

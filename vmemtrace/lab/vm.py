@@ -71,7 +71,7 @@ def require_tools() -> str:
 
 def boot(root: Path, kernel: GuestKernel, src: Path, out: Path, exec_cmd: Optional[str],
          pmem_bytes: int, console: Path, accel: str = "tcg", cpus: int = 2,
-         timeout: Optional[float] = 900) -> Boot:
+         timeout: Optional[float] = 900, append: str = "") -> Boot:
     """Boot once, run exec_cmd (None: an interactive shell), power off."""
     vng = require_tools()
     memory_mib = (PMEM_START + pmem_bytes) >> 20
@@ -80,6 +80,8 @@ def boot(root: Path, kernel: GuestKernel, src: Path, out: Path, exec_cmd: Option
            f"--rodir={GUEST_SRC}={src}", f"--rwdir={GUEST_OUT}={out}",
            # 9p: virtiofsd, where installed, fails in this kind of container and costs seconds.
            "--force-9p"]
+    if append:  # e.g. no5lvl: 4-level paging although TCG's -cpu max offers LA57
+        cmd += ["--append", append]
     if accel == "tcg":
         cmd.append("--disable-kvm")
     env = dict(os.environ)
