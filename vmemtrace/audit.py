@@ -33,9 +33,30 @@ def open_walker(facts) -> Walker:
     return Walker(facts.syms.addresses)
 
 
+def audit_events(walker: Walker, version: tuple, progress: Callable[[str], None]) -> List[dict]:
+    """Per dax device in sysfs now: the walk of its pgmap range, then its device event."""
+    from vmemtrace import geometry
+
+    devices = daxdev.inventory()
+    progress(f"walking the vmemmap page tables ({walker.tables.layout.levels}-level paging) "
+             f"of {len(devices)} dax devices")
+    out = []
+    for dev in devices:
+        if dev.get("driver") == "kmem":
+            progress(f"{dev['name']}: skipped, onlined as System RAM (kmem): not ZONE_DEVICE")
+            continue
+        align = dev["align"] or geometry.PAGE_SIZE
+        per = align // geometry.PAGE_SIZE if version[:2] >= COMPOUND_SINCE else 1
+        out.extend(walk_range(walker, dev.get("pgmap_start_pfn", dev["start_pfn"]),
+                              dev.get("pgmap_nr_pages", dev["nr_pages"]), per,
+                              dev.get("mode") == "pmem", geometry.STRUCT_PAGE_SIZE,
+                              geometry.PAGE_SIZE))
+        out.append(dev)
+    return out
+
+
 def audit_log(progress: Callable[[str], None]) -> List[dict]:
     """The event log of an audit: a header, then per dax device its walk and its device event."""
-    from vmemtrace import geometry
     from vmemtrace.session import header_event
 
     facts = gather(with_bcc=False)
@@ -43,20 +64,5 @@ def audit_log(progress: Callable[[str], None]) -> List[dict]:
     strategy = {t.name: WALK_STRATEGY if t.name in WALK_TARGETS else "not traced (audit)"
                 for t in TARGETS}
     header = header_event(facts, ready, [], walk="audit", strategy=strategy)
-    devices = daxdev.inventory()
-    log = [header]
     with open_walker(facts) as walker:
-        progress(f"walking the vmemmap page tables ({walker.tables.layout.levels}-level paging) "
-                 f"of {len(devices)} dax devices")
-        for dev in devices:
-            if dev.get("driver") == "kmem":
-                progress(f"{dev['name']}: skipped, onlined as System RAM (kmem): not ZONE_DEVICE")
-                continue
-            align = dev["align"] or geometry.PAGE_SIZE
-            per = align // geometry.PAGE_SIZE if facts.version[:2] >= COMPOUND_SINCE else 1
-            log.extend(walk_range(walker, dev.get("pgmap_start_pfn", dev["start_pfn"]),
-                                  dev.get("pgmap_nr_pages", dev["nr_pages"]), per,
-                                  dev.get("mode") == "pmem", geometry.STRUCT_PAGE_SIZE,
-                                  geometry.PAGE_SIZE))
-            log.append(dev)
-    return log
+        return [header] + audit_events(walker, facts.version, progress)

@@ -191,6 +191,26 @@ def audit(expect, as_json, junit, record_to):
 
 
 @cli.command()
+@click.option("--listen", default="127.0.0.1:9477", show_default=True, metavar="HOST:PORT",
+              help="where to serve /metrics; other addresses are your explicit choice")
+@click.option("--textfile", metavar="PATH.prom",
+              help="instead of serving: keep this node_exporter textfile up to date")
+@click.option("--interval", default=15.0, show_default=True, help="textfile refresh, seconds")
+@click.option("--tls-cert", type=click.Path(dir_okay=False), help="serve HTTPS with this certificate")
+@click.option("--tls-key", type=click.Path(dir_okay=False), help="... and this key")
+@one_line_errors
+def exporter(listen, textfile, interval, tls_cert, tls_key):
+    """Prometheus metrics of every dax device: those that exist at start (page-table walk) and
+    those created later (traced). Runs until SIGTERM or Ctrl-C, then detaches everything."""
+    from vmemtrace.serve import run
+    from vmemtrace.session import say
+
+    if interval <= 0:
+        raise VmemtraceError("--interval must be positive")
+    run(listen, textfile, interval, tls_cert, tls_key, say)
+
+
+@cli.command()
 @click.option("-d", "--duration", type=float, help="stop after this many seconds")
 @JSON
 @one_line_errors

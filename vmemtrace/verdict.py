@@ -232,6 +232,10 @@ def check_device(d: DeviceLedger, ledger: Ledger, expect: str) -> Dict:
         "expected_optimized": eligible,
         "optimized": optimized,
         "vmemmap_pages": {"naive": naive_vm, "expected": expected_vm, "observed": seen.vmemmap_pages},
+        "vmemmap_saved_bytes": {
+            "expected": geometry.saved_bytes(shape),
+            "observed": None if seen.vmemmap_pages is None
+            else (naive_vm - seen.vmemmap_pages) * shape.page_size},
         "struct_pages_initialized": {"naive": naive_init, "expected": expected_init,
                                      "observed": seen.struct_pages_initialized},
         "memmap_init_seconds": round(r["duration_ns"] / 1e9, 6) if "duration_ns" in r else None,

@@ -22,9 +22,11 @@ from vmemtrace.lab.steps import run, say, step
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 # What the guest needs to create namespaces and run vmemtrace: ndctl/daxctl, kmod for modprobe,
-# Debian's BCC (python3-bpfcc) and vmemtrace's own Python dependencies from Debian.
+# Debian's BCC (python3-bpfcc) and vmemtrace's own Python dependencies from Debian; a real
+# Prometheus server to scrape the exporter, and bpftrace as the benchmark's baseline.
 PACKAGES = ("kmod", "udev", "procps", "python3", "python3-bpfcc", "ndctl", "daxctl",
-            "python3-click", "python3-tabulate", "python3-prometheus-client")
+            "python3-click", "python3-tabulate", "python3-prometheus-client", "prometheus",
+            "bpftrace")
 # 5.10 is only in bullseye; 6.12 for bookworm is in bookworm itself (and backports before).
 SOURCES = (
     f"deb {MIRROR} bookworm main",

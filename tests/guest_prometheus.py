@@ -1,0 +1,144 @@
+"""Runs inside a lab guest (python3 tests/guest_prometheus.py): a real Prometheus scrapes a real
+`vmemtrace exporter` while namespaces are created; then every query of the dashboard and the
+alert rules is evaluated through Prometheus' HTTP API. Prints one JSON document.
+
+Driven by tests/test_lab_e2e_prometheus.py; the assertions live there.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+SRC = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPORTER = "http://127.0.0.1:9477/metrics"
+PROM = "http://127.0.0.1:9090"
+NDCTL = ["ndctl", "create-namespace", "-f", "-e", "namespace0.0", "-m", "devdax", "-M", "mem"]
+# Grafana's variables, as the dashboard would send them with "All" selected
+VARIABLES = {"$instance": ".*", "$__rate_interval": "1m"}
+
+
+def get(url, timeout=5):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.read().decode()
+
+
+def query(expr, at=None):
+    params = {"query": expr}
+    if at is not None:
+        params["time"] = f"{at:.3f}"
+    doc = json.loads(get(f"{PROM}/api/v1/query?" + urllib.parse.urlencode(params)))
+    return doc["status"], doc["data"]["result"]
+
+
+def wait(what, test, timeout=300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            got = test()
+        except OSError:
+            got = None
+        if got:
+            return got
+        time.sleep(1)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def saved(expected):
+    status, result = query('vmemtrace_vmemmap_saved_bytes{device="dax0.0"}')
+    values = [float(r["value"][1]) for r in result]
+    return values == [expected] and time.time()
+
+
+def lhs(expr):
+    """An alert expression without its final comparison: the data it compares."""
+    return re.split(r"\s(==|!=|>|<|>=|<=)\s", expr)[0]
+
+
+def expected_saving():
+    """What geometry expects for the dax device that exists now (its pgmap range from sysfs)."""
+    from vmemtrace import geometry
+    from vmemtrace.kernel import daxdev
+
+    (dev,) = daxdev.inventory()
+    shape = geometry.RangeShape(dev["pgmap_start_pfn"], dev["pgmap_nr_pages"],
+                                dev["align"] // geometry.PAGE_SIZE)
+    return geometry.saved_bytes(shape)
+
+
+def kprobes():
+    with open("/sys/kernel/debug/kprobes/list") as fh:
+        return sum(1 for line in fh if "memmap_init_zone_device" in line
+                   or "vmemmap_populate_address" in line)
+
+
+def main():
+    sys.path.insert(0, SRC)
+    out = {"cases": {}, "queries": {}, "rules": {}}
+    config = "/tmp/prometheus.yml"
+    with open(config, "w") as fh:
+        fh.write("global: {scrape_interval: 2s, evaluation_interval: 2s}\n"
+                 f"rule_files: [{SRC}/dashboards/alerts.yml]\n"
+                 "scrape_configs:\n  - job_name: vmemtrace\n"
+                 "    static_configs: [{targets: ['127.0.0.1:9477']}]\n")
+    subprocess.run(["ndctl", "disable-namespace", "namespace0.0"], capture_output=True)
+    exporter = subprocess.Popen([sys.executable, "-m", "vmemtrace", "exporter"], cwd=SRC,
+                                stderr=open("/tmp/exporter.err", "w"))
+    prom = subprocess.Popen(["prometheus", f"--config.file={config}",
+                             "--storage.tsdb.path=/tmp/prom-data",
+                             "--web.listen-address=127.0.0.1:9090"],
+                            stdout=subprocess.DEVNULL, stderr=open("/tmp/prometheus.err", "w"))
+    try:
+        wait("the exporter's probes", lambda: "vmemtrace_probe_attached" in get(EXPORTER))
+        wait("Prometheus", lambda: query("vmemtrace_build_info")[1])
+        out["kprobes_during"] = kprobes()
+        for case, align in (("mem-2M", "2M"), ("mem-1G", "1G")):
+            subprocess.run(["ndctl", "disable-namespace", "namespace0.0"], capture_output=True)
+            subprocess.run(NDCTL + ["-a", align], check=True, capture_output=True)
+            expected = expected_saving()
+            at = wait(f"{case} in Prometheus", lambda: saved(expected))
+            out["cases"][case] = {"expected": expected, "at": at,
+                                  "prometheus": query('vmemtrace_vmemmap_saved_bytes', at)[1]}
+        time.sleep(6)  # a few more scrapes, so that increase() over 1m has its two samples
+        with open(f"{SRC}/dashboards/vmemtrace.json") as fh:
+            dashboard = json.load(fh)
+        for panel in dashboard["panels"]:
+            for target in panel["targets"]:
+                expr = target["expr"]
+                for var, value in VARIABLES.items():
+                    expr = expr.replace(var, value)
+                status, result = query(expr)
+                out["queries"][f"{panel['title']} [{target['refId']}]"] = {
+                    "expr": expr, "status": status,
+                    "values": [[r["metric"], r["value"][1]] for r in result]}
+        with open(f"{SRC}/dashboards/alerts.yml") as fh:
+            rules = re.findall(r"^\s*- alert: (\S+)\n\s*(?:#.*\n\s*)*expr: (.+)$", fh.read(), re.M)
+        for name, expr in rules:
+            status, firing = query(expr)
+            _, data = query(lhs(expr))
+            out["rules"][name] = {"expr": expr, "status": status, "firing": len(firing),
+                                  "data": [[r["metric"], r["value"][1]] for r in data]}
+        loaded = json.loads(get(f"{PROM}/api/v1/rules"))["data"]["groups"]
+        out["rules_loaded"] = {r["name"]: r["health"] for g in loaded for r in g["rules"]}
+        promtool = subprocess.run(["promtool", "test", "rules", "alerts_test.yml"],
+                                  cwd=f"{SRC}/dashboards", capture_output=True, text=True)
+        out["promtool_test"] = promtool.returncode
+        out["metrics_text"] = get(EXPORTER)
+    finally:
+        exporter.send_signal(signal.SIGTERM)
+        out["exporter_exit"] = exporter.wait(timeout=60)
+        prom.terminate()
+        prom.wait(timeout=60)
+    out["kprobes_after"] = kprobes()
+    with open("/tmp/exporter.err") as fh:
+        out["exporter_stderr"] = fh.read().splitlines()[-5:]
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

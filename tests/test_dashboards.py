@@ -1,0 +1,181 @@
+"""dashboards/ and deploy/: the alert rules under promtool, the dashboard against Grafana's
+schema (grafana-foundation-sdk, generated from Grafana 11.6's kinds), every query naming only
+metrics the exporter really exports, and the systemd unit under systemd-analyze."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import FIXTURES
+
+ROOT = Path(__file__).parent.parent
+DASH = ROOT / "dashboards"
+GRAFANA_SCHEMA = 39  # Grafana 10.4 - 11.x
+BUILTIN = {"up"}  # Prometheus' own series
+
+
+def dashboard():
+    return json.loads((DASH / "vmemtrace.json").read_text())
+
+
+def dashboard_exprs():
+    return [t["expr"] for p in dashboard()["panels"] for t in p["targets"]]
+
+
+def rule_exprs():
+    doc = yaml.safe_load((DASH / "alerts.yml").read_text())
+    return [r["expr"] for g in doc["groups"] for r in g["rules"]]
+
+
+def promtool(*args, cwd=DASH):
+    assert shutil.which("promtool"), "promtool comes with Debian's prometheus (scripts/install.sh)"
+    return subprocess.run(["promtool", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def test_promtool_checks_and_tests_the_rules():
+    res = promtool("check", "rules", "alerts.yml")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "SUCCESS: 4 rules found" in res.stdout
+    res = promtool("test", "rules", "alerts_test.yml")
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_promtool_test_catches_a_broken_rule(tmp_path):
+    """The rule tests can fail: with the check rule inverted they must."""
+    shutil.copy(DASH / "alerts_test.yml", tmp_path)
+    (tmp_path / "alerts.yml").write_text((DASH / "alerts.yml").read_text().replace(
+        "vmemtrace_check_status == 0", "vmemtrace_check_status == 1"))
+    res = promtool("test", "rules", "alerts_test.yml", cwd=tmp_path)
+    assert res.returncode != 0 and "VmemtraceCheckFailed" in res.stdout + res.stderr
+
+
+def test_scrape_config_example_is_valid(tmp_path):
+    cfg = yaml.safe_load((DASH / "prometheus-scrape.yml").read_text())
+    cfg["rule_files"] = [str(DASH / "alerts.yml")]
+    (tmp_path / "p.yml").write_text(yaml.safe_dump(cfg))
+    res = promtool("check", "config", str(tmp_path / "p.yml"))
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def lost_in(raw, again, path="$"):
+    """Paths of raw whose key or value did not survive the round trip (defaults the SDK adds
+    are fine: Grafana fills them in the same way)."""
+    if isinstance(raw, dict):
+        if not isinstance(again, dict):
+            return [path]
+        return [p for k, v in raw.items()
+                for p in ([f"{path}.{k}"] if k not in again else lost_in(v, again[k], f"{path}.{k}"))]
+    if isinstance(raw, list):
+        if not isinstance(again, list) or len(raw) != len(again):
+            return [path]
+        return [p for i, (a, b) in enumerate(zip(raw, again)) for p in lost_in(a, b, f"{path}[{i}]")]
+    return [] if raw == again else [path]
+
+
+def grafana_round_trip(raw):
+    from grafana_foundation_sdk.cog.plugins import register_default_plugins
+    from grafana_foundation_sdk.models.dashboard import Dashboard
+
+    register_default_plugins()  # panel options and targets decoded by their plugin types
+    decoded = Dashboard.from_json(raw)
+    return decoded, json.loads(json.dumps(decoded, default=lambda o: o.to_json()))
+
+
+def test_dashboard_round_trips_through_grafana_schema():
+    """Decode with Grafana 11.6's dashboard model and encode again: a field the schema does
+    not know is dropped on the way, a wrong type raises; so nothing lost means every field of
+    the dashboard, its variables, panels, options and targets is one Grafana knows."""
+    raw = dashboard()
+    decoded, again = grafana_round_trip(raw)
+    assert decoded.schema_version == GRAFANA_SCHEMA
+    assert lost_in(raw, again) == []
+
+
+def test_round_trip_catches_fields_grafana_does_not_know():
+    raw = dashboard()
+    raw["templating"]["list"][1]["definitionn"] = "typo"
+    raw["panels"][0]["gridPos"]["width"] = 3
+    _, again = grafana_round_trip(raw)
+    assert lost_in(raw, again) == ["$.templating.list[1].definitionn", "$.panels[0].gridPos.width"]
+
+
+def test_dashboard_variables_and_layout():
+    d = dashboard()
+    variables = {v["name"]: v for v in d["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    assert variables["instance"]["datasource"]["uid"] == "${datasource}"
+    for p in d["panels"]:
+        assert p["datasource"]["uid"] == "${datasource}", p["title"]
+        for t in p["targets"]:
+            assert 'instance=~"$instance"' in t["expr"], (p["title"], t["expr"])
+    ids = [p["id"] for p in d["panels"]]
+    assert len(ids) == len(set(ids))
+    # no two panels overlap on the 24-column grid
+    cells = set()
+    for p in d["panels"]:
+        g = p["gridPos"]
+        assert g["x"] + g["w"] <= 24
+        mine = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
+        assert not cells & mine, p["title"]
+        cells |= mine
+
+
+def metric_names(expr):
+    names = set(re.findall(r"\b(vmemtrace_[a-z_]+|up)\b", expr))
+    return names
+
+
+@pytest.fixture(scope="module")
+def exposition():
+    """The exporter's real output for a ledger recorded in a 6.12 guest (mem-2M)."""
+    from prometheus_client import generate_latest
+
+    from tests.test_exporter import registry_for
+
+    return generate_latest(registry_for(FIXTURES / "events/6.12.117+deb12-amd64/mem-2M.jsonl")).decode()
+
+
+def test_every_query_names_only_exported_metrics(exposition):
+    exported = set(re.findall(r"^# TYPE (\S+) (\S+)", exposition, re.M))
+    series = {name for name, kind in exported}
+    series |= {f"{n}_total" for n, k in exported if k == "counter"}
+    series |= {f"{n}_{s}" for n, k in exported if k == "histogram" for s in ("bucket", "sum", "count")}
+    for expr in dashboard_exprs() + rule_exprs():
+        for name in metric_names(expr) - BUILTIN:
+            assert name in series, (name, expr)
+
+
+def test_systemd_unit_verifies_and_is_sandboxed(tmp_path):
+    if not shutil.which("systemd-analyze"):
+        pytest.fail("systemd-analyze missing (systemd is part of every Debian host)")
+    unit = (ROOT / "deploy/vmemtrace-exporter.service").read_text()
+    exe = Path(sys.executable).parent / "vmemtrace"
+    (tmp_path / "vmemtrace-exporter.service").write_text(
+        unit.replace("/usr/local/bin/vmemtrace", str(exe)))
+    res = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "vmemtrace-exporter.service")],
+                         capture_output=True, text=True)
+    assert res.returncode == 0 and not res.stderr.strip(), res.stderr
+    res = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--threshold=40",
+                          str(tmp_path / "vmemtrace-exporter.service")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout[-2000:]
+    assert "Overall exposure level" in res.stdout
+
+
+def test_daemonset_spells_out_its_privileges():
+    (ds,) = list(yaml.safe_load_all((ROOT / "deploy/daemonset.yaml").read_text()))
+    (c,) = ds["spec"]["template"]["spec"]["containers"]
+    sc = c["securityContext"]
+    assert sc["privileged"] is False and sc["capabilities"]["drop"] == ["ALL"]
+    unit = (ROOT / "deploy/vmemtrace-exporter.service").read_text()
+    bounding = re.search(r"^CapabilityBoundingSet=(.*)$", unit, re.M).group(1).split()
+    # the same capabilities in both deployments
+    assert sorted("CAP_" + cap for cap in sc["capabilities"]["add"]) == sorted(bounding)
+    assert sc["procMount"] == "Unmasked"
+    assert c["args"][0] == "exporter"

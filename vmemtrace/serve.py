@@ -1,0 +1,122 @@
+"""`vmemtrace exporter`: serve the collector over HTTP(S), or keep a node_exporter textfile.
+
+The order matters: everything the user got wrong (address, port in use, certificate, textfile)
+fails before the BPF compile; then the probes attach, then the devices that already exist are
+audited (anything created later is traced), then scrapes see both.
+"""
+
+import errno
+import os
+import ssl
+import time
+from typing import Callable, Optional, Tuple
+
+from prometheus_client import CollectorRegistry, start_http_server, write_to_textfile
+from prometheus_client.process_collector import ProcessCollector
+
+from vmemtrace.errors import VmemtraceError
+from vmemtrace.exporter import LedgerCollector, Snapshot
+from vmemtrace.kernel import daxdev
+
+DEFAULT_LISTEN = "127.0.0.1:9477"
+
+
+def parse_listen(text: str) -> Tuple[str, int]:
+    """HOST:PORT, [V6]:PORT or :PORT (all addresses: the user's explicit choice)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise VmemtraceError(f"--listen {text!r}: expected HOST:PORT, e.g. {DEFAULT_LISTEN}")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+class Exporter:
+    """Holds the snapshot the collector reads; the tracing loop updates it."""
+
+    def __init__(self):
+        self.snap = Snapshot(log=[])
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(LedgerCollector(self.snapshot, daxdev.inventory))
+        ProcessCollector(namespace="vmemtrace", registry=self.registry)
+        self.server = None
+
+    def snapshot(self) -> Snapshot:
+        s = self.snap
+        return Snapshot(list(s.log), s.lost, dict(s.errors), s.bcc, list(s.cflags),
+                        list(s.attached))
+
+    def serve(self, listen: str, cert: Optional[str], key: Optional[str]) -> Tuple[str, int]:
+        host, port = parse_listen(listen)
+        if bool(cert) != bool(key):
+            raise VmemtraceError("--tls-cert and --tls-key go together")
+        try:
+            self.server, _ = start_http_server(port, host, self.registry, certfile=cert,
+                                               keyfile=key)
+        except ssl.SSLError as e:
+            # prometheus-client re-raises it with only a message: no .reason to read
+            detail = str(e.args[0]) if len(e.args) == 1 else str(e)
+            raise VmemtraceError(f"bad TLS certificate or key ({cert}, {key}): "
+                                 f"{detail.split(': ')[-1]}")
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise VmemtraceError(f"{host}:{port} is in use (another exporter running?)")
+            if isinstance(e, FileNotFoundError) or e.errno == errno.EACCES:
+                raise VmemtraceError(f"cannot read the TLS certificate or key: {e.strerror}")
+            raise VmemtraceError(f"cannot listen on {host}:{port}: {e.strerror}")
+        return host, self.server.server_address[1]
+
+    def write_textfile(self, path: str) -> None:
+        """Atomically (write then rename), as node_exporter's textfile collector requires."""
+        if not path.endswith(".prom"):
+            raise VmemtraceError(f"--textfile {path}: node_exporter only reads *.prom files")
+        try:
+            write_to_textfile(path, self.registry)
+        except OSError as e:
+            raise VmemtraceError(f"cannot write {path}: {e.strerror}")
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+def run(listen: str, textfile: Optional[str], interval: float, cert: Optional[str],
+        key: Optional[str], progress: Callable[[str], None]) -> None:
+    from vmemtrace.audit import audit_events, open_walker
+    from vmemtrace.kernel import environment
+    from vmemtrace.kernel.facts import gather
+    from vmemtrace.session import traced
+
+    exporter = Exporter()
+    try:
+        if textfile:
+            exporter.write_textfile(textfile)  # unwritable: fail now, not after the compile
+        else:
+            host, port = exporter.serve(listen, cert, key)
+            progress(f"serving metrics on {'https' if cert else 'http'}://{host}:{port}/metrics")
+        with traced(progress) as (tracer, take, log):
+            exporter.snap.log = log
+            exporter.snap.cflags = tracer.cflags
+            exporter.snap.attached = list(tracer.attached)
+            exporter.snap.bcc = environment.bcc_version() or ""
+            facts = gather(with_bcc=False)
+            try:
+                with open_walker(facts) as walker:
+                    take(audit_events(walker, facts.version, progress))
+            except VmemtraceError as e:
+                progress(f"devices that existed before start are not reported: {e}")
+            next_write = time.monotonic()
+            try:
+                while True:
+                    take(tracer.poll(100))
+                    exporter.snap.lost = tracer.lost
+                    exporter.snap.errors = tracer.errors()
+                    if textfile and time.monotonic() >= next_write:
+                        exporter.write_textfile(textfile)
+                        next_write += interval
+            except KeyboardInterrupt:
+                progress("stopping: detaching the probes")
+    finally:
+        exporter.close()
+    if textfile and os.path.exists(textfile):
+        progress(f"left the last metrics in {textfile}")
