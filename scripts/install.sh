@@ -11,8 +11,9 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # qemu (TCG guest), debootstrap (guest root), kmod (depmod for virtme-ng), busybox (virtme-ng's
-# initramfs), Debian's BCC for Python (the PyPI package "bcc" is unrelated), venv.
-PKGS="qemu-system-x86 debootstrap kmod busybox-static python3-venv python3-bpfcc"
+# initramfs), Debian's BCC for Python (the PyPI package "bcc" is unrelated), venv; prometheus
+# for promtool (the alert rules' tests) and systemd for systemd-analyze (the unit's tests).
+PKGS="qemu-system-x86 debootstrap kmod busybox-static python3-venv python3-bpfcc prometheus systemd"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -20,6 +21,11 @@ done
 if [ -n "$missing" ]; then
     apt-get update -q
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing
+    case " $missing " in
+    *" prometheus "*)
+        # Only promtool is wanted: where systemd runs, Debian has just started a server.
+        if [ -d /run/systemd/system ]; then systemctl disable --now prometheus || true; fi ;;
+    esac
 fi
 
 # Debian's python3 so that the venv sees python3-bpfcc through --system-site-packages.

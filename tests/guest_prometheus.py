@@ -36,9 +36,13 @@ def query(expr, at=None):
     return doc["status"], doc["data"]["result"]
 
 
-def wait(what, test, timeout=300):
+def wait(what, test, timeout=300, alive=None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if alive is not None and alive.poll() is not None:
+            with open("/tmp/exporter.err") as fh:
+                raise SystemExit(f"the exporter exited {alive.returncode} while waiting for "
+                                 f"{what}: {fh.read()[-2000:]}")
         try:
             got = test()
         except OSError:
@@ -46,7 +50,8 @@ def wait(what, test, timeout=300):
         if got:
             return got
         time.sleep(1)
-    raise SystemExit(f"timed out waiting for {what}")
+    with open("/tmp/exporter.err") as fh:
+        raise SystemExit(f"timed out waiting for {what}; exporter: {fh.read()[-2000:]}")
 
 
 def saved(expected):
@@ -94,7 +99,8 @@ def main():
                              "--web.listen-address=127.0.0.1:9090"],
                             stdout=subprocess.DEVNULL, stderr=open("/tmp/prometheus.err", "w"))
     try:
-        wait("the exporter's probes", lambda: "vmemtrace_probe_attached" in get(EXPORTER))
+        wait("the exporter's probes", lambda: "vmemtrace_probe_attached" in get(EXPORTER),
+             alive=exporter)
         wait("Prometheus", lambda: query("vmemtrace_build_info")[1])
         out["kprobes_during"] = kprobes()
         for case, align in (("mem-2M", "2M"), ("mem-1G", "1G")):

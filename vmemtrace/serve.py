@@ -6,6 +6,7 @@ audited (anything created later is traced), then scrapes see both.
 """
 
 import errno
+import inspect
 import os
 import ssl
 import time
@@ -49,9 +50,14 @@ class Exporter:
         host, port = parse_listen(listen)
         if bool(cert) != bool(key):
             raise VmemtraceError("--tls-cert and --tls-key go together")
+        tls = {}
+        if cert:
+            if "certfile" not in inspect.signature(start_http_server).parameters:
+                raise VmemtraceError("--tls-cert needs prometheus-client 0.17 or newer (Debian 12 "
+                                     "ships 0.16: pip install 'prometheus-client>=0.17')")
+            tls = {"certfile": cert, "keyfile": key}
         try:
-            self.server, _ = start_http_server(port, host, self.registry, certfile=cert,
-                                               keyfile=key)
+            started = start_http_server(port, host, self.registry, **tls)
         except ssl.SSLError as e:
             # prometheus-client re-raises it with only a message: no .reason to read
             detail = str(e.args[0]) if len(e.args) == 1 else str(e)
@@ -63,7 +69,10 @@ class Exporter:
             if isinstance(e, FileNotFoundError) or e.errno == errno.EACCES:
                 raise VmemtraceError(f"cannot read the TLS certificate or key: {e.strerror}")
             raise VmemtraceError(f"cannot listen on {host}:{port}: {e.strerror}")
-        return host, self.server.server_address[1]
+        # prometheus-client 0.17+ returns (server, thread); 0.16 (Debian 12) returns nothing and
+        # its daemon thread ends with the process.
+        self.server = started[0] if started else None
+        return host, self.server.server_address[1] if self.server else port
 
     def write_textfile(self, path: str) -> None:
         """Atomically (write then rename), as node_exporter's textfile collector requires."""

@@ -30,7 +30,9 @@ def log(message):
 
 
 def prepare():
-    """debugfs for the kprobe blacklist; the nvdimm and dax drivers for the memmap= region."""
+    """debugfs for the kprobe blacklist; the nvdimm and dax drivers for the memmap= region;
+    loopback up (virtme-ng leaves it down without a network) for the exporter and Prometheus."""
+    sh(["ip", "link", "set", "lo", "up"])
     if not os.path.exists("/sys/kernel/debug/kprobes"):
         sh(["mount", "-t", "debugfs", "none", "/sys/kernel/debug"])
     if not os.path.exists("/sys/kernel/tracing/README"):

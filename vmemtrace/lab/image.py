@@ -26,7 +26,7 @@ MIRROR = "http://deb.debian.org/debian"
 # Prometheus server to scrape the exporter, and bpftrace as the benchmark's baseline.
 PACKAGES = ("kmod", "udev", "procps", "python3", "python3-bpfcc", "ndctl", "daxctl",
             "python3-click", "python3-tabulate", "python3-prometheus-client", "prometheus",
-            "bpftrace")
+            "bpftrace", "iproute2")
 # 5.10 is only in bullseye; 6.12 for bookworm is in bookworm itself (and backports before).
 SOURCES = (
     f"deb {MIRROR} bookworm main",

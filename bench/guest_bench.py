@@ -1,0 +1,187 @@
+"""Runs inside a lab guest (bench/bench.py starts it): every measurement of the benchmark, side
+by side in the same guest, printed as one JSON document on the last line of stdout.
+
+Nothing here judges; bench.py prints the table. Times are wall-clock under qemu TCG: ratios
+between runs in the same guest mean something, absolute values are those of an emulated CPU.
+"""
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+
+SRC = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NS = "namespace0.0"
+CASES = {"mem-2M": ("mem", "2M"), "mem-1G": ("mem", "1G"), "dev-2M": ("dev", "2M"),
+         "mem-4K": ("mem", "4K")}
+VMEMTRACE = [sys.executable, "-m", "vmemtrace"]
+MINIMAL_BCC = ("from bcc import BPF\n"
+               "b = BPF(text='int kprobe__memmap_init_zone_device(void *ctx) { return 0; }')\n"
+               "print('attached', flush=True)\n")
+
+
+def sh(*cmd, check=True):
+    return subprocess.run(cmd, capture_output=True, text=True, check=check)
+
+
+def ndctl(case):
+    mode, align = CASES[case]
+    return ["ndctl", "create-namespace", "-f", "-e", NS, "-m", "devdax", "-M", mode, "-a", align]
+
+
+def disable():
+    sh("ndctl", "disable-namespace", NS, check=False)
+
+
+def untraced(case):
+    disable()
+    start = time.monotonic()
+    sh(*ndctl(case))
+    return time.monotonic() - start
+
+
+def traced(case):
+    """vmemtrace verify's own measure of the command (it starts the clock after attaching)."""
+    disable()
+    proc = subprocess.run(VMEMTRACE + ["verify", "--json", "--", *ndctl(case)], cwd=SRC,
+                          capture_output=True, text=True)
+    doc = json.loads(proc.stdout)
+    (dev,) = doc["devices"]
+    return doc["command"]["seconds"], doc, dev
+
+
+def overhead(reps):
+    out = {}
+    for case in CASES:
+        plain, under, lost = [], [], 0
+        doc = dev = None
+        for _ in range(reps):  # alternating, so drift hits both sides alike
+            plain.append(untraced(case))
+            seconds, doc, dev = traced(case)
+            under.append(seconds)
+            lost += doc["events_lost"]
+        out[case] = {"untraced": plain, "traced": under, "lost": lost, "verdict": doc["verdict"],
+                     "vmemmap_pages": dev["vmemmap_pages"],
+                     "memmap_init_seconds": dev["memmap_init_seconds"],
+                     "nr_pages": dev["nr_pages"]}
+    return out
+
+
+def time_until(cmd, marker, env=None, timeout=300):
+    """Seconds from launch until a line containing marker appears on stdout or stderr."""
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=SRC, env=env)
+    try:
+        for line in proc.stdout:
+            if marker in line:
+                return time.monotonic() - start
+        raise RuntimeError(f"{cmd[0]} exited without {marker!r}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=timeout)
+
+
+def attached_targets():
+    """What vmemtrace attaches on this kernel (its plan): the bpftrace baseline attaches the same."""
+    from vmemtrace.probes.plan import is_attached
+
+    doc = json.loads(subprocess.run(VMEMTRACE + ["check", "--json"], cwd=SRC, capture_output=True,
+                                    text=True).stdout)
+    return [name for name, how in doc["strategy"].items() if is_attached(how)]
+
+
+def startup(reps):
+    probes = ",".join(f"kprobe:{t}" for t in attached_targets())
+    rows = {"vmemtrace": [], "minimal BCC": [], "bpftrace": []}
+    for _ in range(reps):
+        rows["vmemtrace"].append(time_until(VMEMTRACE + ["trace"], "attached to"))
+        rows["minimal BCC"].append(time_until([sys.executable, "-c", MINIMAL_BCC], "attached"))
+        rows["bpftrace"].append(time_until(
+            ["bpftrace", "-e", f'BEGIN {{ printf("attached\\n"); }} {probes} {{ @[probe] = count(); }}'],
+            "attached"))
+    return rows
+
+
+def loss(rounds):
+    """The heaviest work the lab holds: the whole region, 2 MiB compound pages (one
+    vmemmap_populate_address per vmemmap PTE, one compound entry per 2 MiB), then 4 KiB, created
+    and destroyed back to back under one trace."""
+    disable()
+    script = "\n".join(f"ndctl create-namespace -f -e {NS} -m devdax -M mem -a {a} >/dev/null && "
+                       f"ndctl disable-namespace {NS} >/dev/null"
+                       for _ in range(rounds) for a in ("2M", "1G", "4K"))
+    proc = subprocess.run(VMEMTRACE + ["record", "-o", "/tmp/loss.jsonl", "--", "sh", "-c", script],
+                          cwd=SRC, capture_output=True, text=True)
+    events = [json.loads(line) for line in open("/tmp/loss.jsonl")]
+    lost = sum(e["count"] for e in events if e["type"] == "lost")
+    errors = {}
+    for e in events:
+        if e["type"] == "lost":
+            for k, v in e["errors"].items():
+                errors[k] = errors.get(k, 0) + v
+    return {"namespaces": 3 * rounds, "events": len(events), "lost": lost, "bpf_errors": errors,
+            "ranges": sum(e["type"] == "range" for e in events),
+            "compound": sum(e["type"] == "compound" for e in events), "exit": proc.returncode}
+
+
+def footprint(scrapes, rounds):
+    """Exporter RSS and scrape latency with a ledger that holds several namespaces' events."""
+    disable()
+    exporter = subprocess.Popen(VMEMTRACE + ["exporter", "--listen", "127.0.0.1:9477"], cwd=SRC,
+                                stderr=subprocess.PIPE, text=True)
+    try:
+        for line in exporter.stderr:
+            if "attached to" in line:
+                break
+        for _ in range(rounds):
+            disable()
+            sh(*ndctl("mem-2M"))
+        time.sleep(2)
+        times = []
+        body = b""
+        for _ in range(scrapes):
+            start = time.perf_counter()
+            with urllib.request.urlopen("http://127.0.0.1:9477/metrics", timeout=10) as r:
+                body = r.read()
+            times.append(time.perf_counter() - start)
+        with open(f"/proc/{exporter.pid}/status") as fh:
+            rss = int(re.search(r"VmRSS:\s+(\d+)", fh.read()).group(1)) * 1024
+        times.sort()
+        return {"scrapes": scrapes, "namespaces": rounds, "rss_bytes": rss,
+                "p50": times[len(times) // 2], "p99": times[int(len(times) * 0.99) - 1],
+                "exposition_bytes": len(body)}
+    finally:
+        exporter.terminate()
+        exporter.wait(timeout=60)
+
+
+def main():
+    sys.path.insert(0, SRC)
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--startup-reps", type=int, default=3)
+    ap.add_argument("--loss-rounds", type=int, default=3)
+    ap.add_argument("--scrapes", type=int, default=1000)
+    ap.add_argument("--only", default="overhead,startup,loss,footprint")
+    args = ap.parse_args()
+    only = set(args.only.split(","))
+    doc = {"kernel": os.uname().release, "cpus": os.cpu_count()}
+    if "overhead" in only:
+        doc["overhead"] = overhead(args.reps)
+    if "startup" in only:
+        doc["startup"] = startup(args.startup_reps)
+    if "loss" in only:
+        doc["loss"] = loss(args.loss_rounds)
+    if "footprint" in only:
+        doc["footprint"] = footprint(args.scrapes, args.loss_rounds)
+    print(json.dumps(doc))
+
+
+if __name__ == "__main__":
+    main()
