@@ -157,6 +157,9 @@ def test_bad_certificate_is_one_line(tmp_path):
                                   str(tmp_path / "c.pem"), "--tls-key", str(tmp_path / "k.pem"),
                                   timeout=60))
     assert err.startswith("vmemtrace: bad TLS certificate or key")
+    err = one_line_exit_2(run_cli("exporter", "--tls-cert", str(tmp_path / "no.pem"), "--tls-key",
+                                  str(tmp_path / "k.pem"), timeout=60))
+    assert err == f"vmemtrace: cannot read {tmp_path}/no.pem: No such file or directory"
     err = one_line_exit_2(run_cli("exporter", "--tls-cert", str(tmp_path / "c.pem"), timeout=60))
     assert err == "vmemtrace: --tls-cert and --tls-key go together"
 

@@ -55,6 +55,11 @@ class Exporter:
             if "certfile" not in inspect.signature(start_http_server).parameters:
                 raise VmemtraceError("--tls-cert needs prometheus-client 0.17 or newer (Debian 12 "
                                      "ships 0.16: pip install 'prometheus-client>=0.17')")
+            for path in (cert, key):
+                try:
+                    open(path, "rb").close()
+                except OSError as e:
+                    raise VmemtraceError(f"cannot read {path}: {e.strerror}")
             tls = {"certfile": cert, "keyfile": key}
         try:
             started = start_http_server(port, host, self.registry, **tls)
@@ -66,8 +71,6 @@ class Exporter:
         except OSError as e:
             if e.errno == errno.EADDRINUSE:
                 raise VmemtraceError(f"{host}:{port} is in use (another exporter running?)")
-            if isinstance(e, FileNotFoundError) or e.errno == errno.EACCES:
-                raise VmemtraceError(f"cannot read the TLS certificate or key: {e.strerror}")
             raise VmemtraceError(f"cannot listen on {host}:{port}: {e.strerror}")
         # prometheus-client 0.17+ returns (server, thread); 0.16 (Debian 12) returns nothing and
         # its daemon thread ends with the process.
