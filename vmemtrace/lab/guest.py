@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from vmemtrace.lab.cases import parse_cases
+from vmemtrace.ledger import Sources
 
 NAMESPACE = "namespace0.0"
 MODULES = ("nd_e820", "dax_pmem", "device_dax")
@@ -145,8 +146,6 @@ def main(argv=None):
         code, doc["check"], err = vmemtrace("check", "--json")
         doc["check_exit"], doc["check_error"] = code, err
         doc["evidence"] = evidence()
-        from vmemtrace.ledger import Sources
-
         cross = bool(doc["check"]) and Sources.from_strategy(doc["check"]["strategy"]).cross_checkable
         for case in parse_cases(args.cases):
             log(f"case {case.name}")
