@@ -143,7 +143,30 @@ def main():
     out["kprobes_after"] = kprobes()
     with open("/tmp/exporter.err") as fh:
         out["exporter_stderr"] = fh.read().splitlines()[-5:]
+    out["restart"] = restarted_textfile()
     print(json.dumps(out))
+
+
+def restarted_textfile():
+    """A second exporter, started while the mem-1G namespace exists, in textfile mode: it must
+    report the device it audited at start, then stop clean."""
+    prom_file = "/tmp/textfile/vmemtrace.prom"
+    os.makedirs("/tmp/textfile", exist_ok=True)
+    exporter = subprocess.Popen([sys.executable, "-m", "vmemtrace", "exporter", "--textfile",
+                                 prom_file, "--interval", "1"], cwd=SRC,
+                                stderr=open("/tmp/exporter.err", "w"))
+
+    def saved_line():
+        with open(prom_file) as fh:
+            return [line for line in fh if line.startswith("vmemtrace_vmemmap_saved_bytes{")]
+
+    try:
+        lines = wait("the restarted exporter's textfile", saved_line, alive=exporter)
+    finally:
+        exporter.send_signal(signal.SIGTERM)
+        code = exporter.wait(timeout=60)
+    return {"lines": lines, "exit": code, "files": sorted(os.listdir("/tmp/textfile")),
+            "kprobes_after": kprobes()}
 
 
 if __name__ == "__main__":

@@ -52,3 +52,14 @@ def test_exporter_stops_clean_on_sigterm(prom):
     assert prom["kprobes_during"] >= 2
     assert prom["exporter_exit"] == 0, prom["exporter_stderr"]
     assert prom["kprobes_after"] == 0
+
+
+def test_a_restarted_exporter_reports_existing_devices_in_its_textfile(prom):
+    """Started while the mem-1G namespace exists: the device comes from the audit at start."""
+    r = prom["restart"]
+    want = geometry.saved_bytes(geometry.RangeShape(PMEM_START >> 12, (3 << 30) >> 12, 262144))
+    (line,) = r["lines"]
+    series, value = line.split()
+    assert series == 'vmemtrace_vmemmap_saved_bytes{device="dax0.0"}' and float(value) == want
+    assert r["exit"] == 0 and r["kprobes_after"] == 0
+    assert r["files"] == ["vmemtrace.prom"]  # written atomically: no temporary left behind
