@@ -46,8 +46,8 @@ def test_walk_returns_the_backing_page_of_every_vmemmap_page(tmp_path, levels, m
             img.map_2m(img.vmemmap_va(START_PFN + block * 32768), DATA_PHYS + block * (2 << 20))
     symbols = img.write(tmp_path / "kcore")
     with Walker(symbols, str(tmp_path / "kcore")) as w:
-        assert w.tables.layout.levels == levels
-        assert (w.tables.layout.page_offset_base, w.tables.layout.vmemmap_base) == (pob, vmb)
+        assert w.layout.levels == levels
+        assert (w.layout.page_offset_base, w.layout.vmemmap_base) == (pob, vmb)
         got = w.backing(START_PFN, nr_pages, 64)
     want = [img.expected[img.vmemmap_va(START_PFN) + i * 4096] for i in range(len(got))]
     assert got == [(phys >> 12, level) for phys, level in want]

@@ -22,7 +22,7 @@ def walk_range(walker: Walker, start_pfn: int, nr_pages: int, pfns_per_compound:
                altmap: bool, struct_page_size: int, page_size: int) -> List[dict]:
     backing = walker.backing(start_pfn, nr_pages, struct_page_size)
     return walk_events(start_pfn, nr_pages, pfns_per_compound, altmap, backing,
-                       struct_page_size, page_size, walker.tables.layout.levels)
+                       struct_page_size, page_size, walker.layout.levels)
 
 
 def open_walker(facts) -> Walker:
@@ -38,7 +38,7 @@ def audit_events(walker: Walker, version: tuple, progress: Callable[[str], None]
     from vmemtrace import geometry
 
     devices = daxdev.inventory()
-    progress(f"walking the vmemmap page tables ({walker.tables.layout.levels}-level paging) "
+    progress(f"walking the vmemmap page tables ({walker.layout.levels}-level paging) "
              f"of {len(devices)} dax devices")
     out = []
     for dev in devices:

@@ -9,8 +9,8 @@ from vmemtrace.errors import VmemtraceError
 from vmemtrace.kernel import config, environment, ftrace, kallsyms, kcore, release
 from vmemtrace.probes.targets import TARGETS
 
-# Data symbols the page-table walk needs (x86_64, CONFIG_KALLSYMS_ALL); also a feature witness.
-DATA_SYMBOLS = ("init_top_pgt", "page_offset_base", "vmemmap_base", "__pgtable_l5_enabled")
+# Data symbols the page-table walk reads (x86_64, CONFIG_KALLSYMS_ALL), named by kernel/kcore.py.
+DATA_SYMBOLS = kcore.DATA_SYMBOLS
 
 
 @dataclass

@@ -12,12 +12,11 @@ _CLONE = re.compile(r"^(?P<base>[A-Za-z0-9_]+)\.(constprop|isra|part|cold|llvm)(
 class Kallsyms:
     """Names of text and data symbols, with clones indexed by the function they were cut from."""
 
-    def __init__(self, text_symbols: Set[str], data_symbols: Set[str], clones: Dict[str, List[str]],
-                 addresses: Dict[str, int] = None):
+    def __init__(self, text_symbols: Set[str], clones: Dict[str, List[str]],
+                 addresses: Dict[str, int]):
         self.text = text_symbols
-        self.data = data_symbols
         self.clones = clones
-        self.addresses = addresses or {}  # data symbols: runtime address (KASLR applied); 0 if hidden
+        self.addresses = addresses  # data symbols: runtime address (KASLR applied); 0 if hidden
 
     def has_function(self, name: str) -> bool:
         return name in self.text
@@ -26,13 +25,13 @@ class Kallsyms:
         return sorted(self.clones.get(name, []))
 
     def has_data(self, name: str) -> bool:
-        return name in self.data
+        return name in self.addresses
 
 
 def parse_kallsyms(text: str, wanted: Set[str] = None) -> Kallsyms:
     """Parse "addr type name [module]" lines. With `wanted`, keep only those names (and their
     clones) and the data symbols: a full kallsyms holds ~200k lines we do not need to keep."""
-    funcs, data, clones, addresses = set(), set(), {}, {}
+    funcs, clones, addresses = set(), {}, {}
     for line in text.splitlines():
         parts = line.split()
         if len(parts) < 3:
@@ -47,12 +46,11 @@ def parse_kallsyms(text: str, wanted: Set[str] = None) -> Kallsyms:
             elif wanted is None or name in wanted:
                 funcs.add(name)
         elif kind in "dDbBrR" and (wanted is None or name in wanted):
-            data.add(name)
             try:
                 addresses[name] = int(parts[0], 16)
             except ValueError:
                 addresses[name] = 0
-    return Kallsyms(funcs, data, clones, addresses)
+    return Kallsyms(funcs, clones, addresses)
 
 
 def read_kallsyms(root: Path, wanted: Set[str] = None) -> Kallsyms:

@@ -39,7 +39,6 @@ LEVEL_NAMES = {30: "pud", 21: "pmd", 12: "pte"}
 @dataclass(frozen=True)
 class Segment:
     vaddr: int
-    paddr: int
     offset: int
     size: int
 
@@ -54,7 +53,7 @@ class Kcore:
         except FileNotFoundError:
             raise VmemtraceError(f"no {path} (kernel built without CONFIG_PROC_KCORE)")
         except PermissionError:
-            raise VmemtraceError(f"{path}: permission denied ({lockdown_hint()})")
+            raise VmemtraceError(f"{path}: permission denied ({lockdown_hint() or 'why unknown'})")
         try:
             self.segments = self._segments()
         except Exception:
@@ -74,7 +73,8 @@ class Kcore:
         try:
             data = os.pread(self.fd, size, offset)
         except OSError as e:
-            raise VmemtraceError(f"cannot read {self.path}: {e.strerror} ({lockdown_hint()})")
+            raise VmemtraceError(f"cannot read {self.path}: {e.strerror} "
+                                 f"({lockdown_hint() or 'why unknown'})")
         if len(data) != size:
             raise VmemtraceError(f"{self.path}: short read at offset {offset:#x}")
         return data
@@ -91,10 +91,10 @@ class Kcore:
         table = self._pread(phentsize * phnum, phoff)
         out = []
         for i in range(phnum):
-            p_type, _flags, off, vaddr, paddr, filesz = struct.unpack_from(
+            p_type, _flags, off, vaddr, _paddr, filesz = struct.unpack_from(
                 "<IIQQQQ", table, i * phentsize)
             if p_type == PT_LOAD and filesz:
-                out.append(Segment(vaddr, paddr, off, filesz))
+                out.append(Segment(vaddr, off, filesz))
         if not out:
             raise VmemtraceError(f"{self.path}: no loadable segments")
         return out
@@ -109,13 +109,13 @@ class Kcore:
         return struct.unpack("<Q", self.read(vaddr, 8))[0]
 
 
-def lockdown_hint(root: Path = Path("/")) -> str:
+def lockdown_hint(root: Path = Path("/")) -> Optional[str]:
     """Why kcore may be refused: lockdown's confidentiality mode (LOCKDOWN_KCORE) or no root."""
     if lockdown_mode(root) == "confidentiality":
         return "kernel lockdown is in confidentiality mode, which forbids /proc/kcore"
     if os.geteuid() != 0:
         return "reading /proc/kcore needs root"
-    return "no lockdown reported"
+    return None
 
 
 @dataclass(frozen=True)
@@ -127,24 +127,28 @@ class Layout:
     vmemmap_base: int
     levels: int  # 4 or 5
 
-    def as_json(self) -> dict:
-        return {"init_top_pgt": hex(self.init_top_pgt),
-                "page_offset_base": hex(self.page_offset_base),
-                "vmemmap_base": hex(self.vmemmap_base), "levels": self.levels}
-
 
 REQUIRED_SYMBOLS = ("init_top_pgt", "page_offset_base", "vmemmap_base")
+# Read when present; without it the direct map's place tells the paging depth (layout()).
+DATA_SYMBOLS = REQUIRED_SYMBOLS + ("__pgtable_l5_enabled",)
+
+
+def symbol_problem(addresses: Dict[str, int]) -> Optional[str]:
+    """What kallsyms lacks for the walk, or None."""
+    missing = [s for s in REQUIRED_SYMBOLS if s not in addresses]
+    if missing:
+        return (f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not in "
+                "/proc/kallsyms (kernel built without CONFIG_KALLSYMS_ALL)")
+    if not all(addresses[s] for s in REQUIRED_SYMBOLS):
+        return "/proc/kallsyms hides addresses (not root, or kptr_restrict)"
+    return None
 
 
 def layout(kcore: Kcore, addresses: Dict[str, int]) -> Layout:
     """Read the layout from kernel data; `addresses` are kallsyms' data symbol addresses."""
-    for name in REQUIRED_SYMBOLS:
-        if name not in addresses:
-            raise VmemtraceError(f"{name} is not in /proc/kallsyms (kernel built without "
-                                 "CONFIG_KALLSYMS_ALL): cannot walk the page tables")
-        if addresses[name] == 0:
-            raise VmemtraceError("/proc/kallsyms hides addresses (not root, or kptr_restrict=2): "
-                                 "cannot walk the page tables")
+    problem = symbol_problem(addresses)
+    if problem:
+        raise VmemtraceError(f"{problem}: cannot walk the page tables")
     pob = kcore.u64(addresses["page_offset_base"])
     vmb = kcore.u64(addresses["vmemmap_base"])
     if addresses.get("__pgtable_l5_enabled"):
@@ -204,15 +208,7 @@ def walk_blocker(root: Path, addresses: Dict[str, int], machine: str) -> Optiona
         return f"the page-table walk knows x86_64 paging only, not {machine}"
     if not (root / "proc/kcore").exists():
         return "no /proc/kcore (kernel built without CONFIG_PROC_KCORE)"
-    missing = [s for s in REQUIRED_SYMBOLS if s not in addresses]
-    if missing:
-        return f"{', '.join(missing)} not in /proc/kallsyms (CONFIG_KALLSYMS_ALL off)"
-    if not all(addresses[s] for s in REQUIRED_SYMBOLS):
-        return "/proc/kallsyms hides addresses (not root, or kptr_restrict)"
-    hint = lockdown_hint(root)
-    if hint != "no lockdown reported":
-        return hint
-    return None
+    return symbol_problem(addresses) or lockdown_hint(root)
 
 
 class Walker:
@@ -221,7 +217,7 @@ class Walker:
     def __init__(self, addresses: Dict[str, int], path: str = "/proc/kcore"):
         self.kcore = Kcore(path)
         try:
-            self.tables = PageTables(self.kcore, layout(self.kcore, addresses))
+            self.layout = layout(self.kcore, addresses)
         except Exception:
             self.kcore.close()
             raise
@@ -236,6 +232,6 @@ class Walker:
         self.close()
 
     def backing(self, start_pfn: int, nr_pages: int, struct_page_size: int):
-        # A fresh cache per range: page tables change when namespaces come and go.
-        self.tables._tables.clear()
-        return self.tables.vmemmap_backing(start_pfn, nr_pages, struct_page_size)
+        # Fresh tables (and table cache) per range: page tables change as namespaces come and go.
+        return PageTables(self.kcore, self.layout).vmemmap_backing(start_pfn, nr_pages,
+                                                                   struct_page_size)
