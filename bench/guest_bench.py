@@ -16,8 +16,6 @@ import urllib.request
 
 SRC = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NS = "namespace0.0"
-CASES = {"mem-2M": ("mem", "2M"), "mem-1G": ("mem", "1G"), "dev-2M": ("dev", "2M"),
-         "mem-4K": ("mem", "4K")}
 VMEMTRACE = [sys.executable, "-m", "vmemtrace"]
 MINIMAL_BCC = ("from bcc import BPF\n"
                "b = BPF(text='int kprobe__memmap_init_zone_device(void *ctx) { return 0; }')\n"
@@ -29,8 +27,9 @@ def sh(*cmd, check=True):
 
 
 def ndctl(case):
-    mode, align = CASES[case]
-    return ["ndctl", "create-namespace", "-f", "-e", NS, "-m", "devdax", "-M", mode, "-a", align]
+    from vmemtrace.lab.cases import CASES  # the lab's own cases: the same ndctl arguments
+
+    return CASES[case].ndctl_args(NS)
 
 
 def disable():
@@ -56,7 +55,9 @@ def traced(case):
 
 def overhead(reps):
     out = {}
-    for case in CASES:
+    from vmemtrace.lab.cases import DEFAULT_CASES
+
+    for case in DEFAULT_CASES:
         plain, under, lost = [], [], 0
         doc = dev = None
         for _ in range(reps):  # alternating, so drift hits both sides alike

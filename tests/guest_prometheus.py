@@ -18,7 +18,6 @@ import urllib.request
 SRC = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPORTER = "http://127.0.0.1:9477/metrics"
 PROM = "http://127.0.0.1:9090"
-NDCTL = ["ndctl", "create-namespace", "-f", "-e", "namespace0.0", "-m", "devdax", "-M", "mem"]
 # Grafana's variables, as the dashboard would send them with "All" selected
 VARIABLES = {"$instance": ".*", "$__rate_interval": "1m"}
 
@@ -103,9 +102,11 @@ def main():
              alive=exporter)
         wait("Prometheus", lambda: query("vmemtrace_build_info")[1])
         out["kprobes_during"] = kprobes()
-        for case, align in (("mem-2M", "2M"), ("mem-1G", "1G")):
+        from vmemtrace.lab.cases import CASES
+
+        for case in ("mem-2M", "mem-1G"):
             subprocess.run(["ndctl", "disable-namespace", "namespace0.0"], capture_output=True)
-            subprocess.run(NDCTL + ["-a", align], check=True, capture_output=True)
+            subprocess.run(CASES[case].ndctl_args("namespace0.0"), check=True, capture_output=True)
             expected = expected_saving()
             at = wait(f"{case} in Prometheus", lambda: saved(expected))
             out["cases"][case] = {"expected": expected, "at": at,

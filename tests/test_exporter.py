@@ -29,7 +29,7 @@ def registry_for(path: Path, devices_now=None) -> CollectorRegistry:
     live = [e for e in log if e["type"] not in ("device", "lost")]
     devices = [e for e in log if e["type"] == "device"] if devices_now is None else devices_now
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(LedgerCollector(lambda: Snapshot(live, bcc="test", attached=list(
+    reg.register(LedgerCollector(lambda: Snapshot(live, attached=list(
         f for f, how in log[0]["strategy"].items() if how.startswith("kprobe"))), lambda: devices))
     return reg
 

@@ -2,7 +2,7 @@
 of device ranges through /proc/kcore (kernel/kcore.py) and turn them into events (backing.py)."""
 
 import os
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 from vmemtrace.backing import walk_events
 from vmemtrace.errors import VmemtraceError
@@ -53,6 +53,20 @@ def audit_events(walker: Walker, version: tuple, progress: Callable[[str], None]
                               geometry.PAGE_SIZE))
         out.append(dev)
     return out
+
+
+def existing_devices(facts, walker: Optional[Walker],
+                     progress: Callable[[str], None]) -> List[dict]:
+    """audit_events with the walker already open, or one opened for the purpose; none, with the
+    reason said, where the walk cannot run (the exporter then reports only what it traces)."""
+    try:
+        if walker is not None:
+            return audit_events(walker, facts.version, progress)
+        with open_walker(facts) as own:
+            return audit_events(own, facts.version, progress)
+    except VmemtraceError as e:
+        progress(f"devices that existed before start are not reported: {e}")
+        return []
 
 
 def audit_log(progress: Callable[[str], None]) -> List[dict]:

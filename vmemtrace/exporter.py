@@ -31,8 +31,6 @@ class Snapshot:
     log: List[dict]  # header first (session.header_event), then events as they came
     lost: int = 0
     errors: Dict[str, int] = field(default_factory=dict)
-    bcc: str = ""
-    cflags: List[str] = field(default_factory=list)
     attached: List[str] = field(default_factory=list)  # functions with probes attached now
 
 
@@ -56,7 +54,8 @@ class LedgerCollector:
         header = snap.log[0] if snap.log else None
         info = GaugeMetricFamily("vmemtrace_build_info", "vmemtrace version and the kernel it "
                                  "runs on", labels=["version", "kernel", "bcc"])
-        info.add_metric([__version__, header["kernel"] if header else "", snap.bcc], 1)
+        info.add_metric([__version__, header["kernel"] if header else "",
+                         (header or {}).get("bcc") or ""], 1)
         yield info
         if header is None:
             return  # still compiling the BPF program
@@ -89,7 +88,7 @@ class LedgerCollector:
         yield attached
         program = GaugeMetricFamily("vmemtrace_bpf_program_info", "the BPF program loaded: "
                                     "its build defines", labels=["defines"])
-        program.add_metric([" ".join(snap.cflags)], 1)
+        program.add_metric([" ".join(header["cflags"])], 1)
         yield program
 
     def _devices(self, devices: List[dict]) -> Iterator:

@@ -43,8 +43,7 @@ class Exporter:
 
     def snapshot(self) -> Snapshot:
         s = self.snap
-        return Snapshot(list(s.log), s.lost, dict(s.errors), s.bcc, list(s.cflags),
-                        list(s.attached))
+        return Snapshot(list(s.log), s.lost, dict(s.errors), list(s.attached))
 
     def serve(self, listen: str, cert: Optional[str], key: Optional[str]) -> Tuple[str, int]:
         host, port = parse_listen(listen)
@@ -94,9 +93,6 @@ class Exporter:
 
 def run(listen: str, textfile: Optional[str], interval: float, cert: Optional[str],
         key: Optional[str], progress: Callable[[str], None]) -> None:
-    from vmemtrace.audit import audit_events, open_walker
-    from vmemtrace.kernel import environment
-    from vmemtrace.kernel.facts import gather
     from vmemtrace.session import traced
 
     exporter = Exporter()
@@ -106,17 +102,9 @@ def run(listen: str, textfile: Optional[str], interval: float, cert: Optional[st
         else:
             host, port = exporter.serve(listen, cert, key)
             progress(f"serving metrics on {'https' if cert else 'http'}://{host}:{port}/metrics")
-        with traced(progress) as (tracer, take, log):
+        with traced(progress, audit_existing=True) as (tracer, take, log):
             exporter.snap.log = log
-            exporter.snap.cflags = tracer.cflags
             exporter.snap.attached = list(tracer.attached)
-            exporter.snap.bcc = environment.bcc_version() or ""
-            facts = gather(with_bcc=False)
-            try:
-                with open_walker(facts) as walker:
-                    take(audit_events(walker, facts.version, progress))
-            except VmemtraceError as e:
-                progress(f"devices that existed before start are not reported: {e}")
             next_write = time.monotonic()
             try:
                 while True:

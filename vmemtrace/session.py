@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from typing import Callable, List, Optional
 
 from vmemtrace import __version__
-from vmemtrace.audit import walk_range
+from vmemtrace.audit import existing_devices, walk_range
 from vmemtrace.errors import VmemtraceError
 from vmemtrace.events import SCHEMA
 from vmemtrace.kernel import daxdev, vmstat
@@ -29,7 +29,7 @@ def header_event(facts, ready, cflags: List[str], walk: Optional[str] = None,
             "kernel": facts.release, "version": list(facts.version),
             "feature": {"present": ready.feature.present, "evidence": ready.feature.evidence},
             "strategy": strategy or {s.name: s.strategy for s in ready.plan}, "cflags": cflags,
-            "walk": walk, "started": time.time()}
+            "bcc": facts.bcc, "walk": walk, "started": time.time()}
 
 
 @contextmanager
@@ -84,7 +84,7 @@ def open_tracer(progress: Callable[[str], None], cross_check: bool = False):
         raise
     progress(f"attached to {', '.join(tracer.attached)} in {time.monotonic() - start:.1f}s"
              + (f"; page-table walk after each range ({mode})" if mode else ""))
-    return tracer, walker, header_event(facts, ready, tracer.cflags, mode)
+    return tracer, walker, facts, header_event(facts, ready, tracer.cflags, mode)
 
 
 def closing_events(tracer, kmsg: Optional[KmsgCursor] = None) -> List[dict]:
@@ -132,9 +132,10 @@ def run_command(argv: List[str], tracer, on_events: Callable[[List[dict]], None]
 
 @contextmanager
 def traced(progress: Callable[[str], None], on_event: Optional[Callable[[dict], None]] = None,
-           cross_check: bool = False):
-    """Attach, log the header and the "before" counter; yields (tracer, take, log). On the
-    way out, closing events are logged and everything is detached, whatever happened."""
+           cross_check: bool = False, audit_existing: bool = False):
+    """Attach, log the header and the "before" counter (and with audit_existing the walk of the
+    devices that exist already); yields (tracer, take, log). On the way out, closing events are
+    logged and everything is detached, whatever happened."""
     log: List[dict] = []
     walker = None
 
@@ -149,7 +150,7 @@ def traced(progress: Callable[[str], None], on_event: Optional[Callable[[dict], 
                                 bool(ev["altmap"]), ev["struct_page_size"], ev["page_size"]))
 
     with terminate_on_sigterm():
-        tracer, walker, header = open_tracer(progress, cross_check)
+        tracer, walker, facts, header = open_tracer(progress, cross_check)
         kmsg = KmsgCursor()
         try:
             with tracer:
@@ -157,6 +158,8 @@ def traced(progress: Callable[[str], None], on_event: Optional[Callable[[dict], 
                 before = vmstat.read_nr_memmap_pages()
                 if before is not None:
                     take([{"type": "vmstat", "when": "before", "nr_memmap_pages": before}])
+                if audit_existing:  # after attaching: whatever is created from now on is traced
+                    take(existing_devices(facts, walker, progress))
                 yield tracer, take, log
                 take(closing_events(tracer, kmsg))
         finally:
