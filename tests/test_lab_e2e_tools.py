@@ -142,3 +142,31 @@ def test_audit_and_check_refused_under_lockdown_confidentiality():
     assert value(out, "audit-err").startswith("vmemtrace: cannot walk the page tables: kernel lockdown")
     assert value(out, "check-exit") == "2"
     assert "kernel lockdown is in confidentiality mode: it forbids tracefs" in value(out, "check-err")
+
+
+def test_sigterm_to_the_lab_leaves_no_guest_running():
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def qemus():  # live ones: a zombie left by someone else's run is not ours to count
+        states = subprocess.run(["ps", "-C", "qemu-system-x86_64", "-o", "stat="],
+                                capture_output=True, text=True).stdout.split()
+        return str(sum(1 for s in states if not s.startswith("Z")))
+
+    assert qemus() == "0"
+    lab = subprocess.Popen([sys.executable, "-m", "vmemtrace", "lab", "--kernel", "6.12",
+                            "--exec", "sleep 600"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while qemus() == "0" and time.monotonic() < deadline:
+        time.sleep(1)
+    assert qemus() != "0", "the guest never started"
+    os.kill(lab.pid, signal.SIGTERM)
+    try:
+        assert lab.wait(timeout=60) == 130
+    finally:
+        lab.kill()  # never leave a lab behind for the next test, whatever failed
+    assert lab.stderr.read().strip().splitlines()[-1] == "vmemtrace: interrupted"
+    assert qemus() == "0"

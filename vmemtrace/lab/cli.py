@@ -37,10 +37,14 @@ def lab(kernel_specs, modules, case_list, size, accel, refresh, timeout, as_json
     from vmemtrace.lab.kernels import parse_spec
     from vmemtrace.lab.runner import run_lab
 
+    from vmemtrace.session import terminate_on_sigterm
+
     @one_line_errors
     def go():
         specs = [parse_spec(s, modules) for s in kernel_specs]
-        sys.exit(run_lab(specs, parse_cases(case_list), parse_size(size), accel, refresh,
-                         as_json, shell, timeout, command, append))
+        # SIGTERM unwinds like Ctrl-C, so vm.boot()'s cleanup kills the guest's qemu.
+        with terminate_on_sigterm():
+            sys.exit(run_lab(specs, parse_cases(case_list), parse_size(size), accel, refresh,
+                             as_json, shell, timeout, command, append))
 
     go()
