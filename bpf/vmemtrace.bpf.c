@@ -23,37 +23,69 @@
  * per-thread context maps below tie callees to their caller.
  */
 #include <uapi/linux/ptrace.h>
+
+/*
+ * Struct layout. The loader passes the sizes and offsets the program reads as LAYOUT_* defines,
+ * taken from the kernel's BTF (vmemtrace/kernel/btf.py): BCC parsing linux/mm_types.h and
+ * linux/memremap.h is most of its compile time. Without BTF it passes LAYOUT_FROM_HEADERS and
+ * the same numbers come from those headers; LAYOUT_CHECK (tests) has the compiler compare both.
+ */
+#if defined(LAYOUT_FROM_HEADERS) || defined(LAYOUT_CHECK)
 #include <linux/mm_types.h>
 #include <linux/memremap.h>
 #include <linux/range.h>
+#define HDR_STRUCT_PAGE sizeof(struct page)
+#define HDR_PGMAP_ALTMAP offsetof(struct dev_pagemap, altmap)
+#define HDR_PGMAP_FLAGS offsetof(struct dev_pagemap, flags)
+#define HDR_PGMAP_NR_RANGE offsetof(struct dev_pagemap, nr_range)
+#define HDR_PGMAP_RANGES offsetof(struct dev_pagemap, ranges)
+#define HDR_ALTMAP_BASE_PFN offsetof(struct vmem_altmap, base_pfn)
+#define HDR_ALTMAP_RESERVE offsetof(struct vmem_altmap, reserve)
+#define HDR_ALTMAP_FREE offsetof(struct vmem_altmap, free)
+#define HDR_RANGE_SIZE sizeof(struct range)
+#ifdef HAVE_VMEMMAP_SHIFT
+#define HDR_PGMAP_VMEMMAP_SHIFT offsetof(struct dev_pagemap, vmemmap_shift)
+#endif
+#endif
+
+#ifdef LAYOUT_FROM_HEADERS
+#define LAYOUT_STRUCT_PAGE HDR_STRUCT_PAGE
+#define LAYOUT_PGMAP_ALTMAP HDR_PGMAP_ALTMAP
+#define LAYOUT_PGMAP_FLAGS HDR_PGMAP_FLAGS
+#define LAYOUT_PGMAP_NR_RANGE HDR_PGMAP_NR_RANGE
+#define LAYOUT_PGMAP_RANGES HDR_PGMAP_RANGES
+#define LAYOUT_ALTMAP_BASE_PFN HDR_ALTMAP_BASE_PFN
+#define LAYOUT_ALTMAP_RESERVE HDR_ALTMAP_RESERVE
+#define LAYOUT_ALTMAP_FREE HDR_ALTMAP_FREE
+#define LAYOUT_RANGE_SIZE HDR_RANGE_SIZE
+#ifdef HAVE_VMEMMAP_SHIFT
+#define LAYOUT_PGMAP_VMEMMAP_SHIFT HDR_PGMAP_VMEMMAP_SHIFT
+#endif
+#endif
+
+#ifdef LAYOUT_CHECK
+_Static_assert(LAYOUT_STRUCT_PAGE == HDR_STRUCT_PAGE, "sizeof(struct page)");
+_Static_assert(LAYOUT_PGMAP_ALTMAP == HDR_PGMAP_ALTMAP, "dev_pagemap.altmap");
+_Static_assert(LAYOUT_PGMAP_FLAGS == HDR_PGMAP_FLAGS, "dev_pagemap.flags");
+_Static_assert(LAYOUT_PGMAP_NR_RANGE == HDR_PGMAP_NR_RANGE, "dev_pagemap.nr_range");
+_Static_assert(LAYOUT_PGMAP_RANGES == HDR_PGMAP_RANGES, "dev_pagemap.ranges");
+_Static_assert(LAYOUT_ALTMAP_BASE_PFN == HDR_ALTMAP_BASE_PFN, "vmem_altmap.base_pfn");
+_Static_assert(LAYOUT_ALTMAP_RESERVE == HDR_ALTMAP_RESERVE, "vmem_altmap.reserve");
+_Static_assert(LAYOUT_ALTMAP_FREE == HDR_ALTMAP_FREE, "vmem_altmap.free");
+_Static_assert(LAYOUT_RANGE_SIZE == HDR_RANGE_SIZE, "sizeof(struct range)");
+#ifdef HAVE_VMEMMAP_SHIFT
+_Static_assert(LAYOUT_PGMAP_VMEMMAP_SHIFT == HDR_PGMAP_VMEMMAP_SHIFT, "dev_pagemap.vmemmap_shift");
+#endif
+#endif
+
+/* include/linux/memremap.h: "pgmap->altmap is valid" (bit 0 of dev_pagemap.flags since 4.20). */
+#define VT_PGMAP_ALTMAP_VALID (1U << 0)
 
 /* x86_64 pte: physical frame number bits 12..51 (arch/x86/include/asm/pgtable_types.h). */
 #define VT_PTE_PFN_MASK 0x000ffffffffff000ULL
 
 enum { EV_SECTION = 1, EV_RANGE = 2 };
 enum { ERR_CP_MAP_FULL = 0, ERR_NO_CONTEXT = 1, ERR_READ = 2, ERR_MAX = 3 };
-
-struct section_ctx {
-    u64 pfn;
-    u64 nr_pages;
-    u64 range_start_pfn;   /* pgmap->ranges[pgmap->nr_range].start >> PAGE_SHIFT */
-    u64 start_addr;        /* vmemmap address of pfn: the first populate call's addr */
-    u64 pfns_per_compound; /* 1 << pgmap->vmemmap_shift */
-    u64 ptes;              /* vmemmap_populate_address calls */
-    u64 fresh;             /* ... that allocated a new vmemmap page */
-    u64 reused;            /* ... that mapped an existing page (reuse != NULL) */
-    u64 existing;          /* ... whose PTE was already present (neither) */
-    u64 alloc_calls;       /* vmemmap_alloc_block_buf calls in this section */
-    u64 alloc_bytes;
-    u64 altmap;
-    u64 has_pgmap;
-};
-
-struct vpa_ctx {
-    u64 addr;
-    u64 reuse;
-    u64 allocated;
-};
 
 struct cp_val {
     u64 range_start_pfn;
@@ -67,6 +99,35 @@ struct cp_val {
     u64 tail_pfn;     /* backing pfn of vmemmap page 1 */
     u64 on_tail;      /* reused PTEs mapped onto tail_pfn */
     u64 max_index;    /* highest vmemmap page index seen within the compound page, + 1 */
+};
+
+struct section_ctx {
+    /* Emitted (the first 13 fields, SECTION_FIELDS in vmemtrace/probes/loader.py): */
+    u64 pfn;
+    u64 nr_pages;
+    u64 range_start_pfn;   /* pgmap->ranges[pgmap->nr_range].start >> PAGE_SHIFT */
+    u64 start_addr;        /* vmemmap address of pfn: the first populate call's addr */
+    u64 pfns_per_compound; /* 1 << pgmap->vmemmap_shift */
+    u64 ptes;              /* vmemmap_populate_address calls */
+    u64 fresh;             /* ... that allocated a new vmemmap page */
+    u64 reused;            /* ... that mapped an existing page (reuse != NULL) */
+    u64 existing;          /* ... whose PTE was already present (neither) */
+    u64 alloc_calls;       /* vmemmap_alloc_block_buf calls in this section */
+    u64 alloc_bytes;
+    u64 altmap;
+    u64 has_pgmap;
+    /* The vmemmap_populate_address call in flight (calls do not nest): kept here rather than
+     * in a map of its own, one hash update and delete less per vmemmap page. */
+    u64 vpa_live;
+    u64 vpa_addr;
+    u64 vpa_reuse;
+    u64 vpa_allocated;     /* vmemmap_alloc_block_buf was entered during this call */
+    /* The compound page being populated: a copy of its map entry, written back when the next
+     * compound page starts and when the section returns (one map update per compound page
+     * and section instead of one per vmemmap page). */
+    u64 cp_head;
+    u64 cp_live;
+    struct cp_val cp;
 };
 
 struct range_ctx {
@@ -95,7 +156,6 @@ struct event {
 
 BPF_PERF_OUTPUT(events);
 BPF_HASH(sections, u32, struct section_ctx, 1024);
-BPF_HASH(vpa_calls, u32, struct vpa_ctx, 1024);
 BPF_HASH(ranges, u32, struct range_ctx, 1024);
 BPF_F_TABLE("hash", u64, struct cp_val, compound, CP_MAP_ENTRIES, BPF_F_NO_PREALLOC);
 BPF_ARRAY(errors, u64, ERR_MAX);
@@ -114,41 +174,74 @@ static __always_inline u32 tid(void)
 
 /* The pfns per compound page and the start pfn of the range being populated (5.19+:
  * mm/sparse-vmemmap.c, reuse_compound_section(), reads the same ranges[nr_range]). */
-static __always_inline void read_pgmap(struct dev_pagemap *pgmap, u64 *pfns, u64 *range_start)
+static __always_inline void read_pgmap(void *pgmap, u64 *pfns, u64 *range_start)
 {
     *pfns = 1;
     *range_start = 0;
     if (!pgmap)
         return;
-#ifdef HAVE_VMEMMAP_SHIFT
-    unsigned long shift = 0;
-    bpf_probe_read_kernel(&shift, sizeof(shift), &pgmap->vmemmap_shift);
+#ifdef LAYOUT_PGMAP_VMEMMAP_SHIFT
+    u64 shift = 0;
+    bpf_probe_read_kernel(&shift, sizeof(shift), pgmap + LAYOUT_PGMAP_VMEMMAP_SHIFT);
     if (shift < 64)
         *pfns = 1ULL << shift;
 #endif
     int nr_range = 0;
-    struct range r = {};
-    bpf_probe_read_kernel(&nr_range, sizeof(nr_range), &pgmap->nr_range);
+    u64 start = 0; /* struct range { u64 start; u64 end; } (include/linux/range.h) */
+    bpf_probe_read_kernel(&nr_range, sizeof(nr_range), pgmap + LAYOUT_PGMAP_NR_RANGE);
     if (nr_range < 0 || nr_range > 64)
         return;
-    if (bpf_probe_read_kernel(&r, sizeof(r), (void *)pgmap->ranges + nr_range * sizeof(struct range)) == 0)
-        *range_start = r.start >> PAGE_SHIFT;
+    if (bpf_probe_read_kernel(&start, sizeof(start),
+                              pgmap + LAYOUT_PGMAP_RANGES + nr_range * LAYOUT_RANGE_SIZE) == 0)
+        *range_start = start >> PAGE_SHIFT;
 }
 
 static __always_inline void emit(struct pt_regs *ctx, u64 type, void *src, u64 duration)
 {
     struct event ev = {};
     ev.type = type;
-    ev.struct_page_size = sizeof(struct page);
+    ev.struct_page_size = LAYOUT_STRUCT_PAGE;
     ev.page_size = PAGE_SIZE;
     bpf_probe_read_kernel(&ev.a, sizeof(ev.a), src);
     ev.duration_ns = duration;
     events.perf_submit(ctx, &ev, sizeof(ev));
 }
 
+/* Write the compound page held in the section context back to its map entry. */
+static __always_inline void cp_store(struct section_ctx *s)
+{
+    if (s->cp_live) {
+        u64 head = s->cp_head;
+        compound.update(&head, &s->cp);
+        s->cp_live = 0;
+    }
+}
+
+/* Make `head` the compound page held in the section context: its map entry so far (a 1 GiB
+ * compound page spans 8 sections, and reuse_compound_section() in mm/sparse-vmemmap.c maps a
+ * later section's PTEs onto the tail page allocated in the first), or a new one. */
+static __always_inline int cp_load(struct section_ctx *s, u64 head)
+{
+    if (s->cp_live && s->cp_head == head)
+        return 1;
+    cp_store(s);
+    struct cp_val zero = {};
+    zero.range_start_pfn = s->range_start_pfn;
+    zero.pfns_per_compound = s->pfns_per_compound;
+    struct cp_val *c = compound.lookup_or_try_init(&head, &zero);
+    if (!c) {
+        count_error(ERR_CP_MAP_FULL);
+        return 0;
+    }
+    s->cp = *c;
+    s->cp_head = head;
+    s->cp_live = 1;
+    return 1;
+}
+
 #ifdef PROBE_SECTION
 int section_enter(struct pt_regs *ctx, unsigned long pfn, unsigned long nr_pages, int nid,
-                  struct vmem_altmap *altmap)
+                  void *altmap)
 {
     struct section_ctx s = {};
     u32 t = tid();
@@ -156,7 +249,7 @@ int section_enter(struct pt_regs *ctx, unsigned long pfn, unsigned long nr_pages
     s.nr_pages = nr_pages;
     s.altmap = altmap != NULL;
 #ifdef HAVE_SECTION_PGMAP
-    struct dev_pagemap *pgmap = (struct dev_pagemap *)PT_REGS_PARM5(ctx);
+    void *pgmap = (void *)PT_REGS_PARM5(ctx);
     s.has_pgmap = pgmap != NULL;
     read_pgmap(pgmap, &s.pfns_per_compound, &s.range_start_pfn);
 #else
@@ -172,6 +265,7 @@ int section_return(struct pt_regs *ctx)
     struct section_ctx *s = sections.lookup(&t);
     if (!s)
         return 0;
+    cp_store(s);
     /* NULL return: the memmap could not be populated; the event still reports what was done. */
     emit(ctx, EV_SECTION, s, PT_REGS_RC(ctx) != 0);
     sections.delete(&t);
@@ -180,53 +274,53 @@ int section_return(struct pt_regs *ctx)
 #endif
 
 #ifdef PROBE_VPA
-int vpa_enter(struct pt_regs *ctx, unsigned long addr, int node, struct vmem_altmap *altmap)
+int vpa_enter(struct pt_regs *ctx, unsigned long addr, int node, void *altmap)
 {
-    struct vpa_ctx v = {};
     u32 t = tid();
-    v.addr = addr;
+    struct section_ctx *s = sections.lookup(&t);
+    if (!s)
+        return 0; /* not under __populate_section_memmap: e.g. 6.15's boot-time
+                   * vmemmap_populate_hvo() for HugeTLB, which is not device-dax */
+    s->vpa_live = 1;
+    s->vpa_addr = addr;
 #ifdef VPA_PTPFN
-    v.reuse = PT_REGS_PARM4(ctx) != (u64)-1;
+    s->vpa_reuse = PT_REGS_PARM4(ctx) != (u64)-1;
 #else
-    v.reuse = PT_REGS_PARM4(ctx) != 0;
+    s->vpa_reuse = PT_REGS_PARM4(ctx) != 0;
 #endif
-    vpa_calls.update(&t, &v);
+    s->vpa_allocated = 0;
     return 0;
 }
 
 int vpa_return(struct pt_regs *ctx)
 {
     u32 t = tid();
-    struct vpa_ctx *v = vpa_calls.lookup(&t);
     struct section_ctx *s = sections.lookup(&t);
     u64 pte_ptr = PT_REGS_RC(ctx), pte = 0, backing;
-    if (!v)
+    if (!s || !s->vpa_live)
         return 0;
-    if (!s) {
-        /* Not under __populate_section_memmap: e.g. 6.15's boot-time vmemmap_populate_hvo()
-         * for HugeTLB, which is not device-dax and must not be counted as such. */
-        vpa_calls.delete(&t);
-        return 0;
-    }
+    s->vpa_live = 0;
     if (pte_ptr == 0 || bpf_probe_read_kernel(&pte, sizeof(pte), (void *)pte_ptr) != 0) {
         count_error(ERR_READ);
-        vpa_calls.delete(&t);
         return 0;
     }
     backing = (pte & VT_PTE_PFN_MASK) >> PAGE_SHIFT;
+    u64 addr = s->vpa_addr;
 
     /* Both populate paths start at the vmemmap address of the section's first pfn
      * (vmemmap_populate_compound_pages() and vmemmap_populate_range() begin at `start`). */
     if (s->ptes == 0)
-        s->start_addr = v->addr;
+        s->start_addr = addr;
     s->ptes++;
     int fresh = 0, reused = 0;
 #ifdef PROBE_ALLOC
-    fresh = v->allocated != 0;
-    reused = !fresh && v->reuse;
+    /* vmemmap_pte_populate() allocates only for an empty PTE without a page to reuse; a failed
+     * allocation makes this call return NULL, counted above. */
+    fresh = s->vpa_allocated != 0;
+    reused = !fresh && s->vpa_reuse;
 #else
-    fresh = !v->reuse;
-    reused = v->reuse;
+    fresh = !s->vpa_reuse;
+    reused = s->vpa_reuse;
 #endif
     if (fresh)
         s->fresh++;
@@ -236,17 +330,12 @@ int vpa_return(struct pt_regs *ctx)
         s->existing++;
 
     u64 ppc = s->pfns_per_compound;
-    if (ppc > 1 && v->addr >= s->start_addr) {
-        u64 pfn = s->pfn + (v->addr - s->start_addr) / sizeof(struct page);
+    if (ppc > 1 && addr >= s->start_addr) {
+        u64 pfn = s->pfn + (addr - s->start_addr) / LAYOUT_STRUCT_PAGE;
         u64 head = s->range_start_pfn + ((pfn - s->range_start_pfn) & ~(ppc - 1));
-        u64 index = ((pfn - head) * sizeof(struct page)) / PAGE_SIZE;
-        struct cp_val zero = {};
-        zero.range_start_pfn = s->range_start_pfn;
-        zero.pfns_per_compound = ppc;
-        struct cp_val *c = compound.lookup_or_try_init(&head, &zero);
-        if (!c) {
-            count_error(ERR_CP_MAP_FULL);
-        } else {
+        u64 index = ((pfn - head) * LAYOUT_STRUCT_PAGE) / PAGE_SIZE;
+        if (cp_load(s, head)) {
+            struct cp_val *c = &s->cp;
             c->ptes++;
             if (fresh) {
                 c->fresh++;
@@ -267,7 +356,6 @@ int vpa_return(struct pt_regs *ctx)
                 c->max_index = index + 1;
         }
     }
-    vpa_calls.delete(&t);
     return 0;
 }
 #endif
@@ -281,22 +369,14 @@ int alloc_enter(struct pt_regs *ctx, unsigned long size)
         return 0; /* boot-time or non-device users */
     s->alloc_calls++;
     s->alloc_bytes += size;
-    return 0;
-}
-
-int alloc_return(struct pt_regs *ctx)
-{
-    u32 t = tid();
-    struct vpa_ctx *v = vpa_calls.lookup(&t);
-    if (v && PT_REGS_RC(ctx) != 0)
-        v->allocated = 1;
+    s->vpa_allocated = s->vpa_live;
     return 0;
 }
 #endif
 
 #ifdef PROBE_MIZD
 int mizd_enter(struct pt_regs *ctx, void *zone, unsigned long start_pfn, unsigned long nr_pages,
-               struct dev_pagemap *pgmap)
+               void *pgmap)
 {
     struct range_ctx r = {};
     u32 t = tid();
@@ -306,15 +386,16 @@ int mizd_enter(struct pt_regs *ctx, void *zone, unsigned long start_pfn, unsigne
     r.start_pfn = start_pfn;
     r.nr_pages = nr_pages;
     read_pgmap(pgmap, &r.pfns_per_compound, &unused);
-    bpf_probe_read_kernel(&flags, sizeof(flags), &pgmap->flags);
-    if (flags & PGMAP_ALTMAP_VALID) {
+    bpf_probe_read_kernel(&flags, sizeof(flags), pgmap + LAYOUT_PGMAP_FLAGS);
+    if (flags & VT_PGMAP_ALTMAP_VALID) {
         /* memmap_init_zone_device() skips the pfns whose struct pages the altmap holds:
          * start_pfn = altmap->base_pfn + vmem_altmap_offset(altmap), i.e. + reserve + free
          * (include/linux/mm.h). */
         r.altmap = 1;
-        bpf_probe_read_kernel(&r.altmap_base_pfn, sizeof(u64), (void *)&pgmap->altmap.base_pfn);
-        bpf_probe_read_kernel(&r.altmap_reserve, sizeof(u64), (void *)&pgmap->altmap.reserve);
-        bpf_probe_read_kernel(&r.altmap_free, sizeof(u64), (void *)&pgmap->altmap.free);
+        void *altmap = pgmap + LAYOUT_PGMAP_ALTMAP;
+        bpf_probe_read_kernel(&r.altmap_base_pfn, sizeof(u64), altmap + LAYOUT_ALTMAP_BASE_PFN);
+        bpf_probe_read_kernel(&r.altmap_reserve, sizeof(u64), altmap + LAYOUT_ALTMAP_RESERVE);
+        bpf_probe_read_kernel(&r.altmap_free, sizeof(u64), altmap + LAYOUT_ALTMAP_FREE);
     }
     r.mic_min = (u64)-1;
     r.cpu = bpf_get_smp_processor_id();

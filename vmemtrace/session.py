@@ -62,6 +62,18 @@ def walk_mode(ready, cross_check: bool) -> Optional[str]:
     return None
 
 
+def struct_layout(facts, progress: Callable[[str], None]):
+    """The struct layout from BTF, or None: BCC then takes it from the kernel headers (slower to
+    compile, same numbers: bpf/vmemtrace.bpf.c, LAYOUT_CHECK)."""
+    from vmemtrace.probes.loader import read_layout
+
+    try:
+        return read_layout(facts.btf)
+    except VmemtraceError as e:
+        progress(f"{e}; using the kernel headers instead")
+        return None
+
+
 def open_tracer(progress: Callable[[str], None], cross_check: bool = False):
     """Facts, readiness, a loaded Tracer and, when needed, the page-table walker; exit 2 with
     the reason when tracing cannot start."""
@@ -77,7 +89,7 @@ def open_tracer(progress: Callable[[str], None], cross_check: bool = False):
     progress("compiling and attaching the BPF program (BCC) ...")
     start = time.monotonic()
     try:
-        tracer = Tracer(ready.plan, facts.release, facts.version)
+        tracer = Tracer(ready.plan, facts.release, facts.version, struct_layout(facts, progress))
     except BaseException:
         if walker is not None:
             walker.close()

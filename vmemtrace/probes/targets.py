@@ -29,14 +29,16 @@ TARGETS = (
            fallback="__populate_section_memmap"),
     # mm/sparse-vmemmap.c: the caller; pgmap argument added in 5.19 ("mm/sparse-vmemmap: add a
     # pgmap argument to section activation").
-    Target("__populate_section_memmap", "kprobe", (5, 4),
+    Target("__populate_section_memmap", "kprobe+kretprobe", (5, 4),
            "one call per section: pfn, nr_pages, altmap, pgmap->vmemmap_shift"),
     # mm/sparse-vmemmap.c, 5.19-6.14: pte_t *(addr, node, altmap, struct page *reuse);
     # 6.15+: (addr, node, altmap, unsigned long ptpfn, unsigned long flags).
     Target("vmemmap_populate_address", "kprobe+kretprobe", (5, 19),
            "one call per vmemmap page: the PTE it installs and whether its page is reused",
            fallback=WALK),
-    Target("vmemmap_alloc_block_buf", "kprobe+kretprobe", (4, 5),
+    # Entry only: the allocation happens inside a vmemmap_populate_address call, whose return
+    # says whether it succeeded (bpf/vmemtrace.bpf.c, alloc_enter).
+    Target("vmemmap_alloc_block_buf", "kprobe", (4, 5),
            "one call per freshly allocated vmemmap page", fallback=WALK),
     # mm/page_alloc.c up to 6.3, mm/mm_init.c from 6.4: stable signature 5.17-6.19.
     Target("memmap_init_zone_device", "kprobe+kretprobe", (4, 19),

@@ -1,0 +1,75 @@
+"""Runs inside a lab guest (python3 tests/guest_layout.py): is the struct layout read from the
+kernel's BTF the one its headers give? BCC compiles bpf/vmemtrace.bpf.c with every probe, the
+BTF layout and LAYOUT_CHECK (static assertions against the headers) and the kernel's verifier
+loads each function; then once more with one offset moved, which must not compile. Also the
+compile time with the BTF layout vs with the headers. Prints one JSON document.
+
+Driven by tests/test_lab_e2e_tools.py; the assertions live there.
+"""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SRC = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, SRC)
+
+from vmemtrace.kernel.facts import gather  # noqa: E402
+from vmemtrace.probes import loader  # noqa: E402
+from vmemtrace.probes.plan import TargetStatus  # noqa: E402
+from vmemtrace.probes.targets import TARGETS  # noqa: E402
+
+
+def every_probe_defines(layout):
+    """The program's -D flags with every probe compiled in, whatever this kernel's plan."""
+    facts = gather()
+    plan = [TargetStatus(t.name, "traceable", t.attach, "", []) for t in TARGETS]
+    return loader.defines(plan, facts.version, Path(f"/lib/modules/{facts.release}/build"), layout)
+
+
+def compile_and_load(cflags):
+    """Child process: compile, then load every function through the verifier."""
+    from bcc import BPF
+
+    start = time.monotonic()
+    b = BPF(src_file=str(loader.BPF_SOURCE), cflags=cflags + ["-Wno-everything"])
+    seconds = time.monotonic() - start
+    loaded = []
+    for _define, programs in loader.ATTACH.values():
+        for fn in programs.values():
+            b.load_func(fn, BPF.KPROBE)
+            loaded.append(fn)
+    print(json.dumps({"seconds": seconds, "loaded": sorted(loaded)}))
+
+
+def child(cflags):
+    res = subprocess.run([sys.executable, __file__, "--child", json.dumps(cflags)],
+                         capture_output=True, text=True)
+    doc = json.loads(res.stdout) if res.returncode == 0 else {}
+    doc.update(ok=res.returncode == 0, errors=[l for l in res.stderr.splitlines() if "error" in l])
+    return doc
+
+
+def main():
+    facts = gather()
+    layout = loader.read_layout(facts.btf)
+    moved = dataclasses.replace(layout, pgmap_flags=layout.pgmap_flags + 4)
+    print(json.dumps({
+        "kernel": facts.release,
+        "layout": dataclasses.asdict(layout),
+        "checked": child(every_probe_defines(layout) + ["-DLAYOUT_CHECK"]),
+        "moved": child(every_probe_defines(moved) + ["-DLAYOUT_CHECK"]),
+        "btf": child(every_probe_defines(layout)),
+        "headers": child(every_probe_defines(None)),
+    }))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--child"]:
+        compile_and_load(json.loads(sys.argv[2]))
+    else:
+        main()

@@ -1,0 +1,210 @@
+"""The struct layout the BPF program reads, taken from the kernel's own BTF.
+
+/sys/kernel/btf/vmlinux is the kernel's type information (CONFIG_DEBUG_INFO_BTF). Reading the
+few offsets the program needs from it, instead of letting BCC parse linux/mm_types.h and
+linux/memremap.h, takes the BPF compile from ~13 s to ~3 s under TCG (bench/, README).
+
+Format: include/uapi/linux/btf.h and Documentation/bpf/btf.rst. A header, then the type
+section (records of u32 words: name_off, info, size|type, then kind-specific words) and the
+string section. Type ids count from 1 in section order; 0 is void.
+"""
+
+import struct
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional, Tuple
+
+from vmemtrace.errors import VmemtraceError
+
+BTF_MAGIC = 0xEB9F
+HEADER = struct.Struct("<HBBIIIII")  # magic, version, flags, hdr_len, type_off/len, str_off/len
+
+# BTF_KIND_* (include/uapi/linux/btf.h)
+INT, PTR, ARRAY, STRUCT, UNION, ENUM, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT = range(1, 12)
+FUNC, FUNC_PROTO, VAR, DATASEC, FLOAT, DECL_TAG, TYPE_TAG, ENUM64 = range(12, 20)
+MODIFIERS = (TYPEDEF, VOLATILE, CONST, RESTRICT, TYPE_TAG)
+
+
+def extra_words(kind: int, vlen: int) -> int:
+    """u32 words that follow the 3-word btf_type of this kind (btf.rst, "Type Encoding")."""
+    if kind in (INT, VAR, DECL_TAG):
+        return 1
+    if kind == ARRAY:
+        return 3  # struct btf_array
+    if kind in (STRUCT, UNION, DATASEC, ENUM64):
+        return 3 * vlen  # btf_member / btf_var_secinfo / btf_enum64
+    if kind in (ENUM, FUNC_PROTO):
+        return 2 * vlen  # btf_enum / btf_param
+    return 0
+
+
+class Btf:
+    """The types of one BTF blob, indexed by id; names decoded only when asked for."""
+
+    def __init__(self, data: bytes):
+        if len(data) < HEADER.size:
+            raise ValueError("shorter than a BTF header")
+        magic, version, _flags, hdr_len, type_off, type_len, str_off, str_len = \
+            HEADER.unpack_from(data)
+        if magic != BTF_MAGIC:
+            raise ValueError(f"bad magic {magic:#x} (not little-endian BTF)")
+        if version != 1:
+            raise ValueError(f"BTF version {version}, only 1 is known")
+        types = hdr_len + type_off
+        strings = hdr_len + str_off
+        if type_len % 4 or types + type_len > len(data) or strings + str_len > len(data):
+            raise ValueError("type or string section outside the blob")
+        self._words = memoryview(data)[types:types + type_len].cast("I")
+        self._strings = bytes(data[strings:strings + str_len])
+        self._start: List[int] = [0]  # word index of each type id's record; id 0 is void
+        words, i, end = self._words, 0, len(self._words)
+        while i < end:
+            self._start.append(i)
+            if i + 3 > end:
+                raise ValueError("type section ends inside a record")
+            info = words[i + 1]
+            i += 3 + extra_words((info >> 24) & 0x1F, info & 0xFFFF)
+        if i != end:
+            raise ValueError("type section ends inside a record")
+
+    def name(self, off: int) -> str:
+        end = self._strings.find(b"\0", off)
+        return self._strings[off:end if end >= 0 else None].decode("ascii", "replace")
+
+    def _name_offset(self, name: str) -> Optional[int]:
+        """The string section is deduplicated: one offset per name."""
+        needle = b"\0" + name.encode() + b"\0"
+        at = self._strings.find(needle)
+        return None if at < 0 else at + 1
+
+    def kind(self, tid: int) -> int:
+        return (self._words[self._start[tid] + 1] >> 24) & 0x1F
+
+    def find(self, name: str, kinds: Tuple[int, ...]) -> Optional[int]:
+        """The first type id of one of these kinds with this name."""
+        off = self._name_offset(name)
+        if off is None:
+            return None
+        words = self._words
+        for tid in range(1, len(self._start)):
+            i = self._start[tid]
+            if words[i] == off and (words[i + 1] >> 24) & 0x1F in kinds:
+                return tid
+        return None
+
+    def size(self, tid: int) -> int:
+        """Byte size of a type, through typedefs and qualifiers (btf.rst: size for INT,
+        STRUCT, UNION, ENUM, FLOAT; type for the modifiers)."""
+        for _ in range(32):
+            i = self._start[tid]
+            kind = (self._words[i + 1] >> 24) & 0x1F
+            if kind in MODIFIERS:
+                tid = self._words[i + 2]
+                continue
+            if kind == PTR:
+                return 8
+            if kind == ARRAY:
+                elem, nelems = self._words[i + 4], self._words[i + 5]
+                return self.size(elem) * nelems
+            return self._words[i + 2]
+        raise ValueError(f"type {tid}: modifier chain too long")
+
+    def members(self, tid: int) -> Iterator[Tuple[str, int, int]]:
+        """(name, type id, byte offset) of a struct or union; anonymous members are descended
+        into (dev_pagemap's ranges sits in an anonymous union, 6.12 also wraps it in an anonymous
+        struct: DECLARE_FLEX_ARRAY)."""
+        i = self._start[tid]
+        info = self._words[i + 1]
+        kind_flag = info >> 31
+        for m in range(info & 0xFFFF):
+            name_off, mtype, offset = self._words[i + 3 + 3 * m:i + 6 + 3 * m]
+            bits = offset & 0xFFFFFF if kind_flag else offset  # kind_flag: bitfield size above
+            name = self.name(name_off) if name_off else ""
+            if not name and self.kind(mtype) in (STRUCT, UNION):
+                for inner, itype, ioff in self.members(mtype):
+                    yield inner, itype, bits // 8 + ioff
+            else:
+                yield name, mtype, bits // 8
+
+    def params(self, func: str) -> Optional[List[str]]:
+        """Parameter names of a function, None when BTF has no such function (pahole only
+        encodes functions ftrace can see)."""
+        tid = self.find(func, (FUNC,))
+        if tid is None:
+            return None
+        proto = self._words[self._start[tid] + 2]
+        i = self._start[proto]
+        vlen = self._words[i + 1] & 0xFFFF
+        return [self.name(self._words[i + 3 + 2 * p]) for p in range(vlen)]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Byte sizes and offsets the BPF program reads (bpf/vmemtrace.bpf.c, LAYOUT_*)."""
+    struct_page: int          # sizeof(struct page)
+    pgmap_altmap: int         # offsetof(struct dev_pagemap, altmap)
+    pgmap_flags: int
+    pgmap_nr_range: int
+    pgmap_ranges: int
+    pgmap_vmemmap_shift: Optional[int]  # None before 5.17
+    altmap_base_pfn: int      # offsets in struct vmem_altmap
+    altmap_reserve: int
+    altmap_free: int
+    range_size: int           # sizeof(struct range)
+
+    def defines(self) -> List[str]:
+        out = []
+        for key, value in vars(self).items():
+            if value is not None:
+                out.append(f"-DLAYOUT_{key.upper()}={value}")
+        return out
+
+
+# Member -> byte size the BPF program reads it with (include/linux/memremap.h, mmzone.h):
+# a layout whose sizes differ is refused rather than read wrongly.
+PGMAP_MEMBERS = {"altmap": None, "flags": 4, "nr_range": 4, "ranges": None, "vmemmap_shift": 8}
+ALTMAP_MEMBERS = {"base_pfn": 8, "reserve": 8, "free": 8}
+
+
+def _struct_members(btf: Btf, name: str, wanted: Dict[str, Optional[int]]) -> Dict[str, int]:
+    tid = btf.find(name, (STRUCT,))
+    if tid is None:
+        raise ValueError(f"no struct {name}")
+    found = {}
+    for member, mtype, offset in btf.members(tid):
+        if member in wanted and member not in found:
+            size = wanted[member]
+            if size is not None and btf.size(mtype) != size:
+                raise ValueError(f"struct {name}.{member} is {btf.size(mtype)} bytes, "
+                                 f"expected {size}")
+            found[member] = offset
+    return found
+
+
+def layout(btf: Btf) -> Layout:
+    pgmap = _struct_members(btf, "dev_pagemap", PGMAP_MEMBERS)
+    altmap = _struct_members(btf, "vmem_altmap", ALTMAP_MEMBERS)
+    missing = [f"dev_pagemap.{m}" for m in PGMAP_MEMBERS if m not in pgmap and m != "vmemmap_shift"]
+    missing += [f"vmem_altmap.{m}" for m in ALTMAP_MEMBERS if m not in altmap]
+    if missing:
+        raise ValueError("no member " + ", ".join(missing))
+    page, rng = btf.find("page", (STRUCT,)), btf.find("range", (STRUCT,))
+    if page is None or rng is None:
+        raise ValueError("no struct page or struct range")
+    return Layout(struct_page=btf.size(page), pgmap_altmap=pgmap["altmap"],
+                  pgmap_flags=pgmap["flags"], pgmap_nr_range=pgmap["nr_range"],
+                  pgmap_ranges=pgmap["ranges"], pgmap_vmemmap_shift=pgmap.get("vmemmap_shift"),
+                  altmap_base_pfn=altmap["base_pfn"], altmap_reserve=altmap["reserve"],
+                  altmap_free=altmap["free"], range_size=btf.size(rng))
+
+
+def read_layout(path: str) -> Layout:
+    """The layout from a BTF file; a one-line VmemtraceError when it cannot be had."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise VmemtraceError(f"cannot read {path}: {e.strerror}")
+    try:
+        return layout(Btf(data))
+    except (ValueError, IndexError, struct.error) as e:
+        raise VmemtraceError(f"{path}: cannot take the struct layout from it: {e}")
