@@ -2,14 +2,17 @@
 /*
  * vmemtrace: watch the kernel build the vmemmap of device-dax memory (BCC program).
  *
- * One program, parametrised by defines that vmemtrace/probes/loader.py chooses from the attach
- * plan and the kernel headers; nothing here is pasted together from strings.
+ * One program for every kernel, parametrised by defines that vmemtrace/probes/loader.py takes
+ * from the kernel's BTF, headers and version; nothing here is pasted together from strings.
+ * Every probe function is compiled; the attach plan decides which ones are loaded and attached,
+ * so the compile does not wait for the plan (it runs while the kernel's facts are read):
  *
- *   PROBE_SECTION    __populate_section_memmap(pfn, nr_pages, nid, altmap[, pgmap])
- *   PROBE_VPA        vmemmap_populate_address(addr, node, altmap, reuse|ptpfn[, flags])
- *   PROBE_ALLOC      vmemmap_alloc_block_buf(size, node, altmap)
- *   PROBE_MIZD       memmap_init_zone_device(zone, start_pfn, nr_pages, pgmap)
- *   PROBE_MIC        memmap_init_compound(head, head_pfn, zone_idx, nid, pgmap, nr_pages)
+ *   section_*  __populate_section_memmap(pfn, nr_pages, nid, altmap[, pgmap])
+ *   vpa_*      vmemmap_populate_address(addr, node, altmap, reuse|ptpfn[, flags])
+ *   alloc_*    vmemmap_alloc_block_buf(size, node, altmap)
+ *   mizd_*     memmap_init_zone_device(zone, start_pfn, nr_pages, pgmap)
+ *   mic_*      memmap_init_compound(head, head_pfn, zone_idx, nid, pgmap, nr_pages)
+ *
  *   HAVE_SECTION_PGMAP  5.19+: __populate_section_memmap has the pgmap argument
  *   HAVE_VMEMMAP_SHIFT  5.17+: struct dev_pagemap has vmemmap_shift
  *   VPA_PTPFN           6.15+: vmemmap_populate_address takes (ptpfn, flags), ptpfn -1 = allocate
@@ -86,6 +89,7 @@ _Static_assert(LAYOUT_PGMAP_VMEMMAP_SHIFT == HDR_PGMAP_VMEMMAP_SHIFT, "dev_pagem
 
 enum { EV_SECTION = 1, EV_RANGE = 2 };
 enum { ERR_CP_MAP_FULL = 0, ERR_NO_CONTEXT = 1, ERR_READ = 2, ERR_MAX = 3 };
+enum { SETTING_ALLOC_PROBED = 0, SETTING_MAX = 1 };
 
 struct cp_val {
     u64 range_start_pfn;
@@ -159,12 +163,22 @@ BPF_HASH(sections, u32, struct section_ctx, 1024);
 BPF_HASH(ranges, u32, struct range_ctx, 1024);
 BPF_F_TABLE("hash", u64, struct cp_val, compound, CP_MAP_ENTRIES, BPF_F_NO_PREALLOC);
 BPF_ARRAY(errors, u64, ERR_MAX);
+/* Set by the loader before attaching: which probes the plan attached (SETTING_*). */
+BPF_ARRAY(settings, u64, SETTING_MAX);
 
 static __always_inline void count_error(int which)
 {
     u64 *v = errors.lookup(&which);
     if (v)
         __sync_fetch_and_add(v, 1);
+}
+
+/* vmemmap_alloc_block_buf is attached: it, not the reuse argument, tells a fresh page. */
+static __always_inline int alloc_probed(void)
+{
+    int key = SETTING_ALLOC_PROBED;
+    u64 *v = settings.lookup(&key);
+    return v && *v;
 }
 
 static __always_inline u32 tid(void)
@@ -239,7 +253,6 @@ static __always_inline int cp_load(struct section_ctx *s, u64 head)
     return 1;
 }
 
-#ifdef PROBE_SECTION
 int section_enter(struct pt_regs *ctx, unsigned long pfn, unsigned long nr_pages, int nid,
                   void *altmap)
 {
@@ -271,9 +284,7 @@ int section_return(struct pt_regs *ctx)
     sections.delete(&t);
     return 0;
 }
-#endif
 
-#ifdef PROBE_VPA
 int vpa_enter(struct pt_regs *ctx, unsigned long addr, int node, void *altmap)
 {
     u32 t = tid();
@@ -313,15 +324,15 @@ int vpa_return(struct pt_regs *ctx)
         s->start_addr = addr;
     s->ptes++;
     int fresh = 0, reused = 0;
-#ifdef PROBE_ALLOC
-    /* vmemmap_pte_populate() allocates only for an empty PTE without a page to reuse; a failed
-     * allocation makes this call return NULL, counted above. */
-    fresh = s->vpa_allocated != 0;
-    reused = !fresh && s->vpa_reuse;
-#else
-    fresh = !s->vpa_reuse;
-    reused = s->vpa_reuse;
-#endif
+    if (alloc_probed()) {
+        /* vmemmap_pte_populate() allocates only for an empty PTE without a page to reuse; a
+         * failed allocation makes this call return NULL, counted above. */
+        fresh = s->vpa_allocated != 0;
+        reused = !fresh && s->vpa_reuse;
+    } else {
+        fresh = !s->vpa_reuse;
+        reused = s->vpa_reuse;
+    }
     if (fresh)
         s->fresh++;
     else if (reused)
@@ -358,9 +369,7 @@ int vpa_return(struct pt_regs *ctx)
     }
     return 0;
 }
-#endif
 
-#ifdef PROBE_ALLOC
 int alloc_enter(struct pt_regs *ctx, unsigned long size)
 {
     u32 t = tid();
@@ -372,9 +381,7 @@ int alloc_enter(struct pt_regs *ctx, unsigned long size)
     s->vpa_allocated = s->vpa_live;
     return 0;
 }
-#endif
 
-#ifdef PROBE_MIZD
 int mizd_enter(struct pt_regs *ctx, void *zone, unsigned long start_pfn, unsigned long nr_pages,
                void *pgmap)
 {
@@ -413,9 +420,7 @@ int mizd_return(struct pt_regs *ctx)
     ranges.delete(&t);
     return 0;
 }
-#endif
 
-#ifdef PROBE_MIC
 int mic_enter(struct pt_regs *ctx)
 {
     u32 t = tid();
@@ -433,4 +438,3 @@ int mic_enter(struct pt_regs *ctx)
         r->mic_max = nr;
     return 0;
 }
-#endif

@@ -1,5 +1,5 @@
 """Runs inside a lab guest (python3 tests/guest_layout.py): is the struct layout read from the
-kernel's BTF the one its headers give? BCC compiles bpf/vmemtrace.bpf.c with every probe, the
+kernel's BTF the one its headers give? BCC compiles bpf/vmemtrace.bpf.c (every probe function) with the
 BTF layout and LAYOUT_CHECK (static assertions against the headers) and the kernel's verifier
 loads each function; then once more with one offset moved, which must not compile. Also the
 compile time with the BTF layout vs with the headers. Prints one JSON document.
@@ -20,15 +20,12 @@ sys.path.insert(0, SRC)
 
 from vmemtrace.kernel.facts import gather  # noqa: E402
 from vmemtrace.probes import loader  # noqa: E402
-from vmemtrace.probes.plan import TargetStatus  # noqa: E402
-from vmemtrace.probes.targets import TARGETS  # noqa: E402
 
 
-def every_probe_defines(layout):
-    """The program's -D flags with every probe compiled in, whatever this kernel's plan."""
+def program_defines(layout):
+    """The program's -D flags as vmemtrace would compile it here, with this layout."""
     facts = gather()
-    plan = [TargetStatus(t.name, "traceable", t.attach, "", []) for t in TARGETS]
-    return loader.defines(plan, facts.version, Path(f"/lib/modules/{facts.release}/build"), layout)
+    return loader.defines(facts.version, Path(f"/lib/modules/{facts.release}/build"), layout)
 
 
 def compile_and_load(cflags):
@@ -39,7 +36,7 @@ def compile_and_load(cflags):
     b = BPF(src_file=str(loader.BPF_SOURCE), cflags=cflags + ["-Wno-everything"])
     seconds = time.monotonic() - start
     loaded = []
-    for _define, programs in loader.ATTACH.values():
+    for programs in loader.ATTACH.values():
         for fn in programs.values():
             b.load_func(fn, BPF.KPROBE)
             loaded.append(fn)
@@ -61,10 +58,10 @@ def main():
     print(json.dumps({
         "kernel": facts.release,
         "layout": dataclasses.asdict(layout),
-        "checked": child(every_probe_defines(layout) + ["-DLAYOUT_CHECK"]),
-        "moved": child(every_probe_defines(moved) + ["-DLAYOUT_CHECK"]),
-        "btf": child(every_probe_defines(layout)),
-        "headers": child(every_probe_defines(None)),
+        "checked": child(program_defines(layout) + ["-DLAYOUT_CHECK"]),
+        "moved": child(program_defines(moved) + ["-DLAYOUT_CHECK"]),
+        "btf": child(program_defines(layout)),
+        "headers": child(program_defines(None)),
     }))
 
 

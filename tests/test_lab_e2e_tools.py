@@ -7,6 +7,7 @@ import re
 import pytest
 
 from tests.conftest import run_cli
+from vmemtrace.probes.loader import ATTACH
 
 pytestmark = pytest.mark.lab
 
@@ -170,3 +171,20 @@ def test_sigterm_to_the_lab_leaves_no_guest_running():
         lab.kill()  # never leave a lab behind for the next test, whatever failed
     assert lab.stderr.read().strip().splitlines()[-1] == "vmemtrace: interrupted"
     assert qemus() == "0"
+
+
+def test_btf_layout_is_the_headers_layout(series):
+    """On each real kernel: the offsets read from its BTF pass the compiler's comparison with its
+    headers (LAYOUT_CHECK), the verifier loads every function, and one moved offset is caught."""
+    doc = json.loads(guest(series, "python3 /opt/vmemtrace/tests/guest_layout.py"))
+    assert doc["kernel"].startswith(series + ".")
+    for build in ("checked", "btf", "headers"):
+        assert doc[build]["ok"], doc[build]["errors"]
+        assert doc[build]["loaded"] == sorted(fn for programs in ATTACH.values()
+                                              for fn in programs.values())
+    assert not doc["moved"]["ok"]
+    assert any('"dev_pagemap.flags"' in line for line in doc["moved"]["errors"])
+    layout = doc["layout"]
+    assert layout["struct_page"] == 64 and layout["range_size"] == 16
+    # struct dev_pagemap gained vmemmap_shift in 5.17 (include/linux/memremap.h)
+    assert (layout["pgmap_vmemmap_shift"] is None) == (series == "5.10")

@@ -8,13 +8,14 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable, List, Optional
 
 from vmemtrace import __version__
 from vmemtrace.audit import existing_devices, walk_range
 from vmemtrace.errors import VmemtraceError
 from vmemtrace.events import SCHEMA
-from vmemtrace.kernel import daxdev, vmstat
+from vmemtrace.kernel import daxdev, environment, release, vmstat
 from vmemtrace.kernel.kmsg import KmsgCursor, parse_memmap_init
 from vmemtrace.kernel.facts import gather
 from vmemtrace.probes.plan import WALK_STRATEGY
@@ -62,16 +63,32 @@ def walk_mode(ready, cross_check: bool) -> Optional[str]:
     return None
 
 
-def struct_layout(facts, progress: Callable[[str], None]):
+def struct_layout(btf_path: Optional[str], progress: Callable[[str], None]):
     """The struct layout from BTF, or None: BCC then takes it from the kernel headers (slower to
     compile, same numbers: bpf/vmemtrace.bpf.c, LAYOUT_CHECK)."""
     from vmemtrace.probes.loader import read_layout
 
     try:
-        return read_layout(facts.btf)
+        return read_layout(btf_path)
     except VmemtraceError as e:
         progress(f"{e}; using the kernel headers instead")
         return None
+
+
+def start_compile(progress: Callable[[str], None]):
+    """BCC starts on the program before the slower facts (kallsyms, ftrace) are read, when the
+    cheap ones say it can be used at all; None otherwise (assess() then says why not)."""
+    from vmemtrace.probes.loader import Compile
+
+    root = Path("/")
+    try:
+        rel = release.read_release(root)
+    except OSError:
+        return None
+    if not environment.privileged(root) or environment.headers_path(root, rel) is None:
+        return None
+    return Compile(rel, release.parse_version(rel),
+                   struct_layout(environment.btf_path(root), progress))
 
 
 def open_tracer(progress: Callable[[str], None], cross_check: bool = False):
@@ -80,17 +97,23 @@ def open_tracer(progress: Callable[[str], None], cross_check: bool = False):
     from vmemtrace.audit import open_walker
     from vmemtrace.probes.loader import Tracer
 
-    facts = gather()
-    ready = assess(facts)
-    if ready.blockers:
-        raise VmemtraceError("cannot trace: " + "; ".join(ready.blockers))
-    mode = walk_mode(ready, cross_check)
-    walker = open_walker(facts) if mode else None  # before the compile: fail fast
     progress("compiling and attaching the BPF program (BCC) ...")
     start = time.monotonic()
+    compiled = start_compile(progress)
+    walker = None
     try:
-        tracer = Tracer(ready.plan, facts.release, facts.version, struct_layout(facts, progress))
+        facts = gather()
+        ready = assess(facts)
+        if ready.blockers:
+            raise VmemtraceError("cannot trace: " + "; ".join(ready.blockers))
+        mode = walk_mode(ready, cross_check)
+        walker = open_walker(facts) if mode else None
+        if compiled is None:
+            raise VmemtraceError("cannot trace: the BPF program could not be compiled")
+        tracer = Tracer(ready.plan, compiled)
     except BaseException:
+        if compiled is not None:
+            compiled.discard()  # never exit while libbcc is still compiling in its thread
         if walker is not None:
             walker.close()
         raise

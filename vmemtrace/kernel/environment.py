@@ -46,17 +46,21 @@ def headers_path(root: Path, release: str) -> Optional[str]:
 
 
 def bcc_version() -> Optional[str]:
-    """Debian's python3-bpfcc, if importable from this interpreter."""
+    """Debian's python3-bpfcc, if importable from this interpreter (its bcc/version.py; the
+    package metadata would cost importlib.metadata, 0.5 s of start-up under TCG)."""
     try:
-        import bcc  # noqa: F401
+        import bcc
     except Exception:  # an unusable bcc (missing libbcc.so) raises more than ImportError
         return None
+    version = getattr(bcc, "__version__", None)
+    if version:
+        return str(version)
     try:
-        from importlib.metadata import version
+        from importlib.metadata import version as dist_version
 
-        return version("bcc")
+        return dist_version("bcc")
     except Exception:
-        return getattr(bcc, "__version__", "unknown")
+        return "unknown"
 
 
 def lockdown_mode(root: Path) -> Optional[str]:

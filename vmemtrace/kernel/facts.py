@@ -49,7 +49,7 @@ def gather(root: Path = Path("/"), with_bcc: bool = True) -> KernelFacts:
         config=opts,
         config_source=source,
         syms=syms,
-        filter_functions=ftrace.read_filter_functions(root),
+        filter_functions=ftrace.read_filter_functions(root, {t.name for t in TARGETS}),
         kprobe_blacklist=ftrace.read_kprobe_blacklist(root),
         kprobe_events=ftrace.has_kprobe_events(root),
         privileged=environment.privileged(root) if str(root) == "/" else os.geteuid() == 0,

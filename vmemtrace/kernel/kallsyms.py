@@ -30,24 +30,23 @@ class Kallsyms:
 
 def parse_kallsyms(text: str, wanted: Set[str] = None) -> Kallsyms:
     """Parse "addr type name [module]" lines. With `wanted`, keep only those names (and their
-    clones) and the data symbols: a full kallsyms holds ~200k lines we do not need to keep."""
+    clones): one regular expression over the whole text finds them, where splitting each of
+    ~120k lines took 2.8 s of vmemtrace's start-up in a TCG guest (bench/)."""
+    names = "|".join(re.escape(n) for n in sorted(wanted)) if wanted is not None else r"[A-Za-z0-9_]+"
     funcs, clones, addresses = set(), {}, {}
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) < 3:
-            continue
-        kind, name = parts[1], parts[2]
+    for m in re.finditer(rf" ([A-Za-z]) ((?:{names})(?:\.[A-Za-z0-9_]+)*)(?=\s|$)", text):
+        kind, name = m.group(1), m.group(2)
         if kind in "tTW":
-            m = _CLONE.match(name)
-            if m:
-                base = m.group("base")
-                if wanted is None or base in wanted:
-                    clones.setdefault(base, []).append(name)
+            clone = _CLONE.match(name)
+            if clone:
+                if wanted is None or clone.group("base") in wanted:
+                    clones.setdefault(clone.group("base"), []).append(name)
             elif wanted is None or name in wanted:
                 funcs.add(name)
         elif kind in "dDbBrR" and (wanted is None or name in wanted):
+            line_start = text.rfind("\n", 0, m.start()) + 1
             try:
-                addresses[name] = int(parts[0], 16)
+                addresses[name] = int(text[line_start:m.start()], 16)
             except ValueError:
                 addresses[name] = 0
     return Kallsyms(funcs, clones, addresses)

@@ -4,6 +4,7 @@ into typed events (plain dicts, the record/replay schema of vmemtrace/events.py)
 import ctypes
 import errno
 import os
+import threading
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -16,15 +17,16 @@ BPF_SOURCE = Path(__file__).resolve().parents[2] / "bpf" / "vmemtrace.bpf.c"
 CP_MAP_ENTRIES = 1 << 18  # compound pages between two drains: 512 GiB at 2 MiB pages
 DRAIN_CHUNK = 4096  # compound map entries per batch system call
 
-# target -> (define, BPF function per probe kind); which kinds attach is the target's `attach`
+# target -> BPF function per probe kind; which kinds attach is the target's `attach`
 # (probes/targets.py).
 ATTACH = {
-    "__populate_section_memmap": ("PROBE_SECTION", {"kprobe": "section_enter", "kretprobe": "section_return"}),
-    "vmemmap_populate_address": ("PROBE_VPA", {"kprobe": "vpa_enter", "kretprobe": "vpa_return"}),
-    "vmemmap_alloc_block_buf": ("PROBE_ALLOC", {"kprobe": "alloc_enter"}),
-    "memmap_init_zone_device": ("PROBE_MIZD", {"kprobe": "mizd_enter", "kretprobe": "mizd_return"}),
-    "memmap_init_compound": ("PROBE_MIC", {"kprobe": "mic_enter"}),
+    "__populate_section_memmap": {"kprobe": "section_enter", "kretprobe": "section_return"},
+    "vmemmap_populate_address": {"kprobe": "vpa_enter", "kretprobe": "vpa_return"},
+    "vmemmap_alloc_block_buf": {"kprobe": "alloc_enter"},
+    "memmap_init_zone_device": {"kprobe": "mizd_enter", "kretprobe": "mizd_return"},
+    "memmap_init_compound": {"kprobe": "mic_enter"},
 }
+SETTING_ALLOC_PROBED = 0  # bpf/vmemtrace.bpf.c, settings map
 SECTION_FIELDS = ("pfn", "nr_pages", "range_start_pfn", "start_addr", "pfns_per_compound", "ptes",
                   "fresh", "reused", "existing", "alloc_calls", "alloc_bytes", "altmap", "has_pgmap")
 RANGE_FIELDS = ("ts", "start_pfn", "nr_pages", "pfns_per_compound", "altmap", "altmap_base_pfn",
@@ -40,16 +42,14 @@ class RawEvent(ctypes.Structure):
                 ("duration_ns", ctypes.c_uint64)]
 
 
-def defines(plan: List[TargetStatus], version: tuple, build: Path,
-            layout: Optional[btf.Layout]) -> List[str]:
-    """-D flags: which probes to compile, and the struct layout (from BTF, else the headers)."""
-    traced = {s.name for s in plan if is_attached(s.strategy)}
-    flags = [f"-D{define}" for target, (define, _) in ATTACH.items() if target in traced]
+def defines(version: tuple, build: Path, layout: Optional[btf.Layout]) -> List[str]:
+    """-D flags: the struct layout (from BTF, else the headers) and the argument conventions.
+    Not the plan: every probe function is compiled, the plan only chooses what to attach."""
     if layout is not None:
-        flags += layout.defines()
+        flags = layout.defines()
         shift = layout.pgmap_vmemmap_shift is not None
     else:
-        flags.append("-DLAYOUT_FROM_HEADERS")
+        flags = ["-DLAYOUT_FROM_HEADERS"]
         shift = headers.has_vmemmap_shift(
             headers.read_header(build, "include/linux/memremap.h") or "")
     if shift:
@@ -69,25 +69,56 @@ def read_layout(btf_path: Optional[str]) -> Optional[btf.Layout]:
     return btf.read_layout(btf_path) if btf_path else None
 
 
-class Tracer:
-    """The loaded program. Use as a context manager: leaving it detaches everything."""
+class Compile:
+    """BCC compiling the program in a thread of its own: most of it runs in libbcc (ctypes
+    releases the GIL), so the kernel's facts are read meanwhile (bench/: start-up)."""
 
-    def __init__(self, plan: List[TargetStatus], release: str, version: tuple,
-                 layout: Optional[btf.Layout]):
+    def __init__(self, release: str, version: tuple, layout: Optional[btf.Layout]):
+        self.cflags = defines(version, Path(f"/lib/modules/{release}/build"), layout)
+        self._bpf = None
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, name="bcc-compile", daemon=True)
+        self._thread.start()
+
+    def _run(self):
         try:
             from bcc import BPF
         except Exception as e:
-            raise VmemtraceError(f"BCC is not usable: {e} (apt install python3-bpfcc)")
-        build = Path(f"/lib/modules/{release}/build")
-        self.cflags = defines(plan, version, build, layout)
+            self._error = VmemtraceError(f"BCC is not usable: {e} (apt install python3-bpfcc)")
+            return
+        try:
+            self._bpf = BPF(src_file=str(BPF_SOURCE), cflags=self.cflags + ["-Wno-everything"])
+        except Exception as e:
+            last = str(e).splitlines()[-1] if str(e) else repr(e)
+            self._error = VmemtraceError(f"BCC could not compile {BPF_SOURCE.name}: {last}")
+
+    def result(self):
+        """The compiled BPF object; raises what the compile raised."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        bpf, self._bpf = self._bpf, None  # the caller owns it now
+        return bpf
+
+    def discard(self):
+        """Wait for the compile and free it: libbcc must not be inside LLVM while the
+        interpreter exits."""
+        self._thread.join()
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None
+
+
+class Tracer:
+    """The loaded program. Use as a context manager: leaving it detaches everything."""
+
+    def __init__(self, plan: List[TargetStatus], compiled: Compile):
+        self.cflags = compiled.cflags
         self.attached: Dict[str, str] = {}
         self.lost = 0
         self._queue: List[dict] = []
         self._compound: Dict[int, dict] = {}  # head pfn -> compound event, drained not yet emitted
-        try:
-            self.bpf = BPF(src_file=str(BPF_SOURCE), cflags=self.cflags + ["-Wno-everything"])
-        except Exception as e:
-            raise VmemtraceError(f"BCC could not compile {BPF_SOURCE.name}: {str(e).splitlines()[-1] if str(e) else e}")
+        self.bpf = compiled.result()
         try:
             self._attach(plan)
             self.bpf["events"].open_perf_buffer(self._on_event, page_cnt=256, lost_cb=self._on_lost)
@@ -97,7 +128,9 @@ class Tracer:
 
     def _attach(self, plan: List[TargetStatus]):
         by_name = {s.name: s for s in plan}
-        for target, (_define, programs) in ATTACH.items():
+        if is_attached(by_name["vmemmap_alloc_block_buf"].strategy):
+            self.bpf["settings"][ctypes.c_int(SETTING_ALLOC_PROBED)] = ctypes.c_uint64(1)
+        for target, programs in ATTACH.items():
             status = by_name[target]
             if not is_attached(status.strategy):
                 continue
