@@ -64,6 +64,27 @@ def test_kallsyms_wanted_filter_and_module_column():
     syms = kallsyms.parse_kallsyms(text, wanted={"memmap_init_zone_device", "foo"})
     assert syms.text == {"memmap_init_zone_device"}
     assert syms.clones_of("foo") == ["foo.isra.0"]
+    # names that only start or end like a wanted one are other symbols; data keeps its address
+    text = ("ffffffff8b000000 T memmap_init_zone_device_x\n"
+            "ffffffff8b000010 T __memmap_init_zone_device\n"
+            "ffffffff8b000020 t foo.cold\n"
+            "ffffffff8c000000 D vmemmap_base\n"
+            "ffffffff8c000008 d vmemmap_base.1\n")
+    syms = kallsyms.parse_kallsyms(text, wanted={"memmap_init_zone_device", "foo", "vmemmap_base"})
+    assert syms.text == set() and syms.clones_of("foo") == ["foo.cold"]
+    assert syms.addresses == {"vmemmap_base": 0xffffffff8c000000}
+
+
+def test_kallsyms_wanted_search_equals_full_parse():
+    for series in ("5.10", "6.1", "6.12"):
+        text = (kernel_root(series) / "proc/kallsyms").read_text()
+        full = kallsyms.parse_kallsyms(text)
+        wanted = {"memmap_init_zone_device", "memmap_init_compound", "vmemmap_populate_address",
+                  "__init_zone_device_page", "init_top_pgt", "vmemmap_base"}
+        some = kallsyms.parse_kallsyms(text, wanted)
+        assert some.text == full.text & wanted
+        assert some.clones == {k: v for k, v in full.clones.items() if k in wanted}
+        assert some.addresses == {k: v for k, v in full.addresses.items() if k in wanted}
 
 
 def test_filter_functions_and_tracefs():
@@ -73,6 +94,9 @@ def test_filter_functions_and_tracefs():
     assert "memmap_init_zone_device" in funcs
     assert "vmemmap_populate_address" not in funcs  # notrace on Debian 6.1
     assert ftrace.parse_filter_functions("foo [mod]\nbar\n\n") == {"foo", "bar"}
+    text = "foo_x\nx_foo\nbar [mod]\nbar\nbaz\n"
+    assert ftrace.parse_filter_functions(text, {"foo", "bar", "qux"}) == {"bar"}
+    assert ftrace.parse_filter_functions(text, {"baz"}) == {"baz"}
     assert ftrace.read_filter_functions(Path("/nonexistent")) is None
 
 

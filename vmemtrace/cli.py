@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from vmemtrace import __version__, render
-from vmemtrace.errors import EXIT_CANNOT, VmemtraceError
+from vmemtrace.errors import EXIT_CANNOT, VmemtraceError, say
 
 
 def one_line_errors(fn):
@@ -18,13 +18,33 @@ def one_line_errors(fn):
         try:
             return fn(*args, **kwargs)
         except VmemtraceError as e:
+            _discard_compile()
             click.echo(f"vmemtrace: {e}", err=True)
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
+            _discard_compile()
             click.echo("vmemtrace: interrupted", err=True)
             sys.exit(130)
 
     return wrapper
+
+
+def _compile_early(cmd=()) -> None:
+    """Tracing commands start the BPF compile first thing: it runs in its own thread while the
+    rest of vmemtrace is imported and the kernel's facts are read (probes/loader.py). A command
+    to run must exist first: fail before the compile, not after it."""
+    import shutil
+
+    if cmd and shutil.which(cmd[0]) is None:
+        raise VmemtraceError(f"cannot run {cmd[0]}: No such file or directory")
+    from vmemtrace.probes.loader import start_compile
+
+    start_compile(say)
+
+
+def _discard_compile() -> None:
+    if "vmemtrace.probes.loader" in sys.modules:
+        sys.modules["vmemtrace.probes.loader"].discard_pending()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -107,8 +127,9 @@ def verify(expect, as_json, junit, record_to, cross_check, cmd):
     memmap_init_zone_device returns. Exit 0 pass, 1 fail, 2 could not verify.  Example:
 
       vmemtrace verify -- ndctl create-namespace -f -e namespace0.0 -m devdax -M mem -a 2M"""
+    _compile_early(cmd)
     from vmemtrace.ledger import fold
-    from vmemtrace.session import say, trace_command
+    from vmemtrace.session import trace_command
     from vmemtrace.verdict import evaluate
 
     log = trace_command(list(cmd), say, quiet_stdout=as_json, cross_check=cross_check)
@@ -136,12 +157,13 @@ def _write_log(path: Path, log) -> None:
 @one_line_errors
 def record(output, cmd):
     """Run CMD (no shell) under tracing and write every event to FILE, for `replay`."""
-    from vmemtrace.session import say, trace_command
+    from vmemtrace.session import trace_command
 
     try:
         output.touch()  # fail before tracing, not after, when FILE cannot be written
     except OSError as e:
         raise VmemtraceError(f"cannot write {output}: {e.strerror}")
+    _compile_early(cmd)
     log = trace_command(list(cmd), say)
     _write_log(output, log)
     ranges = sum(1 for e in log if e["type"] == "range")
@@ -179,7 +201,6 @@ def audit(expect, as_json, junit, record_to):
     Exit 0 pass, 1 fail, 2 could not verify (or no dax device)."""
     from vmemtrace.audit import audit_log
     from vmemtrace.ledger import fold
-    from vmemtrace.session import say
     from vmemtrace.verdict import evaluate
 
     log = audit_log(say)
@@ -203,7 +224,6 @@ def exporter(listen, textfile, interval, tls_cert, tls_key):
     """Prometheus metrics of every dax device: those that exist at start (page-table walk) and
     those created later (traced). Runs until SIGTERM or Ctrl-C, then detaches everything."""
     from vmemtrace.serve import run
-    from vmemtrace.session import say
 
     if interval <= 0:
         raise VmemtraceError("--interval must be positive")
@@ -216,7 +236,8 @@ def exporter(listen, textfile, interval, tls_cert, tls_key):
 @one_line_errors
 def trace(duration, as_json):
     """Print events as the kernel produces them, one line each, until Ctrl-C."""
-    from vmemtrace.session import say, watch
+    _compile_early()
+    from vmemtrace.session import watch
 
     def show(ev):
         click.echo(render.json_line(ev) if as_json else render.event_line(ev))
@@ -234,11 +255,12 @@ def stats(interval, count, as_json):
     import time as _time
 
     from vmemtrace.ledger import fold
-    from vmemtrace.session import say, watch
+    from vmemtrace.session import watch
     from vmemtrace.verdict import evaluate
 
     if interval <= 0:
         raise VmemtraceError("INTERVAL must be positive")
+    _compile_early()
     log = []
     state = {"next": None, "printed": 0}
 

@@ -1,21 +1,19 @@
 """A live tracing session: kernel facts, the BPF tracer, the command it watches, and the event
 log it produces (header first). verify, record, trace and stats all run through here."""
 
-import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Callable, List, Optional
 
 from vmemtrace import __version__
 from vmemtrace.audit import existing_devices, walk_range
 from vmemtrace.errors import VmemtraceError
 from vmemtrace.events import SCHEMA
-from vmemtrace.kernel import daxdev, environment, release, vmstat
+from vmemtrace.kernel import daxdev, vmstat
 from vmemtrace.kernel.kmsg import KmsgCursor, parse_memmap_init
 from vmemtrace.kernel.facts import gather
 from vmemtrace.probes.plan import WALK_STRATEGY
@@ -63,43 +61,13 @@ def walk_mode(ready, cross_check: bool) -> Optional[str]:
     return None
 
 
-def struct_layout(btf_path: Optional[str], progress: Callable[[str], None]):
-    """The struct layout from BTF, or None: BCC then takes it from the kernel headers (slower to
-    compile, same numbers: bpf/vmemtrace.bpf.c, LAYOUT_CHECK)."""
-    from vmemtrace.probes.loader import read_layout
-
-    try:
-        return read_layout(btf_path)
-    except VmemtraceError as e:
-        progress(f"{e}; using the kernel headers instead")
-        return None
-
-
-def start_compile(progress: Callable[[str], None]):
-    """BCC starts on the program before the slower facts (kallsyms, ftrace) are read, when the
-    cheap ones say it can be used at all; None otherwise (assess() then says why not)."""
-    from vmemtrace.probes.loader import Compile
-
-    root = Path("/")
-    try:
-        rel = release.read_release(root)
-    except OSError:
-        return None
-    if not environment.privileged(root) or environment.headers_path(root, rel) is None:
-        return None
-    return Compile(rel, release.parse_version(rel),
-                   struct_layout(environment.btf_path(root), progress))
-
-
 def open_tracer(progress: Callable[[str], None], cross_check: bool = False):
     """Facts, readiness, a loaded Tracer and, when needed, the page-table walker; exit 2 with
     the reason when tracing cannot start."""
     from vmemtrace.audit import open_walker
-    from vmemtrace.probes.loader import Tracer
+    from vmemtrace.probes.loader import Tracer, take_compile
 
-    progress("compiling and attaching the BPF program (BCC) ...")
-    start = time.monotonic()
-    compiled = start_compile(progress)
+    compiled = take_compile(progress)
     walker = None
     try:
         facts = gather()
@@ -117,7 +85,7 @@ def open_tracer(progress: Callable[[str], None], cross_check: bool = False):
         if walker is not None:
             walker.close()
         raise
-    progress(f"attached to {', '.join(tracer.attached)} in {time.monotonic() - start:.1f}s"
+    progress(f"attached to {', '.join(tracer.attached)} in {time.monotonic() - compiled.started:.1f}s"
              + (f"; page-table walk after each range ({mode})" if mode else ""))
     return tracer, walker, facts, header_event(facts, ready, tracer.cflags, mode)
 
@@ -207,17 +175,10 @@ def trace_command(argv: List[str], progress: Callable[[str], None],
                   on_event: Optional[Callable[[dict], None]] = None,
                   quiet_stdout: bool = False, cross_check: bool = False) -> List[dict]:
     """The whole event log of argv run under tracing."""
-    if shutil.which(argv[0]) is None:
-        # Fail before the BPF compile, not after it.
-        raise VmemtraceError(f"cannot run {argv[0]}: No such file or directory")
     with traced(progress, on_event, cross_check) as (tracer, take, log):
         command = run_command(argv, tracer, take, quiet_stdout)
     take([command])
     return log
-
-
-def say(message: str) -> None:
-    print(f"vmemtrace: {message}", file=sys.stderr, flush=True)
 
 
 def watch(seconds: Optional[float], progress: Callable[[str], None],

@@ -5,11 +5,13 @@ import ctypes
 import errno
 import os
 import threading
+import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from vmemtrace.errors import VmemtraceError
-from vmemtrace.kernel import btf, headers
+from vmemtrace.kernel import btf, environment, headers
+from vmemtrace.kernel import release as kernel_release
 from vmemtrace.probes.plan import TargetStatus, is_attached
 from vmemtrace.probes.targets import BY_NAME
 
@@ -69,11 +71,61 @@ def read_layout(btf_path: Optional[str]) -> Optional[btf.Layout]:
     return btf.read_layout(btf_path) if btf_path else None
 
 
+def struct_layout(btf_path: Optional[str], progress: Callable[[str], None]) -> Optional[btf.Layout]:
+    """The struct layout from BTF, or None: BCC then takes it from the kernel headers (slower to
+    compile, same numbers: bpf/vmemtrace.bpf.c, LAYOUT_CHECK)."""
+    try:
+        return read_layout(btf_path)
+    except VmemtraceError as e:
+        progress(f"{e}; using the kernel headers instead")
+        return None
+
+
+_pending: Optional["Compile"] = None  # started by start_compile(), not yet taken
+
+
+def start_compile(progress: Callable[[str], None]) -> None:
+    """Start BCC on the program now, before the heavier imports and the slower kernel facts
+    (kallsyms, ftrace), when the cheap facts say it can be used at all. Otherwise nothing is
+    started, and readiness (vmemtrace/readiness.py) will say why tracing cannot start."""
+    global _pending
+    if _pending is not None:
+        return
+    root = Path("/")
+    try:
+        rel = kernel_release.read_release(root)
+    except OSError:
+        return
+    if not environment.privileged(root) or environment.headers_path(root, rel) is None:
+        return
+    progress("compiling and attaching the BPF program (BCC) ...")
+    _pending = Compile(rel, kernel_release.parse_version(rel),
+                       struct_layout(environment.btf_path(root), progress))
+
+
+def take_compile(progress: Callable[[str], None]) -> Optional["Compile"]:
+    """The compile start_compile() started (starting it now if nobody did); the caller owns it."""
+    global _pending
+    start_compile(progress)
+    compiled, _pending = _pending, None
+    return compiled
+
+
+def discard_pending() -> None:
+    """For an exit before the compile was taken: libbcc must not be inside LLVM while the
+    interpreter exits."""
+    global _pending
+    if _pending is not None:
+        _pending.discard()
+        _pending = None
+
+
 class Compile:
     """BCC compiling the program in a thread of its own: most of it runs in libbcc (ctypes
     releases the GIL), so the kernel's facts are read meanwhile (bench/: start-up)."""
 
     def __init__(self, release: str, version: tuple, layout: Optional[btf.Layout]):
+        self.started = time.monotonic()
         self.cflags = defines(version, Path(f"/lib/modules/{release}/build"), layout)
         self._bpf = None
         self._error: Optional[BaseException] = None
