@@ -52,6 +52,12 @@ def rows_for(doc: dict) -> list:
         t, u = med(o["traced"]), med(o["untraced"])
         rows.append((k, f"ndctl create {case}: traced / untraced (median of {len(o['traced'])})",
                      f"{t:.3f} s", f"{u:.3f} s", *fmt_ratio(t / u, GOALS.get(case))))
+        if o.get("bpftrace"):  # the probes alone: bpftrace counting hits on the same ones
+            b = med(o["bpftrace"])
+            rows.append((k, f"ndctl create {case}: bpftrace same probes / untraced",
+                         f"{b:.3f} s", f"{u:.3f} s", *fmt_ratio(b / u)))
+            rows.append((k, f"ndctl create {case}: traced / bpftrace same probes",
+                         f"{t:.3f} s", f"{b:.3f} s", *fmt_ratio(t / b)))
     s = doc.get("startup")
     if s:
         ours = med(s["vmemtrace"])
