@@ -6,7 +6,8 @@ from typing import Callable, List, Optional
 
 from vmemtrace.backing import walk_events
 from vmemtrace.errors import VmemtraceError
-from vmemtrace.kernel import daxdev
+from vmemtrace import geometry
+from vmemtrace.kernel import btf, daxdev
 from vmemtrace.kernel.facts import gather
 from vmemtrace.kernel.kcore import Walker
 from vmemtrace.probes.plan import WALK_STRATEGY
@@ -33,10 +34,22 @@ def open_walker(facts) -> Walker:
     return Walker(facts.syms.addresses)
 
 
-def audit_events(walker: Walker, version: tuple, progress: Callable[[str], None]) -> List[dict]:
-    """Per dax device in sysfs now: the walk of its pgmap range, then its device event."""
-    from vmemtrace import geometry
+def struct_page_size(facts, progress: Callable[[str], None]) -> int:
+    """sizeof(struct page) from the kernel's BTF (kernel/btf.py); without BTF, x86_64's 64
+    (geometry.py), as every Debian kernel measured has it, and said so."""
+    if facts.btf:
+        try:
+            return btf.read_layout(facts.btf).struct_page
+        except VmemtraceError as e:
+            progress(f"{e}; assuming a {geometry.STRUCT_PAGE_SIZE}-byte struct page")
+    else:
+        progress(f"no BTF: assuming a {geometry.STRUCT_PAGE_SIZE}-byte struct page")
+    return geometry.STRUCT_PAGE_SIZE
 
+
+def audit_events(walker: Walker, facts, progress: Callable[[str], None]) -> List[dict]:
+    """Per dax device in sysfs now: the walk of its pgmap range, then its device event."""
+    version, page = facts.version, struct_page_size(facts, progress)
     devices = daxdev.inventory()
     progress(f"walking the vmemmap page tables ({walker.layout.levels}-level paging) "
              f"of {len(devices)} dax devices")
@@ -49,8 +62,7 @@ def audit_events(walker: Walker, version: tuple, progress: Callable[[str], None]
         per = align // geometry.PAGE_SIZE if version[:2] >= COMPOUND_SINCE else 1
         out.extend(walk_range(walker, dev.get("pgmap_start_pfn", dev["start_pfn"]),
                               dev.get("pgmap_nr_pages", dev["nr_pages"]), per,
-                              dev.get("mode") == "pmem", geometry.STRUCT_PAGE_SIZE,
-                              geometry.PAGE_SIZE))
+                              dev.get("mode") == "pmem", page, geometry.PAGE_SIZE))
         out.append(dev)
     return out
 
@@ -61,9 +73,9 @@ def existing_devices(facts, walker: Optional[Walker],
     reason said, where the walk cannot run (the exporter then reports only what it traces)."""
     try:
         if walker is not None:
-            return audit_events(walker, facts.version, progress)
+            return audit_events(walker, facts, progress)
         with open_walker(facts) as own:
-            return audit_events(own, facts.version, progress)
+            return audit_events(own, facts, progress)
     except VmemtraceError as e:
         progress(f"devices that existed before start are not reported: {e}")
         return []
@@ -79,4 +91,4 @@ def audit_log(progress: Callable[[str], None]) -> List[dict]:
                 for t in TARGETS}
     header = header_event(facts, ready, [], walk="audit", strategy=strategy)
     with open_walker(facts) as walker:
-        return [header] + audit_events(walker, facts.version, progress)
+        return [header] + audit_events(walker, facts, progress)
