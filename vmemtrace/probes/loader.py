@@ -169,7 +169,6 @@ class Tracer:
         self.attached: Dict[str, str] = {}
         self.lost = 0
         self._queue: List[dict] = []
-        self._compound: Dict[int, dict] = {}  # head pfn -> compound event, drained not yet emitted
         self.bpf = compiled.result()
         try:
             self._attach(plan)
@@ -232,40 +231,50 @@ class Tracer:
 
     def drain_compound(self, start_pfn: Optional[int] = None, nr_pages: int = 0) -> List[dict]:
         """Per-compound-page aggregates of one range (all with start_pfn None), removed from
-        the map so that a later namespace at the same pfns starts from zero."""
-        self._take_compound()
-        heads = [h for h in self._compound
-                 if start_pfn is None or start_pfn <= h < start_pfn + nr_pages]
-        return [self._compound.pop(h) for h in sorted(heads)]
-
-    def _take_compound(self) -> None:
-        """Move every entry of the compound map into self._compound: BPF_MAP_LOOKUP_AND_DELETE_BATCH
-        (Linux 5.6+, kernel/bpf/hashtab.c) takes DRAIN_CHUNK entries per system call, where
-        iterating the table costs three per entry (1536 for one 3 GiB namespace at 2 MiB).
-        Entries of ranges still being built wait here for their range event."""
+        the map so that a later namespace at the same pfns starts from zero. Entries of other
+        ranges stay in the map: a range still being populated by another thread carries its
+        compound pages across sections there (bpf/vmemtrace.bpf.c, cp_load)."""
         from bcc.libbcc import lib
 
         table = self.bpf["compound"]
+        mine = [(key, ev) for key, ev in self._read_compound(table)
+                if start_pfn is None or start_pfn <= key < start_pfn + nr_pages]
+        for at in range(0, len(mine), DRAIN_CHUNK):
+            chunk = mine[at:at + DRAIN_CHUNK]
+            keys = (table.Key * len(chunk))(*(key for key, _ in chunk))
+            count = ctypes.c_uint32(len(chunk))
+            if lib.bpf_delete_batch(table.map_fd, keys, ctypes.byref(count)) != 0:
+                raise VmemtraceError("cannot clear the compound-page map: "
+                                     f"{os.strerror(ctypes.get_errno())}")
+        return [ev for _, ev in sorted(mine, key=lambda kv: kv[0])]
+
+    @staticmethod
+    def _read_compound(table) -> List[tuple]:
+        """(head pfn, compound event) of every map entry: BPF_MAP_LOOKUP_BATCH (Linux 5.6+,
+        kernel/bpf/hashtab.c) reads DRAIN_CHUNK entries per system call, where iterating the
+        table costs two per entry and deleting one more (1536 entries for one 3 GiB namespace
+        at 2 MiB)."""
+        from bcc.libbcc import lib
+
         keys, values = (table.Key * DRAIN_CHUNK)(), (table.Leaf * DRAIN_CHUNK)()
         token_in, token_out = ctypes.c_uint32(0), ctypes.c_uint32(0)
-        first = True
+        first, out = True, []
         while True:
             count = ctypes.c_uint32(DRAIN_CHUNK)
-            res = lib.bpf_lookup_and_delete_batch(table.map_fd, None if first else ctypes.byref(token_in),
-                                                  ctypes.byref(token_out), keys, values,
-                                                  ctypes.byref(count))
+            res = lib.bpf_lookup_batch(table.map_fd, None if first else ctypes.byref(token_in),
+                                       ctypes.byref(token_out), keys, values, ctypes.byref(count))
             err = -res if res < 0 else ctypes.get_errno()
             for i in range(count.value):
                 head = int(keys[i])  # a u64 key: ctypes gives an int
                 ev = {"type": "compound", "head_pfn": head}
                 ev.update({f: int(getattr(values[i], f)) for f in CP_FIELDS})
-                self._compound[head] = ev
+                out.append((head, ev))
             if res == 0 and count.value:
                 token_in.value, first = token_out.value, False
                 continue
-            if res == 0 or err == errno.ENOENT:  # the whole map has been walked
-                return
-            raise VmemtraceError(f"cannot drain the compound-page map: {os.strerror(err)}")
+            if res == 0 or err == errno.ENOENT:  # the whole map has been read
+                return out
+            raise VmemtraceError(f"cannot read the compound-page map: {os.strerror(err)}")
 
     def errors(self) -> Dict[str, int]:
         table = self.bpf["errors"]
