@@ -21,20 +21,14 @@ def walk_events(start_pfn: int, nr_pages: int, pfns_per_compound: int, altmap: b
     vmemmap_populate_address() lays a compound page out page by page; a PMD-mapped vmemmap
     (altmap, or a range without compound pages) cannot share tail pages, exactly as the live
     probes, which only see PTEs, report no compound pages for it."""
-    seen = set()
-    reused = 0
     levels = {}
     for b in backing:
-        if b is None:
-            continue
-        levels[b[1]] = levels.get(b[1], 0) + 1
-        if b[0] in seen:
-            reused += 1
-        seen.add(b[0])
-    mapped = sum(levels.values())
+        if b is not None:
+            levels[b[1]] = levels.get(b[1], 0) + 1
+    distinct, reused = _sharing(backing)
     out = [{"type": "walk", "start_pfn": start_pfn, "nr_pages": nr_pages,
             "pfns_per_compound": pfns_per_compound, "altmap": altmap,
-            "vmemmap_pages": len(backing), "mapped": mapped, "distinct": len(seen),
+            "vmemmap_pages": len(backing), "mapped": sum(levels.values()), "distinct": distinct,
             "reused": reused, "levels": levels, "struct_page_size": struct_page_size,
             "page_size": page_size, "paging": paging}]
     per_compound = pfns_per_compound * struct_page_size // page_size
@@ -48,16 +42,19 @@ def walk_events(start_pfn: int, nr_pages: int, pfns_per_compound: int, altmap: b
     return out
 
 
-def _compound(head_pfn: int, range_start: int, pfns_per_compound: int, pages: Backing) -> dict:
-    seen, fresh, reused = set(), 0, 0
+def _sharing(pages: Backing) -> Tuple[int, int]:
+    """(distinct backing pages, mapped vmemmap pages whose backing page came up earlier): the
+    fresh and the reused ones, as the walk can tell them."""
+    seen, reused = set(), 0
     for b in pages:
-        if b is None:
-            continue
-        if b[0] in seen:
-            reused += 1
-        else:
-            fresh += 1
+        if b is not None:
+            reused += b[0] in seen
             seen.add(b[0])
+    return len(seen), reused
+
+
+def _compound(head_pfn: int, range_start: int, pfns_per_compound: int, pages: Backing) -> dict:
+    fresh, reused = _sharing(pages)
     pfns = [b[0] if b else None for b in pages]
     head, tail = pfns[0], pfns[1] if len(pfns) > 1 else None
     return {"type": "compound", "source": "walk", "head_pfn": head_pfn,
