@@ -18,14 +18,16 @@ from pathlib import Path
 SRC = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, SRC)
 
-from vmemtrace.kernel.facts import gather  # noqa: E402
+from vmemtrace.kernel import btf, environment, release  # noqa: E402
 from vmemtrace.probes import loader  # noqa: E402
+
+RELEASE = release.read_release(Path("/"))
 
 
 def program_defines(layout):
     """The program's -D flags as vmemtrace would compile it here, with this layout."""
-    facts = gather()
-    return loader.defines(facts.version, Path(f"/lib/modules/{facts.release}/build"), layout)
+    return loader.defines(release.parse_version(RELEASE), Path(f"/lib/modules/{RELEASE}/build"),
+                          layout)
 
 
 def compile_and_load(cflags):
@@ -52,11 +54,10 @@ def child(cflags):
 
 
 def main():
-    facts = gather()
-    layout = loader.read_layout(facts.btf)
+    layout = btf.read_layout(environment.btf_path(Path("/")))
     moved = dataclasses.replace(layout, pgmap_flags=layout.pgmap_flags + 4)
     print(json.dumps({
-        "kernel": facts.release,
+        "kernel": RELEASE,
         "layout": dataclasses.asdict(layout),
         "checked": child(program_defines(layout) + ["-DLAYOUT_CHECK"]),
         "moved": child(program_defines(moved) + ["-DLAYOUT_CHECK"]),

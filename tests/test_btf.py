@@ -76,7 +76,6 @@ def test_layout_of_a_6_12_shaped_dev_pagemap():
                                 pgmap_ranges=144, pgmap_vmemmap_shift=112, altmap_base_pfn=0,
                                 altmap_reserve=16, altmap_free=24, range_size=16)
     assert "-DLAYOUT_PGMAP_RANGES=144" in layout.defines()
-    assert btf.Btf(kernel_like().blob()).params("__populate_section_memmap") == ["pfn", "pgmap"]
 
 
 def test_no_vmemmap_shift_before_5_17():
@@ -84,7 +83,7 @@ def test_no_vmemmap_shift_before_5_17():
     # rename the member: a 5.10 dev_pagemap has none
     w.strings = w.strings.replace(b"\0vmemmap_shift\0", b"\0vmemmap_shifx\0")
     assert btf.layout(btf.Btf(w.blob())).pgmap_vmemmap_shift is None
-    assert "HAVE_VMEMMAP_SHIFT" not in " ".join(btf.layout(btf.Btf(w.blob())).defines())
+    assert "LAYOUT_PGMAP_VMEMMAP_SHIFT" not in " ".join(btf.layout(btf.Btf(w.blob())).defines())
 
 
 def test_refusals(tmp_path):
@@ -99,3 +98,8 @@ def test_refusals(tmp_path):
         btf.read_layout(str(bad))
     with pytest.raises(VmemtraceError, match="cannot read"):
         btf.read_layout(str(tmp_path / "missing"))
+    said = []  # the callers' way: None, with the reason and what they do instead said once
+    assert btf.try_layout(str(bad), said.append, "using the headers instead") is None
+    assert btf.try_layout(None, said.append, "using the headers instead") is None
+    assert len(said) == 1 and said[0].endswith("type or string section outside the blob; "
+                                               "using the headers instead")

@@ -37,13 +37,12 @@ def open_walker(facts) -> Walker:
 def struct_page_size(facts, progress: Callable[[str], None]) -> int:
     """sizeof(struct page) from the kernel's BTF (kernel/btf.py); without BTF, x86_64's 64
     (geometry.py), as every Debian kernel measured has it, and said so."""
-    if facts.btf:
-        try:
-            return btf.read_layout(facts.btf).struct_page
-        except VmemtraceError as e:
-            progress(f"{e}; assuming a {geometry.STRUCT_PAGE_SIZE}-byte struct page")
-    else:
-        progress(f"no BTF: assuming a {geometry.STRUCT_PAGE_SIZE}-byte struct page")
+    assumed = f"assuming a {geometry.STRUCT_PAGE_SIZE}-byte struct page"
+    layout = btf.try_layout(facts.btf, progress, assumed)
+    if layout is not None:
+        return layout.struct_page
+    if not facts.btf:
+        progress(f"no BTF: {assumed}")
     return geometry.STRUCT_PAGE_SIZE
 
 

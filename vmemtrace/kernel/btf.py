@@ -9,9 +9,10 @@ section (records of u32 words: name_off, info, size|type, then kind-specific wor
 string section. Type ids count from 1 in section order; 0 is void.
 """
 
+import functools
 import struct
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from vmemtrace.errors import VmemtraceError
 
@@ -100,8 +101,7 @@ class Btf:
         """Byte size of a type, through typedefs and qualifiers (btf.rst: size for INT,
         STRUCT, UNION, ENUM, FLOAT; type for the modifiers)."""
         for _ in range(32):
-            i = self._start[tid]
-            kind = (self._words[i + 1] >> 24) & 0x1F
+            i, kind = self._start[tid], self.kind(tid)
             if kind in MODIFIERS:
                 tid = self._words[i + 2]
                 continue
@@ -129,18 +129,6 @@ class Btf:
                     yield inner, itype, bits // 8 + ioff
             else:
                 yield name, mtype, bits // 8
-
-    def params(self, func: str) -> Optional[List[str]]:
-        """Parameter names of a function, None when BTF has no such function (pahole only
-        encodes functions ftrace can see)."""
-        tid = self.find(func, (FUNC,))
-        if tid is None:
-            return None
-        proto = self._words[self._start[tid] + 2]
-        i = self._start[proto]
-        vlen = self._words[i + 1] & 0xFFFF
-        return [self.name(self._words[i + 3 + 2 * p]) for p in range(vlen)]
-
 
 @dataclass(frozen=True)
 class Layout:
@@ -202,8 +190,11 @@ def layout(btf: Btf) -> Layout:
                   altmap_free=altmap["free"], range_size=btf.size(rng))
 
 
+@functools.lru_cache(maxsize=None)
 def read_layout(path: str) -> Layout:
-    """The layout from a BTF file; a one-line VmemtraceError when it cannot be had."""
+    """The layout from a BTF file; a one-line VmemtraceError when it cannot be had. Read once
+    per process: the running kernel's BTF does not change, and both the compile and the audit
+    of existing devices want it (exporter start-up)."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -213,3 +204,16 @@ def read_layout(path: str) -> Layout:
         return layout(Btf(data))
     except (ValueError, IndexError, struct.error) as e:
         raise VmemtraceError(f"{path}: cannot take the struct layout from it: {e}")
+
+
+def try_layout(path: Optional[str], progress: Callable[[str], None],
+               instead: str) -> Optional[Layout]:
+    """The layout, or None: without BTF, or with the reason said and what the caller does
+    `instead`."""
+    if not path:
+        return None
+    try:
+        return read_layout(path)
+    except VmemtraceError as e:
+        progress(f"{e}; {instead}")
+        return None

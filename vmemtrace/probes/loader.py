@@ -66,21 +66,6 @@ def defines(version: tuple, build: Path, layout: Optional[btf.Layout]) -> List[s
     return flags
 
 
-def read_layout(btf_path: Optional[str]) -> Optional[btf.Layout]:
-    """The struct layout from BTF; None (the headers will do) when the kernel has no BTF."""
-    return btf.read_layout(btf_path) if btf_path else None
-
-
-def struct_layout(btf_path: Optional[str], progress: Callable[[str], None]) -> Optional[btf.Layout]:
-    """The struct layout from BTF, or None: BCC then takes it from the kernel headers (slower to
-    compile, same numbers: bpf/vmemtrace.bpf.c, LAYOUT_CHECK)."""
-    try:
-        return read_layout(btf_path)
-    except VmemtraceError as e:
-        progress(f"{e}; using the kernel headers instead")
-        return None
-
-
 _pending: Optional["Compile"] = None  # started by start_compile(), not yet taken
 
 
@@ -99,8 +84,10 @@ def start_compile(progress: Callable[[str], None]) -> None:
     if not environment.privileged(root) or environment.headers_path(root, rel) is None:
         return
     progress("compiling and attaching the BPF program (BCC) ...")
-    _pending = Compile(rel, kernel_release.parse_version(rel),
-                       struct_layout(environment.btf_path(root), progress))
+    # Without BTF (or with one we cannot read) the layout comes from the headers: slower to
+    # compile, same numbers (bpf/vmemtrace.bpf.c, LAYOUT_CHECK).
+    layout = btf.try_layout(environment.btf_path(root), progress, "using the kernel headers instead")
+    _pending = Compile(rel, kernel_release.parse_version(rel), layout)
 
 
 def take_compile(progress: Callable[[str], None]) -> Optional["Compile"]:
