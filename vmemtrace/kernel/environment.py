@@ -46,21 +46,13 @@ def headers_path(root: Path, release: str) -> Optional[str]:
 
 
 def bcc_version() -> Optional[str]:
-    """Debian's python3-bpfcc, if importable from this interpreter (its bcc/version.py; the
-    package metadata would cost importlib.metadata, 0.5 s of start-up under TCG)."""
+    """Debian's python3-bpfcc, if importable from this interpreter (bcc/version.py, there since
+    bcc 0.10; asking the package metadata costs importlib.metadata, 0.5 s of start-up under TCG)."""
     try:
         import bcc
     except Exception:  # an unusable bcc (missing libbcc.so) raises more than ImportError
         return None
-    version = getattr(bcc, "__version__", None)
-    if version:
-        return str(version)
-    try:
-        from importlib.metadata import version as dist_version
-
-        return dist_version("bcc")
-    except Exception:
-        return "unknown"
+    return str(getattr(bcc, "__version__", "unknown"))
 
 
 def lockdown_mode(root: Path) -> Optional[str]:
