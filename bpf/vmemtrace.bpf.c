@@ -126,6 +126,7 @@ struct section_ctx {
     u64 vpa_addr;
     u64 vpa_reuse;
     u64 vpa_allocated;     /* vmemmap_alloc_block_buf was entered during this call */
+    u64 alloc_probed;      /* the settings map's answer, read once per section, not per PTE */
     /* The compound page being populated: a copy of its map entry, written back when the next
      * compound page starts and when the section returns (one map update per compound page
      * and section instead of one per vmemmap page). */
@@ -261,6 +262,7 @@ int section_enter(struct pt_regs *ctx, unsigned long pfn, unsigned long nr_pages
     s.pfn = pfn;
     s.nr_pages = nr_pages;
     s.altmap = altmap != NULL;
+    s.alloc_probed = alloc_probed();
 #ifdef HAVE_SECTION_PGMAP
     void *pgmap = (void *)PT_REGS_PARM5(ctx);
     s.has_pgmap = pgmap != NULL;
@@ -324,7 +326,7 @@ int vpa_return(struct pt_regs *ctx)
         s->start_addr = addr;
     s->ptes++;
     int fresh = 0, reused = 0;
-    if (alloc_probed()) {
+    if (s->alloc_probed) {
         /* vmemmap_pte_populate() allocates only for an empty PTE without a page to reuse; a
          * failed allocation makes this call return NULL, counted above. */
         fresh = s->vpa_allocated != 0;
