@@ -21,8 +21,16 @@ def test_newest_abi_by_number_not_by_string():
         kernels.newest_abi("6.1", ["linux-image-6.12.95+deb12-amd64"])
 
 
+def test_newest_7_3_from_whichever_suite_carries_it():
+    names = ["linux-image-7.3.4+deb13-amd64", "linux-image-7.3.10+deb14-amd64",
+             "linux-image-7.3.9+deb13-cloud-amd64", "linux-image-7.2.8+deb14-amd64"]
+    assert kernels.newest_abi("7.3", names) == "7.3.10+deb14-amd64"
+
+
 def test_kernel_spec(tmp_path):
     assert kernels.parse_spec("6.1").series == "6.1"
+    assert kernels.parse_spec("7.3").suite == kernels.TRIXIE
+    assert kernels.parse_spec("6.12").suite == kernels.BOOKWORM
     with pytest.raises(VmemtraceError, match="unknown kernel spec"):
         kernels.parse_spec("4.19")
     image = tmp_path / "bzImage"
@@ -31,8 +39,60 @@ def test_kernel_spec(tmp_path):
         kernels.parse_spec(str(image))
     mods = tmp_path / "6.99.0"
     (mods / "kernel").mkdir(parents=True)
-    spec = kernels.parse_spec(str(image), str(mods))
-    assert spec.image == image and spec.modules == mods
+    with pytest.raises(VmemtraceError, match="no kernel build tree"):
+        kernels.parse_spec(str(image), str(mods))  # its build link is missing
+    build = tmp_path / "linux"
+    (build / "include").mkdir(parents=True)
+    (build / "Makefile").write_text("")
+    spec = kernels.parse_spec(str(image), str(mods), str(build))
+    assert spec.image == image and spec.modules == mods and spec.headers == build
+
+
+@pytest.mark.parametrize("package, suite", [
+    ("linux-image-6.1.0-56-amd64", kernels.BOOKWORM),
+    ("linux-image-5.10.0-46-amd64", kernels.BOOKWORM),
+    ("linux-image-6.12.117+deb12-amd64", kernels.BOOKWORM),
+    ("linux-image-6.12.57+deb13-amd64", kernels.TRIXIE),
+    ("linux-image-7.3.4+deb13-amd64", kernels.TRIXIE),
+    ("linux-image-7.3.4+deb13-rt-amd64", kernels.TRIXIE),
+    ("linux-image-7.2.8+deb14-cloud-amd64", kernels.TRIXIE)])
+def test_debian_package_specs_boot_in_the_root_of_their_suite(package, suite):
+    spec = kernels.parse_spec(package)
+    assert spec.package == package and spec.suite == suite
+
+
+def test_not_a_package_name():
+    with pytest.raises(VmemtraceError, match="not a Debian x86_64 kernel package name"):
+        kernels.parse_spec("linux-image-amd64")
+    res = run_cli("lab", "--kernel", "linux-image-amd64")
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+
+
+def test_abi_of_release():
+    assert kernels.abi_of_release("7.3.4+deb13-amd64") == "7.3.4+deb13"
+    assert kernels.abi_of_release("7.3.4+deb13-cloud-amd64") == "7.3.4+deb13"
+    assert kernels.abi_of_release("6.1.0-56-amd64") == "6.1.0-56"
+
+
+def test_the_cache_is_never_removed_through_a_mount(tmp_path):
+    """A tree with something mounted inside (a bind mount of the project, /proc for a chroot)
+    is refused, never emptied through the mount."""
+    from vmemtrace.lab import image
+
+    tree = tmp_path / "root"
+    (tree / "proc").mkdir(parents=True)
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "precious").write_text("x")
+    subprocess.run(["mount", "--bind", str(keep), str(tree / "proc")], check=True)
+    try:
+        with pytest.raises(VmemtraceError, match="is mounted inside it"):
+            image._remove_tree(tree)
+    finally:
+        subprocess.run(["umount", str(tree / "proc")], check=True)
+    assert (keep / "precious").exists()
+    image._remove_tree(tree)
+    assert not tree.exists()
 
 
 def test_cases_and_ndctl_arguments():
@@ -85,4 +145,4 @@ def test_lab_without_archive(tmp_path):
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("vmemtrace: debootstrap failed (is the Debian archive reachable?)"), proc.stderr
+    assert last.startswith("vmemtrace: debootstrap bookworm failed (is the Debian archive reachable?)"), proc.stderr

@@ -1,4 +1,5 @@
-"""The kernel's build configuration, from /proc/config.gz or /boot/config-<release>."""
+"""The kernel's build configuration: /proc/config.gz, /boot/config-<release>, or
+/lib/modules/<release>/config (where Debian 7.x packages put it)."""
 
 import gzip
 from pathlib import Path
@@ -40,10 +41,15 @@ def read_config(root: Path, release: str) -> Tuple[Optional[Dict[str, str]], Opt
     proc = root / "proc/config.gz"
     if proc.exists():
         return parse_config(gzip.decompress(proc.read_bytes()).decode()), "/proc/config.gz"
-    boot = root / "boot" / f"config-{release}"
-    if boot.exists():
-        return parse_config(boot.read_text()), f"/boot/config-{release}"
+    for rel in config_paths(release):
+        path = root / rel.lstrip("/")
+        if path.exists():
+            return parse_config(path.read_text(errors="replace")), rel
     return None, None
+
+
+def config_paths(release: str) -> Tuple[str, ...]:
+    return (f"/boot/config-{release}", f"/lib/modules/{release}/config")
 
 
 def enabled(options: Optional[Dict[str, str]], name: str) -> Optional[bool]:

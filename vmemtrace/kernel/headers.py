@@ -1,7 +1,8 @@
 """The kernel headers BCC compiles against, read to choose the BPF program's defines.
 
-Debian splits them: /lib/modules/<release>/build holds the generated files and a Makefile whose
-first line includes the shared tree (/usr/src/linux-headers-<version>-common).
+Debian splits them: /lib/modules/<release>/build holds the generated files and a Makefile that
+includes the shared tree (/usr/src/linux-headers-<version>-common): on its first line up to 6.x,
+on its second from 7.x, after a KBUILD_OUTPUT= line.
 """
 
 import re
@@ -13,7 +14,7 @@ def header_dirs(build: Path) -> List[Path]:
     dirs = [build]
     makefile = build / "Makefile"
     try:
-        m = re.match(r"include\s+(\S+)/Makefile", makefile.read_text())
+        m = re.search(r"^include\s+(\S+)/Makefile\s*$", makefile.read_text(errors="replace"), re.M)
     except OSError:
         m = None
     if m:

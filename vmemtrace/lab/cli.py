@@ -9,9 +9,12 @@ from vmemtrace.lab.cases import DEFAULT_CASES, parse_cases, parse_size
 
 @click.command()
 @click.option("--kernel", "kernel_specs", multiple=True, default=("6.12",), show_default=True,
-              help="5.10, 6.1, 6.12 (Debian's newest build of that series) or a kernel image "
+              help="5.10, 6.1, 6.12, 7.3 (Debian's newest build of that series, from whichever "
+                   "suite carries it), a Debian package linux-image-<release>, or a kernel image "
                    "path; repeatable")
 @click.option("--modules", help="with --kernel PATH: its lib/modules/<release> directory")
+@click.option("--headers", help="with --kernel PATH: its build tree, for BCC in the guest "
+                                "(default: the modules directory's build link)")
 @click.option("--case", "case_list", default=",".join(DEFAULT_CASES), show_default=True,
               help="comma-separated namespace cases")
 @click.option("--size", default="3G", show_default=True,
@@ -28,7 +31,7 @@ from vmemtrace.lab.cases import DEFAULT_CASES, parse_cases, parse_size
 @click.option("--exec", "command", metavar="CMD",
               help="instead of the cases: run this shell command in each guest (device-dax "
                    "drivers loaded, `vmemtrace` on PATH); exit with its status")
-def lab(kernel_specs, modules, case_list, size, accel, refresh, timeout, as_json, append, shell,
+def lab(kernel_specs, modules, headers, case_list, size, accel, refresh, timeout, as_json, append, shell,
         command):
     """Boot a throwaway guest with emulated pmem and run the cases in it.
 
@@ -41,7 +44,7 @@ def lab(kernel_specs, modules, case_list, size, accel, refresh, timeout, as_json
 
     @one_line_errors
     def go():
-        specs = [parse_spec(s, modules) for s in kernel_specs]
+        specs = [parse_spec(s, modules, headers) for s in kernel_specs]
         # SIGTERM unwinds like Ctrl-C, so vm.boot()'s cleanup kills the guest's qemu.
         with terminate_on_sigterm():
             sys.exit(run_lab(specs, parse_cases(case_list), parse_size(size), accel, refresh,

@@ -50,7 +50,7 @@ def prepare():
 def evidence():
     """Raw lines about every probe target, read with grep rather than vmemtrace's own readers:
     an independent witness for the end-to-end tests, and the source of the unit-test fixtures."""
-    from vmemtrace.kernel.config import RELEVANT
+    from vmemtrace.kernel.config import RELEVANT, config_paths
     from vmemtrace.kernel.facts import DATA_SYMBOLS
     from vmemtrace.probes.targets import TARGETS
 
@@ -61,13 +61,15 @@ def evidence():
         return sh(["grep", "-E", regex, path]).stdout.splitlines()
 
     release = os.uname().release
+    config_path = next((p for p in config_paths(release) if os.path.exists(p)), None)
     return {
         "osrelease": release,
         "kallsyms": grep("/proc/kallsyms", pattern),
         "available_filter_functions": grep("/sys/kernel/tracing/available_filter_functions",
                                            rf"^({names})(\.[a-z]+(\.[0-9]+)*)?([[:space:]]|$)"),
         "kprobe_blacklist": grep("/sys/kernel/debug/kprobes/blacklist", pattern),
-        "config": grep(f"/boot/config-{release}", rf"CONFIG_({'|'.join(RELEVANT)})[= ]"),
+        "config_path": config_path,
+        "config": grep(config_path, rf"CONFIG_({'|'.join(RELEVANT)})[= ]") if config_path else [],
     }
 
 

@@ -1,4 +1,5 @@
-"""The guest root: a Debian bookworm tree in the user's cache, with the lab's kernels in it.
+"""The guest roots: Debian trees in the user's cache (bookworm, and trixie for 7.x kernels),
+with the lab's kernels in them.
 
 Kernels are unpacked into this tree (dpkg-deb, no maintainer scripts), never into the host's /boot:
 a test lab must not touch the host's boot loader. Built once, then reused; a marker records the
@@ -13,43 +14,67 @@ import subprocess
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 from vmemtrace.errors import VmemtraceError
 from vmemtrace.lab import kernels
 from vmemtrace.lab.steps import run, say, step
 
-SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
+SECURITY = "http://deb.debian.org/debian-security"
 # What the guest needs to create namespaces and run vmemtrace: ndctl/daxctl, kmod for modprobe,
 # Debian's BCC (python3-bpfcc) and vmemtrace's own Python dependencies from Debian; a real
-# Prometheus server to scrape the exporter, and bpftrace as the benchmark's baseline.
+# Prometheus server to scrape the exporter, bpftrace as the benchmark's baseline, and bpftool to
+# see which BPF programs are loaded.
 PACKAGES = ("kmod", "udev", "procps", "python3", "python3-bpfcc", "ndctl", "daxctl",
             "python3-click", "python3-tabulate", "python3-prometheus-client", "prometheus",
-            "bpftrace", "iproute2")
-# 5.10 is only in bullseye; 6.12 for bookworm is in bookworm itself (and backports before).
-SOURCES = (
-    f"deb {MIRROR} bookworm main",
-    f"deb {MIRROR} bookworm-updates main",
-    "deb http://deb.debian.org/debian-security bookworm-security main",
-    f"deb {MIRROR} bookworm-backports main",
-    f"deb {MIRROR} bullseye main",
-    "deb http://deb.debian.org/debian-security bullseye-security main",
-)
+            "bpftrace", "iproute2", "bpftool")
+# Per guest root, the archive suites its kernels come from (kernels.py says which root a kernel
+# boots in). Only kernels are taken from the extra suites, by `apt-get download`, never installed
+# with their dependencies: the root's own packages stay those of its suite.
+SOURCES = {
+    # 5.10 is only in bullseye; 6.12 for bookworm is in bookworm itself (and backports before).
+    kernels.BOOKWORM: (
+        f"deb {MIRROR} bookworm main",
+        f"deb {MIRROR} bookworm-updates main",
+        f"deb {SECURITY} bookworm-security main",
+        f"deb {MIRROR} bookworm-backports main",
+        f"deb {MIRROR} bullseye main",
+        f"deb {SECURITY} bullseye-security main",
+    ),
+    # 7.x: trixie-backports; sid and experimental carry the newest series and release candidates.
+    kernels.TRIXIE: (
+        f"deb {MIRROR} trixie main",
+        f"deb {MIRROR} trixie-updates main",
+        f"deb {SECURITY} trixie-security main",
+        f"deb {MIRROR} trixie-backports main",
+        f"deb {MIRROR} sid main",
+        f"deb {MIRROR} experimental main",
+    ),
+}
 # Mount points for the project tree (read-only) and the results directory (read-write).
 GUEST_SRC = "/opt/vmemtrace"
 GUEST_OUT = "/var/lib/vmemtrace-out"
+# Where the build tree of a kernel you built is mounted (read-only) for BCC.
+GUEST_BUILD = "/opt/vmemtrace-build"
 
 MARKER = ".vmemtrace-root"
 KERNEL_MARKER = ".vmemtrace-installed"
-RECIPE_ID = hashlib.sha256("\n".join((SUITE,) + PACKAGES + SOURCES + ("v1",)).encode()).hexdigest()[:16]
-APT = ["apt-get", "-q", "-o", "APT::Sandbox::User=root"]
+# sid's and experimental's Release files expire within days; a mirror or snapshot that lags a
+# little must not stop the lab (the packages are still checked against the archive's keys).
+APT = ["apt-get", "-q", "-o", "APT::Sandbox::User=root", "-o", "Acquire::Check-Valid-Until=false"]
+
+
+def recipe_id(suite: str) -> str:
+    return hashlib.sha256("\n".join((suite,) + PACKAGES + SOURCES[suite] + ("v1",)).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
 class GuestKernel:
     release: str
     image: Path  # the bzImage on the host
+    root: Path  # the guest root it boots in
+    headers: Optional[Path] = None  # a user-built kernel's build tree, mounted at GUEST_BUILD
 
 
 def cache_dir() -> Path:
@@ -79,29 +104,47 @@ def _chroot(root: Path, *cmd: str, failure: str) -> str:
     return run(["chroot", str(root), *cmd], failure)
 
 
-def ensure_root(cache: Path) -> Path:
-    root = cache / "root"
+def root_dir(cache: Path, suite: str) -> Path:
+    """The bookworm root keeps the name it always had; others are named after their suite."""
+    return cache / ("root" if suite == kernels.BOOKWORM else f"root-{suite}")
+
+
+def ensure_root(cache: Path, suite: str = kernels.BOOKWORM) -> Path:
+    root = root_dir(cache, suite)
     marker = root / MARKER
-    if marker.exists() and marker.read_text().strip() == RECIPE_ID:
+    if marker.exists() and marker.read_text().strip() == recipe_id(suite):
         return root
     if os.geteuid() != 0:
         raise VmemtraceError("building the lab's guest root needs root (debootstrap, chroot)")
     if shutil.which("debootstrap") is None:
         raise VmemtraceError("debootstrap not found (apt install debootstrap)")
-    new = cache / "root.new"
-    shutil.rmtree(new, ignore_errors=True)
-    with step(f"building the guest root in {root} (debootstrap {SUITE}, about a minute)"):
+    new = root.with_name(root.name + ".new")
+    _remove_tree(new)
+    with step(f"building the guest root in {root} (debootstrap {suite}, about a minute)"):
         run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
-             SUITE, str(new), MIRROR],
-            "debootstrap failed (is the Debian archive reachable?)")
-        (new / "etc/apt/sources.list").write_text("\n".join(SOURCES) + "\n")
+             suite, str(new), MIRROR],
+            f"debootstrap {suite} failed (is the Debian archive reachable?)")
+        (new / "etc/apt/sources.list").write_text("\n".join(SOURCES[suite]) + "\n")
         _chroot(new, *APT, "update", failure="cannot reach the Debian archive (apt-get update)")
-        for mount_point in (GUEST_SRC, GUEST_OUT):
+        for mount_point in (GUEST_SRC, GUEST_OUT, GUEST_BUILD):
             (new / mount_point.lstrip("/")).mkdir(parents=True, exist_ok=True)
-        (new / MARKER).write_text(RECIPE_ID + "\n")
-    shutil.rmtree(root, ignore_errors=True)
+        (new / MARKER).write_text(recipe_id(suite) + "\n")
+    _remove_tree(root)
     new.rename(root)
     return root
+
+
+def _remove_tree(tree: Path) -> None:
+    """rmtree, but never through a mount point: a directory bind-mounted into the root by hand
+    (the project tree at /opt/vmemtrace, /proc) would be emptied with it."""
+    if not tree.exists():
+        return
+    mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    inside = [m for m in mounts if m == str(tree) or m.startswith(str(tree) + "/")]
+    if inside:
+        raise VmemtraceError(f"cannot replace {tree}: {inside[0]} is mounted inside it "
+                             "(unmount it first)")
+    shutil.rmtree(tree)
 
 
 def refresh(root: Path) -> None:
@@ -119,28 +162,65 @@ def _unpack(root: Path, deb: Path) -> None:
         raise VmemtraceError(f"cannot unpack {deb.name}: {tar.stderr.strip() or 'dpkg-deb failed'}")
 
 
-def _headers_packages(root: Path, headers: str) -> list:
-    """linux-headers-X-amd64 and the linux-headers-*-common it depends on (the include tree)."""
-    out = _chroot(root, "apt-cache", "depends", headers, failure=f"apt-cache depends {headers}")
-    deps = [line.split(":", 1)[1].strip() for line in out.splitlines()
-            if line.strip().startswith("Depends: linux-headers-")]
-    return [headers] + deps
+def _depends(root: Path, package: str) -> List[str]:
+    out = _chroot(root, "apt-cache", "depends", package, failure=f"apt-cache depends {package}")
+    return [line.split(":", 1)[1].strip() for line in out.splitlines()
+            if line.strip().startswith("Depends:")]
 
 
-def install_debian_kernel(root: Path, series: str, do_refresh: bool = False) -> GuestKernel:
+def kernel_packages(root: Path, release: str) -> List[str]:
+    """The image and headers packages of one build, and every package of that same build they
+    depend on: Debian 7.x's linux-image-REL is a meta package over linux-binary-REL and
+    linux-modules-REL; the headers depend on linux-headers-ABI-common (the include tree)."""
+    abi = kernels.abi_of_release(release)
+    todo, seen = [f"linux-image-{release}", f"linux-headers-{release}"], []
+    while todo:
+        package = todo.pop(0)
+        if package in seen:
+            continue
+        seen.append(package)
+        todo += [d for d in _depends(root, package) if d.startswith("linux-") and abi in d]
+    return seen
+
+
+def image_path(root: Path, release: str) -> Optional[Path]:
+    """/boot/vmlinuz-REL, or /usr/lib/modules/REL/vmlinuz where Debian 7.x puts it."""
+    for path in (root / "boot" / f"vmlinuz-{release}", root / "usr/lib/modules" / release / "vmlinuz"):
+        if path.exists():
+            return path
+    return None
+
+
+def available(root: Path, package: str) -> bool:
+    """Whether the root's package lists know this package (some version of it)."""
+    out = _chroot(root, "apt-cache", "showpkg", package, failure=f"apt-cache showpkg {package}")
+    versions = out.split("Versions:", 1)[1].split("Reverse Depends:")[0] if "Versions:" in out else ""
+    return bool(versions.strip())
+
+
+def resolve_release(root: Path, spec: kernels.KernelSpec) -> str:
+    if spec.series is not None:
+        names = _chroot(root, "apt-cache", "pkgnames", "linux-image-",
+                        failure="cannot list the archive's kernels").splitlines()
+        return kernels.newest_abi(spec.series, names)
+    if not available(root, spec.package):
+        raise VmemtraceError(
+            f"unknown kernel package {spec.package}: the lab's {spec.suite} guest root "
+            f"({', '.join(s.split()[2] for s in SOURCES[spec.suite])}) does not carry it")
+    return kernels.release_of_package(spec.package)
+
+
+def install_debian_kernel(root: Path, spec: kernels.KernelSpec, do_refresh: bool = False) -> GuestKernel:
     if do_refresh:
         refresh(root)
-    names = _chroot(root, "apt-cache", "pkgnames", "linux-image-",
-                    failure="cannot list the archive's kernels").splitlines()
-    release = kernels.newest_abi(series, names)
+    release = resolve_release(root, spec)
     moddir = root / "lib/modules" / release
-    image = root / "boot" / f"vmlinuz-{release}"
-    if (moddir / KERNEL_MARKER).exists() and image.exists():
-        return GuestKernel(release, image)
+    if (moddir / KERNEL_MARKER).exists() and image_path(root, release):
+        return GuestKernel(release, image_path(root, release), root)
     debs = root / "var/cache/vmemtrace-debs"
     shutil.rmtree(debs, ignore_errors=True)
     debs.mkdir(parents=True)
-    packages = [f"linux-image-{release}"] + _headers_packages(root, f"linux-headers-{release}")
+    packages = kernel_packages(root, release)
     with step(f"installing {release} into the guest root ({', '.join(packages)})"):
         run(["chroot", str(root), "sh", "-c",
              f"cd /var/cache/vmemtrace-debs && {' '.join(APT)} download {' '.join(packages)}"],
@@ -149,39 +229,44 @@ def install_debian_kernel(root: Path, series: str, do_refresh: bool = False) -> 
             _unpack(root, deb)
         _chroot(root, "depmod", release, failure=f"depmod {release}")
         shutil.rmtree(debs, ignore_errors=True)
+        if image_path(root, release) is None:
+            raise VmemtraceError(f"{release}: its packages ({', '.join(packages)}) hold no vmlinuz")
         (moddir / KERNEL_MARKER).write_text(release + "\n")
-    return GuestKernel(release, image)
+    return GuestKernel(release, image_path(root, release), root)
 
 
 def install_user_kernel(root: Path, spec: kernels.KernelSpec) -> GuestKernel:
-    """A kernel the user built: its modules are copied into the guest root under their name."""
+    """A kernel the user built: its modules are copied into the guest root under their name, and
+    their `build` link points at GUEST_BUILD, where the guest mounts the user's build tree."""
     release = spec.modules.name
     target = root / "lib/modules" / release
     if target.resolve() == spec.modules.resolve():
-        return GuestKernel(release, spec.image)  # already the guest root's own modules
+        return GuestKernel(release, spec.image, root)  # the guest root's own kernel and headers
     with step(f"copying modules of {release} into the guest root"):
         shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(spec.modules, target, symlinks=True)
+        shutil.copytree(spec.modules, target, symlinks=True,
+                        ignore=lambda d, names: ["build", "source"] if Path(d) == spec.modules else [])
+        (target / "build").symlink_to(GUEST_BUILD)
         _chroot(root, "depmod", release, failure=f"depmod {release}")
-    return GuestKernel(release, spec.image)
+    return GuestKernel(release, spec.image, root, headers=spec.headers)
 
 
 def ensure_kernel(root: Path, spec: kernels.KernelSpec, do_refresh: bool = False) -> GuestKernel:
-    if spec.series is None:
+    if spec.image is not None:
         return install_user_kernel(root, spec)
     try:
-        return install_debian_kernel(root, spec.series, do_refresh)
+        return install_debian_kernel(root, spec, do_refresh)
     except VmemtraceError:
         if do_refresh:
             raise
         say("retrying with fresh package lists")
-        return install_debian_kernel(root, spec.series, True)
+        return install_debian_kernel(root, spec, True)
 
 
-def prepare(specs, do_refresh: bool = False, cache: Optional[Path] = None):
-    """The guest root and one GuestKernel per spec, building what the cache lacks."""
+def prepare(specs, do_refresh: bool = False, cache: Optional[Path] = None) -> List[GuestKernel]:
+    """One GuestKernel per spec, each in the guest root of its suite, building what the cache
+    lacks."""
     cache = cache or cache_dir()
     ensure_writable(cache)
     with locked(cache):
-        root = ensure_root(cache)
-        return root, [ensure_kernel(root, s, do_refresh) for s in specs]
+        return [ensure_kernel(ensure_root(cache, s.suite), s, do_refresh) for s in specs]

@@ -57,17 +57,17 @@ def _fail_with_console(boot: vm.Boot, message: str):
     raise VmemtraceError(f"{message} (full console: {boot.console})")
 
 
-def run_kernel(root: Path, kernel, cases: List[Case], size: int, accel: str, cache: Path,
+def run_kernel(kernel, cases: List[Case], size: int, accel: str, cache: Path,
                timeout: float, command: Optional[str] = None, append: str = "") -> dict:
     src = project_root()
     workdir = _new_workdir(cache, kernel.release)
-    accel = vm.choose_accel(accel, root, kernel, src, workdir, cache)
+    accel = vm.choose_accel(accel, kernel, src, workdir, cache)
     if command is not None:
         (workdir / "out" / COMMAND_FILE).write_text(command + "\n")
     what = (f"`{command if len(command) < 60 else command[:57] + '...'}`" if command is not None
             else f"cases {', '.join(c.name for c in cases)}")
     with step(f"booting {kernel.release} ({accel}) with {size >> 20} MiB of pmem, {what}"):
-        boot = vm.boot(root, kernel, src, workdir / "out", guest_command(cases, command), size,
+        boot = vm.boot(kernel, src, workdir / "out", guest_command(cases, command), size,
                        workdir / "console.log", accel=accel, timeout=timeout, append=append)
     result = workdir / "out" / "result.json"
     if boot.panicked:
@@ -81,6 +81,7 @@ def run_kernel(root: Path, kernel, cases: List[Case], size: int, accel: str, cac
     if doc.get("error"):
         _fail_with_console(boot, f"in the {kernel.release} guest: {doc['error']}")
     doc["accel"] = accel
+    doc["run_dir"] = str(workdir)  # the event logs of each case are kept there
     return doc
 
 
@@ -89,20 +90,20 @@ def run_lab(specs: List[KernelSpec], cases: List[Case], size: int, accel: str, r
             append: str = "") -> int:
     vm.require_tools()
     cache = image.cache_dir()
-    root, kernels = image.prepare(specs, refresh, cache)
+    kernels = image.prepare(specs, refresh, cache)
     if shell:
         kernel = kernels[0]
         say(f"shell in {kernel.release}: the project is at {image.GUEST_SRC}; try "
             f"`modprobe -a nd_e820 dax_pmem device_dax; cd {image.GUEST_SRC}; "
             "python3 -m vmemtrace check`")
         workdir = _new_workdir(cache, kernel.release)
-        vm.boot(root, kernel, project_root(), workdir / "out", None, size,
+        vm.boot(kernel, project_root(), workdir / "out", None, size,
                 workdir / "console.log", accel="tcg" if accel == "auto" else accel, append=append)
         return EXIT_OK
     if command is not None:
         worst = EXIT_OK
         for kernel in kernels:
-            doc = run_kernel(root, kernel, cases, size, accel, cache, timeout, command, append)
+            doc = run_kernel(kernel, cases, size, accel, cache, timeout, command, append)
             sys.stdout.write(doc["stdout"])
             sys.stderr.write(doc["stderr"])
             sys.stdout.flush()
@@ -111,7 +112,7 @@ def run_lab(specs: List[KernelSpec], cases: List[Case], size: int, accel: str, r
         return worst
     worst = EXIT_OK
     for kernel in kernels:
-        doc = run_kernel(root, kernel, cases, size, accel, cache, timeout, append=append)
+        doc = run_kernel(kernel, cases, size, accel, cache, timeout, append=append)
         verdicts = [c[k]["verdict"] for c in doc["cases"] for k in ("result", "audit") if k in c]
         if any(v == "error" for v in verdicts):
             worst = max(worst, EXIT_CANNOT)

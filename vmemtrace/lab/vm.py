@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from vmemtrace.errors import VmemtraceError
-from vmemtrace.lab.image import GUEST_OUT, GUEST_SRC, GuestKernel
+from vmemtrace.lab.image import GUEST_BUILD, GUEST_OUT, GUEST_SRC, GuestKernel
 from vmemtrace.lab.steps import say
 
 # Persistent memory is carved out of guest RAM with memmap=SIZE!START (legacy e820 pmem,
@@ -69,17 +69,19 @@ def require_tools() -> str:
     return vng
 
 
-def boot(root: Path, kernel: GuestKernel, src: Path, out: Path, exec_cmd: Optional[str],
+def boot(kernel: GuestKernel, src: Path, out: Path, exec_cmd: Optional[str],
          pmem_bytes: int, console: Path, accel: str = "tcg", cpus: int = 2,
          timeout: Optional[float] = 900, append: str = "") -> Boot:
     """Boot once, run exec_cmd (None: an interactive shell), power off."""
     vng = require_tools()
     memory_mib = (PMEM_START + pmem_bytes) >> 20
-    cmd = [vng, "--root", str(root), "--run", str(kernel.image), "--memory", f"{memory_mib}M",
+    cmd = [vng, "--root", str(kernel.root), "--run", str(kernel.image), "--memory", f"{memory_mib}M",
            "--cpus", str(cpus), "--append", f"memmap={pmem_bytes >> 20}M!{PMEM_START >> 20}M",
            f"--rodir={GUEST_SRC}={src}", f"--rwdir={GUEST_OUT}={out}",
            # 9p: virtiofsd, where installed, fails in this kind of container and costs seconds.
            "--force-9p"]
+    if kernel.headers is not None:  # a kernel you built: BCC compiles against its build tree
+        cmd.append(f"--rodir={GUEST_BUILD}={kernel.headers}")
     if append:  # e.g. no5lvl: 4-level paging although TCG's -cpu max offers LA57
         cmd += ["--append", append]
     if accel == "tcg":
@@ -109,7 +111,7 @@ def boot(root: Path, kernel: GuestKernel, src: Path, out: Path, exec_cmd: Option
                 proc.wait()
 
 
-def choose_accel(requested: str, root: Path, kernel: GuestKernel, src: Path, workdir: Path,
+def choose_accel(requested: str, kernel: GuestKernel, src: Path, workdir: Path,
                  cache: Path) -> str:
     if requested != "auto":
         return requested
@@ -121,7 +123,7 @@ def choose_accel(requested: str, root: Path, kernel: GuestKernel, src: Path, wor
     say(f"probing whether KVM boots {kernel.release} (once; the answer is cached)")
     out = workdir / "kvm-probe"
     out.mkdir(exist_ok=True)
-    result = boot(root, kernel, src, out, f"touch {GUEST_OUT}/booted", 1 << 30,
+    result = boot(kernel, src, out, f"touch {GUEST_OUT}/booted", 1 << 30,
                   workdir / "kvm-probe.console", accel="kvm", timeout=30)
     verdict = "kvm" if result.returncode == 0 and (out / "booted").exists() else "tcg"
     say(f"KVM {'boots' if verdict == 'kvm' else 'does not boot'} {kernel.release}: using {verdict}")
