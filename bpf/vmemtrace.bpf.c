@@ -3,23 +3,34 @@
  * vmemtrace: watch the kernel build the vmemmap of device-dax memory (BCC program).
  *
  * One program for every kernel, parametrised by defines that vmemtrace/probes/loader.py takes
- * from the kernel's BTF, headers and version; nothing here is pasted together from strings.
- * Every probe function is compiled; the attach plan decides which ones are loaded and attached,
- * so the compile does not wait for the plan (it runs while the kernel's facts are read):
+ * from the kernel's BTF (headers and version only without it); nothing here is pasted together
+ * from strings. Every probe function is compiled; the attach plan decides which ones are loaded
+ * and attached (vmemtrace/probes/targets.py names them), so the compile does not wait for the
+ * plan (it runs while the kernel's facts are read):
  *
- *   section_*  __populate_section_memmap(pfn, nr_pages, nid, altmap[, pgmap])
- *   vpa_*      vmemmap_populate_address(addr, node, altmap, reuse|ptpfn[, flags])
- *   alloc_*    vmemmap_alloc_block_buf(size, node, altmap)
- *   mizd_*     memmap_init_zone_device(zone, start_pfn, nr_pages, pgmap)
- *   mic_*      memmap_init_compound(head, head_pfn, zone_idx, nid, pgmap, nr_pages)
+ *   section_*      __populate_section_memmap(pfn, nr_pages, nid, altmap[, pgmap])
+ *   vpa_*          vmemmap_populate_address(addr, node, altmap, reuse|ptpfn[, flags])
+ *   alloc_buf_*    vmemmap_alloc_block_buf(size, node, altmap)
+ *   alloc_altmap_* altmap_alloc_block_buf(size, altmap)
+ *   alloc_block_*  vmemmap_alloc_block(size, node)
+ *   mizd_*         memmap_init_zone_device(zone, start_pfn, nr_pages, pgmap)
+ *   mic_enter      memmap_init_compound(head, head_pfn, zone_idx, nid, pgmap, nr_pages)
+ *   *_count        hits only, no argument read: safe on a .constprop/.isra clone, whose
+ *                  calling convention the compiler changed
  *
- *   HAVE_SECTION_PGMAP  5.19+: __populate_section_memmap has the pgmap argument
- *   HAVE_VMEMMAP_SHIFT  5.17+: struct dev_pagemap has vmemmap_shift
- *   VPA_PTPFN           6.15+: vmemmap_populate_address takes (ptpfn, flags), ptpfn -1 = allocate
+ *   HAVE_SECTION_PGMAP  __populate_section_memmap has the pgmap argument (5.19+)
+ *   HAVE_VMEMMAP_SHIFT  struct dev_pagemap has vmemmap_shift (5.17+)
+ *   VPA_PTPFN           vmemmap_populate_address takes (ptpfn, flags), ptpfn -1 = allocate (6.15+)
  *
- * Aggregation happens here: one event per section and per range (perf buffer), one map entry
- * per compound page (drained by user space when its range is initialised). Nothing is emitted
- * per struct page or per vmemmap page.
+ * Aggregation happens here: one event per section and per range (two perf buffers, each with
+ * its own named struct, decoded by field name in user space), one map entry per compound page
+ * (drained by user space when its range is initialised). Nothing is emitted per vmemmap page;
+ * per struct page only a counter, and only where memmap_init_compound is a clone.
+ *
+ * Probes that attach can still be blind: the compiler may inline every call of a function and
+ * keep an unused out-of-line copy (Debian 7.3's vmemmap_alloc_block_buf). So every probe counts
+ * its hits (struct hits_t), every counter below says what it saw, and user space checks that
+ * the counts add up (vmemtrace/account.py) instead of reading a silent probe as zero.
  *
  * All probes are nested calls of one thread (memremap_pages() -> pagemap_range() ->
  * add_pages() -> ... -> __populate_section_memmap(), then memmap_init_zone_device()), so the
@@ -87,10 +98,48 @@ _Static_assert(LAYOUT_PGMAP_VMEMMAP_SHIFT == HDR_PGMAP_VMEMMAP_SHIFT, "dev_pagem
 /* x86_64 pte: physical frame number bits 12..51 (arch/x86/include/asm/pgtable_types.h). */
 #define VT_PTE_PFN_MASK 0x000ffffffffff000ULL
 
-enum { EV_SECTION = 1, EV_RANGE = 2 };
-enum { ERR_CP_MAP_FULL = 0, ERR_NO_CONTEXT = 1, ERR_READ = 2, ERR_MAX = 3 };
-enum { SETTING_ALLOC_PROBED = 0, SETTING_MAX = 1 };
+/* One __populate_section_memmap() call; its field names are the "section" event's keys. */
+struct section_event {
+    u64 pfn;
+    u64 nr_pages;
+    u64 range_start_pfn;   /* pgmap->ranges[pgmap->nr_range].start >> PAGE_SHIFT */
+    u64 pfns_per_compound; /* 1 << pgmap->vmemmap_shift */
+    u64 ptes;              /* vmemmap_populate_address calls that returned a PTE */
+    u64 plain;             /* ... without a page to reuse: they allocate if the PTE is empty */
+    u64 fresh;             /* ... that allocated a new vmemmap page (a successful allocation) */
+    u64 reused;            /* ... that were given a page to reuse (reuse / ptpfn) */
+    u64 existing;          /* ... plain, with no allocation: the PTE was already there */
+    u64 alloc_calls;       /* allocator calls (outermost) in this section, failed ones too */
+    u64 allocs;            /* ... that returned memory */
+    u64 direct_bytes;      /* vmemmap bytes allocated outside vmemmap_populate_address */
+    u64 pt_pages;          /* page-table pages allocated */
+    u64 altmap;
+    u64 has_pgmap;
+    u64 ok;                /* __populate_section_memmap returned the memmap (not NULL) */
+    u64 struct_page_size;
+    u64 page_size;
+};
 
+/* One memmap_init_zone_device() call; its field names are the "range" event's keys. */
+struct range_event {
+    u64 start_pfn;
+    u64 nr_pages;
+    u64 pfns_per_compound;
+    u64 altmap;
+    u64 altmap_base_pfn;
+    u64 altmap_reserve;
+    u64 altmap_free;
+    u64 mic_calls;         /* memmap_init_compound calls (decoded or only counted) */
+    u64 mic_pages;         /* ... their nr_pages, summed: only where decoded */
+    u64 mic_min;
+    u64 mic_max;
+    u64 izdp_calls;        /* __init_zone_device_page calls: one per struct page initialised */
+    u64 duration_ns;
+    u64 struct_page_size;
+    u64 page_size;
+};
+
+/* One compound page's vmemmap PTEs: the "compound" event's keys, besides head_pfn. */
 struct cp_val {
     u64 range_start_pfn;
     u64 pfns_per_compound;
@@ -106,27 +155,19 @@ struct cp_val {
 };
 
 struct section_ctx {
-    /* Emitted (the first 13 fields, SECTION_FIELDS in vmemtrace/probes/loader.py): */
-    u64 pfn;
-    u64 nr_pages;
-    u64 range_start_pfn;   /* pgmap->ranges[pgmap->nr_range].start >> PAGE_SHIFT */
+    struct section_event ev;
     u64 start_addr;        /* vmemmap address of pfn: the first populate call's addr */
-    u64 pfns_per_compound; /* 1 << pgmap->vmemmap_shift */
-    u64 ptes;              /* vmemmap_populate_address calls */
-    u64 fresh;             /* ... that allocated a new vmemmap page */
-    u64 reused;            /* ... that mapped an existing page (reuse != NULL) */
-    u64 existing;          /* ... whose PTE was already present (neither) */
-    u64 alloc_calls;       /* vmemmap_alloc_block_buf calls in this section */
-    u64 alloc_bytes;
-    u64 altmap;
-    u64 has_pgmap;
     /* The vmemmap_populate_address call in flight (calls do not nest): kept here rather than
      * in a map of its own, one hash update and delete less per vmemmap page. */
     u64 vpa_live;
     u64 vpa_addr;
     u64 vpa_reuse;
-    u64 vpa_allocated;     /* vmemmap_alloc_block_buf was entered during this call */
-    u64 alloc_probed;      /* the settings map's answer, read once per section, not per PTE */
+    u64 vpa_allocs;        /* successful allocations during this call */
+    /* The allocator call in flight: vmemmap_alloc_block_buf calls vmemmap_alloc_block or
+     * altmap_alloc_block_buf, and only the outermost call's return counts. */
+    u64 alloc_depth;
+    u64 alloc_size;
+    u64 alloc_buf;         /* the outermost call is a *_block_buf: never a page table */
     /* The compound page being populated: a copy of its map entry, written back when the next
      * compound page starts and when the section returns (one map update per compound page
      * and section instead of one per vmemmap page). */
@@ -136,51 +177,65 @@ struct section_ctx {
 };
 
 struct range_ctx {
+    struct range_event ev;
     u64 ts;
-    u64 start_pfn;
-    u64 nr_pages;
-    u64 pfns_per_compound;
-    u64 altmap;
-    u64 altmap_base_pfn;
-    u64 altmap_reserve;
-    u64 altmap_free;
-    u64 mic_calls;
-    u64 mic_pages;
-    u64 mic_min;
-    u64 mic_max;
-    u64 cpu;
 };
 
-struct event {
-    u64 type;
-    u64 struct_page_size;
-    u64 page_size;
-    u64 a[13]; /* section_ctx or range_ctx (13 fields each), in declaration order */
-    u64 duration_ns;
+/* Counters of what went wrong in BPF; field names are the "lost" event's error keys. */
+struct errors_t {
+    u64 compound_map_full;
+    u64 no_context;        /* a callee ran without its caller's context */
+    u64 read_failed;       /* a PTE could not be read */
+    u64 missed_return;     /* a call's return probe never ran (kretprobe instances exhausted) */
 };
 
-BPF_PERF_OUTPUT(events);
+/* Entry-probe hits per probed function, by its name: a probe that attached but is never hit
+ * while its caller runs is blind, never a zero. */
+struct hits_t {
+    u64 __populate_section_memmap;
+    u64 vmemmap_populate_address;
+    u64 vmemmap_alloc_block_buf;
+    u64 altmap_alloc_block_buf;
+    u64 vmemmap_alloc_block;
+    u64 memmap_init_zone_device;
+    u64 memmap_init_compound;
+    u64 __init_zone_device_page;
+};
+
+BPF_PERF_OUTPUT(section_events);
+BPF_PERF_OUTPUT(range_events);
 BPF_HASH(sections, u32, struct section_ctx, 1024);
 BPF_HASH(ranges, u32, struct range_ctx, 1024);
 BPF_F_TABLE("hash", u64, struct cp_val, compound, CP_MAP_ENTRIES, BPF_F_NO_PREALLOC);
-BPF_ARRAY(errors, u64, ERR_MAX);
-/* Set by the loader before attaching: which probes the plan attached (SETTING_*). */
-BPF_ARRAY(settings, u64, SETTING_MAX);
+BPF_ARRAY(errors, struct errors_t, 1);
+BPF_PERCPU_ARRAY(hits, struct hits_t, 1);
 
-static __always_inline void count_error(int which)
+/* BCC rewrites map calls only outside macros: the lookups live in functions. */
+static __always_inline struct errors_t *error_counters(void)
 {
-    u64 *v = errors.lookup(&which);
-    if (v)
-        __sync_fetch_and_add(v, 1);
+    int zero = 0;
+    return errors.lookup(&zero);
 }
 
-/* vmemmap_alloc_block_buf is attached: it, not the reuse argument, tells a fresh page. */
-static __always_inline int alloc_probed(void)
+static __always_inline struct hits_t *hit_counters(void)
 {
-    int key = SETTING_ALLOC_PROBED;
-    u64 *v = settings.lookup(&key);
-    return v && *v;
+    int zero = 0;
+    return hits.lookup(&zero);
 }
+
+#define COUNT_ERROR(field)                              \
+    do {                                                \
+        struct errors_t *e_ = error_counters();         \
+        if (e_)                                         \
+            __sync_fetch_and_add(&e_->field, 1);        \
+    } while (0)
+
+#define HIT(field)                                      \
+    do {                                                \
+        struct hits_t *h_ = hit_counters();             \
+        if (h_)                                         \
+            h_->field++;                                \
+    } while (0)
 
 static __always_inline u32 tid(void)
 {
@@ -211,17 +266,6 @@ static __always_inline void read_pgmap(void *pgmap, u64 *pfns, u64 *range_start)
         *range_start = start >> PAGE_SHIFT;
 }
 
-static __always_inline void emit(struct pt_regs *ctx, u64 type, void *src, u64 duration)
-{
-    struct event ev = {};
-    ev.type = type;
-    ev.struct_page_size = LAYOUT_STRUCT_PAGE;
-    ev.page_size = PAGE_SIZE;
-    bpf_probe_read_kernel(&ev.a, sizeof(ev.a), src);
-    ev.duration_ns = duration;
-    events.perf_submit(ctx, &ev, sizeof(ev));
-}
-
 /* Write the compound page held in the section context back to its map entry. */
 static __always_inline void cp_store(struct section_ctx *s)
 {
@@ -241,11 +285,11 @@ static __always_inline int cp_load(struct section_ctx *s, u64 head)
         return 1;
     cp_store(s);
     struct cp_val zero = {};
-    zero.range_start_pfn = s->range_start_pfn;
-    zero.pfns_per_compound = s->pfns_per_compound;
+    zero.range_start_pfn = s->ev.range_start_pfn;
+    zero.pfns_per_compound = s->ev.pfns_per_compound;
     struct cp_val *c = compound.lookup_or_try_init(&head, &zero);
     if (!c) {
-        count_error(ERR_CP_MAP_FULL);
+        COUNT_ERROR(compound_map_full);
         return 0;
     }
     s->cp = *c;
@@ -259,16 +303,20 @@ int section_enter(struct pt_regs *ctx, unsigned long pfn, unsigned long nr_pages
 {
     struct section_ctx s = {};
     u32 t = tid();
-    s.pfn = pfn;
-    s.nr_pages = nr_pages;
-    s.altmap = altmap != NULL;
-    s.alloc_probed = alloc_probed();
+    HIT(__populate_section_memmap);
+    if (sections.lookup(&t))
+        COUNT_ERROR(missed_return); /* the previous call on this thread never returned to us */
+    s.ev.pfn = pfn;
+    s.ev.nr_pages = nr_pages;
+    s.ev.altmap = altmap != NULL;
+    s.ev.struct_page_size = LAYOUT_STRUCT_PAGE;
+    s.ev.page_size = PAGE_SIZE;
 #ifdef HAVE_SECTION_PGMAP
     void *pgmap = (void *)PT_REGS_PARM5(ctx);
-    s.has_pgmap = pgmap != NULL;
-    read_pgmap(pgmap, &s.pfns_per_compound, &s.range_start_pfn);
+    s.ev.has_pgmap = pgmap != NULL;
+    read_pgmap(pgmap, &s.ev.pfns_per_compound, &s.ev.range_start_pfn);
 #else
-    s.pfns_per_compound = 1;
+    s.ev.pfns_per_compound = 1;
 #endif
     sections.update(&t, &s);
     return 0;
@@ -281,8 +329,11 @@ int section_return(struct pt_regs *ctx)
     if (!s)
         return 0;
     cp_store(s);
+    if (s->alloc_depth || s->vpa_live)
+        COUNT_ERROR(missed_return);
     /* NULL return: the memmap could not be populated; the event still reports what was done. */
-    emit(ctx, EV_SECTION, s, PT_REGS_RC(ctx) != 0);
+    s->ev.ok = PT_REGS_RC(ctx) != 0;
+    section_events.perf_submit(ctx, &s->ev, sizeof(s->ev));
     sections.delete(&t);
     return 0;
 }
@@ -290,10 +341,13 @@ int section_return(struct pt_regs *ctx)
 int vpa_enter(struct pt_regs *ctx, unsigned long addr, int node, void *altmap)
 {
     u32 t = tid();
+    HIT(vmemmap_populate_address);
     struct section_ctx *s = sections.lookup(&t);
     if (!s)
         return 0; /* not under __populate_section_memmap: e.g. 6.15's boot-time
                    * vmemmap_populate_hvo() for HugeTLB, which is not device-dax */
+    if (s->vpa_live)
+        COUNT_ERROR(missed_return);
     s->vpa_live = 1;
     s->vpa_addr = addr;
 #ifdef VPA_PTPFN
@@ -301,7 +355,7 @@ int vpa_enter(struct pt_regs *ctx, unsigned long addr, int node, void *altmap)
 #else
     s->vpa_reuse = PT_REGS_PARM4(ctx) != 0;
 #endif
-    s->vpa_allocated = 0;
+    s->vpa_allocs = 0;
     return 0;
 }
 
@@ -314,7 +368,7 @@ int vpa_return(struct pt_regs *ctx)
         return 0;
     s->vpa_live = 0;
     if (pte_ptr == 0 || bpf_probe_read_kernel(&pte, sizeof(pte), (void *)pte_ptr) != 0) {
-        count_error(ERR_READ);
+        COUNT_ERROR(read_failed);
         return 0;
     }
     backing = (pte & VT_PTE_PFN_MASK) >> PAGE_SHIFT;
@@ -322,30 +376,29 @@ int vpa_return(struct pt_regs *ctx)
 
     /* Both populate paths start at the vmemmap address of the section's first pfn
      * (vmemmap_populate_compound_pages() and vmemmap_populate_range() begin at `start`). */
-    if (s->ptes == 0)
+    if (s->ev.ptes == 0)
         s->start_addr = addr;
-    s->ptes++;
-    int fresh = 0, reused = 0;
-    if (s->alloc_probed) {
-        /* vmemmap_pte_populate() allocates only for an empty PTE without a page to reuse; a
-         * failed allocation makes this call return NULL, counted above. */
-        fresh = s->vpa_allocated != 0;
-        reused = !fresh && s->vpa_reuse;
-    } else {
-        fresh = !s->vpa_reuse;
-        reused = s->vpa_reuse;
-    }
+    s->ev.ptes++;
+    /* vmemmap_pte_populate() allocates only for an empty PTE without a page to reuse, and
+     * the page-table pages above an empty PTE are allocated first: a call without reuse that
+     * saw a successful allocation installed a fresh page, one that saw none found its PTE. */
+    int fresh = !s->vpa_reuse && s->vpa_allocs > 0;
+    int reused = s->vpa_reuse != 0;
+    s->ev.pt_pages += s->vpa_allocs - fresh;
+    if (!s->vpa_reuse)
+        s->ev.plain++;
     if (fresh)
-        s->fresh++;
+        s->ev.fresh++;
     else if (reused)
-        s->reused++;
+        s->ev.reused++;
     else
-        s->existing++;
+        s->ev.existing++;
 
-    u64 ppc = s->pfns_per_compound;
+    u64 ppc = s->ev.pfns_per_compound;
     if (ppc > 1 && addr >= s->start_addr) {
-        u64 pfn = s->pfn + (addr - s->start_addr) / LAYOUT_STRUCT_PAGE;
-        u64 head = s->range_start_pfn + ((pfn - s->range_start_pfn) & ~(ppc - 1));
+        u64 pfn = s->ev.pfn + (addr - s->start_addr) / LAYOUT_STRUCT_PAGE;
+        u64 start = s->ev.range_start_pfn;
+        u64 head = start + ((pfn - start) & ~(ppc - 1));
         u64 index = ((pfn - head) * LAYOUT_STRUCT_PAGE) / PAGE_SIZE;
         if (cp_load(s, head)) {
             struct cp_val *c = &s->cp;
@@ -372,16 +425,73 @@ int vpa_return(struct pt_regs *ctx)
     return 0;
 }
 
-int alloc_enter(struct pt_regs *ctx, unsigned long size)
+/* Allocators: vmemmap_alloc_block_buf (data pages and PMD blocks) calls altmap_alloc_block_buf
+ * (the device's own pages) or vmemmap_alloc_block (the page allocator, which also serves every
+ * page-table page, through vmemmap_alloc_block_zero). Any may be inlined on a given build: all
+ * are probed where they can be, the outermost call that fires is the one counted, and only
+ * when it returns memory (a failed order-9 attempt followed by the base-page fallback counts
+ * once). */
+static __always_inline int alloc_enter(unsigned long size, int buf)
 {
     u32 t = tid();
     struct section_ctx *s = sections.lookup(&t);
     if (!s)
         return 0; /* boot-time or non-device users */
-    s->alloc_calls++;
-    s->alloc_bytes += size;
-    s->vpa_allocated = s->vpa_live;
+    if (s->alloc_depth == 0) {
+        s->ev.alloc_calls++;
+        s->alloc_size = size;
+        s->alloc_buf = buf;
+    }
+    s->alloc_depth++;
     return 0;
+}
+
+static __always_inline int alloc_return(struct pt_regs *ctx)
+{
+    u32 t = tid();
+    struct section_ctx *s = sections.lookup(&t);
+    if (!s || s->alloc_depth == 0)
+        return 0;
+    if (--s->alloc_depth)
+        return 0; /* an inner allocator: its caller's return counts */
+    if (PT_REGS_RC(ctx) == 0)
+        return 0;
+    s->ev.allocs++;
+    if (s->vpa_live)
+        s->vpa_allocs++; /* sorted out when vmemmap_populate_address returns */
+    else if (s->alloc_buf || s->alloc_size > PAGE_SIZE)
+        s->ev.direct_bytes += s->alloc_size; /* PMD blocks; base pages before 5.19 */
+    else
+        s->ev.pt_pages++; /* vmemmap_{pgd,p4d,pud,pmd}_populate() */
+    return 0;
+}
+
+int alloc_buf_enter(struct pt_regs *ctx, unsigned long size)
+{
+    HIT(vmemmap_alloc_block_buf);
+    return alloc_enter(size, 1);
+}
+
+int alloc_altmap_enter(struct pt_regs *ctx, unsigned long size)
+{
+    HIT(altmap_alloc_block_buf);
+    return alloc_enter(size, 1);
+}
+
+int alloc_block_enter(struct pt_regs *ctx, unsigned long size)
+{
+    HIT(vmemmap_alloc_block);
+    return alloc_enter(size, 0);
+}
+
+int alloc_buf_return(struct pt_regs *ctx)
+{
+    return alloc_return(ctx);
+}
+
+int alloc_block_return(struct pt_regs *ctx)
+{
+    return alloc_return(ctx);
 }
 
 int mizd_enter(struct pt_regs *ctx, void *zone, unsigned long start_pfn, unsigned long nr_pages,
@@ -391,23 +501,27 @@ int mizd_enter(struct pt_regs *ctx, void *zone, unsigned long start_pfn, unsigne
     u32 t = tid();
     u64 unused;
     unsigned int flags = 0;
+    HIT(memmap_init_zone_device);
+    if (ranges.lookup(&t))
+        COUNT_ERROR(missed_return);
     r.ts = bpf_ktime_get_ns();
-    r.start_pfn = start_pfn;
-    r.nr_pages = nr_pages;
-    read_pgmap(pgmap, &r.pfns_per_compound, &unused);
+    r.ev.start_pfn = start_pfn;
+    r.ev.nr_pages = nr_pages;
+    r.ev.struct_page_size = LAYOUT_STRUCT_PAGE;
+    r.ev.page_size = PAGE_SIZE;
+    read_pgmap(pgmap, &r.ev.pfns_per_compound, &unused);
     bpf_probe_read_kernel(&flags, sizeof(flags), pgmap + LAYOUT_PGMAP_FLAGS);
     if (flags & VT_PGMAP_ALTMAP_VALID) {
         /* memmap_init_zone_device() skips the pfns whose struct pages the altmap holds:
          * start_pfn = altmap->base_pfn + vmem_altmap_offset(altmap), i.e. + reserve + free
          * (include/linux/mm.h). */
-        r.altmap = 1;
+        r.ev.altmap = 1;
         void *altmap = pgmap + LAYOUT_PGMAP_ALTMAP;
-        bpf_probe_read_kernel(&r.altmap_base_pfn, sizeof(u64), altmap + LAYOUT_ALTMAP_BASE_PFN);
-        bpf_probe_read_kernel(&r.altmap_reserve, sizeof(u64), altmap + LAYOUT_ALTMAP_RESERVE);
-        bpf_probe_read_kernel(&r.altmap_free, sizeof(u64), altmap + LAYOUT_ALTMAP_FREE);
+        bpf_probe_read_kernel(&r.ev.altmap_base_pfn, sizeof(u64), altmap + LAYOUT_ALTMAP_BASE_PFN);
+        bpf_probe_read_kernel(&r.ev.altmap_reserve, sizeof(u64), altmap + LAYOUT_ALTMAP_RESERVE);
+        bpf_probe_read_kernel(&r.ev.altmap_free, sizeof(u64), altmap + LAYOUT_ALTMAP_FREE);
     }
-    r.mic_min = (u64)-1;
-    r.cpu = bpf_get_smp_processor_id();
+    r.ev.mic_min = (u64)-1;
     ranges.update(&t, &r);
     return 0;
 }
@@ -418,7 +532,10 @@ int mizd_return(struct pt_regs *ctx)
     struct range_ctx *r = ranges.lookup(&t);
     if (!r)
         return 0;
-    emit(ctx, EV_RANGE, r, bpf_ktime_get_ns() - r->ts);
+    r->ev.duration_ns = bpf_ktime_get_ns() - r->ts;
+    if (r->ev.mic_min == (u64)-1)
+        r->ev.mic_min = 0; /* no nr_pages read: none called, or only counted (a clone) */
+    range_events.perf_submit(ctx, &r->ev, sizeof(r->ev));
     ranges.delete(&t);
     return 0;
 }
@@ -426,17 +543,44 @@ int mizd_return(struct pt_regs *ctx)
 int mic_enter(struct pt_regs *ctx)
 {
     u32 t = tid();
+    HIT(memmap_init_compound);
     struct range_ctx *r = ranges.lookup(&t);
     u64 nr = PT_REGS_PARM6(ctx);
     if (!r) {
-        count_error(ERR_NO_CONTEXT);
+        COUNT_ERROR(no_context);
         return 0;
     }
-    r->mic_calls++;
-    r->mic_pages += nr;
-    if (nr < r->mic_min)
-        r->mic_min = nr;
-    if (nr > r->mic_max)
-        r->mic_max = nr;
+    r->ev.mic_calls++;
+    r->ev.mic_pages += nr;
+    if (nr < r->ev.mic_min)
+        r->ev.mic_min = nr;
+    if (nr > r->ev.mic_max)
+        r->ev.mic_max = nr;
+    return 0;
+}
+
+/* memmap_init_compound only as a clone: its calls counted, nr_pages left unread. */
+int mic_count(struct pt_regs *ctx)
+{
+    u32 t = tid();
+    HIT(memmap_init_compound);
+    struct range_ctx *r = ranges.lookup(&t);
+    if (!r) {
+        COUNT_ERROR(no_context);
+        return 0;
+    }
+    r->ev.mic_calls++;
+    return 0;
+}
+
+/* __init_zone_device_page (out of line or a clone): one call per struct page initialised,
+ * heads and tails alike (mm/mm_init.c, memmap_init_zone_device() and memmap_init_compound()). */
+int izdp_count(struct pt_regs *ctx)
+{
+    u32 t = tid();
+    HIT(__init_zone_device_page);
+    struct range_ctx *r = ranges.lookup(&t);
+    if (r)
+        r->ev.izdp_calls++;
     return 0;
 }
