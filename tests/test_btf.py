@@ -47,7 +47,7 @@ class Writer:
         return hdr + bytes(self.types) + bytes(self.strings)
 
 
-def kernel_like(flags_size=4):
+def kernel_like(flags_size=4, vpa_params=None):
     w = Writer()
     ulong, uint, int_ = w.int_("long unsigned int", 8), w.int_("unsigned int", flags_size), w.int_("int", 4)
     u64 = w.int_("long long unsigned int", 8)
@@ -67,6 +67,10 @@ def kernel_like(flags_size=4):
     w.struct_("page", 64, [("flags", ulong, 0)])
     proto = w.add("", btf.FUNC_PROTO, 2, 0, struct.pack("<IIII", w.s("pfn"), ulong, w.s("pgmap"), ulong))
     w.add("__populate_section_memmap", btf.FUNC, 0, proto)
+    if vpa_params:  # vmemmap_populate_address: 5.19-6.14 (..., reuse), 6.15+ (..., ptpfn, flags)
+        params = b"".join(struct.pack("<II", w.s(n), ulong) for n in vpa_params)
+        w.add("vmemmap_populate_address", btf.FUNC, 0,
+              w.add("", btf.FUNC_PROTO, len(vpa_params), ulong, params))
     return w
 
 
@@ -74,8 +78,24 @@ def test_layout_of_a_6_12_shaped_dev_pagemap():
     layout = btf.layout(btf.Btf(kernel_like().blob()))
     assert layout == btf.Layout(struct_page=64, pgmap_altmap=0, pgmap_flags=108, pgmap_nr_range=136,
                                 pgmap_ranges=144, pgmap_vmemmap_shift=112, altmap_base_pfn=0,
-                                altmap_reserve=16, altmap_free=24, range_size=16)
+                                altmap_reserve=16, altmap_free=24, range_size=16,
+                                signatures=btf.Signatures(section_pgmap=True, vpa_ptpfn=None))
     assert "-DLAYOUT_PGMAP_RANGES=144" in layout.defines()
+
+
+@pytest.mark.parametrize("params, ptpfn", [
+    (("addr", "node", "altmap", "reuse"), False),
+    (("addr", "node", "altmap", "ptpfn", "flags"), True)])
+def test_calling_conventions_from_function_prototypes(params, ptpfn):
+    blob = btf.Btf(kernel_like(vpa_params=params).blob())
+    assert btf.layout(blob).signatures == btf.Signatures(section_pgmap=True, vpa_ptpfn=ptpfn)
+    assert blob.params("vmemmap_populate_address") == list(params)
+
+
+def test_no_pgmap_argument_before_5_19():
+    w = kernel_like()
+    w.strings = w.strings.replace(b"\0pgmap\0", b"\0pgmaq\0")
+    assert btf.layout(btf.Btf(w.blob())).signatures.section_pgmap is False
 
 
 def test_no_vmemmap_shift_before_5_17():

@@ -7,16 +7,12 @@ from typing import Callable, List, Optional
 from vmemtrace.backing import walk_events
 from vmemtrace.errors import VmemtraceError
 from vmemtrace import geometry
-from vmemtrace.kernel import btf, daxdev
+from vmemtrace.kernel import btf, compat, daxdev
 from vmemtrace.kernel.facts import gather
 from vmemtrace.kernel.kcore import Walker
 from vmemtrace.probes.plan import WALK_STRATEGY
 from vmemtrace.probes.targets import TARGETS, WALK_TARGETS
 from vmemtrace.readiness import assess
-
-# drivers/dax/device.c sets pgmap->vmemmap_shift from the device's align since 5.17 ("device-dax:
-# compound devmap support"); before, every struct page is a base page.
-COMPOUND_SINCE = (5, 17)
 
 
 def walk_range(walker: Walker, start_pfn: int, nr_pages: int, pfns_per_compound: int,
@@ -58,7 +54,8 @@ def audit_events(walker: Walker, facts, progress: Callable[[str], None]) -> List
             progress(f"{dev['name']}: skipped, onlined as System RAM (kmem): not ZONE_DEVICE")
             continue
         align = dev["align"] or geometry.PAGE_SIZE
-        per = align // geometry.PAGE_SIZE if version[:2] >= COMPOUND_SINCE else 1
+        # Before compound devmaps every struct page is a base page (kernel/compat.py).
+        per = align // geometry.PAGE_SIZE if compat.has(version, compat.COMPOUND_DEVMAP) else 1
         out.extend(walk_range(walker, dev.get("pgmap_start_pfn", dev["start_pfn"]),
                               dev.get("pgmap_nr_pages", dev["nr_pages"]), per,
                               dev.get("mode") == "pmem", page, geometry.PAGE_SIZE))

@@ -66,9 +66,17 @@ def check(as_json, root):
     from vmemtrace.kernel.facts import gather
     from vmemtrace.readiness import assess, check_report
 
+    from vmemtrace.kernel import btf
+    from vmemtrace.probes.loader import defines
+
     facts = gather(root)
     ready = assess(facts)
     report = check_report(facts, ready)
+    # Where the BPF program's struct layout and calling conventions would come from.
+    layout = btf.try_layout(facts.btf and str(root / facts.btf.lstrip("/")), say,
+                            "the kernel headers answer instead")
+    report["facts_from"] = defines(facts.version, root / "lib/modules" / facts.release / "build",
+                                   layout)[1]
     if as_json:
         render.emit_json(report)
     else:

@@ -10,21 +10,24 @@ from typing import IO, Iterable, Iterator, List
 
 from vmemtrace.errors import VmemtraceError
 
-SCHEMA = 1
+# 2: section events count allocations by their returns (plain, allocs, direct_bytes, pt_pages),
+# range events count __init_zone_device_page hits, and a "hits" event closes the log.
+SCHEMA = 2
 
 REQUIRED = {
     # kernel facts at trace start; strategy: target -> kprobe/kretprobe/fallback/unavailable
     "header": ("schema", "kernel", "version", "feature", "strategy"),
     # one __populate_section_memmap() call, aggregated in BPF
-    "section": ("pfn", "nr_pages", "range_start_pfn", "pfns_per_compound", "ptes", "fresh",
-                "reused", "existing", "alloc_calls", "alloc_bytes", "altmap", "has_pgmap"),
+    "section": ("pfn", "nr_pages", "range_start_pfn", "pfns_per_compound", "ptes", "plain",
+                "fresh", "reused", "existing", "alloc_calls", "allocs", "direct_bytes", "pt_pages",
+                "altmap", "has_pgmap", "ok", "struct_page_size", "page_size"),
     # one compound page's vmemmap PTEs, aggregated in BPF
     "compound": ("head_pfn", "range_start_pfn", "pfns_per_compound", "ptes", "fresh", "reused",
                  "existing", "head_fresh", "tail_fresh", "tail_pfn", "on_tail", "max_index"),
     # one memmap_init_zone_device() call
     "range": ("start_pfn", "nr_pages", "pfns_per_compound", "altmap", "altmap_base_pfn",
-              "altmap_reserve", "altmap_free", "mic_calls", "mic_pages", "duration_ns",
-              "struct_page_size", "page_size"),
+              "altmap_reserve", "altmap_free", "mic_calls", "mic_pages", "izdp_calls",
+              "duration_ns", "struct_page_size", "page_size"),
     # the page-table walk of one range's vmemmap (kernel/kcore.py, backing.py); its compound
     # pages follow as "compound" events with "source": "walk"
     "walk": ("start_pfn", "nr_pages", "pfns_per_compound", "altmap", "vmemmap_pages", "mapped",
@@ -40,6 +43,8 @@ REQUIRED = {
     "command": ("argv", "exit", "seconds"),
     # events the perf buffer dropped and BPF-side failures, at the end
     "lost": ("count", "errors"),
+    # entry-probe hits per probed function, at the end: an attached probe with none is blind
+    "hits": ("hits",),
 }
 
 

@@ -7,17 +7,27 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from vmemtrace import geometry
-from vmemtrace.probes.plan import is_attached
+from vmemtrace.account import Account, account
+from vmemtrace.probes import targets
+from vmemtrace.probes.plan import COUNT, is_attached
+from vmemtrace.probes.targets import TARGETS
 
 
 @dataclass
 class Sources:
-    """What this trace could see, from the header's strategy map."""
+    """What this trace could see, from the header's strategy map and the target registry."""
 
     populate: bool  # per-PTE reuse: vmemmap_populate_address under __populate_section_memmap
-    alloc: bool  # vmemmap pages allocated: vmemmap_alloc_block_buf under the same
-    init: bool  # struct pages initialised per compound page: memmap_init_compound
+    alloc: bool  # vmemmap pages allocated: an allocator under the same
+    init_decoded: bool  # memmap_init_compound's nr_pages read
+    init_pages: bool  # __init_zone_device_page's hits counted: struct pages initialised
     ranges: bool  # memmap_init_zone_device
+    allocators: tuple = ()  # the allocator targets attached
+
+    @property
+    def init(self) -> bool:
+        """Struct pages initialised per compound page can be observed."""
+        return self.init_decoded or self.init_pages
 
     @property
     def cross_checkable(self) -> bool:
@@ -26,12 +36,18 @@ class Sources:
 
     @classmethod
     def from_strategy(cls, strategy: Dict[str, str]) -> "Sources":
-        seen = {name for name, how in strategy.items() if is_attached(how)}
-        section = "__populate_section_memmap" in seen
-        return cls(populate=section and "vmemmap_populate_address" in seen,
-                   alloc=section and "vmemmap_alloc_block_buf" in seen,
-                   init="memmap_init_compound" in seen,
-                   ranges="memmap_init_zone_device" in seen)
+        def sees(kind, decoded=False):
+            return any(t.sees == kind and is_attached(strategy.get(t.name, ""))
+                       and not (decoded and strategy[t.name] == COUNT) for t in TARGETS)
+
+        section = sees(targets.SECTIONS)
+        return cls(populate=section and sees(targets.POPULATE),
+                   alloc=section and sees(targets.ALLOC),
+                   init_decoded=sees(targets.INIT, decoded=True),
+                   init_pages=sees(targets.INIT_PAGES),
+                   ranges=sees(targets.RANGES),
+                   allocators=tuple(t.name for t in TARGETS if t.sees == targets.ALLOC
+                                    and is_attached(strategy.get(t.name, ""))))
 
 
 @dataclass
@@ -75,8 +91,18 @@ class DeviceLedger:
             struct_page_size=r.get("struct_page_size", geometry.STRUCT_PAGE_SIZE))
 
     def totals(self) -> Dict[str, int]:
-        keys = ("ptes", "fresh", "reused", "existing", "alloc_calls", "alloc_bytes")
+        keys = ("ptes", "plain", "fresh", "reused", "existing", "alloc_calls", "allocs",
+                "direct_bytes", "pt_pages")
         return {k: sum(s[k] for s in self.sections) for k in keys}
+
+    def allocated_pages(self) -> int:
+        """vmemmap pages the allocator probes saw: one per fresh PTE, and the blocks."""
+        t = self.totals()
+        return t["fresh"] + t["direct_bytes"] // self.shape(True).page_size
+
+    def account(self, sources: "Sources", feature: bool) -> Account:
+        return account(self.shape(feature), self.sections, self.range, sources,
+                       list(sources.allocators))
 
 
 @dataclass
@@ -88,6 +114,7 @@ class Ledger:
     lost: int
     bpf_errors: Dict[str, int]
     command: Optional[dict]
+    hits: Optional[Dict[str, int]] = None  # entry-probe hits per function, at the end
 
     @property
     def feature(self) -> bool:
@@ -107,7 +134,7 @@ def fold(events: List[dict]) -> Ledger:
     pending: List[dict] = []
     in_order: List[DeviceLedger] = []  # range events as they came, for the kernel log lines
     kmsg: List[dict] = []
-    devices, vmstat, lost, bpf_errors, command = [], {}, 0, {}, None
+    devices, vmstat, lost, bpf_errors, command, hits = [], {}, 0, {}, None, None
     for ev in events[1:]:
         kind = ev["type"]
         if kind == "section":
@@ -138,6 +165,8 @@ def fold(events: List[dict]) -> Ledger:
                 bpf_errors[k] = bpf_errors.get(k, 0) + v
         elif kind == "command":
             command = ev
+        elif kind == "hits":
+            hits = ev["hits"]
         elif kind == "kmsg":
             kmsg.append(ev)
     # One log line per memmap_init_zone_device call, in call order: pair them only when the
@@ -158,4 +187,4 @@ def fold(events: List[dict]) -> Ledger:
             owner.device = dev
     ordered = sorted(ranges.values(), key=lambda d: d.start_pfn)
     return Ledger(header, ordered, Sources.from_strategy(header["strategy"]), vmstat, lost,
-                  bpf_errors, command)
+                  bpf_errors, command, hits)

@@ -6,13 +6,11 @@ Pure logic over KernelFacts and the attach plan; `vmemtrace check` prints what t
 from dataclasses import dataclass
 from typing import List, Optional
 
+from vmemtrace.kernel import compat
 from vmemtrace.kernel.config import RELEVANT, enabled
 from vmemtrace.kernel.facts import DATA_SYMBOLS, KernelFacts
 from vmemtrace.probes import plan as P
 from vmemtrace.probes.targets import REQUIRED
-
-# The series "sparse-vmemmap: memory savings for compound devmaps (device-dax)" landed in 5.19.
-FEATURE_SINCE = (5, 19)
 
 
 @dataclass
@@ -50,7 +48,7 @@ def feature(facts: KernelFacts, plan: List[P.TargetStatus]) -> Feature:
     for name in ("vmemmap_populate_compound_pages", "vmemmap_populate_address"):
         if by_name[name].availability not in (P.INLINED, P.ABSENT):
             return Feature(True, f"{name} is built in ({by_name[name].availability})")
-    if facts.version[:2] < FEATURE_SINCE:
+    if not compat.has(facts.version, compat.FEATURE):
         return Feature(False, f"kernel {facts.release} predates 5.19 and has no "
                               "vmemmap_populate_address: compound devmaps are not optimised")
     return Feature(True, f"inferred from version {facts.release} >= 5.19: "
@@ -111,5 +109,6 @@ def check_report(facts: KernelFacts, ready: Readiness) -> dict:
         "page_table_walk": {"possible": facts.walk_blocker is None,
                             "reason": facts.walk_blocker or "root, /proc/kcore, data symbols"},
         "targets": {s.name: s.as_json() for s in ready.plan},
+        "leftover_kprobes": [str(item) for item in facts.leftovers],
         "strategy": {s.name: s.strategy for s in ready.plan},
     }

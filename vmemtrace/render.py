@@ -32,6 +32,8 @@ def check_table(report: dict) -> str:
         ("BTF", report["btf"] or "no"),
         ("headers for BCC", report["headers"] or "no"),
         ("bcc", report["bcc"] or "not importable"),
+        ("BPF facts from", " ".join(f"{k}={v}" for k, v in report.get("facts_from", {}).items()) or "-"),
+        ("leftover kprobes", "; ".join(report.get("leftover_kprobes", [])) or "none"),
         ("can trace", "yes" if report["can_trace"] else "no"),
     ]
     rows = [(name, t["availability"], t["strategy"], t["reason"])
@@ -76,11 +78,13 @@ def event_line(ev: dict) -> str:
     if kind == "section":
         return (f"SECTION  pfn {ev['pfn']} +{ev['nr_pages']}  compound {ev['pfns_per_compound']}  "
                 f"altmap {'yes' if ev['altmap'] else 'no'}  ptes {ev['ptes']} fresh {ev['fresh']} "
-                f"reused {ev['reused']}  alloc {ev['alloc_calls']} ({ev['alloc_bytes']} B)")
+                f"reused {ev['reused']}  allocs {ev['allocs']}/{ev['alloc_calls']} "
+                f"blocks {ev['direct_bytes']} B  page tables {ev['pt_pages']}")
     if kind == "range":
         return (f"RANGE    pfn {ev['start_pfn']} +{ev['nr_pages']}  compound {ev['pfns_per_compound']}  "
                 f"altmap {'yes' if ev['altmap'] else 'no'}  memmap_init_compound {ev['mic_calls']} calls "
-                f"{ev['mic_pages']} struct pages  {ev['duration_ns'] / 1e6:.3f} ms")
+                f"{ev['mic_pages']} struct pages  __init_zone_device_page {ev['izdp_calls']}  "
+                f"{ev['duration_ns'] / 1e6:.3f} ms")
     if kind == "walk":
         levels = " ".join(f"{k}={v}" for k, v in sorted(ev["levels"].items()))
         return (f"WALK     pfn {ev['start_pfn']} +{ev['nr_pages']}  {ev['paging']}-level  "
@@ -91,6 +95,8 @@ def event_line(ev: dict) -> str:
                 f"reused {ev['reused']} on-first-tail {ev['on_tail']}")
     if kind == "header":
         return f"HEADER   kernel {ev['kernel']}  " + " ".join(f"{k}={v}" for k, v in ev["strategy"].items())
+    if kind == "hits":
+        return "HITS     " + " ".join(f"{k}={v}" for k, v in ev["hits"].items())
     if kind == "lost":
         return f"LOST     {ev['count']} events  " + " ".join(f"{k}={v}" for k, v in ev["errors"].items())
     if kind == "vmstat":

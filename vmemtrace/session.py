@@ -2,6 +2,7 @@
 log it produces (header first). verify, record, trace and stats all run through here."""
 
 import signal
+from pathlib import Path
 import subprocess
 import sys
 import threading
@@ -13,9 +14,11 @@ from vmemtrace import __version__
 from vmemtrace.audit import existing_devices, walk_range
 from vmemtrace.errors import VmemtraceError
 from vmemtrace.events import SCHEMA
-from vmemtrace.kernel import daxdev, vmstat
+from vmemtrace.kernel import daxdev, leftovers, vmstat
+from vmemtrace.kernel.ftrace import tracefs
 from vmemtrace.kernel.kmsg import KmsgCursor, parse_memmap_init
 from vmemtrace.kernel.facts import gather
+from vmemtrace.ledger import DeviceLedger, Sources
 from vmemtrace.probes.plan import WALK_STRATEGY
 from vmemtrace.readiness import assess
 
@@ -47,8 +50,6 @@ def terminate_on_sigterm():
 def walk_mode(ready, cross_check: bool) -> Optional[str]:
     """Whether ranges get walked: always with --cross-check (which needs the probes it checks),
     and wherever the plan chose the walk for a populate target (kernel/kcore.py)."""
-    from vmemtrace.ledger import Sources
-
     seen = Sources.from_strategy({s.name: s.strategy for s in ready.plan})
     if cross_check:
         if not seen.cross_checkable:
@@ -62,8 +63,9 @@ def walk_mode(ready, cross_check: bool) -> Optional[str]:
 
 
 def open_tracer(progress: Callable[[str], None], cross_check: bool = False):
-    """Facts, readiness, a loaded Tracer and, when needed, the page-table walker; exit 2 with
-    the reason when tracing cannot start."""
+    """Facts, readiness, a loaded Tracer and the page-table walker where it can run (it walks
+    every range in the modes of walk_mode(), and any range whose probe counts do not add up);
+    exit 2 with the reason when tracing cannot start."""
     from vmemtrace.audit import open_walker
     from vmemtrace.probes.loader import Tracer, take_compile
 
@@ -74,8 +76,13 @@ def open_tracer(progress: Callable[[str], None], cross_check: bool = False):
         ready = assess(facts)
         if ready.blockers:
             raise VmemtraceError("cannot trace: " + "; ".join(ready.blockers))
+        if facts.leftovers:  # a tracer killed before it could detach (kernel/leftovers.py)
+            leftovers.remove(tracefs(Path("/")), facts.leftovers)
+            progress(f"removed {len(facts.leftovers)} kprobe events left by dead tracers: "
+                     + "; ".join(map(str, facts.leftovers)))
         mode = walk_mode(ready, cross_check)
-        walker = open_walker(facts) if mode else None
+        if mode or facts.walk_blocker is None:
+            walker = open_walker(facts)
         if compiled is None:
             raise VmemtraceError("cannot trace: the BPF program could not be compiled")
         tracer = Tracer(ready.plan, compiled)
@@ -87,7 +94,17 @@ def open_tracer(progress: Callable[[str], None], cross_check: bool = False):
         raise
     progress(f"attached to {', '.join(tracer.attached)} in {time.monotonic() - compiled.started:.1f}s"
              + (f"; page-table walk after each range ({mode})" if mode else ""))
-    return tracer, walker, facts, header_event(facts, ready, tracer.cflags, mode)
+    header = header_event(facts, ready, tracer.cflags, mode)
+    header["facts_from"] = tracer.fact_sources
+    header["walk_blocker"] = None if walker is not None else facts.walk_blocker
+    return tracer, walker, facts, header, mode
+
+
+def _needs_walk(header: dict, rng: dict, sections: List[dict]) -> bool:
+    """The probes' counts for this range do not add up (account.py): its page tables answer."""
+    d = DeviceLedger(rng["start_pfn"], rng["nr_pages"], range=rng, sections=sections)
+    return d.account(Sources.from_strategy(header["strategy"]),
+                     bool(header["feature"]["present"])).needs_walk
 
 
 def closing_events(tracer, kmsg: Optional[KmsgCursor] = None) -> List[dict]:
@@ -97,6 +114,7 @@ def closing_events(tracer, kmsg: Optional[KmsgCursor] = None) -> List[dict]:
     if kmsg is not None:
         out.extend(ev for ev in map(parse_memmap_init, kmsg.messages()) if ev)
     out.append({"type": "lost", "count": tracer.lost, "errors": tracer.errors()})
+    out.append({"type": "hits", "hits": tracer.hits()})
     n = vmstat.read_nr_memmap_pages()
     if n is not None:
         out.append({"type": "vmstat", "when": "after", "nr_memmap_pages": n})
@@ -140,20 +158,27 @@ def traced(progress: Callable[[str], None], on_event: Optional[Callable[[dict], 
     devices that exist already); yields (tracer, take, log). On the way out, closing events are
     logged and everything is detached, whatever happened."""
     log: List[dict] = []
-    walker = None
+    walker, mode, sections = None, None, []
 
     def take(events):
         for ev in events:
             log.append(ev)
             if on_event:
                 on_event(ev)
-            if walker is not None and ev["type"] == "range":
-                # memmap_init_zone_device has returned: the range's vmemmap is complete.
-                take(walk_range(walker, ev["start_pfn"], ev["nr_pages"], ev["pfns_per_compound"],
-                                bool(ev["altmap"]), ev["struct_page_size"], ev["page_size"]))
+            if ev["type"] == "section":
+                sections.append(ev)
+            elif ev["type"] == "range":
+                end = ev["start_pfn"] + ev["nr_pages"]
+                inside = [ev["start_pfn"] <= s["pfn"] < end for s in sections]
+                mine = [s for s, i in zip(sections, inside) if i]
+                sections[:] = [s for s, i in zip(sections, inside) if not i]
+                if walker is not None and (mode or _needs_walk(log[0], ev, mine)):
+                    # memmap_init_zone_device has returned: the range's vmemmap is complete.
+                    take(walk_range(walker, ev["start_pfn"], ev["nr_pages"], ev["pfns_per_compound"],
+                                    bool(ev["altmap"]), ev["struct_page_size"], ev["page_size"]))
 
     with terminate_on_sigterm():
-        tracer, walker, facts, header = open_tracer(progress, cross_check)
+        tracer, walker, facts, header, mode = open_tracer(progress, cross_check)
         kmsg = KmsgCursor()
         try:
             with tracer:

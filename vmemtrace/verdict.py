@@ -7,12 +7,11 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 from vmemtrace import geometry
+from vmemtrace.account import Account
 from vmemtrace.ledger import DeviceLedger, Ledger
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
 EXPECTATIONS = ("auto", "optimized", "unoptimized")
-NOTRACE_REUSE = ("vmemmap_populate_address cannot be probed on this kernel "
-                 "(see `vmemtrace check`) and its vmemmap was not walked")
 AUDIT_INIT = ("the range existed before tracing: struct page initialisation is only visible "
               "while memmap_init_zone_device runs (use `verify` when the device is created)")
 BY_WALK = " (page-table walk)"
@@ -38,34 +37,51 @@ class Observed:
     compounds: Optional[List[dict]]  # per compound page vmemmap layout, live or walked
     reused: Optional[int]  # vmemmap PTEs mapped onto an already used page
     how: str  # "" when probes saw it, BY_WALK when the page-table walk did
+    vmemmap_why: str  # why vmemmap_pages is None, or why the walk answered instead of the probes
+    populate_why: str  # the same for the per-compound-page layout
+    account: Account
+
+
+def _not_walked(ledger: Ledger) -> str:
+    blocker = ledger.header.get("walk_blocker")
+    return f", and the page-table walk could not run: {blocker}" if blocker else ", and the range was not walked"
 
 
 def observe(d: DeviceLedger, ledger: Ledger) -> Observed:
+    """Probes first where their counts add up for this range (account.py); the page-table walk
+    where it ran; else nothing, with the reason."""
     src = ledger.sources
+    acct = d.account(src, ledger.feature)
     vmemmap, compounds, reused, walked = None, None, None, ""
-    if src.alloc and d.sections:
-        page = d.shape(ledger.feature).page_size
-        vmemmap = d.totals()["alloc_bytes"] // page
+    vmemmap_why = populate_why = ""
+    if acct.alloc is None:
+        vmemmap = d.allocated_pages()
     elif d.walk is not None:
         vmemmap, walked = d.walk["distinct"], BY_WALK
-    # Probes first where they saw this range; a range that existed before tracing (audited by
-    # the exporter at start) has only its walk.
-    if src.populate and d.sections:
+        vmemmap_why = f"; probes: {acct.alloc}" if src.alloc and d.sections else ""
+    else:
+        vmemmap_why = acct.alloc + _not_walked(ledger)
+    if acct.populate is None:
         compounds, reused = d.compounds, d.totals()["reused"]
     elif d.walk is not None:
         compounds, reused, walked = d.walk_compounds, d.walk["reused"], BY_WALK
-    init, how = None, "memmap_init_compound cannot be probed: not observable on this kernel"
-    if d.range is not None:
+        populate_why = f"; probes: {acct.populate}" if src.populate and d.sections else ""
+    else:
+        populate_why = acct.populate + _not_walked(ledger)
+    init, how = None, acct.init or ""
+    if d.range is not None and acct.init is None:
         shape = d.shape(ledger.feature)
-        if d.range["pfns_per_compound"] <= 1:
+        if src.init_pages:
+            init, how = d.range["izdp_calls"], "__init_zone_device_page calls, counted"
+        elif d.range["pfns_per_compound"] <= 1:
             # No compound pages: memmap_init_zone_device() initialises every pfn of its loop
             # one by one (mm/mm_init.c); the loop bounds are the kernel's own arguments.
             init, how = geometry.init_loop_pages(shape), "every pfn of memmap_init_zone_device's loop"
-        elif src.init:
+        else:
             init, how = d.range["mic_pages"], "memmap_init_compound nr_pages, summed"
-    elif d.walk is not None:
+    elif d.range is None and d.walk is not None:
         how = AUDIT_INIT
-    return Observed(vmemmap, init, how, compounds, reused, walked)
+    return Observed(vmemmap, init, how, compounds, reused, walked, vmemmap_why, populate_why, acct)
 
 
 def _compound_problem(c: dict, per_compound: int) -> Optional[str]:
@@ -84,7 +100,14 @@ def _compound_problem(c: dict, per_compound: int) -> Optional[str]:
     return None
 
 
-def check_device(d: DeviceLedger, ledger: Ledger, expect: str) -> Dict:
+def defining_checks(feature: bool, eligible: bool) -> tuple:
+    """The checks that define a range's case: "pass" needs every one of them judged."""
+    if feature and eligible:
+        return ("tail-reuse", "accounting", "init-skip")
+    return ("no-false-optimisation",)
+
+
+def check_device(d: DeviceLedger, ledger: Ledger, expect: str, allow_skip=()) -> Dict:
     feature = ledger.feature
     shape = d.shape(feature)
     eligible, why = geometry.eligibility(shape)
@@ -116,7 +139,7 @@ def check_device(d: DeviceLedger, ledger: Ledger, expect: str) -> Dict:
     if not eligible:
         checks.append(Check("tail-reuse", SKIP, "not eligible: see no-false-optimisation"))
     elif seen.compounds is None:
-        checks.append(Check("tail-reuse", SKIP, NOTRACE_REUSE))
+        checks.append(Check("tail-reuse", SKIP, seen.populate_why))
     else:
         problems = [p for p in (_compound_problem(c, per_cp) for c in seen.compounds) if p]
         if problems:
@@ -124,12 +147,13 @@ def check_device(d: DeviceLedger, ledger: Ledger, expect: str) -> Dict:
             checks.append(Check("tail-reuse", FAIL, problems[0] + more + seen.how))
         elif len(seen.compounds) != n_cp:
             checks.append(Check("tail-reuse", FAIL, f"saw the vmemmap of {len(seen.compounds)} "
-                                                    f"compound pages, expected {n_cp}" + seen.how))
+                                                    f"compound pages, expected {n_cp}" + seen.how
+                                + seen.populate_why))
         else:
             checks.append(Check("tail-reuse", PASS,
                                 f"all {n_cp} compound pages: {geometry.VMEMMAP_RESERVE_NR} fresh "
                                 f"vmemmap pages, {per_cp - geometry.VMEMMAP_RESERVE_NR} tail PTEs "
-                                "on the first tail page" + seen.how))
+                                "on the first tail page" + seen.how + seen.populate_why))
 
     # init-skip
     if not eligible:
@@ -142,24 +166,26 @@ def check_device(d: DeviceLedger, ledger: Ledger, expect: str) -> Dict:
                                                f"page) instead of {naive_init}"))
     else:
         r = d.range
+        per = (f"({r['mic_min']}..{r['mic_max']} per compound page)" if ledger.sources.init_decoded
+               else f"({seen.init_source})")
         checks.append(Check("init-skip", FAIL,
                             f"{seen.struct_pages_initialized} struct pages initialised in "
-                            f"{r['mic_calls']} memmap_init_compound calls "
-                            f"({r.get('mic_min', '?')}..{r.get('mic_max', '?')} per compound page), "
+                            f"{r['mic_calls']} memmap_init_compound calls {per}, "
                             f"expected {expected_init} ({geometry.compound_nr_pages(shape)} per page)"))
 
     # accounting
     vmstat_note = _vmstat_note(ledger, seen.vmemmap_pages, naive_vm, len(ledger.devices))
     what = "distinct pages behind the vmemmap" if seen.how else "vmemmap pages allocated"
     if seen.vmemmap_pages is None:
-        checks.append(Check("accounting", SKIP, "vmemmap_alloc_block_buf cannot be probed on this "
-                                                "kernel" + vmstat_note))
+        checks.append(Check("accounting", SKIP, seen.vmemmap_why + vmstat_note))
     elif seen.vmemmap_pages == expected_vm:
         checks.append(Check("accounting", PASS, f"{seen.vmemmap_pages} {what}, as "
-                                                f"expected (naive {naive_vm})" + vmstat_note))
+                                                f"expected (naive {naive_vm})" + seen.vmemmap_why
+                            + vmstat_note))
     else:
         checks.append(Check("accounting", FAIL, f"{seen.vmemmap_pages} {what}, "
-                                                f"expected {expected_vm} (naive {naive_vm})" + vmstat_note))
+                                                f"expected {expected_vm} (naive {naive_vm})"
+                            + seen.vmemmap_why + vmstat_note))
 
     # no-false-optimisation
     if eligible:
@@ -177,8 +203,10 @@ def check_device(d: DeviceLedger, ledger: Ledger, expect: str) -> Dict:
             wrong.append(f"{seen.struct_pages_initialized} struct pages initialised, expected {expected_init}")
         if wrong:
             checks.append(Check("no-false-optimisation", FAIL, "; ".join(wrong)))
-        elif reused is None and seen.vmemmap_pages is None and seen.struct_pages_initialized is None:
-            checks.append(Check("no-false-optimisation", SKIP, "nothing observable on this kernel"))
+        elif seen.vmemmap_pages is None:
+            # Nothing wrong seen, but the allocation, which the optimisation changes, unseen.
+            checks.append(Check("no-false-optimisation", SKIP, "the vmemmap pages allocated were "
+                                                               "not observed: " + seen.vmemmap_why))
         else:
             parts = []
             if reused is not None:
@@ -203,7 +231,9 @@ def check_device(d: DeviceLedger, ledger: Ledger, expect: str) -> Dict:
                     c.status = FAIL
                     c.detail += f", not the {geometry.init_loop_pages(shape)} pfns expected"
     statuses = {c.status for c in checks}
-    verdict = "fail" if FAIL in statuses else "pass"
+    unjudged = [c.name for c in checks if c.name in defining_checks(feature, eligible)
+                and c.status == SKIP and c.name not in allow_skip]
+    verdict = "fail" if FAIL in statuses else "incomplete" if unjudged else "pass"
     if d.range is None and d.walk is None:
         verdict = "error"
         checks.append(Check("range-complete", FAIL, "memmap_init_zone_device was not seen for this "
@@ -214,10 +244,11 @@ def check_device(d: DeviceLedger, ledger: Ledger, expect: str) -> Dict:
                                                     f"of the range's {d.walk['vmemmap_pages']} vmemmap "
                                                     "pages are not mapped"))
     r = d.range or {}
+    # What was observed, never what was not: None where neither number was seen.
     optimized = None
-    if seen.vmemmap_pages is not None:
+    if seen.vmemmap_pages:
         optimized = seen.vmemmap_pages < naive_vm
-    elif seen.struct_pages_initialized is not None:
+    elif seen.struct_pages_initialized:
         optimized = seen.struct_pages_initialized < naive_init
     return {
         "device": d.name,
@@ -237,9 +268,11 @@ def check_device(d: DeviceLedger, ledger: Ledger, expect: str) -> Dict:
                                      "observed": seen.struct_pages_initialized},
         "memmap_init_seconds": round(r["duration_ns"] / 1e9, 6) if "duration_ns" in r else None,
         "kernel_log": d.kernel_log and {"pages": d.kernel_log["pages"], "ms": d.kernel_log["ms"]},
+        "probe_account": dict(vars(seen.account)),
         "page_table_walk": d.walk and {k: d.walk[k] for k in ("paging", "vmemmap_pages", "mapped",
                                                               "distinct", "reused", "levels")},
         "checks": [c.as_json() for c in checks],
+        "unjudged": unjudged,
         "verdict": verdict,
     }
 
@@ -257,7 +290,7 @@ def cross_check(d: DeviceLedger, ledger: Ledger) -> Check:
         return Check("cross-check", FAIL, "the range was not walked")
     diffs = []
     if ledger.sources.alloc:
-        live = d.totals()["alloc_bytes"] // d.shape(ledger.feature).page_size
+        live = d.allocated_pages()
         if live != d.walk["distinct"]:
             diffs.append(f"probes saw {live} vmemmap pages allocated, the walk finds "
                          f"{d.walk['distinct']} distinct pages")
@@ -281,9 +314,10 @@ def cross_check(d: DeviceLedger, ledger: Ledger) -> Check:
 
 
 def _vmstat_note(ledger: Ledger, observed: Optional[int], naive: int, n_devices: int) -> str:
-    """/proc/vmstat nr_memmap_pages as a second witness (6.11+). Upstream 6.11 to 6.19.0 add the
-    unoptimised size even when the optimisation is used (lab-notes.md): a disagreement is a
-    finding about the kernel's accounting, not proof that the optimisation failed."""
+    """/proc/vmstat nr_memmap_pages as a second witness (6.11+). Kernels without
+    compat.VMSTAT_DAX_FIX add the unoptimised size even when the optimisation is used: a
+    disagreement is a finding about the kernel's accounting, not proof that the optimisation
+    failed."""
     if "before" not in ledger.vmstat or "after" not in ledger.vmstat:
         return ""
     delta = ledger.vmstat["after"] - ledger.vmstat["before"]
@@ -293,13 +327,16 @@ def _vmstat_note(ledger: Ledger, observed: Optional[int], naive: int, n_devices:
         return f"; /proc/vmstat nr_memmap_pages agrees (+{delta})"
     if delta == naive:
         return (f"; /proc/vmstat nr_memmap_pages grew by {delta}, the unoptimised size: this kernel's "
-                "accounting over-reports (upstream 6.11-6.19.0 bug), not the allocation")
+                "accounting over-reports (it lacks the 2026 fix \"Fix DAX vmemmap accounting with "
+                "optimization\"), not the allocation")
     return f"; /proc/vmstat nr_memmap_pages delta {delta} (other memmap changes in the same command)"
 
 
-def evaluate(ledger: Ledger, expect: str = "auto") -> dict:
-    """The verify document (design.md): overall verdict, per-device results."""
-    devices = [check_device(d, ledger, expect) for d in ledger.devices]
+def evaluate(ledger: Ledger, expect: str = "auto", allow_skip=()) -> dict:
+    """The verify document: overall verdict, per-device results. A device passes only when
+    every check that defines its case was judged (defining_checks) or the user waived it
+    (allow_skip); otherwise it is "incomplete", which exits 2 like "error"."""
+    devices = [check_device(d, ledger, expect, allow_skip) for d in ledger.devices]
     problems = []
     if ledger.lost:
         problems.append(f"{ledger.lost} events lost: the ledger is incomplete")
@@ -316,11 +353,13 @@ def evaluate(ledger: Ledger, expect: str = "auto") -> dict:
         verdict = "fail"
     elif any(d["verdict"] == "error" for d in devices):
         verdict = "error"
+    elif any(d["verdict"] == "incomplete" for d in devices):
+        verdict = "incomplete"
     else:
         verdict = "pass"
     doc = {"kernel": ledger.header["kernel"], "verdict": verdict,
            "strategy": ledger.header["strategy"], "expect": expect, "devices": devices,
-           "events_lost": ledger.lost}
+           "events_lost": ledger.lost, "waived": list(allow_skip)}
     if problems:
         doc["problems"] = problems
     if ledger.command is not None:
@@ -330,4 +369,4 @@ def evaluate(ledger: Ledger, expect: str = "auto") -> dict:
     return doc
 
 
-EXIT = {"pass": 0, "fail": 1, "error": 2}
+EXIT = {"pass": 0, "fail": 1, "incomplete": 2, "error": 2}

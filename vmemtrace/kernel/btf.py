@@ -129,6 +129,35 @@ class Btf:
                     yield inner, itype, bits // 8 + ioff
             else:
                 yield name, mtype, bits // 8
+    def params(self, func: str) -> Optional[List[str]]:
+        """Parameter names of a function (FUNC -> FUNC_PROTO -> btf_param), None when the BTF has
+        no such function: pahole records only functions ftrace can see (not notrace, inlined or
+        clones)."""
+        tid = self.find(func, (FUNC,))
+        if tid is None:
+            return None
+        proto = self._words[self._start[tid] + 2]
+        if self.kind(proto) != FUNC_PROTO:
+            raise ValueError(f"{func}: its type is not a FUNC_PROTO")
+        i, vlen = self._start[proto], self._words[self._start[proto] + 1] & 0xFFFF
+        return [self.name(self._words[i + 3 + 2 * p]) for p in range(vlen)]
+
+
+@dataclass(frozen=True)
+class Signatures:
+    """The calling conventions the BPF program decodes, where they changed upstream
+    (kernel/compat.py: SECTION_PGMAP, VPA_PTPFN). None: this BTF does not say."""
+
+    section_pgmap: Optional[bool]  # __populate_section_memmap(..., pgmap)
+    vpa_ptpfn: Optional[bool]  # vmemmap_populate_address(addr, node, altmap, ptpfn, flags)
+
+
+def signatures(btf: Btf) -> Signatures:
+    section = btf.params("__populate_section_memmap")
+    vpa = btf.params("vmemmap_populate_address")
+    return Signatures(section_pgmap=None if section is None else "pgmap" in section,
+                      vpa_ptpfn=None if vpa is None else "ptpfn" in vpa)
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -143,11 +172,12 @@ class Layout:
     altmap_reserve: int
     altmap_free: int
     range_size: int           # sizeof(struct range)
+    signatures: Signatures = Signatures(None, None)
 
     def defines(self) -> List[str]:
         out = []
         for key, value in vars(self).items():
-            if value is not None:
+            if value is not None and key != "signatures":
                 out.append(f"-DLAYOUT_{key.upper()}={value}")
         return out
 
@@ -187,7 +217,8 @@ def layout(btf: Btf) -> Layout:
                   pgmap_flags=pgmap["flags"], pgmap_nr_range=pgmap["nr_range"],
                   pgmap_ranges=pgmap["ranges"], pgmap_vmemmap_shift=pgmap.get("vmemmap_shift"),
                   altmap_base_pfn=altmap["base_pfn"], altmap_reserve=altmap["reserve"],
-                  altmap_free=altmap["free"], range_size=btf.size(rng))
+                  altmap_free=altmap["free"], range_size=btf.size(rng),
+                  signatures=signatures(btf))
 
 
 @functools.lru_cache(maxsize=None)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Dict, Optional, Set
 
 from vmemtrace.errors import VmemtraceError
-from vmemtrace.kernel import config, environment, ftrace, kallsyms, kcore, release
+from vmemtrace.kernel import config, environment, ftrace, kallsyms, kcore, leftovers, release
 from vmemtrace.probes.targets import TARGETS
 
 # Data symbols the page-table walk reads (x86_64, CONFIG_KALLSYMS_ALL), named by kernel/kcore.py.
@@ -30,6 +30,7 @@ class KernelFacts:
     lockdown: Optional[str] = None  # the lockdown LSM's mode, if it is there
     walk_blocker: Optional[str] = "not asked"  # why the page-table walk cannot run, or None
     notes: list = field(default_factory=list)
+    leftovers: list = field(default_factory=list)  # kprobe events of dead tracers on our targets
 
 
 def gather(root: Path = Path("/"), with_bcc: bool = True) -> KernelFacts:
@@ -43,6 +44,7 @@ def gather(root: Path = Path("/"), with_bcc: bool = True) -> KernelFacts:
     except OSError as e:
         raise VmemtraceError(f"cannot read /proc/kallsyms: {e.strerror}")
     opts, source = config.read_config(root, rel)
+    tracefs = ftrace.tracefs(root)
     return KernelFacts(
         release=rel,
         version=release.parse_version(rel),
@@ -58,4 +60,5 @@ def gather(root: Path = Path("/"), with_bcc: bool = True) -> KernelFacts:
         bcc=environment.bcc_version() if with_bcc else None,
         lockdown=environment.lockdown_mode(root),
         walk_blocker=kcore.walk_blocker(root, syms.addresses, os.uname().machine),
+        leftovers=leftovers.find(tracefs, [t.name for t in TARGETS]) if tracefs else [],
     )

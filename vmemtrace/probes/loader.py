@@ -7,63 +7,55 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from vmemtrace.errors import VmemtraceError
-from vmemtrace.kernel import btf, environment, headers
+from vmemtrace.kernel import btf, compat, environment, headers
 from vmemtrace.kernel import release as kernel_release
-from vmemtrace.probes.plan import TargetStatus, is_attached
-from vmemtrace.probes.targets import BY_NAME
+from vmemtrace.probes.plan import TargetStatus, is_attached, probed_symbols, programs
 
 BPF_SOURCE = Path(__file__).resolve().parents[2] / "bpf" / "vmemtrace.bpf.c"
 CP_MAP_ENTRIES = 1 << 18  # compound pages between two drains: 512 GiB at 2 MiB pages
 DRAIN_CHUNK = 4096  # compound map entries per batch system call
 
-# target -> BPF function per probe kind; which kinds attach is the target's `attach`
-# (probes/targets.py).
-ATTACH = {
-    "__populate_section_memmap": {"kprobe": "section_enter", "kretprobe": "section_return"},
-    "vmemmap_populate_address": {"kprobe": "vpa_enter", "kretprobe": "vpa_return"},
-    "vmemmap_alloc_block_buf": {"kprobe": "alloc_enter"},
-    "memmap_init_zone_device": {"kprobe": "mizd_enter", "kretprobe": "mizd_return"},
-    "memmap_init_compound": {"kprobe": "mic_enter"},
-}
-SETTING_ALLOC_PROBED = 0  # bpf/vmemtrace.bpf.c, settings map
-SECTION_FIELDS = ("pfn", "nr_pages", "range_start_pfn", "start_addr", "pfns_per_compound", "ptes",
-                  "fresh", "reused", "existing", "alloc_calls", "alloc_bytes", "altmap", "has_pgmap")
-RANGE_FIELDS = ("ts", "start_pfn", "nr_pages", "pfns_per_compound", "altmap", "altmap_base_pfn",
-                "altmap_reserve", "altmap_free", "mic_calls", "mic_pages", "mic_min", "mic_max", "cpu")
-CP_FIELDS = ("range_start_pfn", "pfns_per_compound", "ptes", "fresh", "reused", "existing",
-             "head_fresh", "tail_fresh", "tail_pfn", "on_tail", "max_index")
-ERRORS = ("compound_map_full", "no_context", "read_failed")
+
+def fields(struct) -> Dict[str, int]:
+    """A ctypes struct BCC built from the program's C declaration, by field name: the C struct
+    is the contract (bpf/vmemtrace.bpf.c), nothing here repeats its layout."""
+    return {name: int(getattr(struct, name)) for name, _ in struct._fields_}
 
 
-class RawEvent(ctypes.Structure):
-    _fields_ = [("type", ctypes.c_uint64), ("struct_page_size", ctypes.c_uint64),
-                ("page_size", ctypes.c_uint64), ("a", ctypes.c_uint64 * 13),
-                ("duration_ns", ctypes.c_uint64)]
-
-
-def defines(version: tuple, build: Path, layout: Optional[btf.Layout]) -> List[str]:
-    """-D flags: the struct layout (from BTF, else the headers) and the argument conventions.
+def defines(version: tuple, build: Path, layout: Optional[btf.Layout]) -> Tuple[List[str], Dict[str, str]]:
+    """-D flags, and per fact where it came from. The struct layout and the two calling
+    conventions come from BTF where it says; else from the headers, and the ptpfn convention,
+    which no header shows (the function is static), from the version (kernel/compat.py).
     Not the plan: every probe function is compiled, the plan only chooses what to attach."""
+    sig = layout.signatures if layout is not None else btf.Signatures(None, None)
+    sources = {}
     if layout is not None:
-        flags = layout.defines()
-        shift = layout.pgmap_vmemmap_shift is not None
+        flags, shift, sources["layout"] = layout.defines(), layout.pgmap_vmemmap_shift is not None, "BTF"
     else:
-        flags = ["-DLAYOUT_FROM_HEADERS"]
+        flags, sources["layout"] = ["-DLAYOUT_FROM_HEADERS"], "headers"
         shift = headers.has_vmemmap_shift(
             headers.read_header(build, "include/linux/memremap.h") or "")
     if shift:
         flags.append("-DHAVE_VMEMMAP_SHIFT")
-    if headers.section_memmap_has_pgmap(headers.read_header(build, "include/linux/mm.h") or ""):
+    if sig.section_pgmap is not None:
+        section_pgmap, sources["section_pgmap"] = sig.section_pgmap, "BTF"
+    else:
+        section_pgmap = headers.section_memmap_has_pgmap(
+            headers.read_header(build, "include/linux/mm.h") or "")
+        sources["section_pgmap"] = "headers"
+    if section_pgmap:
         flags.append("-DHAVE_SECTION_PGMAP")
-    # 6.15 changed vmemmap_populate_address(..., struct page *reuse) to (..., ptpfn, flags):
-    # the function is static, so no header says which one this kernel has.
-    if version[:2] >= (6, 15):
+    if sig.vpa_ptpfn is not None:
+        ptpfn, sources["vpa_ptpfn"] = sig.vpa_ptpfn, "BTF"
+    else:
+        ptpfn, sources["vpa_ptpfn"] = compat.has(version, compat.VPA_PTPFN), "version"
+    if ptpfn:
         flags.append("-DVPA_PTPFN")
     flags.append(f"-DCP_MAP_ENTRIES={CP_MAP_ENTRIES}")
-    return flags
+    return flags, sources
 
 
 _pending: Optional["Compile"] = None  # started by start_compile(), not yet taken
@@ -113,7 +105,8 @@ class Compile:
 
     def __init__(self, release: str, version: tuple, layout: Optional[btf.Layout]):
         self.started = time.monotonic()
-        self.cflags = defines(version, Path(f"/lib/modules/{release}/build"), layout)
+        self.cflags, self.fact_sources = defines(version, Path(f"/lib/modules/{release}/build"),
+                                                 layout)
         self._bpf = None
         self._error: Optional[BaseException] = None
         self._thread = threading.Thread(target=self._run, name="bcc-compile", daemon=True)
@@ -149,61 +142,57 @@ class Compile:
 
 
 class Tracer:
-    """The loaded program. Use as a context manager: leaving it detaches everything."""
+    """The loaded program. Use as a context manager: leaving it detaches everything.
+
+    Probes attach as perf-event kprobes (BCC without maxactive), which the kernel removes with
+    the process whatever kills it (kernel/leftovers.py has the legacy case); a kretprobe whose
+    instances ran out shows as the program's missed_return error."""
 
     def __init__(self, plan: List[TargetStatus], compiled: Compile):
         self.cflags = compiled.cflags
+        self.fact_sources = compiled.fact_sources
         self.attached: Dict[str, str] = {}
         self.lost = 0
         self._queue: List[dict] = []
         self.bpf = compiled.result()
         try:
             self._attach(plan)
-            self.bpf["events"].open_perf_buffer(self._on_event, page_cnt=256, lost_cb=self._on_lost)
+            for table, kind in (("section_events", "section"), ("range_events", "range")):
+                self.bpf[table].open_perf_buffer(self._decoder(table, kind), page_cnt=128,
+                                                 lost_cb=self._on_lost)
         except Exception:
             self.close()
             raise
 
     def _attach(self, plan: List[TargetStatus]):
-        by_name = {s.name: s for s in plan}
-        if is_attached(by_name["vmemmap_alloc_block_buf"].strategy):
-            self.bpf["settings"][ctypes.c_int(SETTING_ALLOC_PROBED)] = ctypes.c_uint64(1)
-        for target, programs in ATTACH.items():
-            status = by_name[target]
-            if not is_attached(status.strategy):
-                continue
-            for kind in BY_NAME[target].attach.split("+"):
-                fn = programs[kind]
-                try:
-                    if kind == "kprobe":
-                        self.bpf.attach_kprobe(event=target, fn_name=fn)
-                    else:
-                        self.bpf.attach_kretprobe(event=target, fn_name=fn, maxactive=64)
-                except Exception as e:
-                    raise VmemtraceError(f"cannot attach {kind} to {target}: {e}")
-            self.attached[target] = status.strategy
+        for status in plan:
+            for kind, fn in programs(status):
+                for symbol in probed_symbols(status):
+                    try:
+                        if kind == "kprobe":
+                            self.bpf.attach_kprobe(event=symbol, fn_name=fn)
+                        else:
+                            self.bpf.attach_kretprobe(event=symbol, fn_name=fn)
+                    except Exception as e:
+                        raise VmemtraceError(f"cannot attach {kind} to {symbol}: {e}")
+            if is_attached(status.strategy):
+                self.attached[status.name] = status.strategy
 
     def _on_lost(self, count):
         self.lost += count
 
-    def _on_event(self, cpu, data, size):
-        raw = ctypes.cast(data, ctypes.POINTER(RawEvent)).contents
-        values = list(raw.a)
-        if raw.type == 1:
-            ev = dict(zip(SECTION_FIELDS, values))
-            ev.update(type="section", ok=bool(raw.duration_ns))
-            del ev["start_addr"]  # an address: no use to anyone reading the log
-        else:
-            ev = dict(zip(RANGE_FIELDS, values))
-            ev.update(type="range", duration_ns=raw.duration_ns)
-            if ev["mic_calls"] == 0:
-                ev["mic_min"] = 0
-            del ev["ts"], ev["cpu"]
-        ev["struct_page_size"], ev["page_size"] = raw.struct_page_size, raw.page_size
-        for key in ("altmap", "has_pgmap"):
-            if key in ev:
-                ev[key] = bool(ev[key])
-        self._queue.append(ev)
+    def _decoder(self, table: str, kind: str):
+        perf = self.bpf[table]
+
+        def on_event(cpu, data, size):
+            ev = fields(perf.event(data))
+            ev["type"] = kind
+            for key in ("altmap", "has_pgmap", "ok"):
+                if key in ev:
+                    ev[key] = bool(ev[key])
+            self._queue.append(ev)
+
+        return on_event
 
     def poll(self, timeout_ms: int = 100) -> List[dict]:
         """Events since the last poll; a range event is followed by its compound pages."""
@@ -254,7 +243,7 @@ class Tracer:
             for i in range(count.value):
                 head = int(keys[i])  # a u64 key: ctypes gives an int
                 ev = {"type": "compound", "head_pfn": head}
-                ev.update({f: int(getattr(values[i], f)) for f in CP_FIELDS})
+                ev.update(fields(values[i]))
                 out.append((head, ev))
             if res == 0 and count.value:
                 token_in.value, first = token_out.value, False
@@ -264,8 +253,15 @@ class Tracer:
             raise VmemtraceError(f"cannot read the compound-page map: {os.strerror(err)}")
 
     def errors(self) -> Dict[str, int]:
-        table = self.bpf["errors"]
-        return {name: int(table[ctypes.c_int(i)].value) for i, name in enumerate(ERRORS)}
+        return fields(self.bpf["errors"][ctypes.c_int(0)])
+
+    def hits(self) -> Dict[str, int]:
+        """Entry-probe hits per function, summed over CPUs."""
+        out: Dict[str, int] = {}
+        for per_cpu in self.bpf["hits"][ctypes.c_int(0)]:
+            for name, n in fields(per_cpu).items():
+                out[name] = out.get(name, 0) + n
+        return out
 
     def close(self):
         bpf = getattr(self, "bpf", None)

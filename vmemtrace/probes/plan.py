@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Set
 
 from vmemtrace.kernel.kallsyms import Kallsyms
-from vmemtrace.probes.targets import TARGETS, WALK, Target
+from vmemtrace.probes.targets import BY_NAME, TARGETS, WALK, Target
 
 TRACEABLE = "traceable"
 NOTRACE = "notrace"
@@ -19,9 +19,12 @@ ABSENT = "absent"
 UNKNOWN = "unknown"
 
 # Strategies under which the target's own probes are attached (the rest: fallback, walk,
-# unavailable).
-ATTACHED = ("kprobe", "kretprobe", "kprobe+kretprobe")
+# unused, unavailable). "count": hits only, no argument read (a clone, or one call per struct
+# page).
+COUNT = "count"
+ATTACHED = ("kprobe", "kretprobe", "kprobe+kretprobe", COUNT)
 WALK_STRATEGY = "walk"  # read the page tables after the fact (kernel/kcore.py)
+UNUSED = "unused"
 
 
 def is_attached(strategy: str) -> bool:
@@ -63,6 +66,31 @@ def classify(target: Target, version: tuple, syms: Kallsyms,
     return ABSENT, f"not in this kernel (added in {target.since[0]}.{target.since[1]})"
 
 
+def _strategy(t: Target, availability: str, reason: str, raw: dict, chosen: dict,
+              kprobes: bool, walk_blocker: Optional[str]):
+    """(strategy, reason) of one target, given the strategies chosen for those before it."""
+    countable = availability == CLONE and t.count is not None
+    if (availability == TRACEABLE or countable) and not kprobes:
+        return "unavailable", f"{reason}; this kernel has no kprobes (CONFIG_KPROBES)"
+    if t.unless_decoded and (availability == TRACEABLE or countable):
+        other = chosen[t.unless_decoded]
+        if is_attached(other) and other != COUNT:
+            return UNUSED, (f"{reason}; not attached: {t.unless_decoded}'s arguments tell the "
+                            "same with one hit per compound page instead of one per struct page")
+        return COUNT, f"{reason}; its hits counted, one per struct page initialised"
+    if availability == TRACEABLE and t.programs:
+        return t.attach, reason
+    if countable:
+        return COUNT, f"{reason}; its hits counted, no argument read"
+    if t.fallback in raw and raw[t.fallback][0] == TRACEABLE and kprobes:
+        return "fallback", f"{reason}; seen through {t.fallback}"
+    if t.fallback == WALK and walk_blocker is None:
+        return WALK_STRATEGY, f"{reason}; its result read from the vmemmap page tables after each range"
+    if t.fallback == WALK:
+        return "unavailable", f"{reason}; no page-table walk either: {walk_blocker}"
+    return "unavailable", reason
+
+
 def build_plan(version: tuple, syms: Kallsyms, filter_functions: Optional[Set[str]],
                blacklist: Optional[Set[str]], kprobes: bool,
                walk_blocker: Optional[str] = "not asked") -> List[TargetStatus]:
@@ -70,27 +98,30 @@ def build_plan(version: tuple, syms: Kallsyms, filter_functions: Optional[Set[st
 
     A target that cannot be probed names its fallback when the fallback itself is probeable,
     or "walk" when the page-table walk can read its result (walk_blocker None); otherwise it is
-    "unavailable": we never pretend to see what we cannot.
+    "unavailable": we never pretend to see what we cannot. A clone is attached only to count
+    its hits (targets.Target.count).
     """
     raw = {t.name: classify(t, version, syms, filter_functions, blacklist) for t in TARGETS}
-    plan = []
-    for t in TARGETS:
+    plan, chosen = {}, {}
+    # A target attached only when another cannot be decoded is decided after that one.
+    for t in sorted(TARGETS, key=lambda t: t.unless_decoded is not None):
         availability, reason = raw[t.name]
-        if availability == TRACEABLE and kprobes:
-            strategy = t.attach
-        elif availability == TRACEABLE:
-            strategy = "unavailable"
-            reason = "traceable, but this kernel has no kprobes (CONFIG_KPROBES)"
-        elif t.fallback in raw and raw[t.fallback][0] == TRACEABLE and kprobes:
-            strategy = "fallback"
-            reason = f"{reason}; seen through {t.fallback}"
-        elif t.fallback == WALK and walk_blocker is None:
-            strategy = WALK_STRATEGY
-            reason = f"{reason}; its result read from the vmemmap page tables after each range"
-        elif t.fallback == WALK:
-            strategy = "unavailable"
-            reason = f"{reason}; no page-table walk either: {walk_blocker}"
-        else:
-            strategy = "unavailable"
-        plan.append(TargetStatus(t.name, availability, strategy, reason, syms.clones_of(t.name)))
-    return plan
+        strategy, reason = _strategy(t, availability, reason, raw, chosen, kprobes, walk_blocker)
+        chosen[t.name] = strategy
+        plan[t.name] = TargetStatus(t.name, availability, strategy, reason, syms.clones_of(t.name))
+    return [plan[t.name] for t in TARGETS]
+
+
+def probed_symbols(status: TargetStatus) -> List[str]:
+    """The kernel symbols a planned target's probes attach to: the function, or its clones."""
+    if status.strategy == COUNT and status.availability == CLONE:
+        return list(status.clones)
+    return [status.name]
+
+
+def programs(status: TargetStatus) -> List[tuple]:
+    """(probe kind, BPF function) pairs to attach for a planned target."""
+    t = BY_NAME[status.name]
+    if status.strategy == COUNT:
+        return [("kprobe", t.count)]
+    return list(t.programs) if is_attached(status.strategy) else []

@@ -1,61 +1,100 @@
-"""The probe targets: the one list every command, the BPF program and the tests draw from.
+"""The probe targets: the one registry every command, the BPF program and the tests draw from.
 
-`since` is the upstream release that introduced the function (git log -S of mm/sparse-vmemmap.c,
-mm/page_alloc.c, mm/mm_init.c); it only decides whether a function missing from kallsyms is
-reported "inlined" (the source has it, this build folded it into its caller) or "absent".
+Each target names the kernel function, the BPF functions (bpf/vmemtrace.bpf.c) attached to it
+per probe kind, and what it lets vmemtrace see. `count` is a BPF function that only counts hits
+and reads no argument: it is what may be attached to a compiler clone (`.constprop`, `.isra`),
+whose calling convention the compiler changed. `since` is the upstream release that introduced
+the function (git log -S of mm/sparse-vmemmap.c, mm/page_alloc.c, mm/mm_init.c); it only decides
+whether a function missing from kallsyms is reported "inlined" or "absent".
 """
 
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+# What a target lets vmemtrace see (ledger.Sources has one flag per kind).
+SECTIONS = "sections"  # one call per section: pfn, nr_pages, altmap, pgmap
+POPULATE = "populate"  # one call per vmemmap PTE: fresh or reused
+ALLOC = "alloc"  # vmemmap pages allocated
+RANGES = "ranges"  # one call per pgmap range
+INIT = "init"  # struct pages initialised per compound page
+INIT_PAGES = "init-pages"  # one call per struct page initialised
+INFO = "info"  # nothing attached: said in `check` only
+
+WALK = "page-table walk"
+
 
 @dataclass(frozen=True)
 class Target:
     name: str
-    attach: str  # "kprobe", "kretprobe" or "kprobe+kretprobe" when traceable
+    programs: Tuple[Tuple[str, str], ...]  # (probe kind, BPF function) when traceable
     since: Tuple[int, int]
+    sees: str
     tells: str
-    fallback: Optional[str] = None  # the target that answers the same question when this one can't
-    deep_only: bool = False  # per-struct-page: only in an explicit deep mode
+    fallback: Optional[str] = None  # the target (or WALK) that answers when this one can't
+    count: Optional[str] = None  # BPF function that only counts hits (clones)
+    # Attached only when this other target cannot be decoded: its answer is the same, cheaper.
+    unless_decoded: Optional[str] = None
 
+    @property
+    def attach(self) -> str:
+        """The strategy when traceable: "kprobe", "kprobe+kretprobe", or "count"."""
+        return "+".join(kind for kind, _ in self.programs) or "count"
 
-WALK = "page-table walk"
 
 TARGETS = (
     # mm/sparse-vmemmap.c, 5.19+: the populate loop for one section of a compound-page pgmap.
     # Static and called once: every Debian build inlines it into __populate_section_memmap.
-    Target("vmemmap_populate_compound_pages", "kprobe", (5, 19),
+    Target("vmemmap_populate_compound_pages", (), (5, 19), INFO,
            "one call per section of a compound devmap (start_pfn, vmemmap range, pgmap)",
            fallback="__populate_section_memmap"),
-    # mm/sparse-vmemmap.c: the caller; pgmap argument added in 5.19 ("mm/sparse-vmemmap: add a
-    # pgmap argument to section activation").
-    Target("__populate_section_memmap", "kprobe+kretprobe", (5, 4),
+    # mm/sparse-vmemmap.c: the caller; its pgmap argument came in 5.19 (kernel/compat.py).
+    Target("__populate_section_memmap",
+           (("kprobe", "section_enter"), ("kretprobe", "section_return")), (5, 4), SECTIONS,
            "one call per section: pfn, nr_pages, altmap, pgmap->vmemmap_shift"),
-    # mm/sparse-vmemmap.c, 5.19-6.14: pte_t *(addr, node, altmap, struct page *reuse);
-    # 6.15+: (addr, node, altmap, unsigned long ptpfn, unsigned long flags).
-    Target("vmemmap_populate_address", "kprobe+kretprobe", (5, 19),
+    # mm/sparse-vmemmap.c, 5.19+; its reuse argument became (ptpfn, flags) in 6.15 (compat.py).
+    Target("vmemmap_populate_address", (("kprobe", "vpa_enter"), ("kretprobe", "vpa_return")),
+           (5, 19), POPULATE,
            "one call per vmemmap page: the PTE it installs and whether its page is reused",
            fallback=WALK),
-    # Entry only: the allocation happens inside a vmemmap_populate_address call, whose return
-    # says whether it succeeded (bpf/vmemtrace.bpf.c, alloc_enter).
-    Target("vmemmap_alloc_block_buf", "kprobe", (4, 5),
-           "one call per freshly allocated vmemmap page", fallback=WALK),
-    # mm/page_alloc.c up to 6.3, mm/mm_init.c from 6.4: stable signature 5.17-6.19.
-    Target("memmap_init_zone_device", "kprobe+kretprobe", (4, 19),
-           "one call per pgmap range: zone, start_pfn, nr_pages, pgmap; its duration"),
-    # mm/page_alloc.c (5.17+): initialises the struct pages of one compound page.
-    Target("memmap_init_compound", "kprobe", (5, 17),
-           "one call per compound page: how many struct pages it initialises"),
-    Target("__init_zone_device_page", "kprobe", (5, 17),
-           "one call per struct page initialised", deep_only=True),
+    # The allocators, outermost first: vmemmap_alloc_block_buf -> altmap_alloc_block_buf (the
+    # device's own pages) or vmemmap_alloc_block (the page allocator, also every page-table
+    # page). Any of them may be inlined at every call site and still be probeable (Debian 7.3's
+    # vmemmap_alloc_block_buf): all are attached where they can be, and the probes count only
+    # the outermost call that fires and returns memory (bpf/vmemtrace.bpf.c, alloc_return).
+    Target("vmemmap_alloc_block_buf",
+           (("kprobe", "alloc_buf_enter"), ("kretprobe", "alloc_buf_return")), (4, 5), ALLOC,
+           "one call per vmemmap page or PMD block allocated", fallback=WALK),
+    Target("altmap_alloc_block_buf",
+           (("kprobe", "alloc_altmap_enter"), ("kretprobe", "alloc_buf_return")), (4, 5), ALLOC,
+           "one call per vmemmap block allocated from the device (altmap)", fallback=WALK),
+    Target("vmemmap_alloc_block",
+           (("kprobe", "alloc_block_enter"), ("kretprobe", "alloc_block_return")), (2, 6), ALLOC,
+           "one call per page allocated for the vmemmap or its page tables", fallback=WALK),
+    # mm/page_alloc.c up to 6.3, mm/mm_init.c from 6.4: stable signature 5.17-7.3.
+    Target("memmap_init_zone_device", (("kprobe", "mizd_enter"), ("kretprobe", "mizd_return")),
+           (4, 19), RANGES, "one call per pgmap range: zone, start_pfn, nr_pages, pgmap; its duration"),
+    # mm/page_alloc.c (5.17+): initialises the struct pages of one compound page. Static: out
+    # of line in Debian's 6.1/6.12, only a .constprop clone in 7.3 and trixie's 6.12.
+    Target("memmap_init_compound", (("kprobe", "mic_enter"),), (5, 17), INIT,
+           "one call per compound page: how many struct pages it initialises",
+           count="mic_count", fallback="__init_zone_device_page"),
+    # One call per struct page initialised: counted only where memmap_init_compound's nr_pages
+    # cannot be read, since it costs a probe hit per struct page instead of per compound page.
+    Target("__init_zone_device_page", (), (5, 17), INIT_PAGES,
+           "one call per struct page initialised", count="izdp_count",
+           unless_decoded="memmap_init_compound"),
 )
+
+BY_NAME = {t.name: t for t in TARGETS}
 
 # What is left behind can be read instead of the act: the vmemmap page tables (kernel/kcore.py),
 # walked once memmap_init_zone_device has returned for the range.
 WALK_TARGETS = tuple(t.name for t in TARGETS if t.fallback == WALK)
 
-BY_NAME = {t.name: t for t in TARGETS}
-
 # memmap_init_zone_device is the one target without which nothing can be verified: it names every
-# device range and it is traceable on every kernel measured (lab-notes.md).
+# device range and it is traceable on every kernel measured.
 REQUIRED = "memmap_init_zone_device"
+
+# Every BPF function the registry names (tests: each exists in bpf/vmemtrace.bpf.c and loads).
+PROGRAMS = tuple(sorted({fn for t in TARGETS for _, fn in t.programs} |
+                        {t.count for t in TARGETS if t.count}))

@@ -1,0 +1,59 @@
+"""What differs between kernel releases, in one place, each change with the upstream change that
+made it (libbpf-tools' core_fixes.bpf.h and drgn's helpers keep theirs the same way).
+
+Versions are the last resort: facts are read from the running kernel first (kallsyms, ftrace,
+BTF, headers), and a version decides only what those cannot show. Debian backports fixes into
+stable kernels, so a version never stands in for a fix (VMSTAT_DAX_FIX has none).
+"""
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+
+@dataclass(frozen=True)
+class Change:
+    since: Optional[Tuple[int, int]]  # the upstream release; None: judged by what a kernel does
+    what: str
+    upstream: str  # the commit's title (and id where known) and its release
+
+
+COMPOUND_DEVMAP = Change(
+    (5, 17), "device-dax sets pgmap->vmemmap_shift from the device's align; "
+             "memmap_init_compound() and __init_zone_device_page() appear",
+    '"device-dax: compound devmap support" (5.17)')
+
+FEATURE = Change(
+    (5, 19), "compound devmaps keep 2 vmemmap pages per compound page and map every other tail "
+             "vmemmap page onto the second (vmemmap_populate_compound_pages, "
+             "vmemmap_populate_address); memmap_init_zone_device() initialises 2 pages' worth of "
+             "struct pages per compound page",
+    '"mm/sparse-vmemmap: improve memory savings for compound devmaps", series "sparse-vmemmap: '
+    'memory savings for compound devmaps (device-dax)" v9 (5.19)')
+
+SECTION_PGMAP = Change(
+    (5, 19), "__populate_section_memmap(pfn, nr_pages, nid, altmap, pgmap): pgmap added",
+    '"mm/sparse-vmemmap: add a pgmap argument to section activation" (5.19)')
+
+MM_INIT = Change(
+    (6, 4), "memmap_init_zone_device() and its helpers move from mm/page_alloc.c to mm/mm_init.c",
+    '"mm: move most of core MM initialization to mm/mm_init.c" (6.4)')
+
+VPA_PTPFN = Change(
+    (6, 15), "vmemmap_populate_address(addr, node, altmap, ptpfn, flags): a pfn to reuse, or -1 "
+             "to allocate, instead of struct page *reuse (NULL to allocate)",
+    '"mm/sparse: add vmemmap_*_hvo functions" (6.15)')
+
+NR_MEMMAP_PAGES = Change(
+    (6, 11), "/proc/vmstat nr_memmap_pages counts memmap pages",
+    '"mm: report per-page metadata information" (6.11)')
+
+VMSTAT_DAX_FIX = Change(
+    None, "nr_memmap_pages counts the optimised size of a compound devmap; without the fix it "
+          "adds the unoptimised size although only 2 pages per compound page are allocated",
+    '"Fix DAX vmemmap accounting with optimization" (2026; Fixes: 15995a352474; sent to '
+    'stable: 7.0 still over-reports, Debian\'s 7.3.4 and 6.12.117 are exact)')
+
+
+def has(version: tuple, change: Change) -> bool:
+    """Whether a kernel of this version has the change (only for changes with a release)."""
+    return change.since is not None and tuple(version[:2]) >= change.since
