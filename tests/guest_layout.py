@@ -20,6 +20,7 @@ sys.path.insert(0, SRC)
 
 from vmemtrace.kernel import btf, environment, release  # noqa: E402
 from vmemtrace.probes import loader  # noqa: E402
+from vmemtrace.probes.targets import PROGRAMS  # noqa: E402
 
 RELEASE = release.read_release(Path("/"))
 
@@ -27,7 +28,12 @@ RELEASE = release.read_release(Path("/"))
 def program_defines(layout):
     """The program's -D flags as vmemtrace would compile it here, with this layout."""
     return loader.defines(release.parse_version(RELEASE), Path(f"/lib/modules/{RELEASE}/build"),
-                          layout)
+                          layout)[0]
+
+
+def program_sources(layout):
+    return loader.defines(release.parse_version(RELEASE), Path(f"/lib/modules/{RELEASE}/build"),
+                          layout)[1]
 
 
 def compile_and_load(cflags):
@@ -38,10 +44,9 @@ def compile_and_load(cflags):
     b = BPF(src_file=str(loader.BPF_SOURCE), cflags=cflags + ["-Wno-everything"])
     seconds = time.monotonic() - start
     loaded = []
-    for programs in loader.ATTACH.values():
-        for fn in programs.values():
-            b.load_func(fn, BPF.KPROBE)
-            loaded.append(fn)
+    for fn in PROGRAMS:
+        b.load_func(fn, BPF.KPROBE)
+        loaded.append(fn)
     print(json.dumps({"seconds": seconds, "loaded": sorted(loaded)}))
 
 
@@ -59,6 +64,8 @@ def main():
     print(json.dumps({
         "kernel": RELEASE,
         "layout": dataclasses.asdict(layout),
+        "facts_from": program_sources(layout),
+        "facts_from_headers": program_sources(None),
         "checked": child(program_defines(layout) + ["-DLAYOUT_CHECK"]),
         "moved": child(program_defines(moved) + ["-DLAYOUT_CHECK"]),
         "btf": child(program_defines(layout)),

@@ -103,3 +103,21 @@ def test_filter_functions_and_tracefs():
 def test_kprobe_blacklist_format():
     text = "0xffffffff81000000-0xffffffff81000010\tdo_int3\n0xffffffff81000100-0xffffffff81000110\tnotify_die\n"
     assert ftrace.parse_kprobe_blacklist(text) == {"do_int3", "notify_die"}
+
+
+def test_leftover_kprobe_events_of_dead_bcc_tracers():
+    """kprobe_events lines as BCC's legacy interface writes them (bcc src/cc/libbpf.c)."""
+    from vmemtrace.kernel import leftovers
+
+    text = ("r64:kprobes/r_memmap_init_zone_device_bcc_4242 memmap_init_zone_device\n"
+            "p:kprobes/p_vmemmap_populate_address_bcc_17 vmemmap_populate_address\n"
+            "p:kprobes/p_memmap_init_compound_constprop_0_bcc_99 memmap_init_compound.constprop.0\n"
+            "p:kprobes/p_do_sys_open_bcc_4242 do_sys_open\n"
+            "p:kprobes/myprobe memmap_init_zone_device\n")
+    found = leftovers.stale(text, ["memmap_init_zone_device", "vmemmap_populate_address",
+                                   "memmap_init_compound"], alive=lambda pid: pid == 17)
+    assert [(f.event, f.pid) for f in found] == [
+        ("r_memmap_init_zone_device_bcc_4242", 4242),
+        ("p_memmap_init_compound_constprop_0_bcc_99", 99)]
+    assert str(found[0]) == ("kprobes/r_memmap_init_zone_device_bcc_4242 on "
+                             "memmap_init_zone_device (pid 4242, gone)")

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from tests.conftest import run_cli
-from vmemtrace.probes.loader import ATTACH
+from vmemtrace.probes.targets import PROGRAMS
 
 pytestmark = pytest.mark.lab
 
@@ -180,11 +180,66 @@ def test_btf_layout_is_the_headers_layout(series):
     assert doc["kernel"].startswith(series + ".")
     for build in ("checked", "btf", "headers"):
         assert doc[build]["ok"], doc[build]["errors"]
-        assert doc[build]["loaded"] == sorted(fn for programs in ATTACH.values()
-                                              for fn in programs.values())
+        assert doc[build]["loaded"] == sorted(PROGRAMS)
     assert not doc["moved"]["ok"]
     assert any('"dev_pagemap.flags"' in line for line in doc["moved"]["errors"])
     layout = doc["layout"]
     assert layout["struct_page"] == 64 and layout["range_size"] == 16
     # struct dev_pagemap gained vmemmap_shift in 5.17 (include/linux/memremap.h)
     assert (layout["pgmap_vmemmap_shift"] is None) == (series == "5.10")
+
+
+# Every tracing command, killed with SIGKILL once attached: the kernel must drop its probes and
+# programs with the process (perf-event kprobes), with no other vmemtrace run to tidy up.
+SCRIPT_KILL = """
+events() { grep -c . /sys/kernel/tracing/kprobe_events; }
+probes() { grep -c -E '(vmemmap_|__populate_section_memmap|memmap_init|__init_zone_device_page)' \\
+    /sys/kernel/debug/kprobes/list; }
+programs() { bpftool prog show | grep -c -E ' name (section_|vpa_|alloc_|mizd_|mic_|izdp_)'; }
+echo "before=$(events) $(probes) $(programs)"
+n=0
+for cmd in "trace -d 600" "verify -- sleep 600" "exporter --listen 127.0.0.1:9479"; do
+    n=$((n + 1))
+    vmemtrace $cmd > /tmp/kill.out 2> /tmp/kill.$n.err &
+    pid=$!
+    for i in $(seq 300); do grep -q attached /tmp/kill.$n.err && break; sleep 1; done
+    echo "during-$n=$(events) $(probes) $(programs)"
+    kill -9 $pid; wait $pid 2>/dev/null
+    pkill -9 -x sleep
+    sleep 1
+    echo "after-$n=$(events) $(probes) $(programs)"
+done
+vmemtrace check --json > /tmp/check.json; echo "check-exit=$?"
+echo "leftovers=$(python3 -c 'import json; print(len(json.load(open("/tmp/check.json"))["leftover_kprobes"]))')"
+# A BCC tracer that asked for maxactive gets a legacy kprobe_events entry, which outlives it.
+python3 -c "
+from bcc import BPF; import time
+b = BPF(text='int f(void *ctx) { return 0; }')
+b.attach_kretprobe(event='memmap_init_zone_device', fn_name='f', maxactive=64)
+print('attached', flush=True); time.sleep(600)" > /tmp/legacy.out 2>&1 &
+pid=$!
+for i in $(seq 120); do grep -q attached /tmp/legacy.out && break; sleep 1; done
+kill -9 $pid; wait $pid 2>/dev/null
+echo "legacy-left=$(events)"
+vmemtrace check --json > /tmp/check.json
+echo "legacy-listed=$(python3 -c 'import json; print(json.load(open("/tmp/check.json"))["leftover_kprobes"])')"
+vmemtrace trace -d 1 > /dev/null 2> /tmp/legacy.err
+echo "legacy-said=$(grep -c 'removed 1 kprobe events left by dead tracers' /tmp/legacy.err)"
+echo "legacy-after=$(events)"
+"""
+
+
+@pytest.mark.parametrize("series", ("6.12", "7.3"))
+def test_sigkill_leaves_nothing_in_the_kernel(series):
+    out = guest(series, SCRIPT_KILL)
+    before = value(out, "before").split()
+    assert before == ["0", "0", "0"], out
+    for n in (1, 2, 3):
+        during = [int(x) for x in value(out, f"during-{n}").split()]
+        assert during[1] >= 3 and during[2] >= 3, (n, out)  # really attached
+        assert value(out, f"after-{n}").split() == before, (n, out)
+    assert value(out, "check-exit") == "0" and value(out, "leftovers") == "0"
+    # The legacy interface, which BCC uses for maxactive: named, listed by check, removed.
+    assert value(out, "legacy-left") == "1"
+    assert "memmap_init_zone_device" in value(out, "legacy-listed")
+    assert value(out, "legacy-said") == "1" and value(out, "legacy-after") == "0"
