@@ -106,7 +106,10 @@ def _finish(doc: dict) -> None:
     if code:
         reasons = doc.get("problems") or [
             f"{d['device']} {c['name']}: {c['detail']}"
-            for d in doc["devices"] for c in d["checks"] if c["status"] == "fail"]
+            for d in doc["devices"] for c in d["checks"] if c["status"] == "fail"] or [
+            f"{d['device']}: {c['name']} not judged ({c['detail']}); waive it with "
+            f"--allow-skip {c['name']} if that is enough for you"
+            for d in doc["devices"] for c in d["checks"] if c["name"] in d.get("unjudged", ())]
         raise VmemtraceError(f"{doc['verdict']}: {reasons[0] if reasons else 'see above'}", code)
 
 
@@ -116,19 +119,27 @@ EXPECT = click.option("--expect", type=click.Choice(["auto", "optimized", "unopt
 JUNIT = click.option("--junit", type=click.Path(dir_okay=False, path_type=Path),
                      help="also write JUnit XML here")
 JSON = click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+CHECKS = ("tail-reuse", "accounting", "init-skip", "no-false-optimisation")
+ALLOW_SKIP = click.option("--allow-skip", "allow_skip", multiple=True, type=click.Choice(CHECKS),
+                          metavar="CHECK", help="pass although this defining check could not be "
+                                                "judged (repeatable); without it such a run is "
+                                                "'incomplete', exit 2")
+# audit sees the vmemmap after the fact: struct page initialisation is never visible to it.
+AUDIT_WAIVED = ("init-skip",)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
 @EXPECT
 @JSON
 @JUNIT
+@ALLOW_SKIP
 @click.option("--record", "record_to", type=click.Path(dir_okay=False, path_type=Path),
               help="also write the event log here (as `record -o` does)")
 @click.option("--cross-check", is_flag=True,
               help="also walk each range's page tables and fail if they disagree with the probes")
 @click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
 @one_line_errors
-def verify(expect, as_json, junit, record_to, cross_check, cmd):
+def verify(expect, as_json, junit, allow_skip, record_to, cross_check, cmd):
     """Run CMD (no shell) under tracing and judge what the kernel did.
 
     Where the populate functions are notrace, each range's vmemmap page tables are walked once
@@ -143,7 +154,7 @@ def verify(expect, as_json, junit, record_to, cross_check, cmd):
     log = trace_command(list(cmd), say, quiet_stdout=as_json, cross_check=cross_check)
     if record_to is not None:
         _write_log(record_to, log)
-    doc = evaluate(fold(log), expect)
+    doc = evaluate(fold(log), expect, allow_skip)
     _output_verdict(doc, as_json, junit)
     _finish(doc)
 
@@ -183,14 +194,17 @@ def record(output, cmd):
 @EXPECT
 @JSON
 @JUNIT
+@ALLOW_SKIP
 @one_line_errors
-def replay(file, expect, as_json, junit):
+def replay(file, expect, as_json, junit, allow_skip):
     """Read an event log written by `record` back through the ledger and the verdict."""
     from vmemtrace import events
     from vmemtrace.ledger import fold
     from vmemtrace.verdict import evaluate
 
-    doc = evaluate(fold(list(events.iter_file(file))), expect)
+    log = list(events.iter_file(file))
+    waived = tuple(allow_skip) + (AUDIT_WAIVED if log[0].get("walk") == "audit" else ())
+    doc = evaluate(fold(log), expect, waived)
     _output_verdict(doc, as_json, junit)
     _finish(doc)
 
@@ -199,12 +213,13 @@ def replay(file, expect, as_json, junit):
 @EXPECT
 @JSON
 @JUNIT
+@ALLOW_SKIP
 @click.option("--record", "record_to", type=click.Path(dir_okay=False, path_type=Path),
               help="also write the walk's events here (replay reads them)")
 @one_line_errors
-def audit(expect, as_json, junit, record_to):
+def audit(expect, as_json, junit, allow_skip, record_to):
     """Verify the dax devices that already exist, by walking their vmemmap page tables
-    through /proc/kcore. Checks that need the act itself (init-skip) say skip.
+    through /proc/kcore. init-skip needs the act itself: it is skipped, and waived.
 
     Exit 0 pass, 1 fail, 2 could not verify (or no dax device)."""
     from vmemtrace.audit import audit_log
@@ -214,7 +229,7 @@ def audit(expect, as_json, junit, record_to):
     log = audit_log(say)
     if record_to is not None:
         _write_log(record_to, log)
-    doc = evaluate(fold(log), expect)
+    doc = evaluate(fold(log), expect, tuple(allow_skip) + AUDIT_WAIVED)
     _output_verdict(doc, as_json, junit)
     _finish(doc)
 

@@ -114,7 +114,7 @@ def run_lab(specs: List[KernelSpec], cases: List[Case], size: int, accel: str, r
     for kernel in kernels:
         doc = run_kernel(kernel, cases, size, accel, cache, timeout, append=append)
         verdicts = [c[k]["verdict"] for c in doc["cases"] for k in ("result", "audit") if k in c]
-        if any(v == "error" for v in verdicts):
+        if any(v in ("error", "incomplete") for v in verdicts):
             worst = max(worst, EXIT_CANNOT)
         elif any(v != "pass" for v in verdicts):
             worst = max(worst, EXIT_FAIL)
