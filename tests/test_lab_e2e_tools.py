@@ -243,3 +243,31 @@ def test_sigkill_leaves_nothing_in_the_kernel(series):
     assert value(out, "legacy-left") == "1"
     assert "memmap_init_zone_device" in value(out, "legacy-listed")
     assert value(out, "legacy-said") == "1" and value(out, "legacy-after") == "0"
+
+
+# Debian 7.3 inlines vmemmap_alloc_block_buf at every call site: attached alone (the other
+# allocators left out with --no-probe), its probe is blind. The counts must not add up, and the
+# range must be judged by its page tables, never by a zero.
+SCRIPT_BLIND = f"""
+ndctl disable-namespace namespace0.0 >/dev/null 2>&1
+vmemtrace verify --json --no-probe vmemmap_alloc_block --no-probe altmap_alloc_block_buf \\
+    -- {NDCTL} -a 2M > /tmp/blind.json 2> /tmp/blind.err; echo "blind-exit=$?"
+echo "--- blind"; cat /tmp/blind.json; echo "--- end"
+"""
+
+
+def test_a_blind_allocator_probe_falls_back_to_the_walk():
+    out = guest("7.3", SCRIPT_BLIND)
+    assert value(out, "blind-exit") == "0", out
+    doc = json.loads(section(out, "blind"))
+    assert doc["strategy"]["vmemmap_alloc_block_buf"] == "kprobe+kretprobe"
+    assert doc["strategy"]["vmemmap_alloc_block"] == "excluded"
+    (dev,) = doc["devices"]
+    assert "blind" in dev["probe_account"]["alloc"] and "vmemmap_alloc_block_buf" in dev["probe_account"]["alloc"]
+    assert dev["vmemmap_pages"]["observed"] == 3072 and dev["optimized"] is True
+    c = {c["name"]: c for c in dev["checks"]}
+    assert c["accounting"]["status"] == "pass" and "(page-table walk)" not in c["accounting"]["detail"]
+    assert "distinct pages behind the vmemmap" in c["accounting"]["detail"]
+    assert "; probes: " in c["accounting"]["detail"] and "blind" in c["accounting"]["detail"]
+    assert c["tail-reuse"]["status"] == "pass" and "(page-table walk)" in c["tail-reuse"]["detail"]
+    assert c["init-skip"]["status"] == "pass"

@@ -124,6 +124,9 @@ ALLOW_SKIP = click.option("--allow-skip", "allow_skip", multiple=True, type=clic
                           metavar="CHECK", help="pass although this defining check could not be "
                                                 "judged (repeatable); without it such a run is "
                                                 "'incomplete', exit 2")
+NO_PROBE = click.option("--no-probe", "no_probe", multiple=True, metavar="FUNCTION",
+                        help="leave this probe target unattached (repeatable; see `check`): for "
+                             "a probe that misbehaves on your kernel")
 # audit sees the vmemmap after the fact: struct page initialisation is never visible to it.
 AUDIT_WAIVED = ("init-skip",)
 
@@ -133,30 +136,42 @@ AUDIT_WAIVED = ("init-skip",)
 @JSON
 @JUNIT
 @ALLOW_SKIP
+@NO_PROBE
 @click.option("--record", "record_to", type=click.Path(dir_okay=False, path_type=Path),
               help="also write the event log here (as `record -o` does)")
 @click.option("--cross-check", is_flag=True,
               help="also walk each range's page tables and fail if they disagree with the probes")
 @click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
 @one_line_errors
-def verify(expect, as_json, junit, allow_skip, record_to, cross_check, cmd):
+def verify(expect, as_json, junit, allow_skip, no_probe, record_to, cross_check, cmd):
     """Run CMD (no shell) under tracing and judge what the kernel did.
 
     Where the populate functions are notrace, each range's vmemmap page tables are walked once
     memmap_init_zone_device returns. Exit 0 pass, 1 fail, 2 could not verify.  Example:
 
       vmemtrace verify -- ndctl create-namespace -f -e namespace0.0 -m devdax -M mem -a 2M"""
+    _known_targets(no_probe)
     _compile_early(cmd)
     from vmemtrace.ledger import fold
     from vmemtrace.session import trace_command
     from vmemtrace.verdict import evaluate
 
-    log = trace_command(list(cmd), say, quiet_stdout=as_json, cross_check=cross_check)
+    log = trace_command(list(cmd), say, quiet_stdout=as_json, cross_check=cross_check,
+                        exclude=no_probe)
     if record_to is not None:
         _write_log(record_to, log)
     doc = evaluate(fold(log), expect, allow_skip)
     _output_verdict(doc, as_json, junit)
     _finish(doc)
+
+
+def _known_targets(names) -> None:
+    from vmemtrace.probes.targets import BY_NAME
+
+    unknown = [n for n in names if n not in BY_NAME]
+    if unknown:
+        raise VmemtraceError(f"--no-probe {unknown[0]}: not a probe target "
+                             f"(one of {', '.join(BY_NAME)})")
 
 
 def _write_log(path: Path, log) -> None:

@@ -83,11 +83,11 @@ def blockers(facts: KernelFacts, plan: List[P.TargetStatus]) -> List[str]:
     return out
 
 
-def assess(facts: KernelFacts) -> Readiness:
+def assess(facts: KernelFacts, exclude=()) -> Readiness:
     plan = P.build_plan(facts.version, facts.syms, facts.filter_functions,
                         facts.kprobe_blacklist,
                         kprobes=enabled(facts.config, "KPROBES") is not False and facts.kprobe_events,
-                        walk_blocker=facts.walk_blocker)
+                        walk_blocker=facts.walk_blocker, exclude=exclude)
     return Readiness(feature(facts, plan), plan, blockers(facts, plan))
 
 

@@ -62,7 +62,7 @@ def walk_mode(ready, cross_check: bool) -> Optional[str]:
     return None
 
 
-def open_tracer(progress: Callable[[str], None], cross_check: bool = False):
+def open_tracer(progress: Callable[[str], None], cross_check: bool = False, exclude=()):
     """Facts, readiness, a loaded Tracer and the page-table walker where it can run (it walks
     every range in the modes of walk_mode(), and any range whose probe counts do not add up);
     exit 2 with the reason when tracing cannot start."""
@@ -73,7 +73,7 @@ def open_tracer(progress: Callable[[str], None], cross_check: bool = False):
     walker = None
     try:
         facts = gather()
-        ready = assess(facts)
+        ready = assess(facts, exclude)
         if ready.blockers:
             raise VmemtraceError("cannot trace: " + "; ".join(ready.blockers))
         if facts.leftovers:  # a tracer killed before it could detach (kernel/leftovers.py)
@@ -153,7 +153,7 @@ def run_command(argv: List[str], tracer, on_events: Callable[[List[dict]], None]
 
 @contextmanager
 def traced(progress: Callable[[str], None], on_event: Optional[Callable[[dict], None]] = None,
-           cross_check: bool = False, audit_existing: bool = False):
+           cross_check: bool = False, audit_existing: bool = False, exclude=()):
     """Attach, log the header and the "before" counter (and with audit_existing the walk of the
     devices that exist already); yields (tracer, take, log). On the way out, closing events are
     logged and everything is detached, whatever happened."""
@@ -178,7 +178,7 @@ def traced(progress: Callable[[str], None], on_event: Optional[Callable[[dict], 
                                     bool(ev["altmap"]), ev["struct_page_size"], ev["page_size"]))
 
     with terminate_on_sigterm():
-        tracer, walker, facts, header, mode = open_tracer(progress, cross_check)
+        tracer, walker, facts, header, mode = open_tracer(progress, cross_check, exclude)
         kmsg = KmsgCursor()
         try:
             with tracer:
@@ -198,9 +198,10 @@ def traced(progress: Callable[[str], None], on_event: Optional[Callable[[dict], 
 
 def trace_command(argv: List[str], progress: Callable[[str], None],
                   on_event: Optional[Callable[[dict], None]] = None,
-                  quiet_stdout: bool = False, cross_check: bool = False) -> List[dict]:
+                  quiet_stdout: bool = False, cross_check: bool = False,
+                  exclude=()) -> List[dict]:
     """The whole event log of argv run under tracing."""
-    with traced(progress, on_event, cross_check) as (tracer, take, log):
+    with traced(progress, on_event, cross_check, exclude=exclude) as (tracer, take, log):
         command = run_command(argv, tracer, take, quiet_stdout)
     take([command])
     return log

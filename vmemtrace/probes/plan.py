@@ -25,6 +25,7 @@ COUNT = "count"
 ATTACHED = ("kprobe", "kretprobe", "kprobe+kretprobe", COUNT)
 WALK_STRATEGY = "walk"  # read the page tables after the fact (kernel/kcore.py)
 UNUSED = "unused"
+EXCLUDED = "excluded"  # the user said --no-probe
 
 
 def is_attached(strategy: str) -> bool:
@@ -93,7 +94,7 @@ def _strategy(t: Target, availability: str, reason: str, raw: dict, chosen: dict
 
 def build_plan(version: tuple, syms: Kallsyms, filter_functions: Optional[Set[str]],
                blacklist: Optional[Set[str]], kprobes: bool,
-               walk_blocker: Optional[str] = "not asked") -> List[TargetStatus]:
+               walk_blocker: Optional[str] = "not asked", exclude=()) -> List[TargetStatus]:
     """One TargetStatus per target, in TARGETS order.
 
     A target that cannot be probed names its fallback when the fallback itself is probeable,
@@ -106,7 +107,10 @@ def build_plan(version: tuple, syms: Kallsyms, filter_functions: Optional[Set[st
     # A target attached only when another cannot be decoded is decided after that one.
     for t in sorted(TARGETS, key=lambda t: t.unless_decoded is not None):
         availability, reason = raw[t.name]
-        strategy, reason = _strategy(t, availability, reason, raw, chosen, kprobes, walk_blocker)
+        if t.name in exclude:
+            strategy, reason = EXCLUDED, f"{reason}; left unattached (--no-probe)"
+        else:
+            strategy, reason = _strategy(t, availability, reason, raw, chosen, kprobes, walk_blocker)
         chosen[t.name] = strategy
         plan[t.name] = TargetStatus(t.name, availability, strategy, reason, syms.clones_of(t.name))
     return [plan[t.name] for t in TARGETS]
