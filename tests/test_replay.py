@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FIXTURES, run_cli
+from tests.conftest import FIXTURES, SERIES, run_cli
 from vmemtrace import events
 from vmemtrace.ledger import fold
 from vmemtrace.verdict import evaluate
@@ -72,19 +72,39 @@ def test_6_1_reuse_is_seen_by_the_walk():
     assert doc["strategy"]["vmemmap_populate_address"] == "walk"
 
 
-def test_6_1_without_the_walk_reuse_is_skipped_never_passed(tmp_path):
-    """The same log with its walk taken out: what a host without /proc/kcore would see."""
-    evs = [e for e in load("6.1", "mem-2M") if e["type"] != "walk" and e.get("source") != "walk"]
-    evs[0]["strategy"]["vmemmap_populate_address"] = "unavailable"
-    evs[0]["walk"] = None
-    path = tmp_path / "nowalk.jsonl"
+def without_walk(evs):
+    """What a host without /proc/kcore would have recorded: the walk taken out."""
+    evs = [e for e in evs if e["type"] != "walk" and e.get("source") != "walk"]
+    for name, how in evs[0]["strategy"].items():
+        if how == "walk":
+            evs[0]["strategy"][name] = "unavailable"
+    evs[0]["walk"], evs[0]["walk_blocker"] = None, "no /proc/kcore (doctored)"
+    return evs
+
+
+def write_log(tmp_path, evs, name="doctored.jsonl"):
+    path = tmp_path / name
     with open(path, "w") as fh:
         events.write(evs, fh)
+    return path
+
+
+def test_6_1_without_the_walk_is_incomplete_never_passed(tmp_path):
+    """Reuse and allocation unseen: the verdict is not earned, exit 2, naming what was not
+    judged; the user may waive those checks by name."""
+    path = write_log(tmp_path, without_walk(load("6.1", "mem-2M")))
     res, doc = replay(path)
-    assert res.returncode == 0, res.stderr
-    c = checks(doc["devices"][0])
-    assert c["tail-reuse"]["status"] == "skip" and "cannot be probed" in c["tail-reuse"]["detail"]
-    assert doc["devices"][0]["vmemmap_pages"]["observed"] is None
+    assert res.returncode == 2 and doc["verdict"] == "incomplete", res.stderr
+    (dev,) = doc["devices"]
+    c = checks(dev)
+    assert c["tail-reuse"]["status"] == "skip"
+    assert "the page-table walk could not run: no /proc/kcore" in c["tail-reuse"]["detail"]
+    assert dev["unjudged"] == ["tail-reuse", "accounting"]
+    assert dev["vmemmap_pages"]["observed"] is None
+    assert "tail-reuse not judged" in res.stderr and res.stderr.count("\n") == 1
+    res, doc = replay(path, "--allow-skip", "tail-reuse", "--allow-skip", "accounting")
+    assert res.returncode == 0 and doc["verdict"] == "pass" and doc["waived"] == [
+        "tail-reuse", "accounting"]
 
 
 def test_doctored_walk_fails_tail_reuse_on_a_notrace_kernel(tmp_path):
@@ -126,7 +146,7 @@ def test_6_12_cross_check_passes_and_catches_a_different_tail_page(tmp_path, cas
         assert f"the walk finds {changed['distinct']} distinct pages" in cross["detail"]
 
 
-@pytest.mark.parametrize("series", ["5.10", "6.1", "6.12"])
+@pytest.mark.parametrize("series", SERIES)
 @pytest.mark.parametrize("case", ["mem-2M", "mem-1G", "dev-2M", "mem-4K"])
 def test_audit_logs_replay_to_the_numbers_verify_saw(series, case):
     res, audit = replay(log_path(series, case).with_suffix(".audit.jsonl"))
@@ -234,17 +254,33 @@ def test_doctored_init_count_fails_init_skip(tmp_path):
     assert checks(doc["devices"][0])["init-skip"]["status"] == "fail"
 
 
-def test_doctored_reuse_on_altmap_fails_no_false_optimisation(tmp_path):
-    def reuse(evs):
+def test_doctored_allocation_on_altmap_is_caught_by_the_account_and_the_walk(tmp_path):
+    def allocate_less(evs):
         s = next(e for e in evs if e["type"] == "section")
-        s["alloc_bytes"] -= 4096
+        s["direct_bytes"] -= 4096
         return s
 
-    path, _ = doctor(tmp_path, "6.12", "dev-2M", reuse)
+    path, _ = doctor(tmp_path, "6.12", "dev-2M", allocate_less)
+    res, doc = replay(path)
+    assert res.returncode == 1
+    (dev,) = doc["devices"]
+    assert "12287 of the range's 12288 vmemmap pages" in dev["probe_account"]["alloc"]
+    assert dev["vmemmap_pages"]["observed"] == 12288  # the page tables answered
+    cross = checks(dev)["cross-check"]
+    assert cross["status"] == "fail" and "probes saw 12287 vmemmap pages allocated" in cross["detail"]
+
+
+def test_doctored_reuse_on_altmap_fails_no_false_optimisation(tmp_path):
+    def reuse(evs):
+        w = next(e for e in evs if e["type"] == "walk")
+        w["reused"] = 5
+        return w
+
+    path, _ = doctor(tmp_path, "6.1", "dev-2M", reuse)
     res, doc = replay(path)
     assert res.returncode == 1
     c = checks(doc["devices"][0])["no-false-optimisation"]
-    assert c["status"] == "fail" and "12287 vmemmap pages allocated" in c["detail"]
+    assert c["status"] == "fail" and "5 vmemmap PTEs reused" in c["detail"]
 
 
 def test_lost_events_make_it_unverifiable(tmp_path):
@@ -273,7 +309,7 @@ def test_junit(tmp_path):
 @pytest.mark.parametrize("mangle,message", [
     (lambda text: text[:-40], "truncated line"),
     (lambda text: text.replace("\n", "\n{oops\n", 2), "not JSON"),
-    (lambda text: text.replace('"schema": 1', '"schema": 99', 1), "schema 99"),
+    (lambda text: text.replace('"schema": 2', '"schema": 99', 1), "schema 99"),
     (lambda text: "\n".join(text.splitlines()[1:]) + "\n", "first event must be the header"),
     (lambda text: text.replace('"type": "range"', '"type": "rnage"', 1), "unknown event type 'rnage'"),
     (lambda text: "", "empty event log"),
@@ -305,3 +341,60 @@ def test_ledger_fold_matches_sections():
     assert len(d.sections) == 24 and len(d.compounds) == len(d.walk_compounds) == 1536
     assert d.totals()["fresh"] == 3072 and d.totals()["reused"] == 9216
     assert evaluate(ledger)["verdict"] == "pass"
+
+
+@pytest.mark.parametrize("case,vm_obs,init_obs,optimised", [
+    ("mem-2M", 3072, 196608, True), ("mem-1G", 6, 384, True),
+    ("dev-2M", 12288, 773632, False), ("mem-4K", 12288, 786432, False)])
+def test_7_3_every_case_by_its_probes(case, vm_obs, init_obs, optimised):
+    """Debian 7.3: vmemmap_alloc_block_buf inlined (0 hits), memmap_init_compound and
+    __init_zone_device_page only as clones: allocations by vmemmap_alloc_block and
+    altmap_alloc_block_buf, struct pages initialised by counting the clone's hits."""
+    log = load("7.3", case)
+    hits = next(e for e in log if e["type"] == "hits")["hits"]
+    assert hits["vmemmap_alloc_block_buf"] == 0 and hits["__init_zone_device_page"] == init_obs
+    res, doc = replay(log_path("7.3", case))
+    assert res.returncode == 0, res.stderr
+    (dev,) = doc["devices"]
+    assert dev["probe_account"] == {"populate": None, "alloc": None, "init": None}
+    assert dev["vmemmap_pages"]["observed"] == vm_obs and dev["optimized"] is optimised
+    assert dev["struct_pages_initialized"]["observed"] == init_obs
+    assert checks(dev)["cross-check"]["status"] == "pass"
+    assert doc["strategy"]["memmap_init_compound"] == "count"
+
+
+def blind_allocators(evs):
+    """The sections as a kernel whose allocators all went unseen would give them."""
+    for e in evs:
+        if e["type"] == "section":
+            e["existing"] += e["fresh"]
+            e["fresh"] = e["allocs"] = e["alloc_calls"] = e["direct_bytes"] = e["pt_pages"] = 0
+    return evs
+
+
+def test_blind_allocators_are_never_read_as_zero(tmp_path):
+    """7.3 mem-2M with every allocation unseen: the account says blind and the page tables
+    answer; without the walk, nothing is claimed: incomplete, optimised unknown."""
+    evs = blind_allocators(load("7.3", "mem-2M"))
+    res, doc = replay(write_log(tmp_path, evs))
+    (dev,) = doc["devices"]
+    assert "blind" in dev["probe_account"]["alloc"]
+    assert dev["vmemmap_pages"]["observed"] == 3072 and checks(dev)["tail-reuse"]["status"] == "pass"
+    assert checks(dev)["cross-check"]["status"] == "fail"  # probes 0, walk 3072: said, not hidden
+    res, doc = replay(write_log(tmp_path, without_walk(evs), "nowalk.jsonl"))
+    assert res.returncode == 2 and doc["verdict"] == "incomplete", res.stderr
+    (dev,) = doc["devices"]
+    assert dev["vmemmap_pages"]["observed"] is None
+    assert dev["unjudged"] == ["tail-reuse", "accounting"]
+    assert "blind" in checks(dev)["accounting"]["detail"]
+
+
+def test_blind_init_probe_leaves_init_skip_unjudged_and_optimised_unknown(tmp_path):
+    evs = without_walk(blind_allocators(load("7.3", "mem-2M")))
+    r = next(e for e in evs if e["type"] == "range")
+    r["mic_calls"] = r["izdp_calls"] = 0
+    res, doc = replay(write_log(tmp_path, evs))
+    (dev,) = doc["devices"]
+    assert res.returncode == 2 and dev["optimized"] is None
+    assert dev["struct_pages_initialized"]["observed"] is None
+    assert "blind" in dev["probe_account"]["init"] and "init-skip" in dev["unjudged"]
