@@ -154,6 +154,7 @@ class Tracer:
         self.attached: Dict[str, str] = {}
         self.lost = 0
         self._queue: List[dict] = []
+        self._perf: list = []  # the perf event arrays whose buffers are open
         self.bpf = compiled.result()
         try:
             self._attach(plan)
@@ -183,6 +184,7 @@ class Tracer:
 
     def _decoder(self, table: str, kind: str):
         perf = self.bpf[table]
+        self._perf.append(perf)
 
         def on_event(cpu, data, size):
             ev = fields(perf.event(data))
@@ -266,6 +268,12 @@ class Tracer:
     def close(self):
         bpf = getattr(self, "bpf", None)
         if bpf is not None:
+            # The perf buffers' CPU slots are closed while their map is still open: BCC's
+            # PerfEventArray.__del__ would otherwise do it after cleanup() and print a traceback.
+            for perf in self._perf:
+                for cpu in list(getattr(perf, "_open_key_fds", {})):
+                    del perf[cpu]
+            self._perf = []
             bpf.cleanup()
             self.bpf = None
 
