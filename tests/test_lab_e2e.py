@@ -1,6 +1,6 @@
 """End to end: real Debian kernels booted in qemu, real namespaces, vmemtrace run inside.
 
-One lab run covers the three kernels of lab-notes.md; its JSON is what every test here reads.
+One lab run covers the four kernels of docs/kernels.md; its JSON is what every test here reads.
 """
 
 import json
@@ -14,7 +14,7 @@ from vmemtrace.lab import cases, image
 from vmemtrace.probes.targets import TARGETS
 
 pytestmark = pytest.mark.lab
-SERIES = ("5.10", "6.1", "6.12")
+SERIES = ("5.10", "6.1", "6.12", "7.3")
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +88,9 @@ def cases_of(doc):
     return {c["case"]: c["result"] for c in doc["cases"]}
 
 
-def test_6_12_verify_numbers(lab):
-    r = cases_of(lab["6.12"])
+@pytest.mark.parametrize("series", ("6.12", "7.3"))
+def test_verify_numbers_by_probes(lab, series):
+    r = cases_of(lab[series])
     for case, vm, init in (("mem-2M", 3072, 196608), ("mem-1G", 6, 384)):
         (d,) = r[case]["devices"]
         assert r[case]["verdict"] == "pass"
@@ -101,6 +102,23 @@ def test_6_12_verify_numbers(lab):
         (d,) = r[case]["devices"]
         assert r[case]["verdict"] == "pass" and d["optimized"] is False
         assert d["vmemmap_pages"]["observed"] == 12288
+    for case, result in r.items():  # every number from the probes, their counts adding up
+        (d,) = result["devices"]
+        assert d["probe_account"] == {"populate": None, "alloc": None, "init": None}, case
+        assert d["unjudged"] == [], case
+
+
+def test_7_3_probe_plan(lab):
+    """Debian 7.3: vmemmap_alloc_block_buf probeable but inlined at its call sites; the init
+    functions only as clones, whose hits are counted; the facts from BTF."""
+    doc = lab["7.3"]
+    t = targets(doc)
+    assert t["memmap_init_compound"]["availability"] == "clone"
+    assert t["memmap_init_compound"]["strategy"] == "count"
+    assert t["__init_zone_device_page"]["strategy"] == "count"
+    assert t["vmemmap_alloc_block"]["strategy"] == "kprobe+kretprobe"
+    assert doc["check"]["facts_from"] == {"layout": "BTF", "section_pgmap": "BTF", "vpa_ptpfn": "BTF"}
+    assert doc["check"]["kallsyms_data"]["init_top_pgt"] is True  # listed as "T" there
 
 
 def statuses(device):
@@ -154,8 +172,9 @@ def test_audit_after_each_case_reports_what_verify_reported(lab, series):
             assert s["no-false-optimisation"] == "pass"
 
 
-def test_6_12_verify_cross_check_passes(lab):
-    for case, result in cases_of(lab["6.12"]).items():
+@pytest.mark.parametrize("series", ("6.12", "7.3"))
+def test_verify_cross_check_passes(lab, series):
+    for case, result in cases_of(lab[series]).items():
         (d,) = result["devices"]
         cross = next(c for c in d["checks"] if c["name"] == "cross-check")
         assert cross["status"] == "pass", (case, cross)
@@ -195,3 +214,19 @@ def test_guest_that_does_not_boot_shows_its_console(lab, tmp_path):
     last = res.stderr.strip().splitlines()[-1]
     assert re.match(r"vmemtrace: the \S+ guest (did not (boot or crashed|finish)|kernel panicked)", last), last
     assert shutil.which("qemu-system-x86_64")
+
+
+def test_a_debian_package_by_name_boots_that_exact_build(lab):
+    release = lab["6.1"]["kernel"]
+    res = run_cli("lab", "--kernel", f"linux-image-{release}", "--exec", "uname -r")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == release
+
+
+@pytest.mark.parametrize("package", ["linux-image-6.1.0-9999-amd64", "linux-image-7.3.9999+deb13-amd64"])
+def test_an_unknown_debian_package_is_one_line_and_exit_2(lab, package):
+    res = run_cli("lab", "--kernel", package, "--exec", "true")
+    assert res.returncode == 2
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"vmemtrace: unknown kernel package {package}: the lab's "), res.stderr
+    assert "Traceback" not in res.stderr
