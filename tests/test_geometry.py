@@ -1,4 +1,4 @@
-"""geometry: the expected numbers, against the patch series' arithmetic, lab-notes.md's measured
+"""geometry: the expected numbers, against the patch series' arithmetic, docs/kernels.md's measured
 numbers, and properties that must hold for any range (hypothesis)."""
 
 from hypothesis import given, settings

@@ -23,7 +23,7 @@ def test_check_on_this_host():
     doc = json.loads(res.stdout)
     assert doc["kernel"] == os.uname().release
     if host_option("KPROBES") is False:
-        # This project's machines: a Firecracker guest built without kprobes (lab-notes.md).
+        # This project's machines: a Firecracker guest built without kprobes (docs/kernels.md).
         assert res.returncode == 2
         assert res.stderr.count("\n") == 1, res.stderr
         assert "CONFIG_KPROBES" in res.stderr

@@ -1,4 +1,4 @@
-"""Classification of probe targets on the recorded kernels, against lab-notes.md's table."""
+"""Classification of probe targets on the recorded kernels, against docs/kernels.md's table."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""The `vmemtrace` command line (click). Words and JSON keys are fixed by design.md."""
+"""The `vmemtrace` command line (click). Words and JSON keys are fixed (docs/design.md)."""
 
 import functools
 import sys

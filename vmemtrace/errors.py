@@ -5,7 +5,7 @@ The CLI turns it into a single line on stderr and the exit code it carries, neve
 
 import sys
 
-# Exit codes shared by every command (verify's are fixed by design.md: 0 pass, 1 fail, 2 could
+# Exit codes shared by every command (verify's are fixed, docs/design.md: 0 pass, 1 fail, 2 could
 # not verify; the other commands use 2 for "could not do what was asked").
 EXIT_OK = 0
 EXIT_FAIL = 1

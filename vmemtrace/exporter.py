@@ -1,5 +1,5 @@
 """The Prometheus view of the ledger: a prometheus-client custom collector that folds the event
-log at scrape time (design.md "Metrics"). No I/O of its own: what the tracer saw and which dax
+log at scrape time (docs/design.md, "Metrics"). No I/O of its own: what the tracer saw and which dax
 devices exist now are handed in as callables, so a scrape always reflects the present.
 
 Conventions (https://prometheus.io/docs/practices/naming/): base units (bytes, seconds),

@@ -1,6 +1,6 @@
 """Named checks over a ledger, each pass/fail/skip with a one-line reason, and the verdict.
 
-Pure: a Ledger in, the design.md JSON document out. Expected numbers come from geometry only.
+Pure: a Ledger in, the verify document of docs/design.md out. Expected numbers come from geometry only.
 """
 
 from dataclasses import dataclass

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Dict, List, Set
 
 # GCC's clone suffixes (.constprop.N, .isra.N, .part.N, .cold): a clone has a changed calling
-# convention, so its arguments can never be decoded by position (lab-notes.md).
+# convention, so its arguments can never be decoded by position (docs/kernels.md).
 _CLONE = re.compile(r"^(?P<base>[A-Za-z0-9_]+)\.(constprop|isra|part|cold|llvm)(\.\d+)*$")
 
 

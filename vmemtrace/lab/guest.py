@@ -40,7 +40,7 @@ def prepare():
         sh(["mount", "-t", "tracefs", "none", "/sys/kernel/tracing"])
     for module in MODULES:
         sh(["modprobe", module], check=True)
-    # The region comes up as an fsdax namespace with its own memmap (lab-notes.md); wait for it.
+    # The region comes up as an fsdax namespace with its own memmap (docs/kernels.md); wait for it.
     for _ in range(50):
         if sh(["ndctl", "list", "-N"]).stdout.strip():
             break
@@ -87,7 +87,7 @@ def run_case(case, out_dir, cross_check):
     """A fresh namespace under `vmemtrace verify` (with --cross-check where the probes see the
     populate), then `vmemtrace audit` of what it left; the event logs are kept for replay tests."""
     # Disable the previous namespace first, so that the traced command only creates: a legacy
-    # memmap= region starts as fsdax with its own memmap (lab-notes.md), and even raw mode maps
+    # memmap= region starts as fsdax with its own memmap (docs/kernels.md), and even raw mode maps
     # pages there; tearing that down inside the traced command would blur nr_memmap_pages.
     sh(["ndctl", "disable-namespace", NAMESPACE])
     log = os.path.join(out_dir, f"{case.name}.jsonl")

@@ -119,7 +119,7 @@ def run_lab(specs: List[KernelSpec], cases: List[Case], size: int, accel: str, r
         elif any(v != "pass" for v in verdicts):
             worst = max(worst, EXIT_FAIL)
         if as_json:
-            # One document per kernel, one per line: each is exactly design.md's lab schema.
+            # One document per kernel, one per line: each is docs/design.md's lab schema.
             print(render.json_line(doc), flush=True)
         else:
             print(f"\n=== {doc['kernel']} ({doc['accel']}) ===\n")

@@ -1,7 +1,7 @@
 """Booting the guest: virtme-ng (vng) over qemu, TCG by default.
 
 KVM on this project's machines is a nested hypervisor on which stock Debian kernels hang after
-the decompressor (lab-notes.md), so KVM is used only after a probe boot showed it works; the
+the decompressor (docs/kernels.md), so KVM is used only after a probe boot showed it works; the
 verdict is cached per host and guest kernel.
 """
 
