@@ -121,3 +121,18 @@ def test_leftover_kprobe_events_of_dead_bcc_tracers():
         ("p_memmap_init_compound_constprop_0_bcc_99", 99)]
     assert str(found[0]) == ("kprobes/r_memmap_init_zone_device_bcc_4242 on "
                              "memmap_init_zone_device (pid 4242, gone)")
+
+
+def test_kmsg_cursor_returns_at_eof(tmp_path):
+    """Where the log gives EOF rather than EAGAIN (a plain file here), the cursor returns what
+    it read instead of looping (it used to allocate without bound)."""
+    from vmemtrace.kernel.kmsg import KmsgCursor
+
+    log = tmp_path / "kmsg"
+    log.write_text("")
+    cursor = KmsgCursor(str(log))
+    with open(log, "a") as fh:
+        fh.write("6,1,2,-;memmap_init_zone_device initialised 786432 pages in 28ms\n")
+    assert cursor.messages() == ["memmap_init_zone_device initialised 786432 pages in 28ms"]
+    assert cursor.messages() == []
+    cursor.close()

@@ -398,3 +398,24 @@ def test_blind_init_probe_leaves_init_skip_unjudged_and_optimised_unknown(tmp_pa
     assert res.returncode == 2 and dev["optimized"] is None
     assert dev["struct_pages_initialized"]["observed"] is None
     assert "blind" in dev["probe_account"]["init"] and "init-skip" in dev["unjudged"]
+
+
+def test_verify_and_record_want_dashes_and_a_writable_log(tmp_path):
+    """Refused before anything runs, one line each, and no file left behind."""
+    res = run_cli("verify", "ndctl", "list", "--json")
+    assert res.returncode == 2 and "put -- before the command to run" in res.stderr
+    res = run_cli("verify", "--record", str(tmp_path / "no/such/x.jsonl"), "--", "true")
+    assert res.returncode == 2 and res.stderr.strip().endswith(
+        f"cannot write {tmp_path}/no/such/x.jsonl: No such file or directory")
+    out = tmp_path / "x.jsonl"
+    res = run_cli("record", "-o", str(out), "--", "true")  # this host cannot trace
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and not out.exists()
+
+
+def test_logs_are_written_0600(tmp_path):
+    from vmemtrace.events import LogFile
+
+    log = LogFile(str(tmp_path / "x.jsonl"))
+    log.write({"type": "header"})
+    log.close()
+    assert (tmp_path / "x.jsonl").stat().st_mode & 0o777 == 0o600

@@ -1,5 +1,6 @@
 """The `vmemtrace` command line (click). Words and JSON keys are fixed (docs/design.md)."""
 
+import contextlib
 import functools
 import sys
 from pathlib import Path
@@ -32,9 +33,13 @@ def one_line_errors(fn):
 def _compile_early(cmd=()) -> None:
     """Tracing commands start the BPF compile first thing: it runs in its own thread while the
     rest of vmemtrace is imported and the kernel's facts are read (probes/loader.py). A command
-    to run must exist first: fail before the compile, not after it."""
+    to run must exist first, and be set apart by "--" (else `verify ndctl list --json` gives the
+    command's --json to vmemtrace): fail before the compile, not after it."""
     import shutil
 
+    if cmd and "--" not in sys.argv[1:]:
+        raise VmemtraceError(f"put -- before the command to run: vmemtrace "
+                             f"{click.get_current_context().info_name} [OPTIONS] -- {' '.join(cmd)}")
     if cmd and shutil.which(cmd[0]) is None:
         raise VmemtraceError(f"cannot run {cmd[0]}: No such file or directory")
     from vmemtrace.probes.loader import start_compile
@@ -156,10 +161,9 @@ def verify(expect, as_json, junit, allow_skip, no_probe, record_to, cross_check,
     from vmemtrace.session import trace_command
     from vmemtrace.verdict import evaluate
 
-    log = trace_command(list(cmd), say, quiet_stdout=as_json, cross_check=cross_check,
-                        exclude=no_probe)
-    if record_to is not None:
-        _write_log(record_to, log)
+    with _recording(record_to) as on_event:
+        log = trace_command(list(cmd), say, on_event=on_event, quiet_stdout=as_json,
+                            cross_check=cross_check, exclude=no_probe)
     doc = evaluate(fold(log), expect, allow_skip)
     _output_verdict(doc, as_json, junit)
     _finish(doc)
@@ -174,14 +178,25 @@ def _known_targets(names) -> None:
                              f"(one of {', '.join(BY_NAME)})")
 
 
-def _write_log(path: Path, log) -> None:
-    from vmemtrace import events
+@contextlib.contextmanager
+def _recording(path):
+    """The event log at `path` (None: no log), written as events come; yields the callback."""
+    if path is None:
+        yield None
+        return
+    from vmemtrace.events import LogFile
 
+    log = LogFile(str(path))
     try:
-        with open(path, "w") as fh:
-            events.write(log, fh)
-    except OSError as e:
-        raise VmemtraceError(f"cannot write {path}: {e.strerror}")
+        yield log.write
+    finally:
+        log.close()
+
+
+def _write_log(path: Path, log) -> None:
+    with _recording(path) as write:
+        for ev in log:
+            write(ev)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
@@ -191,15 +206,11 @@ def _write_log(path: Path, log) -> None:
 @one_line_errors
 def record(output, cmd):
     """Run CMD (no shell) under tracing and write every event to FILE, for `replay`."""
+    _compile_early(cmd)
     from vmemtrace.session import trace_command
 
-    try:
-        output.touch()  # fail before tracing, not after, when FILE cannot be written
-    except OSError as e:
-        raise VmemtraceError(f"cannot write {output}: {e.strerror}")
-    _compile_early(cmd)
-    log = trace_command(list(cmd), say)
-    _write_log(output, log)
+    with _recording(output) as on_event:  # fails before tracing when FILE cannot be written
+        log = trace_command(list(cmd), say, on_event=on_event)
     ranges = sum(1 for e in log if e["type"] == "range")
     say(f"recorded {len(log)} events ({ranges} ranges) to {output}")
 

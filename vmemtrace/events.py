@@ -6,6 +6,7 @@ a corrupt or truncated file fails on the line that is wrong, never deep inside t
 """
 
 import json
+import os
 from typing import IO, Iterable, Iterator, List
 
 from vmemtrace.errors import VmemtraceError
@@ -58,6 +59,39 @@ def validate(event, where: str) -> dict:
     if missing:
         raise VmemtraceError(f"{where}: {kind} event lacks {', '.join(missing)}")
     return event
+
+
+class LogFile:
+    """An event log written as events come (a crash keeps what was seen), opened before tracing
+    starts so that a path that cannot be written fails first. Mode 0600: logs hold physical
+    addresses. A log that got no event (the trace never started) is removed again."""
+
+    def __init__(self, path: str):
+        self.path, self.count = path, 0
+        self.created = not os.path.exists(path)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        except OSError as e:
+            raise VmemtraceError(f"cannot write {path}: {e.strerror}")
+        self.fh = os.fdopen(fd, "w")
+
+    def write(self, event: dict) -> None:
+        try:
+            self.fh.write(json.dumps(event, sort_keys=True) + "\n")
+            if self.count == 0 or event["type"] in ("range", "command", "lost"):
+                self.fh.flush()  # the header at once: a full disk fails before the command runs
+        except OSError as e:
+            raise VmemtraceError(f"cannot write {self.path}: {e.strerror}")
+        self.count += 1
+
+    def close(self) -> None:
+        try:
+            self.fh.close()
+        except OSError as e:
+            raise VmemtraceError(f"cannot write {self.path}: {e.strerror}")
+        finally:
+            if self.count == 0 and self.created:
+                os.unlink(self.path)
 
 
 def write(events: Iterable[dict], fh: IO[str]) -> None:

@@ -6,6 +6,7 @@ import os
 import re
 from typing import List, Optional
 
+MAX_RECORDS = 100000  # the kernel's log buffer holds far fewer
 _INIT = re.compile(r"memmap_init_zone_device initialised (\d+) pages in (\d+)ms")
 
 
@@ -28,15 +29,22 @@ class KmsgCursor:
 
     def messages(self) -> List[str]:
         out = []
-        while self.fd is not None:
+        # Bounded: /dev/kmsg gives EAGAIN at the end, but a file or a kernel that gives EOF
+        # instead must not keep us here (each read returns one record, at most 8 KiB).
+        for _ in range(MAX_RECORDS):
+            if self.fd is None:
+                break
             try:
-                record = os.read(self.fd, 8192).decode(errors="replace")
+                data = os.read(self.fd, 8192)
             except BlockingIOError:
                 break
             except BrokenPipeError:
                 continue  # records overwritten before we read them: skip to the next
             except OSError:
                 break
+            if not data:
+                break
+            record = data.decode(errors="replace")
             # "prio,seq,usec,flags;message\n continuation lines"
             out.append(record.split(";", 1)[-1].split("\n", 1)[0])
         return out
