@@ -419,3 +419,54 @@ def test_logs_are_written_0600(tmp_path):
     log.write({"type": "header"})
     log.close()
     assert (tmp_path / "x.jsonl").stat().st_mode & 0o777 == 0o600
+
+
+def _mangle_event(kind, key, value):
+    def change(evs):
+        e = next(e for e in evs if e["type"] == kind)
+        e[key] = value
+        return evs
+    return change
+
+
+@pytest.mark.parametrize("change,message", [
+    (_mangle_event("section", "ptes", "512"), "section event's ptes is not a non-negative integer"),
+    (_mangle_event("section", "ptes", None), "section event's ptes is not"),
+    (_mangle_event("section", "ptes", [512]), "section event's ptes is not"),
+    (_mangle_event("section", "ptes", -1), "section event's ptes is not"),
+    (_mangle_event("section", "ptes", 1.5), "section event's ptes is not"),
+    (_mangle_event("section", "altmap", 0), "section event's altmap is not a boolean"),
+    (_mangle_event("range", "pfns_per_compound", 0), "pfns_per_compound 0 is not a power of two"),
+    (_mangle_event("range", "page_size", 0), "page_size 0 is not 4, 16 or 64 KiB"),
+    (_mangle_event("range", "struct_page_size", 0), "struct_page_size 0 is not"),
+    (_mangle_event("range", "nr_pages", 10 ** 13), "nr_pages 10000000000000 is beyond 2^40 pages"),
+    (_mangle_event("lost", "errors", []), "lost event's errors is not an object of counts"),
+    (lambda evs: evs + [evs[0]], "a second header"),
+    (lambda evs: [e for e in evs if e["type"] not in ("lost", "hits", "vmstat", "device", "command")]
+     or evs, "truncated: the closing events (lost, hits) are missing"),
+])
+def test_malformed_logs_are_one_line_and_exit_2(tmp_path, change, message):
+    """Each of these used to trace back (exit 1, "the kernel failed"), loop, or pass."""
+    path = write_log(tmp_path, change(load("6.12", "mem-2M")))
+    res = run_cli("replay", str(path))
+    assert res.returncode == 2, res.stderr
+    assert message in res.stderr and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("text,message", [
+    ("[" * 100000 + "\n", "a line longer than"),
+    ('{"type": "range", "nr_pages": ' + "9" * 5000 + "}\n", "not JSON"),
+    ('{"type": "header", "schema": 2, "kernel": "x", "version": [], "feature": {}, '
+     '"strategy": {}, "nr_pages": Infinity}\n{"type": "range", "nr_pages": Infinity}\n', "is not"),
+    ('{"type": "header", "schema": 2, "kernel": "x", "version": [], "feature": {}}\n', "lacks strategy"),
+])
+def test_hostile_lines(tmp_path, text, message):
+    path = tmp_path / "hostile.jsonl"
+    path.write_text(text)
+    res = run_cli("replay", str(path), timeout=60)
+    assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+def test_replay_of_dev_zero_stops_at_once():
+    res = run_cli("replay", "/dev/zero", timeout=60)
+    assert res.returncode == 2 and "not an event log" in res.stderr

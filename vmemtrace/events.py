@@ -7,7 +7,7 @@ a corrupt or truncated file fails on the line that is wrong, never deep inside t
 
 import json
 import os
-from typing import IO, Iterable, Iterator, List
+from typing import IO, Iterable, Iterator, List, Optional, Tuple
 
 from vmemtrace.errors import VmemtraceError
 
@@ -16,7 +16,7 @@ from vmemtrace.errors import VmemtraceError
 SCHEMA = 2
 
 REQUIRED = {
-    # kernel facts at trace start; strategy: target -> kprobe/kretprobe/fallback/unavailable
+    # kernel facts at trace start; strategy: target -> its strategy (probes/plan.py)
     "header": ("schema", "kernel", "version", "feature", "strategy"),
     # one __populate_section_memmap() call, aggregated in BPF
     "section": ("pfn", "nr_pages", "range_start_pfn", "pfns_per_compound", "ptes", "plain",
@@ -49,15 +49,86 @@ REQUIRED = {
 }
 
 
+# Types of the keys that are not non-negative integer counts (the rest are: pfns, pages, bytes).
+BOOL, STR, LIST, DICT, NUMBER, SIGNED, INT_MAP, MAYBE_INT = (
+    "a boolean", "a string", "a list", "an object", "a number", "an integer", "an object of counts",
+    "a count or null")
+TYPES = {
+    "header": {"kernel": STR, "version": LIST, "feature": DICT, "strategy": DICT},
+    "section": {"altmap": BOOL, "has_pgmap": BOOL, "ok": BOOL},
+    "range": {"altmap": BOOL},
+    "walk": {"altmap": BOOL, "levels": INT_MAP},
+    "vmstat": {"when": STR},
+    "device": {"name": STR, "align": MAYBE_INT},
+    "command": {"argv": LIST, "exit": SIGNED, "seconds": NUMBER},
+    "lost": {"errors": INT_MAP},
+    "hits": {"hits": INT_MAP},
+}
+# Physical limits: 52 address bits (x86_64 with 5-level paging) are 2^40 pages of 4 KiB.
+MAX_PFN = 1 << 40
+MAX_COUNT = 1 << 52
+MAX_LINE = 1 << 16  # the largest event, the header, is about 2 KiB
+
+
+def _count(v) -> bool:
+    return type(v) is int and 0 <= v < MAX_COUNT
+
+
+def _typed(v, kind: str) -> bool:
+    if kind == BOOL:
+        return type(v) is bool
+    if kind == STR:
+        return isinstance(v, str)
+    if kind == LIST:
+        return isinstance(v, list)
+    if kind == DICT:
+        return isinstance(v, dict)
+    if kind == NUMBER:
+        return type(v) in (int, float) and 0 <= v < MAX_COUNT
+    if kind == SIGNED:
+        return type(v) is int and -MAX_COUNT < v < MAX_COUNT
+    if kind == INT_MAP:
+        return isinstance(v, dict) and all(isinstance(k, str) and _count(n) for k, n in v.items())
+    if kind == MAYBE_INT:
+        return v is None or _count(v)
+    return _count(v)
+
+
+def _limits(event: dict) -> Optional[str]:
+    """Numbers that no kernel can produce, which would otherwise make the ledger or geometry
+    loop for ever or divide by zero."""
+    for key in ("pfn", "start_pfn", "head_pfn", "range_start_pfn", "nr_pages"):
+        if key in event and event[key] > MAX_PFN:
+            return f"{key} {event[key]} is beyond 2^40 pages (52 physical address bits)"
+    ppc = event.get("pfns_per_compound")
+    if ppc is not None and (ppc < 1 or ppc & (ppc - 1) or ppc > 1 << 30):
+        return f"pfns_per_compound {ppc} is not a power of two from 1 to 2^30"
+    if "page_size" in event and event["page_size"] not in (4096, 16384, 65536):
+        return f"page_size {event['page_size']} is not 4, 16 or 64 KiB"
+    sps = event.get("struct_page_size")
+    if sps is not None and not (32 <= sps <= 256 and sps % 8 == 0):
+        return f"struct_page_size {sps} is not a multiple of 8 from 32 to 256"
+    return None
+
+
 def validate(event, where: str) -> dict:
     if not isinstance(event, dict):
         raise VmemtraceError(f"{where}: not a JSON object")
     kind = event.get("type")
-    if kind not in REQUIRED:
+    if not isinstance(kind, str) or kind not in REQUIRED:
         raise VmemtraceError(f"{where}: unknown event type {kind!r}")
     missing = [k for k in REQUIRED[kind] if k not in event]
     if missing:
         raise VmemtraceError(f"{where}: {kind} event lacks {', '.join(missing)}")
+    types = TYPES.get(kind, {})
+    for key in REQUIRED[kind]:
+        if not _typed(event[key], types.get(key, "")):
+            expected = types.get(key, "a non-negative integer")
+            raise VmemtraceError(f"{where}: {kind} event's {key} is not {expected}: "
+                                 f"{json.dumps(event[key])[:40]}")
+    problem = _limits(event)
+    if problem:
+        raise VmemtraceError(f"{where}: {kind} event: {problem}")
     return event
 
 
@@ -100,20 +171,39 @@ def write(events: Iterable[dict], fh: IO[str]) -> None:
     fh.flush()
 
 
-def read(fh: IO[str], name: str) -> List[dict]:
-    """All events of a log, validated. Errors name the file and line."""
-    out: List[dict] = []
+def _lines(fh: IO[str], name: str) -> Iterator[Tuple[int, str]]:
+    """(line number, line), each read with a length cap: /dev/zero is not a log."""
     lineno = 0
-    for lineno, line in enumerate(fh, 1):
+    while True:
+        line = fh.readline(MAX_LINE + 1)
+        if not line:
+            return
+        lineno += 1
+        if len(line) > MAX_LINE:
+            raise VmemtraceError(f"{name}:{lineno}: a line longer than {MAX_LINE} characters: "
+                                 "not an event log")
+        yield lineno, line
+
+
+def read(fh: IO[str], name: str) -> List[dict]:
+    """All events of a log, validated: each line one well-typed event, the header first and only
+    there, and the closing events present (a log cut at a line boundary is truncated too).
+    Errors name the file and line, and are exit 2: a bad log says nothing about the kernel."""
+    out: List[dict] = []
+    for lineno, line in _lines(fh, name):
         if not line.strip():
             continue
         if not line.endswith("\n"):
             raise VmemtraceError(f"{name}:{lineno}: truncated line (the recording was cut off)")
         try:
             event = json.loads(line)
+        except RecursionError:
+            raise VmemtraceError(f"{name}:{lineno}: nested too deeply to be an event")
         except ValueError as e:
-            raise VmemtraceError(f"{name}:{lineno}: not JSON ({e.msg})")
+            raise VmemtraceError(f"{name}:{lineno}: not JSON ({getattr(e, 'msg', str(e))[:80]})")
         out.append(validate(event, f"{name}:{lineno}"))
+        if event["type"] == "header" and len(out) > 1:
+            raise VmemtraceError(f"{name}:{lineno}: a second header (two logs joined?)")
     if not out:
         raise VmemtraceError(f"{name}: empty event log")
     header = out[0]
@@ -122,6 +212,10 @@ def read(fh: IO[str], name: str) -> List[dict]:
     if header["schema"] != SCHEMA:
         raise VmemtraceError(f"{name}:1: schema {header['schema']} is not {SCHEMA} "
                              "(recorded by another vmemtrace version)")
+    # A trace closes with the BPF side's account (lost, hits); an audit has no BPF side.
+    if header.get("walk") != "audit" and not any(e["type"] == "lost" for e in out):
+        raise VmemtraceError(f"{name}: truncated: the closing events (lost, hits) are missing "
+                             "(the recording was cut off)")
     return out
 
 
