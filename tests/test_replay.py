@@ -479,3 +479,44 @@ def test_non_integer_numbers_are_refused(tmp_path, number):
     bad.write_text(text.replace(line, line.replace('"nr_pages": 786432', f'"nr_pages": {number}')))
     res = run_cli("replay", str(bad), timeout=60)
     assert res.returncode == 2 and "range event's nr_pages is not a non-negative integer" in res.stderr
+
+
+def _walked(evs):
+    return [e for e in evs if e["type"] == "compound" and e.get("source") == "walk"]
+
+
+def _probed(evs):
+    return [e for e in evs if e["type"] == "compound" and "source" not in e]
+
+
+def test_doctored_compound_pages_never_pass(tmp_path):
+    """Each of these passed before: a compound page replaced by its neighbour's copy, heads
+    shifted off their alignment, and (on a walk-only kernel) every compound page on one tail."""
+    def neighbour(evs):
+        for kind in (_probed, _walked):
+            cps = kind(evs)
+            cps[10].update({k: v for k, v in cps[11].items()})
+        return evs
+
+    def shift(n):
+        def change(evs):
+            for c in _probed(evs) + _walked(evs):
+                c["head_pfn"] += n
+            return evs
+        return change
+
+    for change, message in ((neighbour, "appears twice"), (shift(1), "is not aligned"),
+                            (shift(7), "is not aligned")):
+        res, doc = replay(write_log(tmp_path, change(load("6.12", "mem-2M"))))
+        assert res.returncode == 2 and doc["verdict"] == "error", res.stderr
+        assert "inconsistent log" in res.stderr and message in res.stderr
+
+    def one_tail(evs):
+        for c in _walked(evs):
+            c["tail_pfn"] = _walked(evs)[0]["tail_pfn"]
+        return evs
+
+    res, doc = replay(write_log(tmp_path, one_tail(load("6.1", "mem-2M"))))
+    assert res.returncode == 1
+    tail = checks(doc["devices"][0])["tail-reuse"]
+    assert tail["status"] == "fail" and "share their first tail vmemmap page" in tail["detail"]

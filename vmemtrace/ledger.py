@@ -100,6 +100,29 @@ class DeviceLedger:
         t = self.totals()
         return t["fresh"] + t["direct_bytes"] // self.shape(True).page_size
 
+    def inconsistencies(self) -> List[str]:
+        """What no kernel can have produced for this range: the probes and the walk key compound
+        pages by their head pfn, aligned within the range (bpf/vmemtrace.bpf.c, backing.py), one
+        event each. A log that says otherwise was cut or edited: judged as corrupt, not as the
+        kernel's doing."""
+        out = []
+        ppc = self.pfns_per_compound
+        for what, compounds in (("probes", self.compounds), ("walk", self.walk_compounds)):
+            seen = set()
+            for c in compounds:
+                head = c["head_pfn"]
+                if head in seen:
+                    out.append(f"compound page at pfn {head} appears twice ({what})")
+                elif not self.start_pfn <= head < self.start_pfn + max(self.nr_pages, 1):
+                    out.append(f"compound page at pfn {head} is outside its range ({what})")
+                elif (head - self.start_pfn) % ppc:
+                    out.append(f"compound page at pfn {head} is not aligned to the range's "
+                               f"{ppc}-page compound pages ({what})")
+                seen.add(head)
+                if len(out) > 2:
+                    return out
+        return out
+
     def account(self, sources: "Sources", feature: bool) -> Account:
         return account(self.shape(feature), self.sections, self.range, sources,
                        list(sources.allocators))

@@ -107,6 +107,19 @@ def defining_checks(feature: bool, eligible: bool) -> tuple:
     return ("no-false-optimisation",)
 
 
+def _shared_tails(compounds: List[dict]) -> List[str]:
+    """Each compound page keeps a first tail page of its own; two sharing one means the kernel
+    mapped one compound page's tails onto another's struct pages (or the log lies)."""
+    owner: Dict[int, int] = {}
+    for c in compounds:
+        if c["tail_fresh"]:
+            if c["tail_pfn"] in owner:
+                return [f"compound pages at pfn {owner[c['tail_pfn']]} and {c['head_pfn']} share "
+                        f"their first tail vmemmap page (pfn {c['tail_pfn']})"]
+            owner[c["tail_pfn"]] = c["head_pfn"]
+    return []
+
+
 def check_device(d: DeviceLedger, ledger: Ledger, expect: str, allow_skip=()) -> Dict:
     feature = ledger.feature
     shape = d.shape(feature)
@@ -142,6 +155,7 @@ def check_device(d: DeviceLedger, ledger: Ledger, expect: str, allow_skip=()) ->
         checks.append(Check("tail-reuse", SKIP, seen.populate_why))
     else:
         problems = [p for p in (_compound_problem(c, per_cp) for c in seen.compounds) if p]
+        problems += _shared_tails(seen.compounds)
         if problems:
             more = f" (and {len(problems) - 1} more compound pages)" if len(problems) > 1 else ""
             checks.append(Check("tail-reuse", FAIL, problems[0] + more + seen.how))
@@ -337,7 +351,7 @@ def evaluate(ledger: Ledger, expect: str = "auto", allow_skip=()) -> dict:
     every check that defines its case was judged (defining_checks) or the user waived it
     (allow_skip); otherwise it is "incomplete", which exits 2 like "error"."""
     devices = [check_device(d, ledger, expect, allow_skip) for d in ledger.devices]
-    problems = []
+    problems = [f"inconsistent log, {d.name}: {p}" for d in ledger.devices for p in d.inconsistencies()]
     if ledger.lost:
         problems.append(f"{ledger.lost} events lost: the ledger is incomplete")
     bad = {k: v for k, v in ledger.bpf_errors.items() if v}
