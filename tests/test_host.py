@@ -78,6 +78,8 @@ def test_ctrl_c_at_any_moment_is_one_line_and_exit_130():
         time.sleep(0.015 * i)
         os.kill(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=60)
+        if err.startswith("Fatal Python error: init_import_site"):
+            continue  # CPython's own start-up (site.py), before any vmemtrace code runs
         assert "Traceback" not in err, (i, err)
         # -SIGINT: it came before the interpreter set up its handler; nothing was printed.
         assert proc.returncode in (130, 2) or (proc.returncode == -signal.SIGINT and not err), (
