@@ -335,4 +335,14 @@ def main():
     from vmemtrace.lab.cli import lab
 
     cli.add_command(lab)
-    cli(prog_name="vmemtrace")
+    # Not click's standalone mode: it turns a Ctrl-C during argument parsing into "Aborted!"
+    # and exit 1, the code that means "the kernel failed".
+    try:
+        code = cli.main(prog_name="vmemtrace", standalone_mode=False)
+    except click.exceptions.Abort:
+        say("interrupted")
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
