@@ -86,3 +86,22 @@ def test_ctrl_c_at_any_moment_is_one_line_and_exit_130():
             i, proc.returncode, err)
         if proc.returncode == 130:
             assert err.strip().splitlines()[-1] == "vmemtrace: interrupted", (i, err)
+
+
+def test_an_interrupted_command_that_ignores_sigterm_is_killed_after_the_grace():
+    import signal
+    import subprocess
+    import threading
+    import time
+
+    from vmemtrace.session import CHILD_GRACE, stop_child
+
+    child = subprocess.Popen(["sh", "-c", "trap '' TERM; sleep 60 & wait"])
+    ended = []
+    waiter = threading.Thread(target=lambda: ended.append(child.wait()))
+    waiter.start()
+    time.sleep(0.2)
+    start = time.monotonic()
+    stop_child(child, waiter)
+    took = time.monotonic() - start
+    assert ended == [-signal.SIGKILL] and CHILD_GRACE <= took < CHILD_GRACE + 5

@@ -122,6 +122,20 @@ def closing_events(tracer, kmsg: Optional[KmsgCursor] = None) -> List[dict]:
     return out
 
 
+# Seconds a command gets to exit after SIGTERM when vmemtrace is interrupted, before SIGKILL.
+CHILD_GRACE = 5.0
+
+
+def stop_child(child: subprocess.Popen, waiter: threading.Thread) -> None:
+    """SIGTERM, then SIGKILL after CHILD_GRACE seconds: a command that ignores SIGTERM must not
+    keep an interrupted vmemtrace (and its probes) waiting for ever."""
+    child.terminate()
+    waiter.join(CHILD_GRACE)
+    if waiter.is_alive():
+        child.kill()
+        waiter.join()
+
+
 def run_command(argv: List[str], tracer, on_events: Callable[[List[dict]], None],
                 quiet_stdout: bool = False) -> dict:
     """Run argv (no shell) while polling the tracer; returns the command event. With
@@ -141,8 +155,7 @@ def run_command(argv: List[str], tracer, on_events: Callable[[List[dict]], None]
         while waiter.is_alive():
             on_events(tracer.poll(100))
     except KeyboardInterrupt:
-        child.terminate()
-        waiter.join()
+        stop_child(child, waiter)
         raise
     # The last events may still sit in the perf buffer.
     for _ in range(3):
