@@ -2,6 +2,7 @@
 paging, 4 KiB PTE and 2 MiB PMD vmemmap mappings, KASLR-moved bases, and its refusals."""
 
 import random
+import struct
 
 import pytest
 
@@ -172,3 +173,14 @@ def test_pmd_mapped_compound_pages_yield_no_compound_layout(tmp_path):
     events = walk_events(START_PFN, 32768, 512, True, backing, 64, 4096, 5)
     assert len(events) == 1
     assert (events[0]["distinct"], events[0]["reused"], events[0]["levels"]) == (512, 0, {"pmd": 512})
+
+
+@pytest.mark.parametrize("phentsize", [0, 8])
+def test_a_core_file_with_impossible_program_headers_is_one_line(tmp_path, phentsize):
+    img = Image(4, 0xFFFF888000000000, 0xFFFFEA0000000000)
+    img.write(tmp_path / "kcore")
+    data = bytearray((tmp_path / "kcore").read_bytes())
+    struct.pack_into("<H", data, 54, phentsize)  # e_phentsize
+    (tmp_path / "kcore").write_bytes(bytes(data))
+    with pytest.raises(VmemtraceError, match=f"program headers of {phentsize} bytes"):
+        Kcore(str(tmp_path / "kcore"))

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import kernel_root
+from tests.conftest import SERIES, kernel_root
+from vmemtrace.errors import VmemtraceError
 from vmemtrace.kernel import config, ftrace, kallsyms, release
 
 
@@ -76,7 +77,7 @@ def test_kallsyms_wanted_filter_and_module_column():
 
 
 def test_kallsyms_wanted_search_equals_full_parse():
-    for series in ("5.10", "6.1", "6.12"):
+    for series in SERIES:
         text = (kernel_root(series) / "proc/kallsyms").read_text()
         full = kallsyms.parse_kallsyms(text)
         wanted = {"memmap_init_zone_device", "memmap_init_compound", "vmemmap_populate_address",
@@ -136,3 +137,53 @@ def test_kmsg_cursor_returns_at_eof(tmp_path):
     assert cursor.messages() == ["memmap_init_zone_device initialised 786432 pages in 28ms"]
     assert cursor.messages() == []
     cursor.close()
+
+
+def _broken_root(tmp_path, series, rel, content):
+    """A copy of a recorded kernel's tree with one file replaced (a directory when content is
+    None)."""
+    import shutil
+
+    from tests.conftest import SERIES, kernel_root
+
+    root = tmp_path / "k"
+    shutil.copytree(kernel_root(series), root)
+    path = root / rel.format(release=(root / "proc/sys/kernel/osrelease").read_text().strip())
+    if path.exists():
+        path.unlink() if path.is_file() else shutil.rmtree(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    return root
+
+
+@pytest.mark.parametrize("rel,content,message", [
+    ("boot/config-{release}", b"CONFIG_KPROBES=y\n\xff\xfe CONFIG_X=\x80\n", None),
+    ("boot/config-{release}", None, "cannot read it"),
+    ("proc/config.gz", __import__("gzip").compress(b"CONFIG_KPROBES=y\n" * 100)[:40], "/proc/config.gz"),
+    ("proc/sys/kernel/osrelease", b"", "not a kernel release"),
+    ("proc/sys/kernel/osrelease", b"\xff\xfegarbage\n", "not a kernel release"),
+    ("sys/kernel/debug/kprobes/blacklist", b"0x1-0x2\t\xff\xfe\n", None),
+    ("sys/kernel/debug/kprobes/blacklist", None, None),
+    ("sys/kernel/security/lockdown", b"\xff[none]\n", None),
+])
+def test_kernel_readers_never_trace_back(tmp_path, rel, content, message):
+    """Bad kernel files: one line naming the file and exit 2, or read as well as they can be;
+    never a traceback (each of these used to give one, or click's "Aborted!" and exit 1)."""
+    from tests.conftest import run_cli
+
+    res = run_cli("check", "--root", str(_broken_root(tmp_path, "6.12", rel, content)))
+    assert "Traceback" not in res.stderr and "Aborted" not in res.stderr, res.stderr
+    assert res.returncode == 2  # the fixture trees have no headers: never "can trace"
+    assert res.stderr.count("\n") == 1, res.stderr
+    if message:
+        assert message in res.stderr, res.stderr
+
+
+def test_nr_memmap_pages_not_a_number():
+    from vmemtrace.kernel.vmstat import parse_nr_memmap_pages
+
+    with pytest.raises(VmemtraceError, match="/proc/vmstat: nr_memmap_pages is not a count"):
+        parse_nr_memmap_pages("nr_free_pages 1\nnr_memmap_pages abc\n")

@@ -2,8 +2,11 @@
 /lib/modules/<release>/config (where Debian 7.x packages put it)."""
 
 import gzip
+import zlib
 from pathlib import Path
 from typing import Dict, Optional, Tuple
+
+from vmemtrace.errors import VmemtraceError
 
 # The options that decide whether the compound-devmap optimisation exists and can be watched.
 # ARCH_WANT_OPTIMIZE_DAX_VMEMMAP is the arch gate added in 6.4 (mm/Kconfig); older kernels have
@@ -40,11 +43,18 @@ def read_config(root: Path, release: str) -> Tuple[Optional[Dict[str, str]], Opt
     """(options, the file they came from), or (None, None) when the kernel publishes none."""
     proc = root / "proc/config.gz"
     if proc.exists():
-        return parse_config(gzip.decompress(proc.read_bytes()).decode()), "/proc/config.gz"
+        try:
+            text = gzip.decompress(proc.read_bytes()).decode(errors="replace")
+        except (OSError, EOFError, zlib.error) as e:
+            raise VmemtraceError(f"/proc/config.gz: cannot read it ({e})")
+        return parse_config(text), "/proc/config.gz"
     for rel in config_paths(release):
         path = root / rel.lstrip("/")
         if path.exists():
-            return parse_config(path.read_text(errors="replace")), rel
+            try:
+                return parse_config(path.read_text(errors="replace")), rel
+            except OSError as e:
+                raise VmemtraceError(f"{rel}: cannot read it ({e.strerror})")
     return None, None
 
 

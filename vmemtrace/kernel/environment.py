@@ -22,8 +22,8 @@ def privileged(root: Path) -> bool:
     if os.geteuid() == 0 and str(root) == "/":
         return True
     try:
-        caps = parse_cap_eff((root / "proc/self/status").read_text())
-    except OSError:
+        caps = parse_cap_eff((root / "proc/self/status").read_text(errors="replace"))
+    except (OSError, ValueError):
         return False
     if caps & (1 << CAP_SYS_ADMIN):
         return True
@@ -59,7 +59,7 @@ def lockdown_mode(root: Path) -> Optional[str]:
     """The active mode of the lockdown LSM ("none", "integrity", "confidentiality"), None when
     it is not there (security/lockdown/lockdown.c shows the active one in brackets)."""
     try:
-        text = (root / "sys/kernel/security/lockdown").read_text()
+        text = (root / "sys/kernel/security/lockdown").read_text(errors="replace")
     except OSError:
         return None
     start, end = text.find("["), text.find("]")

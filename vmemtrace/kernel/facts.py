@@ -36,8 +36,11 @@ class KernelFacts:
 def gather(root: Path = Path("/"), with_bcc: bool = True) -> KernelFacts:
     try:
         rel = release.read_release(root)
+        version = release.parse_version(rel)
     except OSError as e:
         raise VmemtraceError(f"cannot read the kernel release from {root}/proc: {e.strerror}")
+    except ValueError:
+        raise VmemtraceError(f"/proc/sys/kernel/osrelease: not a kernel release: {rel[:60]!r}")
     wanted = {t.name for t in TARGETS} | set(DATA_SYMBOLS)
     try:
         syms = kallsyms.read_kallsyms(root, wanted)
@@ -47,7 +50,7 @@ def gather(root: Path = Path("/"), with_bcc: bool = True) -> KernelFacts:
     tracefs = ftrace.tracefs(root)
     return KernelFacts(
         release=rel,
-        version=release.parse_version(rel),
+        version=version,
         config=opts,
         config_source=source,
         syms=syms,

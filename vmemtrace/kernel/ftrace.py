@@ -52,7 +52,7 @@ def parse_kprobe_blacklist(text: str) -> Set[str]:
 def read_kprobe_blacklist(root: Path) -> Optional[Set[str]]:
     path = root / KPROBE_BLACKLIST
     try:
-        return parse_kprobe_blacklist(path.read_text())
+        return parse_kprobe_blacklist(path.read_text(errors="replace"))
     except OSError:
         return None
 

@@ -16,7 +16,7 @@ class Kallsyms:
                  addresses: Dict[str, int]):
         self.text = text_symbols
         self.clones = clones
-        self.addresses = addresses  # wanted symbols: runtime address (KASLR applied); 0 if hidden
+        self.addresses = addresses  # symbol -> runtime address (KASLR applied); 0 if hidden
 
     def has_function(self, name: str) -> bool:
         return name in self.text
@@ -44,7 +44,7 @@ def parse_kallsyms(text: str, wanted: Set[str] = None) -> Kallsyms:
                     clones.setdefault(clone.group("base"), []).append(name)
             elif wanted is None or name in wanted:
                 funcs.add(name)
-        if (wanted is None and kind in "dDbBrR") or (wanted is not None and name in wanted):
+        if wanted is None or name in wanted:
             line_start = text.rfind("\n", 0, m.start()) + 1
             try:
                 addresses[name] = int(text[line_start:m.start()], 16)

@@ -21,6 +21,7 @@ from vmemtrace.errors import VmemtraceError
 from vmemtrace.kernel.environment import lockdown_mode
 
 PT_LOAD = 1
+PHDR_SIZE = 56  # sizeof(Elf64_Phdr)
 PN_XNUM = 0xFFFF
 _PRESENT = 1 << 0
 _PSE = 1 << 7
@@ -88,6 +89,9 @@ class Kcore:
         phentsize, phnum = struct.unpack_from("<HH", ehdr, 54)
         if phnum == PN_XNUM:  # more segments than e_phnum holds: the count is in section 0
             phnum, = struct.unpack_from("<I", self._pread(64, shoff), 44)
+        if phentsize < PHDR_SIZE:
+            raise VmemtraceError(f"{self.path}: program headers of {phentsize} bytes, "
+                                 f"not an ELF64 core file (they take {PHDR_SIZE})")
         table = self._pread(phentsize * phnum, phoff)
         out = []
         for i in range(phnum):

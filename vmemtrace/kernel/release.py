@@ -18,4 +18,4 @@ def parse_version(release: str) -> tuple:
 
 
 def read_release(root: Path) -> str:
-    return (root / "proc/sys/kernel/osrelease").read_text().strip()
+    return (root / "proc/sys/kernel/osrelease").read_text(errors="replace").strip()
