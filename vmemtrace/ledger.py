@@ -106,6 +106,17 @@ class DeviceLedger:
         event each. A log that says otherwise was cut or edited: judged as corrupt, not as the
         kernel's doing."""
         out = []
+        for s in self.sections:  # each vmemmap_populate_address call counted once (bpf/)
+            if s["ptes"] != s["fresh"] + s["reused"] + s["existing"] or \
+                    s["plain"] != s["fresh"] + s["existing"] or s["allocs"] > s["alloc_calls"]:
+                out.append(f"the section at pfn {s['pfn']} does not add up (ptes {s['ptes']}, "
+                           f"fresh {s['fresh']}, reused {s['reused']}, existing {s['existing']}, "
+                           f"plain {s['plain']}, allocations {s['allocs']} of {s['alloc_calls']})")
+        for c in self.compounds + self.walk_compounds:
+            if c["ptes"] != c["fresh"] + c["reused"] + c["existing"] or c["on_tail"] > c["reused"]:
+                out.append(f"compound page at pfn {c['head_pfn']} does not add up (ptes "
+                           f"{c['ptes']}, fresh {c['fresh']}, reused {c['reused']}, on tail "
+                           f"{c['on_tail']})")
         ppc = self.pfns_per_compound
         for what, compounds in (("probes", self.compounds), ("walk", self.walk_compounds)):
             seen = set()
