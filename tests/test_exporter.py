@@ -180,3 +180,22 @@ def test_textfile_is_written_whole(tmp_path):
     fams = {f.name for f in text_string_to_metric_families(out.read_text())}
     assert {"vmemtrace_build_info", "vmemtrace_probe_attached", "vmemtrace_memmap_init_seconds"} <= fams
     assert [p.name for p in tmp_path.iterdir()] == ["vmemtrace.prom"]  # no temporary left
+
+
+@pytest.mark.parametrize("args,message", [
+    (["exporter", "--interval", "nan", "--textfile", "x.prom"], "--interval nan: must be a positive"),
+    (["exporter", "--interval", "-1", "--textfile", "x.prom"], "--interval -1.0: must be a positive"),
+    (["stats", "inf"], "INTERVAL inf: must be a positive"),
+])
+def test_intervals_are_validated(args, message):
+    res = run_cli(*args)
+    assert res.returncode == 2 and message in res.stderr and res.stderr.count("\n") == 1
+
+
+def test_a_failed_start_leaves_no_textfile(tmp_path):
+    """This host cannot trace: the exporter fails after checking the textfile, and must not
+    leave a .prom behind that says it is up (vmemtrace_build_info 1)."""
+    out = tmp_path / "vmemtrace.prom"
+    res = run_cli("exporter", "--textfile", str(out))
+    assert res.returncode == 2 and "cannot trace" in res.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -2,6 +2,7 @@
 
 import contextlib
 import functools
+import math
 import sys
 from pathlib import Path
 
@@ -274,8 +275,8 @@ def exporter(listen, textfile, interval, tls_cert, tls_key):
     those created later (traced). Runs until SIGTERM or Ctrl-C, then detaches everything."""
     from vmemtrace.serve import run
 
-    if interval <= 0:
-        raise VmemtraceError("--interval must be positive")
+    if not (math.isfinite(interval) and interval > 0):
+        raise VmemtraceError(f"--interval {interval}: must be a positive number of seconds")
     run(listen, textfile, interval, tls_cert, tls_key, say)
 
 
@@ -307,8 +308,8 @@ def stats(interval, count, as_json):
     from vmemtrace.session import watch
     from vmemtrace.verdict import evaluate
 
-    if interval <= 0:
-        raise VmemtraceError("INTERVAL must be positive")
+    if not (math.isfinite(interval) and interval > 0):
+        raise VmemtraceError(f"INTERVAL {interval}: must be a positive number of seconds")
     _compile_early()
     log = []
     state = {"next": None, "printed": 0}

@@ -76,6 +76,19 @@ class Exporter:
         self.server = started[0] if started else None
         return host, self.server.server_address[1] if self.server else port
 
+    @staticmethod
+    def check_textfile(path: str) -> None:
+        """Fail now, before the compile, when the textfile cannot be written, without writing
+        it: a start that fails later must not leave a .prom saying the exporter is up."""
+        if not path.endswith(".prom"):
+            raise VmemtraceError(f"--textfile {path}: node_exporter only reads *.prom files")
+        probe = f"{path}.vmemtrace-check"
+        try:
+            open(probe, "w").close()
+            os.unlink(probe)
+        except OSError as e:
+            raise VmemtraceError(f"cannot write {path}: {e.strerror}")
+
     def write_textfile(self, path: str) -> None:
         """Atomically (write then rename), as node_exporter's textfile collector requires."""
         if not path.endswith(".prom"):
@@ -98,7 +111,7 @@ def run(listen: str, textfile: Optional[str], interval: float, cert: Optional[st
     exporter = Exporter()
     try:
         if textfile:
-            exporter.write_textfile(textfile)  # unwritable: fail now, not after the compile
+            exporter.check_textfile(textfile)  # unwritable: fail now, not after the compile
         else:
             host, port = exporter.serve(listen, cert, key)
             progress(f"serving metrics on {'https' if cert else 'http'}://{host}:{port}/metrics")
