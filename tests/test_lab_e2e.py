@@ -230,3 +230,35 @@ def test_an_unknown_debian_package_is_one_line_and_exit_2(lab, package):
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith(f"vmemtrace: unknown kernel package {package}: the lab's "), res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_a_kernel_you_built_traces_with_its_build_tree(lab, tmp_path):
+    """`--kernel PATH --modules DIR --headers DIR`: the modules copied into the guest root, the
+    build tree mounted for BCC. Stands in for a kernel built by hand: Debian's 6.12 image, its
+    modules without their build link, and its split headers merged into one build tree, booted
+    from a fresh cache."""
+    import os
+    import subprocess
+
+    release = lab["6.12"]["kernel"]
+    root = image.cache_dir() / "root"
+    kernel = tmp_path / "bzImage"
+    shutil.copy(root / "boot" / f"vmlinuz-{release}", kernel)
+    modules = tmp_path / "modules" / release
+    shutil.copytree(root / "lib/modules" / release, modules, symlinks=True,
+                    ignore=lambda d, names: ["build", "source", image.KERNEL_MARKER])
+    build = tmp_path / "linux"
+    abi = release.rsplit("-", 1)[0]
+    subprocess.run(["cp", "-a", str(root / f"usr/src/linux-headers-{abi}-common"), str(build)], check=True)
+    subprocess.run(["cp", "-a", "--remove-destination", f"{root}/usr/src/linux-headers-{release}/.",
+                    str(build)], check=True)
+    shutil.copy(root / f"usr/src/linux-headers-{abi}-common/Makefile", build / "Makefile")
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    res = run_cli("lab", "--json", "--kernel", str(kernel), "--modules", str(modules),
+                  "--headers", str(build), "--case", "mem-2M", env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    doc = json.loads(res.stdout)
+    assert doc["kernel"] == release and doc["check"]["headers"] == f"/lib/modules/{release}/build"
+    (case,) = doc["cases"]
+    assert case["result"]["verdict"] == "pass"
+    assert case["result"]["devices"][0]["vmemmap_pages"]["observed"] == 3072

@@ -242,6 +242,10 @@ def install_user_kernel(root: Path, spec: kernels.KernelSpec) -> GuestKernel:
     target = root / "lib/modules" / release
     if target.resolve() == spec.modules.resolve():
         return GuestKernel(release, spec.image, root)  # the guest root's own kernel and headers
+    if (target / KERNEL_MARKER).exists():
+        raise VmemtraceError(f"--modules {spec.modules}: the lab root {root} holds Debian's "
+                             f"{release} already; use --kernel {release.rsplit('-', 1)[0]}-style "
+                             "series or package names for it, or another cache (XDG_CACHE_HOME)")
     with step(f"copying modules of {release} into the guest root"):
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(spec.modules, target, symlinks=True,
