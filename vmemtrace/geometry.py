@@ -65,12 +65,51 @@ def _ceil(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def piece_groups(start_pfn: int, nr_pages: int,
+                 pages_per_section: int = PAGES_PER_SECTION) -> Iterator[Tuple[int, int, int]]:
+    """section_pieces() grouped: (first pfn, nr_pages, count) where the middle pieces, all whole
+    sections, come as one group (their pfns step by a section), so that sums over a range cost
+    O(1) whatever its size (a TiB is 8192 sections, 52 address bits 2^25)."""
+    pieces = section_pieces(start_pfn, nr_pages, pages_per_section)
+    first = next(pieces, None)
+    if first is None:
+        return
+    yield first[0], first[1], 1
+    rest_start = first[0] + first[1]
+    end = start_pfn + nr_pages
+    whole = (end - rest_start) // pages_per_section
+    if whole:
+        yield rest_start, pages_per_section, whole
+    tail = rest_start + whole * pages_per_section
+    if tail < end:
+        yield tail, end - tail, 1
+
+
+def _reusing_sections(pfn: int, count: int, shape: "RangeShape") -> int:
+    """How many of `count` whole sections from `pfn` (stepping by a section) start inside a
+    compound page larger than a subsection (reuse_compound_section() true for them)."""
+    ppc, pps = shape.pfns_per_compound, shape.pages_per_section
+    if ppc <= PAGES_PER_SUBSECTION:
+        return 0
+    offset = (pfn - shape.start_pfn) % ppc
+    if ppc <= pps:  # every section starts at the same offset into a compound page
+        return count if offset else 0
+    # Compound pages span m sections: of each m consecutive sections one starts a compound
+    # page, if any does (offset a multiple of a section).
+    m = ppc // pps
+    if offset % pps:
+        return count
+    first_aligned = ((ppc - offset) % ppc) // pps
+    aligned = 0 if first_aligned >= count else (count - first_aligned + m - 1) // m
+    return count - aligned
+
+
 def vmemmap_pages_naive(shape: RangeShape) -> int:
     """vmemmap pages without the optimisation: every struct page of the range mapped once.
     On x86_64 a full section is one 2 MiB PMD block (512 pages), a partial one 4 KiB pages
     (arch/x86/mm/init_64.c, vmemmap_populate()): either way its memmap rounded up to pages."""
-    return sum(_ceil(n * shape.struct_page_size, shape.page_size)
-               for _, n in section_pieces(shape.start_pfn, shape.nr_pages, shape.pages_per_section))
+    return sum(count * _ceil(n * shape.struct_page_size, shape.page_size)
+               for _, n, count in piece_groups(shape.start_pfn, shape.nr_pages, shape.pages_per_section))
 
 
 def reuse_compound_section(pfn: int, shape: RangeShape) -> bool:
@@ -95,8 +134,23 @@ def vmemmap_pages_expected(shape: RangeShape) -> int:
     """vmemmap pages the kernel should allocate for the range."""
     if not eligibility(shape)[0]:
         return vmemmap_pages_naive(shape)
-    return sum(fresh_pages_of_piece(pfn, n, shape)
-               for pfn, n in section_pieces(shape.start_pfn, shape.nr_pages, shape.pages_per_section))
+    total = 0
+    for pfn, n, count in piece_groups(shape.start_pfn, shape.nr_pages, shape.pages_per_section):
+        if count == 1:
+            total += fresh_pages_of_piece(pfn, n, shape)
+        else:  # whole sections: those that reuse allocate nothing, the others all the same
+            fresh = fresh_pages_of_piece(shape.start_pfn, n, shape)  # as a non-reusing one
+            total += (count - _reusing_sections(pfn, count, shape)) * fresh
+    return total
+
+
+def vmemmap_span(start_pfn: int, nr_pages: int, struct_page_size: int = STRUCT_PAGE_SIZE,
+                 page_size: int = PAGE_SIZE) -> int:
+    """vmemmap pages that hold the struct pages of [start_pfn, start_pfn + nr_pages): what a
+    page-table walk of the range visits (kernel/kcore.py, vmemmap_backing())."""
+    first = start_pfn * struct_page_size // page_size
+    last = _ceil((start_pfn + nr_pages) * struct_page_size, page_size)
+    return last - first
 
 
 def vmemmap_pages_per_compound(shape: RangeShape) -> int:

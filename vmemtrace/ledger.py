@@ -112,8 +112,27 @@ class DeviceLedger:
                 out.append(f"the section at pfn {s['pfn']} does not add up (ptes {s['ptes']}, "
                            f"fresh {s['fresh']}, reused {s['reused']}, existing {s['existing']}, "
                            f"plain {s['plain']}, allocations {s['allocs']} of {s['alloc_calls']})")
+        r = self.range
+        if r is not None and r["mic_pages"] and not (
+                r["mic_min"] * r["mic_calls"] <= r["mic_pages"] <= r["mic_max"] * r["mic_calls"]):
+            out.append(f"memmap_init_compound's {r['mic_calls']} calls of {r['mic_min']} to "
+                       f"{r['mic_max']} pages cannot sum to {r['mic_pages']}")
+        w = self.walk
+        if w is not None and self.range is not None and w["nr_pages"] != self.range["nr_pages"]:
+            out.append(f"the walk covers {w['nr_pages']} pages of a {self.range['nr_pages']}-page range")
+        if w is not None and w["vmemmap_pages"] != geometry.vmemmap_span(
+                w["start_pfn"], w["nr_pages"], w["struct_page_size"], w["page_size"]):
+            out.append(f"the walk's {w['vmemmap_pages']} vmemmap pages are not those of its "
+                       f"{w['nr_pages']} pages")
+        if w is not None and (w["mapped"] > w["vmemmap_pages"] or w["distinct"] + w["reused"] != w["mapped"]
+                              or sum(w["levels"].values()) != w["mapped"]):
+            out.append(f"the walk does not add up (vmemmap pages {w['vmemmap_pages']}, mapped "
+                       f"{w['mapped']}, distinct {w['distinct']}, reused {w['reused']}, by level "
+                       f"{w['levels']})")
         for c in self.compounds + self.walk_compounds:
-            if c["ptes"] != c["fresh"] + c["reused"] + c["existing"] or c["on_tail"] > c["reused"]:
+            if c["ptes"] != c["fresh"] + c["reused"] + c["existing"] or c["on_tail"] > c["reused"] \
+                    or c["head_fresh"] > 1 or c["tail_fresh"] > 1 \
+                    or c["head_fresh"] + c["tail_fresh"] > c["fresh"]:
                 out.append(f"compound page at pfn {c['head_pfn']} does not add up (ptes "
                            f"{c['ptes']}, fresh {c['fresh']}, reused {c['reused']}, on tail "
                            f"{c['on_tail']})")
@@ -139,6 +158,35 @@ class DeviceLedger:
                        list(sources.allocators))
 
 
+# Counters of each event type and the target whose probes alone move them (bpf/vmemtrace.bpf.c).
+COUNTED_BY = {
+    "section": {"ptes": targets.POPULATE, "plain": targets.POPULATE, "fresh": targets.POPULATE,
+                "reused": targets.POPULATE, "existing": targets.POPULATE,
+                "alloc_calls": targets.ALLOC, "allocs": targets.ALLOC,
+                "direct_bytes": targets.ALLOC, "pt_pages": targets.ALLOC},
+    "range": {"mic_calls": targets.INIT, "mic_pages": targets.INIT, "izdp_calls": targets.INIT_PAGES},
+}
+
+
+def unattached_counts(header: dict, events: List[dict]) -> List[str]:
+    """Counts that only a probe the header says was not attached could have moved: a log that
+    has them was edited or belongs to another trace."""
+    strategy = header["strategy"]
+    attached = {t.sees for t in TARGETS if is_attached(strategy.get(t.name, ""))}
+    out = []
+    for ev in events:
+        for key, kind in COUNTED_BY.get(ev["type"], {}).items():
+            if ev[key] and kind not in attached:
+                out.append(f"{ev['type']} event counts {key} {ev[key]}, but no probe that "
+                           f"counts it was attached")
+                return out
+        if ev["type"] == "hits":
+            stray = [n for n, c in ev["hits"].items() if c and not is_attached(strategy.get(n, ""))]
+            if stray:
+                return [f"hits on {stray[0]}, which was not attached"]
+    return out
+
+
 @dataclass
 class Ledger:
     header: dict
@@ -149,6 +197,7 @@ class Ledger:
     bpf_errors: Dict[str, int]
     command: Optional[dict]
     hits: Optional[Dict[str, int]] = None  # entry-probe hits per function, at the end
+    inconsistent: List[str] = field(default_factory=list)  # what no kernel can have produced
 
     @property
     def feature(self) -> bool:
@@ -168,7 +217,7 @@ def fold(events: List[dict]) -> Ledger:
     pending: List[dict] = []
     in_order: List[DeviceLedger] = []  # range events as they came, for the kernel log lines
     kmsg: List[dict] = []
-    devices, vmstat, lost, bpf_errors, command, hits = [], {}, 0, {}, None, None
+    devices, vmstat, lost, bpf_errors, command, hits, stray = [], {}, 0, {}, None, None, []
     for ev in events[1:]:
         kind = ev["type"]
         if kind == "section":
@@ -181,6 +230,8 @@ def fold(events: List[dict]) -> Ledger:
             in_order.append(d)
         elif kind == "walk":
             d = ranges.get(ev["start_pfn"])
+            if d is None and header.get("walk") != "audit":
+                stray.append(f"a walk of pfn {ev['start_pfn']}, where no range was seen")
             if d is None:  # an audit: the range existed before we looked
                 d = ranges[ev["start_pfn"]] = DeviceLedger(ev["start_pfn"], ev["nr_pages"])
             d.walk = ev
@@ -221,4 +272,4 @@ def fold(events: List[dict]) -> Ledger:
             owner.device = dev
     ordered = sorted(ranges.values(), key=lambda d: d.start_pfn)
     return Ledger(header, ordered, Sources.from_strategy(header["strategy"]), vmstat, lost,
-                  bpf_errors, command, hits)
+                  bpf_errors, command, hits, unattached_counts(header, events[1:]) + stray)

@@ -221,6 +221,10 @@ def check_device(d: DeviceLedger, ledger: Ledger, expect: str, allow_skip=()) ->
             # Nothing wrong seen, but the allocation, which the optimisation changes, unseen.
             checks.append(Check("no-false-optimisation", SKIP, "the vmemmap pages allocated were "
                                                                "not observed: " + seen.vmemmap_why))
+        elif seen.struct_pages_initialized is None and ledger.sources.init and d.range is not None:
+            # This kernel's probes can see the initialisation, and did not: not earned.
+            checks.append(Check("no-false-optimisation", SKIP, "the struct pages initialised were "
+                                                               "not observed: " + seen.init_source))
         else:
             parts = []
             if reused is not None:
@@ -351,7 +355,8 @@ def evaluate(ledger: Ledger, expect: str = "auto", allow_skip=()) -> dict:
     every check that defines its case was judged (defining_checks) or the user waived it
     (allow_skip); otherwise it is "incomplete", which exits 2 like "error"."""
     devices = [check_device(d, ledger, expect, allow_skip) for d in ledger.devices]
-    problems = [f"inconsistent log, {d.name}: {p}" for d in ledger.devices for p in d.inconsistencies()]
+    problems = [f"inconsistent log: {p}" for p in ledger.inconsistent]
+    problems += [f"inconsistent log, {d.name}: {p}" for d in ledger.devices for p in d.inconsistencies()]
     if ledger.lost:
         problems.append(f"{ledger.lost} events lost: the ledger is incomplete")
     bad = {k: v for k, v in ledger.bpf_errors.items() if v}
