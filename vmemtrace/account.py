@@ -59,7 +59,7 @@ def blind_allocator(sections: List[dict], allocators: List[str]) -> Optional[str
 
 
 def init_problem(shape: geometry.RangeShape, rng: Optional[dict], decoded: bool,
-                 counted: bool) -> Optional[str]:
+                 counted: bool, calls: bool = False) -> Optional[str]:
     """memmap_init_zone_device() calls memmap_init_compound() once per compound page of its
     loop, and __init_zone_device_page() once per struct page it initialises (mm/mm_init.c)."""
     if rng is None:
@@ -69,7 +69,7 @@ def init_problem(shape: geometry.RangeShape, rng: Optional[dict], decoded: bool,
     if not decoded and not counted:
         return "neither memmap_init_compound nor __init_zone_device_page can be probed here"
     heads = -(-geometry.init_loop_pages(shape) // shape.pfns_per_compound)
-    if decoded and rng["mic_calls"] != heads:
+    if (decoded or calls) and rng["mic_calls"] != heads:
         return (f"memmap_init_compound was hit {rng['mic_calls']} times for the {heads} compound "
                 "pages initialised" + (": blind" if not rng["mic_calls"] else ""))
     if not decoded and rng["izdp_calls"] < heads:
@@ -92,5 +92,5 @@ def account(shape: geometry.RangeShape, sections: List[dict], rng: Optional[dict
     else:
         # Fresh and reused PTEs are told apart by the allocators' returns.
         populate = coverage_problem(shape, sections, True, sources.alloc) or alloc
-    init = init_problem(shape, rng, sources.init_decoded, sources.init_pages)
+    init = init_problem(shape, rng, sources.init_decoded, sources.init_pages, sources.init_calls)
     return Account(populate, alloc, init)

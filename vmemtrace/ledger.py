@@ -8,6 +8,7 @@ from typing import Dict, List, Optional
 
 from vmemtrace import geometry
 from vmemtrace.account import Account, account
+from vmemtrace.kernel import compat
 from vmemtrace.probes import targets
 from vmemtrace.probes.plan import COUNT, is_attached
 from vmemtrace.probes.targets import TARGETS
@@ -22,6 +23,7 @@ class Sources:
     init_decoded: bool  # memmap_init_compound's nr_pages read
     init_pages: bool  # __init_zone_device_page's hits counted: struct pages initialised
     ranges: bool  # memmap_init_zone_device
+    init_calls: bool = False  # memmap_init_compound's calls counted (decoded or not)
     allocators: tuple = ()  # the allocator targets attached
 
     @property
@@ -45,7 +47,7 @@ class Sources:
                    alloc=section and sees(targets.ALLOC),
                    init_decoded=sees(targets.INIT, decoded=True),
                    init_pages=sees(targets.INIT_PAGES),
-                   ranges=sees(targets.RANGES),
+                   ranges=sees(targets.RANGES), init_calls=sees(targets.INIT),
                    allocators=tuple(t.name for t in TARGETS if t.sees == targets.ALLOC
                                     and is_attached(strategy.get(t.name, ""))))
 
@@ -108,11 +110,15 @@ class DeviceLedger:
         out = []
         for s in self.sections:  # each vmemmap_populate_address call counted once (bpf/)
             if s["ptes"] != s["fresh"] + s["reused"] + s["existing"] or \
-                    s["plain"] != s["fresh"] + s["existing"] or s["allocs"] > s["alloc_calls"]:
+                    s["plain"] != s["fresh"] + s["existing"] or s["allocs"] > s["alloc_calls"] \
+                    or s["direct_bytes"] % s["page_size"]:
                 out.append(f"the section at pfn {s['pfn']} does not add up (ptes {s['ptes']}, "
                            f"fresh {s['fresh']}, reused {s['reused']}, existing {s['existing']}, "
-                           f"plain {s['plain']}, allocations {s['allocs']} of {s['alloc_calls']})")
+                           f"plain {s['plain']}, allocations {s['allocs']} of {s['alloc_calls']}, "
+                           f"{s['direct_bytes']} bytes in blocks)")
         r = self.range
+        if r is not None and r["pfns_per_compound"] == 1 and (r["mic_calls"] or r["mic_pages"]):
+            out.append("memmap_init_compound calls for a range without compound pages")
         if r is not None and r["mic_pages"] and not (
                 r["mic_min"] * r["mic_calls"] <= r["mic_pages"] <= r["mic_max"] * r["mic_calls"]):
             out.append(f"memmap_init_compound's {r['mic_calls']} calls of {r['mic_min']} to "
@@ -173,8 +179,12 @@ def unattached_counts(header: dict, events: List[dict]) -> List[str]:
     has them was edited or belongs to another trace."""
     strategy = header["strategy"]
     attached = {t.sees for t in TARGETS if is_attached(strategy.get(t.name, ""))}
+    compound = compat.has(tuple(header["version"]) or (0, 0), compat.COMPOUND_DEVMAP)
     out = []
     for ev in events:
+        if not compound and ev.get("pfns_per_compound", 1) > 1:
+            return [f"{ev['type']} event with compound pages of {ev['pfns_per_compound']} pages, "
+                    f"on a kernel before compound devmaps (5.17)"]
         for key, kind in COUNTED_BY.get(ev["type"], {}).items():
             if ev[key] and kind not in attached:
                 out.append(f"{ev['type']} event counts {key} {ev[key]}, but no probe that "

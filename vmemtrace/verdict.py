@@ -296,8 +296,8 @@ def check_device(d: DeviceLedger, ledger: Ledger, expect: str, allow_skip=()) ->
 
 
 def _layout(compounds: List[dict]) -> Dict[int, tuple]:
-    return {c["head_pfn"]: (c["ptes"], c["fresh"], c["reused"], c["on_tail"], c["tail_pfn"])
-            for c in compounds}
+    return {c["head_pfn"]: (c["ptes"], c["fresh"], c["reused"], c["on_tail"], c["tail_pfn"],
+                            c["head_fresh"], c["tail_fresh"]) for c in compounds}
 
 
 def cross_check(d: DeviceLedger, ledger: Ledger) -> Check:
@@ -320,8 +320,8 @@ def cross_check(d: DeviceLedger, ledger: Ledger) -> Check:
         differ = sorted(h for h in set(live) | set(walked) if live.get(h) != walked.get(h))
         if differ:
             h = differ[0]
-            diffs.append(f"{len(differ)} compound pages differ, first at pfn {h}: probes "
-                         f"(ptes, fresh, reused, on tail, tail pfn) {live.get(h)}, walk "
+            diffs.append(f"{len(differ)} compound pages differ, first at pfn {h}: probes (ptes, "
+                         f"fresh, reused, on tail, tail pfn, head fresh, tail fresh) {live.get(h)}, walk "
                          f"{walked.get(h)}")
     if diffs:
         return Check("cross-check", FAIL, "; ".join(diffs))
