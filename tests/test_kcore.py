@@ -75,7 +75,7 @@ def test_walked_compound_layout_passes_the_same_checks_as_live_probes(tmp_path, 
     assert (walk["vmemmap_pages"], walk["mapped"], walk["distinct"], walk["reused"]) == (64, 64, 17, 47)
     assert walk["levels"] == {"pte": 64}
     assert [c["head_pfn"] for c in compounds] == [START_PFN + i * 512 for i in range(8)]
-    header = {"type": "header", "kernel": "test", "strategy": {}, "walk": "audit",
+    header = {"type": "header", "kernel": "test", "version": [6, 12, 0], "strategy": {}, "walk": "audit",
               "feature": {"present": True, "evidence": "test image"}}
     doc = verdict.evaluate(fold([header] + events))
     checks = {c["name"]: c for c in doc["devices"][0]["checks"]}
@@ -94,7 +94,7 @@ def test_unmapped_vmemmap_is_none_and_fails_range_complete(tmp_path):
     with Walker(symbols, str(tmp_path / "kcore")) as w:
         backing = w.backing(START_PFN, 3 * 512, 64)  # one compound page more than mapped
     assert backing[16:] == [None] * 8 and None not in backing[:16]
-    header = {"type": "header", "kernel": "test", "strategy": {}, "walk": "audit",
+    header = {"type": "header", "kernel": "test", "version": [6, 12, 0], "strategy": {}, "walk": "audit",
               "feature": {"present": True, "evidence": "test image"}}
     doc = verdict.evaluate(fold([header] + walk_events(START_PFN, 3 * 512, 512, False, backing,
                                                        64, 4096, 4)))

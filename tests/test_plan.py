@@ -20,9 +20,10 @@ def test_6_12_traces_the_populate_path():
     assert t["vmemmap_populate_compound_pages"]["availability"] == P.INLINED
     assert t["vmemmap_populate_compound_pages"]["strategy"] == "fallback"
     assert t["memmap_init_zone_device"]["strategy"] == "kprobe+kretprobe"
-    # This build has it only as a clone: never decoded by position.
+    # This build has it only as a clone, and memmap_init_compound's nr_pages tell the same
+    # with one hit per compound page: not attached (so never alerted on as "not attached").
     assert t["__init_zone_device_page"]["availability"] == P.CLONE
-    assert t["__init_zone_device_page"]["strategy"] == "unavailable"
+    assert t["__init_zone_device_page"]["strategy"] == P.UNUSED
 
 
 def test_6_1_populate_functions_are_notrace():
@@ -52,7 +53,8 @@ def test_6_1_notrace_populate_is_read_by_the_walk_where_kcore_is_there(tmp_path)
     r = check_report(facts, assess(facts))
     assert r["page_table_walk"]["possible"] is True
     assert {n for n, how in r["strategy"].items() if how == P.WALK_STRATEGY} == {
-        "vmemmap_populate_address", "vmemmap_alloc_block_buf"}
+        "vmemmap_populate_address", "vmemmap_alloc_block_buf", "vmemmap_alloc_block",
+        "altmap_alloc_block_buf"}
     assert r["strategy"]["__populate_section_memmap"] == "unavailable"
 
 
@@ -100,3 +102,16 @@ def test_check_json_on_fixture_names_missing_headers(series):
     assert doc["headers"] is None
     assert any("no kernel headers" in b for b in doc["blockers"])
     assert res.stderr.count("\n") == 1 and res.stderr.startswith("vmemtrace: cannot trace:")
+
+
+def test_7_3_counts_the_init_clones_and_probes_every_allocator():
+    r = report("7.3")
+    t = r["targets"]
+    assert t["memmap_init_compound"]["availability"] == P.CLONE
+    assert t["memmap_init_compound"]["strategy"] == P.COUNT
+    assert t["__init_zone_device_page"]["strategy"] == P.COUNT
+    assert "its hits counted" in t["memmap_init_compound"]["reason"]
+    for name in ("vmemmap_alloc_block_buf", "vmemmap_alloc_block", "altmap_alloc_block_buf"):
+        assert t[name]["strategy"] == "kprobe+kretprobe", name
+    assert r["kallsyms_data"]["init_top_pgt"] is True  # "T" in 7.3's kallsyms
+    assert r["config"]["source"] == "/lib/modules/7.3.4+deb13-amd64/config"
