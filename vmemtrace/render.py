@@ -58,7 +58,8 @@ def verify_table(doc: dict) -> str:
                      _yn(d["optimized"]), _triple(d["vmemmap_pages"]),
                      _triple(d["struct_pages_initialized"]),
                      num(d["memmap_init_seconds"]), d["verdict"]))
-    out = [f"kernel {doc['kernel']}  expect {doc.get('expect', 'auto')}  verdict {doc['verdict'].upper()}"]
+    out = [f"kernel {doc['kernel']}  expect {doc.get('expect', 'auto')}  verdict {doc['verdict'].upper()}"
+           + (f"  (waived: {', '.join(doc['waived'])})" if doc.get("waived") else "")]
     if rows:
         out.append(tabulate(rows, headers=["device", "start pfn", "pages", "align", "altmap",
                                            "eligible", "optimised", "vmemmap pages obs/exp/naive",
@@ -67,6 +68,10 @@ def verify_table(doc: dict) -> str:
         out.append("")
         out.append(tabulate([(f"{d['device']}", c["name"], c["status"], c["detail"]) for c in d["checks"]],
                             headers=["device", "check", "status", "detail"]))
+    for d in doc["devices"]:
+        if d.get("unjudged"):
+            out.append(f"not judged on {d['device']}: {', '.join(d['unjudged'])} (the verdict is "
+                       "not earned without them; --allow-skip CHECK waives one)")
     for p in doc.get("problems", []):
         out.append(f"problem: {p}")
     return "\n".join(out)
