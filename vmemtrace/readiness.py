@@ -10,7 +10,8 @@ from vmemtrace.kernel import compat
 from vmemtrace.kernel.config import RELEVANT, enabled
 from vmemtrace.kernel.facts import DATA_SYMBOLS, KernelFacts
 from vmemtrace.probes import plan as P
-from vmemtrace.probes.targets import REQUIRED
+from vmemtrace.probes import targets
+from vmemtrace.probes.targets import BY_NAME, REQUIRED
 
 
 @dataclass
@@ -55,6 +56,14 @@ def feature(facts: KernelFacts, plan: List[P.TargetStatus]) -> Feature:
                          "the populate functions are all inlined")
 
 
+def _sees_anything(plan: List[P.TargetStatus]) -> bool:
+    """A range can be judged when its vmemmap is seen (probes or the walk) or its
+    initialisation is (probes/targets.py says what each target sees)."""
+    seen = {BY_NAME[s.name].sees for s in plan
+            if P.is_attached(s.strategy) or s.strategy == P.WALK_STRATEGY}
+    return bool(seen & {targets.POPULATE, targets.ALLOC, targets.INIT, targets.INIT_PAGES})
+
+
 def blockers(facts: KernelFacts, plan: List[P.TargetStatus]) -> List[str]:
     """Each reason tracing cannot start on this kernel, most fundamental first."""
     out = []
@@ -73,6 +82,9 @@ def blockers(facts: KernelFacts, plan: List[P.TargetStatus]) -> List[str]:
     required = next(s for s in plan if s.name == REQUIRED)
     if required.strategy == "unavailable" and not out:
         out.append(f"{REQUIRED} cannot be probed: {required.reason}")
+    if not _sees_anything(plan) and required.strategy != "unavailable":
+        out.append("neither the vmemmap populate (no probe, no page-table walk) nor the struct "
+                   "page initialisation can be seen on this kernel: nothing could be verified")
     if not facts.privileged:
         out.append("not root (needs CAP_SYS_ADMIN, or CAP_BPF with CAP_PERFMON)")
     if facts.bcc is None:
