@@ -118,7 +118,7 @@ def test_7_3_counts_the_init_clones_and_probes_every_allocator():
 
 
 def test_a_kernel_where_nothing_can_be_seen_cannot_trace(tmp_path):
-    """6.1 without the kallsyms data symbols (no walk) and with memmap_init_compound blacklisted:
+    """6.1 without the kallsyms data symbols (no walk) and with the init functions blacklisted:
     only memmap_init_zone_device is left, which names ranges but judges nothing. It used to say
     can_trace true, and every verify then "passed" on nothing."""
     import shutil
@@ -129,7 +129,8 @@ def test_a_kernel_where_nothing_can_be_seen_cannot_trace(tmp_path):
     ks.write_text("".join(l + "\n" for l in ks.read_text().splitlines()
                           if not l.split()[2] in ("init_top_pgt", "page_offset_base", "vmemmap_base")))
     (root / "sys/kernel/debug/kprobes/blacklist").write_text(
-        "0xffffffff81000000-0xffffffff81000100\tmemmap_init_compound\n")
+        "0xffffffff81000000-0xffffffff81000100\tmemmap_init_compound\n"
+        "0xffffffff81000100-0xffffffff81000200\t__init_zone_device_page\n")
     facts = gather(root, with_bcc=False)
     r = check_report(facts, assess(facts))
     assert r["can_trace"] is False
