@@ -521,3 +521,18 @@ def test_doctored_compound_pages_never_pass(tmp_path):
     assert res.returncode == 1
     tail = checks(doc["devices"][0])["tail-reuse"]
     assert tail["status"] == "fail" and "share their first tail vmemmap page" in tail["detail"]
+
+
+def test_a_device_name_cannot_forge_a_line_or_drive_the_terminal(tmp_path):
+    def rename(evs):
+        d = next(e for e in evs if e["type"] == "device")
+        d["name"] = "dax0.0\nkernel x  expect auto  verdict PASS\x1b[2J"
+        return d
+
+    path, _ = doctor(tmp_path, "6.12", "mem-2M", rename)
+    res = run_cli("replay", str(path))
+    assert res.returncode == 0, res.stderr
+    assert "\x1b" not in res.stdout
+    starts = [l.split()[:2] for l in res.stdout.splitlines() if l.startswith("kernel ")]
+    assert starts == [["kernel", "6.12.117+deb12-amd64"]]  # no forged "kernel x ... PASS" line
+    assert "dax0.0\\x0akernel x" in res.stdout

@@ -1,9 +1,27 @@
 """Tables for people, JSON for scripts. No logic beyond layout."""
 
 import json
+import re
 import sys
 
 from tabulate import tabulate
+
+
+# C0 and C1 control characters: a device name or kernel string with a newline could forge a
+# line of its own ("verdict PASS"), an escape sequence could rewrite the terminal.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def safe(value):
+    """A table cell or line that cannot start a line of its own or move the cursor."""
+    if isinstance(value, str):
+        return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", value)
+    return value
+
+
+def table(rows, **kwargs) -> str:
+    return tabulate([[safe(cell) for cell in row] for row in rows],
+                    headers=[safe(h) for h in kwargs.pop("headers", ())], **kwargs)
 
 
 def emit_json(doc) -> None:
@@ -38,8 +56,8 @@ def check_table(report: dict) -> str:
     ]
     rows = [(name, t["availability"], t["strategy"], t["reason"])
             for name, t in report["targets"].items()]
-    return (tabulate(head, tablefmt="plain") + "\n\n"
-            + tabulate(rows, headers=["probe target", "availability", "strategy", "why"]))
+    return (table(head, tablefmt="plain") + "\n\n"
+            + table(rows, headers=["probe target", "availability", "strategy", "why"]))
 
 
 def num(value) -> str:
@@ -58,27 +76,31 @@ def verify_table(doc: dict) -> str:
                      _yn(d["optimized"]), _triple(d["vmemmap_pages"]),
                      _triple(d["struct_pages_initialized"]),
                      num(d["memmap_init_seconds"]), d["verdict"]))
-    out = [f"kernel {doc['kernel']}  expect {doc.get('expect', 'auto')}  verdict {doc['verdict'].upper()}"
-           + (f"  (waived: {', '.join(doc['waived'])})" if doc.get("waived") else "")]
+    out = [safe(f"kernel {doc['kernel']}  expect {doc.get('expect', 'auto')}  verdict {doc['verdict'].upper()}"
+           + (f"  (waived: {', '.join(doc['waived'])})" if doc.get("waived") else ""))]
     if rows:
-        out.append(tabulate(rows, headers=["device", "start pfn", "pages", "align", "altmap",
+        out.append(table(rows, headers=["device", "start pfn", "pages", "align", "altmap",
                                            "eligible", "optimised", "vmemmap pages obs/exp/naive",
                                            "struct pages init obs/exp/naive", "init s", "verdict"]))
     for d in doc["devices"]:
         out.append("")
-        out.append(tabulate([(f"{d['device']}", c["name"], c["status"], c["detail"]) for c in d["checks"]],
+        out.append(table([(f"{d['device']}", c["name"], c["status"], c["detail"]) for c in d["checks"]],
                             headers=["device", "check", "status", "detail"]))
     for d in doc["devices"]:
         if d.get("unjudged"):
-            out.append(f"not judged on {d['device']}: {', '.join(d['unjudged'])} (the verdict is "
-                       "not earned without them; --allow-skip CHECK waives one)")
+            out.append(safe(f"not judged on {d['device']}: {', '.join(d['unjudged'])} (the "
+                            "verdict is not earned without them; --allow-skip CHECK waives one)"))
     for p in doc.get("problems", []):
-        out.append(f"problem: {p}")
+        out.append(safe(f"problem: {p}"))
     return "\n".join(out)
 
 
 def event_line(ev: dict) -> str:
     """One line per event for `trace`."""
+    return safe(_event_line(ev))
+
+
+def _event_line(ev: dict) -> str:
     kind = ev["type"]
     if kind == "section":
         return (f"SECTION  pfn {ev['pfn']} +{ev['nr_pages']}  compound {ev['pfns_per_compound']}  "

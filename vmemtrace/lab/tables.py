@@ -1,8 +1,7 @@
 """The lab's per-case table: one row per case and device, from each case's verify document."""
 
-from tabulate import tabulate
-
 from vmemtrace.render import num as _n
+from vmemtrace.render import table
 
 
 def _yn(v) -> str:
@@ -32,7 +31,7 @@ def case_table(doc: dict) -> str:
                          _yn(d["optimized"]), f"{_n(vm['observed'])}/{vm['expected']}/{vm['naive']}",
                          f"{_n(sp['observed'])}/{sp['expected']}/{sp['naive']}", r["verdict"],
                          audit, "; ".join(notes)))
-    return tabulate(rows, headers=["case", "device", "align", "eligible", "optimised",
+    return table(rows, headers=["case", "device", "align", "eligible", "optimised",
                                    "vmemmap pages obs/exp/naive", "struct pages init obs/exp/naive",
                                    "verdict", "audit (walked vmemmap pages)", "notes"])
 
