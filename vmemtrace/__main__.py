@@ -2,6 +2,7 @@
 is still being imported, before the commands' own handling (cli.one_line_errors) is in place:
 it exits 130 with one line here too, never a traceback."""
 
+import signal
 import sys
 
 
@@ -13,6 +14,9 @@ def main():
     except KeyboardInterrupt:
         sys.stderr.write("vmemtrace: interrupted\n")
         sys.exit(130)
+    finally:
+        # The work is done and said: a Ctrl-C now would only turn the exit code into -SIGINT.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":
