@@ -199,3 +199,85 @@ def test_a_failed_start_leaves_no_textfile(tmp_path):
     res = run_cli("exporter", "--textfile", str(out))
     assert res.returncode == 2 and "cannot trace" in res.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def served():
+    """The exporter's real server on a free loopback port, serving a recorded 6.12 log."""
+    ex = Exporter()
+    ex.snap.log = log_of("6.12", "mem-2M.jsonl")
+    host, port = ex.serve("127.0.0.1:0", None, None)
+    yield ex, port
+    ex.close()
+
+
+def http_get(port, path, timeout=5):
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    conn.request("GET", path)
+    res = conn.getresponse()
+    out = res.status, res.read().decode()
+    conn.close()
+    return out
+
+
+def test_only_metrics_is_served_and_name_filters(served):
+    _, port = served
+    status, body = http_get(port, "/metrics")
+    assert status == 200 and "vmemtrace_vmemmap_pages" in body
+    assert http_get(port, "/")[0] == 404 and http_get(port, "/metricsx")[0] == 404
+    status, body = http_get(port, "/metrics?name[]=vmemtrace_devices&name[]=vmemtrace_build_info")
+    names = {f.name for f in text_string_to_metric_families(body)}
+    assert status == 200 and names == {"vmemtrace_devices", "vmemtrace_build_info"}
+
+
+def test_idle_and_half_sent_clients_do_not_stall_scrapes(served):
+    """Bounded: clients that connect and say nothing, or send half a request, hold at most the
+    workers, each for at most the connection timeout; a scrape still answers."""
+    from vmemtrace import serve
+
+    import threading
+    import time
+
+    _, port = served
+    before = threading.active_count()
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(10)]
+    half = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
+    for s in half:
+        s.sendall(b"GET /metr")
+    try:
+        time.sleep(0.5)
+        assert threading.active_count() <= before + serve.WORKERS  # 30 clients, 8 workers
+        status, _ = http_get(port, "/metrics", timeout=4 * serve.CONNECTION_TIMEOUT)
+        assert status == 200
+    finally:
+        for s in idle + half:
+            s.close()
+
+
+def test_an_idle_tls_client_does_not_block_the_accept_loop(tmp_path):
+    """The handshake runs in the connection's worker: a client that connects over TLS and never
+    starts its handshake used to block every other scrape until it left."""
+    import ssl
+    import subprocess
+
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj",
+                    "/CN=localhost", "-days", "1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    ex = Exporter()
+    ex.snap.log = log_of("6.12", "mem-2M.jsonl")
+    _, port = ex.serve("127.0.0.1:0", str(cert), str(key))
+    idle = socket.create_connection(("127.0.0.1", port))
+    try:
+        ctx = ssl.create_default_context(cafile=str(cert))
+        ctx.check_hostname = False
+        import http.client
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=5)
+        conn.request("GET", "/metrics")
+        assert conn.getresponse().status == 200
+        conn.close()
+    finally:
+        idle.close()
+        ex.close()

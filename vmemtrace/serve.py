@@ -6,13 +6,17 @@ audited (anything created later is traced), then scrapes see both.
 """
 
 import errno
-import inspect
 import os
+import socket
 import ssl
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Optional, Tuple
+from urllib.parse import parse_qs, urlparse
 
-from prometheus_client import CollectorRegistry, start_http_server, write_to_textfile
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest,
+                               write_to_textfile)
 from prometheus_client.process_collector import ProcessCollector
 
 from vmemtrace.errors import VmemtraceError
@@ -29,6 +33,92 @@ def parse_listen(text: str) -> Tuple[str, int]:
         raise VmemtraceError(f"--listen {text!r}: expected HOST:PORT, e.g. {DEFAULT_LISTEN}")
     host = host.strip("[]") or "0.0.0.0"
     return host, int(port)
+
+
+# Each connection gets this long to send its request (and, over TLS, to finish the handshake):
+# a client that connects and says nothing must not hold a worker for ever.
+CONNECTION_TIMEOUT = 10.0
+# Connections served at once; more wait in the kernel's accept queue (a scrape takes one).
+WORKERS = 8
+
+
+class Only:
+    """The families of a registry that Prometheus' name[] asks for, by family or sample name
+    (prometheus-client's restricted_registry needs collectors that describe themselves; ours
+    reads the ledger at scrape time and does not)."""
+
+    def __init__(self, registry, names):
+        self.registry, self.names = registry, names
+
+    def collect(self):
+        for family in self.registry.collect():
+            if family.name in self.names or any(s.name in self.names for s in family.samples):
+                yield family
+
+
+class MetricsHandler(BaseHTTPRequestHandler):
+    """GET /metrics (with prometheus' name[] filter); 404 elsewhere. The TLS handshake, if any,
+    happens here, in the connection's worker, under its timeout: never in the accept loop."""
+
+    timeout = CONNECTION_TIMEOUT
+    server_version = "vmemtrace"
+
+    def setup(self):
+        super().setup()
+        if isinstance(self.connection, ssl.SSLSocket):
+            self.connection.do_handshake()
+
+    def do_GET(self):
+        url = urlparse(self.path)
+        if url.path != "/metrics":
+            self.send_error(404, "only /metrics is served here")
+            return
+        names = parse_qs(url.query).get("name[]")
+        body = generate_latest(Only(self.server.registry, set(names)) if names else self.server.registry)
+        self.send_response(200)
+        self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, fmt, *args):  # scrapes are not news
+        pass
+
+
+class MetricsServer(ThreadingHTTPServer):
+    """http.server with what a long-lived exporter needs against slow or hostile clients: a
+    timeout per connection, a bounded number of workers, TLS handshakes off the accept loop."""
+
+    daemon_threads = True
+
+    def __init__(self, address, registry, context: Optional[ssl.SSLContext]):
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.registry = registry
+        self.context = context
+        self.slots = threading.BoundedSemaphore(WORKERS)
+        super().__init__(address, MetricsHandler)
+
+    def get_request(self):
+        sock, addr = super().get_request()
+        sock.settimeout(CONNECTION_TIMEOUT)
+        if self.context is not None:
+            sock = self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, addr
+
+    def process_request(self, request, client_address):
+        if not self.slots.acquire(timeout=CONNECTION_TIMEOUT):
+            self.shutdown_request(request)  # every worker busy for that long: drop this one
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(self, request, client_address):
+        pass  # a client that timed out or broke its TLS handshake: its problem, not ours
 
 
 class Exporter:
@@ -49,32 +139,27 @@ class Exporter:
         host, port = parse_listen(listen)
         if bool(cert) != bool(key):
             raise VmemtraceError("--tls-cert and --tls-key go together")
-        tls = {}
+        context = None
         if cert:
-            if "certfile" not in inspect.signature(start_http_server).parameters:
-                raise VmemtraceError("--tls-cert needs prometheus-client 0.17 or newer (Debian 12 "
-                                     "ships 0.16: pip install 'prometheus-client>=0.17')")
             for path in (cert, key):
                 try:
                     open(path, "rb").close()
                 except OSError as e:
                     raise VmemtraceError(f"cannot read {path}: {e.strerror}")
-            tls = {"certfile": cert, "keyfile": key}
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            try:
+                context.load_cert_chain(cert, key)
+            except ssl.SSLError as e:
+                raise VmemtraceError(f"bad TLS certificate or key ({cert}, {key}): "
+                                     f"{e.reason or e.strerror or e}")
         try:
-            started = start_http_server(port, host, self.registry, **tls)
-        except ssl.SSLError as e:
-            # prometheus-client re-raises it with only a message: no .reason to read
-            detail = str(e.args[0]) if len(e.args) == 1 else str(e)
-            raise VmemtraceError(f"bad TLS certificate or key ({cert}, {key}): "
-                                 f"{detail.split(': ')[-1]}")
+            self.server = MetricsServer((host, port), self.registry, context)
         except OSError as e:
             if e.errno == errno.EADDRINUSE:
                 raise VmemtraceError(f"{host}:{port} is in use (another exporter running?)")
             raise VmemtraceError(f"cannot listen on {host}:{port}: {e.strerror}")
-        # prometheus-client 0.17+ returns (server, thread); 0.16 (Debian 12) returns nothing and
-        # its daemon thread ends with the process.
-        self.server = started[0] if started else None
-        return host, self.server.server_address[1] if self.server else port
+        threading.Thread(target=self.server.serve_forever, name="metrics", daemon=True).start()
+        return host, self.server.server_address[1]
 
     @staticmethod
     def check_textfile(path: str) -> None:
@@ -102,6 +187,7 @@ class Exporter:
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
+            self.server = None
 
 
 def run(listen: str, textfile: Optional[str], interval: float, cert: Optional[str],
