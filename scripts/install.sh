@@ -12,14 +12,16 @@ fi
 
 # qemu (TCG guest), debootstrap (guest root), kmod (depmod for virtme-ng), busybox (virtme-ng's
 # initramfs), Debian's BCC for Python (the PyPI package "bcc" is unrelated), venv; prometheus
-# for promtool (the alert rules' tests) and systemd for systemd-analyze (the unit's tests).
-PKGS="qemu-system-x86 debootstrap kmod busybox-static python3-venv python3-bpfcc prometheus systemd"
+# for promtool (the alert rules' tests), systemd for systemd-analyze (the unit's tests), shellcheck
+# (lint), openssl (a test certificate).
+PKGS="qemu-system-x86 debootstrap kmod busybox-static python3-venv python3-bpfcc prometheus systemd shellcheck openssl"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
 done
 if [ -n "$missing" ]; then
     apt-get update -q
+    # shellcheck disable=SC2086 # a list of package names, split on purpose
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing
     case " $missing " in
     *" prometheus "*)

@@ -144,7 +144,7 @@ def _broken_root(tmp_path, series, rel, content):
     None)."""
     import shutil
 
-    from tests.conftest import SERIES, kernel_root
+    from tests.conftest import kernel_root
 
     root = tmp_path / "k"
     shutil.copytree(kernel_root(series), root)

@@ -237,7 +237,6 @@ def test_a_kernel_you_built_traces_with_its_build_tree(lab, tmp_path):
     build tree mounted for BCC. Stands in for a kernel built by hand: Debian's 6.12 image, its
     modules without their build link, and its split headers merged into one build tree, booted
     from a fresh cache."""
-    import os
     import subprocess
 
     release = lab["6.12"]["kernel"]

@@ -127,7 +127,7 @@ def test_a_kernel_where_nothing_can_be_seen_cannot_trace(tmp_path):
     shutil.copytree(kernel_root("6.1"), root)
     ks = root / "proc/kallsyms"
     ks.write_text("".join(l + "\n" for l in ks.read_text().splitlines()
-                          if not l.split()[2] in ("init_top_pgt", "page_offset_base", "vmemmap_base")))
+                          if l.split()[2] not in ("init_top_pgt", "page_offset_base", "vmemmap_base")))
     (root / "sys/kernel/debug/kprobes/blacklist").write_text(
         "0xffffffff81000000-0xffffffff81000100\tmemmap_init_compound\n"
         "0xffffffff81000100-0xffffffff81000200\t__init_zone_device_page\n")
