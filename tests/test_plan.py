@@ -3,13 +3,12 @@
 import json
 
 from tests.conftest import kernel_root, run_cli
-from vmemtrace.kernel.facts import gather
 from vmemtrace.probes import plan as P
-from vmemtrace.readiness import assess, check_report
+from vmemtrace.readiness import assess, check_report, read_facts
 
 
 def report(prefix):
-    facts = gather(kernel_root(prefix), with_bcc=False)
+    facts = read_facts(kernel_root(prefix), with_bcc=False)
     return check_report(facts, assess(facts))
 
 
@@ -48,7 +47,7 @@ def test_6_1_notrace_populate_is_read_by_the_walk_where_kcore_is_there(tmp_path)
     root = tmp_path / "k"
     shutil.copytree(kernel_root("6.1"), root)
     (root / "proc/kcore").write_bytes(b"")
-    facts = gather(root, with_bcc=False)
+    facts = read_facts(root, with_bcc=False)
     assert facts.walk_blocker is None
     r = check_report(facts, assess(facts))
     assert r["page_table_walk"]["possible"] is True
@@ -75,7 +74,7 @@ def test_blacklisted_target_is_not_attached(tmp_path):
     shutil.copytree(kernel_root("6.12"), root)
     (root / "sys/kernel/debug/kprobes/blacklist").write_text(
         "0xffffffff961fde10-0xffffffff961fdf00\tvmemmap_populate_address\n")
-    t = {s.name: s for s in assess(gather(root, with_bcc=False)).plan}
+    t = {s.name: s for s in assess(read_facts(root, with_bcc=False)).plan}
     assert t["vmemmap_populate_address"].availability == P.BLACKLISTED
     assert t["vmemmap_populate_address"].strategy == "unavailable"
 
@@ -88,7 +87,7 @@ def test_arch_gate_unset_means_no_feature(tmp_path):
     cfg = next((root / "boot").glob("config-*"))
     cfg.write_text(cfg.read_text().replace("CONFIG_ARCH_WANT_OPTIMIZE_DAX_VMEMMAP=y",
                                            "# CONFIG_ARCH_WANT_OPTIMIZE_DAX_VMEMMAP is not set"))
-    r = check_report(gather(root, with_bcc=False), assess(gather(root, with_bcc=False)))
+    r = check_report(read_facts(root, with_bcc=False), assess(read_facts(root, with_bcc=False)))
     assert r["feature"]["present"] is False
     assert "ARCH_WANT_OPTIMIZE_DAX_VMEMMAP" in r["feature"]["evidence"]
 
@@ -131,7 +130,7 @@ def test_a_kernel_where_nothing_can_be_seen_cannot_trace(tmp_path):
     (root / "sys/kernel/debug/kprobes/blacklist").write_text(
         "0xffffffff81000000-0xffffffff81000100\tmemmap_init_compound\n"
         "0xffffffff81000100-0xffffffff81000200\t__init_zone_device_page\n")
-    facts = gather(root, with_bcc=False)
+    facts = read_facts(root, with_bcc=False)
     r = check_report(facts, assess(facts))
     assert r["can_trace"] is False
     assert any("nothing could be verified" in b for b in r["blockers"])

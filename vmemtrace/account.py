@@ -80,7 +80,7 @@ def init_problem(shape: geometry.RangeShape, rng: Optional[dict], decoded: bool,
 
 def account(shape: geometry.RangeShape, sections: List[dict], rng: Optional[dict],
             sources, allocators: List[str]) -> Account:
-    """The account of one range; `sources` is ledger.Sources, `allocators` the allocator
+    """The account of one range; `sources` is probes.plan.Sources, `allocators` the allocator
     targets attached (named when they are blind)."""
     if not sources.alloc:
         alloc = "no vmemmap allocator is probed on this kernel"

@@ -6,13 +6,13 @@ from typing import Callable, List, Optional
 
 from vmemtrace.backing import walk_events
 from vmemtrace.errors import VmemtraceError
+from vmemtrace.events import header_event
 from vmemtrace import geometry
 from vmemtrace.kernel import btf, compat, daxdev
-from vmemtrace.kernel.facts import gather
 from vmemtrace.kernel.kcore import Walker
 from vmemtrace.probes.plan import WALK_STRATEGY
 from vmemtrace.probes.targets import TARGETS, WALK_TARGETS
-from vmemtrace.readiness import assess
+from vmemtrace.readiness import assess, read_facts
 
 
 def walk_range(walker: Walker, start_pfn: int, nr_pages: int, pfns_per_compound: int,
@@ -79,9 +79,7 @@ def existing_devices(facts, walker: Optional[Walker],
 
 def audit_log(progress: Callable[[str], None]) -> List[dict]:
     """The event log of an audit: a header, then per dax device its walk and its device event."""
-    from vmemtrace.session import header_event
-
-    facts = gather(with_bcc=False)
+    facts = read_facts(with_bcc=False)
     ready = assess(facts)
     strategy = {t.name: WALK_STRATEGY if t.name in WALK_TARGETS else "not traced (audit)"
                 for t in TARGETS}

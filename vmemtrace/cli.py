@@ -1,7 +1,6 @@
 """The `vmemtrace` command line (click). Words and JSON keys are fixed (docs/design.md)."""
 
 import contextlib
-import functools
 import math
 import sys
 from pathlib import Path
@@ -9,26 +8,7 @@ from pathlib import Path
 import click
 
 from vmemtrace import __version__, render
-from vmemtrace.errors import EXIT_CANNOT, VmemtraceError, say
-
-
-def one_line_errors(fn):
-    """Every expected failure leaves as one line on stderr and its exit code, never a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except VmemtraceError as e:
-            _discard_compile()
-            click.echo(f"vmemtrace: {e}", err=True)
-            sys.exit(e.exit_code)
-        except KeyboardInterrupt:
-            _discard_compile()
-            click.echo("vmemtrace: interrupted", err=True)
-            sys.exit(130)
-
-    return wrapper
+from vmemtrace.errors import EXIT_CANNOT, VmemtraceError, one_line_errors, say
 
 
 def _compile_early(cmd=()) -> None:
@@ -48,11 +28,6 @@ def _compile_early(cmd=()) -> None:
     start_compile(say)
 
 
-def _discard_compile() -> None:
-    if "vmemtrace.probes.loader" in sys.modules:
-        sys.modules["vmemtrace.probes.loader"].discard_pending()
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="vmemtrace")
 def cli():
@@ -69,13 +44,11 @@ def check(as_json, root):
     """What this kernel offers: config, BTF, headers, each probe target and its strategy.
 
     Exit 0 when tracing can start, 2 (with the reason) when it cannot."""
-    from vmemtrace.kernel.facts import gather
-    from vmemtrace.readiness import assess, check_report
-
     from vmemtrace.kernel import btf
     from vmemtrace.probes.loader import defines
+    from vmemtrace.readiness import assess, check_report, read_facts
 
-    facts = gather(root)
+    facts = read_facts(root)
     ready = assess(facts)
     report = check_report(facts, ready)
     # Where the BPF program's struct layout and calling conventions would come from.

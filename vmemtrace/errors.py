@@ -3,7 +3,10 @@
 The CLI turns it into a single line on stderr and the exit code it carries, never a traceback.
 """
 
+import functools
+import signal
 import sys
+from contextlib import contextmanager
 
 # Exit codes shared by every command (verify's are fixed, docs/design.md: 0 pass, 1 fail, 2 could
 # not verify; the other commands use 2 for "could not do what was asked").
@@ -23,3 +26,43 @@ class VmemtraceError(Exception):
 def say(message: str) -> None:
     """A progress or outcome line on stderr, as every command prints them."""
     print(f"vmemtrace: {message}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def terminate_on_sigterm():
+    """SIGTERM behaves like Ctrl-C: the with-blocks unwind and the tracer detaches."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _discard_compile() -> None:
+    """A BPF compile started early (probes/loader.py) must not be inside LLVM while the
+    interpreter exits; looked up, never imported: most commands never start one."""
+    loader = sys.modules.get("vmemtrace.probes.loader")
+    if loader is not None:
+        loader.discard_pending()
+
+
+def one_line_errors(fn):
+    """Every expected failure leaves as one line on stderr and its exit code, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except VmemtraceError as e:
+            _discard_compile()
+            say(str(e))
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            _discard_compile()
+            say("interrupted")
+            sys.exit(130)
+
+    return wrapper

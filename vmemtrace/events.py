@@ -7,8 +7,10 @@ a corrupt or truncated file fails on the line that is wrong, never deep inside t
 
 import json
 import os
+import time
 from typing import IO, Iterable, Iterator, List, Optional, Tuple
 
+from vmemtrace import __version__
 from vmemtrace.errors import VmemtraceError
 
 # 2: section events count allocations by their returns (plain, allocs, direct_bytes, pt_pages),
@@ -227,3 +229,14 @@ def iter_file(path: str) -> Iterator[dict]:
         raise VmemtraceError(f"cannot read {path}: {e.strerror}")
     except UnicodeDecodeError:
         raise VmemtraceError(f"{path}: not a text file")
+
+
+def header_event(facts, ready, cflags: List[str], walk: Optional[str] = None,
+                 strategy: Optional[dict] = None) -> dict:
+    """walk: None, "fallback" (populate functions notrace: each range is walked), "cross-check"
+    (probes and walk both), or "audit" (walk only, after the fact)."""
+    return {"type": "header", "schema": SCHEMA, "tool": f"vmemtrace {__version__}",
+            "kernel": facts.release, "version": list(facts.version),
+            "feature": {"present": ready.feature.present, "evidence": ready.feature.evidence},
+            "strategy": strategy or {s.name: s.strategy for s in ready.plan}, "cflags": cflags,
+            "bcc": facts.bcc, "walk": walk, "started": time.time()}

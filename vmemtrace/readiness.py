@@ -4,14 +4,15 @@ Pure logic over KernelFacts and the attach plan; `vmemtrace check` prints what t
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import List, Optional
 
 from vmemtrace.kernel import compat
 from vmemtrace.kernel.config import RELEVANT, enabled
-from vmemtrace.kernel.facts import DATA_SYMBOLS, KernelFacts
+from vmemtrace.kernel.facts import DATA_SYMBOLS, KernelFacts, gather
 from vmemtrace.probes import plan as P
 from vmemtrace.probes import targets
-from vmemtrace.probes.targets import BY_NAME, REQUIRED
+from vmemtrace.probes.targets import BY_NAME, REQUIRED, TARGETS
 
 
 @dataclass
@@ -54,6 +55,11 @@ def feature(facts: KernelFacts, plan: List[P.TargetStatus]) -> Feature:
                               "vmemmap_populate_address: compound devmaps are not optimised")
     return Feature(True, f"inferred from version {facts.release} >= 5.19: "
                          "the populate functions are all inlined")
+
+
+def read_facts(root: Path = Path("/"), with_bcc: bool = True) -> KernelFacts:
+    """The kernel's facts, its probe targets looked for."""
+    return gather(root, [t.name for t in TARGETS], with_bcc)
 
 
 def _sees_anything(plan: List[P.TargetStatus]) -> bool:

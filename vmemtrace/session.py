@@ -1,50 +1,23 @@
 """A live tracing session: kernel facts, the BPF tracer, the command it watches, and the event
 log it produces (header first). verify, record, trace and stats all run through here."""
 
-import signal
-from pathlib import Path
 import subprocess
 import sys
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable, List, Optional
 
-from vmemtrace import __version__
 from vmemtrace.audit import existing_devices, walk_range
-from vmemtrace.errors import VmemtraceError
-from vmemtrace.events import SCHEMA
+from vmemtrace.errors import VmemtraceError, terminate_on_sigterm
+from vmemtrace.events import header_event
 from vmemtrace.kernel import daxdev, leftovers, vmstat
 from vmemtrace.kernel.ftrace import tracefs
 from vmemtrace.kernel.kmsg import KmsgCursor, parse_memmap_init
-from vmemtrace.kernel.facts import gather
-from vmemtrace.ledger import DeviceLedger, Sources
-from vmemtrace.probes.plan import WALK_STRATEGY
-from vmemtrace.readiness import assess
-
-
-def header_event(facts, ready, cflags: List[str], walk: Optional[str] = None,
-                 strategy: Optional[dict] = None) -> dict:
-    """walk: None, "fallback" (populate functions notrace: each range is walked), "cross-check"
-    (probes and walk both), or "audit" (walk only, after the fact)."""
-    return {"type": "header", "schema": SCHEMA, "tool": f"vmemtrace {__version__}",
-            "kernel": facts.release, "version": list(facts.version),
-            "feature": {"present": ready.feature.present, "evidence": ready.feature.evidence},
-            "strategy": strategy or {s.name: s.strategy for s in ready.plan}, "cflags": cflags,
-            "bcc": facts.bcc, "walk": walk, "started": time.time()}
-
-
-@contextmanager
-def terminate_on_sigterm():
-    """SIGTERM behaves like Ctrl-C: the with-blocks unwind and the tracer detaches."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
+from vmemtrace.ledger import DeviceLedger
+from vmemtrace.probes.plan import WALK_STRATEGY, Sources
+from vmemtrace.readiness import assess, read_facts
 
 
 def walk_mode(ready, cross_check: bool) -> Optional[str]:
@@ -72,7 +45,7 @@ def open_tracer(progress: Callable[[str], None], cross_check: bool = False, excl
     compiled = take_compile(progress)
     walker = None
     try:
-        facts = gather()
+        facts = read_facts()
         ready = assess(facts, exclude)
         if ready.blockers:
             raise VmemtraceError("cannot trace: " + "; ".join(ready.blockers))

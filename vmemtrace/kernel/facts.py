@@ -3,11 +3,10 @@
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional, Set
+from typing import Dict, Optional, Sequence, Set
 
 from vmemtrace.errors import VmemtraceError
 from vmemtrace.kernel import config, environment, ftrace, kallsyms, kcore, leftovers, release
-from vmemtrace.probes.targets import TARGETS
 
 # Data symbols the page-table walk reads (x86_64, CONFIG_KALLSYMS_ALL), named by kernel/kcore.py.
 DATA_SYMBOLS = kcore.DATA_SYMBOLS
@@ -33,7 +32,9 @@ class KernelFacts:
     leftovers: list = field(default_factory=list)  # kprobe events of dead tracers on our targets
 
 
-def gather(root: Path = Path("/"), with_bcc: bool = True) -> KernelFacts:
+def gather(root: Path, functions: Sequence[str], with_bcc: bool = True) -> KernelFacts:
+    """The facts about the kernel below `root`, looking for these functions (the probe
+    targets: readiness.read_facts() names them, this layer knows nothing of probes)."""
     try:
         rel = release.read_release(root)
         version = release.parse_version(rel)
@@ -41,7 +42,7 @@ def gather(root: Path = Path("/"), with_bcc: bool = True) -> KernelFacts:
         raise VmemtraceError(f"cannot read the kernel release from {root}/proc: {e.strerror}")
     except ValueError:
         raise VmemtraceError(f"/proc/sys/kernel/osrelease: not a kernel release: {rel[:60]!r}")
-    wanted = {t.name for t in TARGETS} | set(DATA_SYMBOLS)
+    wanted = set(functions) | set(DATA_SYMBOLS)
     try:
         syms = kallsyms.read_kallsyms(root, wanted)
     except OSError as e:
@@ -54,7 +55,7 @@ def gather(root: Path = Path("/"), with_bcc: bool = True) -> KernelFacts:
         config=opts,
         config_source=source,
         syms=syms,
-        filter_functions=ftrace.read_filter_functions(root, {t.name for t in TARGETS}),
+        filter_functions=ftrace.read_filter_functions(root, set(functions)),
         kprobe_blacklist=ftrace.read_kprobe_blacklist(root),
         kprobe_events=ftrace.has_kprobe_events(root),
         privileged=environment.privileged(root) if str(root) == "/" else os.geteuid() == 0,
@@ -63,5 +64,5 @@ def gather(root: Path = Path("/"), with_bcc: bool = True) -> KernelFacts:
         bcc=environment.bcc_version() if with_bcc else None,
         lockdown=environment.lockdown_mode(root),
         walk_blocker=kcore.walk_blocker(root, syms.addresses, os.uname().machine),
-        leftovers=leftovers.find(tracefs, [t.name for t in TARGETS]) if tracefs else [],
+        leftovers=leftovers.find(tracefs, functions) if tracefs else [],
     )

@@ -36,11 +36,11 @@ def lab(kernel_specs, modules, headers, case_list, size, accel, refresh, timeout
     """Boot a throwaway guest with emulated pmem and run the cases in it.
 
     Exit 0 when every case passed, 1 when one failed, 2 when one could not be verified."""
-    from vmemtrace.cli import one_line_errors
+    from vmemtrace.errors import one_line_errors
     from vmemtrace.lab.kernels import parse_spec
     from vmemtrace.lab.runner import run_lab
 
-    from vmemtrace.session import terminate_on_sigterm
+    from vmemtrace.errors import terminate_on_sigterm
 
     @one_line_errors
     def go():

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from vmemtrace.lab.cases import parse_cases
-from vmemtrace.ledger import Sources
+from vmemtrace.probes.plan import Sources
 
 NAMESPACE = "namespace0.0"
 MODULES = ("nd_e820", "dax_pmem", "device_dax")

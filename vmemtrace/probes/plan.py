@@ -5,9 +5,10 @@ from the version alone.
 """
 
 from dataclasses import dataclass
-from typing import List, Optional, Set
+from typing import Dict, List, Optional, Set
 
 from vmemtrace.kernel.kallsyms import Kallsyms
+from vmemtrace.probes import targets
 from vmemtrace.probes.targets import BY_NAME, TARGETS, WALK, Target
 
 TRACEABLE = "traceable"
@@ -129,3 +130,41 @@ def programs(status: TargetStatus) -> List[tuple]:
     if status.strategy == COUNT:
         return [("kprobe", t.count)]
     return list(t.programs) if is_attached(status.strategy) else []
+
+
+@dataclass
+class Sources:
+    """What this trace could see, from the header's strategy map and the target registry."""
+
+    populate: bool  # per-PTE reuse: vmemmap_populate_address under __populate_section_memmap
+    alloc: bool  # vmemmap pages allocated: an allocator under the same
+    init_decoded: bool  # memmap_init_compound's nr_pages read
+    init_pages: bool  # __init_zone_device_page's hits counted: struct pages initialised
+    ranges: bool  # memmap_init_zone_device
+    init_calls: bool = False  # memmap_init_compound's calls counted (decoded or not)
+    allocators: tuple = ()  # the allocator targets attached
+
+    @property
+    def init(self) -> bool:
+        """Struct pages initialised per compound page can be observed."""
+        return self.init_decoded or self.init_pages
+
+    @property
+    def cross_checkable(self) -> bool:
+        """The probes see the populate itself, so a page-table walk can check them."""
+        return self.populate and self.alloc
+
+    @classmethod
+    def from_strategy(cls, strategy: Dict[str, str]) -> "Sources":
+        def sees(kind, decoded=False):
+            return any(t.sees == kind and is_attached(strategy.get(t.name, ""))
+                       and not (decoded and strategy[t.name] == COUNT) for t in TARGETS)
+
+        section = sees(targets.SECTIONS)
+        return cls(populate=section and sees(targets.POPULATE),
+                   alloc=section and sees(targets.ALLOC),
+                   init_decoded=sees(targets.INIT, decoded=True),
+                   init_pages=sees(targets.INIT_PAGES),
+                   ranges=sees(targets.RANGES), init_calls=sees(targets.INIT),
+                   allocators=tuple(t.name for t in TARGETS if t.sees == targets.ALLOC
+                                    and is_attached(strategy.get(t.name, ""))))

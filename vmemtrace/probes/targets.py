@@ -11,7 +11,7 @@ whether a function missing from kallsyms is reported "inlined" or "absent".
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-# What a target lets vmemtrace see (ledger.Sources has one flag per kind).
+# What a target lets vmemtrace see (plan.Sources has one flag per kind).
 SECTIONS = "sections"  # one call per section: pfn, nr_pages, altmap, pgmap
 POPULATE = "populate"  # one call per vmemmap PTE: fresh or reused
 ALLOC = "alloc"  # vmemmap pages allocated
