@@ -31,6 +31,13 @@ class Boot:
     console: Path
     panicked: bool = False
 
+    def started(self) -> bool:
+        """Whether the guest got as far as running the lab's script (virtme-ng's init says so)."""
+        try:
+            return STARTED in self.console.read_bytes()
+        except OSError:
+            return False
+
     def tail(self, n: int = CONSOLE_TAIL) -> List[str]:
         try:
             lines = self.console.read_text(errors="replace").splitlines()
@@ -40,6 +47,7 @@ class Boot:
 
 
 PANICS = (b"PANIC: early exception", b"Kernel panic - not syncing")
+STARTED = b"virtme-ng-init: starting script"
 
 
 def _panicked(console: Path) -> bool:
