@@ -207,8 +207,9 @@ def test_guest_that_does_not_boot_shows_its_console(lab, tmp_path):
     with open(root / "boot" / f"vmlinuz-{release}", "rb") as src, open(broken, "wb") as dst:
         dst.write(src.read(2 << 20))
     modules = root / "lib/modules" / release
-    res = run_cli("lab", "--kernel", str(broken), "--modules", str(modules), "--case", "mem-2M",
-                  "--timeout", "120")
+    headers = root / "usr/src" / f"linux-headers-{release}"  # its build link is the guest's path
+    res = run_cli("lab", "--kernel", str(broken), "--modules", str(modules), "--headers",
+                  str(headers), "--case", "mem-2M", "--timeout", "120")
     assert res.returncode == 2
     assert "console|" in res.stderr
     last = res.stderr.strip().splitlines()[-1]
