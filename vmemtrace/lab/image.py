@@ -246,13 +246,18 @@ def install_user_kernel(root: Path, spec: kernels.KernelSpec) -> GuestKernel:
         raise VmemtraceError(f"--modules {spec.modules}: the lab root {root} holds Debian's "
                              f"{release} already; use --kernel {release.rsplit('-', 1)[0]}-style "
                              "series or package names for it, or another cache (XDG_CACHE_HOME)")
-    with step(f"copying modules of {release} into the guest root"):
+    with step(f"copying {release} and its modules into the guest root"):
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(spec.modules, target, symlinks=True,
                         ignore=lambda d, names: ["build", "source"] if Path(d) == spec.modules else [])
         (target / "build").symlink_to(GUEST_BUILD)
         _chroot(root, "depmod", release, failure=f"depmod {release}")
-    return GuestKernel(release, spec.image, root, headers=spec.headers)
+        # virtme-ng looks for a kernel's modules in the tree its image lies in: an image outside
+        # the guest root would boot without them (no initramfs, no 9p root).
+        image = root / "boot" / f"vmlinuz-{release}"
+        image.parent.mkdir(exist_ok=True)
+        shutil.copy(spec.image, image)
+    return GuestKernel(release, image, root, headers=spec.headers)
 
 
 def ensure_kernel(root: Path, spec: kernels.KernelSpec, do_refresh: bool = False) -> GuestKernel:
