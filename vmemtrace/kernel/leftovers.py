@@ -62,8 +62,13 @@ def find(tracefs: Path, functions: Iterable[str]) -> List[Leftover]:
 def remove(tracefs: Path, leftovers: List[Leftover]) -> None:
     """Delete them ("-:group/event", Documentation/trace/kprobetrace.rst)."""
     for item in leftovers:
+        # os.write, not open(..., "a"): Python's append mode seeks to the end, and tracefs'
+        # kprobe_events answers that seek with EINVAL.
         try:
-            with open(tracefs / "kprobe_events", "a") as fh:
-                fh.write(f"-:{item.group}/{item.event}\n")
+            fd = os.open(tracefs / "kprobe_events", os.O_WRONLY | os.O_APPEND)
+            try:
+                os.write(fd, f"-:{item.group}/{item.event}\n".encode())
+            finally:
+                os.close(fd)
         except OSError as e:
             raise VmemtraceError(f"cannot remove the leftover kprobe event {item}: {e.strerror}")
