@@ -16,13 +16,14 @@ from vmemtrace.kernel import daxdev, leftovers, vmstat
 from vmemtrace.kernel.ftrace import tracefs
 from vmemtrace.kernel.kmsg import KmsgCursor, parse_memmap_init
 from vmemtrace.ledger import DeviceLedger
-from vmemtrace.probes.plan import WALK_STRATEGY, Sources
+from vmemtrace.probes.plan import Sources
 from vmemtrace.readiness import assess, read_facts
 
 
 def walk_mode(ready, cross_check: bool) -> Optional[str]:
-    """Whether ranges get walked: always with --cross-check (which needs the probes it checks),
-    and wherever the plan chose the walk for a populate target (kernel/kcore.py)."""
+    """Whether every range gets walked: with --cross-check (which needs the probes it checks),
+    and where the probes cannot see the populate or the allocations at all (kernel/kcore.py).
+    Otherwise only a range whose probe counts do not add up is (traced(), _needs_walk())."""
     seen = Sources.from_strategy({s.name: s.strategy for s in ready.plan})
     if cross_check:
         if not seen.cross_checkable:
@@ -30,7 +31,7 @@ def walk_mode(ready, cross_check: bool) -> Optional[str]:
                                  "walk, and this kernel does not let them attach (see `vmemtrace "
                                  "check`); plain verify already walks the page tables here")
         return "cross-check"
-    if any(s.strategy == WALK_STRATEGY for s in ready.plan):
+    if not (seen.populate and seen.alloc):
         return "fallback"
     return None
 
