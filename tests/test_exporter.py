@@ -284,3 +284,16 @@ def test_an_idle_tls_client_does_not_block_the_accept_loop(tmp_path):
     finally:
         idle.close()
         ex.close()
+
+
+def test_devices_audited_before_tracing_are_not_an_inconsistent_log():
+    """The exporter walks the devices that exist, then traces: their walks have no range. Only
+    those marked as such; a walk of no range anywhere else is an edited log."""
+    trace = log_of("6.12", "mem-2M.jsonl")
+    audit = [dict(e) for e in log_of("6.12", "mem-1G.audit.jsonl")[1:]]
+    walk = next(e for e in audit if e["type"] == "walk")
+    walk["existing"] = True
+    from vmemtrace.ledger import fold
+    assert fold([trace[0]] + audit + trace[1:]).inconsistent == []
+    walk["existing"] = False
+    assert "where no range was seen" in " ".join(fold([trace[0]] + audit + trace[1:]).inconsistent)

@@ -56,9 +56,11 @@ def audit_events(walker: Walker, facts, progress: Callable[[str], None]) -> List
         align = dev["align"] or geometry.PAGE_SIZE
         # Before compound devmaps every struct page is a base page (kernel/compat.py).
         per = align // geometry.PAGE_SIZE if compat.has(version, compat.COMPOUND_DEVMAP) else 1
-        out.extend(walk_range(walker, dev.get("pgmap_start_pfn", dev["start_pfn"]),
-                              dev.get("pgmap_nr_pages", dev["nr_pages"]), per,
-                              dev.get("mode") == "pmem", page, geometry.PAGE_SIZE))
+        walked = walk_range(walker, dev.get("pgmap_start_pfn", dev["start_pfn"]),
+                            dev.get("pgmap_nr_pages", dev["nr_pages"]), per,
+                            dev.get("mode") == "pmem", page, geometry.PAGE_SIZE)
+        walked[0]["existing"] = True  # the walk event: a device that was there before tracing
+        out.extend(walked)
         out.append(dev)
     return out
 

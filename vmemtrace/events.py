@@ -32,7 +32,8 @@ REQUIRED = {
               "altmap_reserve", "altmap_free", "mic_calls", "mic_pages", "izdp_calls",
               "duration_ns", "struct_page_size", "page_size"),
     # the page-table walk of one range's vmemmap (kernel/kcore.py, backing.py); its compound
-    # pages follow as "compound" events with "source": "walk"
+    # pages follow as "compound" events with "source": "walk"; "existing": true marks the walk
+    # of a device that was there before tracing started (the exporter audits those first)
     "walk": ("start_pfn", "nr_pages", "pfns_per_compound", "altmap", "vmemmap_pages", "mapped",
              "distinct", "reused", "levels", "struct_page_size", "page_size", "paging"),
     # /proc/vmstat nr_memmap_pages (6.11+) before and after the command

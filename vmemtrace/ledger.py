@@ -202,7 +202,9 @@ def fold(events: List[dict]) -> Ledger:
             in_order.append(d)
         elif kind == "walk":
             d = ranges.get(ev["start_pfn"])
-            if d is None and header.get("walk") != "audit":
+            # The exporter audits the devices that exist before it traces: those walks have no
+            # range; any other walk does.
+            if d is None and header.get("walk") != "audit" and not ev.get("existing"):
                 stray.append(f"a walk of pfn {ev['start_pfn']}, where no range was seen")
             if d is None:  # an audit: the range existed before we looked
                 d = ranges[ev["start_pfn"]] = DeviceLedger(ev["start_pfn"], ev["nr_pages"])
