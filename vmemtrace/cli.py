@@ -85,7 +85,7 @@ def _finish(doc: dict) -> None:
     if code:
         reasons = doc.get("problems") or [
             f"{d['device']} {c['name']}: {c['detail']}"
-            for d in doc["devices"] for c in d["checks"] if c["status"] == "fail"] or [
+            for d in doc["devices"] for c in d["checks"] if c["status"] in ("fail", "error")] or [
             f"{d['device']}: {c['name']} not judged ({c['detail']}); waive it with "
             f"--allow-skip {c['name']} if that is enough for you"
             for d in doc["devices"] for c in d["checks"] if c["name"] in d.get("unjudged", ())]

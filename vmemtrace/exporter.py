@@ -13,6 +13,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily)
 
 from vmemtrace import __version__
+from vmemtrace.checks import STATUSES
 from vmemtrace.ledger import fold
 from vmemtrace.probes.plan import WALK_STRATEGY, is_attached
 from vmemtrace.probes.targets import BY_NAME
@@ -21,7 +22,6 @@ from vmemtrace.verdict import evaluate
 # memmap_init_zone_device() takes ~0.3 ms for 3 GiB in 1 GiB pages and ~1 s in 4 KiB pages under
 # TCG (lab measurements); 128 GiB namespaces take ~100-300 ms on hardware (the patch series).
 INIT_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-CHECK_VALUE = {"pass": 1, "fail": 0, "skip": -1}
 
 
 @dataclass
@@ -100,8 +100,9 @@ class LedgerCollector:
         init = GaugeMetricFamily("vmemtrace_struct_pages_initialized", "struct pages "
                                  "memmap_init_zone_device initialised: naive, expected, observed",
                                  labels=["device", "kind"])
-        checks = GaugeMetricFamily("vmemtrace_check_status", "1 pass, 0 fail, -1 skip",
-                                   labels=["device", "check"])
+        checks = GaugeMetricFamily("vmemtrace_check_status", "each check's state, one series "
+                                   "per state (1 the current one): pass, fail, skip, error",
+                                   labels=["device", "check", "status"])
         count = GaugeMetricFamily("vmemtrace_devices", "dax devices reported")
         count.add_metric([], len(devices))
         for d in devices:
@@ -113,7 +114,8 @@ class LedgerCollector:
             if d["vmemmap_saved_bytes"]["observed"] is not None:
                 saved.add_metric([name], d["vmemmap_saved_bytes"]["observed"])
             for c in d["checks"]:
-                checks.add_metric([name, c["name"]], CHECK_VALUE[c["status"]])
+                for state in STATUSES:  # a state set (OpenMetrics), as node_exporter's systemd states
+                    checks.add_metric([name, c["name"], state], 1 if c["status"] == state else 0)
         yield from (count, vm, saved, init, checks)
 
     @staticmethod

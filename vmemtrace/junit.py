@@ -13,6 +13,9 @@ def junit_xml(doc: dict) -> bytes:
             if c["status"] == "fail":
                 failures += 1
                 ET.SubElement(case, "failure", message=c["detail"])
+            elif c["status"] == "error":  # the evidence for it is broken
+                errors += 1
+                ET.SubElement(case, "error", message=c["detail"])
             elif c["name"] in d.get("unjudged", ()):  # defines the case, not seen, not waived
                 errors += 1
                 ET.SubElement(case, "error", message=f"not judged: {c['detail']}")

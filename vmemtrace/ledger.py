@@ -180,70 +180,103 @@ def _contains(d: DeviceLedger, pfn: int) -> bool:
     return d.start_pfn <= pfn < d.start_pfn + d.nr_pages
 
 
+@dataclass
+class _Fold:
+    """The state of one fold: ranges by start pfn (a re-created range replaces the old), the
+    sections still waiting for their range, and the closing events."""
+
+    header: dict
+    ranges: Dict[int, DeviceLedger] = field(default_factory=dict)
+    pending: List[dict] = field(default_factory=list)
+    in_order: List[DeviceLedger] = field(default_factory=list)  # ranges as they came
+    kmsg: List[dict] = field(default_factory=list)
+    devices: List[dict] = field(default_factory=list)
+    vmstat: Dict[str, int] = field(default_factory=dict)
+    lost: int = 0
+    bpf_errors: Dict[str, int] = field(default_factory=dict)
+    command: Optional[dict] = None
+    hits: Optional[Dict[str, int]] = None
+    stray: List[str] = field(default_factory=list)
+
+    def owner(self, pfn: int) -> Optional[DeviceLedger]:
+        return next((d for d in self.ranges.values() if _contains(d, pfn)), None)
+
+    def range(self, ev: dict) -> None:
+        d = DeviceLedger(ev["start_pfn"], ev["nr_pages"], range=ev)
+        d.sections = [s for s in self.pending if _contains(d, s["pfn"])]
+        self.pending = [s for s in self.pending if not _contains(d, s["pfn"])]
+        self.ranges[d.start_pfn] = d
+        self.in_order.append(d)
+
+    def walk(self, ev: dict) -> None:
+        d = self.ranges.get(ev["start_pfn"])
+        # The exporter audits the devices that exist before it traces: those walks have no
+        # range; any other walk does.
+        if d is None and self.header.get("walk") != "audit" and not ev.get("existing"):
+            self.stray.append(f"a walk of pfn {ev['start_pfn']}, where no range was seen")
+        if d is None:  # an audit: the range existed before we looked
+            d = self.ranges[ev["start_pfn"]] = DeviceLedger(ev["start_pfn"], ev["nr_pages"])
+        d.walk = ev
+        d.walk_compounds = []
+
+    def compound(self, ev: dict) -> None:
+        owner = self.owner(ev["head_pfn"])
+        if owner is not None:
+            (owner.walk_compounds if ev.get("source") == "walk" else owner.compounds).append(ev)
+
+    def lost_event(self, ev: dict) -> None:
+        self.lost += ev["count"]
+        for k, v in ev["errors"].items():
+            self.bpf_errors[k] = self.bpf_errors.get(k, 0) + v
+
+    def add(self, ev: dict) -> None:
+        kind = ev["type"]
+        if kind == "section":
+            self.pending.append(ev)
+        elif kind in ("range", "walk", "compound"):
+            getattr(self, kind)(ev)
+        elif kind == "vmstat":
+            self.vmstat[ev["when"]] = ev["nr_memmap_pages"]
+        elif kind == "device":
+            self.devices.append(ev)
+        elif kind == "lost":
+            self.lost_event(ev)
+        elif kind == "command":
+            self.command = ev
+        elif kind == "hits":
+            self.hits = ev["hits"]
+        elif kind == "kmsg":
+            self.kmsg.append(ev)
+
+    def finish(self) -> List[DeviceLedger]:
+        # One log line per memmap_init_zone_device call, in call order: pair them only when the
+        # counts agree, never by guess.
+        if self.kmsg and len(self.kmsg) == len(self.in_order):
+            for d, line in zip(self.in_order, self.kmsg):
+                d.kernel_log = line
+        # Sections of a range that never reached memmap_init_zone_device (failed, or not traced)
+        # still form a ledger, under the range start the kernel gave them (5.19+).
+        for s in self.pending:
+            if s["has_pgmap"]:
+                d = self.ranges.setdefault(s["range_start_pfn"], DeviceLedger(s["range_start_pfn"], 0))
+                d.sections.append(s)
+                d.nr_pages = max(d.nr_pages, s["pfn"] + s["nr_pages"] - d.start_pfn)
+        for dev in self.devices:
+            owner = self.owner(dev["start_pfn"])
+            if owner is not None:
+                owner.device = dev
+        return sorted(self.ranges.values(), key=lambda d: d.start_pfn)
+
+
 def fold(events: List[dict]) -> Ledger:
     """Events in the order they happened: a range's sections come before its range event
     (__populate_section_memmap runs before memmap_init_zone_device), its compound pages after
     (drained when the range event arrives)."""
     header = events[0]
-    ranges: Dict[int, DeviceLedger] = {}  # by start pfn; a re-created range replaces the old
-    pending: List[dict] = []
-    in_order: List[DeviceLedger] = []  # range events as they came, for the kernel log lines
-    kmsg: List[dict] = []
-    devices, vmstat, lost, bpf_errors, command, hits, stray = [], {}, 0, {}, None, None, []
+    state = _Fold(header)
     for ev in events[1:]:
-        kind = ev["type"]
-        if kind == "section":
-            pending.append(ev)
-        elif kind == "range":
-            d = DeviceLedger(ev["start_pfn"], ev["nr_pages"], range=ev)
-            d.sections = [s for s in pending if _contains(d, s["pfn"])]
-            pending = [s for s in pending if not _contains(d, s["pfn"])]
-            ranges[d.start_pfn] = d
-            in_order.append(d)
-        elif kind == "walk":
-            d = ranges.get(ev["start_pfn"])
-            # The exporter audits the devices that exist before it traces: those walks have no
-            # range; any other walk does.
-            if d is None and header.get("walk") != "audit" and not ev.get("existing"):
-                stray.append(f"a walk of pfn {ev['start_pfn']}, where no range was seen")
-            if d is None:  # an audit: the range existed before we looked
-                d = ranges[ev["start_pfn"]] = DeviceLedger(ev["start_pfn"], ev["nr_pages"])
-            d.walk = ev
-            d.walk_compounds = []
-        elif kind == "compound":
-            owner = next((d for d in ranges.values() if _contains(d, ev["head_pfn"])), None)
-            if owner is not None:
-                (owner.walk_compounds if ev.get("source") == "walk" else owner.compounds).append(ev)
-        elif kind == "vmstat":
-            vmstat[ev["when"]] = ev["nr_memmap_pages"]
-        elif kind == "device":
-            devices.append(ev)
-        elif kind == "lost":
-            lost += ev["count"]
-            for k, v in ev["errors"].items():
-                bpf_errors[k] = bpf_errors.get(k, 0) + v
-        elif kind == "command":
-            command = ev
-        elif kind == "hits":
-            hits = ev["hits"]
-        elif kind == "kmsg":
-            kmsg.append(ev)
-    # One log line per memmap_init_zone_device call, in call order: pair them only when the
-    # counts agree, never by guess.
-    if kmsg and len(kmsg) == len(in_order):
-        for d, line in zip(in_order, kmsg):
-            d.kernel_log = line
-    # Sections of a range that never reached memmap_init_zone_device (failed, or not traced)
-    # still form a ledger, under the range start the kernel gave them (5.19+).
-    for s in pending:
-        if s["has_pgmap"]:
-            d = ranges.setdefault(s["range_start_pfn"], DeviceLedger(s["range_start_pfn"], 0))
-            d.sections.append(s)
-            d.nr_pages = max(d.nr_pages, s["pfn"] + s["nr_pages"] - d.start_pfn)
-    for dev in devices:
-        owner = next((d for d in ranges.values() if _contains(d, dev["start_pfn"])), None)
-        if owner is not None:
-            owner.device = dev
-    ordered = sorted(ranges.values(), key=lambda d: d.start_pfn)
-    return Ledger(header, ordered, Sources.from_strategy(header["strategy"]), vmstat, lost,
-                  bpf_errors, command, hits, unattached_counts(header, events[1:]) + stray)
+        state.add(ev)
+    ordered = state.finish()
+    return Ledger(header, ordered, Sources.from_strategy(header["strategy"]), state.vmstat,
+                  state.lost, state.bpf_errors, state.command, state.hits,
+                  unattached_counts(header, events[1:]) + state.stray)

@@ -13,7 +13,7 @@ def case_table(doc: dict) -> str:
     for entry in doc["cases"]:
         r = entry["result"]
         notes = [f"{c['name']}: {c['status']}" for d in r.get("devices", [])
-                 for c in d["checks"] if c["status"] == "fail"]
+                 for c in d["checks"] if c["status"] in ("fail", "error")]
         skipped = sorted({c["name"] for d in r.get("devices", []) for c in d["checks"]
                           if c["status"] == "skip"})
         if skipped:

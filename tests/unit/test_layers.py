@@ -4,7 +4,7 @@ cycle, the kernel readers below everything else, the pure logic free of I/O modu
 import ast
 from pathlib import Path
 
-PKG = Path(__file__).resolve().parent.parent / "vmemtrace"
+PKG = Path(__file__).resolve().parents[2] / "vmemtrace"
 
 
 def module_name(path: Path) -> str:
@@ -62,9 +62,22 @@ def test_kernel_readers_import_only_the_kernel_layer():
 
 def test_pure_logic_does_no_io():
     pure = ("vmemtrace.geometry", "vmemtrace.account", "vmemtrace.ledger", "vmemtrace.verdict",
+            "vmemtrace.view", "vmemtrace.checks",
             "vmemtrace.backing", "vmemtrace.probes.plan", "vmemtrace.probes.targets")
     io = ("vmemtrace.probes.loader", "vmemtrace.session", "vmemtrace.serve", "vmemtrace.audit",
           "vmemtrace.kernel.kcore", "vmemtrace.kernel.facts", "vmemtrace.cli", "vmemtrace.lab")
     for m in pure:
         bad = {d for d in GRAPH[m] if d.startswith(io)}
         assert not bad, (m, bad)
+
+
+def test_no_function_over_60_lines():
+    """Small functions: one that grows past a screen is split where its parts have names."""
+    long = []
+    for path in PKG.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > 60:
+                    long.append(f"{path.relative_to(PKG.parent)}:{node.lineno} {node.name} ({length})")
+    assert not long, long

@@ -14,7 +14,7 @@ import yaml
 
 from tests.conftest import FIXTURES
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DASH = ROOT / "dashboards"
 GRAFANA_SCHEMA = 39  # Grafana 10.4 - 11.x
 BUILTIN = {"up"}  # Prometheus' own series
@@ -50,7 +50,7 @@ def test_promtool_test_catches_a_broken_rule(tmp_path):
     """The rule tests can fail: with the check rule inverted they must."""
     shutil.copy(DASH / "alerts_test.yml", tmp_path)
     (tmp_path / "alerts.yml").write_text((DASH / "alerts.yml").read_text().replace(
-        "vmemtrace_check_status == 0", "vmemtrace_check_status == 1"))
+        'vmemtrace_check_status{status="fail"} == 1', 'vmemtrace_check_status{status="pass"} == 1'))
     res = promtool("test", "rules", "alerts_test.yml", cwd=tmp_path)
     assert res.returncode != 0 and "VmemtraceCheckFailed" in res.stdout + res.stderr
 
@@ -137,7 +137,7 @@ def exposition():
     """The exporter's real output for a ledger recorded in a 6.12 guest (mem-2M)."""
     from prometheus_client import generate_latest
 
-    from tests.test_exporter import registry_for
+    from tests.unit.test_exporter import registry_for
 
     return generate_latest(registry_for(FIXTURES / "events/6.12.117+deb12-amd64/mem-2M.jsonl")).decode()
 

@@ -1,4 +1,4 @@
-"""The page-table walker on kcore-format images built by tests/kcore_image.py: 4- and 5-level
+"""The page-table walker on kcore-format images built by tests/unit/kcore_image.py: 4- and 5-level
 paging, 4 KiB PTE and 2 MiB PMD vmemmap mappings, KASLR-moved bases, and its refusals."""
 
 import random
@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from tests.kcore_image import Image
+from tests.unit.kcore_image import Image
 from vmemtrace import geometry, verdict
 from vmemtrace.backing import walk_events
 from vmemtrace.errors import VmemtraceError

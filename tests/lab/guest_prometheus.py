@@ -1,8 +1,8 @@
-"""Runs inside a lab guest (python3 tests/guest_prometheus.py): a real Prometheus scrapes a real
+"""Runs inside a lab guest (python3 tests/lab/guest_prometheus.py): a real Prometheus scrapes a real
 `vmemtrace exporter` while namespaces are created; then every query of the dashboard and the
 alert rules is evaluated through Prometheus' HTTP API. Prints one JSON document.
 
-Driven by tests/test_lab_e2e_prometheus.py; the assertions live there.
+Driven by tests/lab/test_lab_e2e_prometheus.py; the assertions live there.
 """
 
 import json
@@ -15,7 +15,7 @@ import time
 import urllib.parse
 import urllib.request
 
-SRC = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SRC = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXPORTER = "http://127.0.0.1:9477/metrics"
 PROM = "http://127.0.0.1:9090"
 # Grafana's variables, as the dashboard would send them with "All" selected

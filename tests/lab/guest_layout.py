@@ -1,10 +1,10 @@
-"""Runs inside a lab guest (python3 tests/guest_layout.py): is the struct layout read from the
+"""Runs inside a lab guest (python3 tests/lab/guest_layout.py): is the struct layout read from the
 kernel's BTF the one its headers give? BCC compiles bpf/vmemtrace.bpf.c (every probe function) with the
 BTF layout and LAYOUT_CHECK (static assertions against the headers) and the kernel's verifier
 loads each function; then once more with one offset moved, which must not compile. Also the
 compile time with the BTF layout vs with the headers. Prints one JSON document.
 
-Driven by tests/test_lab_e2e_tools.py; the assertions live there.
+Driven by tests/lab/test_lab_e2e_tools.py; the assertions live there.
 """
 
 import dataclasses
@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-SRC = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SRC = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, SRC)
 
 from vmemtrace.kernel import btf, environment, release  # noqa: E402

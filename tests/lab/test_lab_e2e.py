@@ -1,6 +1,6 @@
 """End to end: real Debian kernels booted in qemu, real namespaces, vmemtrace run inside.
 
-One lab run covers the four kernels of docs/kernels.md; its JSON is what every test here reads.
+One lab run covers every kernel with recorded fixtures (tests/fixtures/kernels/); its JSON is what every test here reads.
 """
 
 import json
@@ -9,12 +9,11 @@ import shutil
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import SERIES, run_cli
 from vmemtrace.lab import cases, image
 from vmemtrace.probes.targets import TARGETS
 
 pytestmark = pytest.mark.lab
-SERIES = ("5.10", "6.1", "6.12", "7.3")
 
 
 @pytest.fixture(scope="module")

@@ -176,7 +176,7 @@ def test_sigterm_to_the_lab_leaves_no_guest_running():
 def test_btf_layout_is_the_headers_layout(series):
     """On each real kernel: the offsets read from its BTF pass the compiler's comparison with its
     headers (LAYOUT_CHECK), the verifier loads every function, and one moved offset is caught."""
-    doc = json.loads(guest(series, "python3 /opt/vmemtrace/tests/guest_layout.py"))
+    doc = json.loads(guest(series, "python3 /opt/vmemtrace/tests/lab/guest_layout.py"))
     assert doc["kernel"].startswith(series + ".")
     for build in ("checked", "btf", "headers"):
         assert doc[build]["ok"], doc[build]["errors"]

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.lab
 
 @pytest.fixture(scope="module")
 def prom():
-    res = run_cli("lab", "--kernel", "6.12", "--exec", "python3 /opt/vmemtrace/tests/guest_prometheus.py")
+    res = run_cli("lab", "--kernel", "6.12", "--exec", "python3 /opt/vmemtrace/tests/lab/guest_prometheus.py")
     assert res.returncode == 0, res.stderr[-3000:]
     return json.loads(res.stdout.strip().splitlines()[-1])
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from vmemtrace import geometry
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
 import bench  # noqa: E402
 

@@ -1,0 +1,139 @@
+"""Each check of the registry (vmemtrace/checks.py) called with the view it judges: views built from
+real lab recordings, then changed in the one field the check reads, so that every status a
+check can give is reached and shown to follow from that field."""
+
+from dataclasses import replace
+
+import pytest
+
+from tests.conftest import FIXTURES
+from vmemtrace import checks, events, ledger, view
+from vmemtrace.checks import ERROR, FAIL, PASS, SKIP
+
+LOGS = FIXTURES / "events"
+
+
+def view_of(series: str, case: str, expect: str = "auto") -> view.DeviceView:
+    (folder,) = [p for p in LOGS.iterdir() if p.name.startswith(series + ".") or
+                 p.name.startswith(series + "-")]
+    with open(folder / case) as fh:
+        led = ledger.fold(events.read(fh, case))
+    (d,) = led.devices
+    return view.device_view(d, led, expect)
+
+
+def seen(v: view.DeviceView, **changes) -> view.DeviceView:
+    return replace(v, seen=replace(v.seen, **changes))
+
+
+@pytest.fixture(scope="module")
+def mem2m():
+    return view_of("6.12", "mem-2M.jsonl")
+
+
+@pytest.fixture(scope="module")
+def dev2m():
+    return view_of("6.12", "dev-2M.jsonl")
+
+
+def test_feature_present_by_kernel_and_expectation(mem2m):
+    assert checks.feature_present(mem2m).status == PASS
+    old = view_of("5.10", "mem-2M.jsonl")
+    assert checks.feature_present(old).status == SKIP
+    assert checks.feature_present(replace(old, expect="optimized")).status == FAIL
+
+
+def test_eligibility_against_the_expectation(mem2m, dev2m):
+    assert checks.eligibility(mem2m).status == PASS
+    assert checks.eligibility(replace(mem2m, expect="unoptimized")).status == FAIL
+    assert checks.eligibility(replace(dev2m, expect="optimized")).status == FAIL
+    assert checks.eligibility(dev2m).detail.startswith("not eligible: ")
+
+
+def test_tail_reuse_judges_every_compound_page(mem2m):
+    c = checks.tail_reuse(mem2m)
+    assert c.status == PASS and "all 1536 compound pages" in c.detail
+    broken = [dict(cp) for cp in mem2m.seen.compounds]
+    broken[7] = dict(broken[7], fresh=3, reused=broken[7]["reused"] - 1)
+    c = checks.tail_reuse(seen(mem2m, compounds=broken))
+    assert c.status == FAIL and f"pfn {broken[7]['head_pfn']}: 3 freshly allocated" in c.detail
+    c = checks.tail_reuse(seen(mem2m, compounds=mem2m.seen.compounds[:-1]))
+    assert c.status == FAIL and "1535 compound pages, expected 1536" in c.detail
+    shared = [dict(cp) for cp in mem2m.seen.compounds]
+    shared[1] = dict(shared[1], tail_pfn=shared[0]["tail_pfn"])
+    c = checks.tail_reuse(seen(mem2m, compounds=shared))
+    assert c.status == FAIL and "share their first tail vmemmap page" in c.detail
+    c = checks.tail_reuse(seen(mem2m, compounds=None, populate_why="not probed here"))
+    assert (c.status, c.detail) == (SKIP, "not probed here")
+
+
+def test_init_skip_and_the_kernel_log_witness(mem2m):
+    c = checks.init_skip(mem2m)
+    assert c.status == PASS and "196608 struct pages initialised (128 per compound page)" in c.detail
+    assert checks.init_skip(seen(mem2m, struct_pages_initialized=196609)).status == FAIL
+    assert checks.init_skip(seen(mem2m, struct_pages_initialized=None)).status == SKIP
+    loop = mem2m.numbers.init_loop
+    agrees = checks.init_skip(replace(mem2m, kernel_log={"pages": loop, "ms": 3}))
+    assert agrees.status == PASS and f"initialised {loop} pages in 3ms" in agrees.detail
+    disagrees = checks.init_skip(replace(mem2m, kernel_log={"pages": loop - 512, "ms": 3}))
+    assert disagrees.status == FAIL and f"not the {loop} pfns expected" in disagrees.detail
+
+
+def test_accounting_and_the_vmstat_witness(mem2m):
+    c = checks.accounting(mem2m)
+    assert c.status == PASS and "nr_memmap_pages agrees (+3072)" in c.detail
+    assert checks.accounting(seen(mem2m, vmemmap_pages=3073)).status == FAIL
+    assert checks.accounting(seen(mem2m, vmemmap_pages=None)).status == SKIP
+    over = checks.accounting(replace(mem2m, vmstat={"before": 0, "after": 12288}))
+    assert over.status == PASS and "over-reports" in over.detail  # the counter's fault, not a fail
+
+
+def test_no_false_optimisation_on_an_ineligible_range(dev2m, mem2m):
+    assert checks.no_false_optimisation(dev2m).status == PASS
+    c = checks.no_false_optimisation(seen(dev2m, reused=5))
+    assert c.status == FAIL and "5 vmemmap PTEs reused" in c.detail
+    assert checks.no_false_optimisation(seen(dev2m, vmemmap_pages=3072)).status == FAIL
+    assert checks.no_false_optimisation(seen(dev2m, vmemmap_pages=None)).status == SKIP
+    assert checks.no_false_optimisation(mem2m).status == SKIP  # eligible: the others judge it
+
+
+def test_cross_check_only_when_asked(mem2m):
+    assert mem2m.cross_check
+    assert checks.cross_check(mem2m).status == PASS
+    assert checks.cross_check(replace(mem2m, cross_check=False)) is None
+    assert checks.cross_check(replace(mem2m, walk=None)).status == FAIL
+    moved = [dict(c) for c in mem2m.walk_compounds]
+    moved[0] = dict(moved[0], tail_pfn=moved[0]["tail_pfn"] + 1)
+    c = checks.cross_check(replace(mem2m, walk_compounds=tuple(moved)))
+    assert c.status == FAIL and f"first at pfn {moved[0]['head_pfn']}" in c.detail
+
+
+def test_range_complete_error_is_the_evidence_not_the_kernel(mem2m):
+    assert checks.range_complete(mem2m) is None
+    c = checks.range_complete(replace(mem2m, range=None, walk=None))
+    assert c.status == ERROR
+    holed = dict(mem2m.walk, mapped=mem2m.walk["mapped"] - 8)
+    c = checks.range_complete(replace(mem2m, walk=holed))
+    assert c.status == FAIL and "8 of the range's" in c.detail
+
+
+def test_verdict_from_statuses_alone():
+    defining = checks.defining_checks(True, True)
+    judged = [checks.Check(n, PASS, "") for n in defining]
+    assert checks.device_verdict(judged, defining) == ("pass", [])
+    skipped = judged[:-1] + [checks.Check(defining[-1], SKIP, "")]
+    assert checks.device_verdict(skipped, defining) == ("incomplete", [defining[-1]])
+    assert checks.device_verdict(skipped, defining, allow_skip=(defining[-1],))[0] == "pass"
+    failed = skipped + [checks.Check("eligibility", FAIL, "")]
+    assert checks.device_verdict(failed, defining)[0] == "fail"
+    assert checks.device_verdict(failed + [checks.Check("range-complete", ERROR, "")],
+                                 defining)[0] == "error"
+
+
+@pytest.mark.parametrize("case", ["mem-2M.jsonl", "dev-2M.jsonl", "mem-4K.jsonl", "mem-1G.jsonl"])
+def test_every_defining_check_is_in_the_registry(case):
+    v = view_of("6.12", case)
+    names = [c.name for c in checks.run_checks(v)]
+    assert len(names) == len(set(names))
+    assert set(checks.defining_checks(v.feature, v.eligible)) <= set(names)
+    assert {c.status for c in checks.run_checks(v)} <= set(checks.STATUSES)

@@ -1,0 +1,270 @@
+"""The check registry: each check is a small function of a DeviceView (view.py) that returns one
+Check, or None where it does not apply to the run. The verdict (verdict.py) derives from their
+statuses alone. Witnesses beside the probes (the kernel's log line, /proc/vmstat) are folded in by
+the checks that use them.
+
+Adding a check is one function here and its place in CHECKS; if it defines a kind of range, its
+name in defining_checks() too (docs/adding.md).
+"""
+
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
+
+from vmemtrace import geometry
+from vmemtrace.view import DeviceView
+
+PASS, FAIL, SKIP, ERROR = "pass", "fail", "skip", "error"
+STATUSES = (PASS, FAIL, SKIP, ERROR)  # ERROR: the evidence itself is broken, not the kernel
+RESERVE = geometry.VMEMMAP_RESERVE_NR
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str
+    detail: str
+
+    def as_json(self) -> dict:
+        return {"name": self.name, "status": self.status, "detail": self.detail}
+
+
+def defining_checks(feature: bool, eligible: bool) -> Tuple[str, ...]:
+    """The checks that define a range's case: "pass" needs every one of them judged."""
+    if feature and eligible:
+        return ("tail-reuse", "accounting", "init-skip")
+    return ("no-false-optimisation",)
+
+
+def feature_present(v: DeviceView) -> Check:
+    if v.feature:
+        return Check("feature-present", PASS, v.evidence)
+    if v.expect == "optimized":
+        return Check("feature-present", FAIL, f"the kernel lacks the optimisation: {v.evidence}")
+    return Check("feature-present", SKIP, f"feature absent, nothing optimised: {v.evidence}")
+
+
+def eligibility(v: DeviceView) -> Check:
+    if v.expect == "optimized" and not v.eligible:
+        return Check("eligibility", FAIL, f"not eligible for the optimisation: {v.why}")
+    if v.expect == "unoptimized" and v.eligible:
+        return Check("eligibility", FAIL, f"eligible ({v.why}) but --expect unoptimized")
+    return Check("eligibility", PASS, ("eligible: " if v.eligible else "not eligible: ") + v.why)
+
+
+def compound_problem(c: dict, per_compound: int) -> Optional[str]:
+    """Why one compound page's vmemmap is not laid out as vmemmap_populate_compound_pages()
+    lays it out (the kernel's Documentation/mm/vmemmap_dedup.rst), or None."""
+    head = c["head_pfn"]
+    tails = per_compound - RESERVE
+    if c["ptes"] != per_compound:
+        return f"compound page at pfn {head}: {c['ptes']} vmemmap PTEs, expected {per_compound}"
+    if c["fresh"] != RESERVE or not (c["head_fresh"] and c["tail_fresh"]):
+        return (f"compound page at pfn {head}: {c['fresh']} freshly allocated vmemmap pages, "
+                f"expected {RESERVE} (the head page and the first tail page)")
+    if c["reused"] != tails or c["on_tail"] != tails:
+        return (f"compound page at pfn {head}: {c['on_tail']} of {tails} tail vmemmap pages "
+                f"mapped onto the first tail page ({c['reused']} reused, {c['existing']} pre-existing)")
+    return None
+
+
+def shared_tails(compounds: List[dict]) -> List[str]:
+    """Each compound page keeps a first tail page of its own; two sharing one means the kernel
+    mapped one compound page's tails onto another's struct pages (or the log lies)."""
+    owner: Dict[int, int] = {}
+    for c in compounds:
+        if c["tail_fresh"]:
+            if c["tail_pfn"] in owner:
+                return [f"compound pages at pfn {owner[c['tail_pfn']]} and {c['head_pfn']} share "
+                        f"their first tail vmemmap page (pfn {c['tail_pfn']})"]
+            owner[c["tail_pfn"]] = c["head_pfn"]
+    return []
+
+
+def tail_reuse(v: DeviceView) -> Check:
+    name, seen, n = "tail-reuse", v.seen, v.numbers
+    if not v.eligible:
+        return Check(name, SKIP, "not eligible: see no-false-optimisation")
+    if seen.compounds is None:
+        return Check(name, SKIP, seen.populate_why)
+    problems = [p for p in (compound_problem(c, n.per_compound) for c in seen.compounds) if p]
+    problems += shared_tails(seen.compounds)
+    if problems:
+        more = f" (and {len(problems) - 1} more compound pages)" if len(problems) > 1 else ""
+        return Check(name, FAIL, problems[0] + more + seen.how)
+    if len(seen.compounds) != n.compound_pages:
+        return Check(name, FAIL, f"saw the vmemmap of {len(seen.compounds)} compound pages, "
+                                 f"expected {n.compound_pages}" + seen.how + seen.populate_why)
+    return Check(name, PASS, f"all {n.compound_pages} compound pages: {RESERVE} fresh vmemmap "
+                             f"pages, {n.per_compound - RESERVE} tail PTEs on the first tail page"
+                 + seen.how + seen.populate_why)
+
+
+def with_kernel_log(v: DeviceView, check: Check) -> Check:
+    """The kernel's own count of its init loop's pfns (its pr_info line) beside ours: a judged
+    init check fails when the two disagree."""
+    if v.kernel_log is None or check.status == SKIP:
+        return check
+    pages = v.kernel_log["pages"]
+    detail = (f"{check.detail}; the kernel's log: memmap_init_zone_device initialised {pages} "
+              f"pages in {v.kernel_log['ms']}ms")
+    if pages != v.numbers.init_loop:
+        return Check(check.name, FAIL, detail + f", not the {v.numbers.init_loop} pfns expected")
+    return Check(check.name, check.status, detail)
+
+
+def init_skip(v: DeviceView) -> Check:
+    name, seen, n = "init-skip", v.seen, v.numbers
+    if not v.eligible:
+        return Check(name, SKIP, "not eligible: see no-false-optimisation")
+    if seen.struct_pages_initialized is None:
+        return Check(name, SKIP, seen.init_source)
+    if seen.struct_pages_initialized == n.init:
+        return with_kernel_log(v, Check(name, PASS, f"{n.init} struct pages initialised "
+                                                    f"({n.init_per_compound} per compound page) "
+                                                    f"instead of {n.init_naive}"))
+    r = v.range
+    per = (f"({r['mic_min']}..{r['mic_max']} per compound page)" if v.sources.init_decoded
+           else f"({seen.init_source})")
+    return with_kernel_log(v, Check(name, FAIL, f"{seen.struct_pages_initialized} struct pages "
+                                                f"initialised in {r['mic_calls']} "
+                                                f"memmap_init_compound calls {per}, expected "
+                                                f"{n.init} ({n.init_per_compound} per page)"))
+
+
+def vmstat_note(v: DeviceView) -> str:
+    """/proc/vmstat nr_memmap_pages as a second witness (6.11+). Kernels without
+    compat.VMSTAT_DAX_FIX add the unoptimised size even when the optimisation is used: a
+    disagreement is a finding about the kernel's accounting, not proof that the optimisation
+    failed."""
+    if "before" not in v.vmstat or "after" not in v.vmstat:
+        return ""
+    delta = v.vmstat["after"] - v.vmstat["before"]
+    if v.n_devices != 1:
+        return f"; nr_memmap_pages delta {delta} covers {v.n_devices} ranges"
+    if v.seen.vmemmap_pages is not None and delta == v.seen.vmemmap_pages:
+        return f"; /proc/vmstat nr_memmap_pages agrees (+{delta})"
+    if delta == v.numbers.vmemmap_naive:
+        return (f"; /proc/vmstat nr_memmap_pages grew by {delta}, the unoptimised size: this kernel's "
+                "accounting over-reports (it lacks the 2026 fix \"Fix DAX vmemmap accounting with "
+                "optimization\"), not the allocation")
+    return f"; /proc/vmstat nr_memmap_pages delta {delta} (other memmap changes in the same command)"
+
+
+def accounting(v: DeviceView) -> Check:
+    seen, n = v.seen, v.numbers
+    note = seen.vmemmap_why + vmstat_note(v)
+    what = "distinct pages behind the vmemmap" if seen.how else "vmemmap pages allocated"
+    if seen.vmemmap_pages is None:
+        return Check("accounting", SKIP, note)
+    if seen.vmemmap_pages == n.vmemmap:
+        return Check("accounting", PASS, f"{seen.vmemmap_pages} {what}, as expected "
+                                         f"(naive {n.vmemmap_naive})" + note)
+    return Check("accounting", FAIL, f"{seen.vmemmap_pages} {what}, expected {n.vmemmap} "
+                                     f"(naive {n.vmemmap_naive})" + note)
+
+
+def false_optimisations(v: DeviceView) -> List[str]:
+    """What a range that must not be optimised shows of an optimisation anyway."""
+    seen, n, wrong = v.seen, v.numbers, []
+    if seen.reused:
+        first = next((c for c in seen.compounds or () if c["reused"]), None)
+        where = f" (first at compound page pfn {first['head_pfn']})" if first else ""
+        wrong.append(f"{seen.reused} vmemmap PTEs reused{where}")
+    if seen.vmemmap_pages is not None and seen.vmemmap_pages != n.vmemmap_naive:
+        wrong.append(f"{seen.vmemmap_pages} vmemmap pages allocated, expected all {n.vmemmap_naive}")
+    if seen.struct_pages_initialized is not None and seen.struct_pages_initialized != n.init:
+        wrong.append(f"{seen.struct_pages_initialized} struct pages initialised, expected {n.init}")
+    return wrong
+
+
+def no_false_optimisation(v: DeviceView) -> Check:
+    name, seen, n = "no-false-optimisation", v.seen, v.numbers
+    if v.eligible:
+        return Check(name, SKIP, "eligible: see tail-reuse and init-skip")
+    wrong = false_optimisations(v)
+    if wrong:
+        return with_kernel_log(v, Check(name, FAIL, "; ".join(wrong)))
+    if seen.vmemmap_pages is None:
+        # Nothing wrong seen, but the allocation, which the optimisation changes, unseen.
+        return Check(name, SKIP, "the vmemmap pages allocated were not observed: " + seen.vmemmap_why)
+    if seen.struct_pages_initialized is None and v.sources.init and v.range is not None:
+        # This kernel's probes can see the initialisation, and did not: not earned.
+        return Check(name, SKIP, "the struct pages initialised were not observed: " + seen.init_source)
+    parts = ["no vmemmap PTE reused"] if seen.reused is not None else []
+    parts.append(f"all {n.vmemmap_naive} vmemmap pages allocated")
+    if seen.struct_pages_initialized is not None:
+        parts.append(f"all {n.init} struct pages initialised")
+    return with_kernel_log(v, Check(name, PASS, ", ".join(parts) + seen.how))
+
+
+def _layout(compounds) -> Dict[int, tuple]:
+    return {c["head_pfn"]: (c["ptes"], c["fresh"], c["reused"], c["on_tail"], c["tail_pfn"],
+                            c["head_fresh"], c["tail_fresh"]) for c in compounds}
+
+
+def cross_check(v: DeviceView) -> Optional[Check]:
+    """The probes' account of the populate against the page tables it left (verify
+    --cross-check): the same allocation count, and per compound page the same fresh/reused
+    split onto the same physical tail page."""
+    if not v.cross_check:
+        return None
+    w = v.walk
+    if w is None:
+        return Check("cross-check", FAIL, "the range was not walked")
+    diffs = []
+    if v.sources.alloc and v.probe_allocated != w["distinct"]:
+        diffs.append(f"probes saw {v.probe_allocated} vmemmap pages allocated, the walk finds "
+                     f"{w['distinct']} distinct pages")
+    if v.sources.populate:
+        if v.probe_reused != w["reused"]:
+            diffs.append(f"probes saw {v.probe_reused} reused PTEs, the walk {w['reused']}")
+        live, walked = _layout(v.probe_compounds), _layout(v.walk_compounds)
+        differ = sorted(h for h in set(live) | set(walked) if live.get(h) != walked.get(h))
+        if differ:
+            h = differ[0]
+            diffs.append(f"{len(differ)} compound pages differ, first at pfn {h}: probes (ptes, "
+                         f"fresh, reused, on tail, tail pfn, head fresh, tail fresh) {live.get(h)}, walk "
+                         f"{walked.get(h)}")
+    if diffs:
+        return Check("cross-check", FAIL, "; ".join(diffs))
+    return Check("cross-check", PASS,
+                 f"probes and page-table walk agree: {w['distinct']} distinct vmemmap pages, "
+                 f"{w['reused']} reused PTEs, {len(v.walk_compounds)} compound pages "
+                 "on the same tail pages")
+
+
+def range_complete(v: DeviceView) -> Optional[Check]:
+    """A populated range must reach memmap_init_zone_device (else the trace missed it: an
+    error of the evidence), and a walked range must be mapped whole (else the kernel left a
+    hole in its vmemmap)."""
+    if v.range is None and v.walk is None:
+        return Check("range-complete", ERROR, "memmap_init_zone_device was not seen for this "
+                                              "range: it was populated but never initialised")
+    w = v.walk
+    if w is not None and w["mapped"] < w["vmemmap_pages"]:
+        return Check("range-complete", FAIL, f"{w['vmemmap_pages'] - w['mapped']} of the range's "
+                                             f"{w['vmemmap_pages']} vmemmap pages are not mapped")
+    return None
+
+
+CHECKS: Tuple[Callable[[DeviceView], Optional[Check]], ...] = (
+    feature_present, eligibility, tail_reuse, init_skip, accounting, no_false_optimisation,
+    cross_check, range_complete)
+
+
+def run_checks(v: DeviceView) -> List[Check]:
+    return [c for c in (check(v) for check in CHECKS) if c is not None]
+
+
+def device_verdict(checks: List[Check], defining: Tuple[str, ...],
+                   allow_skip=()) -> Tuple[str, List[str]]:
+    """From the statuses alone: error where the evidence is broken, fail where the kernel did
+    wrong, incomplete where a check that defines the case was not judged (and not waived)."""
+    statuses = {c.status for c in checks}
+    unjudged = [c.name for c in checks
+                if c.name in defining and c.status == SKIP and c.name not in allow_skip]
+    if ERROR in statuses:
+        return "error", unjudged
+    if FAIL in statuses:
+        return "fail", unjudged
+    return ("incomplete" if unjudged else "pass"), unjudged

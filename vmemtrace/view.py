@@ -1,0 +1,143 @@
+"""The frozen per-device view the checks judge: a range's shape and eligibility, its naive and
+expected numbers (geometry, the one source of them), what was observed and by which source,
+and the witnesses beside it. Built once per device from a Ledger; pure, no I/O.
+"""
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+from vmemtrace import geometry
+from vmemtrace.account import Account
+from vmemtrace.ledger import DeviceLedger, Ledger
+from vmemtrace.probes.plan import Sources
+
+AUDIT_INIT = ("the range existed before tracing: struct page initialisation is only visible "
+              "while memmap_init_zone_device runs (use `verify` when the device is created)")
+BY_WALK = " (page-table walk)"
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the trace saw for one device, None where it could not see."""
+
+    vmemmap_pages: Optional[int]
+    struct_pages_initialized: Optional[int]
+    init_source: str
+    compounds: Optional[List[dict]]  # per compound page vmemmap layout, live or walked
+    reused: Optional[int]  # vmemmap PTEs mapped onto an already used page
+    how: str  # "" when probes saw it, BY_WALK when the page-table walk did
+    vmemmap_why: str  # why vmemmap_pages is None, or why the walk answered instead of the probes
+    populate_why: str  # the same for the per-compound-page layout
+    account: Account
+
+
+@dataclass(frozen=True)
+class Expected:
+    """geometry's numbers for the range: without the optimisation (naive) and with what the
+    kernel must do for this shape (expected)."""
+
+    vmemmap_naive: int
+    vmemmap: int
+    init_naive: int
+    init: int
+    per_compound: int  # vmemmap pages behind one compound page
+    compound_pages: int
+    init_per_compound: int  # compound_nr_pages(): struct pages memmap_init_compound initialises
+    init_loop: int  # pfns of memmap_init_zone_device's loop
+
+
+@dataclass(frozen=True)
+class DeviceView:
+    name: str
+    shape: geometry.RangeShape
+    feature: bool
+    evidence: str  # why the kernel is said to have the feature, or not
+    expect: str  # auto | optimized | unoptimized
+    eligible: bool
+    why: str  # why eligible or not
+    numbers: Expected
+    seen: Observed
+    sources: Sources
+    range: Optional[dict]  # the memmap_init_zone_device event, None when not seen
+    walk: Optional[dict]
+    probe_compounds: Tuple[dict, ...]
+    walk_compounds: Tuple[dict, ...]
+    probe_allocated: int  # vmemmap pages the allocator probes saw
+    probe_reused: int  # PTEs the populate probes saw reused
+    kernel_log: Optional[dict]
+    vmstat: Dict[str, int]  # nr_memmap_pages before/after the command, where read
+    n_devices: int
+    cross_check: bool  # verify --cross-check asked for probes against the walk
+
+
+def _not_walked(ledger: Ledger) -> str:
+    blocker = ledger.header.get("walk_blocker")
+    return f", and the page-table walk could not run: {blocker}" if blocker else ", and the range was not walked"
+
+
+def _init_observed(d: DeviceLedger, ledger: Ledger, acct: Account) -> Tuple[Optional[int], str]:
+    """The struct pages initialised, and how they were counted (or why they were not)."""
+    src = ledger.sources
+    if d.range is not None and acct.init is None:
+        if src.init_pages:
+            return d.range["izdp_calls"], "__init_zone_device_page calls, counted"
+        if d.range["pfns_per_compound"] <= 1:
+            # No compound pages: memmap_init_zone_device() initialises every pfn of its loop
+            # one by one (mm/mm_init.c); the loop bounds are the kernel's own arguments.
+            return (geometry.init_loop_pages(d.shape(ledger.feature)),
+                    "every pfn of memmap_init_zone_device's loop")
+        return d.range["mic_pages"], "memmap_init_compound nr_pages, summed"
+    if d.range is None and d.walk is not None:
+        return None, AUDIT_INIT
+    return None, acct.init or ""
+
+
+def observe(d: DeviceLedger, ledger: Ledger) -> Observed:
+    """Probes first where their counts add up for this range (account.py); the page-table walk
+    where it ran; else nothing, with the reason."""
+    src = ledger.sources
+    acct = d.account(src, ledger.feature)
+    vmemmap, compounds, reused, walked = None, None, None, ""
+    vmemmap_why = populate_why = ""
+    if acct.alloc is None:
+        vmemmap = d.allocated_pages()
+    elif d.walk is not None:
+        vmemmap, walked = d.walk["distinct"], BY_WALK
+        vmemmap_why = f"; probes: {acct.alloc}" if src.alloc and d.sections else ""
+    else:
+        vmemmap_why = acct.alloc + _not_walked(ledger)
+    if acct.populate is None:
+        compounds, reused = d.compounds, d.totals()["reused"]
+    elif d.walk is not None:
+        compounds, reused, walked = d.walk_compounds, d.walk["reused"], BY_WALK
+        populate_why = f"; probes: {acct.populate}" if src.populate and d.sections else ""
+    else:
+        populate_why = acct.populate + _not_walked(ledger)
+    init, how = _init_observed(d, ledger, acct)
+    return Observed(vmemmap, init, how, compounds, reused, walked, vmemmap_why, populate_why, acct)
+
+
+def expected(shape: geometry.RangeShape) -> Expected:
+    return Expected(
+        vmemmap_naive=geometry.vmemmap_pages_naive(shape),
+        vmemmap=geometry.vmemmap_pages_expected(shape),
+        init_naive=geometry.struct_pages_init_naive(shape),
+        init=geometry.struct_pages_init_expected(shape),
+        per_compound=geometry.vmemmap_pages_per_compound(shape),
+        compound_pages=geometry.compound_pages(shape),
+        init_per_compound=geometry.compound_nr_pages(shape),
+        init_loop=geometry.init_loop_pages(shape))
+
+
+def device_view(d: DeviceLedger, ledger: Ledger, expect: str) -> DeviceView:
+    shape = d.shape(ledger.feature)
+    eligible, why = geometry.eligibility(shape)
+    return DeviceView(
+        name=d.name, shape=shape, feature=ledger.feature,
+        evidence=ledger.header["feature"]["evidence"], expect=expect, eligible=eligible, why=why,
+        numbers=expected(shape), seen=observe(d, ledger), sources=ledger.sources,
+        range=d.range, walk=d.walk, probe_compounds=tuple(d.compounds),
+        walk_compounds=tuple(d.walk_compounds),
+        probe_allocated=d.allocated_pages(),
+        probe_reused=d.totals()["reused"], kernel_log=d.kernel_log, vmstat=dict(ledger.vmstat),
+        n_devices=len(ledger.devices), cross_check=ledger.header.get("walk") == "cross-check")
