@@ -4,7 +4,9 @@ import os
 from pathlib import Path
 from typing import Optional
 
-# CAP_SYS_ADMIN is bit 21, CAP_BPF bit 39, CAP_PERFMON bit 38 (include/uapi/linux/capability.h).
+# CAP_SYS_RAWIO is bit 17, CAP_SYS_ADMIN bit 21, CAP_BPF bit 39, CAP_PERFMON bit 38
+# (include/uapi/linux/capability.h).
+CAP_SYS_RAWIO = 17
 CAP_SYS_ADMIN = 21
 CAP_PERFMON = 38
 CAP_BPF = 39
@@ -17,14 +19,26 @@ def parse_cap_eff(status_text: str) -> int:
     return 0
 
 
-def privileged(root: Path) -> bool:
-    """Root, or CAP_SYS_ADMIN, or CAP_BPF together with CAP_PERFMON (what kprobe+BPF asks)."""
-    if os.geteuid() == 0 and str(root) == "/":
-        return True
+def effective_caps(root: Path) -> Optional[int]:
+    """The effective capabilities of the process that reads `root`: this process's for "/"
+    (all of them for uid 0); for another tree (`check --root`, a recorded kernel) what the tree's
+    proc/self/status says, None when it does not say: the tree describes a kernel, not the
+    privileges of whoever reads it now."""
+    live = str(root) == "/"
+    if live and os.geteuid() == 0:
+        return ~0
     try:
-        caps = parse_cap_eff((root / "proc/self/status").read_text(errors="replace"))
+        return parse_cap_eff((root / "proc/self/status").read_text(errors="replace"))
     except (OSError, ValueError):
-        return False
+        return 0 if live else None
+
+
+def privileged(root: Path) -> bool:
+    """Root, or CAP_SYS_ADMIN, or CAP_BPF together with CAP_PERFMON (what kprobe+BPF asks);
+    a tree that does not say is taken as read by root."""
+    caps = effective_caps(root)
+    if caps is None:
+        return True
     if caps & (1 << CAP_SYS_ADMIN):
         return True
     return bool(caps & (1 << CAP_BPF)) and bool(caps & (1 << CAP_PERFMON))

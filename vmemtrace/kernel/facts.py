@@ -58,7 +58,7 @@ def gather(root: Path, functions: Sequence[str], with_bcc: bool = True) -> Kerne
         filter_functions=ftrace.read_filter_functions(root, set(functions)),
         kprobe_blacklist=ftrace.read_kprobe_blacklist(root),
         kprobe_events=ftrace.has_kprobe_events(root),
-        privileged=environment.privileged(root) if str(root) == "/" else os.geteuid() == 0,
+        privileged=environment.privileged(root),
         btf=environment.btf_path(root),
         headers=environment.headers_path(root, rel),
         bcc=environment.bcc_version() if with_bcc else None,

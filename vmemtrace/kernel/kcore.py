@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from vmemtrace.errors import VmemtraceError
-from vmemtrace.kernel.environment import lockdown_mode
+from vmemtrace.kernel.environment import CAP_SYS_RAWIO, effective_caps, lockdown_mode
 
 PT_LOAD = 1
 PHDR_SIZE = 56  # sizeof(Elf64_Phdr)
@@ -117,7 +117,8 @@ def lockdown_hint(root: Path = Path("/")) -> Optional[str]:
     """Why kcore may be refused: lockdown's confidentiality mode (LOCKDOWN_KCORE) or no root."""
     if lockdown_mode(root) == "confidentiality":
         return "kernel lockdown is in confidentiality mode, which forbids /proc/kcore"
-    if os.geteuid() != 0:
+    caps = effective_caps(root)
+    if caps is not None and not caps & (1 << CAP_SYS_RAWIO):  # fs/proc/kcore.c open_kcore()
         return "reading /proc/kcore needs root"
     return None
 
