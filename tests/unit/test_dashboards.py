@@ -63,6 +63,22 @@ def test_scrape_config_example_is_valid(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+def test_kubernetes_scrape_config_matches_the_daemonset():
+    """Debian's promtool has no Kubernetes discovery to check it with: the job must keep the
+    DaemonSet's pods by their label and TLS port name, and label them job="vmemtrace", the job
+    the alerts (VmemtraceExporterDown) name."""
+    (job,) = yaml.safe_load((DASH / "prometheus-scrape-kubernetes.yml").read_text())["scrape_configs"]
+    _, ds = daemonset()
+    pod = ds["spec"]["template"]
+    ports = {p["name"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}
+    keep = next(r for r in job["relabel_configs"] if r.get("action") == "keep")
+    label, port = keep["regex"].split(";")
+    assert pod["metadata"]["labels"]["app.kubernetes.io/name"] == label and port in ports
+    assert job["scheme"] == "https"
+    assert {"target_label": "job", "replacement": "vmemtrace"} in job["relabel_configs"]
+    assert 'up{job="vmemtrace"}' in (DASH / "alerts.yml").read_text()
+
+
 def lost_in(raw, again, path="$"):
     """Paths of raw whose key or value did not survive the round trip (defaults the SDK adds
     are fine: Grafana fills them in the same way)."""
@@ -168,14 +184,45 @@ def test_systemd_unit_verifies_and_is_sandboxed(tmp_path):
     assert "Overall exposure level" in res.stdout
 
 
-def test_daemonset_spells_out_its_privileges():
-    (ds,) = list(yaml.safe_load_all((ROOT / "deploy/daemonset.yaml").read_text()))
-    (c,) = ds["spec"]["template"]["spec"]["containers"]
+def daemonset():
+    docs = [d for d in yaml.safe_load_all((ROOT / "deploy/daemonset.yaml").read_text()) if d]
+    (ds,) = [d for d in docs if d["kind"] == "DaemonSet"]
+    return docs, ds
+
+
+def test_daemonset_least_privilege():
+    """Kernel capabilities (no user namespace), no SYS_ADMIN, none of what Kubernetes >= 1.30
+    rejects (procMount Unmasked without hostUsers: false), the real kcore named, metrics only on
+    loopback behind the TLS proxy, and no image by :latest."""
+    docs, ds = daemonset()
+    pod = ds["spec"]["template"]["spec"]
+    containers = {c["name"]: c for c in pod["containers"]}
+    c = containers["exporter"]
     sc = c["securityContext"]
     assert sc["privileged"] is False and sc["capabilities"]["drop"] == ["ALL"]
+    assert sorted(sc["capabilities"]["add"]) == ["BPF", "PERFMON", "SYSLOG", "SYS_RAWIO"]
+    assert "procMount" not in sc and pod.get("hostUsers", True) is True
+    assert sc["seccompProfile"]["type"] != "Unconfined"
     unit = (ROOT / "deploy/vmemtrace-exporter.service").read_text()
     bounding = re.search(r"^CapabilityBoundingSet=(.*)$", unit, re.M).group(1).split()
-    # the same capabilities in both deployments
-    assert sorted("CAP_" + cap for cap in sc["capabilities"]["add"]) == sorted(bounding)
-    assert sc["procMount"] == "Unmasked"
-    assert c["args"][0] == "exporter"
+    assert {"CAP_" + cap for cap in sc["capabilities"]["add"]} <= set(bounding)
+    env = {e["name"]: e["value"] for e in c["env"]}
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    host = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    kcore_dir = env["VMEMTRACE_KCORE"].rsplit("/", 1)[0]
+    assert host[mounts[kcore_dir]] == "/proc"
+    assert c["args"][:3] == ["exporter", "--listen", "127.0.0.1:9477"] and "ports" not in c
+    proxy = containers["kube-rbac-proxy"]
+    assert "--upstream=http://127.0.0.1:9477/" in proxy["args"]
+    for each in pod["containers"]:
+        assert ":" in each["image"].rsplit("/", 1)[-1] and not each["image"].endswith(":latest")
+    assert {d["kind"] for d in docs} >= {"ServiceAccount", "ClusterRole", "ClusterRoleBinding"}
+
+
+@pytest.mark.parametrize("version", ["1.30.0", "1.37.0"])
+def test_daemonset_is_valid_kubernetes(version):
+    res = subprocess.run([str(Path(sys.executable).parent / "kubernetes-validate"), "--strict",
+                          "-k", version, str(ROOT / "deploy/daemonset.yaml")],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.count("passed") == 4, res.stdout

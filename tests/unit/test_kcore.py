@@ -3,6 +3,7 @@ paging, 4 KiB PTE and 2 MiB PMD vmemmap mappings, KASLR-moved bases, and its ref
 
 import random
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -10,7 +11,7 @@ from tests.unit.kcore_image import Image
 from vmemtrace import geometry, verdict
 from vmemtrace.backing import walk_events
 from vmemtrace.errors import VmemtraceError
-from vmemtrace.kernel.kcore import Kcore, Walker, layout, walk_blocker
+from vmemtrace.kernel.kcore import Kcore, Walker, kcore_path, layout, walk_blocker
 
 # Default and KASLR-moved bases (Documentation/arch/x86/x86_64/mm.rst: the direct map and the
 # vmemmap move in 1 GiB (PUD) steps under CONFIG_RANDOMIZE_MEMORY).
@@ -184,3 +185,16 @@ def test_a_core_file_with_impossible_program_headers_is_one_line(tmp_path, phent
     (tmp_path / "kcore").write_bytes(bytes(data))
     with pytest.raises(VmemtraceError, match=f"program headers of {phentsize} bytes"):
         Kcore(str(tmp_path / "kcore"))
+
+
+def test_a_masked_or_renamed_kcore(tmp_path, monkeypatch):
+    """A container runtime masks /proc/kcore with /dev/null: said so, with the way out; the live
+    system's kcore can be named by VMEMTRACE_KCORE (the host's /proc mounted elsewhere)."""
+    full = {"init_top_pgt": 1, "page_offset_base": 2, "vmemmap_base": 3}
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc/kcore").symlink_to("/dev/null")
+    assert "masked by a character device" in walk_blocker(tmp_path, full, "x86_64")
+    monkeypatch.setenv("VMEMTRACE_KCORE", str(tmp_path / "host/proc/kcore"))
+    assert kcore_path(tmp_path) == tmp_path / "proc/kcore"  # a recorded tree keeps its own
+    assert kcore_path(Path("/")) == tmp_path / "host/proc/kcore"
+    assert "which VMEMTRACE_KCORE names" in walk_blocker(Path("/"), full, "x86_64")

@@ -12,6 +12,7 @@ __pgtable_l5_enabled (CONFIG_X86_5LEVEL and a CPU with LA57).
 """
 
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,20 +208,37 @@ class PageTables:
         return out
 
 
+def kcore_path(root: Path) -> Path:
+    """The kernel's core file: root's proc/kcore, or for the live system $VMEMTRACE_KCORE where
+    set. Container runtimes mask /proc/kcore with /dev/null (runc's default maskedPaths), so a
+    container mounts the host's /proc elsewhere (deploy/daemonset.yaml: /host/proc) and names it."""
+    if str(root) == "/" and os.environ.get("VMEMTRACE_KCORE"):
+        return Path(os.environ["VMEMTRACE_KCORE"])
+    return root / "proc/kcore"
+
+
 def walk_blocker(root: Path, addresses: Dict[str, int], machine: str) -> Optional[str]:
     """Why this host cannot walk its vmemmap page tables, or None. Cheap: no kcore read."""
     if machine != "x86_64":
         return f"the page-table walk knows x86_64 paging only, not {machine}"
-    if not (root / "proc/kcore").exists():
+    path = kcore_path(root)
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        if path != root / "proc/kcore":
+            return f"no {path}, which VMEMTRACE_KCORE names"
         return "no /proc/kcore (kernel built without CONFIG_PROC_KCORE)"
+    if stat.S_ISCHR(mode):
+        return (f"{path} is masked by a character device (a container runtime's /dev/null): "
+                "mount the host's /proc elsewhere and set VMEMTRACE_KCORE to its kcore")
     return symbol_problem(addresses) or lockdown_hint(root)
 
 
 class Walker:
     """The walk of this running kernel: open once, walk many ranges."""
 
-    def __init__(self, addresses: Dict[str, int], path: str = "/proc/kcore"):
-        self.kcore = Kcore(path)
+    def __init__(self, addresses: Dict[str, int], path: Optional[str] = None):
+        self.kcore = Kcore(path or str(kcore_path(Path("/"))))
         try:
             self.layout = layout(self.kcore, addresses)
         except Exception:
