@@ -5,11 +5,14 @@ per probe kind, and what it lets vmemtrace see. `count` is a BPF function that o
 and reads no argument: it is what may be attached to a compiler clone (`.constprop`, `.isra`),
 whose calling convention the compiler changed. `since` is the upstream release that introduced
 the function (git log -S of mm/sparse-vmemmap.c, mm/page_alloc.c, mm/mm_init.c); it only decides
-whether a function missing from kallsyms is reported "inlined" or "absent".
+whether a function missing from kallsyms is reported "inlined" or "absent". Where the function
+came with a change that kernel/compat.py records, `since` is that change's release.
 """
 
 from dataclasses import dataclass
 from typing import Optional, Tuple
+
+from vmemtrace.kernel import compat
 
 # What a target lets vmemtrace see (plan.Sources has one flag per kind).
 SECTIONS = "sections"  # one call per section: pfn, nr_pages, altmap, pgmap
@@ -44,7 +47,7 @@ class Target:
 TARGETS = (
     # mm/sparse-vmemmap.c, 5.19+: the populate loop for one section of a compound-page pgmap.
     # Static and called once: every Debian build inlines it into __populate_section_memmap.
-    Target("vmemmap_populate_compound_pages", (), (5, 19), INFO,
+    Target("vmemmap_populate_compound_pages", (), compat.FEATURE.since, INFO,
            "one call per section of a compound devmap (start_pfn, vmemmap range, pgmap)",
            fallback="__populate_section_memmap"),
     # mm/sparse-vmemmap.c: the caller; its pgmap argument came in 5.19 (kernel/compat.py).
@@ -53,7 +56,7 @@ TARGETS = (
            "one call per section: pfn, nr_pages, altmap, pgmap->vmemmap_shift"),
     # mm/sparse-vmemmap.c, 5.19+; its reuse argument became (ptpfn, flags) in 6.15 (compat.py).
     Target("vmemmap_populate_address", (("kprobe", "vpa_enter"), ("kretprobe", "vpa_return")),
-           (5, 19), POPULATE,
+           compat.FEATURE.since, POPULATE,
            "one call per vmemmap page: the PTE it installs and whether its page is reused",
            fallback=WALK),
     # The allocators, outermost first: vmemmap_alloc_block_buf -> altmap_alloc_block_buf (the
@@ -75,12 +78,12 @@ TARGETS = (
            (4, 19), RANGES, "one call per pgmap range: zone, start_pfn, nr_pages, pgmap; its duration"),
     # mm/page_alloc.c (5.17+): initialises the struct pages of one compound page. Static: out
     # of line in Debian's 6.1/6.12, only a .constprop clone in 7.3 and trixie's 6.12.
-    Target("memmap_init_compound", (("kprobe", "mic_enter"),), (5, 17), INIT,
+    Target("memmap_init_compound", (("kprobe", "mic_enter"),), compat.COMPOUND_DEVMAP.since, INIT,
            "one call per compound page: how many struct pages it initialises",
            count="mic_count", fallback="__init_zone_device_page"),
     # One call per struct page initialised: counted only where memmap_init_compound's nr_pages
     # cannot be read, since it costs a probe hit per struct page instead of per compound page.
-    Target("__init_zone_device_page", (), (5, 17), INIT_PAGES,
+    Target("__init_zone_device_page", (), compat.COMPOUND_DEVMAP.since, INIT_PAGES,
            "one call per struct page initialised", count="izdp_count",
            unless_decoded="memmap_init_compound"),
 )
