@@ -45,12 +45,16 @@ def check(as_json, root):
 
     Exit 0 when tracing can start, 2 (with the reason) when it cannot."""
     from vmemtrace.kernel import btf
-    from vmemtrace.probes.loader import defines
+    from vmemtrace.probes.loader import BPF_SOURCE, defines
     from vmemtrace.readiness import assess, check_report, read_facts
 
     facts = read_facts(root)
     ready = assess(facts)
     report = check_report(facts, ready)
+    report["bpf_program"] = str(BPF_SOURCE)  # package data: what an installed copy compiles
+    if not BPF_SOURCE.is_file():
+        ready.blockers.append(f"the BPF program {BPF_SOURCE} is not installed")
+        report["can_trace"] = False
     # Where the BPF program's struct layout and calling conventions would come from.
     layout = btf.try_layout(facts.btf and str(root / facts.btf.lstrip("/")), say,
                             "the kernel headers answer instead")

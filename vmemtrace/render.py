@@ -50,6 +50,7 @@ def check_table(report: dict) -> str:
         ("BTF", report["btf"] or "no"),
         ("headers for BCC", report["headers"] or "no"),
         ("bcc", report["bcc"] or "not importable"),
+        ("BPF program", report.get("bpf_program") or "-"),
         ("BPF facts from", " ".join(f"{k}={v}" for k, v in report.get("facts_from", {}).items()) or "-"),
         ("leftover kprobes", "; ".join(report.get("leftover_kprobes", [])) or "none"),
         ("can trace", "yes" if report["can_trace"] else "no"),

@@ -14,7 +14,8 @@ from vmemtrace.kernel import btf, compat, environment, headers
 from vmemtrace.kernel import release as kernel_release
 from vmemtrace.probes.plan import TargetStatus, is_attached, probed_symbols, programs
 
-BPF_SOURCE = Path(__file__).resolve().parents[2] / "bpf" / "vmemtrace.bpf.c"
+# Package data (pyproject.toml): the same file in a source tree, a wheel or the .deb.
+BPF_SOURCE = Path(__file__).resolve().parents[1] / "bpf" / "vmemtrace.bpf.c"
 CP_MAP_ENTRIES = 1 << 18  # compound pages between two drains: 512 GiB at 2 MiB pages
 DRAIN_CHUNK = 4096  # compound map entries per batch system call
 
