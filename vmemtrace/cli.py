@@ -2,6 +2,7 @@
 
 import contextlib
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -68,18 +69,44 @@ def check(as_json, root):
         raise VmemtraceError("cannot trace: " + "; ".join(ready.blockers), EXIT_CANNOT)
 
 
-def _output_verdict(doc: dict, as_json: bool, junit) -> None:
+@contextlib.contextmanager
+def _error_document(as_json: bool, junit, expect: str, kernel=None):
+    """When the run cannot produce a verdict (not root, no kcore, a corrupt log, a trace that
+    never started), CI still gets a machine-readable reason: the verify document with verdict
+    "error" and the problem, and a JUnit file with an <error> test case. Then the one line and
+    exit 2, as always."""
+    try:
+        yield
+    except VmemtraceError as e:
+        if e.exit_code == EXIT_CANNOT and (as_json or junit is not None):
+            doc = {"kernel": kernel, "verdict": "error", "strategy": {}, "expect": expect,
+                   "devices": [], "events_lost": 0, "waived": [], "problems": [str(e)]}
+            if as_json:
+                render.emit_json(doc)
+            if junit is not None:
+                try:
+                    _write_junit(doc, junit)
+                except VmemtraceError as unwritable:
+                    say(str(unwritable))  # the run's own reason stays the last line
+        raise
+
+
+def _write_junit(doc: dict, junit: Path) -> None:
     from vmemtrace.junit import junit_xml
 
+    try:
+        junit.write_bytes(junit_xml(doc))
+    except OSError as e:
+        raise VmemtraceError(f"cannot write {junit}: {e.strerror}")
+
+
+def _output_verdict(doc: dict, as_json: bool, junit) -> None:
     if as_json:
         render.emit_json(doc)
     else:
         click.echo(render.verify_table(doc))
     if junit is not None:
-        try:
-            junit.write_bytes(junit_xml(doc))
-        except OSError as e:
-            raise VmemtraceError(f"cannot write {junit}: {e.strerror}")
+        _write_junit(doc, junit)
 
 
 def _finish(doc: dict) -> None:
@@ -133,16 +160,18 @@ def verify(expect, as_json, junit, allow_skip, no_probe, record_to, cross_check,
     memmap_init_zone_device returns. Exit 0 pass, 1 fail, 2 could not verify.  Example:
 
       vmemtrace verify -- ndctl create-namespace -f -e namespace0.0 -m devdax -M mem -a 2M"""
-    _known_targets(no_probe)
-    _compile_early(cmd)
     from vmemtrace.ledger import fold
-    from vmemtrace.session import trace_command
     from vmemtrace.verdict import evaluate
 
-    with _recording(record_to) as on_event:
-        log = trace_command(list(cmd), say, on_event=on_event, quiet_stdout=as_json,
-                            cross_check=cross_check, exclude=no_probe)
-    doc = evaluate(fold(log), expect, allow_skip)
+    with _error_document(as_json, junit, expect, os.uname().release):
+        _known_targets(no_probe)
+        _compile_early(cmd)
+        from vmemtrace.session import trace_command
+
+        with _recording(record_to) as on_event:
+            log = trace_command(list(cmd), say, on_event=on_event, quiet_stdout=as_json,
+                                cross_check=cross_check, exclude=no_probe)
+        doc = evaluate(fold(log), expect, allow_skip)
     _output_verdict(doc, as_json, junit)
     _finish(doc)
 
@@ -206,9 +235,10 @@ def replay(file, expect, as_json, junit, allow_skip):
     from vmemtrace.ledger import fold
     from vmemtrace.verdict import evaluate
 
-    log = list(events.iter_file(file))
-    waived = tuple(allow_skip) + (AUDIT_WAIVED if log[0].get("walk") == "audit" else ())
-    doc = evaluate(fold(log), expect, waived)
+    with _error_document(as_json, junit, expect):
+        log = list(events.iter_file(file))
+        waived = tuple(allow_skip) + (AUDIT_WAIVED if log[0].get("walk") == "audit" else ())
+        doc = evaluate(fold(log), expect, waived)
     _output_verdict(doc, as_json, junit)
     _finish(doc)
 
@@ -230,10 +260,11 @@ def audit(expect, as_json, junit, allow_skip, record_to):
     from vmemtrace.ledger import fold
     from vmemtrace.verdict import evaluate
 
-    log = audit_log(say)
-    if record_to is not None:
-        _write_log(record_to, log)
-    doc = evaluate(fold(log), expect, tuple(allow_skip) + AUDIT_WAIVED)
+    with _error_document(as_json, junit, expect, os.uname().release):
+        log = audit_log(say)
+        if record_to is not None:
+            _write_log(record_to, log)
+        doc = evaluate(fold(log), expect, tuple(allow_skip) + AUDIT_WAIVED)
     _output_verdict(doc, as_json, junit)
     _finish(doc)
 

@@ -536,3 +536,21 @@ def test_a_device_name_cannot_forge_a_line_or_drive_the_terminal(tmp_path):
     starts = [l.split()[:2] for l in res.stdout.splitlines() if l.startswith("kernel ")]
     assert starts == [["kernel", "6.12.117+deb12-amd64"]]  # no forged "kernel x ... PASS" line
     assert "dax0.0\\x0akernel x" in res.stdout
+
+
+def test_exit_2_still_says_why_machine_readably(tmp_path):
+    """A log that cannot be judged: the JSON document (verdict "error", the problem) on stdout,
+    a JUnit file with an <error>, and still the one line on stderr and exit 2."""
+    import xml.etree.ElementTree as ET
+
+    bad = tmp_path / "cut.jsonl"
+    bad.write_text('{"type": "header"')
+    junit = tmp_path / "out.xml"
+    res = run_cli("replay", str(bad), "--json", "--junit", str(junit))
+    assert res.returncode == 2
+    doc = json.loads(res.stdout)
+    assert doc["verdict"] == "error" and doc["devices"] == []
+    line = res.stderr.strip().splitlines()[-1]
+    assert line == "vmemtrace: " + doc["problems"][0]
+    suite = ET.fromstring(junit.read_bytes())
+    assert suite.get("errors") == "1" and suite.find("testcase/error").get("message") == doc["problems"][0]
