@@ -32,6 +32,7 @@ def _device_doc(d: DeviceLedger, v: DeviceView, checks: List[Check], verdict: st
         "compound_pages": n.compound_pages,
         "align": (d.device or {}).get("align", shape.pfns_per_compound * shape.page_size),
         "altmap": shape.altmap,
+        "page_size": shape.page_size,
         "expected_optimized": v.eligible,
         "optimized": optimized,
         "vmemmap_pages": {"naive": n.vmemmap_naive, "expected": n.vmemmap,

@@ -74,9 +74,13 @@ def test_saved_bytes_is_what_geometry_expects(case):
 def test_live_ledger_metrics_6_12_mem_2m():
     s = samples(registry_for(next(LOGS.glob("6.12*")) / "mem-2M.jsonl"))
     dev = (("device", "dax0.0"),)
-    assert s[("vmemtrace_vmemmap_pages", dev + (("kind", "observed"),))] == 3072
-    assert s[("vmemtrace_vmemmap_pages", dev + (("kind", "naive"),))] == 12288
-    assert s[("vmemtrace_struct_pages_initialized", dev + (("kind", "observed"),))] == 196608
+    assert s[("vmemtrace_vmemmap_bytes", dev)] == 3072 * 4096
+    assert s[("vmemtrace_vmemmap_expected_bytes", dev)] == 3072 * 4096
+    assert s[("vmemtrace_vmemmap_naive_bytes", dev)] == 12288 * 4096
+    assert s[("vmemtrace_struct_pages_initialized", dev)] == 196608
+    assert s[("vmemtrace_struct_pages_initialized_naive", dev)] == 786432
+    # the saving is the difference of the two byte series, as the dashboard shows it
+    assert s[("vmemtrace_vmemmap_saved_bytes", dev)] == (12288 - 3072) * 4096
     assert check_state(s, "no-false-optimisation") == "skip"
     assert s[("vmemtrace_memmap_init_seconds_count", ())] == 1
     assert s[("vmemtrace_events_lost_total", ())] == 0
@@ -104,18 +108,19 @@ def test_walk_strategy_counts_as_seen_on_6_1():
     s = samples(registry_for(next(LOGS.glob("6.1.*")) / "mem-2M.jsonl"))
     key = ("vmemtrace_probe_attached", (("function", "vmemmap_populate_address"), ("strategy", "walk")))
     assert s[key] == 1
-    assert s[("vmemtrace_vmemmap_pages", (("device", "dax0.0"), ("kind", "observed")))] == 3072
+    assert s[("vmemtrace_vmemmap_bytes", (("device", "dax0.0"),))] == 3072 * 4096
 
 
 def test_audited_device_has_no_observed_init_and_removed_devices_vanish():
     path = next(LOGS.glob("6.12*")) / "mem-2M.audit.jsonl"
     s = samples(registry_for(path))
     dev = (("device", "dax0.0"),)
-    assert ("vmemtrace_struct_pages_initialized", dev + (("kind", "observed"),)) not in s
+    assert ("vmemtrace_struct_pages_initialized", dev) not in s
+    assert s[("vmemtrace_struct_pages_initialized_expected", dev)] == 196608
     assert check_state(s, "init-skip") == "skip"
     gone = samples(registry_for(path, devices_now=[]))
     assert gone[("vmemtrace_devices", ())] == 0
-    assert not [k for k in gone if k[0] == "vmemtrace_vmemmap_pages"]
+    assert not [k for k in gone if k[0].startswith("vmemtrace_vmemmap")]
 
 
 def test_before_the_probes_attach_only_build_info():
@@ -235,7 +240,7 @@ def http_get(port, path, timeout=5):
 def test_only_metrics_is_served_and_name_filters(served):
     _, port = served
     status, body = http_get(port, "/metrics")
-    assert status == 200 and "vmemtrace_vmemmap_pages" in body
+    assert status == 200 and "vmemtrace_vmemmap_bytes" in body
     assert http_get(port, "/")[0] == 404 and http_get(port, "/metricsx")[0] == 404
     status, body = http_get(port, "/metrics?name[]=vmemtrace_devices&name[]=vmemtrace_build_info")
     names = {f.name for f in text_string_to_metric_families(body)}
