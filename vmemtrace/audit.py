@@ -2,7 +2,7 @@
 of device ranges through /proc/kcore (kernel/kcore.py) and turn them into events (backing.py)."""
 
 import os
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 from vmemtrace.backing import walk_events
 from vmemtrace.errors import VmemtraceError
@@ -79,12 +79,29 @@ def existing_devices(facts, walker: Optional[Walker],
         return []
 
 
+def _audit_header(facts, walked: bool = True) -> dict:
+    walk = WALK_STRATEGY if walked else "unavailable"
+    strategy = {t.name: walk if t.name in WALK_TARGETS else "not traced (audit)" for t in TARGETS}
+    return header_event(facts, assess(facts), [], walk="audit", strategy=strategy)
+
+
 def audit_log(progress: Callable[[str], None]) -> List[dict]:
     """The event log of an audit: a header, then per dax device its walk and its device event."""
     facts = read_facts(with_bcc=False)
-    ready = assess(facts)
-    strategy = {t.name: WALK_STRATEGY if t.name in WALK_TARGETS else "not traced (audit)"
-                for t in TARGETS}
-    header = header_event(facts, ready, [], walk="audit", strategy=strategy)
+    header = _audit_header(facts)
     with open_walker(facts) as walker:
         return [header] + audit_events(walker, facts, progress)
+
+
+def audit_or_header(progress: Callable[[str], None]) -> Tuple[List[dict], Optional[str]]:
+    """The audit's log, or where the walk cannot run the header alone (the kernel still named)
+    and why; nothing at all where even the kernel's facts cannot be read."""
+    try:
+        facts = read_facts(with_bcc=False)
+    except VmemtraceError as e:
+        return [], str(e)
+    try:
+        with open_walker(facts) as walker:
+            return [_audit_header(facts)] + audit_events(walker, facts, progress), None
+    except VmemtraceError as e:
+        return [_audit_header(facts, walked=False)], str(e)

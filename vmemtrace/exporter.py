@@ -37,6 +37,7 @@ class Snapshot:
     lost: int = 0
     errors: Dict[str, int] = field(default_factory=dict)
     attached: List[str] = field(default_factory=list)  # functions with probes attached now
+    not_tracing: str = ""  # why the exporter serves audits only ("" while it traces)
 
 
 def present_devices(doc: dict, devices_now: List[dict]) -> List[dict]:
@@ -64,6 +65,11 @@ class LedgerCollector:
         yield info
         if header is None:
             return  # still compiling the BPF program
+        tracing = GaugeMetricFamily("vmemtrace_tracing", "1 while the probes are attached; 0 "
+                                    "when only the devices that exist are audited, and why",
+                                    labels=["reason"])
+        tracing.add_metric([snap.not_tracing], 0 if snap.not_tracing else 1)
+        yield tracing
         yield from self._probes(header, snap)
         lost = CounterMetricFamily("vmemtrace_events_lost", "events the perf buffer dropped")
         lost.add_metric([], snap.lost)

@@ -7,6 +7,7 @@ audited (anything created later is traced), then scrapes see both.
 
 import errno
 import os
+import signal
 import socket
 import ssl
 import threading
@@ -19,7 +20,7 @@ from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, generate_
                                write_to_textfile)
 from prometheus_client.process_collector import ProcessCollector
 
-from vmemtrace.errors import VmemtraceError
+from vmemtrace.errors import VmemtraceError, terminate_on_sigterm
 from vmemtrace.exporter import LedgerCollector, Snapshot
 from vmemtrace.kernel import daxdev
 
@@ -133,7 +134,7 @@ class Exporter:
 
     def snapshot(self) -> Snapshot:
         s = self.snap
-        return Snapshot(list(s.log), s.lost, dict(s.errors), list(s.attached))
+        return Snapshot(list(s.log), s.lost, dict(s.errors), list(s.attached), s.not_tracing)
 
     def serve(self, listen: str, cert: Optional[str], key: Optional[str]) -> Tuple[str, int]:
         host, port = parse_listen(listen)
@@ -190,10 +191,59 @@ class Exporter:
             self.server = None
 
 
-def run(listen: str, textfile: Optional[str], interval: float, cert: Optional[str],
-        key: Optional[str], progress: Callable[[str], None]) -> None:
+def _trace(exporter: Exporter, textfile: Optional[str], interval: float,
+           progress: Callable[[str], None]) -> None:
+    """Attach and keep the snapshot current until SIGTERM or Ctrl-C (KeyboardInterrupt)."""
     from vmemtrace.session import traced
 
+    with traced(progress, audit_existing=True) as (tracer, take, log):
+        exporter.snap = Snapshot(log, attached=list(tracer.attached))
+        next_write = time.monotonic()
+        try:
+            while True:
+                take(tracer.poll(100))
+                exporter.snap.lost = tracer.lost
+                exporter.snap.errors = tracer.errors()
+                if textfile and time.monotonic() >= next_write:
+                    exporter.write_textfile(textfile)
+                    next_write += interval
+        except KeyboardInterrupt:
+            progress("stopping: detaching the probes")
+
+
+def _audit_only(exporter: Exporter, why: str, textfile: Optional[str], interval: float,
+                progress: Callable[[str], None]) -> None:
+    """Tracing cannot start: serve the audit of the devices that exist (re-audited when the set
+    of dax devices changes), with vmemtrace_tracing 0 and the reason, until SIGHUP (returns: try
+    again) or SIGTERM/Ctrl-C (KeyboardInterrupt). As ebpf_exporter does with a program that
+    cannot attach: loud, not fatal."""
+    from vmemtrace.audit import audit_or_header
+
+    hangup = threading.Event()
+    old = signal.signal(signal.SIGHUP, lambda signum, frame: hangup.set())
+    try:
+        seen, next_write = None, time.monotonic()
+        while not hangup.is_set():
+            names = sorted(d["name"] for d in daxdev.inventory())
+            if names != seen:
+                log, problem = audit_or_header(progress)
+                exporter.snap = Snapshot(log, not_tracing=why)
+                if problem:
+                    progress(f"the audit cannot run either: {problem}")
+                seen = names
+            if textfile and time.monotonic() >= next_write:
+                exporter.write_textfile(textfile)
+                next_write += interval
+            hangup.wait(1.0)
+        progress("SIGHUP: trying to attach again")
+    finally:
+        signal.signal(signal.SIGHUP, old)
+
+
+def run(listen: str, textfile: Optional[str], interval: float, cert: Optional[str],
+        key: Optional[str], progress: Callable[[str], None]) -> None:
+    """Bad configuration (address, port, certificate, textfile) exits 2 before anything else;
+    a host that cannot trace is served as well as it can be, never given up on."""
     exporter = Exporter()
     try:
         if textfile:
@@ -201,21 +251,18 @@ def run(listen: str, textfile: Optional[str], interval: float, cert: Optional[st
         else:
             host, port = exporter.serve(listen, cert, key)
             progress(f"serving metrics on {'https' if cert else 'http'}://{host}:{port}/metrics")
-        with traced(progress, audit_existing=True) as (tracer, take, log):
-            exporter.snap.log = log
-            exporter.snap.attached = list(tracer.attached)
-            next_write = time.monotonic()
+        with terminate_on_sigterm():
             try:
                 while True:
-                    take(tracer.poll(100))
-                    exporter.snap.lost = tracer.lost
-                    exporter.snap.errors = tracer.errors()
-                    if textfile and time.monotonic() >= next_write:
-                        exporter.write_textfile(textfile)
-                        next_write += interval
+                    try:
+                        return _trace(exporter, textfile, interval, progress)
+                    except VmemtraceError as e:
+                        progress(f"not tracing: {e}; serving the audit of existing devices "
+                                 "(SIGHUP tries again)")
+                        _audit_only(exporter, str(e), textfile, interval, progress)
             except KeyboardInterrupt:
-                progress("stopping: detaching the probes")
+                progress("stopping")
     finally:
         exporter.close()
-    if textfile and os.path.exists(textfile):
-        progress(f"left the last metrics in {textfile}")
+        if textfile and os.path.exists(textfile):
+            progress(f"left the last metrics in {textfile}")

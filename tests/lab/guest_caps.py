@@ -40,7 +40,7 @@ def run(caps, paranoid):
     err = open(f"/tmp/caps-{paranoid}.err", "w+")
     exporter = subprocess.Popen(restricted(caps, "exporter", "--textfile", prom, "--interval", "1"),
                                 stdout=err, stderr=subprocess.STDOUT)
-    deadline, attached = time.monotonic() + 240, False
+    deadline, attached = time.monotonic() + 120, False
     while time.monotonic() < deadline and exporter.poll() is None:
         attached = any(line.rstrip().endswith(" 1.0") for line in
                        metric_lines(prom, 'vmemtrace_probe_attached{function="memmap_init_zone_device"'))
@@ -56,6 +56,7 @@ def run(caps, paranoid):
         out["tail_reuse"] = [line.strip() for line in metric_lines(prom, "vmemtrace_check_status")
                              if 'check="tail-reuse"' in line and line.rstrip().endswith(" 1.0")]
         out["saved"] = [line.strip() for line in metric_lines(prom, "vmemtrace_vmemmap_saved_bytes")]
+    out["tracing"] = [line.strip() for line in metric_lines(prom, "vmemtrace_tracing{")]
     if exporter.poll() is None:
         exporter.send_signal(signal.SIGTERM)
         exporter.wait(timeout=30)

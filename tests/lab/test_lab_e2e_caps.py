@@ -28,7 +28,10 @@ def caps_run():
 def test_debian_default_paranoid_needs_more_than_the_daemonset_grants(caps_run):
     runs, doc = caps_run
     assert doc["default_paranoid"] == "3"
-    assert runs[3]["attached"] is False and runs[3]["exporter_exit"] != 0
+    r = runs[3]
+    assert r["attached"] is False and r["exporter_exit"] == 0, r  # served, not given up
+    (line,) = r["tracing"]
+    assert line.startswith('vmemtrace_tracing{reason="') and line.endswith(" 0.0"), line
 
 
 def test_upstream_paranoid_traces_with_the_daemonset_capabilities(caps_run):
@@ -40,4 +43,4 @@ def test_upstream_paranoid_traces_with_the_daemonset_capabilities(caps_run):
     saved = geometry.saved_bytes(geometry.RangeShape(5 << 18, 3 << 18, 512))
     (line,) = r["saved"]
     assert line.startswith('vmemtrace_vmemmap_saved_bytes{device="dax0.0"} ') and float(line.split()[-1]) == saved
-    assert r["exporter_exit"] == 0
+    assert r["exporter_exit"] == 0 and r["tracing"] == ['vmemtrace_tracing{reason=""} 1.0'], r

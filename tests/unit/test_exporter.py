@@ -207,13 +207,35 @@ def test_intervals_are_validated(args, message):
     assert res.returncode == 2 and message in res.stderr and res.stderr.count("\n") == 1
 
 
-def test_a_failed_start_leaves_no_textfile(tmp_path):
-    """This host cannot trace: the exporter fails after checking the textfile, and must not
-    leave a .prom behind that says it is up (vmemtrace_build_info 1)."""
+def test_a_host_that_cannot_trace_is_served_not_given_up(tmp_path):
+    """This host cannot trace (no CONFIG_KPROBES): the exporter keeps its textfile current with
+    vmemtrace_tracing 0 and the reason (the audit of existing devices beside it), tries again on
+    SIGHUP, and exits 0 on SIGTERM (exit 2 is for bad configuration only)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
     out = tmp_path / "vmemtrace.prom"
-    res = run_cli("exporter", "--textfile", str(out))
-    assert res.returncode == 2 and "cannot trace" in res.stderr
-    assert list(tmp_path.iterdir()) == []
+    proc = subprocess.Popen([sys.executable, "-m", "vmemtrace", "exporter", "--textfile", str(out),
+                             "--interval", "0.5"], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not out.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        text = out.read_text()
+        (line,) = [x for x in text.splitlines() if x.startswith("vmemtrace_tracing{")]
+        assert 'reason="cannot trace: ' in line and line.endswith(" 0.0"), line
+        os.kill(proc.pid, signal.SIGHUP)
+        time.sleep(2)
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "SIGHUP: trying to attach again" in err and "Traceback" not in err
+    assert err.count("not tracing: cannot trace") == 2
 
 
 @pytest.fixture
