@@ -212,32 +212,28 @@ def _trace(exporter: Exporter, textfile: Optional[str], interval: float,
 
 
 def _audit_only(exporter: Exporter, why: str, textfile: Optional[str], interval: float,
-                progress: Callable[[str], None]) -> None:
+                progress: Callable[[str], None], hangup: threading.Event) -> None:
     """Tracing cannot start: serve the audit of the devices that exist (re-audited when the set
     of dax devices changes), with vmemtrace_tracing 0 and the reason, until SIGHUP (returns: try
     again) or SIGTERM/Ctrl-C (KeyboardInterrupt). As ebpf_exporter does with a program that
     cannot attach: loud, not fatal."""
     from vmemtrace.audit import audit_or_header
 
-    hangup = threading.Event()
-    old = signal.signal(signal.SIGHUP, lambda signum, frame: hangup.set())
-    try:
-        seen, next_write = None, time.monotonic()
-        while not hangup.is_set():
-            names = sorted(d["name"] for d in daxdev.inventory())
-            if names != seen:
-                log, problem = audit_or_header(progress)
-                exporter.snap = Snapshot(log, not_tracing=why)
-                if problem:
-                    progress(f"the audit cannot run either: {problem}")
-                seen = names
-            if textfile and time.monotonic() >= next_write:
-                exporter.write_textfile(textfile)
-                next_write += interval
-            hangup.wait(1.0)
-        progress("SIGHUP: trying to attach again")
-    finally:
-        signal.signal(signal.SIGHUP, old)
+    hangup.clear()
+    seen, next_write = None, time.monotonic()
+    while not hangup.is_set():
+        names = sorted(d["name"] for d in daxdev.inventory())
+        if names != seen:
+            log, problem = audit_or_header(progress)
+            exporter.snap = Snapshot(log, not_tracing=why)
+            if problem:
+                progress(f"the audit cannot run either: {problem}")
+            seen = names
+        if textfile and time.monotonic() >= next_write:
+            exporter.write_textfile(textfile)
+            next_write += interval
+        hangup.wait(1.0)
+    progress("SIGHUP: trying to attach again")
 
 
 def run(listen: str, textfile: Optional[str], interval: float, cert: Optional[str],
@@ -251,6 +247,10 @@ def run(listen: str, textfile: Optional[str], interval: float, cert: Optional[st
         else:
             host, port = exporter.serve(listen, cert, key)
             progress(f"serving metrics on {'https' if cert else 'http'}://{host}:{port}/metrics")
+        # SIGHUP (systemctl reload) retries a failed attach; while tracing it changes nothing
+        # (its default action would end the process).
+        hangup = threading.Event()
+        old = signal.signal(signal.SIGHUP, lambda signum, frame: hangup.set())
         with terminate_on_sigterm():
             try:
                 while True:
@@ -259,9 +259,11 @@ def run(listen: str, textfile: Optional[str], interval: float, cert: Optional[st
                     except VmemtraceError as e:
                         progress(f"not tracing: {e}; serving the audit of existing devices "
                                  "(SIGHUP tries again)")
-                        _audit_only(exporter, str(e), textfile, interval, progress)
+                        _audit_only(exporter, str(e), textfile, interval, progress, hangup)
             except KeyboardInterrupt:
                 progress("stopping")
+            finally:
+                signal.signal(signal.SIGHUP, old)
     finally:
         exporter.close()
         if textfile and os.path.exists(textfile):
