@@ -27,7 +27,7 @@ CONSOLE_TAIL = 25
 
 @dataclass
 class Boot:
-    returncode: Optional[int]  # None when it timed out or panicked
+    returncode: Optional[int]  # None when it timed out or hung after a panic
     console: Path
     panicked: bool = False
 
@@ -107,7 +107,9 @@ def boot(kernel: GuestKernel, src: Path, out: Path, exec_cmd: Optional[str],
             deadline = time.monotonic() + (timeout or 1e9)
             while time.monotonic() < deadline:
                 try:
-                    return Boot(proc.wait(timeout=2), console)
+                    # A kernel that panicked and then rebooted (panic=) exits too: say so.
+                    code = proc.wait(timeout=2)
+                    return Boot(code, console, panicked=_panicked(console))
                 except subprocess.TimeoutExpired:
                     if _panicked(console):
                         return Boot(None, console, panicked=True)
