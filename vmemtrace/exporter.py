@@ -19,13 +19,13 @@ from vmemtrace.probes.plan import WALK_STRATEGY, is_attached
 from vmemtrace.probes.targets import BY_NAME
 from vmemtrace.verdict import evaluate
 
-# memmap_init_zone_device() takes ~0.3 ms for 3 GiB in 1 GiB pages and ~1 s in 4 KiB pages under
-# TCG (lab measurements); 128 GiB namespaces take ~100-300 ms on hardware (the patch series).
 # The verify document's observed/expected/naive triples and the metrics they become; vmemmap
 # pages are exported as bytes (times the range's page size).
 SERIES = (("vmemmap_pages", "vmemtrace_vmemmap{}_bytes", "vmemmap (struct page map) bytes of the range"),
           ("struct_pages_initialized", "vmemtrace_struct_pages_initialized{}",
            "struct pages memmap_init_zone_device initialised"))
+# memmap_init_zone_device() takes ~0.3 ms for 3 GiB in 1 GiB pages and ~1 s in 4 KiB pages under
+# TCG (lab measurements); 128 GiB namespaces take ~100-300 ms on hardware (the patch series).
 INIT_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
