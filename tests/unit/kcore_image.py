@@ -15,12 +15,17 @@ PAGE = 4096
 
 class Image:
     def __init__(self, levels: int, page_offset_base: int, vmemmap_base: int,
-                 l5_symbol: bool = True):
+                 l5_symbol: bool = True, c_bit: int = 0, mask_symbol: str = "sme_me_mask"):
         assert levels in (4, 5)
         self.levels = levels
         self.pob = page_offset_base
         self.vmb = vmemmap_base
         self.l5_symbol = l5_symbol
+        # AMD SME/SEV: the C-bit is set in every table entry the kernel writes (_PAGE_ENC in
+        # _KERNPG_TABLE and __PAGE_KERNEL); kallsyms names it by sme_me_mask, or the kernel's
+        # physical_mask leaves it out.
+        self.enc = 1 << c_bit if c_bit else 0
+        self.mask_symbol = mask_symbol
         self.top = bytearray(PAGE)  # init_top_pgt, in the kernel image
         self.ram = []  # page-table pages, RAM_PHYS onwards
         self.expected = {}  # vaddr of each 4 KiB page mapped -> (phys, level)
@@ -43,24 +48,24 @@ class Image:
             i = self._index(vaddr, level)
             entry, = struct.unpack_from("<Q", table, i * 8)
             if entry & 1:
-                phys = entry & 0x000FFFFFFFFFF000
+                phys = entry & 0x000FFFFFFFFFF000 & ~self.enc
             else:
                 phys = self._new_table()
                 # present, writable, accessed, dirty: what the kernel's tables carry
-                struct.pack_into("<Q", table, i * 8, phys | 0x63)
+                struct.pack_into("<Q", table, i * 8, phys | self.enc | 0x63)
             table = self._page(phys)
         return table
 
     def map_4k(self, vaddr: int, phys: int) -> None:
         pte = self._descend(vaddr, 1)
         # NX and global bits set, as on real vmemmap PTEs: the walker must mask them off
-        struct.pack_into("<Q", pte, self._index(vaddr, 1) * 8, phys | 0x8000000000000163)
+        struct.pack_into("<Q", pte, self._index(vaddr, 1) * 8, phys | self.enc | 0x8000000000000163)
         self.expected[vaddr] = (phys, "pte")
 
     def map_2m(self, vaddr: int, phys: int) -> None:
         assert vaddr % (2 << 20) == 0 and phys % (2 << 20) == 0
         pmd = self._descend(vaddr, 2)
-        struct.pack_into("<Q", pmd, self._index(vaddr, 2) * 8, phys | 0x80000000000001E3)
+        struct.pack_into("<Q", pmd, self._index(vaddr, 2) * 8, phys | self.enc | 0x80000000000001E3)
         for off in range(0, 2 << 20, PAGE):
             self.expected[vaddr + off] = (phys + off, "pmd")
 
@@ -76,6 +81,10 @@ class Image:
         if self.l5_symbol:
             symbols["__pgtable_l5_enabled"] = TEXT + PAGE + 16
             tail += struct.pack("<I", 1 if self.levels == 5 else 0)
+        if self.enc:
+            symbols[self.mask_symbol] = TEXT + PAGE + 24
+            tail = tail.ljust(24, b"\0") + struct.pack(
+                "<Q", self.enc if self.mask_symbol == "sme_me_mask" else ((1 << 52) - 1) & ~self.enc)
         data += tail.ljust(PAGE, b"\0")
         ram = b"".join(self.ram)
         segments = [(TEXT, 0x1000000, bytes(data)), (self.pob + RAM_PHYS, RAM_PHYS, ram)]

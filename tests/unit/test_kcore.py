@@ -198,3 +198,25 @@ def test_a_masked_or_renamed_kcore(tmp_path, monkeypatch):
     assert kcore_path(tmp_path) == tmp_path / "proc/kcore"  # a recorded tree keeps its own
     assert kcore_path(Path("/")) == tmp_path / "host/proc/kcore"
     assert "which VMEMTRACE_KCORE names" in walk_blocker(Path("/"), full, "x86_64")
+
+
+@pytest.mark.parametrize("levels", [4, 5])
+@pytest.mark.parametrize("c_bit,symbol", [(47, "sme_me_mask"), (51, "sme_me_mask"),
+                                          (47, "physical_mask")])
+def test_the_memory_encryption_bit_is_not_an_address_bit(tmp_path, levels, c_bit, symbol):
+    """AMD SME/SEV hosts set the C-bit in every table entry: the walker takes it out (by
+    sme_me_mask, or the kernel's physical_mask); without either it would read the next table
+    at a wrong address."""
+    rng = random.Random(c_bit + levels)
+    pob, vmb = BASES[levels][1]
+    img = Image(levels, pob, vmb, c_bit=c_bit, mask_symbol=symbol)
+    compound_layout(img, START_PFN, 4, 8, rng)
+    symbols = img.write(tmp_path / "kcore")
+    with Walker(symbols, str(tmp_path / "kcore")) as w:
+        got = w.backing(START_PFN, 4 * 512, 64)
+    want = [img.expected[img.vmemmap_va(START_PFN) + i * 4096] for i in range(len(got))]
+    assert got == [(phys >> 12, level) for phys, level in want]
+    blind = {k: v for k, v in symbols.items() if k != symbol}
+    with pytest.raises(VmemtraceError):
+        with Walker(blind, str(tmp_path / "kcore")) as w:
+            w.backing(START_PFN, 4 * 512, 64)

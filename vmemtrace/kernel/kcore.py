@@ -132,11 +132,17 @@ class Layout:
     page_offset_base: int
     vmemmap_base: int
     levels: int  # 4 or 5
+    # The physical-address bits of an entry: bits 12..51 less the memory-encryption bit (AMD
+    # SME/SEV's C-bit, sme_me_mask) or a confidential guest's shared bit, which the kernel sets
+    # in its table entries and takes out of physical_mask (arch/x86/mm/mem_encrypt_identity.c,
+    # arch/x86/include/asm/pgtable_types.h __PHYSICAL_MASK).
+    addr_mask: int = _ADDR
 
 
 REQUIRED_SYMBOLS = ("init_top_pgt", "page_offset_base", "vmemmap_base")
-# Read when present; without it the direct map's place tells the paging depth (layout()).
-DATA_SYMBOLS = REQUIRED_SYMBOLS + ("__pgtable_l5_enabled",)
+# Read when present: without the first the direct map's place tells the paging depth; the others
+# say which entry bits are not address bits (CONFIG_DYNAMIC_PHYSICAL_MASK, CONFIG_AMD_MEM_ENCRYPT).
+DATA_SYMBOLS = REQUIRED_SYMBOLS + ("__pgtable_l5_enabled", "physical_mask", "sme_me_mask")
 
 
 def symbol_problem(addresses: Dict[str, int]) -> Optional[str]:
@@ -161,7 +167,17 @@ def layout(kcore: Kcore, addresses: Dict[str, int]) -> Layout:
         l5 = struct.unpack("<I", kcore.read(addresses["__pgtable_l5_enabled"], 4))[0]
     else:  # newer kernels test X86_FEATURE_LA57 instead; the direct map's place tells the same
         l5 = pob < _L4_KERNEL_HALF
-    return Layout(addresses["init_top_pgt"], pob, vmb, 5 if l5 else 4)
+    return Layout(addresses["init_top_pgt"], pob, vmb, 5 if l5 else 4, address_mask(kcore, addresses))
+
+
+def address_mask(kcore: Kcore, addresses: Dict[str, int]) -> int:
+    """The entry bits that are physical address: physical_mask where the kernel keeps one (it
+    excludes every encryption or shared bit), else all but sme_me_mask."""
+    if addresses.get("physical_mask"):
+        return _ADDR & kcore.u64(addresses["physical_mask"])
+    if addresses.get("sme_me_mask"):
+        return _ADDR & ~kcore.u64(addresses["sme_me_mask"])
+    return _ADDR
 
 
 class PageTables:
@@ -189,9 +205,9 @@ class PageTables:
                 return None
             if shift == 12 or (shift in (21, 30) and entry & _PSE):
                 size = 1 << shift
-                base = entry & _ADDR & ~(size - 1)
+                base = entry & self.layout.addr_mask & ~(size - 1)
                 return base + (vaddr & (size - 1) & ~0xFFF), LEVEL_NAMES[shift]
-            table = self.layout.page_offset_base + (entry & _ADDR)
+            table = self.layout.page_offset_base + (entry & self.layout.addr_mask)
         raise AssertionError("unreachable: the last level is a PTE")
 
     def vmemmap_backing(self, start_pfn: int, nr_pages: int,
