@@ -6,6 +6,7 @@ audited (anything created later is traced), then scrapes see both.
 """
 
 import errno
+import json
 import os
 import signal
 import socket
@@ -222,7 +223,9 @@ def _audit_only(exporter: Exporter, why: str, textfile: Optional[str], interval:
     hangup.clear()
     seen, next_write = None, time.monotonic()
     while not hangup.is_set():
-        names = sorted(d["name"] for d in daxdev.inventory())
+        # The devices as sysfs describes them, not only their names: a namespace re-created
+        # under the same name with another size or align must be audited again.
+        names = sorted(json.dumps(d, sort_keys=True) for d in daxdev.inventory())
         if names != seen:
             log, problem = audit_or_header(progress)
             exporter.snap = Snapshot(log, not_tracing=why)
