@@ -5,6 +5,7 @@ fails before the BPF compile; then the probes attach, then the devices that alre
 audited (anything created later is traced), then scrapes see both.
 """
 
+import contextlib
 import errno
 import json
 import os
@@ -17,8 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Optional, Tuple
 from urllib.parse import parse_qs, urlparse
 
-from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest,
-                               write_to_textfile)
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
 from vmemtrace.errors import VmemtraceError, terminate_on_sigterm
@@ -177,13 +177,24 @@ class Exporter:
             raise VmemtraceError(f"cannot write {path}: {e.strerror}")
 
     def write_textfile(self, path: str) -> None:
-        """Atomically (write then rename), as node_exporter's textfile collector requires."""
+        """Atomically (write then rename), as node_exporter's textfile collector requires, with
+        SIGTERM and SIGINT held off meanwhile: a stop that lands between the write and the rename
+        would leave the temporary behind (prometheus-client's write_to_textfile does), and
+        node_exporter reads every *.prom* name it is given."""
         if not path.endswith(".prom"):
             raise VmemtraceError(f"--textfile {path}: node_exporter only reads *.prom files")
+        tmp = f"{path}.{os.getpid()}.tmp"
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
         try:
-            write_to_textfile(path, self.registry)
+            with open(tmp, "wb") as fh:
+                fh.write(generate_latest(self.registry))
+            os.replace(tmp, path)
         except OSError as e:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
             raise VmemtraceError(f"cannot write {path}: {e.strerror}")
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a pending stop is delivered here
 
     def close(self) -> None:
         if self.server is not None:

@@ -334,3 +334,31 @@ def test_devices_audited_before_tracing_are_not_an_inconsistent_log():
     assert fold([trace[0]] + audit + trace[1:]).inconsistent == []
     walk["existing"] = False
     assert "where no range was seen" in " ".join(fold([trace[0]] + audit + trace[1:]).inconsistent)
+
+
+def test_a_stop_during_the_textfile_write_leaves_no_temporary(tmp_path):
+    """SIGTERM arriving while the metrics are being written (here: from inside a collector) is
+    held until the rename is done, then delivered: the whole file, and nothing else, is left."""
+    import os
+    import signal
+
+    class Stopper:
+        def collect(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            return []
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    ex = Exporter()
+    ex.snap.log = log_of("6.12", "mem-1G.jsonl")
+    ex.registry.register(Stopper())
+    out = tmp_path / "vmemtrace.prom"
+    old = signal.signal(signal.SIGTERM, stop)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ex.write_textfile(str(out))
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert [p.name for p in tmp_path.iterdir()] == ["vmemtrace.prom"]
+    assert "vmemtrace_build_info" in out.read_text()
