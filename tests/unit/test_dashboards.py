@@ -106,15 +106,16 @@ def grafana_round_trip(raw):
 def test_dashboard_round_trips_through_grafana_schema():
     """Decode with Grafana 11.6's dashboard model and encode again: a field the schema does
     not know is dropped on the way, a wrong type raises; so nothing lost means every field of
-    the dashboard, its variables, panels, options and targets is one Grafana knows."""
-    raw = dashboard()
+    the dashboard, its variables, panels, options and targets is one Grafana knows. (The
+    export envelope, __inputs and __requires, is Grafana's import format, not the model.)"""
+    raw = {k: v for k, v in dashboard().items() if not k.startswith("__")}
     decoded, again = grafana_round_trip(raw)
     assert decoded.schema_version == GRAFANA_SCHEMA
     assert lost_in(raw, again) == []
 
 
 def test_round_trip_catches_fields_grafana_does_not_know():
-    raw = dashboard()
+    raw = {k: v for k, v in dashboard().items() if not k.startswith("__")}
     raw["templating"]["list"][1]["definitionn"] = "typo"
     raw["panels"][0]["gridPos"]["width"] = 3
     _, again = grafana_round_trip(raw)
@@ -141,6 +142,35 @@ def test_dashboard_variables_and_layout():
         mine = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
         assert not cells & mine, p["title"]
         cells |= mine
+
+
+def test_dashboard_is_exportable_and_provisionable():
+    """Import asks for the one input the dashboard uses; __requires names every panel type in
+    it; the provisioning file is a file provider Grafana's schema accepts."""
+    d = dashboard()
+    (inp,) = d["__inputs"]
+    assert inp["type"] == "datasource" and inp["pluginId"] == "prometheus"
+    variables = {v["name"]: v for v in d["templating"]["list"]}
+    assert variables["datasource"]["current"]["value"] == "${%s}" % inp["name"]
+    required = {(r["type"], r["id"]) for r in d["__requires"]}
+    assert {("panel", p["type"]) for p in d["panels"]} | {("datasource", "prometheus"),
+                                                          ("grafana", "grafana")} == required
+    prov = yaml.safe_load((DASH / "grafana-provisioning.yml").read_text())
+    assert prov["apiVersion"] == 1
+    (provider,) = prov["providers"]
+    assert provider["type"] == "file" and provider["options"]["path"].startswith("/")
+
+
+def test_every_alert_has_a_runbook_section():
+    runbook = (ROOT / "docs/runbook.md").read_text()
+    anchors = {re.sub(r"[^a-z0-9-]", "", h.lower().replace(" ", "-"))
+               for h in re.findall(r"^## (.+)$", runbook, re.M)}
+    rules = yaml.safe_load((DASH / "alerts.yml").read_text())["groups"][0]["rules"]
+    for r in rules:
+        url = r["annotations"]["runbook_url"]
+        page, _, anchor = url.partition("#")
+        assert page.endswith("/docs/runbook.md") and anchor == r["alert"].lower(), url
+        assert anchor in anchors, r["alert"]
 
 
 def metric_names(expr):
