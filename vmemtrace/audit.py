@@ -7,7 +7,7 @@ from typing import Callable, List, Optional, Tuple
 from vmemtrace.backing import walk_events
 from vmemtrace.errors import VmemtraceError
 from vmemtrace.events import header_event
-from vmemtrace import geometry
+from vmemtrace import events, geometry
 from vmemtrace.kernel import btf, compat, daxdev
 from vmemtrace.kernel.kcore import Walker
 from vmemtrace.probes.plan import WALK_STRATEGY
@@ -42,10 +42,11 @@ def struct_page_size(facts, progress: Callable[[str], None]) -> int:
     return geometry.STRUCT_PAGE_SIZE
 
 
-def audit_events(walker: Walker, facts, progress: Callable[[str], None]) -> List[dict]:
-    """Per dax device in sysfs now: the walk of its pgmap range, then its device event."""
+def audit_events(walker: Walker, facts, progress: Callable[[str], None], only=()) -> List[dict]:
+    """Per dax device in sysfs now (only those -d names, if any): the walk of its pgmap range,
+    then its device event."""
     version, page = facts.version, struct_page_size(facts, progress)
-    devices = daxdev.inventory()
+    devices = [d for d in daxdev.inventory() if events.named(d, only)]
     progress(f"walking the vmemmap page tables ({walker.layout.levels}-level paging) "
              f"of {len(devices)} dax devices")
     out = []
@@ -85,12 +86,12 @@ def _audit_header(facts, walked: bool = True) -> dict:
     return header_event(facts, assess(facts), [], walk="audit", strategy=strategy)
 
 
-def audit_log(progress: Callable[[str], None]) -> List[dict]:
+def audit_log(progress: Callable[[str], None], only=()) -> List[dict]:
     """The event log of an audit: a header, then per dax device its walk and its device event."""
     facts = read_facts(with_bcc=False)
     header = _audit_header(facts)
     with open_walker(facts) as walker:
-        return [header] + audit_events(walker, facts, progress)
+        return [header] + audit_events(walker, facts, progress, only)
 
 
 def audit_or_header(progress: Callable[[str], None]) -> Tuple[List[dict], Optional[str]]:

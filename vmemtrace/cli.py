@@ -137,6 +137,9 @@ ALLOW_SKIP = click.option("--allow-skip", "allow_skip", multiple=True, type=clic
 NO_PROBE = click.option("--no-probe", "no_probe", multiple=True, metavar="FUNCTION",
                         help="leave this probe target unattached (repeatable; see `check`): for "
                              "a probe that misbehaves on your kernel")
+DEVICE = click.option("-d", "--device", "only", multiple=True, metavar="DEVICE",
+                      help="only this dax device, by chardev (dax0.0) or namespace "
+                           "(namespace0.0), as `daxctl list` names them (repeatable)")
 # audit sees the vmemmap after the fact: struct page initialisation is never visible to it.
 AUDIT_WAIVED = ("init-skip",)
 
@@ -228,8 +231,9 @@ def record(output, cmd):
 @JSON
 @JUNIT
 @ALLOW_SKIP
+@DEVICE
 @one_line_errors
-def replay(file, expect, as_json, junit, allow_skip):
+def replay(file, expect, as_json, junit, allow_skip, only):
     """Read an event log written by `record` back through the ledger and the verdict."""
     from vmemtrace import events
     from vmemtrace.ledger import fold
@@ -238,7 +242,7 @@ def replay(file, expect, as_json, junit, allow_skip):
     with _error_document(as_json, junit, expect):
         log = list(events.iter_file(file))
         waived = tuple(allow_skip) + (AUDIT_WAIVED if log[0].get("walk") == "audit" else ())
-        doc = evaluate(fold(log), expect, waived)
+        doc = evaluate(fold(log), expect, waived, only)
     _output_verdict(doc, as_json, junit)
     _finish(doc)
 
@@ -250,8 +254,9 @@ def replay(file, expect, as_json, junit, allow_skip):
 @ALLOW_SKIP
 @click.option("--record", "record_to", type=click.Path(dir_okay=False, path_type=Path),
               help="also write the walk's events here (replay reads them)")
+@DEVICE
 @one_line_errors
-def audit(expect, as_json, junit, allow_skip, record_to):
+def audit(expect, as_json, junit, allow_skip, record_to, only):
     """Verify the dax devices that already exist, by walking their vmemmap page tables
     through /proc/kcore. init-skip needs the act itself: it is skipped, and waived.
 
@@ -261,10 +266,10 @@ def audit(expect, as_json, junit, allow_skip, record_to):
     from vmemtrace.verdict import evaluate
 
     with _error_document(as_json, junit, expect, os.uname().release):
-        log = audit_log(say)
+        log = audit_log(say, only)
         if record_to is not None:
             _write_log(record_to, log)
-        doc = evaluate(fold(log), expect, tuple(allow_skip) + AUDIT_WAIVED)
+        doc = evaluate(fold(log), expect, tuple(allow_skip) + AUDIT_WAIVED, only)
     _output_verdict(doc, as_json, junit)
     _finish(doc)
 
@@ -277,15 +282,16 @@ def audit(expect, as_json, junit, allow_skip, record_to):
 @click.option("--interval", default=15.0, show_default=True, help="textfile refresh, seconds")
 @click.option("--tls-cert", type=click.Path(dir_okay=False), help="serve HTTPS with this certificate")
 @click.option("--tls-key", type=click.Path(dir_okay=False), help="... and this key")
+@DEVICE
 @one_line_errors
-def exporter(listen, textfile, interval, tls_cert, tls_key):
+def exporter(listen, textfile, interval, tls_cert, tls_key, only):
     """Prometheus metrics of every dax device: those that exist at start (page-table walk) and
     those created later (traced). Runs until SIGTERM or Ctrl-C, then detaches everything."""
     from vmemtrace.serve import run
 
     if not (math.isfinite(interval) and interval > 0):
         raise VmemtraceError(f"--interval {interval}: must be a positive number of seconds")
-    run(listen, textfile, interval, tls_cert, tls_key, say)
+    run(listen, textfile, interval, tls_cert, tls_key, say, only)
 
 
 @cli.command()
@@ -306,21 +312,25 @@ def trace(duration, as_json):
 @cli.command()
 @click.argument("interval", type=float, default=1.0)
 @click.argument("count", type=int, required=False)
+@click.option("--cumulative", is_flag=True,
+              help="every device seen so far at each interval, not only those that changed")
+@DEVICE
 @JSON
 @one_line_errors
-def stats(interval, count, as_json):
-    """Per-device ledger tables every INTERVAL seconds, COUNT times (bcc style)."""
+def stats(interval, count, cumulative, only, as_json):
+    """Per-device ledger tables every INTERVAL seconds, COUNT times (bcc style): by default
+    only the devices whose ledger changed in that interval, as bcc tools clear their tables."""
     import time as _time
 
     from vmemtrace.ledger import fold
     from vmemtrace.session import watch
-    from vmemtrace.verdict import evaluate
+    from vmemtrace.verdict import changed_since, evaluate
 
     if not (math.isfinite(interval) and interval > 0):
         raise VmemtraceError(f"INTERVAL {interval}: must be a positive number of seconds")
     _compile_early()
     log = []
-    state = {"next": None, "printed": 0}
+    state = {"next": None, "printed": 0, "before": None}
 
     def tick():
         if state["next"] is None:  # intervals count from the moment the probes are attached
@@ -329,12 +339,15 @@ def stats(interval, count, as_json):
             return True
         state["next"] += interval
         state["printed"] += 1
-        doc = evaluate(fold(log), "auto")
+        doc = evaluate(fold(log), "auto", only=only)
+        doc, state["before"] = (doc if cumulative else changed_since(doc, state["before"])), doc
         if as_json:
             click.echo(render.json_line(doc))
         else:
             click.echo(f"\n{_time.strftime('%H:%M:%S')}")
-            click.echo(render.verify_table(doc) if doc["devices"] else "no device ranges yet")
+            click.echo(render.verify_table(doc) if doc["devices"] else
+                       "no device ranges yet" if cumulative or not state["before"]["devices"]
+                       else "no change in this interval")
         return count is None or state["printed"] < count
 
     watch(None, say, log.append, tick)

@@ -38,8 +38,8 @@ REQUIRED = {
              "distinct", "reused", "levels", "struct_page_size", "page_size", "paging"),
     # /proc/vmstat nr_memmap_pages (6.11+) before and after the command
     "vmstat": ("when", "nr_memmap_pages"),
-    # a dax device found in sysfs after the command (optional: "mode", "pgmap_start_pfn",
-    # "pgmap_nr_pages" from its nvdimm parent, see kernel/daxdev.py)
+    # a dax device found in sysfs after the command (optional: "driver"; "mode", "namespace",
+    # "pgmap_start_pfn", "pgmap_nr_pages" from its nvdimm parent, see kernel/daxdev.py)
     "device": ("name", "start_pfn", "nr_pages", "align"),
     # the kernel's own "memmap_init_zone_device initialised N pages in Xms" (kernel/kmsg.py)
     "kmsg": ("pages", "ms"),
@@ -52,6 +52,16 @@ REQUIRED = {
 }
 
 
+
+def named(device: dict, names) -> bool:
+    """A "device" event named by its chardev (daxctl's "chardev", dax0.0) or by its nvdimm
+    namespace (ndctl's "dev", namespace0.0): what -d matches. No names: every device."""
+    return not names or device.get("name") in names or device.get("namespace") in names
+
+# Keys an event may carry, checked when present (a doctored "pgmap_start_pfn": "x" would
+# otherwise reach the ledger's arithmetic).
+OPTIONAL = {"device": ("driver", "mode", "namespace", "pgmap_start_pfn", "pgmap_nr_pages")}
+
 # Types of the keys that are not non-negative integer counts (the rest are: pfns, pages, bytes).
 BOOL, STR, LIST, DICT, NUMBER, SIGNED, INT_MAP, MAYBE_INT = (
     "a boolean", "a string", "a list", "an object", "a number", "an integer", "an object of counts",
@@ -62,7 +72,7 @@ TYPES = {
     "range": {"altmap": BOOL},
     "walk": {"altmap": BOOL, "levels": INT_MAP},
     "vmstat": {"when": STR},
-    "device": {"name": STR, "align": MAYBE_INT},
+    "device": {"name": STR, "align": MAYBE_INT, "driver": STR, "mode": STR, "namespace": STR},
     "command": {"argv": LIST, "exit": SIGNED, "seconds": NUMBER},
     "lost": {"errors": INT_MAP},
     "hits": {"hits": INT_MAP},
@@ -124,7 +134,7 @@ def validate(event, where: str) -> dict:
     if missing:
         raise VmemtraceError(f"{where}: {kind} event lacks {', '.join(missing)}")
     types = TYPES.get(kind, {})
-    for key in REQUIRED[kind]:
+    for key in REQUIRED[kind] + tuple(k for k in OPTIONAL.get(kind, ()) if k in event):
         if not _typed(event[key], types.get(key, "")):
             expected = types.get(key, "a non-negative integer")
             raise VmemtraceError(f"{where}: {kind} event's {key} is not {expected}: "

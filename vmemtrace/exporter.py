@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Tuple
 
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
-                                    HistogramMetricFamily)
+                                    HistogramMetricFamily, InfoMetricFamily)
 
 from vmemtrace import __version__
 from vmemtrace.checks import STATUSES
@@ -119,8 +119,12 @@ class LedgerCollector:
                                    labels=["device", "check", "status"])
         count = GaugeMetricFamily("vmemtrace_devices", "dax devices reported")
         count.add_metric([], len(devices))
+        # To join with ndctl's names: group_left(namespace) on device.
+        info = InfoMetricFamily("vmemtrace_device", "each dax device's nvdimm namespace "
+                                "(\"\" for hmem/CXL devices)", labels=["device", "namespace"])
         for d in devices:
             name, page = d["device"], d["page_size"]
+            info.add_metric([name, d["namespace"] or ""], {})
             for (key, kind), family in families.items():
                 value = d[key][kind]
                 if value is not None:
@@ -130,7 +134,7 @@ class LedgerCollector:
             for c in d["checks"]:
                 for state in STATUSES:  # a state set (OpenMetrics), as node_exporter's systemd states
                     checks.add_metric([name, c["name"], state], 1 if c["status"] == state else 0)
-        yield from (count, *families.values(), saved, checks)
+        yield from (count, info, *families.values(), saved, checks)
 
     @staticmethod
     def _init_histogram(log: List[dict]) -> HistogramMetricFamily:

@@ -6,7 +6,7 @@ Pure: takes the event dicts of events.py, returns plain objects; no kernel, no B
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from vmemtrace import geometry
+from vmemtrace import events, geometry
 from vmemtrace.account import Account, account
 from vmemtrace.kernel import compat
 from vmemtrace.probes import targets
@@ -29,6 +29,15 @@ class DeviceLedger:
     @property
     def name(self) -> str:
         return self.device["name"] if self.device else f"pfn-{self.start_pfn}"
+
+    @property
+    def namespace(self) -> Optional[str]:
+        """The nvdimm namespace behind the device (ndctl's "dev"), None for hmem/CXL."""
+        return (self.device or {}).get("namespace")
+
+    def known_as(self, names) -> bool:
+        """What -d matches (events.named); a range with no device is known by its pfn name."""
+        return events.named(self.device or {"name": self.name}, names)
 
     @property
     def pfns_per_compound(self) -> int:

@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, urlparse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
+from vmemtrace import events
 from vmemtrace.errors import VmemtraceError, terminate_on_sigterm
 from vmemtrace.exporter import LedgerCollector, Snapshot
 from vmemtrace.kernel import daxdev
@@ -126,12 +127,18 @@ class MetricsServer(ThreadingHTTPServer):
 class Exporter:
     """Holds the snapshot the collector reads; the tracing loop updates it."""
 
-    def __init__(self):
+    def __init__(self, only=()):
+        """only (-d): report these devices (by chardev or namespace) and no other, whenever
+        they exist."""
         self.snap = Snapshot(log=[])
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(LedgerCollector(self.snapshot, daxdev.inventory))
+        self.only = tuple(only)
+        self.registry.register(LedgerCollector(self.snapshot, self.devices_now))
         ProcessCollector(namespace="vmemtrace", registry=self.registry)
         self.server = None
+
+    def devices_now(self) -> list:
+        return [d for d in daxdev.inventory() if events.named(d, self.only)]
 
     def snapshot(self) -> Snapshot:
         s = self.snap
@@ -251,10 +258,10 @@ def _audit_only(exporter: Exporter, why: str, textfile: Optional[str], interval:
 
 
 def run(listen: str, textfile: Optional[str], interval: float, cert: Optional[str],
-        key: Optional[str], progress: Callable[[str], None]) -> None:
+        key: Optional[str], progress: Callable[[str], None], only=()) -> None:
     """Bad configuration (address, port, certificate, textfile) exits 2 before anything else;
     a host that cannot trace is served as well as it can be, never given up on."""
-    exporter = Exporter()
+    exporter = Exporter(only)
     try:
         if textfile:
             exporter.check_textfile(textfile)  # unwritable: fail now, not after the compile

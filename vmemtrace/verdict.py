@@ -4,7 +4,7 @@ per-device and overall verdicts, and the exit code each verdict means.
 Pure: a Ledger in, the verify document of docs/design.md out. Expected numbers come from geometry only.
 """
 
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from vmemtrace import geometry
 from vmemtrace.checks import Check, defining_checks, device_verdict, run_checks
@@ -27,6 +27,8 @@ def _device_doc(d: DeviceLedger, v: DeviceView, checks: List[Check], verdict: st
         optimized = seen.struct_pages_initialized < n.init_naive
     return {
         "device": d.name,
+        "chardev": d.name,  # as `daxctl list` and `ndctl list` call it
+        "namespace": d.namespace,
         "start_pfn": d.start_pfn,
         "nr_pages": d.nr_pages,
         "compound_pages": n.compound_pages,
@@ -62,19 +64,25 @@ def check_device(d: DeviceLedger, ledger: Ledger, expect: str, allow_skip=()) ->
     return _device_doc(d, v, checks, verdict, unjudged)
 
 
-def evaluate(ledger: Ledger, expect: str = "auto", allow_skip=()) -> dict:
+def evaluate(ledger: Ledger, expect: str = "auto", allow_skip=(), only=()) -> dict:
     """The verify document: overall verdict, per-device results. A device passes only when
     every check that defines its case was judged (defining_checks) or the user waived it
-    (allow_skip); otherwise it is "incomplete", which exits 2 like "error"."""
-    devices = [check_device(d, ledger, expect, allow_skip) for d in ledger.devices]
+    (allow_skip); otherwise it is "incomplete", which exits 2 like "error". `only` (-d): the
+    devices so named, by chardev or namespace; a name that matches none is a problem."""
+    chosen = [d for d in ledger.devices if not only or d.known_as(only)]
+    devices = [check_device(d, ledger, expect, allow_skip) for d in chosen]
     problems = [f"inconsistent log: {p}" for p in ledger.inconsistent]
-    problems += [f"inconsistent log, {d.name}: {p}" for d in ledger.devices for p in d.inconsistencies()]
+    problems += [f"inconsistent log, {d.name}: {p}" for d in chosen for p in d.inconsistencies()]
+    problems += [f"no dax device {name!r} (by chardev or namespace, as `daxctl list` shows them)"
+                 for name in only if not any(d.known_as((name,)) for d in ledger.devices)]
     if ledger.lost:
         problems.append(f"{ledger.lost} events lost: the ledger is incomplete")
     bad = {k: v for k, v in ledger.bpf_errors.items() if v}
     if bad:
         problems.append("BPF-side errors: " + ", ".join(f"{k}={v}" for k, v in bad.items()))
-    if not devices and ledger.header.get("walk") == "audit":
+    if not devices and only:
+        pass  # said above, by name
+    elif not devices and ledger.header.get("walk") == "audit":
         problems.append("no dax device with memory in /sys/bus/dax/devices: nothing to audit")
     elif not devices:
         problems.append("no device-dax range was set up while tracing")
@@ -98,6 +106,15 @@ def evaluate(ledger: Ledger, expect: str = "auto", allow_skip=()) -> dict:
     if ledger.vmstat:
         doc["nr_memmap_pages"] = ledger.vmstat
     return doc
+
+
+def changed_since(doc: dict, before: Optional[dict]) -> dict:
+    """`stats` without --cumulative: the document with only the devices that are new or whose
+    part changed since the last interval's document (bcc tools clear their maps each interval;
+    a ledger cannot be cut in time, since one range's events may straddle two intervals)."""
+    old = {(d["device"], d["start_pfn"]): d for d in (before or {}).get("devices", ())}
+    devices = [d for d in doc["devices"] if old.get((d["device"], d["start_pfn"])) != d]
+    return {**doc, "devices": devices}
 
 
 EXIT = {"pass": 0, "fail": 1, "incomplete": 2, "error": 2}

@@ -48,9 +48,10 @@ def _nvdimm_parent(dev: Path) -> dict:
     parent = dev.resolve().parent
     try:
         mode = _read(parent / "mode")
-        ns_start = int(_read(parent.parent / _read(parent / "namespace") / "resource"), 0)
+        namespace = _read(parent / "namespace")
+        ns_start = int(_read(parent.parent / namespace / "resource"), 0)
         end = int(_read(parent / "resource"), 0) + int(_read(parent / "size"), 0)
     except (OSError, ValueError):
         return {}  # not nvdimm-backed (hmem, CXL): the dax device's range is the pgmap's
-    return {"mode": mode, "pgmap_start_pfn": ns_start >> PAGE_SHIFT,
+    return {"mode": mode, "namespace": namespace, "pgmap_start_pfn": ns_start >> PAGE_SHIFT,
             "pgmap_nr_pages": (end - ns_start) >> PAGE_SHIFT}
