@@ -162,7 +162,7 @@ def _broken_root(tmp_path, series, rel, content):
 @pytest.mark.parametrize("rel,content,message", [
     ("boot/config-{release}", b"CONFIG_KPROBES=y\n\xff\xfe CONFIG_X=\x80\n", None),
     ("boot/config-{release}", None, "cannot read it"),
-    ("proc/config.gz", __import__("gzip").compress(b"CONFIG_KPROBES=y\n" * 100)[:40], "/proc/config.gz"),
+    ("proc/config.gz", __import__("gzip").compress(b"CONFIG_KPROBES=y\n" * 100, mtime=0)[:40], "/proc/config.gz"),
     ("proc/sys/kernel/osrelease", b"", "not a kernel release"),
     ("proc/sys/kernel/osrelease", b"\xff\xfegarbage\n", "not a kernel release"),
     ("sys/kernel/debug/kprobes/blacklist", b"0x1-0x2\t\xff\xfe\n", None),
