@@ -118,6 +118,9 @@ struct section_event {
     u64 ok;                /* __populate_section_memmap returned the memmap (not NULL) */
     u64 struct_page_size;
     u64 page_size;
+    u64 pid;               /* the task that populated it (`trace` shows pid and comm) */
+    u64 ktime_ns;          /* bpf_ktime_get_ns() at return: CLOCK_MONOTONIC */
+    char comm[16];         /* TASK_COMM_LEN */
 };
 
 /* One memmap_init_zone_device() call; its field names are the "range" event's keys. */
@@ -137,6 +140,9 @@ struct range_event {
     u64 duration_ns;
     u64 struct_page_size;
     u64 page_size;
+    u64 pid;
+    u64 ktime_ns;
+    char comm[16];
 };
 
 /* One compound page's vmemmap PTEs: the "compound" event's keys, besides head_pfn. */
@@ -333,6 +339,9 @@ int section_return(struct pt_regs *ctx)
         COUNT_ERROR(missed_return);
     /* NULL return: the memmap could not be populated; the event still reports what was done. */
     s->ev.ok = PT_REGS_RC(ctx) != 0;
+    s->ev.pid = bpf_get_current_pid_tgid() >> 32;
+    s->ev.ktime_ns = bpf_ktime_get_ns();
+    bpf_get_current_comm(&s->ev.comm, sizeof(s->ev.comm));
     section_events.perf_submit(ctx, &s->ev, sizeof(s->ev));
     sections.delete(&t);
     return 0;
@@ -532,7 +541,10 @@ int mizd_return(struct pt_regs *ctx)
     struct range_ctx *r = ranges.lookup(&t);
     if (!r)
         return 0;
-    r->ev.duration_ns = bpf_ktime_get_ns() - r->ts;
+    r->ev.ktime_ns = bpf_ktime_get_ns();
+    r->ev.duration_ns = r->ev.ktime_ns - r->ts;
+    r->ev.pid = bpf_get_current_pid_tgid() >> 32;
+    bpf_get_current_comm(&r->ev.comm, sizeof(r->ev.comm));
     if (r->ev.mic_min == (u64)-1)
         r->ev.mic_min = 0; /* no nr_pages read: none called, or only counted (a clone) */
     range_events.perf_submit(ctx, &r->ev, sizeof(r->ev));

@@ -160,9 +160,7 @@ def verify(expect, as_json, junit, allow_skip, no_probe, record_to, cross_check,
     """Run CMD (no shell) under tracing and judge what the kernel did.
 
     Where the populate functions are notrace, each range's vmemmap page tables are walked once
-    memmap_init_zone_device returns. Exit 0 pass, 1 fail, 2 could not verify.  Example:
-
-      vmemtrace verify -- ndctl create-namespace -f -e namespace0.0 -m devdax -M mem -a 2M"""
+    memmap_init_zone_device returns. Exit 0 pass, 1 fail, 2 could not verify."""
     from vmemtrace.ledger import fold
     from vmemtrace.verdict import evaluate
 
@@ -296,15 +294,35 @@ def exporter(listen, textfile, interval, tls_cert, tls_key, only):
 
 @cli.command()
 @click.option("-d", "--duration", type=float, help="stop after this many seconds")
+@click.option("-T", "--wall-clock", "wall", is_flag=True,
+              help="print wall-clock times (HH:MM:SS.us), not seconds since the first event")
 @JSON
 @one_line_errors
-def trace(duration, as_json):
-    """Print events as the kernel produces them, one line each, until Ctrl-C."""
+def trace(duration, wall, as_json):
+    """Print events as the kernel produces them, one line each, until Ctrl-C: when, the pid
+    and comm of the task that built the vmemmap, and what it built."""
+    import time as _time
+
     _compile_early()
     from vmemtrace.session import watch
 
+    first = []
+
     def show(ev):
-        click.echo(render.json_line(ev) if as_json else render.event_line(ev))
+        if as_json:
+            return click.echo(render.json_line(ev))
+        # Kernel events carry bpf_ktime_get_ns() (CLOCK_MONOTONIC); what vmemtrace itself read
+        # (walks, devices) is stamped as it is shown.
+        ns = ev.get("ktime_ns") or _time.monotonic_ns()
+        if not first:
+            first.append(ns)
+            click.echo(render.TRACE_HEADER)
+        if wall:
+            t = _time.time() - (_time.monotonic_ns() - ns) / 1e9
+            when = _time.strftime("%H:%M:%S", _time.localtime(t)) + f".{int(t % 1 * 1e6):06d}"
+        else:
+            when = f"{(ns - first[0]) / 1e9:.6f}"
+        click.echo(render.event_line(ev, when))
 
     watch(duration, say, show)
 
@@ -353,10 +371,19 @@ def stats(interval, count, cumulative, only, as_json):
     watch(None, say, log.append, tick)
 
 
-def main():
+def command_group() -> click.Group:
+    """Every command, each with its examples (vmemtrace/manual.py) under its -h."""
+    from vmemtrace import manual
     from vmemtrace.lab.cli import lab
 
     cli.add_command(lab)
+    for name, cmd in cli.commands.items():
+        cmd.epilog = manual.epilog(name)
+    return cli
+
+
+def main():
+    command_group()
     # Not click's standalone mode: it turns a Ctrl-C during argument parsing into "Aborted!"
     # and exit 1, the code that means "the kernel failed".
     try:

@@ -41,6 +41,24 @@ def terminate_on_sigterm():
         signal.signal(signal.SIGTERM, old)
 
 
+@contextmanager
+def stops_held():
+    """Ctrl-C and SIGTERM wait until the block is done, then act as they would have (for a
+    write that must not be cut between its two steps). A Python handler that only takes note,
+    not a blocked signal mask: the kernel may deliver a process's signal to any thread, and
+    Python runs the handler in the main thread whichever thread received it."""
+    pending = []
+    stops = (signal.SIGTERM, signal.SIGINT)
+    old = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in stops}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        if pending:
+            signal.raise_signal(pending[0])  # now, to the handler that was there before
+
+
 def _discard_compile() -> None:
     """A BPF compile started early (probes/loader.py) must not be inside LLVM while the
     interpreter exits; looked up, never imported: most commands never start one."""

@@ -60,7 +60,11 @@ def named(device: dict, names) -> bool:
 
 # Keys an event may carry, checked when present (a doctored "pgmap_start_pfn": "x" would
 # otherwise reach the ledger's arithmetic).
-OPTIONAL = {"device": ("driver", "mode", "namespace", "pgmap_start_pfn", "pgmap_nr_pages")}
+# section and range: the task that did it and when (CLOCK_MONOTONIC ns); logs recorded before
+# they were added lack them, and are read as they are.
+TASK = ("pid", "ktime_ns", "comm")
+OPTIONAL = {"device": ("driver", "mode", "namespace", "pgmap_start_pfn", "pgmap_nr_pages"),
+            "section": TASK, "range": TASK}
 
 # Types of the keys that are not non-negative integer counts (the rest are: pfns, pages, bytes).
 BOOL, STR, LIST, DICT, NUMBER, SIGNED, INT_MAP, MAYBE_INT = (
@@ -68,8 +72,8 @@ BOOL, STR, LIST, DICT, NUMBER, SIGNED, INT_MAP, MAYBE_INT = (
     "a count or null")
 TYPES = {
     "header": {"kernel": STR, "version": LIST, "feature": DICT, "strategy": DICT},
-    "section": {"altmap": BOOL, "has_pgmap": BOOL, "ok": BOOL},
-    "range": {"altmap": BOOL},
+    "section": {"altmap": BOOL, "has_pgmap": BOOL, "ok": BOOL, "comm": STR},
+    "range": {"altmap": BOOL, "comm": STR},
     "walk": {"altmap": BOOL, "levels": INT_MAP},
     "vmstat": {"when": STR},
     "device": {"name": STR, "align": MAYBE_INT, "driver": STR, "mode": STR, "namespace": STR},

@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.process_collector import ProcessCollector
 
 from vmemtrace import events
-from vmemtrace.errors import VmemtraceError, terminate_on_sigterm
+from vmemtrace.errors import VmemtraceError, stops_held, terminate_on_sigterm
 from vmemtrace.exporter import LedgerCollector, Snapshot
 from vmemtrace.kernel import daxdev
 
@@ -185,23 +185,20 @@ class Exporter:
 
     def write_textfile(self, path: str) -> None:
         """Atomically (write then rename), as node_exporter's textfile collector requires, with
-        SIGTERM and SIGINT held off meanwhile: a stop that lands between the write and the rename
-        would leave the temporary behind (prometheus-client's write_to_textfile does), and
-        node_exporter reads every *.prom* name it is given."""
+        SIGTERM and Ctrl-C held off meanwhile: a stop between the write and the rename would
+        leave the temporary behind (prometheus-client's write_to_textfile does)."""
         if not path.endswith(".prom"):
             raise VmemtraceError(f"--textfile {path}: node_exporter only reads *.prom files")
         tmp = f"{path}.{os.getpid()}.tmp"
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(generate_latest(self.registry))
-            os.replace(tmp, path)
-        except OSError as e:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise VmemtraceError(f"cannot write {path}: {e.strerror}")
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a pending stop is delivered here
+        with stops_held():
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.write(generate_latest(self.registry))
+                os.replace(tmp, path)
+            except OSError as e:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise VmemtraceError(f"cannot write {path}: {e.strerror}")
 
     def close(self) -> None:
         if self.server is not None:

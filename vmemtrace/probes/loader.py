@@ -7,7 +7,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 from vmemtrace.errors import VmemtraceError
 from vmemtrace.kernel import btf, compat, environment, headers
@@ -20,10 +20,15 @@ CP_MAP_ENTRIES = 1 << 18  # compound pages between two drains: 512 GiB at 2 MiB 
 DRAIN_CHUNK = 4096  # compound map entries per batch system call
 
 
-def fields(struct) -> Dict[str, int]:
+def fields(struct) -> Dict[str, Union[int, str]]:
     """A ctypes struct BCC built from the program's C declaration, by field name: the C struct
-    is the contract (bpf/vmemtrace.bpf.c), nothing here repeats its layout."""
-    return {name: int(getattr(struct, name)) for name, _ in struct._fields_}
+    is the contract (bpf/vmemtrace.bpf.c), nothing here repeats its layout. A char array (comm)
+    is text; ctypes hands it over as bytes up to the first NUL."""
+    out: Dict[str, Union[int, str]] = {}
+    for name, _ in struct._fields_:
+        value = getattr(struct, name)
+        out[name] = value.decode("utf-8", "replace") if isinstance(value, bytes) else int(value)
+    return out
 
 
 def defines(version: tuple, build: Path, layout: Optional[btf.Layout]) -> Tuple[List[str], Dict[str, str]]:
