@@ -13,8 +13,10 @@ fi
 # qemu (TCG guest), debootstrap (guest root), kmod (depmod for virtme-ng), busybox (virtme-ng's
 # initramfs), Debian's BCC for Python (the PyPI package "bcc" is unrelated), venv; prometheus
 # for promtool (the alert rules' tests), systemd for systemd-analyze (the unit's tests), shellcheck
-# (lint), openssl (a test certificate).
-PKGS="qemu-system-x86 debootstrap kmod busybox-static python3-venv python3-bpfcc prometheus systemd shellcheck openssl"
+# (lint), openssl (a test certificate), man-db (the man pages' test); debhelper, dh-python,
+# pybuild-plugin-pyproject and the Python modules the .deb depends on (scripts/build-deb).
+PKGS="qemu-system-x86 debootstrap kmod busybox-static python3-venv python3-bpfcc prometheus systemd shellcheck openssl man-db
+debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools python3-click python3-tabulate python3-prometheus-client"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

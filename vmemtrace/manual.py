@@ -112,9 +112,17 @@ def _synopsis(cmd: click.Command, name: str) -> str:
     return f".B vmemtrace {name}\n[\\fIOPTIONS\\fR]{dashes} {_esc(args)}".rstrip()
 
 
+def _first_sentence(text: str) -> str:
+    flat = " ".join(text.split())
+    head, dot, _ = flat.partition(". ")
+    return (head + dot).rstrip(". ").rstrip(":")
+
+
 def _option(p: click.Option) -> List[str]:
     flags = ", ".join(f"\\fB{_esc(o)}\\fR" for o in p.opts + p.secondary_opts)
-    if not p.is_flag:
+    if isinstance(p.type, click.Choice):
+        flags += " \\fI" + _esc("{" + "|".join(p.type.choices) + "}") + "\\fR"
+    elif not p.is_flag:
         flags += f" \\fI{_esc(p.metavar or p.type.name.upper())}\\fR"
     text = p.help or ""
     if p.show_default and p.default not in (None, (), False):
@@ -126,11 +134,10 @@ def page(name: str, cmd: click.Command, version: str) -> str:
     """vmemtrace-NAME(8) in man(7) roff."""
     title = f"vmemtrace-{name}".upper()
     doc = (cmd.help or "").replace("\b\n", "")
-    summary, _, rest = doc.partition("\n\n")
     out = [f'.TH {_esc(title)} 8 "" "vmemtrace {version}" "vmemtrace manual"',
-           ".SH NAME", f"vmemtrace\\-{name} \\- {_esc(' '.join(summary.split()))}",
+           ".SH NAME", f"vmemtrace\\-{name} \\- {_esc(_first_sentence(doc))}",
            ".SH SYNOPSIS", _synopsis(cmd, name), ".SH DESCRIPTION"]
-    out += [_esc(" ".join(par.split())) + "\n.PP" for par in rest.split("\n\n") if par.strip()]
+    out += [_esc(" ".join(par.split())) + "\n.PP" for par in doc.split("\n\n") if par.strip()]
     out.append(".SH OPTIONS")
     for p in options(cmd):
         out += _option(p)
@@ -164,7 +171,11 @@ def index_page(group: click.Group, version: str) -> str:
     for name in sorted(group.commands):
         cmd = group.commands[name]
         out += [".TP", f"\\fBvmemtrace\\-{name}\\fR(8)",
-                _esc(" ".join((cmd.help or "").split("\n\n")[0].split()))]
+                _esc(_first_sentence(cmd.help or ""))]
+    out.append(".SH EXAMPLES")
+    for name in ("lab", "check", "verify", "audit", "exporter"):
+        cmdline, what = EXAMPLES[name][0]
+        out += [".TP", f"\\fB{_esc(cmdline)}\\fR", _esc(what)]
     out += [".SH SHELL COMPLETION",
             _esc("bash: eval \"$(_VMEMTRACE_COMPLETE=bash_source vmemtrace)\"; zsh: "
                  "_VMEMTRACE_COMPLETE=zsh_source; fish: _VMEMTRACE_COMPLETE=fish_source."),
