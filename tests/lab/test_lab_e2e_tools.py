@@ -18,7 +18,7 @@ COUNT_KPROBES = ("grep -c -E '(memmap_init_zone_device|vmemmap_populate_address|
 
 SCRIPT_6_12 = f"""
 ndctl disable-namespace namespace0.0 >/dev/null 2>&1
-vmemtrace trace -d 600 > /tmp/trace.out 2> /tmp/trace.err &
+vmemtrace trace -T -d 600 > /tmp/trace.out 2> /tmp/trace.err &
 pid=$!
 {WAIT_ATTACHED.format(err="/tmp/trace.err")}
 {NDCTL} -a 1G > /dev/null
@@ -34,6 +34,9 @@ pid=$!
 {NDCTL} -a 2M > /dev/null
 wait $pid; echo "stats-exit=$?"
 echo "--- stats"; cat /tmp/stats.out; echo "--- end"
+echo "--- audit-ns"; vmemtrace audit -d namespace0.0 --json; echo "--- end"
+vmemtrace audit -d dax9.9 > /dev/null 2> /tmp/a.err; echo "nodev-exit=$?"
+echo "nodev-err=$(tail -1 /tmp/a.err)"
 vmemtrace verify -- ndctl create-namespace -e namespace9.9 > /dev/null 2> /tmp/v.err; echo "noop-exit=$?"
 echo "noop-err=$(tail -1 /tmp/v.err)"
 vmemtrace verify -- /nonexistent/cmd > /dev/null 2> /tmp/v.err; echo "nocmd-exit=$?"
@@ -79,13 +82,33 @@ def out_6_12():
 
 
 def test_trace_prints_one_line_per_event(out_6_12):
-    lines = section(out_6_12, "trace").splitlines()
-    ranges = [l for l in lines if l.startswith("RANGE")]
+    header, *rows = section(out_6_12, "trace").splitlines()
+    assert header.split() == ["TIME", "PID", "COMM", "EVENT"]
+    # -T: wall-clock HH:MM:SS.us; the kernel's events name the task that built the vmemmap.
+    lines = []
+    for row in rows:
+        when, pid, comm, event = row.split(None, 3)
+        assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{6}", when), row
+        lines.append((pid, comm, event))
+    kernel = [(pid, comm) for pid, comm, e in lines if e.startswith(("SECTION", "RANGE"))]
+    assert kernel and all(pid.isdigit() and comm == "ndctl" for pid, comm in kernel), kernel
+    assert all((pid, comm) == ("-", "-") for pid, comm, e in lines if e.startswith("COMPOUND"))
+    events = [e for _, _, e in lines]
+    ranges = [l for l in events if l.startswith("RANGE")]
     assert len(ranges) == 1
     assert "compound 262144" in ranges[0] and "memmap_init_compound 3 calls 384 struct pages" in ranges[0]
-    assert sum(l.startswith("COMPOUND") for l in lines) == 3
-    assert sum(l.startswith("SECTION") for l in lines) == 24
-    assert all("fresh 2 reused 4094 on-first-tail 4094" in l for l in lines if l.startswith("COMPOUND"))
+    assert sum(l.startswith("COMPOUND") for l in events) == 3
+    assert sum(l.startswith("SECTION") for l in events) == 24
+    assert all("fresh 2 reused 4094 on-first-tail 4094" in l for l in events if l.startswith("COMPOUND"))
+
+
+def test_audit_names_devices_as_ndctl_and_daxctl_do(out_6_12):
+    doc = json.loads(section(out_6_12, "audit-ns"))
+    (dev,) = doc["devices"]
+    assert (dev["chardev"], dev["namespace"]) == ("dax0.0", "namespace0.0")
+    assert doc["verdict"] == "pass"
+    assert value(out_6_12, "nodev-exit") == "2"
+    assert "no dax device 'dax9.9'" in value(out_6_12, "nodev-err")
 
 
 def test_sigterm_detaches_everything(out_6_12):

@@ -3,6 +3,7 @@ schema (grafana-foundation-sdk, generated from Grafana 11.6's kinds), every quer
 metrics the exporter really exports, and the systemd unit under systemd-analyze."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -204,9 +205,14 @@ def test_systemd_unit_verifies_and_is_sandboxed(tmp_path):
     unit = (ROOT / "deploy/vmemtrace-exporter.service").read_text()
     exe = Path(sys.executable).parent / "vmemtrace"
     (tmp_path / "vmemtrace-exporter.service").write_text(
-        unit.replace("/usr/local/bin/vmemtrace", str(exe)))
+        unit.replace("/usr/bin/vmemtrace", str(exe)))
+    # Its Documentation= names the man page: systemd-analyze runs man for it, here on man/.
+    (tmp_path / "man/man8").mkdir(parents=True)
+    for page in (ROOT / "man").glob("*.8"):
+        (tmp_path / "man/man8" / page.name).symlink_to(page)
     res = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "vmemtrace-exporter.service")],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True,
+                         env={**os.environ, "MANPATH": str(tmp_path / "man")})
     assert res.returncode == 0 and not res.stderr.strip(), res.stderr
     res = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--threshold=40",
                           str(tmp_path / "vmemtrace-exporter.service")], capture_output=True, text=True)

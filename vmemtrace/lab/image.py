@@ -25,10 +25,11 @@ SECURITY = "http://deb.debian.org/debian-security"
 # What the guest needs to create namespaces and run vmemtrace: ndctl/daxctl, kmod for modprobe,
 # Debian's BCC (python3-bpfcc) and vmemtrace's own Python dependencies from Debian; a real
 # Prometheus server to scrape the exporter, bpftrace as the benchmark's baseline, and bpftool to
-# see which BPF programs are loaded.
+# see which BPF programs are loaded; man-db and python3-venv for the tests that install the built
+# .deb and wheel in a guest (tests/lab/test_lab_e2e_install.py).
 PACKAGES = ("kmod", "udev", "procps", "python3", "python3-bpfcc", "ndctl", "daxctl",
             "python3-click", "python3-tabulate", "python3-prometheus-client", "prometheus",
-            "bpftrace", "iproute2", "bpftool")
+            "bpftrace", "iproute2", "bpftool", "man-db", "python3-venv")
 # Per guest root, the archive suites its kernels come from (kernels.py says which root a kernel
 # boots in). Only kernels are taken from the extra suites, by `apt-get download`, never installed
 # with their dependencies: the root's own packages stay those of its suite.

@@ -1,0 +1,85 @@
+"""Runs inside a lab guest (python3 tests/lab/guest_install.py): install the built .deb with apt,
+and separately the wheel into a fresh venv, and verify every lab case with each installed
+vmemtrace, away from the mounted source tree. Prints one JSON document.
+
+The guest's root is the lab cache, shared read-only in spirit: what apt writes goes to overlays
+on tmpfs, gone at power-off. Driven by tests/lab/test_lab_e2e_install.py; assertions live there.
+"""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, "/opt/vmemtrace")
+from vmemtrace.lab.cases import CASES  # noqa: E402  (only the table of cases, not the tool)
+
+DIST = "/opt/vmemtrace/dist"
+# What apt and dpkg write. Not /var itself: the lab's results directory is mounted below it.
+WRITTEN = ("/usr", "/etc", "/var/lib/dpkg", "/var/lib/apt", "/var/cache/apt", "/var/log")
+# The installed tool must not see the source tree the lab's own wrapper runs.
+CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}
+
+
+def sh(*cmd, **kw):
+    return subprocess.run(cmd, capture_output=True, text=True, env=CLEAN_ENV, cwd="/", **kw)
+
+
+def overlay_writable_dirs():
+    subprocess.run(["modprobe", "overlay"], check=False)
+    for i, d in enumerate(WRITTEN):
+        up, work = f"/tmp/ov/{i}/up", f"/tmp/ov/{i}/work"
+        os.makedirs(up)
+        os.makedirs(work)
+        subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                        f"lowerdir={d},upperdir={up},workdir={work}", d], check=True)
+
+
+def cases(exe):
+    out = {}
+    for name, case in CASES.items():
+        sh("ndctl", "disable-namespace", "namespace0.0")
+        res = sh(exe, "verify", "--json", "--", *case.ndctl_args("namespace0.0"))
+        doc = json.loads(res.stdout) if res.stdout.strip() else {}
+        out[name] = {"exit": res.returncode, "verdict": doc.get("verdict"),
+                     "err": res.stderr.strip().splitlines()[-1:],
+                     "devices": [{k: d[k] for k in ("device", "vmemmap_pages",
+                                                    "struct_pages_initialized")}
+                                 for d in doc.get("devices", [])]}
+    return out
+
+
+def where(exe):
+    """Which vmemtrace module and BPF program the installed command uses (check --json)."""
+    res = sh(exe, "check", "--json")
+    doc = json.loads(res.stdout) if res.stdout.strip() else {}
+    mod = sh(os.path.join(os.path.dirname(exe), "python3") if "venv" in exe else "/usr/bin/python3",
+             "-c", "import vmemtrace; print(vmemtrace.__file__)")
+    return {"bpf_program": doc.get("bpf_program"), "can_trace": doc.get("can_trace"),
+            "module": mod.stdout.strip()}
+
+
+def main():
+    overlay_writable_dirs()
+    (deb,) = glob.glob(f"{DIST}/vmemtrace_*_all.deb")
+    (wheel,) = glob.glob(f"{DIST}/vmemtrace-*.whl")
+    apt = sh("apt-get", "install", "-y", "-q", "--no-download", "--no-install-recommends", deb)
+    man = sh("man", "-P", "cat", "vmemtrace-verify")
+    unit = sh("systemctl", "cat", "--no-pager", "vmemtrace-exporter.service")
+    out = {"apt_exit": apt.returncode, "apt_err": apt.stderr[-2000:],
+           "man_exit": man.returncode, "man": man.stdout.splitlines()[:12],
+           "unit_files": sorted(glob.glob("/lib/systemd/system/vmemtrace*")),
+           "unit_exec": [line for line in unit.stdout.splitlines() if line.startswith("ExecStart")],
+           "default": os.path.exists("/etc/default/vmemtrace-exporter"),
+           "deb": {"where": where("/usr/bin/vmemtrace"), "cases": cases("/usr/bin/vmemtrace")}}
+    venv = sh("/usr/bin/python3", "-m", "venv", "--system-site-packages", "/tmp/venv")
+    pip = sh("/tmp/venv/bin/pip", "install", "-q", "--no-index", "--no-deps", wheel)
+    out["venv_exit"], out["pip_exit"], out["pip_err"] = venv.returncode, pip.returncode, pip.stderr[-2000:]
+    # The .deb is still installed: the venv's module must win in the venv, which is what it is for.
+    out["wheel"] = {"where": where("/tmp/venv/bin/vmemtrace"), "cases": cases("/tmp/venv/bin/vmemtrace")}
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
