@@ -262,3 +262,21 @@ def test_daemonset_is_valid_kubernetes(version):
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout.count("passed") == 4, res.stdout
+
+
+def test_containerfile_installs_the_deb_and_runs_what_the_daemonset_runs():
+    """deploy/Containerfile is not built here (no registry for a base image: README, "Container
+    image"); what it says must agree with the .deb and the DaemonSet."""
+    text = (ROOT / "deploy/Containerfile").read_text()
+    version = re.search(r'^version = "(.+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    assert f"ARG VERSION={version}" in text
+    changelog = (ROOT / "debian/changelog").read_text().splitlines()[0]
+    assert changelog.startswith(f"vmemtrace ({version})"), changelog
+    assert re.search(r"apt-get install .*\\\n\s+/tmp/vmemtrace_\$\{VERSION\}_all.deb", text)
+    assert "pip" not in text.split("FROM", 1)[1]
+    entry = json.loads(re.search(r"^ENTRYPOINT (.+)$", text, re.M).group(1))
+    cmd = json.loads(re.search(r"^CMD (.+)$", text, re.M).group(1))
+    _, ds = daemonset()
+    (c,) = [c for c in ds["spec"]["template"]["spec"]["containers"] if c["name"] == "exporter"]
+    assert entry == ["/usr/bin/vmemtrace"] and cmd == c["args"]
+    assert c["image"].endswith(":" + version)
