@@ -1,8 +1,12 @@
-"""The built wheel carries what an installed vmemtrace needs to trace: the BPF program as package
-data (found where the package is, not in a source tree) and the licence."""
+"""The built wheel and .deb carry what an installed vmemtrace needs to trace: the BPF program as
+package data (found where the package is, not in a source tree) and the licence; the .deb also
+the man pages, the exporter's unit and the dashboards. Installing them in a guest and tracing
+with them: tests/lab/test_lab_e2e_install.py."""
 
+import io
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -30,3 +34,35 @@ def test_an_installed_wheel_finds_its_bpf_program(tmp_path):
     assert res.returncode == 0, res.stderr
     path, same = res.stdout.split()
     assert path.startswith(str(site)) and same == "True"
+
+
+def test_the_deb_builds_and_holds_what_it_promises(tmp_path):
+    res = subprocess.run([str(ROOT / "scripts/build-deb"), str(tmp_path)], capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (deb,) = tmp_path.glob("vmemtrace_*_all.deb")
+    info = subprocess.run(["dpkg-deb", "-f", str(deb), "Depends"], capture_output=True,
+                          text=True, check=True).stdout
+    depends = {d.strip().split()[0] for d in info.split(",")}
+    assert {"python3-bpfcc", "python3-click", "python3-tabulate",
+            "python3-prometheus-client"} <= depends
+    listing = subprocess.run(["dpkg-deb", "-c", str(deb)], capture_output=True, text=True,
+                             check=True).stdout
+    files = {line.split()[5].lstrip(".") for line in listing.splitlines()}
+    pages = {f"/usr/share/man/man8/{p.name}.gz" for p in (ROOT / "man").glob("*.8")}
+    assert len(pages) == 10 and pages <= files
+    assert {"/usr/bin/vmemtrace", "/usr/lib/python3/dist-packages/vmemtrace/bpf/vmemtrace.bpf.c",
+            "/lib/systemd/system/vmemtrace-exporter.service", "/etc/default/vmemtrace-exporter",
+            "/usr/share/vmemtrace/dashboards/vmemtrace.json",
+            "/usr/share/vmemtrace/dashboards/alerts.yml",
+            "/usr/share/doc/vmemtrace/copyright"} <= files
+    # Not enabled on install: no link into multi-user.target.wants, no start in postinst.
+    assert not any("wants" in f for f in files)
+    conffiles = subprocess.run(["dpkg-deb", "--ctrl-tarfile", str(deb)], capture_output=True,
+                               check=True).stdout
+    ctrl = tarfile.open(fileobj=io.BytesIO(conffiles))
+    names = {m.name.lstrip("./") for m in ctrl.getmembers()}
+    assert "conffiles" in names
+    assert b"/etc/default/vmemtrace-exporter" in ctrl.extractfile("./conffiles").read()
+    if "postinst" in names:
+        assert b"deb-systemd-invoke start" not in ctrl.extractfile("./postinst").read()
