@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 ./scripts/install.sh
 # Lint first: seconds, where the suite takes half an hour.
 .venv/bin/ruff check --select E,F,W --ignore E501,E741 vmemtrace tests bench scripts/record-fixtures scripts/build-man
-shellcheck scripts/*.sh .ci/run
+shellcheck scripts/*.sh scripts/build-deb .ci/run
 # Arguments name what to run instead of the whole suite (e.g. tests/unit, or a lab test by -k).
 if [ $# -eq 0 ]; then set -- tests; fi
 exec .venv/bin/python -m pytest -v -rs "$@"
