@@ -42,18 +42,29 @@ def struct_page_size(facts, progress: Callable[[str], None]) -> int:
     return geometry.STRUCT_PAGE_SIZE
 
 
-def audit_events(walker: Walker, facts, progress: Callable[[str], None], only=()) -> List[dict]:
-    """Per dax device in sysfs now (only those -d names, if any): the walk of its pgmap range,
-    then its device event."""
-    version, page = facts.version, struct_page_size(facts, progress)
-    devices = [d for d in daxdev.inventory() if events.named(d, only)]
-    progress(f"walking the vmemmap page tables ({walker.layout.levels}-level paging) "
-             f"of {len(devices)} dax devices")
+def auditable(devices: List[dict], progress: Callable[[str], None]) -> List[dict]:
+    """The device ranges that have a ZONE_DEVICE memmap to walk, each other one said why not."""
     out = []
     for dev in devices:
         if dev.get("driver") == "kmem":
             progress(f"{dev['name']}: skipped, onlined as System RAM (kmem): not ZONE_DEVICE")
-            continue
+        elif "driver" not in dev:  # dev_dax_probe() never ran: no pgmap, no memmap to walk
+            progress(f"{dev['name']}: skipped, no driver bound, so no vmemmap "
+                     f"(daxctl enable-device {dev['name']} binds device_dax)")
+        else:
+            out.append(dev)
+    return out
+
+
+def audit_events(walker: Walker, facts, progress: Callable[[str], None], only=()) -> List[dict]:
+    """Per dax device in sysfs now (only those -d names, if any): the walk of its pgmap range,
+    then its device event."""
+    version, page = facts.version, struct_page_size(facts, progress)
+    devices = auditable([d for d in daxdev.inventory() if events.named(d, only)], progress)
+    progress(f"walking the vmemmap page tables ({walker.layout.levels}-level paging) "
+             f"of {len(devices)} dax device ranges")
+    out = []
+    for dev in devices:
         align = dev["align"] or geometry.PAGE_SIZE
         # Before compound devmaps every struct page is a base page (kernel/compat.py).
         per = align // geometry.PAGE_SIZE if compat.has(version, compat.COMPOUND_DEVMAP) else 1

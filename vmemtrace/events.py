@@ -38,8 +38,9 @@ REQUIRED = {
              "distinct", "reused", "levels", "struct_page_size", "page_size", "paging"),
     # /proc/vmstat nr_memmap_pages (6.11+) before and after the command
     "vmstat": ("when", "nr_memmap_pages"),
-    # a dax device found in sysfs after the command (optional: "driver"; "mode", "namespace",
-    # "pgmap_start_pfn", "pgmap_nr_pages" from its nvdimm parent, see kernel/daxdev.py)
+    # a dax device (one range of it) found in sysfs after the command (optional: "driver";
+    # "mode", "namespace", "pgmap_start_pfn", "pgmap_nr_pages" from its nvdimm parent;
+    # "mapping", "mappings" for a device of several ranges; see kernel/daxdev.py)
     "device": ("name", "start_pfn", "nr_pages", "align"),
     # the kernel's own "memmap_init_zone_device initialised N pages in Xms" (kernel/kmsg.py)
     "kmsg": ("pages", "ms"),
@@ -63,7 +64,8 @@ def named(device: dict, names) -> bool:
 # section and range: the task that did it and when (CLOCK_MONOTONIC ns); logs recorded before
 # they were added lack them, and are read as they are.
 TASK = ("pid", "ktime_ns", "comm")
-OPTIONAL = {"device": ("driver", "mode", "namespace", "pgmap_start_pfn", "pgmap_nr_pages"),
+OPTIONAL = {"device": ("driver", "mode", "namespace", "pgmap_start_pfn", "pgmap_nr_pages",
+                       "mapping", "mappings"),
             "section": TASK, "range": TASK}
 
 # Types of the keys that are not non-negative integer counts (the rest are: pfns, pages, bytes).

@@ -44,7 +44,7 @@ def present_devices(doc: dict, devices_now: List[dict]) -> List[dict]:
     """The verdict's devices that exist now in sysfs: a namespace destroyed since stops being
     reported, as node_exporter stops reporting a removed disk."""
     names = {d["name"] for d in devices_now}
-    return [d for d in doc["devices"] if d["device"] in names]
+    return [d for d in doc["devices"] if d["chardev"] in names]
 
 
 class LedgerCollector:

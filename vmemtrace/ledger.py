@@ -28,7 +28,17 @@ class DeviceLedger:
 
     @property
     def name(self) -> str:
-        return self.device["name"] if self.device else f"pfn-{self.start_pfn}"
+        """The dax device (daxctl's chardev), one of whose ranges this is: with its mapping
+        index where the device has several, so that each range has a name of its own."""
+        if not self.device:
+            return f"pfn-{self.start_pfn}"
+        if "mapping" in self.device:
+            return f"{self.device['name']}/mapping{self.device['mapping']}"
+        return self.device["name"]
+
+    @property
+    def chardev(self) -> Optional[str]:
+        return self.device["name"] if self.device else None
 
     @property
     def namespace(self) -> Optional[str]:
@@ -36,8 +46,8 @@ class DeviceLedger:
         return (self.device or {}).get("namespace")
 
     def known_as(self, names) -> bool:
-        """What -d matches (events.named); a range with no device is known by its pfn name."""
-        return events.named(self.device or {"name": self.name}, names)
+        """What -d matches (events.named), or this range's own name (dax1.0/mapping1, pfn-N)."""
+        return self.name in names or (self.device is not None and events.named(self.device, names))
 
     @property
     def pfns_per_compound(self) -> int:

@@ -27,7 +27,7 @@ def _device_doc(d: DeviceLedger, v: DeviceView, checks: List[Check], verdict: st
         optimized = seen.struct_pages_initialized < n.init_naive
     return {
         "device": d.name,
-        "chardev": d.name,  # as `daxctl list` and `ndctl list` call it
+        "chardev": d.chardev,  # as `daxctl list` and `ndctl list` call it
         "namespace": d.namespace,
         "start_pfn": d.start_pfn,
         "nr_pages": d.nr_pages,

@@ -28,6 +28,9 @@ def sh(*cmd, **kw):
 
 def overlay_writable_dirs():
     subprocess.run(["modprobe", "overlay"], check=False)
+    # Upper layers on a tmpfs of their own: the guest's /tmp is itself an overlay.
+    os.makedirs("/tmp/ov")
+    subprocess.run(["mount", "-t", "tmpfs", "ov", "/tmp/ov"], check=True)
     for i, d in enumerate(WRITTEN):
         up, work = f"/tmp/ov/{i}/up", f"/tmp/ov/{i}/work"
         os.makedirs(up)

@@ -74,3 +74,75 @@ def test_exporter_joins_devices_to_their_namespace():
     reg = registry_for(log_path("6.12", "mem-2M"), devices_now=[dev])
     got = samples(reg)
     assert got[("vmemtrace_device_info", (("device", "dax0.0"), ("namespace", "namespace0.0")))] == 1
+
+
+def dax_tree(root, name, ranges, driver="device_dax", align=2 << 20):
+    """A dax device as drivers/dax/bus.c lays it out in sysfs, for a device that is not
+    nvdimm-backed (hmem, CXL): resource is ranges[0], size all of them, one mappingN each."""
+    real = root / "sys/devices/platform/hmem.0" / name
+    real.mkdir(parents=True)
+    (real / "resource").write_text(f"{ranges[0][0]:#x}\n")
+    (real / "size").write_text(f"{sum(size for _, size in ranges)}\n")
+    (real / "align").write_text(f"{align}\n")
+    for i, (start, size) in enumerate(ranges):
+        m = real / f"mapping{i}"
+        m.mkdir()
+        (m / "start").write_text(f"{start:#x}\n")
+        (m / "end").write_text(f"{start + size - 1:#x}\n")
+        (m / "page_offset").write_text("0x0\n")
+    if driver:
+        drv = root / "sys/bus/dax/drivers" / driver
+        drv.mkdir(parents=True, exist_ok=True)
+        (real / "driver").symlink_to(drv)
+    link = root / "sys/bus/dax/devices" / name
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(real)
+
+
+GiB = 1 << 30
+
+
+def test_a_device_of_several_ranges_is_one_event_per_range(tmp_path):
+    from vmemtrace.kernel import daxdev
+
+    dax_tree(tmp_path, "dax1.0", [(8 * GiB, GiB), (12 * GiB, 2 * GiB)])
+    dax_tree(tmp_path, "dax2.0", [(20 * GiB, GiB)])
+    evs = daxdev.inventory(tmp_path)
+    assert [(e["name"], e["start_pfn"], e["nr_pages"], e.get("mapping")) for e in evs] == [
+        ("dax1.0", (8 * GiB) >> 12, GiB >> 12, 0),
+        ("dax1.0", (12 * GiB) >> 12, (2 * GiB) >> 12, 1),
+        ("dax2.0", (20 * GiB) >> 12, GiB >> 12, None)]
+    assert all(events.validate(e, "sysfs") for e in evs)
+    assert {e.get("mappings") for e in evs} == {2, None}
+
+
+def test_each_range_of_a_device_gets_its_own_name_and_ledger(tmp_path):
+    """Real 6.12 recording (one range), its device event turned into the second mapping of a
+    two-range device: the range is named for its mapping, and -d finds it by either name."""
+    def second_mapping(evs):
+        (dev,) = [e for e in evs if e["type"] == "device"]
+        dev.update(mapping=1, mappings=2)
+        return dev
+
+    path, _ = doctor(tmp_path, "6.12", "mem-2M", second_mapping)
+    for name in ("dax0.0", "dax0.0/mapping1"):
+        res, doc = replay_json(path, "-d", name)
+        assert res.returncode == 0, res.stderr
+        (d,) = doc["devices"]
+        assert (d["device"], d["chardev"]) == ("dax0.0/mapping1", "dax0.0")
+
+
+def test_an_unbound_device_has_no_driver_and_is_not_audited(tmp_path):
+    from vmemtrace.kernel import daxdev
+
+    from vmemtrace.audit import auditable
+
+    dax_tree(tmp_path, "dax3.0", [(30 * GiB, GiB)], driver=None)
+    dax_tree(tmp_path, "dax4.0", [(40 * GiB, GiB)], driver="kmem")
+    dax_tree(tmp_path, "dax5.0", [(50 * GiB, GiB)])
+    said = []
+    kept = auditable(daxdev.inventory(tmp_path), said.append)
+    assert [d["name"] for d in kept] == ["dax5.0"]
+    assert said == ["dax3.0: skipped, no driver bound, so no vmemmap (daxctl enable-device "
+                    "dax3.0 binds device_dax)",
+                    "dax4.0: skipped, onlined as System RAM (kmem): not ZONE_DEVICE"]

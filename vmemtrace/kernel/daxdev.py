@@ -1,7 +1,7 @@
 """The dax devices in sysfs (/sys/bus/dax/devices/daxX.Y): name, physical range, alignment."""
 
 from pathlib import Path
-from typing import List
+from typing import List, Tuple
 
 PAGE_SHIFT = 12
 
@@ -10,8 +10,26 @@ def _read(path: Path) -> str:
     return path.read_text().strip()
 
 
+def _mappings(dev: Path) -> List[Tuple[int, int]]:
+    """The device's physical ranges, (start, size) in mappingN order: drivers/dax/bus.c gives
+    each range of a dev_dax a mappingN directory with start and end (inclusive). A device made
+    of several ranges (resized, or hmem/CXL carved in pieces) has one memmap_init_zone_device()
+    per range (mm/memremap.c, memremap_pages() runs pagemap_range() per pgmap range)."""
+    found = []
+    for m in dev.glob("mapping[0-9]*"):
+        try:
+            start, end = int(_read(m / "start"), 0), int(_read(m / "end"), 0)
+        except (OSError, ValueError):
+            continue
+        if end >= start:
+            found.append((int(m.name[len("mapping"):]), start, end + 1 - start))
+    return [(start, size) for _, start, size in sorted(found)]
+
+
 def inventory(root: Path = Path("/")) -> List[dict]:
-    """One "device" event (events.py) per dax device that has a resource; sorted by name."""
+    """One "device" event (events.py) per dax device range that has memory; sorted by name.
+    A device of several ranges gives one event per range, with "mapping" (its index) and
+    "mappings" (their number). No "driver" key: no driver bound, so no memmap at all."""
     base = root / "sys/bus/dax/devices"
     out = []
     if not base.is_dir():
@@ -33,7 +51,13 @@ def inventory(root: Path = Path("/")) -> List[dict]:
         if (dev / "driver").exists():
             ev["driver"] = (dev / "driver").resolve().name  # device_dax, or kmem (system-ram)
         ev.update(_nvdimm_parent(dev))
-        out.append(ev)
+        ranges = _mappings(dev)
+        if len(ranges) <= 1:
+            out.append(ev)
+            continue
+        for i, (start, size) in enumerate(ranges):
+            out.append({**ev, "start_pfn": start >> PAGE_SHIFT, "nr_pages": size >> PAGE_SHIFT,
+                        "mapping": i, "mappings": len(ranges)})
     return out
 
 
