@@ -16,7 +16,8 @@ sys.path.insert(0, "/opt/vmemtrace")
 from vmemtrace.lab.cases import CASES  # noqa: E402  (only the table of cases, not the tool)
 
 DIST = "/opt/vmemtrace/dist"
-# What apt and dpkg write. Not /var itself: the lab's results directory is mounted below it.
+# What apt and dpkg write, where the guest's root (9p, read-only) does not let them. Not /var
+# itself: the lab's results directory is mounted below it.
 WRITTEN = ("/usr", "/etc", "/var/lib/dpkg", "/var/lib/apt", "/var/cache/apt", "/var/log")
 # The installed tool must not see the source tree the lab's own wrapper runs.
 CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}
@@ -32,6 +33,10 @@ def overlay_writable_dirs():
     os.makedirs("/tmp/ov")
     subprocess.run(["mount", "-t", "tmpfs", "ov", "/tmp/ov"], check=True)
     for i, d in enumerate(WRITTEN):
+        # virtme-ng already lays writable overlays on some (/etc, /var, /tmp); a directory
+        # apt creates (the lab root has no /var/cache/apt) is made in those.
+        if not os.path.isdir(d) or os.access(d, os.W_OK):
+            continue
         up, work = f"/tmp/ov/{i}/up", f"/tmp/ov/{i}/work"
         os.makedirs(up)
         os.makedirs(work)
