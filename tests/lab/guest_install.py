@@ -9,6 +9,7 @@ on tmpfs, gone at power-off. Driven by tests/lab/test_lab_e2e_install.py; assert
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -72,7 +73,12 @@ def main():
     overlay_writable_dirs()
     (deb,) = glob.glob(f"{DIST}/vmemtrace_*_all.deb")
     (wheel,) = glob.glob(f"{DIST}/vmemtrace-*.whl")
-    apt = sh("apt-get", "install", "-y", "-q", "--no-download", "--no-install-recommends", deb)
+    # As a user would: `apt install ./FILE.deb` (with --no-download apt 2.6 refuses a local
+    # file: "Pathname to install is not absolute"). Its dependencies are in the lab root.
+    shutil.copy(deb, "/tmp")
+    apt = subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends",
+                          "./" + os.path.basename(deb)], capture_output=True, text=True,
+                         env=CLEAN_ENV, cwd="/tmp")
     man = sh("man", "-P", "cat", "vmemtrace-verify")
     unit_file = "/lib/systemd/system/vmemtrace-exporter.service"  # no systemd as PID 1 here
     unit = open(unit_file).read() if os.path.exists(unit_file) else ""
