@@ -46,6 +46,8 @@ def overlay_writable_dirs():
 
 
 def cases(exe):
+    if not os.path.exists(exe):
+        return {}  # not installed: the test says so, with apt's or pip's own words
     out = {}
     for name, case in CASES.items():
         sh("ndctl", "disable-namespace", "namespace0.0")
@@ -61,6 +63,8 @@ def cases(exe):
 
 def where(exe):
     """Which vmemtrace module and BPF program the installed command uses (check --json)."""
+    if not os.path.exists(exe):
+        return {"bpf_program": None, "can_trace": None, "module": f"{exe} is missing"}
     res = sh(exe, "check", "--json")
     doc = json.loads(res.stdout) if res.stdout.strip() else {}
     mod = sh(os.path.join(os.path.dirname(exe), "python3") if "venv" in exe else "/usr/bin/python3",
@@ -89,7 +93,10 @@ def main():
            "default": os.path.exists("/etc/default/vmemtrace-exporter"),
            "deb": {"where": where("/usr/bin/vmemtrace"), "cases": cases("/usr/bin/vmemtrace")}}
     venv = sh("/usr/bin/python3", "-m", "venv", "--system-site-packages", "/tmp/venv")
-    pip = sh("/tmp/venv/bin/pip", "install", "-q", "--no-index", "--no-deps", wheel)
+    # --ignore-installed: the .deb's vmemtrace in the system site-packages (which the venv sees,
+    # for BCC) would otherwise satisfy the requirement and pip would install nothing.
+    pip = sh("/tmp/venv/bin/pip", "install", "-q", "--no-index", "--no-deps", "--ignore-installed",
+             wheel)
     out["venv_exit"], out["pip_exit"], out["pip_err"] = venv.returncode, pip.returncode, pip.stderr[-2000:]
     # The .deb is still installed: the venv's module must win in the venv, which is what it is for.
     out["wheel"] = {"where": where("/tmp/venv/bin/vmemtrace"), "cases": cases("/tmp/venv/bin/vmemtrace")}

@@ -47,6 +47,9 @@ def test_apt_installs_the_deb_with_its_man_pages_and_unit(installed):
 @pytest.mark.parametrize("how,prefix", [("deb", "/usr/lib/python3/dist-packages/vmemtrace/"),
                                         ("wheel", "/tmp/venv/lib/")])
 def test_the_installed_tool_runs_from_where_it_was_installed(installed, how, prefix):
+    assert installed["apt_exit"] == 0, installed["apt_err"]
+    if how == "wheel":
+        assert installed["venv_exit"] == 0 and installed["pip_exit"] == 0, installed["pip_err"]
     where = installed[how]["where"]
     assert where["module"].startswith(prefix), where
     assert where["bpf_program"].startswith(prefix) and where["bpf_program"].endswith("vmemtrace.bpf.c")
@@ -58,6 +61,7 @@ def test_the_installed_tool_runs_from_where_it_was_installed(installed, how, pre
 def test_the_installed_tool_passes_every_case(installed, how, case):
     if how == "wheel":
         assert installed["venv_exit"] == 0 and installed["pip_exit"] == 0, installed["pip_err"]
+    assert case in installed[how]["cases"], installed[how]["where"]
     got = installed[how]["cases"][case]
     assert (got["exit"], got["verdict"]) == (0, "pass"), got["err"]
     (dev,) = got["devices"]
