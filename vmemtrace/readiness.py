@@ -36,7 +36,8 @@ def feature(facts: KernelFacts, plan: List[P.TargetStatus]) -> Feature:
     """Decide from what the build contains, version only as a last resort.
 
     - ZONE_DEVICE and SPARSEMEM_VMEMMAP are preconditions (mm/Kconfig).
-    - ARCH_WANT_OPTIMIZE_DAX_VMEMMAP (6.4+) is the arch gate: explicitly unset means no.
+    - compat.arch_gate() is the architecture's opt-in (6.4+): a readable config without it
+      means the kernel never optimises here, whatever is built in.
     - vmemmap_populate_address and vmemmap_populate_compound_pages exist only with the series;
       either one present in kallsyms (even as a clone) proves the code is built in.
     """
@@ -44,8 +45,11 @@ def feature(facts: KernelFacts, plan: List[P.TargetStatus]) -> Feature:
     for opt in ("ZONE_DEVICE", "SPARSEMEM_VMEMMAP"):
         if enabled(cfg, opt) is False:
             return Feature(False, f"CONFIG_{opt} is not set")
-    if cfg is not None and cfg.get("ARCH_WANT_OPTIMIZE_DAX_VMEMMAP") == "n":
-        return Feature(False, "CONFIG_ARCH_WANT_OPTIMIZE_DAX_VMEMMAP is not set")
+    gate = compat.arch_gate(facts.version)
+    if cfg is not None and gate is not None and cfg.get(gate) != "y":
+        return Feature(False, f"CONFIG_{gate} is not set: this architecture does not opt in "
+                              "to the device-dax vmemmap optimisation (vmemmap_can_optimize() "
+                              "is false)")
     by_name = {s.name: s for s in plan}
     for name in ("vmemmap_populate_compound_pages", "vmemmap_populate_address"):
         if by_name[name].availability not in (P.INLINED, P.ABSENT):

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from tests.conftest import kernel_root, run_cli
 from vmemtrace.probes import plan as P
 from vmemtrace.readiness import assess, check_report, read_facts
@@ -79,17 +81,32 @@ def test_blacklisted_target_is_not_attached(tmp_path):
     assert t["vmemmap_populate_address"].strategy == "unavailable"
 
 
-def test_arch_gate_unset_means_no_feature(tmp_path):
+@pytest.mark.parametrize("replacement", [
+    "# CONFIG_ARCH_WANT_OPTIMIZE_DAX_VMEMMAP is not set",
+    "",  # what an arm64 or s390 config holds: the symbol has no prompt, so no line at all
+])
+def test_arch_gate_unset_means_no_feature(tmp_path, replacement):
     import shutil
 
     root = tmp_path / "k"
     shutil.copytree(kernel_root("6.12"), root)
     cfg = next((root / "boot").glob("config-*"))
-    cfg.write_text(cfg.read_text().replace("CONFIG_ARCH_WANT_OPTIMIZE_DAX_VMEMMAP=y",
-                                           "# CONFIG_ARCH_WANT_OPTIMIZE_DAX_VMEMMAP is not set"))
+    cfg.write_text(cfg.read_text().replace("CONFIG_ARCH_WANT_OPTIMIZE_DAX_VMEMMAP=y", replacement))
     r = check_report(read_facts(root, with_bcc=False), assess(read_facts(root, with_bcc=False)))
     assert r["feature"]["present"] is False
-    assert "ARCH_WANT_OPTIMIZE_DAX_VMEMMAP" in r["feature"]["evidence"]
+    assert "ARCH_WANT_OPTIMIZE_DAX_VMEMMAP is not set" in r["feature"]["evidence"]
+
+
+def test_no_arch_gate_before_6_4():
+    """6.1 has no gate symbol in its config (Debian's 6.1.0-56, measured), and optimises."""
+    from vmemtrace.kernel import compat
+
+    assert compat.arch_gate((6, 1, 0)) is None
+    assert compat.arch_gate((6, 4, 0)) == "ARCH_WANT_OPTIMIZE_VMEMMAP"
+    assert compat.arch_gate((6, 12, 0)) == "ARCH_WANT_OPTIMIZE_DAX_VMEMMAP"
+    r = check_report(read_facts(kernel_root("6.1"), with_bcc=False),
+                     assess(read_facts(kernel_root("6.1"), with_bcc=False)))
+    assert r["feature"]["present"] is True
 
 
 def test_check_json_on_fixture_names_missing_headers(series):

@@ -34,6 +34,29 @@ SECTION_PGMAP = Change(
     (5, 19), "__populate_section_memmap(pfn, nr_pages, nid, altmap, pgmap): pgmap added",
     '"mm/sparse-vmemmap: add a pgmap argument to section activation" (5.19)')
 
+# The architecture's opt-in to the device-dax vmemmap optimisation: include/linux/mm.h compiles
+# __vmemmap_can_optimize() only under this config symbol (otherwise it is false). It has no
+# prompt, so a .config carries it as "=y" where the architecture selects it and not at all
+# elsewhere: a readable config without the line means "not on this architecture".
+ARCH_GATE = Change(
+    (6, 4), "vmemmap_can_optimize() needs CONFIG_ARCH_WANT_OPTIMIZE_VMEMMAP (selected by x86_64 "
+            "and powerpc book3s64, not by arm64, s390 or loongarch)",
+    '"mm/vmemmap/devdax: fix kernel crash when probing devdax devices" 87a7ae75d738 (6.4)')
+ARCH_GATE_DAX = Change(
+    (6, 6), "the gate is CONFIG_ARCH_WANT_OPTIMIZE_DAX_VMEMMAP, split from the HugeTLB one",
+    '"mm/vmemmap: allow architectures to override how vmemmap optimization works" '
+    '0b6f15824cc7 (6.6)')
+
+
+def arch_gate(version: tuple) -> Optional[str]:
+    """The config symbol that gates the optimisation on this release, None before there was one."""
+    if has(version, ARCH_GATE_DAX):
+        return "ARCH_WANT_OPTIMIZE_DAX_VMEMMAP"
+    if has(version, ARCH_GATE):
+        return "ARCH_WANT_OPTIMIZE_VMEMMAP"
+    return None
+
+
 MM_INIT = Change(
     (6, 4), "memmap_init_zone_device() and its helpers move from mm/page_alloc.c to mm/mm_init.c",
     '"mm: move most of core MM initialization to mm/mm_init.c" (6.4)')

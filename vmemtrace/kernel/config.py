@@ -9,11 +9,13 @@ from typing import Dict, Optional, Tuple
 from vmemtrace.errors import VmemtraceError
 
 # The options that decide whether the compound-devmap optimisation exists and can be watched.
-# ARCH_WANT_OPTIMIZE_DAX_VMEMMAP is the arch gate added in 6.4 (mm/Kconfig); older kernels have
-# no such option and optimise whenever SPARSEMEM_VMEMMAP and ZONE_DEVICE are set.
+# ARCH_WANT_OPTIMIZE_VMEMMAP (6.4, 6.5), then ARCH_WANT_OPTIMIZE_DAX_VMEMMAP (6.6+), are the arch
+# gate (kernel/compat.py, arch_gate); older kernels have no such option and optimise whenever
+# SPARSEMEM_VMEMMAP and ZONE_DEVICE are set.
 RELEVANT = (
     "ZONE_DEVICE",
     "SPARSEMEM_VMEMMAP",
+    "ARCH_WANT_OPTIMIZE_VMEMMAP",
     "ARCH_WANT_OPTIMIZE_DAX_VMEMMAP",
     "DEV_DAX",
     "KPROBES",
