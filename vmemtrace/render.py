@@ -99,11 +99,9 @@ def verify_table(doc: dict) -> str:
 TRACE_HEADER = f"{'TIME':<15} {'PID':>7} {'COMM':<16} EVENT"
 
 
-def event_line(ev: dict, when: str = "") -> str:
+def event_line(ev: dict, when: str) -> str:
     """One line per event for `trace`: when, the task that did it (pid and comm, as bcc's
     tools print them; "-" for what vmemtrace itself read, as walks and device events), what."""
-    if not when:
-        return safe(_event_line(ev))
     task = f"{ev['pid']:>7} {ev['comm']:<16}" if "pid" in ev else f"{'-':>7} {'-':<16}"
     return safe(f"{when:<15} {task} {_event_line(ev)}")
 
