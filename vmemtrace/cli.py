@@ -357,15 +357,15 @@ def stats(interval, count, cumulative, only, as_json):
             return True
         state["next"] += interval
         state["printed"] += 1
-        doc = evaluate(fold(log), "auto", only=only)
-        doc, state["before"] = (doc if cumulative else changed_since(doc, state["before"])), doc
+        full = evaluate(fold(log), "auto", only=only)
+        doc = full if cumulative else changed_since(full, state["before"])
+        state["before"] = full
         if as_json:
             click.echo(render.json_line(doc))
         else:
             click.echo(f"\n{_time.strftime('%H:%M:%S')}")
             click.echo(render.verify_table(doc) if doc["devices"] else
-                       "no device ranges yet" if cumulative or not state["before"]["devices"]
-                       else "no change in this interval")
+                       "no change in this interval" if full["devices"] else "no device ranges yet")
         return count is None or state["printed"] < count
 
     watch(None, say, log.append, tick)
