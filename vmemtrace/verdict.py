@@ -80,12 +80,10 @@ def evaluate(ledger: Ledger, expect: str = "auto", allow_skip=(), only=()) -> di
     bad = {k: v for k, v in ledger.bpf_errors.items() if v}
     if bad:
         problems.append("BPF-side errors: " + ", ".join(f"{k}={v}" for k, v in bad.items()))
-    if not devices and only:
-        pass  # said above, by name
-    elif not devices and ledger.header.get("walk") == "audit":
-        problems.append("no dax device with memory in /sys/bus/dax/devices: nothing to audit")
-    elif not devices:
-        problems.append("no device-dax range was set up while tracing")
+    if not devices and not only:  # with -d, each name that matched nothing is said above
+        problems.append("no dax device with memory in /sys/bus/dax/devices: nothing to audit"
+                        if ledger.header.get("walk") == "audit"
+                        else "no device-dax range was set up while tracing")
     if problems:
         verdict = "error"
     elif any(d["verdict"] == "fail" for d in devices):
