@@ -186,9 +186,8 @@ class Exporter:
     def write_textfile(self, path: str) -> None:
         """Atomically (write then rename), as node_exporter's textfile collector requires, with
         SIGTERM and Ctrl-C held off meanwhile: a stop between the write and the rename would
-        leave the temporary behind (prometheus-client's write_to_textfile does)."""
-        if not path.endswith(".prom"):
-            raise VmemtraceError(f"--textfile {path}: node_exporter only reads *.prom files")
+        leave the temporary behind (prometheus-client's write_to_textfile does). The path was
+        checked once, by check_textfile, before the first write."""
         tmp = f"{path}.{os.getpid()}.tmp"
         with stops_held():
             try:
