@@ -67,8 +67,9 @@ def where(exe):
         return {"bpf_program": None, "can_trace": None, "module": f"{exe} is missing"}
     res = sh(exe, "check", "--json")
     doc = json.loads(res.stdout) if res.stdout.strip() else {}
-    mod = sh(os.path.join(os.path.dirname(exe), "python3") if "venv" in exe else "/usr/bin/python3",
-             "-c", "import vmemtrace; print(vmemtrace.__file__)")
+    # The interpreter beside the command: the venv's for the wheel, /usr/bin's for the .deb.
+    mod = sh(os.path.join(os.path.dirname(exe), "python3"), "-c",
+             "import vmemtrace; print(vmemtrace.__file__)")
     return {"bpf_program": doc.get("bpf_program"), "can_trace": doc.get("can_trace"),
             "module": mod.stdout.strip()}
 
