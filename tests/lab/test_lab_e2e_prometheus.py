@@ -9,7 +9,7 @@ import yaml
 
 from tests.conftest import run_cli
 from vmemtrace import geometry
-from vmemtrace.lab.vm import PMEM_START
+from vmemtrace.lab.cases import PMEM_START
 
 pytestmark = pytest.mark.lab
 ROOT = Path(__file__).resolve().parents[2]

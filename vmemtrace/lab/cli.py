@@ -4,7 +4,7 @@ import sys
 
 import click
 
-from vmemtrace.lab.cases import DEFAULT_CASES, parse_cases, parse_size
+from vmemtrace.lab.cases import DEFAULT_CASES, Region, parse_cases, parse_size, parse_start
 
 
 @click.command()
@@ -19,6 +19,9 @@ from vmemtrace.lab.cases import DEFAULT_CASES, parse_cases, parse_size
               help="comma-separated namespace cases")
 @click.option("--size", default="3G", show_default=True,
               help="persistent memory region (and namespace) size")
+@click.option("--pmem-start", default="5G", show_default=True, metavar="ADDRESS",
+              help="guest physical address where the region starts; one that is not a multiple "
+                   "of 128M shares the region's first and last memory sections with boot RAM")
 @click.option("--accel", type=click.Choice(["auto", "tcg", "kvm"]), default="auto",
               show_default=True, help="auto: KVM only if a probe boot shows it works")
 @click.option("--refresh", is_flag=True, help="refresh the guest's package lists first")
@@ -31,7 +34,7 @@ from vmemtrace.lab.cases import DEFAULT_CASES, parse_cases, parse_size
 @click.option("--exec", "command", metavar="CMD",
               help="instead of the cases: run this shell command in each guest (device-dax "
                    "drivers loaded, `vmemtrace` on PATH); exit with its status")
-def lab(kernel_specs, modules, headers, case_list, size, accel, refresh, timeout, as_json, append, shell,
+def lab(kernel_specs, modules, headers, case_list, size, pmem_start, accel, refresh, timeout, as_json, append, shell,
         command):
     """Boot a throwaway guest with emulated pmem and run the cases in it.
 
@@ -47,7 +50,8 @@ def lab(kernel_specs, modules, headers, case_list, size, accel, refresh, timeout
         specs = [parse_spec(s, modules, headers) for s in kernel_specs]
         # SIGTERM unwinds like Ctrl-C, so vm.boot()'s cleanup kills the guest's qemu.
         with terminate_on_sigterm():
-            sys.exit(run_lab(specs, parse_cases(case_list), parse_size(size), accel, refresh,
+            sys.exit(run_lab(specs, parse_cases(case_list),
+                             Region(parse_size(size), parse_start(pmem_start)), accel, refresh,
                              as_json, shell, timeout, command, append))
 
     go()

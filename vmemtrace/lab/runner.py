@@ -11,7 +11,7 @@ import vmemtrace
 from vmemtrace import render
 from vmemtrace.errors import EXIT_CANNOT, EXIT_FAIL, EXIT_OK, VmemtraceError
 from vmemtrace.lab import image, vm
-from vmemtrace.lab.cases import Case
+from vmemtrace.lab.cases import Case, Region
 from vmemtrace.lab.kernels import KernelSpec
 from vmemtrace.lab.steps import say, step
 from vmemtrace.lab.tables import case_table
@@ -57,7 +57,7 @@ def _fail_with_console(boot: vm.Boot, message: str):
     raise VmemtraceError(f"{message} (full console: {boot.console})")
 
 
-def run_kernel(kernel, cases: List[Case], size: int, accel: str, cache: Path,
+def run_kernel(kernel, cases: List[Case], region: Region, accel: str, cache: Path,
                timeout: float, command: Optional[str] = None, append: str = "") -> dict:
     src = project_root()
     workdir = _new_workdir(cache, kernel.release)
@@ -67,8 +67,8 @@ def run_kernel(kernel, cases: List[Case], size: int, accel: str, cache: Path,
     what = (f"`{command if len(command) < 60 else command[:57] + '...'}`" if command is not None
             else f"cases {', '.join(c.name for c in cases)}")
     for attempt in (1, 2):
-        with step(f"booting {kernel.release} ({accel}) with {size >> 20} MiB of pmem, {what}"):
-            boot = vm.boot(kernel, src, workdir / "out", guest_command(cases, command), size,
+        with step(f"booting {kernel.release} ({accel}) with {region.describe()}, {what}"):
+            boot = vm.boot(kernel, src, workdir / "out", guest_command(cases, command), region,
                            workdir / "console.log", accel=accel, timeout=timeout, append=append)
         # Under TCG a guest kernel now and then oopses on an int3 while it patches its own text
         # during early boot (seen once in about ten 7.3 boots): before anything of ours ran,
@@ -94,7 +94,7 @@ def run_kernel(kernel, cases: List[Case], size: int, accel: str, cache: Path,
     return doc
 
 
-def run_lab(specs: List[KernelSpec], cases: List[Case], size: int, accel: str, refresh: bool,
+def run_lab(specs: List[KernelSpec], cases: List[Case], region: Region, accel: str, refresh: bool,
             as_json: bool, shell: bool, timeout: float, command: Optional[str] = None,
             append: str = "") -> int:
     vm.require_tools()
@@ -106,13 +106,13 @@ def run_lab(specs: List[KernelSpec], cases: List[Case], size: int, accel: str, r
             f"`modprobe -a nd_e820 dax_pmem device_dax; cd {image.GUEST_SRC}; "
             "python3 -m vmemtrace check`")
         workdir = _new_workdir(cache, kernel.release)
-        vm.boot(kernel, project_root(), workdir / "out", None, size,
+        vm.boot(kernel, project_root(), workdir / "out", None, region,
                 workdir / "console.log", accel="tcg" if accel == "auto" else accel, append=append)
         return EXIT_OK
     if command is not None:
         worst = EXIT_OK
         for kernel in kernels:
-            doc = run_kernel(kernel, cases, size, accel, cache, timeout, command, append)
+            doc = run_kernel(kernel, cases, region, accel, cache, timeout, command, append)
             sys.stdout.write(doc["stdout"])
             sys.stderr.write(doc["stderr"])
             sys.stdout.flush()
@@ -121,7 +121,7 @@ def run_lab(specs: List[KernelSpec], cases: List[Case], size: int, accel: str, r
         return worst
     worst = EXIT_OK
     for kernel in kernels:
-        doc = run_kernel(kernel, cases, size, accel, cache, timeout, append=append)
+        doc = run_kernel(kernel, cases, region, accel, cache, timeout, append=append)
         verdicts = [c[k]["verdict"] for c in doc["cases"] for k in ("result", "audit") if k in c]
         if any(v in ("error", "incomplete") for v in verdicts):
             worst = max(worst, EXIT_CANNOT)

@@ -16,12 +16,10 @@ from pathlib import Path
 from typing import List, Optional
 
 from vmemtrace.errors import VmemtraceError
+from vmemtrace.lab.cases import Region
 from vmemtrace.lab.image import GUEST_BUILD, GUEST_OUT, GUEST_SRC, GuestKernel
 from vmemtrace.lab.steps import say
 
-# Persistent memory is carved out of guest RAM with memmap=SIZE!START (legacy e820 pmem,
-# driver nd_e820). START at 5 GiB is 1 GiB aligned, so 1 GiB compound pages fit.
-PMEM_START = 5 << 30
 CONSOLE_TAIL = 25
 
 
@@ -78,13 +76,12 @@ def require_tools() -> str:
 
 
 def boot(kernel: GuestKernel, src: Path, out: Path, exec_cmd: Optional[str],
-         pmem_bytes: int, console: Path, accel: str = "tcg", cpus: int = 2,
+         region: Region, console: Path, accel: str = "tcg", cpus: int = 2,
          timeout: Optional[float] = 900, append: str = "") -> Boot:
     """Boot once, run exec_cmd (None: an interactive shell), power off."""
     vng = require_tools()
-    memory_mib = (PMEM_START + pmem_bytes) >> 20
-    cmd = [vng, "--root", str(kernel.root), "--run", str(kernel.image), "--memory", f"{memory_mib}M",
-           "--cpus", str(cpus), "--append", f"memmap={pmem_bytes >> 20}M!{PMEM_START >> 20}M",
+    cmd = [vng, "--root", str(kernel.root), "--run", str(kernel.image), "--memory",
+           f"{region.guest_memory() >> 20}M", "--cpus", str(cpus), "--append", region.memmap_arg(),
            f"--rodir={GUEST_SRC}={src}", f"--rwdir={GUEST_OUT}={out}",
            # 9p: virtiofsd, where installed, fails in this kind of container and costs seconds.
            "--force-9p"]
@@ -133,7 +130,7 @@ def choose_accel(requested: str, kernel: GuestKernel, src: Path, workdir: Path,
     say(f"probing whether KVM boots {kernel.release} (once; the answer is cached)")
     out = workdir / "kvm-probe"
     out.mkdir(exist_ok=True)
-    result = boot(kernel, src, out, f"touch {GUEST_OUT}/booted", 1 << 30,
+    result = boot(kernel, src, out, f"touch {GUEST_OUT}/booted", Region(1 << 30),
                   workdir / "kvm-probe.console", accel="kvm", timeout=30)
     verdict = "kvm" if result.returncode == 0 and (out / "booted").exists() else "tcg"
     say(f"KVM {'boots' if verdict == 'kvm' else 'does not boot'} {kernel.release}: using {verdict}")
