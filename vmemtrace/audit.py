@@ -9,7 +9,8 @@ from vmemtrace.errors import VmemtraceError
 from vmemtrace.events import header_event
 from vmemtrace import events, geometry
 from vmemtrace.kernel import btf, compat, daxdev
-from vmemtrace.kernel.kcore import Walker
+from vmemtrace.kernel.config import enabled
+from vmemtrace.kernel.kcore import SectionTable, Walker
 from vmemtrace.probes.plan import WALK_STRATEGY
 from vmemtrace.probes.targets import TARGETS, WALK_TARGETS
 from vmemtrace.readiness import assess, read_facts
@@ -18,8 +19,19 @@ from vmemtrace.readiness import assess, read_facts
 def walk_range(walker: Walker, start_pfn: int, nr_pages: int, pfns_per_compound: int,
                altmap: bool, struct_page_size: int, page_size: int) -> List[dict]:
     backing = walker.backing(start_pfn, nr_pages, struct_page_size)
-    return walk_events(start_pfn, nr_pages, pfns_per_compound, altmap, backing,
-                       struct_page_size, page_size, walker.layout.levels)
+    out = walk_events(start_pfn, nr_pages, pfns_per_compound, altmap, backing,
+                      struct_page_size, page_size, walker.layout.levels)
+    boot = boot_sections(walker, start_pfn, nr_pages)
+    if boot is not None:
+        out[0]["boot_sections"] = boot
+    return out
+
+
+def boot_sections(walker: Walker, start_pfn: int, nr_pages: int) -> Optional[List[int]]:
+    """The range's partly filled sections that were present at boot, whose pieces reuse the
+    boot memmap (geometry.boot_shared()); None where mem_section cannot be read."""
+    pps = geometry.PAGES_PER_SECTION
+    return walker.boot_sections({pfn // pps for pfn, _ in geometry.partial_pieces(start_pfn, nr_pages)})
 
 
 def open_walker(facts) -> Walker:
@@ -27,7 +39,18 @@ def open_walker(facts) -> Walker:
         raise VmemtraceError("the page-table walk needs root (it reads /proc/kcore)")
     if facts.walk_blocker:
         raise VmemtraceError(f"cannot walk the page tables: {facts.walk_blocker}")
-    return Walker(facts.syms.addresses)
+    return Walker(facts.syms.addresses, sections=section_table(facts))
+
+
+def section_table(facts) -> Optional[SectionTable]:
+    """mem_section's layout (kernel/kcore.py): the entry size from BTF, else from the config
+    (include/linux/mmzone.h: two words, four with CONFIG_PAGE_EXTENSION); None when neither
+    says."""
+    extreme = enabled(facts.config, "SPARSEMEM_EXTREME") is not False
+    size = btf.struct_size(facts.btf, "mem_section") if facts.btf else None
+    if size is None and facts.config is not None:
+        size = 32 if enabled(facts.config, "PAGE_EXTENSION") else 16
+    return None if size is None else SectionTable(size, extreme)
 
 
 def struct_page_size(facts, progress: Callable[[str], None]) -> int:

@@ -64,19 +64,21 @@ def named(device: dict, names) -> bool:
 # section and range: the task that did it and when (CLOCK_MONOTONIC ns); logs recorded before
 # they were added lack them, and are read as they are.
 TASK = ("pid", "ktime_ns", "comm")
+# range and walk: "boot_sections", the range's partly filled memory sections that were present
+# at boot (read from mem_section where kcore can be read; kernel/kcore.py early_sections()).
 OPTIONAL = {"device": ("driver", "mode", "namespace", "pgmap_start_pfn", "pgmap_nr_pages",
                        "mapping", "mappings"),
-            "section": TASK, "range": TASK}
+            "section": TASK, "range": TASK + ("boot_sections",), "walk": ("boot_sections",)}
 
 # Types of the keys that are not non-negative integer counts (the rest are: pfns, pages, bytes).
-BOOL, STR, LIST, DICT, NUMBER, SIGNED, INT_MAP, MAYBE_INT = (
+BOOL, STR, LIST, DICT, NUMBER, SIGNED, INT_MAP, MAYBE_INT, INT_LIST = (
     "a boolean", "a string", "a list", "an object", "a number", "an integer", "an object of counts",
-    "a count or null")
+    "a count or null", "a list of counts")
 TYPES = {
     "header": {"kernel": STR, "version": LIST, "feature": DICT, "strategy": DICT},
     "section": {"altmap": BOOL, "has_pgmap": BOOL, "ok": BOOL, "comm": STR},
-    "range": {"altmap": BOOL, "comm": STR},
-    "walk": {"altmap": BOOL, "levels": INT_MAP},
+    "range": {"altmap": BOOL, "comm": STR, "boot_sections": INT_LIST},
+    "walk": {"altmap": BOOL, "levels": INT_MAP, "boot_sections": INT_LIST},
     "vmstat": {"when": STR},
     "device": {"name": STR, "align": MAYBE_INT, "driver": STR, "mode": STR, "namespace": STR},
     "command": {"argv": LIST, "exit": SIGNED, "seconds": NUMBER},
@@ -110,6 +112,8 @@ def _typed(v, kind: str) -> bool:
         return isinstance(v, dict) and all(isinstance(k, str) and _count(n) for k, n in v.items())
     if kind == MAYBE_INT:
         return v is None or _count(v)
+    if kind == INT_LIST:
+        return isinstance(v, list) and len(v) <= 2 and all(_count(n) for n in v)
     return _count(v)
 
 

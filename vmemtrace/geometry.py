@@ -6,7 +6,7 @@ x86_64 constants are defaults; every one is a parameter.
 """
 
 from dataclasses import dataclass
-from typing import Iterator, Tuple
+from typing import FrozenSet, Iterator, List, Tuple
 
 PAGE_SIZE = 4096
 STRUCT_PAGE_SIZE = 64
@@ -28,6 +28,9 @@ class RangeShape:
     page_size: int = PAGE_SIZE
     struct_page_size: int = STRUCT_PAGE_SIZE
     pages_per_section: int = PAGES_PER_SECTION
+    # Memory sections of the range present at boot (early_section(), SECTION_IS_EARLY): a piece
+    # of the range in one of them reuses the boot memmap (boot_shared()).
+    boot_sections: FrozenSet[int] = frozenset()
 
 
 def eligibility(shape: RangeShape) -> Tuple[bool, str]:
@@ -63,6 +66,29 @@ def section_pieces(start_pfn: int, nr_pages: int,
 
 def _ceil(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def boot_shared(pfn: int, n: int, shape: "RangeShape") -> bool:
+    """mm/sparse.c section_activate(): a piece smaller than a section, in a section that was
+    present at boot (early_section()), reuses the boot memmap already there: no
+    __populate_section_memmap() for it, so nothing allocated and nothing optimised. Only a
+    range's first and last pieces can be such (the middle ones are whole sections)."""
+    return n < shape.pages_per_section and pfn // shape.pages_per_section in shape.boot_sections
+
+
+def partial_pieces(start_pfn: int, nr_pages: int,
+                   pages_per_section: int = PAGES_PER_SECTION) -> List[Tuple[int, int]]:
+    """The range's pieces smaller than a section (at most its first and last): the only ones
+    that can share their section with boot memory."""
+    groups = piece_groups(start_pfn, nr_pages, pages_per_section)
+    return [(pfn, n) for pfn, n, count in groups if count == 1 and n < pages_per_section]
+
+
+def boot_pieces(shape: "RangeShape") -> Iterator[Tuple[int, int]]:
+    """The (pfn, nr_pages) pieces of the range that live on the boot memmap."""
+    for pfn, n, count in piece_groups(shape.start_pfn, shape.nr_pages, shape.pages_per_section):
+        if count == 1 and boot_shared(pfn, n, shape):
+            yield pfn, n
 
 
 def piece_groups(start_pfn: int, nr_pages: int,
@@ -105,11 +131,13 @@ def _reusing_sections(pfn: int, count: int, shape: "RangeShape") -> int:
 
 
 def vmemmap_pages_naive(shape: RangeShape) -> int:
-    """vmemmap pages without the optimisation: every struct page of the range mapped once.
+    """vmemmap pages allocated without the optimisation: every struct page of the range mapped
+    once, but for the pieces on the boot memmap (boot_shared()), which allocate nothing.
     On x86_64 a full section is one 2 MiB PMD block (512 pages), a partial one 4 KiB pages
     (arch/x86/mm/init_64.c, vmemmap_populate()): either way its memmap rounded up to pages."""
     return sum(count * _ceil(n * shape.struct_page_size, shape.page_size)
-               for _, n, count in piece_groups(shape.start_pfn, shape.nr_pages, shape.pages_per_section))
+               for pfn, n, count in piece_groups(shape.start_pfn, shape.nr_pages, shape.pages_per_section)
+               if not (count == 1 and boot_shared(pfn, n, shape)))
 
 
 def reuse_compound_section(pfn: int, shape: RangeShape) -> bool:
@@ -137,7 +165,7 @@ def vmemmap_pages_expected(shape: RangeShape) -> int:
     total = 0
     for pfn, n, count in piece_groups(shape.start_pfn, shape.nr_pages, shape.pages_per_section):
         if count == 1:
-            total += fresh_pages_of_piece(pfn, n, shape)
+            total += 0 if boot_shared(pfn, n, shape) else fresh_pages_of_piece(pfn, n, shape)
         else:  # whole sections: those that reuse allocate nothing, the others all the same
             fresh = fresh_pages_of_piece(shape.start_pfn, n, shape)  # as a non-reusing one
             total += (count - _reusing_sections(pfn, count, shape)) * fresh
@@ -151,6 +179,30 @@ def vmemmap_span(start_pfn: int, nr_pages: int, struct_page_size: int = STRUCT_P
     first = start_pfn * struct_page_size // page_size
     last = _ceil((start_pfn + nr_pages) * struct_page_size, page_size)
     return last - first
+
+
+def boot_vmemmap_pages(shape: RangeShape) -> int:
+    """vmemmap pages of the pieces on the boot memmap: mapped (a page-table walk finds each one
+    backed by a page of its own, the boot's unoptimised memmap) but not allocated for the range."""
+    return sum(vmemmap_span(pfn, n, shape.struct_page_size, shape.page_size)
+               for pfn, n in boot_pieces(shape))
+
+
+def _heads_in(pfn: int, n: int, shape: RangeShape) -> int:
+    """Compound pages whose head pfn lies in [pfn, pfn + n) (heads step from the range start)."""
+    ppc = shape.pfns_per_compound
+    return _ceil(pfn + n - shape.start_pfn, ppc) - _ceil(pfn - shape.start_pfn, ppc)
+
+
+def boot_compound_pages(shape: RangeShape) -> int:
+    """Compound pages whose head lies on the boot memmap: their vmemmap is the boot's, mapped by
+    PMDs, with no tail page reused (the probes see no populate for them, the walk no PTEs). A
+    compound page larger than a subsection would straddle the piece's end; device-dax aligns its
+    ranges to the compound page size, so with 2 MiB ones it cannot and 1 GiB ones start on a
+    section boundary."""
+    if shape.pfns_per_compound <= 1:
+        return 0
+    return sum(_heads_in(pfn, n, shape) for pfn, n in boot_pieces(shape))
 
 
 def vmemmap_pages_per_compound(shape: RangeShape) -> int:
@@ -181,14 +233,22 @@ def struct_pages_init_naive(shape: RangeShape) -> int:
     return init_loop_pages(shape)
 
 
-def struct_pages_init_expected(shape: RangeShape) -> int:
+def struct_pages_init_expected(shape: RangeShape, boot_fix: bool = True) -> int:
     """memmap_init_zone_device(): one __init_zone_device_page() per head, then
     memmap_init_compound(head, ..., compound_nr_pages()) initialises head + tails; that is
-    compound_nr_pages() struct pages per compound page, or every pfn without compound pages."""
+    compound_nr_pages() struct pages per compound page, or every pfn without compound pages.
+
+    A compound page on the boot memmap (boot_compound_pages()) has all its tails initialised
+    by kernels with the 2026 fix (kernel/compat.py BOOT_MEMMAP_INIT: compound_nr_pages() checks
+    early_section() of the head); without it (boot_fix=False) only compound_nr_pages() of them,
+    and the rest of that unoptimised memmap is left uninitialised."""
     loop = init_loop_pages(shape)
     if shape.pfns_per_compound <= 1:
         return loop
-    return _ceil(loop, shape.pfns_per_compound) * compound_nr_pages(shape)
+    total = _ceil(loop, shape.pfns_per_compound) * compound_nr_pages(shape)
+    if boot_fix:
+        total += boot_compound_pages(shape) * (shape.pfns_per_compound - compound_nr_pages(shape))
+    return total
 
 
 def saved_bytes(shape: RangeShape) -> int:

@@ -4,7 +4,7 @@ Pure: takes the event dicts of events.py, returns plain objects; no kernel, no B
 """
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, FrozenSet, List, Optional, Tuple
 
 from vmemtrace import events, geometry
 from vmemtrace.account import Account, account
@@ -61,6 +61,19 @@ class DeviceLedger:
             return bool((self.range or self.walk)["altmap"])
         return any(s["altmap"] for s in self.sections)
 
+    def boot_placement(self) -> Tuple[FrozenSet[int], Tuple[Tuple[int, int], ...]]:
+        """(the range's sections that were present at boot, the partly filled pieces that no
+        source places). mem_section's reading (boot_sections on the range or walk event) says
+        it; without it, a piece the populate probes saw was populated, so not on the boot
+        memmap; any other partial piece cannot be told (a log recorded before the field, or
+        kcore unreadable)."""
+        for ev in (self.range, self.walk):
+            if ev is not None and "boot_sections" in ev:
+                return frozenset(ev["boot_sections"]), ()
+        populated = {s["pfn"] for s in self.sections}
+        return frozenset(), tuple(p for p in geometry.partial_pieces(self.start_pfn, self.nr_pages)
+                                  if p[0] not in populated)
+
     def shape(self, feature: bool) -> geometry.RangeShape:
         r = self.range or self.walk or {}
         offset = 0
@@ -71,7 +84,8 @@ class DeviceLedger:
             start_pfn=self.start_pfn, nr_pages=self.nr_pages,
             pfns_per_compound=self.pfns_per_compound, altmap=self.altmap, altmap_offset=offset,
             feature=feature, page_size=r.get("page_size", geometry.PAGE_SIZE),
-            struct_page_size=r.get("struct_page_size", geometry.STRUCT_PAGE_SIZE))
+            struct_page_size=r.get("struct_page_size", geometry.STRUCT_PAGE_SIZE),
+            boot_sections=self.boot_placement()[0])
 
     def totals(self) -> Dict[str, int]:
         keys = ("ptes", "plain", "fresh", "reused", "existing", "alloc_calls", "allocs",

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, List, Optional
 
-from vmemtrace.audit import existing_devices, walk_range
+from vmemtrace.audit import boot_sections, existing_devices, walk_range
 from vmemtrace.errors import VmemtraceError, terminate_on_sigterm
 from vmemtrace.events import header_event
 from vmemtrace.kernel import daxdev, leftovers, vmstat
@@ -149,6 +149,11 @@ def traced(progress: Callable[[str], None], on_event: Optional[Callable[[dict], 
 
     def take(events):
         for ev in events:
+            if ev["type"] == "range" and walker is not None:
+                # Which of its sections were there at boot: set at boot, read any time after.
+                boot = boot_sections(walker, ev["start_pfn"], ev["nr_pages"])
+                if boot is not None:
+                    ev["boot_sections"] = boot
             log.append(ev)
             if on_event:
                 on_event(ev)

@@ -44,6 +44,20 @@ class Expected:
     compound_pages: int
     init_per_compound: int  # compound_nr_pages(): struct pages memmap_init_compound initialises
     init_loop: int  # pfns of memmap_init_zone_device's loop
+    boot_vmemmap: int = 0  # vmemmap pages of pieces on the boot memmap: mapped, not allocated
+    boot_compounds: int = 0  # compound pages on the boot memmap: not laid out by populate
+    init_unfixed: int = 0  # init on a kernel without compat.BOOT_MEMMAP_INIT (= init without boot pieces)
+
+    @property
+    def laid_out(self) -> int:
+        """Compound pages whose vmemmap the populate path lays out (probes and walk see them)."""
+        return self.compound_pages - self.boot_compounds
+
+    def vmemmap_seen(self, by_walk: bool, naive: bool = False) -> int:
+        """The vmemmap pages a source should count: allocated (probes), or distinct pages
+        behind the range (walk), which includes the boot memmap's."""
+        base = self.vmemmap_naive if naive else self.vmemmap
+        return base + (self.boot_vmemmap if by_walk else 0)
 
 
 @dataclass(frozen=True)
@@ -68,6 +82,7 @@ class DeviceView:
     vmstat: Dict[str, int]  # nr_memmap_pages before/after the command, where read
     n_devices: int
     cross_check: bool  # verify --cross-check asked for probes against the walk
+    boot_unknown: Tuple[Tuple[int, int], ...] = ()  # partial pieces nothing places (ledger.boot_placement)
 
 
 def _not_walked(ledger: Ledger) -> str:
@@ -126,7 +141,10 @@ def expected(shape: geometry.RangeShape) -> Expected:
         per_compound=geometry.vmemmap_pages_per_compound(shape),
         compound_pages=geometry.compound_pages(shape),
         init_per_compound=geometry.compound_nr_pages(shape),
-        init_loop=geometry.init_loop_pages(shape))
+        init_loop=geometry.init_loop_pages(shape),
+        boot_vmemmap=geometry.boot_vmemmap_pages(shape),
+        boot_compounds=geometry.boot_compound_pages(shape),
+        init_unfixed=geometry.struct_pages_init_expected(shape, boot_fix=False))
 
 
 def device_view(d: DeviceLedger, ledger: Ledger, expect: str) -> DeviceView:
@@ -140,4 +158,5 @@ def device_view(d: DeviceLedger, ledger: Ledger, expect: str) -> DeviceView:
         walk_compounds=tuple(d.walk_compounds),
         probe_allocated=d.allocated_pages(),
         probe_reused=d.totals()["reused"], kernel_log=d.kernel_log, vmstat=dict(ledger.vmstat),
-        n_devices=len(ledger.devices), cross_check=ledger.header.get("walk") == "cross-check")
+        n_devices=len(ledger.devices), cross_check=ledger.header.get("walk") == "cross-check",
+        boot_unknown=d.boot_placement()[1])

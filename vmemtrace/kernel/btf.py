@@ -237,6 +237,18 @@ def read_layout(path: str) -> Layout:
         raise VmemtraceError(f"{path}: cannot take the struct layout from it: {e}")
 
 
+@functools.lru_cache(maxsize=None)
+def struct_size(path: str, name: str) -> Optional[int]:
+    """sizeof(struct name) from a BTF file, None where it cannot be had."""
+    try:
+        with open(path, "rb") as f:
+            btf = Btf(f.read())
+        tid = btf.find(name, (STRUCT,))
+        return None if tid is None else btf.size(tid)
+    except (OSError, ValueError, IndexError, struct.error):
+        return None
+
+
 def try_layout(path: Optional[str], progress: Callable[[str], None],
                instead: str) -> Optional[Layout]:
     """The layout, or None: without BTF, or with the reason said and what the caller does

@@ -77,6 +77,15 @@ VMSTAT_DAX_FIX = Change(
     'stable: 7.0 still over-reports, Debian\'s 7.3.4 and 6.12.117 are exact)')
 
 
+BOOT_MEMMAP_INIT = Change(
+    None, "compound_nr_pages() initialises every struct page of a compound page whose head lies "
+          "in an early (boot) section: such a piece reuses the unoptimised boot memmap "
+          "(section_activate()), so skipping tails would leave them uninitialised",
+    '"mm/mm_init: fix uninitialized struct pages for ZONE_DEVICE" (Muchun Song, 2026; merged '
+    'into mm-stable 2026-05-28; Fixes: 6fd3620b3428 "mm/page_alloc: reuse tail struct pages '
+    'for compound devmaps"; Cc stable)')
+
+
 def has(version: tuple, change: Change) -> bool:
     """Whether a kernel of this version has the change (only for changes with a release)."""
     return change.since is not None and tuple(version[:2]) >= change.since

@@ -16,7 +16,7 @@ import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 from vmemtrace.errors import VmemtraceError
 from vmemtrace.kernel.environment import CAP_SYS_RAWIO, effective_caps, lockdown_mode
@@ -142,7 +142,8 @@ class Layout:
 REQUIRED_SYMBOLS = ("init_top_pgt", "page_offset_base", "vmemmap_base")
 # Read when present: without the first the direct map's place tells the paging depth; the others
 # say which entry bits are not address bits (CONFIG_DYNAMIC_PHYSICAL_MASK, CONFIG_AMD_MEM_ENCRYPT).
-DATA_SYMBOLS = REQUIRED_SYMBOLS + ("__pgtable_l5_enabled", "physical_mask", "sme_me_mask")
+DATA_SYMBOLS = REQUIRED_SYMBOLS + ("__pgtable_l5_enabled", "physical_mask", "sme_me_mask",
+                                    "mem_section")
 
 
 def symbol_problem(addresses: Dict[str, int]) -> Optional[str]:
@@ -224,6 +225,42 @@ class PageTables:
         return out
 
 
+# include/linux/mmzone.h: section_mem_map's flag bits (an enum since 5.17, the same values as the
+# defines before it since 4.19): SECTION_IS_EARLY_BIT is 3.
+SECTION_IS_EARLY = 1 << 3
+
+
+@dataclass(frozen=True)
+class SectionTable:
+    """How mem_section is laid out: sizeof(struct mem_section) (16, or 32 with
+    CONFIG_PAGE_EXTENSION; from BTF where there is one) and whether it is an array of pointers to
+    root pages (CONFIG_SPARSEMEM_EXTREME, x86_64's default) or one static array."""
+
+    entry_size: int
+    extreme: bool = True
+
+
+def early_sections(kcore: Kcore, address: int, table: SectionTable,
+                   numbers: Iterable[int]) -> Set[int]:
+    """Which of these memory sections were present at boot: early_section() (mmzone.h) reads
+    SECTION_IS_EARLY in mem_section[root][nr % SECTIONS_PER_ROOT].section_mem_map, where
+    SECTIONS_PER_ROOT = PAGE_SIZE / sizeof(struct mem_section)."""
+    per_root = (1 << PAGE_SHIFT) // table.entry_size
+    base = kcore.u64(address) if table.extreme else address
+    out = set()
+    for nr in numbers:
+        if table.extreme:
+            if not base:
+                break
+            root = kcore.u64(base + (nr // per_root) * 8)
+            entry = root + (nr % per_root) * table.entry_size if root else 0
+        else:
+            entry = base + nr * table.entry_size
+        if entry and kcore.u64(entry) & SECTION_IS_EARLY:
+            out.add(nr)
+    return out
+
+
 def kcore_path(root: Path) -> Path:
     """The kernel's core file: root's proc/kcore, or for the live system $VMEMTRACE_KCORE where
     set. Container runtimes mask /proc/kcore with /dev/null (runc's default maskedPaths), so a
@@ -253,7 +290,9 @@ def walk_blocker(root: Path, addresses: Dict[str, int], machine: str) -> Optiona
 class Walker:
     """The walk of this running kernel: open once, walk many ranges."""
 
-    def __init__(self, addresses: Dict[str, int], path: Optional[str] = None):
+    def __init__(self, addresses: Dict[str, int], path: Optional[str] = None,
+                 sections: Optional[SectionTable] = None):
+        self.addresses, self.sections = addresses, sections
         self.kcore = Kcore(path or str(kcore_path(Path("/"))))
         try:
             self.layout = layout(self.kcore, addresses)
@@ -274,3 +313,14 @@ class Walker:
         # Fresh tables (and table cache) per range: page tables change as namespaces come and go.
         return PageTables(self.kcore, self.layout).vmemmap_backing(start_pfn, nr_pages,
                                                                    struct_page_size)
+
+    def boot_sections(self, numbers: Iterable[int]) -> Optional[List[int]]:
+        """Which of these memory sections were present at boot; None where mem_section
+        cannot be read."""
+        address = self.addresses.get("mem_section")
+        if not address or self.sections is None:
+            return None
+        try:
+            return sorted(early_sections(self.kcore, address, self.sections, numbers))
+        except VmemtraceError:
+            return None
