@@ -130,14 +130,108 @@ def _reusing_sections(pfn: int, count: int, shape: "RangeShape") -> int:
     return count - aligned
 
 
+PMD_SIZE = 2 << 20  # x86_64's vmemmap block (vmemmap_populate_hugepages())
+
+
+def _block(byte: int) -> int:
+    return byte // PMD_SIZE
+
+
+def section_blocks(section: int, shape: RangeShape) -> range:
+    """The 2 MiB blocks a whole section's memmap touches (vmemmap_base is 1 GiB aligned)."""
+    size = shape.pages_per_section * shape.struct_page_size
+    return range(_block(section * size), _block((section + 1) * size - 1) + 1)
+
+
+def straddles(shape: RangeShape) -> bool:
+    """A section's memmap is not whole 2 MiB blocks (sizeof(struct page) other than 64, e.g.
+    72 with KMSAN or _last_cpupid outside the flags): blocks straddle sections."""
+    return (shape.pages_per_section * shape.struct_page_size) % PMD_SIZE != 0
+
+
+HUGE = -1  # a block mapped whole by one PMD
+
+
+def _unoptimised_alloc(shape: RangeShape, huge: frozenset) -> int:
+    """vmemmap pages arch/x86/mm/init_64.c vmemmap_populate() allocates for the range, its
+    pieces added in ascending order (__add_pages()), `huge` the 2 MiB blocks mapped whole before
+    it (the boot memmap, a neighbour's). A piece smaller than a section maps 4 KiB pages
+    (vmemmap_populate_basepages(): nothing inside a block mapped whole, nothing already
+    mapped); a whole section maps 2 MiB blocks (vmemmap_populate_hugepages(): a block mapped
+    whole is skipped, one holding 4 KiB PTEs gets its missing pages, vmemmap_check_pmd()).
+    O(1) over whole sections: only the blocks at a piece's edges, and those mapped before, can
+    hold anything when it comes."""
+    S, P, pps = shape.struct_page_size, shape.page_size, shape.pages_per_section
+    per_block = PMD_SIZE // P
+    state = {blk: HUGE for blk in huge}  # block -> HUGE, or the end page of its 4 KiB PTEs
+    total = 0
+    for pfn, n, count in piece_groups(shape.start_pfn, shape.nr_pages, pps):
+        if count == 1 and boot_shared(pfn, n, shape):
+            continue
+        a, b = pfn * S, (pfn + n * count) * S
+        pa, pb, first, last = a // P, _ceil(b, P), _block(a), _block(b - 1)
+        inner = {blk for blk in state if first < blk < last}
+        touched = {first, last} | inner
+        if n < pps:
+            touched = set(range(first, last + 1))  # a partial piece is a few blocks at most
+        for blk in touched:
+            lo, hi = max(pa, blk * per_block), min(pb, (blk + 1) * per_block)
+            st = state.get(blk)
+            if st == HUGE:
+                continue
+            if st is None and n >= pps:
+                total += per_block
+                state[blk] = HUGE
+                continue
+            lo = max(lo, st or 0)
+            total += max(0, hi - lo)
+            state[blk] = max(hi, st or 0)
+        if n >= pps and last - first > 1:
+            total += (last - first - 1 - len(inner)) * per_block
+    return total
+
+
+def _outer_blocks(shape: RangeShape) -> frozenset:
+    """The range's edge blocks that also hold the memmap of a section outside the range, which
+    a neighbour may have mapped whole before it (only where blocks straddle sections)."""
+    pps, S = shape.pages_per_section, shape.struct_page_size
+    if not straddles(shape) or shape.nr_pages == 0:
+        return frozenset()
+    lo_sec, hi_sec = shape.start_pfn // pps, (shape.start_pfn + shape.nr_pages - 1) // pps
+    out = set()
+    first, last = _block(shape.start_pfn * S), _block((shape.start_pfn + shape.nr_pages) * S - 1)
+    if lo_sec > 0 and first in section_blocks(lo_sec - 1, shape):
+        out.add(first)
+    if last in section_blocks(hi_sec + 1, shape):
+        out.add(last)
+    return frozenset(out)
+
+
+def _boot_blocks(shape: RangeShape) -> frozenset:
+    """Blocks the boot memmap maps whole: every section present at boot (sparse_init()
+    populates whole sections, 2 MiB blocks on x86_64 with PSE)."""
+    pps = shape.pages_per_section
+    return frozenset(b for pfn, _ in boot_pieces(shape) for b in section_blocks(pfn // pps, shape))
+
+
 def vmemmap_pages_naive(shape: RangeShape) -> int:
-    """vmemmap pages allocated without the optimisation: every struct page of the range mapped
-    once, but for the pieces on the boot memmap (boot_shared()), which allocate nothing.
-    On x86_64 a full section is one 2 MiB PMD block (512 pages), a partial one 4 KiB pages
-    (arch/x86/mm/init_64.c, vmemmap_populate()): either way its memmap rounded up to pages."""
+    """vmemmap pages allocated without the optimisation, the range populated on its own:
+    every struct page mapped once, none for the pieces on the boot memmap (boot_shared()). With
+    64-byte struct pages a whole section is one 2 MiB block (512 pages) and a partial one its
+    4 KiB pages; with other sizes blocks straddle sections (_unoptimised_alloc())."""
+    if straddles(shape) or shape.boot_sections:
+        return _unoptimised_alloc(shape, _boot_blocks(shape))
     return sum(count * _ceil(n * shape.struct_page_size, shape.page_size)
-               for pfn, n, count in piece_groups(shape.start_pfn, shape.nr_pages, shape.pages_per_section)
-               if not (count == 1 and boot_shared(pfn, n, shape)))
+               for _, n, count in piece_groups(shape.start_pfn, shape.nr_pages, shape.pages_per_section))
+
+
+def vmemmap_pages_naive_least(shape: RangeShape) -> int:
+    """The fewest the allocator can give the range unoptimised: its edge blocks shared with a
+    neighbouring section's memmap may already be mapped (vmemmap_pages_naive() otherwise)."""
+    outer = _outer_blocks(shape)
+    if not outer:
+        return vmemmap_pages_naive(shape)
+    return _unoptimised_alloc(shape, _boot_blocks(shape) | outer)
 
 
 def reuse_compound_section(pfn: int, shape: RangeShape) -> bool:
@@ -194,12 +288,20 @@ def _heads_in(pfn: int, n: int, shape: RangeShape) -> int:
     return _ceil(pfn + n - shape.start_pfn, ppc) - _ceil(pfn - shape.start_pfn, ppc)
 
 
+def on_boot_memmap(head_pfn: int, shape: RangeShape) -> bool:
+    """Whether a compound page's head lies on the boot memmap (compound_nr_pages()'s test since
+    the fix, early_section() of the head's section)."""
+    return any(pfn <= head_pfn < pfn + n for pfn, n in boot_pieces(shape))
+
+
 def boot_compound_pages(shape: RangeShape) -> int:
     """Compound pages whose head lies on the boot memmap: their vmemmap is the boot's, mapped by
     PMDs, with no tail page reused (the probes see no populate for them, the walk no PTEs). A
-    compound page larger than a subsection would straddle the piece's end; device-dax aligns its
-    ranges to the compound page size, so with 2 MiB ones it cannot and 1 GiB ones start on a
-    section boundary."""
+    2 MiB one cannot straddle the piece's end (pieces are whole subsections); a 1 GiB one can,
+    where the namespace starts inside a boot section: the sections after it then start inside
+    that compound page and map every PTE onto the boot memmap's last page
+    (reuse_compound_section()), and so do the heads of the compound pages that follow: a
+    layout the optimisation does not promise, which tail-reuse fails."""
     if shape.pfns_per_compound <= 1:
         return 0
     return sum(_heads_in(pfn, n, shape) for pfn, n in boot_pieces(shape))

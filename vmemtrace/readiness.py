@@ -42,6 +42,10 @@ def feature(facts: KernelFacts, plan: List[P.TargetStatus]) -> Feature:
       either one present in kallsyms (even as a clone) proves the code is built in.
     """
     cfg = facts.config
+    if facts.machine in ("ppc64", "ppc64le") and compat.has(facts.version, compat.ARCH_GATE_DAX):
+        return Feature(None, "powerpc book3s64 optimises only under the radix MMU "
+                             "(vmemmap_can_optimize() is radix_enabled()), which this tool "
+                             "does not read")
     for opt in ("ZONE_DEVICE", "SPARSEMEM_VMEMMAP"):
         if enabled(cfg, opt) is False:
             return Feature(False, f"CONFIG_{opt} is not set")
@@ -77,6 +81,12 @@ def _sees_anything(plan: List[P.TargetStatus]) -> bool:
 def blockers(facts: KernelFacts, plan: List[P.TargetStatus]) -> List[str]:
     """Each reason tracing cannot start on this kernel, most fundamental first."""
     out = []
+    if facts.machine != compat.OBSERVED_ARCH:
+        # Probes, BPF decoding and the walk are proven on x86_64 kernels only (the lab boots
+        # those): elsewhere say what the kernel does, never guess what it did.
+        does = compat.ARCH_BEHAVIOUR.get(facts.machine, "is not one this tool knows")
+        out.append(f"vmemtrace observes x86_64 kernels only; on {facts.machine} the kernel "
+                   f"{does}")
     if facts.lockdown == "confidentiality":
         # security/lockdown: LOCKDOWN_TRACEFS, LOCKDOWN_BPF_READ_KERNEL are confidentiality-level
         out.append("kernel lockdown is in confidentiality mode: it forbids tracefs and BPF "
@@ -117,6 +127,7 @@ def check_report(facts: KernelFacts, ready: Readiness) -> dict:
     """The `check --json` document."""
     return {
         "kernel": facts.release,
+        "machine": facts.machine,
         "can_trace": ready.can_trace,
         "blockers": ready.blockers,
         "feature": {"present": ready.feature.present, "evidence": ready.feature.evidence},

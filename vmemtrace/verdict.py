@@ -21,8 +21,12 @@ def _device_doc(d: DeviceLedger, v: DeviceView, checks: List[Check], verdict: st
     r = d.range or {}
     # What was observed, never what was not: None where neither number was seen.
     optimized = None
+    # Counted as the source counts: allocated pages (probes), or pages behind the range (walk).
+    by_walk = bool(seen.how)
+    naive = n.vmemmap_seen(by_walk, naive=True)[1]
+    expected = n.vmemmap_seen(by_walk, naive=not v.eligible)[1]
     if seen.vmemmap_pages:
-        optimized = seen.vmemmap_pages < n.vmemmap_naive
+        optimized = seen.vmemmap_pages < naive
     elif seen.struct_pages_initialized:
         optimized = seen.struct_pages_initialized < n.init_naive
     return {
@@ -37,12 +41,11 @@ def _device_doc(d: DeviceLedger, v: DeviceView, checks: List[Check], verdict: st
         "page_size": shape.page_size,
         "expected_optimized": v.eligible,
         "optimized": optimized,
-        "vmemmap_pages": {"naive": n.vmemmap_naive, "expected": n.vmemmap,
-                          "observed": seen.vmemmap_pages},
+        "vmemmap_pages": {"naive": naive, "expected": expected, "observed": seen.vmemmap_pages},
         "vmemmap_saved_bytes": {
             "expected": geometry.saved_bytes(shape),
             "observed": None if seen.vmemmap_pages is None
-            else (n.vmemmap_naive - seen.vmemmap_pages) * shape.page_size},
+            else (naive - seen.vmemmap_pages) * shape.page_size},
         "struct_pages_initialized": {"naive": n.init_naive, "expected": n.init,
                                      "observed": seen.struct_pages_initialized},
         "memmap_init_seconds": round(r["duration_ns"] / 1e9, 6) if "duration_ns" in r else None,

@@ -44,6 +44,8 @@ class Expected:
     compound_pages: int
     init_per_compound: int  # compound_nr_pages(): struct pages memmap_init_compound initialises
     init_loop: int  # pfns of memmap_init_zone_device's loop
+    vmemmap_naive_least: int = 0  # naive, with its straddled edge blocks mapped by a neighbour
+    vmemmap_span: int = 0  # vmemmap pages behind the range, each its own page when unoptimised
     boot_vmemmap: int = 0  # vmemmap pages of pieces on the boot memmap: mapped, not allocated
     boot_compounds: int = 0  # compound pages on the boot memmap: not laid out by populate
     init_unfixed: int = 0  # init on a kernel without compat.BOOT_MEMMAP_INIT (= init without boot pieces)
@@ -53,11 +55,21 @@ class Expected:
         """Compound pages whose vmemmap the populate path lays out (probes and walk see them)."""
         return self.compound_pages - self.boot_compounds
 
-    def vmemmap_seen(self, by_walk: bool, naive: bool = False) -> int:
-        """The vmemmap pages a source should count: allocated (probes), or distinct pages
-        behind the range (walk), which includes the boot memmap's."""
-        base = self.vmemmap_naive if naive else self.vmemmap
-        return base + (self.boot_vmemmap if by_walk else 0)
+    def vmemmap_seen(self, by_walk: bool, naive: bool = False) -> Tuple[int, int]:
+        """The fewest and most vmemmap pages a source should count: allocated (probes: edge
+        blocks shared with a neighbouring section may have been mapped before), or distinct
+        pages behind the range (walk: exact, the boot memmap's included)."""
+        if by_walk:
+            n = self.vmemmap_span if naive else self.vmemmap + self.boot_vmemmap
+            return n, n
+        if naive:
+            return self.vmemmap_naive_least, self.vmemmap_naive
+        return self.vmemmap, self.vmemmap
+
+
+def bounds(low_high: Tuple[int, int]) -> str:
+    low, high = low_high
+    return str(high) if low == high else f"{low} to {high}"
 
 
 @dataclass(frozen=True)
@@ -142,6 +154,9 @@ def expected(shape: geometry.RangeShape) -> Expected:
         compound_pages=geometry.compound_pages(shape),
         init_per_compound=geometry.compound_nr_pages(shape),
         init_loop=geometry.init_loop_pages(shape),
+        vmemmap_naive_least=geometry.vmemmap_pages_naive_least(shape),
+        vmemmap_span=geometry.vmemmap_span(shape.start_pfn, shape.nr_pages,
+                                           shape.struct_page_size, shape.page_size),
         boot_vmemmap=geometry.boot_vmemmap_pages(shape),
         boot_compounds=geometry.boot_compound_pages(shape),
         init_unfixed=geometry.struct_pages_init_expected(shape, boot_fix=False))

@@ -29,6 +29,7 @@ class Image:
         self.top = bytearray(PAGE)  # init_top_pgt, in the kernel image
         self.ram = []  # page-table pages, RAM_PHYS onwards
         self.expected = {}  # vaddr of each 4 KiB page mapped -> (phys, level)
+        self.mem_section = None  # physical address of the root pointer array, if any
 
     def _new_table(self) -> int:
         self.ram.append(bytearray(PAGE))
@@ -69,6 +70,21 @@ class Image:
         for off in range(0, 2 << 20, PAGE):
             self.expected[vaddr + off] = (phys + off, "pmd")
 
+    def add_mem_sections(self, flags: dict, entry_size: int) -> None:
+        """mem_section as CONFIG_SPARSEMEM_EXTREME lays it out (include/linux/mmzone.h): a
+        pointer array, one root page of PAGE / entry_size entries per pointer, each entry's
+        first word section_mem_map; `flags` maps section number -> that word."""
+        per_root = PAGE // entry_size
+        self.mem_section = self._new_table()
+        roots = {}
+        for nr, word in flags.items():
+            if nr // per_root not in roots:
+                roots[nr // per_root] = self._new_table()
+                struct.pack_into("<Q", self._page(self.mem_section), nr // per_root * 8,
+                                 self.pob + roots[nr // per_root])
+            struct.pack_into("<Q", self._page(roots[nr // per_root]), nr % per_root * entry_size,
+                             word)
+
     def vmemmap_va(self, pfn: int) -> int:
         return self.vmb + pfn * 64
 
@@ -85,6 +101,9 @@ class Image:
             symbols[self.mask_symbol] = TEXT + PAGE + 24
             tail = tail.ljust(24, b"\0") + struct.pack(
                 "<Q", self.enc if self.mask_symbol == "sme_me_mask" else ((1 << 52) - 1) & ~self.enc)
+        if self.mem_section is not None:
+            symbols["mem_section"] = TEXT + PAGE + 32
+            tail = tail.ljust(32, b"\0") + struct.pack("<Q", self.pob + self.mem_section)
         data += tail.ljust(PAGE, b"\0")
         ram = b"".join(self.ram)
         segments = [(TEXT, 0x1000000, bytes(data)), (self.pob + RAM_PHYS, RAM_PHYS, ram)]

@@ -102,11 +102,48 @@ def test_properties(r):
         assert g.struct_pages_init_expected(s) <= 128 * -(-nr // ppc)
 
 
+def kernel_loop(shape, mapped_before=()):
+    """What arch/x86/mm/init_64.c vmemmap_populate() allocates, written out page by page: each
+    __populate_section_memmap() piece in ascending order; a piece smaller than a section maps
+    4 KiB pages (vmemmap_populate_basepages(): none already mapped, none inside a 2 MiB block
+    mapped whole), a whole section walks its 2 MiB blocks (vmemmap_populate_hugepages()): one
+    with no PMD gets a whole block, one mapped whole is skipped (vmemmap_check_pmd()), one
+    holding PTEs gets its missing 4 KiB pages. `mapped_before`: blocks a neighbour (or the boot
+    memmap) mapped whole first."""
+    S, P, per = shape.struct_page_size, shape.page_size, 512
+    huge, ptes, total = set(mapped_before), set(), 0
+    for pfn, n in g.section_pieces(shape.start_pfn, shape.nr_pages):
+        if g.boot_shared(pfn, n, shape):
+            continue
+        a, b = pfn * S, (pfn + n) * S
+        if n < g.PAGES_PER_SECTION:
+            for page in range(a // P, -(-b // P)):
+                if page // per not in huge and page not in ptes:
+                    ptes.add(page)
+                    total += 1
+            continue
+        addr = a
+        while addr < b:
+            blk = addr // (2 << 20)
+            nxt = min((blk + 1) * (2 << 20), b)
+            if blk in huge:
+                pass
+            elif not any(p // per == blk for p in ptes):
+                huge.add(blk)
+                total += per
+            else:
+                for page in range(addr // P, -(-nxt // P)):
+                    if page not in ptes:
+                        ptes.add(page)
+                        total += 1
+            addr = nxt
+    return total
+
+
 def _brute_expected(shape):
     """vmemmap_pages_expected() as one loop over every section piece (the kernel's own order)."""
     if not g.eligibility(shape)[0]:
-        return sum(-(-n * shape.struct_page_size // shape.page_size)
-                   for _, n in g.section_pieces(shape.start_pfn, shape.nr_pages))
+        return kernel_loop(shape)
     return sum(g.fresh_pages_of_piece(pfn, n, shape)
                for pfn, n in g.section_pieces(shape.start_pfn, shape.nr_pages))
 
@@ -124,8 +161,50 @@ def test_closed_form_sums_equal_the_loop(start, sections, extra, shift, sps):
     nr = sections * g.PAGES_PER_SECTION + extra * g.PAGES_PER_SUBSECTION
     shape = g.RangeShape(start, nr, pfns_per_compound=1 << shift, struct_page_size=sps)
     assert g.vmemmap_pages_expected(shape) == _brute_expected(shape)
-    naive = sum(-(-n * sps // g.PAGE_SIZE) for _, n in g.section_pieces(start, nr))
-    assert g.vmemmap_pages_naive(shape) == naive
+    assert g.vmemmap_pages_naive(shape) == kernel_loop(shape)
+
+
+@settings(max_examples=400, deadline=None)
+@given(start=st.integers(8, 1 << 16).map(lambda p: p * g.PAGES_PER_SUBSECTION),
+       sections=st.integers(0, 12), extra=st.integers(0, 63),
+       sps=st.sampled_from([56, 64, 72, 80]), boot=st.sets(st.sampled_from(["first", "last"])),
+       neighbours=st.sets(st.sampled_from(["below", "above"])))
+def test_unoptimised_allocation_is_the_kernels_loop(start, sections, extra, sps, boot, neighbours):
+    """For 56, 64, 72 and 80-byte struct pages: vmemmap_pages_naive() is what the kernel's loop
+    allocates for the range alone, vmemmap_pages_naive_least() what it allocates when the
+    neighbouring sections had mapped the 2 MiB blocks they share with it, and whatever the
+    neighbours did the count lies between the two. Pieces on the boot memmap included."""
+    nr = sections * g.PAGES_PER_SECTION + extra * g.PAGES_PER_SUBSECTION
+    if nr == 0:
+        return
+    pps = g.PAGES_PER_SECTION
+    edges = {"first": start // pps, "last": (start + nr - 1) // pps}
+    shape = g.RangeShape(start, nr, 1, struct_page_size=sps,
+                         boot_sections=frozenset(edges[e] for e in boot))
+    boot_blocks = {b for pfn, _ in g.boot_pieces(shape) for b in g.section_blocks(pfn // pps, shape)}
+    alone = kernel_loop(shape, boot_blocks)
+    assert g.vmemmap_pages_naive(shape) == alone
+    outer = set()
+    if "below" in neighbours:
+        outer |= set(g.section_blocks(edges["first"] - 1, shape))
+    if "above" in neighbours:
+        outer |= set(g.section_blocks(edges["last"] + 1, shape))
+    crowded = kernel_loop(shape, boot_blocks | outer)
+    assert g.vmemmap_pages_naive_least(shape) <= crowded <= alone
+    if neighbours == {"below", "above"}:
+        assert g.vmemmap_pages_naive_least(shape) == crowded
+    if sps == 64:  # blocks are sections: nothing a neighbour does changes the count
+        assert crowded == alone == g.vmemmap_pages_naive_least(shape)
+
+
+def test_a_72_byte_section_alone_gets_two_whole_blocks():
+    """The issue's example: a 128 MiB section of 72-byte struct pages has a 2.25 MiB memmap;
+    the allocator hands out whole 2 MiB blocks, 1024 pages where the memmap spans 576."""
+    s = g.RangeShape(40 * g.PAGES_PER_SECTION, g.PAGES_PER_SECTION, 1, struct_page_size=72)
+    assert g.vmemmap_span(s.start_pfn, s.nr_pages, 72) == 576
+    assert g.vmemmap_pages_naive(s) == 1024 == kernel_loop(s)
+    # its second block also holds section 41's memmap: mapped by that neighbour first, it is not allocated again
+    assert g.vmemmap_pages_naive_least(s) == 512
 
 
 def test_sums_over_the_whole_physical_space_take_a_few_steps(monkeypatch):

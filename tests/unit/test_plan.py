@@ -151,3 +151,34 @@ def test_a_kernel_where_nothing_can_be_seen_cannot_trace(tmp_path):
     r = check_report(facts, assess(facts))
     assert r["can_trace"] is False
     assert any("nothing could be verified" in b for b in r["blockers"])
+
+
+@pytest.mark.parametrize("arch_symbol,machine,gate,present,says", [
+    # arm64 selects no gate: the kernel provably does not optimise, and that is the answer
+    ("CONFIG_ARM64=y", "aarch64", "", False, "does not optimise since 87a7ae75d738"),
+    # riscv selects the gate (6.11+) and optimises: vmemtrace cannot look there
+    ("CONFIG_RISCV=y", "riscv64", "CONFIG_ARCH_WANT_OPTIMIZE_DAX_VMEMMAP=y", True, "optimises since 6.11"),
+    # book3s64: radix or hash decides, which no file here says
+    ("CONFIG_PPC64=y", "ppc64le", "CONFIG_ARCH_WANT_OPTIMIZE_DAX_VMEMMAP=y", None, "radix"),
+])
+def test_other_architectures_are_refused_with_what_their_kernel_does(tmp_path, arch_symbol, machine,
+                                                                      gate, present, says):
+    """Probes and walk are x86_64's: a kernel of another architecture (its config says which)
+    is refused in one line naming what that kernel does, never traced as if it were x86."""
+    import shutil
+
+    root = tmp_path / "k"
+    shutil.copytree(kernel_root("6.12"), root)
+    cfg = next((root / "boot").glob("config-*"))
+    text = cfg.read_text().replace("CONFIG_ARCH_WANT_OPTIMIZE_DAX_VMEMMAP=y", gate)
+    cfg.write_text(text + arch_symbol + "\n")
+    facts = read_facts(root, with_bcc=False)
+    assert facts.machine == machine
+    r = check_report(facts, assess(facts))
+    assert r["feature"]["present"] is present
+    assert r["blockers"][0].startswith(f"vmemtrace observes x86_64 kernels only; on {machine}")
+    assert says in r["blockers"][0]
+    assert "x86_64 paging only" in r["page_table_walk"]["reason"]
+    res = run_cli("check", "--root", str(root))
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert machine in res.stderr

@@ -57,6 +57,31 @@ def arch_gate(version: tuple) -> Optional[str]:
     return None
 
 
+# What each architecture's kernel does with device-dax vmemmap, for `check` to say where vmemtrace
+# cannot look (its probes decode, and its walk reads, x86_64 page tables only; the lab boots
+# x86_64). Keys are `uname -m`.
+ARCH_BEHAVIOUR = {
+    "x86_64": "optimises with the generic vmemmap_populate_compound_pages() "
+              "(selects CONFIG_ARCH_WANT_OPTIMIZE_DAX_VMEMMAP)",
+    "aarch64": "does not optimise since 87a7ae75d738 (6.4, backported to 6.1.y): arm64 does not "
+               "select the gate; 5.19 to 6.3 optimised with the generic code",
+    "s390x": "does not optimise since 87a7ae75d738 (6.4, backported to 6.1.y): s390 does not "
+             "select the gate",
+    "loongarch64": "does not optimise since 87a7ae75d738 (6.4): loongarch does not select the gate",
+    "ppc64le": "optimises only under the radix MMU (vmemmap_can_optimize() is radix_enabled(), "
+               "6.6), with its own vmemmap_populate_compound_pages() and static helpers that no "
+               "probe here decodes; never under the hash MMU",
+    "ppc64": "optimises only under the radix MMU (vmemmap_can_optimize() is radix_enabled(), 6.6), "
+             "with its own vmemmap_populate_compound_pages(); never under the hash MMU",
+    "riscv64": "optimises since 6.11 (selects CONFIG_ARCH_WANT_OPTIMIZE_DAX_VMEMMAP); its PTEs "
+               "keep the pfn at bit 10, which this tool does not decode",
+}
+# The kernel config symbol of each architecture (a recorded root says its architecture there).
+ARCH_CONFIG = (("X86_64", "x86_64"), ("ARM64", "aarch64"), ("S390", "s390x"),
+               ("LOONGARCH", "loongarch64"), ("PPC64", "ppc64le"), ("RISCV", "riscv64"))
+OBSERVED_ARCH = "x86_64"
+
+
 MM_INIT = Change(
     (6, 4), "memmap_init_zone_device() and its helpers move from mm/page_alloc.c to mm/mm_init.c",
     '"mm: move most of core MM initialization to mm/mm_init.c" (6.4)')

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence, Set
 
 from vmemtrace.errors import VmemtraceError
-from vmemtrace.kernel import config, environment, ftrace, kallsyms, kcore, leftovers, release
+from vmemtrace.kernel import compat, config, environment, ftrace, kallsyms, kcore, leftovers, release
 
 # Data symbols the page-table walk reads (x86_64, CONFIG_KALLSYMS_ALL), named by kernel/kcore.py.
 DATA_SYMBOLS = kcore.DATA_SYMBOLS
@@ -30,6 +30,16 @@ class KernelFacts:
     walk_blocker: Optional[str] = "not asked"  # why the page-table walk cannot run, or None
     notes: list = field(default_factory=list)
     leftovers: list = field(default_factory=list)  # kprobe events of dead tracers on our targets
+    machine: str = "x86_64"  # the kernel's architecture, as `uname -m` names it
+
+
+def machine_of(options: Optional[Dict[str, str]]) -> str:
+    """The kernel's architecture: its config says (a recorded root is not this host), else
+    uname."""
+    for symbol, machine in compat.ARCH_CONFIG:
+        if config.enabled(options, symbol):
+            return machine
+    return os.uname().machine
 
 
 def gather(root: Path, functions: Sequence[str], with_bcc: bool = True) -> KernelFacts:
@@ -49,6 +59,7 @@ def gather(root: Path, functions: Sequence[str], with_bcc: bool = True) -> Kerne
         raise VmemtraceError(f"cannot read /proc/kallsyms: {e.strerror}")
     opts, source = config.read_config(root, rel)
     tracefs = ftrace.tracefs(root)
+    machine = machine_of(opts)
     return KernelFacts(
         release=rel,
         version=version,
@@ -63,6 +74,7 @@ def gather(root: Path, functions: Sequence[str], with_bcc: bool = True) -> Kerne
         headers=environment.headers_path(root, rel),
         bcc=environment.bcc_version() if with_bcc else None,
         lockdown=environment.lockdown_mode(root),
-        walk_blocker=kcore.walk_blocker(root, syms.addresses, os.uname().machine),
+        walk_blocker=kcore.walk_blocker(root, syms.addresses, machine),
         leftovers=leftovers.find(tracefs, functions) if tracefs else [],
+        machine=machine,
     )
