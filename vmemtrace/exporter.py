@@ -30,6 +30,22 @@ INIT_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2
 
 
 @dataclass
+class InitTally:
+    """memmap_init_zone_device durations of ranges no longer in the log (ledger.retire()): the
+    histogram is a counter, so what was counted stays counted."""
+
+    buckets: List[int] = field(default_factory=lambda: [0] * len(INIT_BUCKETS))
+    count: int = 0
+    total: float = 0.0
+
+    def add(self, seconds: float) -> None:
+        for i, le in enumerate(INIT_BUCKETS):
+            self.buckets[i] += seconds <= le
+        self.count += 1
+        self.total += seconds
+
+
+@dataclass
 class Snapshot:
     """What the exporter knows at one scrape."""
 
@@ -38,6 +54,7 @@ class Snapshot:
     errors: Dict[str, int] = field(default_factory=dict)
     attached: List[str] = field(default_factory=list)  # functions with probes attached now
     not_tracing: str = ""  # why the exporter serves audits only ("" while it traces)
+    retired: InitTally = field(default_factory=InitTally)
 
 
 def present_devices(doc: dict, devices_now: List[dict]) -> List[dict]:
@@ -82,7 +99,7 @@ class LedgerCollector:
         devices_now = self.devices_now()
         doc = evaluate(fold(snap.log + devices_now))
         yield from self._devices(present_devices(doc, devices_now))
-        yield self._init_histogram(snap.log)
+        yield self._init_histogram(snap.log, snap.retired)
 
     def _probes(self, header: dict, snap: Snapshot) -> Iterator:
         attached = GaugeMetricFamily("vmemtrace_probe_attached", "1 when the target is seen "
@@ -137,13 +154,14 @@ class LedgerCollector:
         yield from (count, info, *families.values(), saved, checks)
 
     @staticmethod
-    def _init_histogram(log: List[dict]) -> HistogramMetricFamily:
+    def _init_histogram(log: List[dict], retired: InitTally) -> HistogramMetricFamily:
         seconds = [e["duration_ns"] / 1e9 for e in log if e["type"] == "range"]
         buckets: List[Tuple[str, float]] = [
-            (str(le), sum(1 for s in seconds if s <= le)) for le in INIT_BUCKETS]
-        buckets.append(("+Inf", len(seconds)))
+            (str(le), before + sum(1 for s in seconds if s <= le))
+            for le, before in zip(INIT_BUCKETS, retired.buckets)]
+        buckets.append(("+Inf", retired.count + len(seconds)))
         return HistogramMetricFamily("vmemtrace_memmap_init_seconds", "memmap_init_zone_device "
                                      "duration per range", buckets=buckets,
-                                     sum_value=sum(seconds))
+                                     sum_value=retired.total + sum(seconds))
 
 

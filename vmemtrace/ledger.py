@@ -4,7 +4,7 @@ Pure: takes the event dicts of events.py, returns plain objects; no kernel, no B
 """
 
 from dataclasses import dataclass, field
-from typing import Dict, FrozenSet, List, Optional, Tuple
+from typing import Callable, Dict, FrozenSet, List, Optional, Set, Tuple
 
 from vmemtrace import events, geometry
 from vmemtrace.account import Account, account
@@ -230,6 +230,10 @@ class _Fold:
     command: Optional[dict] = None
     hits: Optional[Dict[str, int]] = None
     stray: List[str] = field(default_factory=list)
+    # id(event) -> the ledger it went into, and every ledger made (a re-created range replaces
+    # the old in `ranges`): what retire() needs to drop a range's events whole.
+    owned: Dict[int, DeviceLedger] = field(default_factory=dict)
+    made: List[DeviceLedger] = field(default_factory=list)
 
     def owner(self, pfn: int) -> Optional[DeviceLedger]:
         return next((d for d in self.ranges.values() if _contains(d, pfn)), None)
@@ -240,6 +244,9 @@ class _Fold:
         self.pending = [s for s in self.pending if not _contains(d, s["pfn"])]
         self.ranges[d.start_pfn] = d
         self.in_order.append(d)
+        self.made.append(d)
+        for owned in d.sections + [ev]:
+            self.owned[id(owned)] = d
 
     def walk(self, ev: dict) -> None:
         d = self.ranges.get(ev["start_pfn"])
@@ -249,13 +256,16 @@ class _Fold:
             self.stray.append(f"a walk of pfn {ev['start_pfn']}, where no range was seen")
         if d is None:  # an audit: the range existed before we looked
             d = self.ranges[ev["start_pfn"]] = DeviceLedger(ev["start_pfn"], ev["nr_pages"])
+            self.made.append(d)
         d.walk = ev
         d.walk_compounds = []
+        self.owned[id(ev)] = d
 
     def compound(self, ev: dict) -> None:
         owner = self.owner(ev["head_pfn"])
         if owner is not None:
             (owner.walk_compounds if ev.get("source") == "walk" else owner.compounds).append(ev)
+            self.owned[id(ev)] = owner
 
     def lost_event(self, ev: dict) -> None:
         self.lost += ev["count"]
@@ -287,6 +297,7 @@ class _Fold:
         if self.kmsg and len(self.kmsg) == len(self.in_order):
             for d, line in zip(self.in_order, self.kmsg):
                 d.kernel_log = line
+                self.owned[id(line)] = d
         # Sections of a range that never reached memmap_init_zone_device (failed, or not traced)
         # still form a ledger, under the range start the kernel gave them (5.19+).
         for s in self.pending:
@@ -299,6 +310,30 @@ class _Fold:
             if owner is not None:
                 owner.device = dev
         return sorted(self.ranges.values(), key=lambda d: d.start_pfn)
+
+
+def retire(events: List[dict], present: Callable[[DeviceLedger], bool],
+           absent_before: Set[int]) -> Tuple[List[dict], Set[int]]:
+    """The log without the events of ranges that are gone, so that a long-running exporter's
+    memory and scrape cost follow the devices that exist, not every one that ever did. Gone: a
+    range replaced by a later one at the same start, or a complete one (its range or walk event
+    seen) that present() rejects now and rejected at the previous call too (its start in
+    absent_before): one interval's grace for a range whose dax device sysfs does not show yet.
+    Returns the kept events, in order, and the starts absent now."""
+    state = _Fold(events[0])
+    for ev in events[1:]:
+        state.add(ev)
+    live = {id(d) for d in state.finish()}
+    absent = {d.start_pfn for d in state.ranges.values()
+              if (d.range is not None or d.walk is not None) and not present(d)}
+    gone = {id(d) for d in state.made
+            if id(d) not in live or (d.start_pfn in absent and d.start_pfn in absent_before)}
+    kept = []
+    for ev in events:
+        owner = state.owned.get(id(ev))
+        if owner is None or id(owner) not in gone:
+            kept.append(ev)
+    return kept, absent
 
 
 def fold(events: List[dict]) -> Ledger:

@@ -15,7 +15,7 @@ import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Set, Tuple
 from urllib.parse import parse_qs, urlparse
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -25,6 +25,7 @@ from vmemtrace import events
 from vmemtrace.errors import VmemtraceError, stops_held, terminate_on_sigterm
 from vmemtrace.exporter import LedgerCollector, Snapshot
 from vmemtrace.kernel import daxdev
+from vmemtrace.ledger import retire
 
 DEFAULT_LISTEN = "127.0.0.1:9477"
 
@@ -131,6 +132,7 @@ class Exporter:
         """only (-d): report these devices (by chardev or namespace) and no other, whenever
         they exist."""
         self.snap = Snapshot(log=[])
+        self.absent: Set[int] = set()  # range starts with no device at the last prune
         self.registry = CollectorRegistry(auto_describe=False)
         self.only = tuple(only)
         self.registry.register(LedgerCollector(self.snapshot, self.devices_now))
@@ -142,7 +144,23 @@ class Exporter:
 
     def snapshot(self) -> Snapshot:
         s = self.snap
-        return Snapshot(list(s.log), s.lost, dict(s.errors), list(s.attached), s.not_tracing)
+        return Snapshot(list(s.log), s.lost, dict(s.errors), list(s.attached), s.not_tracing,
+                        s.retired)
+
+    def prune(self, log: List[dict]) -> None:
+        """Drop, in place, the events of ranges that are gone (ledger.retire()); their init
+        durations stay in the histogram."""
+        devices = daxdev.inventory()
+
+        def present(d) -> bool:
+            return any(_overlaps(d.start_pfn, d.nr_pages, dev) for dev in devices)
+
+        kept, self.absent = retire(log, present, self.absent)
+        keep = {id(ev) for ev in kept}
+        for ev in log:
+            if ev["type"] == "range" and id(ev) not in keep:
+                self.snap.retired.add(ev["duration_ns"] / 1e9)
+        log[:] = kept
 
     def serve(self, listen: str, cert: Optional[str], key: Optional[str]) -> Tuple[str, int]:
         host, port = parse_listen(listen)
@@ -206,6 +224,18 @@ class Exporter:
             self.server = None
 
 
+# How often the exporter drops the events of ranges that are gone: a destroyed device is
+# forgotten after one to two of these.
+PRUNE_SECONDS = 30.0
+
+
+def _overlaps(start_pfn: int, nr_pages: int, device: dict) -> bool:
+    """Whether a dax device (its pgmap range where known) covers any of these pfns."""
+    lo = device.get("pgmap_start_pfn", device["start_pfn"])
+    hi = lo + device.get("pgmap_nr_pages", device["nr_pages"])
+    return lo < start_pfn + nr_pages and start_pfn < hi
+
+
 def _trace(exporter: Exporter, textfile: Optional[str], interval: float,
            progress: Callable[[str], None]) -> None:
     """Attach and keep the snapshot current until SIGTERM or Ctrl-C (KeyboardInterrupt)."""
@@ -213,12 +243,15 @@ def _trace(exporter: Exporter, textfile: Optional[str], interval: float,
 
     with traced(progress, audit_existing=True) as (tracer, take, log):
         exporter.snap = Snapshot(log, attached=list(tracer.attached))
-        next_write = time.monotonic()
+        next_write = next_prune = time.monotonic()
         try:
             while True:
                 take(tracer.poll(100))
                 exporter.snap.lost = tracer.lost
                 exporter.snap.errors = tracer.errors()
+                if time.monotonic() >= next_prune:
+                    exporter.prune(log)
+                    next_prune = time.monotonic() + PRUNE_SECONDS
                 if textfile and time.monotonic() >= next_write:
                     exporter.write_textfile(textfile)
                     next_write += interval

@@ -362,3 +362,69 @@ def test_a_stop_during_the_textfile_write_leaves_no_temporary(tmp_path):
         signal.signal(signal.SIGTERM, old)
     assert [p.name for p in tmp_path.iterdir()] == ["vmemtrace.prom"]
     assert "vmemtrace_build_info" in out.read_text()
+
+
+def _cycles(n: int) -> list:
+    """A real 6.12 mem-2M recording's namespace created n times at the same place, as an
+    exporter sees create/destroy cycles: one header, then each creation's events again (fresh
+    dicts, as the tracer makes them)."""
+    import copy
+
+    log = log_of("6.12", "mem-2M.jsonl")
+    body = [e for e in log[1:] if e["type"] not in ("device", "lost", "hits", "command", "vmstat")]
+    out = [log[0]]
+    for _ in range(n):
+        out += copy.deepcopy(body)
+    return out, [e for e in log if e["type"] == "device"]
+
+
+def test_retire_keeps_one_creation_of_a_re_created_range():
+    """A range re-created at the same start replaces the old one (ledger.fold): retire() drops
+    the old one's events, and the fold of what is left is the same document."""
+    from vmemtrace.ledger import fold, retire
+    from vmemtrace.verdict import evaluate
+
+    once, devices = _cycles(1)
+    many, _ = _cycles(5)
+    kept, absent = retire(many, lambda d: True, set())
+    assert len(kept) == len(once) and absent == set()
+    assert evaluate(fold(kept + devices)) == evaluate(fold(once + devices))
+
+
+def test_retire_drops_a_gone_range_only_at_the_second_look():
+    from vmemtrace.ledger import retire
+
+    log, _ = _cycles(1)
+    kept, absent = retire(log, lambda d: False, set())
+    assert kept == log and len(absent) == 1  # one interval's grace: sysfs may lag
+    kept, absent = retire(log, lambda d: False, absent)
+    assert [e["type"] for e in kept] == ["header"]
+
+
+def test_exporter_memory_follows_the_devices_that_exist(monkeypatch):
+    """Fifty create/destroy cycles with a prune after each: the log holds one creation's
+    events, scrapes report the device as after one creation, and the init histogram, a
+    counter, still counts all fifty ranges."""
+    from vmemtrace.kernel import daxdev
+    from vmemtrace.serve import Exporter
+
+    once, devices = _cycles(1)
+    monkeypatch.setattr(daxdev, "inventory", lambda: [dict(d) for d in devices])
+    exp = Exporter()
+    log = [once[0]]
+    exp.snap = Snapshot(log, attached=list(f for f, how in once[0]["strategy"].items()
+                                            if how.startswith("kprobe")))
+    body = once[1:]
+    import copy
+    for _ in range(50):
+        log.extend(copy.deepcopy(body))
+        exp.prune(log)
+    assert len(log) == len(once)
+    s = samples(exp.registry)
+    assert s[("vmemtrace_memmap_init_seconds_count", ())] == 50
+    assert s[("vmemtrace_vmemmap_bytes", (("device", "dax0.0"),))] == 3072 * 4096
+    monkeypatch.setattr(daxdev, "inventory", lambda: [])  # destroyed
+    exp.prune(log)
+    exp.prune(log)
+    assert [e["type"] for e in log] == ["header"]
+    assert samples(exp.registry)[("vmemtrace_memmap_init_seconds_count", ())] == 50
