@@ -16,7 +16,10 @@ from vmemtrace import geometry
 pytestmark = pytest.mark.lab
 
 START_MIB, SIZE_MIB, MIB = 5184, 3072, 256  # MIB: pfns per MiB
-KERNELS = ("6.1", "6.12", "7.3")  # 6.1: the walk sees the populate (notrace there)
+# One kernel keeps CI inside its 90 minutes (about 4.5 min a kernel): 6.1.0-57 (the walk sees
+# the populate there) and 7.3.4 gave the same numbers by hand on 2026-12-02, and the walk's
+# view of 6.12 is its audit, checked here and replayed by tests/unit/test_boot_memmap.py.
+KERNELS = ("6.12",)
 CASES = ("mem-2M", "mem-4K", "dev-2M", "mem-1G")
 
 
@@ -78,8 +81,8 @@ def test_each_case_passes_with_the_boot_pieces_counted_apart(lab, kernel, name):
 
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_init_on_the_boot_memmap_tells_whether_the_kernel_has_the_fix(lab, kernel):
-    """Measured, not assumed: Debian's 6.1.0-57, 6.12.117 and 7.3.4 all carry the fix (all 512
-    struct pages of each of the 64 boot-memmap compound pages initialised)."""
+    """Measured, not assumed: Debian's 6.12.117 carries the fix (all 512 struct pages of each of
+    the 64 boot-memmap compound pages initialised); 6.1.0-57 and 7.3.4 did too, by hand."""
     result, _ = case(lab[kernel], "mem-2M")
     c, dev = checks(result)
     assert dev["struct_pages_initialized"]["observed"] == geometry.struct_pages_init_expected(shape(512))
