@@ -4,7 +4,7 @@ Pure: takes the event dicts of events.py, returns plain objects; no kernel, no B
 """
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, FrozenSet, List, Optional, Set, Tuple
+from typing import Dict, FrozenSet, List, Optional, Set, Tuple
 
 from vmemtrace import events, geometry
 from vmemtrace.account import Account, account
@@ -312,20 +312,25 @@ class _Fold:
         return sorted(self.ranges.values(), key=lambda d: d.start_pfn)
 
 
-def retire(events: List[dict], present: Callable[[DeviceLedger], bool],
+def _folded(events: List[dict]) -> _Fold:
+    state = _Fold(events[0])
+    for ev in events[1:]:
+        state.add(ev)
+    return state
+
+
+def retire(events: List[dict], devices_now: List[dict],
            absent_before: Set[int]) -> Tuple[List[dict], Set[int]]:
     """The log without the events of ranges that are gone, so that a long-running exporter's
     memory and scrape cost follow the devices that exist, not every one that ever did. Gone: a
     range replaced by a later one at the same start, or a complete one (its range or walk event
-    seen) that present() rejects now and rejected at the previous call too (its start in
-    absent_before): one interval's grace for a range whose dax device sysfs does not show yet.
-    Returns the kept events, in order, and the starts absent now."""
-    state = _Fold(events[0])
-    for ev in events[1:]:
-        state.add(ev)
+    seen) that none of devices_now belongs to (as fold() pairs them) now and at the previous
+    call too (its start in absent_before): one interval's grace for a range whose dax device
+    sysfs does not show yet. Returns the kept events, in order, and the starts absent now."""
+    state = _folded(events + devices_now)
     live = {id(d) for d in state.finish()}
     absent = {d.start_pfn for d in state.ranges.values()
-              if (d.range is not None or d.walk is not None) and not present(d)}
+              if (d.range is not None or d.walk is not None) and d.device is None}
     gone = {id(d) for d in state.made
             if id(d) not in live or (d.start_pfn in absent and d.start_pfn in absent_before)}
     kept = []
@@ -341,9 +346,7 @@ def fold(events: List[dict]) -> Ledger:
     (__populate_section_memmap runs before memmap_init_zone_device), its compound pages after
     (drained when the range event arrives)."""
     header = events[0]
-    state = _Fold(header)
-    for ev in events[1:]:
-        state.add(ev)
+    state = _folded(events)
     ordered = state.finish()
     return Ledger(header, ordered, Sources.from_strategy(header["strategy"]), state.vmstat,
                   state.lost, state.bpf_errors, state.command, state.hits,

@@ -150,12 +150,7 @@ class Exporter:
     def prune(self, log: List[dict]) -> None:
         """Drop, in place, the events of ranges that are gone (ledger.retire()); their init
         durations stay in the histogram."""
-        devices = daxdev.inventory()
-
-        def present(d) -> bool:
-            return any(_overlaps(d.start_pfn, d.nr_pages, dev) for dev in devices)
-
-        kept, self.absent = retire(log, present, self.absent)
+        kept, self.absent = retire(log, daxdev.inventory(), self.absent)
         keep = {id(ev) for ev in kept}
         for ev in log:
             if ev["type"] == "range" and id(ev) not in keep:
@@ -227,13 +222,6 @@ class Exporter:
 # How often the exporter drops the events of ranges that are gone: a destroyed device is
 # forgotten after one to two of these.
 PRUNE_SECONDS = 30.0
-
-
-def _overlaps(start_pfn: int, nr_pages: int, device: dict) -> bool:
-    """Whether a dax device (its pgmap range where known) covers any of these pfns."""
-    lo = device.get("pgmap_start_pfn", device["start_pfn"])
-    hi = lo + device.get("pgmap_nr_pages", device["nr_pages"])
-    return lo < start_pfn + nr_pages and start_pfn < hi
 
 
 def _trace(exporter: Exporter, textfile: Optional[str], interval: float,
