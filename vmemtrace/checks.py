@@ -80,14 +80,19 @@ def shared_tails(compounds: List[dict]) -> List[str]:
     return []
 
 
+def laid_out(compounds, v: DeviceView) -> List[dict]:
+    """The compound pages the populate path laid out: not those headed on the boot memmap
+    (boot-memmap), whose vmemmap is the boot's."""
+    return [c for c in compounds if not geometry.on_boot_memmap(c["head_pfn"], v.shape)]
+
+
 def tail_reuse(v: DeviceView) -> Check:
     name, seen, n = "tail-reuse", v.seen, v.numbers
     if not v.eligible:
         return Check(name, SKIP, "not eligible: see no-false-optimisation")
     if seen.compounds is None:
         return Check(name, SKIP, seen.populate_why)
-    # Those headed on the boot memmap are not laid out by the populate path (boot-memmap).
-    compounds = [c for c in seen.compounds if not geometry.on_boot_memmap(c["head_pfn"], v.shape)]
+    compounds = laid_out(seen.compounds, v)
     problems = [p for p in (compound_problem(c, n.per_compound) for c in compounds) if p]
     problems += shared_tails(compounds)
     if problems:
@@ -246,8 +251,7 @@ def cross_check(v: DeviceView) -> Optional[Check]:
     if v.sources.populate:
         if v.probe_reused != w["reused"]:
             diffs.append(f"probes saw {v.probe_reused} reused PTEs, the walk {w['reused']}")
-        live, walked = (_layout(c for c in cs if not geometry.on_boot_memmap(c["head_pfn"], v.shape))
-                        for cs in (v.probe_compounds, v.walk_compounds))
+        live, walked = (_layout(laid_out(cs, v)) for cs in (v.probe_compounds, v.walk_compounds))
         differ = sorted(h for h in set(live) | set(walked) if live.get(h) != walked.get(h))
         if differ:
             h = differ[0]
