@@ -47,7 +47,8 @@ def section_table(facts) -> Optional[SectionTable]:
     (include/linux/mmzone.h: two words, four with CONFIG_PAGE_EXTENSION); None when neither
     says."""
     extreme = enabled(facts.config, "SPARSEMEM_EXTREME") is not False
-    size = btf.struct_size(facts.btf, "mem_section") if facts.btf else None
+    layout = btf.try_layout(facts.btf, lambda _: None, "")  # read once per process
+    size = layout.mem_section if layout is not None else None
     if size is None and facts.config is not None:
         size = 32 if enabled(facts.config, "PAGE_EXTENSION") else 16
     return None if size is None else SectionTable(size, extreme)

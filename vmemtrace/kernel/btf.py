@@ -173,11 +173,12 @@ class Layout:
     altmap_free: int
     range_size: int           # sizeof(struct range)
     signatures: Signatures = Signatures(None, None)
+    mem_section: Optional[int] = None  # sizeof(struct mem_section), for the walk (not the BPF program)
 
     def defines(self) -> List[str]:
         out = []
         for key, value in vars(self).items():
-            if value is not None and key != "signatures":
+            if value is not None and key not in ("signatures", "mem_section"):
                 out.append(f"-DLAYOUT_{key.upper()}={value}")
         return out
 
@@ -218,7 +219,12 @@ def layout(btf: Btf) -> Layout:
                   pgmap_ranges=pgmap["ranges"], pgmap_vmemmap_shift=pgmap.get("vmemmap_shift"),
                   altmap_base_pfn=altmap["base_pfn"], altmap_reserve=altmap["reserve"],
                   altmap_free=altmap["free"], range_size=btf.size(rng),
-                  signatures=signatures(btf))
+                  signatures=signatures(btf), mem_section=_size_of(btf, "mem_section"))
+
+
+def _size_of(btf: Btf, name: str) -> Optional[int]:
+    tid = btf.find(name, (STRUCT,))
+    return None if tid is None else btf.size(tid)
 
 
 @functools.lru_cache(maxsize=None)
@@ -235,18 +241,6 @@ def read_layout(path: str) -> Layout:
         return layout(Btf(data))
     except (ValueError, IndexError, struct.error) as e:
         raise VmemtraceError(f"{path}: cannot take the struct layout from it: {e}")
-
-
-@functools.lru_cache(maxsize=None)
-def struct_size(path: str, name: str) -> Optional[int]:
-    """sizeof(struct name) from a BTF file, None where it cannot be had."""
-    try:
-        with open(path, "rb") as f:
-            btf = Btf(f.read())
-        tid = btf.find(name, (STRUCT,))
-        return None if tid is None else btf.size(tid)
-    except (OSError, ValueError, IndexError, struct.error):
-        return None
 
 
 def try_layout(path: Optional[str], progress: Callable[[str], None],
