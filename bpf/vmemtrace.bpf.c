@@ -22,9 +22,13 @@
  *   HAVE_VMEMMAP_SHIFT  struct dev_pagemap has vmemmap_shift (5.17+)
  *   VPA_PTPFN           vmemmap_populate_address takes (ptpfn, flags), ptpfn -1 = allocate (6.15+)
  *
- * Aggregation happens here: one event per section and per range (two perf buffers, each with
- * its own named struct, decoded by field name in user space), one map entry per compound page
- * (drained by user space when its range is initialised). Nothing is emitted per vmemmap page;
+ * Aggregation happens here: one event per section, per range and per compound page (three
+ * perf buffers, each with its own named struct, decoded by field name in user space). A
+ * compound page is kept in a map entry while it is populated and sent when all its vmemmap
+ * PTEs are there; what never completes is drained by user space when its range is
+ * initialised. User space reads no map while the probes fire: a map system call disables BPF
+ * tracing programs on its CPU while it runs (bpf_disable_instrumentation(), kernel/bpf/syscall.c),
+ * and a kprobe that fires meanwhile is skipped, unseen. Nothing is emitted per vmemmap page;
  * per struct page only a counter, and only where memmap_init_compound is a clone.
  *
  * Probes that attach can still be blind: the compiler may inline every call of a function and
@@ -145,8 +149,10 @@ struct range_event {
     char comm[16];
 };
 
-/* One compound page's vmemmap PTEs: the "compound" event's keys, besides head_pfn. */
+/* One compound page's vmemmap PTEs: the "compound" event's keys (the map entry's value, and
+ * the event sent when the compound page is complete). */
 struct cp_val {
+    u64 head_pfn;
     u64 range_start_pfn;
     u64 pfns_per_compound;
     u64 ptes;
@@ -210,6 +216,7 @@ struct hits_t {
 
 BPF_PERF_OUTPUT(section_events);
 BPF_PERF_OUTPUT(range_events);
+BPF_PERF_OUTPUT(compound_events);
 BPF_HASH(sections, u32, struct section_ctx, 1024);
 BPF_HASH(ranges, u32, struct range_ctx, 1024);
 BPF_F_TABLE("hash", u64, struct cp_val, compound, CP_MAP_ENTRIES, BPF_F_NO_PREALLOC);
@@ -291,6 +298,7 @@ static __always_inline int cp_load(struct section_ctx *s, u64 head)
         return 1;
     cp_store(s);
     struct cp_val zero = {};
+    zero.head_pfn = head;
     zero.range_start_pfn = s->ev.range_start_pfn;
     zero.pfns_per_compound = s->ev.pfns_per_compound;
     struct cp_val *c = compound.lookup_or_try_init(&head, &zero);
@@ -302,6 +310,16 @@ static __always_inline int cp_load(struct section_ctx *s, u64 head)
     s->cp_head = head;
     s->cp_live = 1;
     return 1;
+}
+
+/* The compound page held in the section context has all its vmemmap PTEs
+ * (vmemmap_populate_compound_pages() fills each once): send it and free its map entry. */
+static __always_inline void cp_complete(struct pt_regs *ctx, struct section_ctx *s)
+{
+    u64 head = s->cp_head;
+    compound_events.perf_submit(ctx, &s->cp, sizeof(s->cp));
+    compound.delete(&head);
+    s->cp_live = 0;
 }
 
 int section_enter(struct pt_regs *ctx, unsigned long pfn, unsigned long nr_pages, int nid,
@@ -429,6 +447,8 @@ int vpa_return(struct pt_regs *ctx)
             }
             if (index + 1 > c->max_index)
                 c->max_index = index + 1;
+            if (c->ptes >= (ppc * LAYOUT_STRUCT_PAGE) / PAGE_SIZE)
+                cp_complete(ctx, s);
         }
     }
     return 0;

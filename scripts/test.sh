@@ -9,4 +9,5 @@ cd "$(dirname "$0")/.."
 shellcheck scripts/*.sh scripts/build-deb .ci/run
 # Arguments name what to run instead of the whole suite (e.g. tests/unit, or a lab test by -k).
 if [ $# -eq 0 ]; then set -- tests; fi
-exec .venv/bin/python -m pytest -v -rs "$@"
+# Each test line shows its duration: a CI run cut off by its time limit still shows where time went.
+exec .venv/bin/python -m pytest -v -rs -o console_output_style=times "$@"

@@ -4,7 +4,7 @@ of device ranges through /proc/kcore (kernel/kcore.py) and turn them into events
 import os
 from typing import Callable, List, Optional, Tuple
 
-from vmemtrace.backing import walk_events
+from vmemtrace.backing import Walked, walk_events
 from vmemtrace.errors import VmemtraceError
 from vmemtrace.events import header_event
 from vmemtrace import events, geometry
@@ -17,8 +17,8 @@ from vmemtrace.readiness import assess, read_facts
 
 
 def walk_range(walker: Walker, start_pfn: int, nr_pages: int, pfns_per_compound: int,
-               altmap: bool, struct_page_size: int, page_size: int) -> List[dict]:
-    backing = walker.backing(start_pfn, nr_pages, struct_page_size)
+               altmap: bool, struct_page_size: int, page_size: int) -> Walked:
+    backing = walker.iter_backing(start_pfn, nr_pages, struct_page_size)
     out = walk_events(start_pfn, nr_pages, pfns_per_compound, altmap, backing,
                       struct_page_size, page_size, walker.layout.levels)
     boot = boot_sections(walker, start_pfn, nr_pages)

@@ -8,41 +8,71 @@ page maps the first tail page again (Documentation/mm/vmemmap_dedup.rst, "device
 The compound events carry the same keys as the live ones (events.py), so one verdict judges both.
 """
 
-from typing import List, Optional, Tuple
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
-Backing = List[Optional[Tuple[int, str]]]  # per vmemmap page: (backing pfn, level) or None
+from vmemtrace.compounds import CompoundPages
+
+Backing = Iterable[Optional[Tuple[int, str]]]  # per vmemmap page: (backing pfn, level) or None
+
+
+class Walked(Sequence):
+    """A walk's events: the "walk" event, then its compound events (held in columns)."""
+
+    def __init__(self, walk: dict, compounds: CompoundPages):
+        self.walk, self.compounds = walk, compounds
+
+    def __len__(self) -> int:
+        return 1 + len(self.compounds)
+
+    def __getitem__(self, i: Union[int, slice]):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if i == 0:
+            return self.walk
+        return self.compounds[i - 1]
+
+    def __iter__(self) -> Iterator[dict]:
+        yield self.walk
+        yield from self.compounds
 
 
 def walk_events(start_pfn: int, nr_pages: int, pfns_per_compound: int, altmap: bool,
                 backing: Backing, struct_page_size: int, page_size: int,
-                paging: int) -> List[dict]:
+                paging: int) -> Walked:
     """One "walk" event for the range, then one "compound" event (source "walk") per compound
     page whose memmap spans whole vmemmap pages, all mapped by PTEs: only
     vmemmap_populate_address() lays a compound page out page by page; a PMD-mapped vmemmap
     (altmap, or a range without compound pages) cannot share tail pages, exactly as the live
-    probes, which only see PTEs, report no compound pages for it."""
-    levels = {}
+    probes, which only see PTEs, report no compound pages for it. `backing` is read once, in
+    order; what is kept is one compound page's pages at a time and the set of backing pages."""
+    per_compound = pfns_per_compound * struct_page_size // page_size
+    laid = pfns_per_compound > 1 and per_compound >= 1
+    levels, seen, reused, count = {}, set(), 0, 0
+    compounds, chunk = CompoundPages("walk"), []
     for b in backing:
+        count += 1
         if b is not None:
             levels[b[1]] = levels.get(b[1], 0) + 1
-    distinct, reused = _sharing(backing)
-    out = [{"type": "walk", "start_pfn": start_pfn, "nr_pages": nr_pages,
-            "pfns_per_compound": pfns_per_compound, "altmap": altmap,
-            "vmemmap_pages": len(backing), "mapped": sum(levels.values()), "distinct": distinct,
-            "reused": reused, "levels": levels, "struct_page_size": struct_page_size,
-            "page_size": page_size, "paging": paging}]
-    per_compound = pfns_per_compound * struct_page_size // page_size
-    if pfns_per_compound <= 1 or per_compound < 1:
-        return out
-    for i in range(0, len(backing) - per_compound + 1, per_compound):
-        if any(b is not None and b[1] != "pte" for b in backing[i:i + per_compound]):
-            continue
-        out.append(_compound(start_pfn + i // per_compound * pfns_per_compound, start_pfn,
-                             pfns_per_compound, backing[i:i + per_compound]))
-    return out
+            reused += b[0] in seen
+            seen.add(b[0])
+        if laid:
+            chunk.append(b)
+            if len(chunk) == per_compound:
+                if all(p is None or p[1] == "pte" for p in chunk):
+                    head = start_pfn + (count // per_compound - 1) * pfns_per_compound
+                    compounds.append(_compound(head, start_pfn, pfns_per_compound, chunk))
+                chunk = []
+    walk = {"type": "walk", "start_pfn": start_pfn, "nr_pages": nr_pages,
+            "pfns_per_compound": pfns_per_compound, "altmap": altmap, "vmemmap_pages": count,
+            "mapped": sum(levels.values()), "distinct": len(seen), "reused": reused,
+            "levels": levels, "struct_page_size": struct_page_size, "page_size": page_size,
+            "paging": paging}
+    return Walked(walk, compounds)
 
 
-def _sharing(pages: Backing) -> Tuple[int, int]:
+def _sharing(pages: List[Optional[Tuple[int, str]]]) -> Tuple[int, int]:
     """(distinct backing pages, mapped vmemmap pages whose backing page came up earlier): the
     fresh and the reused ones, as the walk can tell them."""
     seen, reused = set(), 0
@@ -53,7 +83,8 @@ def _sharing(pages: Backing) -> Tuple[int, int]:
     return len(seen), reused
 
 
-def _compound(head_pfn: int, range_start: int, pfns_per_compound: int, pages: Backing) -> dict:
+def _compound(head_pfn: int, range_start: int, pfns_per_compound: int,
+              pages: List[Optional[Tuple[int, str]]]) -> dict:
     fresh, reused = _sharing(pages)
     pfns = [b[0] if b else None for b in pages]
     head, tail = pfns[0], pfns[1] if len(pfns) > 1 else None

@@ -8,7 +8,7 @@ name in defining_checks() too (docs/adding.md).
 """
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Iterable, Iterator, List, Optional, Tuple
 
 from vmemtrace import geometry
 from vmemtrace.view import DeviceView, bounds
@@ -67,23 +67,29 @@ def compound_problem(c: dict, per_compound: int) -> Optional[str]:
     return None
 
 
-def shared_tails(compounds: List[dict]) -> List[str]:
+def shared_tails(compounds: Callable[[], Iterable[dict]]) -> List[str]:
     """Each compound page keeps a first tail page of its own; two sharing one means the kernel
-    mapped one compound page's tails onto another's struct pages (or the log lies)."""
-    owner: Dict[int, int] = {}
-    for c in compounds:
+    mapped one compound page's tails onto another's struct pages (or the log lies). Two passes
+    over compounds() (a 1 TiB range has 524288 pages): the first finds a shared page, the
+    second the page that had it first; only the tail pfns are held, as a set."""
+    seen, shared = set(), None
+    for c in compounds():
         if c["tail_fresh"]:
-            if c["tail_pfn"] in owner:
-                return [f"compound pages at pfn {owner[c['tail_pfn']]} and {c['head_pfn']} share "
-                        f"their first tail vmemmap page (pfn {c['tail_pfn']})"]
-            owner[c["tail_pfn"]] = c["head_pfn"]
-    return []
+            if c["tail_pfn"] in seen:
+                shared = c
+                break
+            seen.add(c["tail_pfn"])
+    if shared is None:
+        return []
+    first = next(c for c in compounds() if c["tail_fresh"] and c["tail_pfn"] == shared["tail_pfn"])
+    return [f"compound pages at pfn {first['head_pfn']} and {shared['head_pfn']} share their "
+            f"first tail vmemmap page (pfn {shared['tail_pfn']})"]
 
 
-def laid_out(compounds, v: DeviceView) -> List[dict]:
+def laid_out(compounds: Iterable[dict], v: DeviceView) -> Iterator[dict]:
     """The compound pages the populate path laid out: not those headed on the boot memmap
-    (boot-memmap), whose vmemmap is the boot's."""
-    return [c for c in compounds if not geometry.on_boot_memmap(c["head_pfn"], v.shape)]
+    (boot-memmap), whose vmemmap is the boot's. One at a time, as the checks read them."""
+    return (c for c in compounds if not geometry.on_boot_memmap(c["head_pfn"], v.shape))
 
 
 def tail_reuse(v: DeviceView) -> Check:
@@ -92,16 +98,25 @@ def tail_reuse(v: DeviceView) -> Check:
         return Check(name, SKIP, "not eligible: see no-false-optimisation")
     if seen.compounds is None:
         return Check(name, SKIP, seen.populate_why)
-    compounds = laid_out(seen.compounds, v)
-    problems = [p for p in (compound_problem(c, n.per_compound) for c in compounds) if p]
-    problems += shared_tails(compounds)
-    if problems:
-        more = f" (and {len(problems) - 1} more compound pages)" if len(problems) > 1 else ""
-        return Check(name, FAIL, problems[0] + more + seen.how)
+    count, first, problems = 0, None, 0
+    for c in laid_out(seen.compounds, v):
+        count += 1
+        problem = compound_problem(c, n.per_compound)
+        if problem:
+            problems += 1
+            first = first or problem
+    shared = shared_tails(lambda: laid_out(seen.compounds, v))
+    if first is None and shared:
+        first, problems = shared[0], 1
+    elif shared:
+        problems += 1
+    if first is not None:
+        more = f" (and {problems - 1} more compound pages)" if problems > 1 else ""
+        return Check(name, FAIL, first + more + seen.how)
     boot = (f" ({n.boot_compounds} more on the boot memmap, unoptimised)"
             if n.boot_compounds else "")
-    if len(compounds) != n.laid_out:
-        return Check(name, FAIL, f"saw the vmemmap of {len(compounds)} compound pages, "
+    if count != n.laid_out:
+        return Check(name, FAIL, f"saw the vmemmap of {count} compound pages, "
                                  f"expected {n.laid_out}{boot}" + seen.how + seen.populate_why)
     return Check(name, PASS, f"all {n.laid_out} compound pages: {RESERVE} fresh vmemmap "
                              f"pages, {n.per_compound - RESERVE} tail PTEs on the first tail page"
@@ -228,9 +243,38 @@ def no_false_optimisation(v: DeviceView) -> Check:
     return with_kernel_log(v, Check(name, PASS, ", ".join(parts) + seen.how))
 
 
-def _layout(compounds) -> Dict[int, tuple]:
-    return {c["head_pfn"]: (c["ptes"], c["fresh"], c["reused"], c["on_tail"], c["tail_pfn"],
-                            c["head_fresh"], c["tail_fresh"]) for c in compounds}
+LAYOUT = ("ptes", "fresh", "reused", "on_tail", "tail_pfn", "head_fresh", "tail_fresh")
+
+
+def _layout(c: Optional[dict]) -> Optional[tuple]:
+    return None if c is None else tuple(c[k] for k in LAYOUT)
+
+
+def layout_differences(a: Iterable[dict], b: Iterable[dict]) -> Tuple[int, Optional[int], tuple]:
+    """(how many compound pages differ, the first one's head pfn, its two layouts) between two
+    sources, each in head order (ledger.inconsistencies() holds a log to that): one merge pass,
+    nothing kept per page."""
+    ia, ib = iter(a), iter(b)
+    ca, cb = next(ia, None), next(ib, None)
+    count, first, pair = 0, None, (None, None)
+    while ca is not None or cb is not None:
+        ha = ca["head_pfn"] if ca is not None else None
+        hb = cb["head_pfn"] if cb is not None else None
+        if hb is None or (ha is not None and ha < hb):
+            left, right, head = ca, None, ha
+        elif ha is None or hb < ha:
+            left, right, head = None, cb, hb
+        else:
+            left, right, head = ca, cb, ha
+        if _layout(left) != _layout(right):
+            count += 1
+            if first is None:
+                first, pair = head, (_layout(left), _layout(right))
+        if left is not None:
+            ca = next(ia, None)
+        if right is not None:
+            cb = next(ib, None)
+    return count, first, pair
 
 
 def cross_check(v: DeviceView) -> Optional[Check]:
@@ -251,13 +295,12 @@ def cross_check(v: DeviceView) -> Optional[Check]:
     if v.sources.populate:
         if v.probe_reused != w["reused"]:
             diffs.append(f"probes saw {v.probe_reused} reused PTEs, the walk {w['reused']}")
-        live, walked = (_layout(laid_out(cs, v)) for cs in (v.probe_compounds, v.walk_compounds))
-        differ = sorted(h for h in set(live) | set(walked) if live.get(h) != walked.get(h))
-        if differ:
-            h = differ[0]
-            diffs.append(f"{len(differ)} compound pages differ, first at pfn {h}: probes (ptes, "
-                         f"fresh, reused, on tail, tail pfn, head fresh, tail fresh) {live.get(h)}, walk "
-                         f"{walked.get(h)}")
+        count, h, (live, walked) = layout_differences(laid_out(v.probe_compounds, v),
+                                                      laid_out(v.walk_compounds, v))
+        if count:
+            diffs.append(f"{count} compound pages differ, first at pfn {h}: probes (ptes, "
+                         f"fresh, reused, on tail, tail pfn, head fresh, tail fresh) {live}, walk "
+                         f"{walked}")
     if diffs:
         return Check("cross-check", FAIL, "; ".join(diffs))
     return Check("cross-check", PASS,

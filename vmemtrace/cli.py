@@ -161,7 +161,6 @@ def verify(expect, as_json, junit, allow_skip, no_probe, record_to, cross_check,
 
     Where the populate functions are notrace, each range's vmemmap page tables are walked once
     memmap_init_zone_device returns. Exit 0 pass, 1 fail, 2 could not verify."""
-    from vmemtrace.ledger import fold
     from vmemtrace.verdict import evaluate
 
     with _error_document(as_json, junit, expect, os.uname().release):
@@ -170,9 +169,9 @@ def verify(expect, as_json, junit, allow_skip, no_probe, record_to, cross_check,
         from vmemtrace.session import trace_command
 
         with _recording(record_to) as on_event:
-            log = trace_command(list(cmd), say, on_event=on_event, quiet_stdout=as_json,
-                                cross_check=cross_check, exclude=no_probe)
-        doc = evaluate(fold(log), expect, allow_skip)
+            folded = trace_command(list(cmd), say, on_event=on_event, quiet_stdout=as_json,
+                                   cross_check=cross_check, exclude=no_probe)
+        doc = evaluate(folded.ledger(), expect, allow_skip)
     _output_verdict(doc, as_json, junit)
     _finish(doc)
 
@@ -218,9 +217,8 @@ def record(output, cmd):
     from vmemtrace.session import trace_command
 
     with _recording(output) as on_event:  # fails before tracing when FILE cannot be written
-        log = trace_command(list(cmd), say, on_event=on_event)
-    ranges = sum(1 for e in log if e["type"] == "range")
-    say(f"recorded {len(log)} events ({ranges} ranges) to {output}")
+        folded = trace_command(list(cmd), say, on_event=on_event)
+    say(f"recorded {folded.count} events ({folded.ranges} ranges) to {output}")
 
 
 @cli.command()
@@ -238,9 +236,9 @@ def replay(file, expect, as_json, junit, allow_skip, only):
     from vmemtrace.verdict import evaluate
 
     with _error_document(as_json, junit, expect):
-        log = list(events.iter_file(file))
-        waived = tuple(allow_skip) + (AUDIT_WAIVED if log[0].get("walk") == "audit" else ())
-        doc = evaluate(fold(log), expect, waived, only)
+        led = fold(events.iter_file(file))  # streamed: a log of any size
+        waived = tuple(allow_skip) + (AUDIT_WAIVED if led.header.get("walk") == "audit" else ())
+        doc = evaluate(led, expect, waived, only)
     _output_verdict(doc, as_json, junit)
     _finish(doc)
 

@@ -29,7 +29,8 @@ REQUIRED = {
                  "existing", "head_fresh", "tail_fresh", "tail_pfn", "on_tail", "max_index"),
     # one memmap_init_zone_device() call
     "range": ("start_pfn", "nr_pages", "pfns_per_compound", "altmap", "altmap_base_pfn",
-              "altmap_reserve", "altmap_free", "mic_calls", "mic_pages", "izdp_calls",
+              "altmap_reserve", "altmap_free", "mic_calls", "mic_pages", "mic_min", "mic_max",
+              "izdp_calls",
               "duration_ns", "struct_page_size", "page_size"),
     # the page-table walk of one range's vmemmap (kernel/kcore.py, backing.py); its compound
     # pages follow as "compound" events with "source": "walk"; "existing": true marks the walk
@@ -208,11 +209,13 @@ def _lines(fh: IO[str], name: str) -> Iterator[Tuple[int, str]]:
         yield lineno, line
 
 
-def read(fh: IO[str], name: str) -> List[dict]:
-    """All events of a log, validated: each line one well-typed event, the header first and only
-    there, and the closing events present (a log cut at a line boundary is truncated too).
-    Errors name the file and line, and are exit 2: a bad log says nothing about the kernel."""
-    out: List[dict] = []
+def stream(fh: IO[str], name: str) -> Iterator[dict]:
+    """The events of a log one at a time, validated: each line one well-typed event, the header
+    first and only there, and the closing events present (a log cut at a line boundary is
+    truncated too; that is only known at its end, where the stream raises). Errors name the
+    file and line, and are exit 2: a bad log says nothing about the kernel. Nothing is kept:
+    replay folds a log of any size in the memory its ranges need (ledger.Fold)."""
+    header, closed = None, False
     for lineno, line in _lines(fh, name):
         if not line.strip():
             continue
@@ -224,28 +227,36 @@ def read(fh: IO[str], name: str) -> List[dict]:
             raise VmemtraceError(f"{name}:{lineno}: nested too deeply to be an event")
         except ValueError as e:
             raise VmemtraceError(f"{name}:{lineno}: not JSON ({getattr(e, 'msg', str(e))[:80]})")
-        out.append(validate(event, f"{name}:{lineno}"))
-        if event["type"] == "header" and len(out) > 1:
+        validate(event, f"{name}:{lineno}")
+        if header is None:
+            if event["type"] != "header":
+                raise VmemtraceError(f"{name}:{lineno}: the first event must be the header")
+            if event["schema"] != SCHEMA:
+                raise VmemtraceError(f"{name}:{lineno}: schema {event['schema']} is not {SCHEMA} "
+                                     "(recorded by another vmemtrace version)")
+            header = event
+        elif event["type"] == "header":
             raise VmemtraceError(f"{name}:{lineno}: a second header (two logs joined?)")
-    if not out:
+        closed = closed or event["type"] == "lost"
+        yield event
+    if header is None:
         raise VmemtraceError(f"{name}: empty event log")
-    header = out[0]
-    if header["type"] != "header":
-        raise VmemtraceError(f"{name}:1: the first event must be the header")
-    if header["schema"] != SCHEMA:
-        raise VmemtraceError(f"{name}:1: schema {header['schema']} is not {SCHEMA} "
-                             "(recorded by another vmemtrace version)")
     # A trace closes with the BPF side's account (lost, hits); an audit has no BPF side.
-    if header.get("walk") != "audit" and not any(e["type"] == "lost" for e in out):
+    if header.get("walk") != "audit" and not closed:
         raise VmemtraceError(f"{name}: truncated: the closing events (lost, hits) are missing "
                              "(the recording was cut off)")
-    return out
+
+
+def read(fh: IO[str], name: str) -> List[dict]:
+    """All events of a log, validated as stream() validates them."""
+    return list(stream(fh, name))
 
 
 def iter_file(path: str) -> Iterator[dict]:
+    """The events of the log at `path`, streamed (stream()); file errors are exit 2 too."""
     try:
         with open(path) as fh:
-            return iter(read(fh, path))
+            yield from stream(fh, path)
     except OSError as e:
         raise VmemtraceError(f"cannot read {path}: {e.strerror}")
     except UnicodeDecodeError:

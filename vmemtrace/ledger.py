@@ -4,10 +4,12 @@ Pure: takes the event dicts of events.py, returns plain objects; no kernel, no B
 """
 
 from dataclasses import dataclass, field
-from typing import Dict, FrozenSet, List, Optional, Set, Tuple
+from itertools import chain
+from typing import Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
 
 from vmemtrace import events, geometry
 from vmemtrace.account import Account, account
+from vmemtrace.compounds import CompoundPages
 from vmemtrace.kernel import compat
 from vmemtrace.probes import targets
 from vmemtrace.probes.plan import Sources, is_attached
@@ -20,10 +22,10 @@ class DeviceLedger:
     nr_pages: int
     range: Optional[dict] = None
     sections: List[dict] = field(default_factory=list)
-    compounds: List[dict] = field(default_factory=list)
+    compounds: CompoundPages = field(default_factory=CompoundPages)
     device: Optional[dict] = None
     walk: Optional[dict] = None  # the page-table walk of this range, if one was made
-    walk_compounds: List[dict] = field(default_factory=list)
+    walk_compounds: CompoundPages = field(default_factory=lambda: CompoundPages("walk"))
     kernel_log: Optional[dict] = None  # the kernel's own pr_info about this range, if any
 
     @property
@@ -130,7 +132,7 @@ class DeviceLedger:
             out.append(f"the walk does not add up (vmemmap pages {w['vmemmap_pages']}, mapped "
                        f"{w['mapped']}, distinct {w['distinct']}, reused {w['reused']}, by level "
                        f"{w['levels']})")
-        for c in self.compounds + self.walk_compounds:
+        for c in chain(self.compounds, self.walk_compounds):
             if c["ptes"] != c["fresh"] + c["reused"] + c["existing"] or c["on_tail"] > c["reused"] \
                     or c["head_fresh"] > 1 or c["tail_fresh"] > 1 \
                     or c["head_fresh"] + c["tail_fresh"] > c["fresh"]:
@@ -139,17 +141,20 @@ class DeviceLedger:
                            f"{c['on_tail']})")
         ppc = self.pfns_per_compound
         for what, compounds in (("probes", self.compounds), ("walk", self.walk_compounds)):
-            seen = set()
+            last = -1  # in head order, as the drain (bpf/) and the walk (backing.py) give them
             for c in compounds:
                 head = c["head_pfn"]
-                if head in seen:
+                if head == last:
                     out.append(f"compound page at pfn {head} appears twice ({what})")
+                elif head < last:
+                    out.append(f"compound page at pfn {head} comes after pfn {last}: not in "
+                               f"head order ({what})")
                 elif not self.start_pfn <= head < self.start_pfn + max(self.nr_pages, 1):
                     out.append(f"compound page at pfn {head} is outside its range ({what})")
                 elif (head - self.start_pfn) % ppc:
                     out.append(f"compound page at pfn {head} is not aligned to the range's "
                                f"{ppc}-page compound pages ({what})")
-                seen.add(head)
+                last = head
                 if len(out) > 2:
                     return out
         return out
@@ -169,27 +174,37 @@ COUNTED_BY = {
 }
 
 
-def unattached_counts(header: dict, events: List[dict]) -> List[str]:
+class Unattached:
     """Counts that only a probe the header says was not attached could have moved: a log that
-    has them was edited or belongs to another trace."""
-    strategy = header["strategy"]
-    attached = {t.sees for t in TARGETS if is_attached(strategy.get(t.name, ""))}
-    compound = compat.has(tuple(header["version"]) or (0, 0), compat.COMPOUND_DEVMAP)
-    out = []
-    for ev in events:
-        if not compound and ev.get("pfns_per_compound", 1) > 1:
-            return [f"{ev['type']} event with compound pages of {ev['pfns_per_compound']} pages, "
-                    f"on a kernel before compound devmaps (5.17)"]
+    has them was edited or belongs to another trace. Fed one event at a time (the fold streams);
+    the first such count is kept."""
+
+    def __init__(self, header: dict):
+        self.strategy = header["strategy"]
+        self.attached = {t.sees for t in TARGETS if is_attached(self.strategy.get(t.name, ""))}
+        self.compound = compat.has(tuple(header["version"]) or (0, 0), compat.COMPOUND_DEVMAP)
+        self.found: List[str] = []
+
+    def see(self, ev: dict) -> None:
+        if not self.found:
+            problem = self._problem(ev)
+            if problem:
+                self.found.append(problem)
+
+    def _problem(self, ev: dict) -> Optional[str]:
+        if not self.compound and ev.get("pfns_per_compound", 1) > 1:
+            return (f"{ev['type']} event with compound pages of {ev['pfns_per_compound']} pages, "
+                    f"on a kernel before compound devmaps (5.17)")
         for key, kind in COUNTED_BY.get(ev["type"], {}).items():
-            if ev[key] and kind not in attached:
-                out.append(f"{ev['type']} event counts {key} {ev[key]}, but no probe that "
-                           f"counts it was attached")
-                return out
+            if ev[key] and kind not in self.attached:
+                return (f"{ev['type']} event counts {key} {ev[key]}, but no probe that counts it "
+                        f"was attached")
         if ev["type"] == "hits":
-            stray = [n for n, c in ev["hits"].items() if c and not is_attached(strategy.get(n, ""))]
+            stray = [n for n, c in ev["hits"].items()
+                     if c and not is_attached(self.strategy.get(n, ""))]
             if stray:
-                return [f"hits on {stray[0]}, which was not attached"]
-    return out
+                return f"hits on {stray[0]}, which was not attached"
+        return None
 
 
 @dataclass
@@ -214,11 +229,14 @@ def _contains(d: DeviceLedger, pfn: int) -> bool:
 
 
 @dataclass
-class _Fold:
-    """The state of one fold: ranges by start pfn (a re-created range replaces the old), the
-    sections still waiting for their range, and the closing events."""
+class Fold:
+    """The state of one fold, fed one event at a time (replay streams its file, a live trace
+    folds as it goes): ranges by start pfn (a re-created range replaces the old), the sections
+    still waiting for their range, and the closing events. Each event is folded into its range
+    and not kept: a range's compound pages go into compact columns (compounds.py)."""
 
     header: dict
+    track: bool = False  # keep `owned` (retire() needs it; it holds every event's id)
     ranges: Dict[int, DeviceLedger] = field(default_factory=dict)
     pending: List[dict] = field(default_factory=list)
     in_order: List[DeviceLedger] = field(default_factory=list)  # ranges as they came
@@ -235,6 +253,13 @@ class _Fold:
     owned: Dict[int, DeviceLedger] = field(default_factory=dict)
     made: List[DeviceLedger] = field(default_factory=list)
 
+    def __post_init__(self):
+        self.unattached = Unattached(self.header)
+
+    def _own(self, ev: dict, d: DeviceLedger) -> None:
+        if self.track:
+            self.owned[id(ev)] = d
+
     def owner(self, pfn: int) -> Optional[DeviceLedger]:
         return next((d for d in self.ranges.values() if _contains(d, pfn)), None)
 
@@ -246,7 +271,7 @@ class _Fold:
         self.in_order.append(d)
         self.made.append(d)
         for owned in d.sections + [ev]:
-            self.owned[id(owned)] = d
+            self._own(owned, d)
 
     def walk(self, ev: dict) -> None:
         d = self.ranges.get(ev["start_pfn"])
@@ -258,14 +283,14 @@ class _Fold:
             d = self.ranges[ev["start_pfn"]] = DeviceLedger(ev["start_pfn"], ev["nr_pages"])
             self.made.append(d)
         d.walk = ev
-        d.walk_compounds = []
-        self.owned[id(ev)] = d
+        d.walk_compounds = CompoundPages("walk")
+        self._own(ev, d)
 
     def compound(self, ev: dict) -> None:
         owner = self.owner(ev["head_pfn"])
         if owner is not None:
             (owner.walk_compounds if ev.get("source") == "walk" else owner.compounds).append(ev)
-            self.owned[id(ev)] = owner
+            self._own(ev, owner)
 
     def lost_event(self, ev: dict) -> None:
         self.lost += ev["count"]
@@ -273,6 +298,7 @@ class _Fold:
             self.bpf_errors[k] = self.bpf_errors.get(k, 0) + v
 
     def add(self, ev: dict) -> None:
+        self.unattached.see(ev)
         kind = ev["type"]
         if kind == "section":
             self.pending.append(ev)
@@ -297,7 +323,7 @@ class _Fold:
         if self.kmsg and len(self.kmsg) == len(self.in_order):
             for d, line in zip(self.in_order, self.kmsg):
                 d.kernel_log = line
-                self.owned[id(line)] = d
+                self._own(line, d)
         # Sections of a range that never reached memmap_init_zone_device (failed, or not traced)
         # still form a ledger, under the range start the kernel gave them (5.19+).
         for s in self.pending:
@@ -312,9 +338,18 @@ class _Fold:
         return sorted(self.ranges.values(), key=lambda d: d.start_pfn)
 
 
-def _folded(events: List[dict]) -> _Fold:
-    state = _Fold(events[0])
-    for ev in events[1:]:
+    def ledger(self) -> "Ledger":
+        """The ledger of everything folded; call once, at the end."""
+        ordered = self.finish()
+        return Ledger(self.header, ordered, Sources.from_strategy(self.header["strategy"]),
+                      self.vmstat, self.lost, self.bpf_errors, self.command, self.hits,
+                      self.unattached.found + self.stray)
+
+
+def _folded(events: Iterable[dict], track: bool = False) -> Fold:
+    it = iter(events)
+    state = Fold(next(it), track)
+    for ev in it:
         state.add(ev)
     return state
 
@@ -327,7 +362,7 @@ def retire(events: List[dict], devices_now: List[dict],
     seen) that none of devices_now belongs to (as fold() pairs them) now and at the previous
     call too (its start in absent_before): one interval's grace for a range whose dax device
     sysfs does not show yet. Returns the kept events, in order, and the starts absent now."""
-    state = _folded(events + devices_now)
+    state = _folded(events + devices_now, track=True)
     live = {id(d) for d in state.finish()}
     absent = {d.start_pfn for d in state.ranges.values()
               if (d.range is not None or d.walk is not None) and d.device is None}
@@ -341,13 +376,8 @@ def retire(events: List[dict], devices_now: List[dict],
     return kept, absent
 
 
-def fold(events: List[dict]) -> Ledger:
-    """Events in the order they happened: a range's sections come before its range event
-    (__populate_section_memmap runs before memmap_init_zone_device), its compound pages after
-    (drained when the range event arrives)."""
-    header = events[0]
-    state = _folded(events)
-    ordered = state.finish()
-    return Ledger(header, ordered, Sources.from_strategy(header["strategy"]), state.vmstat,
-                  state.lost, state.bpf_errors, state.command, state.hits,
-                  unattached_counts(header, events[1:]) + state.stray)
+def fold(events: Iterable[dict]) -> Ledger:
+    """Events in the order they happened, the header first (a list, or a stream: events.stream):
+    a range's sections come before its range event (__populate_section_memmap runs before
+    memmap_init_zone_device), its compound pages after (drained when the range event arrives)."""
+    return _folded(events).ledger()

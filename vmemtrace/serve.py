@@ -236,8 +236,10 @@ def _trace(exporter: Exporter, textfile: Optional[str], interval: float,
             while True:
                 take(tracer.poll(100))
                 exporter.snap.lost = tracer.lost
-                exporter.snap.errors = tracer.errors()
                 if time.monotonic() >= next_prune:
+                    # A map read blinds the probes on its CPU while it runs (bpf/vmemtrace.bpf.c):
+                    # the error counters are read at this pace, not at every poll.
+                    exporter.snap.errors = tracer.errors()
                     exporter.prune(log)
                     next_prune = time.monotonic() + PRUNE_SECONDS
                 if textfile and time.monotonic() >= next_write:

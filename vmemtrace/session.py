@@ -15,7 +15,7 @@ from vmemtrace.events import header_event
 from vmemtrace.kernel import daxdev, leftovers, vmstat
 from vmemtrace.kernel.ftrace import tracefs
 from vmemtrace.kernel.kmsg import KmsgCursor, parse_memmap_init
-from vmemtrace.ledger import DeviceLedger
+from vmemtrace.ledger import DeviceLedger, Fold, Ledger
 from vmemtrace.probes.plan import Sources
 from vmemtrace.readiness import assess, read_facts
 
@@ -41,7 +41,7 @@ def open_tracer(progress: Callable[[str], None], cross_check: bool = False, excl
     every range in the modes of walk_mode(), and any range whose probe counts do not add up);
     exit 2 with the reason when tracing cannot start."""
     from vmemtrace.audit import open_walker
-    from vmemtrace.probes.loader import Tracer, take_compile
+    from vmemtrace.probes.loader import PAGES, Tracer, take_compile
 
     compiled = take_compile(progress)
     walker = None
@@ -68,6 +68,9 @@ def open_tracer(progress: Callable[[str], None], cross_check: bool = False, excl
         raise
     progress(f"attached to {', '.join(tracer.attached)} in {time.monotonic() - compiled.started:.1f}s"
              + (f"; page-table walk after each range ({mode})" if mode else ""))
+    if tracer.buffer_pages != PAGES:
+        progress("perf buffers cut to " + ", ".join(f"{t} {n}" for t, n in tracer.buffer_pages.items())
+                 + " pages per CPU by the locked-memory limit: large devices may lose events")
     header = header_event(facts, ready, tracer.cflags, mode)
     header["facts_from"] = tracer.fact_sources
     header["walk_blocker"] = None if walker is not None else facts.walk_blocker
@@ -84,7 +87,7 @@ def _needs_walk(header: dict, rng: dict, sections: List[dict]) -> bool:
 def closing_events(tracer, kmsg: Optional[KmsgCursor] = None) -> List[dict]:
     """What is left once the command is done: compound pages of ranges that never completed,
     losses and BPF-side errors, the kernel's own log and counter, the dax devices in sysfs."""
-    out = tracer.drain_compound()
+    out = list(tracer.drain_compound())
     if kmsg is not None:
         out.extend(ev for ev in map(parse_memmap_init, kmsg.messages()) if ev)
     out.append({"type": "lost", "count": tracer.lost, "errors": tracer.errors()})
@@ -94,6 +97,32 @@ def closing_events(tracer, kmsg: Optional[KmsgCursor] = None) -> List[dict]:
         out.append({"type": "vmstat", "when": "after", "nr_memmap_pages": n})
     out.extend(daxdev.inventory())
     return out
+
+
+class Folded:
+    """A trace folded as it goes (ledger.Fold), its events not kept: verify and record hold the
+    memory their ranges need, not one object per event (a 1 TiB range logs a million). Reads
+    like the start of a log where the session needs one: folded[0] is the header."""
+
+    def __init__(self):
+        self.fold: Optional[Fold] = None
+        self.count = self.ranges = 0
+
+    def append(self, ev: dict) -> None:
+        if self.fold is None:
+            self.fold = Fold(ev)
+        else:
+            self.fold.add(ev)
+        self.count += 1
+        self.ranges += ev["type"] == "range"
+
+    def __getitem__(self, i: int) -> dict:
+        if i != 0 or self.fold is None:
+            raise IndexError("a folded trace keeps only its header")
+        return self.fold.header
+
+    def ledger(self) -> Ledger:
+        return self.fold.ledger()
 
 
 # Seconds a command gets to exit after SIGTERM when vmemtrace is interrupted, before SIGKILL.
@@ -140,11 +169,12 @@ def run_command(argv: List[str], tracer, on_events: Callable[[List[dict]], None]
 
 @contextmanager
 def traced(progress: Callable[[str], None], on_event: Optional[Callable[[dict], None]] = None,
-           cross_check: bool = False, audit_existing: bool = False, exclude=()):
+           cross_check: bool = False, audit_existing: bool = False, exclude=(), keep: bool = True):
     """Attach, log the header and the "before" counter (and with audit_existing the walk of the
-    devices that exist already); yields (tracer, take, log). On the way out, closing events are
-    logged and everything is detached, whatever happened."""
-    log: List[dict] = []
+    devices that exist already); yields (tracer, take, log): log is every event (a list), or
+    without keep a Folded. On the way out, closing events are logged and everything is
+    detached, whatever happened."""
+    log = [] if keep else Folded()
     walker, mode, sections = None, None, []
 
     def take(events):
@@ -191,9 +221,9 @@ def traced(progress: Callable[[str], None], on_event: Optional[Callable[[dict], 
 def trace_command(argv: List[str], progress: Callable[[str], None],
                   on_event: Optional[Callable[[dict], None]] = None,
                   quiet_stdout: bool = False, cross_check: bool = False,
-                  exclude=()) -> List[dict]:
-    """The whole event log of argv run under tracing."""
-    with traced(progress, on_event, cross_check, exclude=exclude) as (tracer, take, log):
+                  exclude=()) -> Folded:
+    """argv run under tracing, folded as its events come (on_event sees each one)."""
+    with traced(progress, on_event, cross_check, exclude=exclude, keep=False) as (tracer, take, log):
         command = run_command(argv, tracer, take, quiet_stdout)
     take([command])
     return log

@@ -99,7 +99,8 @@ def evaluate(ledger: Ledger, expect: str = "auto", allow_skip=(), only=()) -> di
         verdict = "pass"
     doc = {"kernel": ledger.header["kernel"], "verdict": verdict,
            "strategy": ledger.header["strategy"], "expect": expect, "devices": devices,
-           "events_lost": ledger.lost, "waived": list(allow_skip)}
+           "events_lost": ledger.lost, "bpf_errors": dict(ledger.bpf_errors),
+           "waived": list(allow_skip)}
     if problems:
         doc["problems"] = problems
     if ledger.command is not None:

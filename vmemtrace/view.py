@@ -4,7 +4,7 @@ and the witnesses beside it. Built once per device from a Ledger; pure, no I/O.
 """
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 from vmemtrace import geometry
 from vmemtrace.account import Account
@@ -23,7 +23,7 @@ class Observed:
     vmemmap_pages: Optional[int]
     struct_pages_initialized: Optional[int]
     init_source: str
-    compounds: Optional[List[dict]]  # per compound page vmemmap layout, live or walked
+    compounds: Optional[Sequence[dict]]  # per compound page vmemmap layout (compounds.py)
     reused: Optional[int]  # vmemmap PTEs mapped onto an already used page
     how: str  # "" when probes saw it, BY_WALK when the page-table walk did
     vmemmap_why: str  # why vmemmap_pages is None, or why the walk answered instead of the probes
@@ -86,8 +86,8 @@ class DeviceView:
     sources: Sources
     range: Optional[dict]  # the memmap_init_zone_device event, None when not seen
     walk: Optional[dict]
-    probe_compounds: Tuple[dict, ...]
-    walk_compounds: Tuple[dict, ...]
+    probe_compounds: Sequence[dict]
+    walk_compounds: Sequence[dict]
     probe_allocated: int  # vmemmap pages the allocator probes saw
     probe_reused: int  # PTEs the populate probes saw reused
     kernel_log: Optional[dict]
@@ -169,8 +169,8 @@ def device_view(d: DeviceLedger, ledger: Ledger, expect: str) -> DeviceView:
         name=d.name, shape=shape, feature=ledger.feature,
         evidence=ledger.header["feature"]["evidence"], expect=expect, eligible=eligible, why=why,
         numbers=expected(shape), seen=observe(d, ledger), sources=ledger.sources,
-        range=d.range, walk=d.walk, probe_compounds=tuple(d.compounds),
-        walk_compounds=tuple(d.walk_compounds),
+        range=d.range, walk=d.walk, probe_compounds=d.compounds,
+        walk_compounds=d.walk_compounds,
         probe_allocated=d.allocated_pages(),
         probe_reused=d.totals()["reused"], kernel_log=d.kernel_log, vmstat=dict(ledger.vmstat),
         n_devices=len(ledger.devices), cross_check=ledger.header.get("walk") == "cross-check",

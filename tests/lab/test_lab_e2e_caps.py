@@ -44,3 +44,5 @@ def test_upstream_paranoid_traces_with_the_daemonset_capabilities(caps_run):
     (line,) = r["saved"]
     assert line.startswith('vmemtrace_vmemmap_saved_bytes{device="dax0.0"} ') and float(line.split()[-1]) == saved
     assert r["exporter_exit"] == 0 and r["tracing"] == ['vmemtrace_tracing{reason=""} 1.0'], r
+    # 1024-page buffers exceed 8 MiB of RLIMIT_MEMLOCK plus 516 KiB per CPU: it says it cut them
+    assert "perf buffers cut to" in r["exporter_said"], r

@@ -13,6 +13,12 @@ from vmemtrace.backing import walk_events
 from vmemtrace.errors import VmemtraceError
 from vmemtrace.kernel.kcore import Kcore, Walker, kcore_path, layout, walk_blocker
 
+
+def list_walk(*args):
+    """walk_events' events as a list (it hands back the walk event and its compound pages)."""
+    return list(walk_events(*args))
+
+
 # Default and KASLR-moved bases (Documentation/arch/x86/x86_64/mm.rst: the direct map and the
 # vmemmap move in 1 GiB (PUD) steps under CONFIG_RANDOMIZE_MEMORY).
 BASES = {4: [(0xFFFF888000000000, 0xFFFFEA0000000000), (0xFFFF9A3C40000000, 0xFFFFD31D80000000)],
@@ -71,7 +77,7 @@ def test_walked_compound_layout_passes_the_same_checks_as_live_probes(tmp_path, 
     symbols = img.write(tmp_path / "kcore")
     with Walker(symbols, str(tmp_path / "kcore")) as w:
         backing = w.backing(START_PFN, 8 * 512, 64)
-    events = walk_events(START_PFN, 8 * 512, 512, False, backing, 64, 4096, 5)
+    events = list_walk(START_PFN, 8 * 512, 512, False, backing, 64, 4096, 5)
     walk, compounds = events[0], events[1:]
     assert (walk["vmemmap_pages"], walk["mapped"], walk["distinct"], walk["reused"]) == (64, 64, 17, 47)
     assert walk["levels"] == {"pte": 64}
@@ -97,7 +103,7 @@ def test_unmapped_vmemmap_is_none_and_fails_range_complete(tmp_path):
     assert backing[16:] == [None] * 8 and None not in backing[:16]
     header = {"type": "header", "kernel": "test", "version": [6, 12, 0], "strategy": {}, "walk": "audit",
               "feature": {"present": True, "evidence": "test image"}}
-    doc = verdict.evaluate(fold([header] + walk_events(START_PFN, 3 * 512, 512, False, backing,
+    doc = verdict.evaluate(fold([header] + list_walk(START_PFN, 3 * 512, 512, False, backing,
                                                        64, 4096, 4)))
     checks = {c["name"]: c for c in doc["devices"][0]["checks"]}
     assert checks["range-complete"]["status"] == "fail"
@@ -122,7 +128,7 @@ def test_expected_numbers_match_geometry_for_a_walked_1g_layout(tmp_path):
     symbols = img.write(tmp_path / "kcore")
     with Walker(symbols, str(tmp_path / "kcore")) as w:
         backing = w.backing(0x180000, 262144, 64)
-    walk = walk_events(0x180000, 262144, 262144, False, backing, 64, 4096, 5)
+    walk = list_walk(0x180000, 262144, 262144, False, backing, 64, 4096, 5)
     shape = geometry.RangeShape(0x180000, 262144, 262144)
     assert walk[0]["distinct"] == geometry.vmemmap_pages_expected(shape) == 2
     assert (walk[1]["fresh"], walk[1]["reused"], walk[1]["on_tail"]) == (2, 4094, 4094)
@@ -171,7 +177,7 @@ def test_pmd_mapped_compound_pages_yield_no_compound_layout(tmp_path):
     symbols = img.write(tmp_path / "kcore")
     with Walker(symbols, str(tmp_path / "kcore")) as w:
         backing = w.backing(START_PFN, 32768, 64)
-    events = walk_events(START_PFN, 32768, 512, True, backing, 64, 4096, 5)
+    events = list_walk(START_PFN, 32768, 512, True, backing, 64, 4096, 5)
     assert len(events) == 1
     assert (events[0]["distinct"], events[0]["reused"], events[0]["levels"]) == (512, 0, {"pmd": 512})
 

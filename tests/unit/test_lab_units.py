@@ -93,10 +93,39 @@ def test_sizes():
             cases.parse_size(bad)
 
 
+def test_regions_up_to_a_tebibyte_follow_qemus_memory_layout():
+    """qemu 7.2's pc_memory_init (hw/i386/pc.c): RAM above 4 GiB starts at 1 TiB once it (and
+    the 64-bit PCI hole) would reach the HyperTransport hole at 1012 GiB. Measured in a TCG guest
+    with -m 1036G: e820 usable from 0x10000000000, `persistent (type 12)` at 1026G."""
+    GiB = 1 << 30
+    assert cases.parse_size("1T") == 1 << 40
+    small = cases.Region(3 * GiB)
+    assert (small.start, small.guest_memory(), small.qemu_opts("tcg")) == (5 * GiB, 8 * GiB, [])
+    assert small.memmap_arg() == "memmap=3072M!5120M"  # unchanged for the lab's usual region
+    tib = cases.Region(1 << 40)
+    assert tib.start == 1026 * GiB  # 2 GiB of RAM at 1 TiB below it
+    # 2 GiB low + 2 GiB at 1 TiB + the region + RAM after it for 1 TiB's vmemmap (4 GiB at 2M)
+    assert tib.guest_memory() == (2 + 2 + 1024 + 2 + 8) * GiB
+    assert tib.memmap_arg() == "memmap=1048576M!1050624M modprobe.blacklist=nd_pmem"
+    opts = tib.qemu_opts("tcg")
+    assert opts[:2] == ["-cpu", "max,phys-bits=48"]  # TCG's default is 40 bits: 1 TiB
+    assert "reserve=off" in opts[3] and f"size={tib.guest_memory() >> 20}M" in opts[3]
+    assert tib.qemu_opts("kvm")[:1] == ["-object"]
+    mid = cases.Region(256 * GiB)  # ends below the hole: RAM from 4 GiB as usual
+    # 2 GiB low, and from 4 GiB up to the region's end plus 2 GiB + 2 GiB (vmemmap) after it
+    assert mid.start == 5 * GiB and mid.guest_memory() == (2 + (5 + 256 + 4 - 4)) * GiB
+    assert mid.qemu_opts("tcg")[0] == "-object"
+    with pytest.raises(VmemtraceError, match="start it at 1026G or above"):
+        cases.Region(1 << 40, 5 * GiB)
+    with pytest.raises(VmemtraceError, match="start it below 1T"):
+        cases.Region(3 * GiB, 1100 * GiB)
+
+
 @pytest.mark.parametrize("args,message", [
     (["--kernel", "4.19"], "unknown kernel spec '4.19'"),
     (["--case", "mem-3M"], "unknown case mem-3M"),
     (["--size", "1000M"], "multiple of 128M"),
+    (["--size", "1T", "--pmem-start", "5G"], "HyperTransport hole"),
 ])
 def test_lab_refuses_bad_input_in_one_line(args, message):
     res = run_cli("lab", *args)

@@ -554,3 +554,20 @@ def test_exit_2_still_says_why_machine_readably(tmp_path):
     assert line == "vmemtrace: " + doc["problems"][0]
     suite = ET.fromstring(junit.read_bytes())
     assert suite.get("errors") == "1" and suite.find("testcase/error").get("message") == doc["problems"][0]
+
+
+def test_probe_runs_the_kernel_skipped_make_the_verdict_an_error(tmp_path):
+    """A kprobe whose program was skipped (bpf_prog_active held on its CPU, counted by 6.7+ in
+    recursion_misses) is an event nobody saw: the counts that remain are not the kernel's."""
+    res, doc = replay(log_path("6.12", "mem-2M"))
+    assert res.returncode == 0 and doc["bpf_errors"]["compound_map_full"] == 0
+
+    def skipped(evs):
+        lost = next(e for e in evs if e["type"] == "lost")
+        lost["errors"]["skipped_runs"] = 3
+        return lost
+
+    path, _ = doctor(tmp_path, "6.12", "mem-2M", skipped)
+    res, doc = replay(path)
+    assert res.returncode == 2 and doc["verdict"] == "error"
+    assert "BPF-side errors: skipped_runs=3" in " ".join(doc["problems"])

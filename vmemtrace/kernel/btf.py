@@ -174,11 +174,14 @@ class Layout:
     range_size: int           # sizeof(struct range)
     signatures: Signatures = Signatures(None, None)
     mem_section: Optional[int] = None  # sizeof(struct mem_section), for the walk (not the BPF program)
+    # (sizeof(struct bpf_prog_info), offsetof(.., recursion_misses)): the skipped-run count the
+    # tracer reads back (probes/loader.py); None where the kernel has no such member (< 5.12)
+    prog_info_misses: Optional[Tuple[int, int]] = None
 
     def defines(self) -> List[str]:
         out = []
         for key, value in vars(self).items():
-            if value is not None and key not in ("signatures", "mem_section"):
+            if value is not None and key not in ("signatures", "mem_section", "prog_info_misses"):
                 out.append(f"-DLAYOUT_{key.upper()}={value}")
         return out
 
@@ -219,7 +222,16 @@ def layout(btf: Btf) -> Layout:
                   pgmap_ranges=pgmap["ranges"], pgmap_vmemmap_shift=pgmap.get("vmemmap_shift"),
                   altmap_base_pfn=altmap["base_pfn"], altmap_reserve=altmap["reserve"],
                   altmap_free=altmap["free"], range_size=btf.size(rng),
-                  signatures=signatures(btf), mem_section=_size_of(btf, "mem_section"))
+                  signatures=signatures(btf), mem_section=_size_of(btf, "mem_section"),
+                  prog_info_misses=_prog_info_misses(btf))
+
+
+def _prog_info_misses(btf: Btf) -> Optional[Tuple[int, int]]:
+    tid = btf.find("bpf_prog_info", (STRUCT,))
+    if tid is None:
+        return None
+    offset = next((o for m, _, o in btf.members(tid) if m == "recursion_misses"), None)
+    return None if offset is None else (btf.size(tid), offset)
 
 
 def _size_of(btf: Btf, name: str) -> Optional[int]:

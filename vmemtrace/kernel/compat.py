@@ -30,6 +30,14 @@ FEATURE = Change(
     '"mm/sparse-vmemmap: improve memory savings for compound devmaps", series "sparse-vmemmap: '
     'memory savings for compound devmaps (device-dax)" v9 (5.19)')
 
+# A kprobe whose BPF program cannot run because another BPF program, or a map system call
+# (bpf_disable_instrumentation()), holds bpf_prog_active on that CPU is skipped; since 6.7
+# trace_call_bpf() counts each skip in the program's stats (bpf_prog_info.recursion_misses).
+KPROBE_MISSES = Change(
+    (6, 7), "kprobe BPF programs skipped for recursion are counted (recursion_misses)",
+    '"bpf: Count missed stats in trace_call_bpf", series "bpf: Add missed stats for kprobes" '
+    '(Jiri Olsa, 6.7)')
+
 SECTION_PGMAP = Change(
     (5, 19), "__populate_section_memmap(pfn, nr_pages, nid, altmap, pgmap): pgmap added",
     '"mm/sparse-vmemmap: add a pgmap argument to section activation" (5.19)')

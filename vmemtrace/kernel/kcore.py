@@ -16,7 +16,7 @@ import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Set, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 from vmemtrace.errors import VmemtraceError
 from vmemtrace.kernel.environment import CAP_SYS_RAWIO, effective_caps, lockdown_mode
@@ -212,17 +212,16 @@ class PageTables:
         raise AssertionError("unreachable: the last level is a PTE")
 
     def vmemmap_backing(self, start_pfn: int, nr_pages: int,
-                        struct_page_size: int) -> List[Optional[Tuple[int, str]]]:
-        """Per vmemmap page of the struct pages of [start_pfn, start_pfn + nr_pages): the pfn of
-        the physical page behind it and the level that maps it, None where nothing is mapped."""
+                        struct_page_size: int) -> Iterator[Optional[Tuple[int, str]]]:
+        """Per vmemmap page of the struct pages of [start_pfn, start_pfn + nr_pages), in order:
+        the pfn of the physical page behind it and the level that maps it, None where nothing
+        is mapped. One at a time: 1 TiB of device has 4 Mi vmemmap pages."""
         page = 1 << PAGE_SHIFT
         first = self.layout.vmemmap_base + start_pfn * struct_page_size
         last = self.layout.vmemmap_base + (start_pfn + nr_pages) * struct_page_size
-        out = []
         for va in range(first & ~(page - 1), last, page):
             hit = self.translate(va)
-            out.append(None if hit is None else (hit[0] >> PAGE_SHIFT, hit[1]))
-        return out
+            yield None if hit is None else (hit[0] >> PAGE_SHIFT, hit[1])
 
 
 # include/linux/mmzone.h: section_mem_map's flag bits (an enum since 5.17, the same values as the
@@ -309,10 +308,14 @@ class Walker:
     def __exit__(self, *exc):
         self.close()
 
-    def backing(self, start_pfn: int, nr_pages: int, struct_page_size: int):
+    def iter_backing(self, start_pfn: int, nr_pages: int, struct_page_size: int):
+        """PageTables.vmemmap_backing(), read as it is consumed (the walker must stay open)."""
         # Fresh tables (and table cache) per range: page tables change as namespaces come and go.
         return PageTables(self.kcore, self.layout).vmemmap_backing(start_pfn, nr_pages,
                                                                    struct_page_size)
+
+    def backing(self, start_pfn: int, nr_pages: int, struct_page_size: int):
+        return list(self.iter_backing(start_pfn, nr_pages, struct_page_size))
 
     def boot_sections(self, numbers: Iterable[int]) -> Optional[List[int]]:
         """Which of these memory sections were present at boot; None where mem_section

@@ -6,11 +6,11 @@ alignment gives compound pages larger than 4 KiB. dev-*: struct pages on the dev
 """
 
 from dataclasses import dataclass
-from typing import List
+from typing import List, Optional
 
 from vmemtrace.errors import VmemtraceError
 
-KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def parse_cases(text: str) -> List[Case]:
 
 
 def _bytes(option: str, text: str) -> int:
-    units = {"G": GiB, "M": MiB}
+    units = {"T": TiB, "G": GiB, "M": MiB}
     t = text.strip().upper().rstrip("B").rstrip("I")
     try:
         return int(t[:-1]) * units[t[-1]] if t[-1:] in units else int(t)
@@ -59,7 +59,7 @@ def _bytes(option: str, text: str) -> int:
 
 
 def parse_size(text: str) -> int:
-    """"3G", "1536M" -> bytes. The pmem region must be whole 128 MiB memory sections."""
+    """"3G", "1536M", "1T" -> bytes. The pmem region must be whole 128 MiB memory sections."""
     value = _bytes("--size", text)
     if value <= 0 or value % (128 * MiB):
         raise VmemtraceError(f"--size {text}: must be a positive multiple of 128M "
@@ -71,6 +71,21 @@ def parse_size(text: str) -> int:
 # fit) and section aligned, with guest RAM on both sides of it.
 PMEM_START = 5 * GiB
 HIGH_RAM = 4 * GiB  # where qemu's RAM above the 32-bit PCI hole begins
+LOW_RAM = 2 * GiB  # q35 keeps 2 GiB below the hole once the guest has more than 2.75 GiB
+# qemu's pc_memory_init() (hw/i386/pc.c, 7.1+): on an AMD CPU model (TCG's "max" is one), RAM
+# above 4 GiB that would reach the HyperTransport hole at 1012 GiB starts at 1 TiB instead.
+# It asks whether the highest address used, the 64-bit PCI hole after RAM included (q35: 32 GiB),
+# would reach it.
+HT_HOLE = 1012 * GiB
+ABOVE_HT = TiB
+PCI_HOLE64 = 32 * GiB
+TCG_ADDRESSES = TiB  # qemu 7.2's TCG CPU models have 40 physical address bits
+# Beyond this size the guest is set up for large regions (Region.large).
+LARGE = 16 * GiB
+
+
+def _moves_high_ram(high_ram: int) -> bool:
+    return HIGH_RAM + high_ram + PCI_HOLE64 >= HT_HOLE
 
 
 @dataclass(frozen=True)
@@ -78,26 +93,80 @@ class Region:
     """The guest's persistent memory: memmap=SIZE!START carves it out of guest RAM (legacy e820
     pmem, driver nd_e820), so RAM lies right below and right above it. A start that is not a
     multiple of 128 MiB puts the region's first and last memory sections beside boot RAM: those
-    pieces reuse the boot memmap (mm/sparse.c, section_activate())."""
+    pieces reuse the boot memmap (mm/sparse.c, section_activate()). start None: PMEM_START, or
+    just above 1 TiB for a region that would reach the HyperTransport hole (qemu then moves
+    high RAM to 1 TiB)."""
 
     size: int
-    start: int = PMEM_START
+    start: Optional[int] = None
+
+    def __post_init__(self):
+        if self.start is None:
+            moves = _moves_high_ram(PMEM_START + self.size + self.ram_after() - HIGH_RAM)
+            object.__setattr__(self, "start", ABOVE_HT + LOW_RAM if moves else PMEM_START)
+        moved = self.start >= ABOVE_HT
+        if _moves_high_ram(self.high_ram()) != moved:
+            why = ("qemu moves RAM above 4 GiB to 1 TiB only when it would reach its "
+                   "HyperTransport hole at 1012 GiB, and this guest's does not: start it below 1T"
+                   if moved else
+                   "with this region guest RAM reaches qemu's HyperTransport hole at 1012 GiB, "
+                   "where qemu moves RAM above 4 GiB to 1 TiB: start it at "
+                   f"{(ABOVE_HT + LOW_RAM) >> 30}G or above")
+            raise VmemtraceError(f"--pmem-start {self.start >> 20}M with --size "
+                                 f"{self.size >> 20}M: {why}")
+
+    def high_ram(self) -> int:
+        """Guest RAM above 4 GiB: from 4 GiB, or from 1 TiB, up to the region's end and after."""
+        high_start = ABOVE_HT if self.start >= ABOVE_HT else HIGH_RAM
+        return self.start + self.size + self.ram_after() - high_start
+
+    @property
+    def large(self) -> bool:
+        """A region whose boot-time fsdax namespace would need more memmap than the guest
+        has (16 GiB per TiB): nd_pmem is kept from binding at boot (devdax needs only
+        dax_pmem), qemu's RAM is not reserved up front (the host has less than the guest's
+        RAM, most of which is the region and never touched), and RAM after the region holds
+        the vmemmap of the cases (4 GiB per TiB at 2 MiB compound pages, more for 4 KiB)."""
+        return self.size > LARGE
+
+    def ram_after(self) -> int:
+        return 2 * GiB + (self.size // 128 if self.large else 0)
 
     def memmap_arg(self) -> str:
-        return f"memmap={self.size >> 20}M!{self.start >> 20}M"
+        extra = " modprobe.blacklist=nd_pmem" if self.large else ""
+        return f"memmap={self.size >> 20}M!{self.start >> 20}M" + extra
 
     def guest_memory(self) -> int:
-        """Guest RAM to ask for: everything up to the region's end, and RAM behind it."""
-        return self.start + self.size
+        """Guest RAM to ask for: LOW_RAM below 4 GiB, the rest above it (high_ram())."""
+        return LOW_RAM + self.high_ram()
+
+    def qemu_opts(self, accel: str) -> List[str]:
+        """qemu options beyond vng's: 48 physical address bits where the region ends above
+        TCG's default 40 (KVM takes the host's), and RAM mapped MAP_NORESERVE for a large one."""
+        opts = []
+        if accel == "tcg" and self.start + self.size + self.ram_after() > TCG_ADDRESSES:
+            opts += ["-cpu", "max,phys-bits=48"]
+        if self.large:
+            opts += ["-object", f"memory-backend-ram,id=vt-ram,size={self.guest_memory() >> 20}M,"
+                     "reserve=off", "-machine", "memory-backend=vt-ram"]
+        return opts
+
+    def guest_seconds(self) -> float:
+        """How long a guest may take by default: 20 minutes, and 3 s more per GiB of region
+        (6.12 under TCG took 13 minutes to verify a 1 TiB mem-2M namespace with --cross-check:
+        524288 compound pages populated, walked and judged)."""
+        return 1200.0 + 3 * (self.size >> 30)
 
     def describe(self) -> str:
         at = "" if self.start == PMEM_START else f" at {self.start >> 20} MiB"
         return f"{self.size >> 20} MiB of pmem{at}"
 
 
-def parse_start(text: str) -> int:
+def parse_start(text: Optional[str]) -> Optional[int]:
     """--pmem-start: a physical address in high RAM, 2 MiB aligned (a subsection: the kernel
     hot-adds device memory in subsections, memremap_compat_align() on x86)."""
+    if text is None or text == "auto":
+        return None  # Region picks it
     value = _bytes("--pmem-start", text)
     if value < HIGH_RAM or value % (2 * MiB):
         raise VmemtraceError(f"--pmem-start {text}: must be at least 4G (above the PCI hole) "

@@ -18,14 +18,19 @@ from vmemtrace.lab.cases import DEFAULT_CASES, Region, parse_cases, parse_size, 
 @click.option("--case", "case_list", default=",".join(DEFAULT_CASES), show_default=True,
               help="comma-separated namespace cases")
 @click.option("--size", default="3G", show_default=True,
-              help="persistent memory region (and namespace) size")
-@click.option("--pmem-start", default="5G", show_default=True, metavar="ADDRESS",
-              help="guest physical address where the region starts; one that is not a multiple "
-                   "of 128M shares the region's first and last memory sections with boot RAM")
+              help="persistent memory region (and namespace) size, up to 1T and beyond "
+                   "(qemu's RAM for a large region is not reserved: the host needs only what "
+                   "the guest touches)")
+@click.option("--pmem-start", default="auto", show_default=True, metavar="ADDRESS",
+              help="guest physical address where the region starts (auto: 5G, or 1026G for a "
+                   "region too large to end below qemu's HyperTransport hole at 1012G); one that "
+                   "is not a multiple of 128M shares the region's first and last memory sections "
+                   "with boot RAM")
 @click.option("--accel", type=click.Choice(["auto", "tcg", "kvm"]), default="auto",
               show_default=True, help="auto: KVM only if a probe boot shows it works")
 @click.option("--refresh", is_flag=True, help="refresh the guest's package lists first")
-@click.option("--timeout", default=1200.0, show_default=True, help="seconds per guest")
+@click.option("--timeout", type=float, help="seconds per guest  [default: 1200, and 3 more per "
+                                             "GiB of --size]")
 @click.option("--json", "as_json", is_flag=True,
               help="one JSON document per kernel, one per line")
 @click.option("--append", default="", metavar="ARGS",
@@ -50,8 +55,8 @@ def lab(kernel_specs, modules, headers, case_list, size, pmem_start, accel, refr
         specs = [parse_spec(s, modules, headers) for s in kernel_specs]
         # SIGTERM unwinds like Ctrl-C, so vm.boot()'s cleanup kills the guest's qemu.
         with terminate_on_sigterm():
-            sys.exit(run_lab(specs, parse_cases(case_list),
-                             Region(parse_size(size), parse_start(pmem_start)), accel, refresh,
-                             as_json, shell, timeout, command, append))
+            region = Region(parse_size(size), parse_start(pmem_start))
+            sys.exit(run_lab(specs, parse_cases(case_list), region, accel, refresh, as_json, shell,
+                             timeout or region.guest_seconds(), command, append))
 
     go()

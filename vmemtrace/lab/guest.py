@@ -19,7 +19,12 @@ NAMESPACE = "namespace0.0"
 MODULES = ("nd_e820", "dax_pmem", "device_dax")
 
 
-def sh(cmd, check=False, timeout=600):
+# Seconds one command may take (the host's --command-timeout: most of the guest's time).
+COMMAND_TIMEOUT = [600.0]
+
+
+def sh(cmd, check=False, timeout=None):
+    timeout = COMMAND_TIMEOUT[0] if timeout is None else timeout
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)}: {proc.stderr.strip() or proc.returncode}")
@@ -122,7 +127,8 @@ def run_exec(command, out):
     """Prepare device-dax, then run one shell command; its output and exit code go to out."""
     prepare()
     install_wrapper()
-    proc = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(["sh", "-c", command], capture_output=True, text=True,
+                          timeout=COMMAND_TIMEOUT[0])
     write_result({"kernel": os.uname().release, "exit": proc.returncode, "stdout": proc.stdout,
                   "stderr": proc.stderr}, out)
 
@@ -139,7 +145,9 @@ def main(argv=None):
     parser.add_argument("--cases")
     parser.add_argument("--exec-file", dest="command_file")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--command-timeout", type=float, default=COMMAND_TIMEOUT[0])
     args = parser.parse_args(argv)
+    COMMAND_TIMEOUT[0] = args.command_timeout
     if args.command_file is not None:
         return run_exec(Path(args.command_file).read_text(), args.out)
     doc = {"kernel": os.uname().release, "cases": []}

@@ -41,14 +41,17 @@ def _new_workdir(cache: Path, release: str) -> Path:
 COMMAND_FILE = "command.sh"
 
 
-def guest_command(cases: List[Case], command: Optional[str] = None) -> str:
+def guest_command(cases: List[Case], command: Optional[str] = None, seconds: float = 1200) -> str:
     # An --exec command travels as a file in the results directory: vng passes the guest
     # command on the kernel command line, and a long one overflows it (2048 bytes on x86: the
     # kernel dies with an early exception while parsing it).
     what = (f"--exec-file {image.GUEST_OUT}/{COMMAND_FILE}" if command is not None
             else "--cases " + ",".join(c.name for c in cases))
     return (f"env PYTHONPATH={image.GUEST_SRC} PYTHONDONTWRITEBYTECODE=1 /usr/bin/python3 "
-            f"-m vmemtrace.lab.guest {what} --out {image.GUEST_OUT}/result.json")
+            f"-m vmemtrace.lab.guest {what} --out {image.GUEST_OUT}/result.json "
+            # each command in the guest may take most of the guest's time, and the rest is left
+            # to report it
+            f"--command-timeout {int(seconds * 0.9)}")
 
 
 def _fail_with_console(boot: vm.Boot, message: str):
@@ -68,7 +71,7 @@ def run_kernel(kernel, cases: List[Case], region: Region, accel: str, cache: Pat
             else f"cases {', '.join(c.name for c in cases)}")
     for attempt in (1, 2):
         with step(f"booting {kernel.release} ({accel}) with {region.describe()}, {what}"):
-            boot = vm.boot(kernel, src, workdir / "out", guest_command(cases, command), region,
+            boot = vm.boot(kernel, src, workdir / "out", guest_command(cases, command, timeout), region,
                            workdir / "console.log", accel=accel, timeout=timeout, append=append)
         # Under TCG a guest kernel now and then oopses on an int3 while it patches its own text
         # during early boot (seen once in about ten 7.3 boots): before anything of ours ran,

@@ -91,6 +91,9 @@ def boot(kernel: GuestKernel, src: Path, out: Path, exec_cmd: Optional[str],
         cmd += ["--append", append]
     if accel == "tcg":
         cmd.append("--disable-kvm")
+    opts = region.qemu_opts(accel)
+    if opts:  # one argument: vng's parser takes a value starting with "-" only after "="
+        cmd.append("--qemu-opts=" + " ".join(opts))
     env = dict(os.environ)
     # vng runs virtme-run from the same bin directory.
     env["PATH"] = f"{Path(vng).parent}:{env.get('PATH', '/usr/bin:/bin')}"

@@ -3,12 +3,16 @@ into typed events (plain dicts, the record/replay schema of vmemtrace/events.py)
 
 import ctypes
 import errno
+import functools
 import os
+import resource
+import struct
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
+from vmemtrace.compounds import CompoundPages
 from vmemtrace.errors import VmemtraceError
 from vmemtrace.kernel import btf, compat, environment, headers
 from vmemtrace.kernel import release as kernel_release
@@ -16,8 +20,26 @@ from vmemtrace.probes.plan import TargetStatus, is_attached, probed_symbols, pro
 
 # Package data (pyproject.toml): the same file in a source tree, a wheel or the .deb.
 BPF_SOURCE = Path(__file__).resolve().parents[1] / "bpf" / "vmemtrace.bpf.c"
-CP_MAP_ENTRIES = 1 << 18  # compound pages between two drains: 512 GiB at 2 MiB pages
+# Compound pages in the map at once: those being populated (a complete one is sent through
+# the perf buffer and its entry freed), whatever the device's size. A cap, not an allocation
+# (BPF_F_NO_PREALLOC).
+CP_MAP_ENTRIES = 1 << 18
+# Perf buffer pages per CPU (4 MiB each). A compound page event is 96 bytes, and while they
+# stream BCC's reader stays on their buffer as long as it has data, so the section events of a
+# populate wait in theirs, unread, until it ends: measured at 1 TiB under TCG, 128 pages lost
+# 439 of 8192 section events. 1024 pages hold 21000 of them (2.6 TiB of one range's sections).
+PAGES = {"section_events": 1024, "range_events": 128, "compound_events": 1024}
+MIN_PAGES = 8  # BCC's default page_cnt: below it, no tracing
+PERF_TABLES = (("section_events", "section"), ("range_events", "range"),
+               ("compound_events", "compound"))
 DRAIN_CHUNK = 4096  # compound map entries per batch system call
+SYS_BPF = 321  # x86_64 (arch/x86/entry/syscalls/syscall_64.tbl): the only machine traced
+BPF_OBJ_GET_INFO_BY_FD = 15  # enum bpf_cmd (include/uapi/linux/bpf.h)
+
+
+@functools.lru_cache(maxsize=None)
+def _libc():
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def fields(struct) -> Dict[str, Union[int, str]]:
@@ -113,6 +135,9 @@ class Compile:
         self.started = time.monotonic()
         self.cflags, self.fact_sources = defines(version, Path(f"/lib/modules/{release}/build"),
                                                  layout)
+        # Where the kernel counts skipped kprobe runs (compat.KPROBE_MISSES): how to read them.
+        self.misses_at = (layout.prog_info_misses if layout is not None
+                          and compat.has(version, compat.KPROBE_MISSES) else None)
         self._bpf = None
         self._error: Optional[BaseException] = None
         self._thread = threading.Thread(target=self._run, name="bcc-compile", daemon=True)
@@ -157,16 +182,19 @@ class Tracer:
     def __init__(self, plan: List[TargetStatus], compiled: Compile):
         self.cflags = compiled.cflags
         self.fact_sources = compiled.fact_sources
+        self.misses_at = compiled.misses_at
+        self.programs: List[str] = []  # the BPF functions attached
         self.attached: Dict[str, str] = {}
         self.lost = 0
         self._queue: List[dict] = []
         self._perf: list = []  # the perf event arrays whose buffers are open
+        # Complete compound pages (their perf events) until their range's event comes, in
+        # compact columns.
+        self._held = CompoundPages()
         self.bpf = compiled.result()
         try:
             self._attach(plan)
-            for table, kind in (("section_events", "section"), ("range_events", "range")):
-                self.bpf[table].open_perf_buffer(self._decoder(table, kind), page_cnt=128,
-                                                 lost_cb=self._on_lost)
+            self.buffer_pages = self._open_buffers()
         except Exception:
             self.close()
             raise
@@ -182,8 +210,43 @@ class Tracer:
                             self.bpf.attach_kretprobe(event=symbol, fn_name=fn)
                     except Exception as e:
                         raise VmemtraceError(f"cannot attach {kind} to {symbol}: {e}")
+                    if fn not in self.programs:
+                        self.programs.append(fn)
             if is_attached(status.strategy):
                 self.attached[status.name] = status.strategy
+
+    def _open_buffers(self) -> Dict[str, int]:
+        """Every perf buffer at PAGES or, where perf_mmap() refuses that much locked memory,
+        all of them at half, and so on down to MIN_PAGES. Without CAP_IPC_LOCK a user may lock
+        perf_event_mlock_kb per online CPU, then this process's RLIMIT_MEMLOCK
+        (kernel/events/core.c, perf_mmap()); the DaemonSet's capabilities leave 8 MiB plus 516
+        KiB per CPU, which 1024-page buffers exceed (lab: tests/lab/test_lab_e2e_caps.py). The
+        allowance per user is shared with its other processes, so it is tried, not computed.
+        Smaller buffers can lose events; those are counted (lost) and fail the verdict."""
+        halvings = 0
+        while True:
+            pages = {t: max(MIN_PAGES, n >> halvings) for t, n in PAGES.items()}
+            try:
+                for table, kind in PERF_TABLES:
+                    self.bpf[table].open_perf_buffer(self._decoder(table, kind),
+                                                     page_cnt=pages[table], lost_cb=self._on_lost)
+                return pages
+            except Exception as e:
+                self._close_buffers()
+                if all(n == MIN_PAGES for n in pages.values()):
+                    limit = resource.getrlimit(resource.RLIMIT_MEMLOCK)[0]
+                    raise VmemtraceError(
+                        f"cannot open perf buffers of {MIN_PAGES} pages per CPU ({e}); the "
+                        f"locked-memory limit (RLIMIT_MEMLOCK) is {limit} bytes")
+                halvings += 1
+
+    def _close_buffers(self):
+        """Closes every CPU's buffer of each perf event array opened, including those opened
+        before a refusal."""
+        for perf in self._perf:
+            for cpu in list(getattr(perf, "_open_key_fds", {})):
+                del perf[cpu]
+        self._perf = []
 
     def _on_lost(self, count):
         self.lost += count
@@ -195,6 +258,9 @@ class Tracer:
         def on_event(cpu, data, size):
             ev = fields(perf.event(data))
             ev["type"] = kind
+            if kind == "compound":
+                self._held.append(ev)  # sent when complete: it comes out after its range
+                return
             for key in ("altmap", "has_pgmap", "ok"):
                 if key in ev:
                     ev[key] = bool(ev[key])
@@ -202,35 +268,44 @@ class Tracer:
 
         return on_event
 
-    def poll(self, timeout_ms: int = 100) -> List[dict]:
-        """Events since the last poll; a range event is followed by its compound pages."""
+    def poll(self, timeout_ms: int = 100) -> Iterator[dict]:
+        """Events since the last poll; a range event is followed by its compound pages (one
+        at a time: a 1 TiB range has 524288 of them). Consume it whole."""
         self.bpf.perf_buffer_poll(timeout=timeout_ms)
-        out = []
-        for ev in self._queue:
-            out.append(ev)
+        queue, self._queue = self._queue, []
+        for ev in queue:
+            yield ev
             if ev["type"] == "range":
-                out.extend(self.drain_compound(ev["start_pfn"], ev["nr_pages"]))
-        self._queue = []
-        return out
+                yield from self.drain_compound(ev["start_pfn"], ev["nr_pages"])
 
-    def drain_compound(self, start_pfn: Optional[int] = None, nr_pages: int = 0) -> List[dict]:
-        """Per-compound-page aggregates of one range (all with start_pfn None), removed from
-        the map so that a later namespace at the same pfns starts from zero. Entries of other
-        ranges stay in the map: a range still being populated by another thread carries its
-        compound pages across sections there (bpf/vmemtrace.bpf.c, cp_load)."""
+    @staticmethod
+    def _delete(table, keys: List[int]) -> None:
         from bcc.libbcc import lib
 
-        table = self.bpf["compound"]
-        mine = [(key, ev) for key, ev in self._read_compound(table)
-                if start_pfn is None or start_pfn <= key < start_pfn + nr_pages]
-        for at in range(0, len(mine), DRAIN_CHUNK):
-            chunk = mine[at:at + DRAIN_CHUNK]
-            keys = (table.Key * len(chunk))(*(key for key, _ in chunk))
+        for at in range(0, len(keys), DRAIN_CHUNK):
+            chunk = keys[at:at + DRAIN_CHUNK]
+            batch = (table.Key * len(chunk))(*chunk)
             count = ctypes.c_uint32(len(chunk))
-            if lib.bpf_delete_batch(table.map_fd, keys, ctypes.byref(count)) != 0:
+            if lib.bpf_delete_batch(table.map_fd, batch, ctypes.byref(count)) != 0:
                 raise VmemtraceError("cannot clear the compound-page map: "
                                      f"{os.strerror(ctypes.get_errno())}")
-        return [ev for _, ev in sorted(mine, key=lambda kv: kv[0])]
+
+    def drain_compound(self, start_pfn: Optional[int] = None, nr_pages: int = 0) -> Iterator[dict]:
+        """Per-compound-page aggregates of one range (all with start_pfn None), in head order:
+        those sent complete and those still in the map (never completed), which are removed so
+        that a later namespace at the same pfns starts from zero. Entries of other ranges stay in the
+        map: a range still being populated by another thread carries its compound pages across
+        sections there (bpf/vmemtrace.bpf.c, cp_load)."""
+        table = self.bpf["compound"]
+
+        def mine(pfn: int) -> bool:
+            return start_pfn is None or start_pfn <= pfn < start_pfn + nr_pages
+
+        left = [(key, ev) for key, ev in self._read_compound(table) if mine(key)]
+        self._delete(table, [key for key, _ in left])
+        held = self._held.take(mine)
+        for ev in held.in_order(extra=[ev for _, ev in left]):
+            yield ev
 
     @staticmethod
     def _read_compound(table) -> List[tuple]:
@@ -261,7 +336,35 @@ class Tracer:
             raise VmemtraceError(f"cannot read the compound-page map: {os.strerror(err)}")
 
     def errors(self) -> Dict[str, int]:
-        return fields(self.bpf["errors"][ctypes.c_int(0)])
+        """The program's error counters, and "skipped_runs" where the kernel counts them."""
+        out = fields(self.bpf["errors"][ctypes.c_int(0)])
+        skipped = self.skipped_runs()
+        if skipped is not None:
+            out["skipped_runs"] = skipped
+        return out
+
+    def skipped_runs(self) -> Optional[int]:
+        """Probe hits whose program did not run (another BPF program or a map system call held
+        the CPU's bpf_prog_active: trace_call_bpf()), summed over the attached programs, from
+        bpf_prog_info.recursion_misses; None where the kernel does not count them. A skipped
+        run is an event never seen: it makes the verdict an error, never a smaller count."""
+        if self.misses_at is None:
+            return None
+        from bcc import BPF
+
+        size, offset = self.misses_at
+        total = 0
+        for fn in self.programs:
+            info = ctypes.create_string_buffer(size)
+            # The loaded program, as attach_k(ret)probe loaded it (BCC keys self.funcs by bytes).
+            fd = self.bpf.load_func(fn, BPF.KPROBE).fd
+            # union bpf_attr's info: { u32 bpf_fd; u32 info_len; u64 info; } (uapi/linux/bpf.h)
+            attr = struct.pack("<IIQ", fd, size, ctypes.addressof(info))
+            buf = ctypes.create_string_buffer(attr, len(attr))
+            if _libc().syscall(SYS_BPF, BPF_OBJ_GET_INFO_BY_FD, buf, len(attr)) != 0:
+                return None
+            total += struct.unpack_from("<Q", info.raw, offset)[0]
+        return total
 
     def hits(self) -> Dict[str, int]:
         """Entry-probe hits per function, summed over CPUs."""
@@ -276,10 +379,7 @@ class Tracer:
         if bpf is not None:
             # The perf buffers' CPU slots are closed while their map is still open: BCC's
             # PerfEventArray.__del__ would otherwise do it after cleanup() and print a traceback.
-            for perf in self._perf:
-                for cpu in list(getattr(perf, "_open_key_fds", {})):
-                    del perf[cpu]
-            self._perf = []
+            self._close_buffers()
             bpf.cleanup()
             self.bpf = None
 
