@@ -1,11 +1,13 @@
 """The lab's pure parts: kernel specs, cases, sizes, and its refusals (no guest booted)."""
 
 
+from pathlib import Path
+
 import pytest
 
 from tests.conftest import run_cli
 from vmemtrace.errors import VmemtraceError
-from vmemtrace.lab import cases, kernels
+from vmemtrace.lab import cases, kernels, libdisk
 
 
 def test_newest_abi_by_number_not_by_string():
@@ -145,3 +147,33 @@ def test_lab_with_unwritable_cache(tmp_path):
     assert res.returncode == 2
     assert "is not writable" in res.stderr and res.stderr.count("\n") == 1
 
+
+
+# ldd of Debian bookworm's libbcc.so.0 (chroot into the lab's root), cut to a few lines
+LDD_LIBBCC = """\tlinux-vdso.so.1 (0x00007ffc3b5f2000)
+\tlibclang-cpp.so.14 => /lib/x86_64-linux-gnu/libclang-cpp.so.14 (0x00007f2a6c000000)
+\tlibLLVM-14.so.1 => /lib/x86_64-linux-gnu/libLLVM-14.so.1 (0x00007f2a65c00000)
+\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f2a65a1f000)
+\tlibm.so.6 => /lib/x86_64-linux-gnu/libm.so.6 (0x00007f2a65940000)
+\tlibz.so.1 => not found
+\t/lib64/ld-linux-x86-64.so.2 (0x00007f2a70b7a000)
+"""
+
+
+def test_bcc_libraries_disk_takes_what_ldd_resolved_but_the_c_library():
+    assert libdisk.library_paths(LDD_LIBBCC) == ["/lib/x86_64-linux-gnu/libclang-cpp.so.14",
+                                                 "/lib/x86_64-linux-gnu/libLLVM-14.so.1"]
+    assert libdisk.qemu_opts(None) == []
+    opts = " ".join(libdisk.qemu_opts(libdisk.disk_path(Path("/c/root"))))
+    assert "file=/c/root.bcc-libs.tar," in opts and "readonly=on" in opts
+    assert f"serial={libdisk.SERIAL}" in opts
+
+
+def test_the_guest_finds_the_disk_by_its_serial(tmp_path):
+    for name, serial in (("vda", "other"), ("vdb", libdisk.SERIAL + "\n")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "serial").write_text(serial)
+    (tmp_path / "vdc").mkdir()  # no serial file
+    assert libdisk.find_device(tmp_path) == "/dev/vdb"
+    (tmp_path / "vdb" / "serial").write_text("x")
+    assert libdisk.find_device(tmp_path) is None

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from vmemtrace.lab import libdisk
 from vmemtrace.lab.cases import parse_cases
 from vmemtrace.probes.plan import Sources
 
@@ -50,6 +51,22 @@ def prepare():
         if sh(["ndctl", "list", "-N"]).stdout.strip():
             break
         time.sleep(0.1)
+    return load_libraries()
+
+
+def load_libraries():
+    """BCC's libraries from the lab's disk into tmpfs, for every later process (lab/libdisk.py
+    says why); how many files, or None when the guest has no such disk."""
+    device = libdisk.find_device()
+    if device is None:
+        return None
+    os.makedirs(libdisk.GUEST_DIR, exist_ok=True)
+    start = time.monotonic()
+    sh(["tar", "-x", "-f", device, "-C", libdisk.GUEST_DIR], check=True)
+    names = os.listdir(libdisk.GUEST_DIR)
+    os.environ["LD_LIBRARY_PATH"] = libdisk.GUEST_DIR
+    log(f"{len(names)} libraries for BCC unpacked from {device} in {time.monotonic() - start:.1f}s")
+    return len(names)
 
 
 def evidence():
@@ -125,12 +142,12 @@ def install_wrapper():
 
 def run_exec(command, out):
     """Prepare device-dax, then run one shell command; its output and exit code go to out."""
-    prepare()
+    libraries = prepare()
     install_wrapper()
     proc = subprocess.run(["sh", "-c", command], capture_output=True, text=True,
                           timeout=COMMAND_TIMEOUT[0])
     write_result({"kernel": os.uname().release, "exit": proc.returncode, "stdout": proc.stdout,
-                  "stderr": proc.stderr}, out)
+                  "stderr": proc.stderr, "bcc_libraries": libraries}, out)
 
 
 def write_result(doc, out):
@@ -152,7 +169,7 @@ def main(argv=None):
         return run_exec(Path(args.command_file).read_text(), args.out)
     doc = {"kernel": os.uname().release, "cases": []}
     try:
-        prepare()
+        doc["bcc_libraries"] = prepare()
         code, doc["check"], err = vmemtrace("check", "--json")
         doc["check_exit"], doc["check_error"] = code, err
         doc["evidence"] = evidence()

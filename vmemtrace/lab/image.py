@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from vmemtrace.errors import VmemtraceError
-from vmemtrace.lab import kernels
+from vmemtrace.lab import kernels, libdisk
 from vmemtrace.lab.steps import run, say, step
 
 MIRROR = "http://deb.debian.org/debian"
@@ -279,4 +279,7 @@ def prepare(specs, do_refresh: bool = False, cache: Optional[Path] = None) -> Li
     cache = cache or cache_dir()
     ensure_writable(cache)
     with locked(cache):
-        return [ensure_kernel(ensure_root(cache, s.suite), s, do_refresh) for s in specs]
+        roots = [ensure_root(cache, s.suite) for s in specs]
+        for root in dict.fromkeys(roots):
+            libdisk.ensure(root)
+        return [ensure_kernel(root, s, do_refresh) for root, s in zip(roots, specs)]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from vmemtrace.errors import VmemtraceError
+from vmemtrace.lab import libdisk
 from vmemtrace.lab.cases import Region
 from vmemtrace.lab.image import GUEST_BUILD, GUEST_OUT, GUEST_SRC, GuestKernel
 from vmemtrace.lab.steps import say
@@ -91,7 +92,8 @@ def boot(kernel: GuestKernel, src: Path, out: Path, exec_cmd: Optional[str],
         cmd += ["--append", append]
     if accel == "tcg":
         cmd.append("--disable-kvm")
-    opts = region.qemu_opts(accel)
+    disk = libdisk.disk_path(kernel.root)
+    opts = region.qemu_opts(accel) + libdisk.qemu_opts(disk if disk.exists() else None)
     if opts:  # one argument: vng's parser takes a value starting with "-" only after "="
         cmd.append("--qemu-opts=" + " ".join(opts))
     env = dict(os.environ)
