@@ -39,6 +39,7 @@ def _new_workdir(cache: Path, release: str) -> Path:
 
 
 COMMAND_FILE = "command.sh"
+GUEST_PYCACHE = "/run/vmemtrace-pycache"  # tmpfs in a virtme-ng guest
 
 
 def guest_command(cases: List[Case], command: Optional[str] = None, seconds: float = 1200) -> str:
@@ -47,7 +48,9 @@ def guest_command(cases: List[Case], command: Optional[str] = None, seconds: flo
     # kernel dies with an early exception while parsing it).
     what = (f"--exec-file {image.GUEST_OUT}/{COMMAND_FILE}" if command is not None
             else "--cases " + ",".join(c.name for c in cases))
-    return (f"env PYTHONPATH={image.GUEST_SRC} PYTHONDONTWRITEBYTECODE=1 /usr/bin/python3 "
+    # Bytecode goes to the guest's tmpfs: the project is mounted read-only, and reading the root's
+    # own .pyc files over 9p costs more than compiling them once per boot (docs/kernels.md).
+    return (f"env PYTHONPATH={image.GUEST_SRC} PYTHONPYCACHEPREFIX={GUEST_PYCACHE} /usr/bin/python3 "
             f"-m vmemtrace.lab.guest {what} --out {image.GUEST_OUT}/result.json "
             # each command in the guest may take most of the guest's time, and the rest is left
             # to report it
