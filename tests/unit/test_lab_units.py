@@ -177,3 +177,24 @@ def test_the_guest_finds_the_disk_by_its_serial(tmp_path):
     assert libdisk.find_device(tmp_path) == "/dev/vdb"
     (tmp_path / "vdb" / "serial").write_text("x")
     assert libdisk.find_device(tmp_path) is None
+
+
+def test_the_libraries_disk_is_packed_again_after_the_roots_packages_change(tmp_path, capsys):
+    import os
+
+    root = tmp_path / "root"
+    libbcc = root / libdisk.LIBBCC.lstrip("/")
+    status = root / "var/lib/dpkg/status"
+    assert libdisk.ensure(root) is None  # no BCC in this root: no disk
+    for f in (libbcc, status):
+        f.parent.mkdir(parents=True)
+        f.write_text("x")
+        os.utime(f, (1000, 1000))
+    disk = libdisk.disk_path(root)
+    disk.write_text("packed")
+    os.utime(disk, (2000, 2000))
+    assert libdisk.ensure(root) == disk  # up to date: kept, nothing run
+    os.utime(status, (3000, 3000))  # e.g. apt upgraded libLLVM, not libbcc
+    # packed again: in this root there is no ldd to list the libraries, so no disk, and a line
+    assert libdisk.ensure(root) is None
+    assert "load BCC's libraries over 9p" in capsys.readouterr().err

@@ -41,13 +41,16 @@ def disk_path(root: Path) -> Path:
 
 
 def ensure(root: Path) -> Optional[Path]:
-    """The tar of libbcc and the libraries it needs, built from the root once (again when the
-    root's libbcc is newer); None for a root without BCC."""
+    """The tar of libbcc and the libraries it needs, built from the root once, and again after
+    any package of the root changed (dpkg's status file is newer); None for a root without
+    BCC, or one whose libraries cannot be listed."""
     libbcc = root / LIBBCC.lstrip("/")
     if not libbcc.exists():
         return None
     disk = disk_path(root)
-    if disk.exists() and disk.stat().st_mtime >= libbcc.stat().st_mtime:
+    status = root / "var/lib/dpkg/status"
+    newest = max(p.stat().st_mtime for p in (libbcc, status) if p.exists())
+    if disk.exists() and disk.stat().st_mtime >= newest:
         return disk
     with step(f"packing BCC's libraries from {root} for the guests"):
         try:
