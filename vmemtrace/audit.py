@@ -18,12 +18,12 @@ from vmemtrace.readiness import assess, read_facts
 
 def walk_range(walker: Walker, start_pfn: int, nr_pages: int, pfns_per_compound: int,
                altmap: bool, struct_page_size: int, page_size: int) -> Walked:
-    backing = walker.iter_backing(start_pfn, nr_pages, struct_page_size)
+    backing = walker.backing(start_pfn, nr_pages, struct_page_size)
     out = walk_events(start_pfn, nr_pages, pfns_per_compound, altmap, backing,
                       struct_page_size, page_size, walker.layout.levels)
     boot = boot_sections(walker, start_pfn, nr_pages)
     if boot is not None:
-        out[0]["boot_sections"] = boot
+        out.walk["boot_sections"] = boot
     return out
 
 
@@ -95,7 +95,7 @@ def audit_events(walker: Walker, facts, progress: Callable[[str], None], only=()
         walked = walk_range(walker, dev.get("pgmap_start_pfn", dev["start_pfn"]),
                             dev.get("pgmap_nr_pages", dev["nr_pages"]), per,
                             dev.get("mode") == "pmem", page, geometry.PAGE_SIZE)
-        walked[0]["existing"] = True  # the walk event: a device that was there before tracing
+        walked.walk["existing"] = True  # the walk event: a device that was there before tracing
         out.extend(walked)
         out.append(dev)
     return out

@@ -8,30 +8,18 @@ page maps the first tail page again (Documentation/mm/vmemmap_dedup.rst, "device
 The compound events carry the same keys as the live ones (events.py), so one verdict judges both.
 """
 
-from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Iterable, Iterator, List, Optional, Tuple
 
 from vmemtrace.compounds import CompoundPages
 
 Backing = Iterable[Optional[Tuple[int, str]]]  # per vmemmap page: (backing pfn, level) or None
 
 
-class Walked(Sequence):
+class Walked:
     """A walk's events: the "walk" event, then its compound events (held in columns)."""
 
     def __init__(self, walk: dict, compounds: CompoundPages):
         self.walk, self.compounds = walk, compounds
-
-    def __len__(self) -> int:
-        return 1 + len(self.compounds)
-
-    def __getitem__(self, i: Union[int, slice]):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        if i < 0:
-            i += len(self)
-        if i == 0:
-            return self.walk
-        return self.compounds[i - 1]
 
     def __iter__(self) -> Iterator[dict]:
         yield self.walk

@@ -101,8 +101,7 @@ def closing_events(tracer, kmsg: Optional[KmsgCursor] = None) -> List[dict]:
 
 class Folded:
     """A trace folded as it goes (ledger.Fold), its events not kept: verify and record hold the
-    memory their ranges need, not one object per event (a 1 TiB range logs a million). Reads
-    like the start of a log where the session needs one: folded[0] is the header."""
+    memory their ranges need, not one object per event (a 1 TiB range logs a million)."""
 
     def __init__(self):
         self.fold: Optional[Fold] = None
@@ -115,11 +114,6 @@ class Folded:
             self.fold.add(ev)
         self.count += 1
         self.ranges += ev["type"] == "range"
-
-    def __getitem__(self, i: int) -> dict:
-        if i != 0 or self.fold is None:
-            raise IndexError("a folded trace keeps only its header")
-        return self.fold.header
 
     def ledger(self) -> Ledger:
         return self.fold.ledger()
@@ -194,7 +188,7 @@ def traced(progress: Callable[[str], None], on_event: Optional[Callable[[dict], 
                 inside = [ev["start_pfn"] <= s["pfn"] < end for s in sections]
                 mine = [s for s, i in zip(sections, inside) if i]
                 sections[:] = [s for s, i in zip(sections, inside) if not i]
-                if walker is not None and (mode or _needs_walk(log[0], ev, mine)):
+                if walker is not None and (mode or _needs_walk(header, ev, mine)):
                     # memmap_init_zone_device has returned: the range's vmemmap is complete.
                     take(walk_range(walker, ev["start_pfn"], ev["nr_pages"], ev["pfns_per_compound"],
                                     bool(ev["altmap"]), ev["struct_page_size"], ev["page_size"]))

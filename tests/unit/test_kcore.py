@@ -56,7 +56,7 @@ def test_walk_returns_the_backing_page_of_every_vmemmap_page(tmp_path, levels, m
     with Walker(symbols, str(tmp_path / "kcore")) as w:
         assert w.layout.levels == levels
         assert (w.layout.page_offset_base, w.layout.vmemmap_base) == (pob, vmb)
-        got = w.backing(START_PFN, nr_pages, 64)
+        got = list(w.backing(START_PFN, nr_pages, 64))
     want = [img.expected[img.vmemmap_va(START_PFN) + i * 4096] for i in range(len(got))]
     assert got == [(phys >> 12, level) for phys, level in want]
     assert len(got) == nr_pages * 64 // 4096
@@ -76,7 +76,7 @@ def test_walked_compound_layout_passes_the_same_checks_as_live_probes(tmp_path, 
     img.map_4k(img.vmemmap_va(bad_head) + 7 * 4096, DATA_PHYS + 0x2000 * 4096)
     symbols = img.write(tmp_path / "kcore")
     with Walker(symbols, str(tmp_path / "kcore")) as w:
-        backing = w.backing(START_PFN, 8 * 512, 64)
+        backing = list(w.backing(START_PFN, 8 * 512, 64))
     events = list_walk(START_PFN, 8 * 512, 512, False, backing, 64, 4096, 5)
     walk, compounds = events[0], events[1:]
     assert (walk["vmemmap_pages"], walk["mapped"], walk["distinct"], walk["reused"]) == (64, 64, 17, 47)
@@ -99,7 +99,7 @@ def test_unmapped_vmemmap_is_none_and_fails_range_complete(tmp_path):
     compound_layout(img, START_PFN, 2, 8, random.Random(1))
     symbols = img.write(tmp_path / "kcore")
     with Walker(symbols, str(tmp_path / "kcore")) as w:
-        backing = w.backing(START_PFN, 3 * 512, 64)  # one compound page more than mapped
+        backing = list(w.backing(START_PFN, 3 * 512, 64))  # one compound page more than mapped
     assert backing[16:] == [None] * 8 and None not in backing[:16]
     header = {"type": "header", "kernel": "test", "version": [6, 12, 0], "strategy": {}, "walk": "audit",
               "feature": {"present": True, "evidence": "test image"}}
@@ -127,7 +127,7 @@ def test_expected_numbers_match_geometry_for_a_walked_1g_layout(tmp_path):
     compound_layout(img, 0x180000, 1, 4096, random.Random(3))
     symbols = img.write(tmp_path / "kcore")
     with Walker(symbols, str(tmp_path / "kcore")) as w:
-        backing = w.backing(0x180000, 262144, 64)
+        backing = list(w.backing(0x180000, 262144, 64))
     walk = list_walk(0x180000, 262144, 262144, False, backing, 64, 4096, 5)
     shape = geometry.RangeShape(0x180000, 262144, 262144)
     assert walk[0]["distinct"] == geometry.vmemmap_pages_expected(shape) == 2
@@ -176,7 +176,7 @@ def test_pmd_mapped_compound_pages_yield_no_compound_layout(tmp_path):
     img.map_2m(img.vmemmap_va(START_PFN), DATA_PHYS)
     symbols = img.write(tmp_path / "kcore")
     with Walker(symbols, str(tmp_path / "kcore")) as w:
-        backing = w.backing(START_PFN, 32768, 64)
+        backing = list(w.backing(START_PFN, 32768, 64))
     events = list_walk(START_PFN, 32768, 512, True, backing, 64, 4096, 5)
     assert len(events) == 1
     assert (events[0]["distinct"], events[0]["reused"], events[0]["levels"]) == (512, 0, {"pmd": 512})
@@ -219,10 +219,10 @@ def test_the_memory_encryption_bit_is_not_an_address_bit(tmp_path, levels, c_bit
     compound_layout(img, START_PFN, 4, 8, rng)
     symbols = img.write(tmp_path / "kcore")
     with Walker(symbols, str(tmp_path / "kcore")) as w:
-        got = w.backing(START_PFN, 4 * 512, 64)
+        got = list(w.backing(START_PFN, 4 * 512, 64))
     want = [img.expected[img.vmemmap_va(START_PFN) + i * 4096] for i in range(len(got))]
     assert got == [(phys >> 12, level) for phys, level in want]
     blind = {k: v for k, v in symbols.items() if k != symbol}
     with pytest.raises(VmemtraceError):
         with Walker(blind, str(tmp_path / "kcore")) as w:
-            w.backing(START_PFN, 4 * 512, 64)
+            list(w.backing(START_PFN, 4 * 512, 64))

@@ -308,14 +308,11 @@ class Walker:
     def __exit__(self, *exc):
         self.close()
 
-    def iter_backing(self, start_pfn: int, nr_pages: int, struct_page_size: int):
+    def backing(self, start_pfn: int, nr_pages: int, struct_page_size: int):
         """PageTables.vmemmap_backing(), read as it is consumed (the walker must stay open)."""
         # Fresh tables (and table cache) per range: page tables change as namespaces come and go.
         return PageTables(self.kcore, self.layout).vmemmap_backing(start_pfn, nr_pages,
                                                                    struct_page_size)
-
-    def backing(self, start_pfn: int, nr_pages: int, struct_page_size: int):
-        return list(self.iter_backing(start_pfn, nr_pages, struct_page_size))
 
     def boot_sections(self, numbers: Iterable[int]) -> Optional[List[int]]:
         """Which of these memory sections were present at boot; None where mem_section
