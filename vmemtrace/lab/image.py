@@ -12,7 +12,7 @@ import os
 import shutil
 import subprocess
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import List, Optional
 
@@ -76,6 +76,7 @@ class GuestKernel:
     image: Path  # the bzImage on the host
     root: Path  # the guest root it boots in
     headers: Optional[Path] = None  # a user-built kernel's build tree, mounted at GUEST_BUILD
+    libraries: Optional[Path] = None  # BCC's libraries disk of its root (libdisk.py), if made
 
 
 def cache_dir() -> Path:
@@ -280,6 +281,6 @@ def prepare(specs, do_refresh: bool = False, cache: Optional[Path] = None) -> Li
     ensure_writable(cache)
     with locked(cache):
         roots = [ensure_root(cache, s.suite) for s in specs]
-        for root in dict.fromkeys(roots):
-            libdisk.ensure(root)
-        return [ensure_kernel(root, s, do_refresh) for root, s in zip(roots, specs)]
+        disks = {root: libdisk.ensure(root) for root in dict.fromkeys(roots)}
+        return [replace(ensure_kernel(root, s, do_refresh), libraries=disks[root])
+                for root, s in zip(roots, specs)]

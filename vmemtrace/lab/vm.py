@@ -92,8 +92,7 @@ def boot(kernel: GuestKernel, src: Path, out: Path, exec_cmd: Optional[str],
         cmd += ["--append", append]
     if accel == "tcg":
         cmd.append("--disable-kvm")
-    disk = libdisk.disk_path(kernel.root)
-    opts = region.qemu_opts(accel) + libdisk.qemu_opts(disk if disk.exists() else None)
+    opts = region.qemu_opts(accel) + libdisk.qemu_opts(kernel.libraries)
     if opts:  # one argument: vng's parser takes a value starting with "-" only after "="
         cmd.append("--qemu-opts=" + " ".join(opts))
     env = dict(os.environ)
