@@ -3,7 +3,6 @@ into typed events (plain dicts, the record/replay schema of vmemtrace/events.py)
 
 import ctypes
 import errno
-import functools
 import os
 import resource
 import struct
@@ -33,13 +32,6 @@ MIN_PAGES = 8  # BCC's default page_cnt: below it, no tracing
 PERF_TABLES = (("section_events", "section"), ("range_events", "range"),
                ("compound_events", "compound"))
 DRAIN_CHUNK = 4096  # compound map entries per batch system call
-SYS_BPF = 321  # x86_64 (arch/x86/entry/syscalls/syscall_64.tbl): the only machine traced
-BPF_OBJ_GET_INFO_BY_FD = 15  # enum bpf_cmd (include/uapi/linux/bpf.h)
-
-
-@functools.lru_cache(maxsize=None)
-def _libc():
-    return ctypes.CDLL(None, use_errno=True)
 
 
 def fields(struct) -> Dict[str, Union[int, str]]:
@@ -351,17 +343,19 @@ class Tracer:
         if self.misses_at is None:
             return None
         from bcc import BPF
+        from bcc.libbcc import lib
 
         size, offset = self.misses_at
         total = 0
         for fn in self.programs:
             info = ctypes.create_string_buffer(size)
+            length = ctypes.c_uint32(size)
             # The loaded program, as attach_k(ret)probe loaded it (BCC keys self.funcs by bytes).
             fd = self.bpf.load_func(fn, BPF.KPROBE).fd
-            # union bpf_attr's info: { u32 bpf_fd; u32 info_len; u64 info; } (uapi/linux/bpf.h)
-            attr = struct.pack("<IIQ", fd, size, ctypes.addressof(info))
-            buf = ctypes.create_string_buffer(attr, len(attr))
-            if _libc().syscall(SYS_BPF, BPF_OBJ_GET_INFO_BY_FD, buf, len(attr)) != 0:
+            # libbcc's bpf_obj_get_info() (BPF_OBJ_GET_INFO_BY_FD through libbpf): the kernel
+            # fills bpf_prog_info up to `size` and says how much it filled.
+            if lib.bpf_obj_get_info(fd, info, ctypes.byref(length)) != 0 \
+                    or length.value < offset + 8:
                 return None
             total += struct.unpack_from("<Q", info.raw, offset)[0]
         return total
