@@ -224,6 +224,29 @@ class Ledger:
         return bool(self.header["feature"]["present"])
 
 
+def kernel_log_pairs(calls: List[DeviceLedger], lines: List[dict]) -> List[Tuple[DeviceLedger, dict]]:
+    """Which of memmap_init_zone_device's log lines is whose. It logs one line per call as the
+    call ends and names no range (mm/mm_init.c: "%s initialised %lu pages in %ums"), so pair
+    only when there are as many lines as calls, in the order the calls ended, and only calls
+    that ran alone: of calls that overlapped in time (devices set up at once, on two CPUs),
+    which line is whose is unknown, and none gets one rather than a guess. A log without the
+    calls' times (recorded before ranges carried them) is paired in log order, which was then
+    also call order (one device per command)."""
+    if not lines or len(lines) != len(calls):
+        return []
+    timed = [d for d in calls if "ktime_ns" in d.range and "duration_ns" in d.range]
+    if len(timed) != len(calls):
+        return list(zip(calls, lines))
+    calls = sorted(calls, key=lambda d: d.range["ktime_ns"])
+    ends = [d.range["ktime_ns"] for d in calls]
+    starts = [d.range["ktime_ns"] - d.range["duration_ns"] for d in calls]
+    later_start = [float("inf")] * (len(calls) + 1)  # the earliest start of the calls after i
+    for i in range(len(calls) - 1, -1, -1):
+        later_start[i] = min(starts[i], later_start[i + 1])
+    return [(d, line) for i, (d, line) in enumerate(zip(calls, lines))
+            if (i == 0 or ends[i - 1] < starts[i]) and ends[i] < later_start[i + 1]]
+
+
 def _contains(d: DeviceLedger, pfn: int) -> bool:
     return d.start_pfn <= pfn < d.start_pfn + d.nr_pages
 
@@ -318,12 +341,9 @@ class Fold:
             self.kmsg.append(ev)
 
     def finish(self) -> List[DeviceLedger]:
-        # One log line per memmap_init_zone_device call, in call order: pair them only when the
-        # counts agree, never by guess.
-        if self.kmsg and len(self.kmsg) == len(self.in_order):
-            for d, line in zip(self.in_order, self.kmsg):
-                d.kernel_log = line
-                self._own(line, d)
+        for d, line in kernel_log_pairs(self.in_order, self.kmsg):
+            d.kernel_log = line
+            self._own(line, d)
         # Sections of a range that never reached memmap_init_zone_device (failed, or not traced)
         # still form a ledger, under the range start the kernel gave them (5.19+).
         for s in self.pending:

@@ -5,8 +5,10 @@ alignment gives compound pages larger than 4 KiB. dev-*: struct pages on the dev
 (`-M dev`, an altmap): never optimised (mm/sparse-vmemmap.c, vmemmap_can_optimize()).
 """
 
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import List, Optional
+from pathlib import Path
+from typing import List, Optional, Tuple, Union
 
 from vmemtrace.errors import VmemtraceError
 
@@ -19,9 +21,14 @@ class Case:
     map_mode: str  # ndctl -M: "mem" or "dev"
     align: int  # ndctl -a, bytes: the compound page size of the dax device
 
-    def ndctl_args(self, namespace: str) -> List[str]:
-        return ["ndctl", "create-namespace", "-f", "-e", namespace, "-m", "devdax",
+    def create_args(self, where: List[str]) -> List[str]:
+        """ndctl's command line, `where` saying which namespace or region and how much."""
+        return ["ndctl", "create-namespace", *where, "-m", "devdax",
                 "-M", self.map_mode, "-a", _ndctl_size(self.align)]
+
+    def ndctl_args(self, namespace: str) -> List[str]:
+        """Reconfigure a namespace (the memmap= region's only one), whole."""
+        return self.create_args(["-f", "-e", namespace])
 
 
 def _ndctl_size(n: int) -> str:
@@ -40,13 +47,67 @@ CASES = {c.name: c for c in (
 DEFAULT_CASES = tuple(CASES)
 
 
-def parse_cases(text: str) -> List[Case]:
+@dataclass(frozen=True)
+class Part:
+    region: int  # which region, by position in `ndctl list -R` order of their names
+    case: Case
+    share: int  # this namespace's share of its region, in 1/SHARES
+
+
+SHARES = 2
+
+
+@dataclass(frozen=True)
+class Multi:
+    """Several devices set up by one traced command, as a host's boot or an operator's script
+    does: the namespaces of one region one after another (ndctl creates each in the region's
+    seed namespace, so two at once in one region collide), those of different regions at the
+    same time. Needs label-based regions (--pmem nfit): a memmap= region holds one namespace."""
+
+    name: str
+    parts: Tuple[Part, ...]
+    pmem = "nfit"
+
+    def regions(self) -> int:
+        return 1 + max(p.region for p in self.parts)
+
+    def command(self, regions: List[Tuple[str, int]], align: int) -> List[str]:
+        """`sh -c` of one ndctl chain per region, run concurrently; exits with the first
+        failing chain's status. regions: (name, size) in order; align: the regions' own
+        alignment, to which each share is rounded down."""
+        chains = []
+        for i, (name, size) in enumerate(regions[:self.regions()]):
+            steps = []
+            for p in (p for p in self.parts if p.region == i):
+                share = size * p.share // SHARES // max(align, p.case.align) * max(align, p.case.align)
+                steps.append(" ".join(p.case.create_args(["-r", name, "-s", str(share)])))
+            chains.append(" && ".join(steps))
+        script = "".join(f"( {c} ) & p{i}=$!; " for i, c in enumerate(chains))
+        script += "s=0; " + "".join(f"wait $p{i} || s=$?; " for i in range(len(chains))) + "exit $s"
+        return ["sh", "-c", script]
+
+
+MULTI = {m.name: m for m in (
+    # two namespaces in region 0 (eligible 2 MiB, then an altmap one that never is), one of
+    # 1 GiB compound pages in region 1 beside them
+    Multi("multi", (Part(0, CASES["mem-2M"], 1), Part(0, CASES["dev-2M"], 1),
+                    Part(1, CASES["mem-1G"], 2))),
+)}
+
+
+def parse_cases(text: str, pmem: str = "e820") -> List[Union[Case, Multi]]:
     names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in CASES]
+    known = {**CASES, **MULTI}
+    unknown = [n for n in names if n not in known]
     if unknown or not names:
         raise VmemtraceError(f"unknown case {', '.join(unknown) or repr(text)}: "
-                             f"choose from {', '.join(CASES)}")
-    return [CASES[n] for n in names]
+                             f"choose from {', '.join(known)}")
+    chosen = [known[n] for n in names]
+    for c in chosen:
+        if getattr(c, "pmem", pmem) != pmem:
+            raise VmemtraceError(f"case {c.name} needs --pmem {c.pmem} (several label-based "
+                                 f"namespaces per region, and two regions)")
+    return chosen
 
 
 def _bytes(option: str, text: str) -> int:
@@ -99,6 +160,7 @@ class Region:
 
     size: int
     start: Optional[int] = None
+    kind = "e820"  # the guest's name for it (lab/guest.py); lab/nfit.py's Nvdimms is the other
 
     def __post_init__(self):
         if self.start is None:
@@ -132,7 +194,7 @@ class Region:
     def ram_after(self) -> int:
         return 2 * GiB + (self.size // 128 if self.large else 0)
 
-    def memmap_arg(self) -> str:
+    def kernel_args(self) -> str:
         extra = " modprobe.blacklist=nd_pmem" if self.large else ""
         return f"memmap={self.size >> 20}M!{self.start >> 20}M" + extra
 
@@ -140,7 +202,7 @@ class Region:
         """Guest RAM to ask for: LOW_RAM below 4 GiB, the rest above it (high_ram())."""
         return LOW_RAM + self.high_ram()
 
-    def qemu_opts(self, accel: str) -> List[str]:
+    def qemu_opts(self, accel: str, scratch: Optional[Path] = None) -> List[str]:
         """qemu options beyond vng's: 48 physical address bits where the region ends above
         TCG's default 40 (KVM takes the host's), and RAM mapped MAP_NORESERVE for a large one."""
         opts = []
@@ -150,6 +212,10 @@ class Region:
             opts += ["-object", f"memory-backend-ram,id=vt-ram,size={self.guest_memory() >> 20}M,"
                      "reserve=off", "-machine", "memory-backend=vt-ram"]
         return opts
+
+    def backed(self, scratch: Path):
+        """Nothing to back: the region is guest RAM (Nvdimms has files)."""
+        return nullcontext()
 
     def guest_seconds(self) -> float:
         """How long a guest may take by default: 20 minutes, and 3 s more per GiB of region

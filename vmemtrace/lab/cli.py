@@ -4,7 +4,18 @@ import sys
 
 import click
 
+from vmemtrace.errors import VmemtraceError
 from vmemtrace.lab.cases import DEFAULT_CASES, Region, parse_cases, parse_size, parse_start
+from vmemtrace.lab.nfit import Nvdimms
+
+
+def memory(pmem: str, size: int, start):
+    if pmem == "e820":
+        return Region(size, start)
+    if start is not None:
+        raise VmemtraceError("--pmem-start places the memmap= region: qemu places NVDIMMs "
+                             "itself (after guest RAM)")
+    return Nvdimms(size)
 
 
 @click.command()
@@ -16,11 +27,16 @@ from vmemtrace.lab.cases import DEFAULT_CASES, Region, parse_cases, parse_size, 
 @click.option("--headers", help="with --kernel PATH: its build tree, for BCC in the guest "
                                 "(default: the modules directory's build link)")
 @click.option("--case", "case_list", default=",".join(DEFAULT_CASES), show_default=True,
-              help="comma-separated namespace cases")
+              help="comma-separated namespace cases; multi (with --pmem nfit): mem-2M and "
+                   "dev-2M in one region, mem-1G in the other at the same time, one verify")
+@click.option("--pmem", type=click.Choice(["e820", "nfit"]), default="e820", show_default=True,
+              help="the guest's persistent memory: e820, one memmap= region with one namespace; "
+                   "nfit, two of qemu's ACPI NVDIMMs (sparse files in the lab cache) whose "
+                   "label-based regions hold several namespaces (needed by the multi case)")
 @click.option("--size", default="3G", show_default=True,
-              help="persistent memory region (and namespace) size, up to 1T and beyond "
-                   "(qemu's RAM for a large region is not reserved: the host needs only what "
-                   "the guest touches)")
+              help="persistent memory region (and namespace) size, up to 1T and beyond; with "
+                   "--pmem nfit each NVDIMM's (qemu's RAM for a large region is not reserved: "
+                   "the host needs only what the guest touches)")
 @click.option("--pmem-start", default="auto", show_default=True, metavar="ADDRESS",
               help="guest physical address where the region starts (auto: 5G, or 1026G for a "
                    "region too large to end below qemu's HyperTransport hole at 1012G); one that "
@@ -39,8 +55,8 @@ from vmemtrace.lab.cases import DEFAULT_CASES, Region, parse_cases, parse_size, 
 @click.option("--exec", "command", metavar="CMD",
               help="instead of the cases: run this shell command in each guest (device-dax "
                    "drivers loaded, `vmemtrace` on PATH); exit with its status")
-def lab(kernel_specs, modules, headers, case_list, size, pmem_start, accel, refresh, timeout, as_json, append, shell,
-        command):
+def lab(kernel_specs, modules, headers, case_list, pmem, size, pmem_start, accel, refresh, timeout,
+        as_json, append, shell, command):
     """Boot a throwaway guest with emulated pmem and run the cases in it.
 
     Exit 0 when every case passed, 1 when one failed, 2 when one could not be verified."""
@@ -55,8 +71,8 @@ def lab(kernel_specs, modules, headers, case_list, size, pmem_start, accel, refr
         specs = [parse_spec(s, modules, headers) for s in kernel_specs]
         # SIGTERM unwinds like Ctrl-C, so vm.boot()'s cleanup kills the guest's qemu.
         with terminate_on_sigterm():
-            region = Region(parse_size(size), parse_start(pmem_start))
-            sys.exit(run_lab(specs, parse_cases(case_list), region, accel, refresh, as_json, shell,
+            region = memory(pmem, parse_size(size), parse_start(pmem_start))
+            sys.exit(run_lab(specs, parse_cases(case_list, pmem), region, accel, refresh, as_json, shell,
                              timeout or region.guest_seconds(), command, append))
 
     go()

@@ -17,7 +17,6 @@ from vmemtrace.lab.cases import parse_cases
 from vmemtrace.probes.plan import Sources
 
 NAMESPACE = "namespace0.0"
-MODULES = ("nd_e820", "dax_pmem", "device_dax")
 
 
 # Seconds one command may take (the host's --command-timeout: most of the guest's time).
@@ -36,21 +35,79 @@ def log(message):
     print(f"guest: {message}", flush=True)
 
 
-def prepare():
-    """debugfs for the kprobe blacklist; the nvdimm and dax drivers for the memmap= region;
-    loopback up (virtme-ng leaves it down without a network) for the exporter and Prometheus."""
+def ndctl_list(*args):
+    out = sh(["ndctl", "list", *args]).stdout
+    return json.loads(out) if out.strip() else []
+
+
+def _wait_for(what):
+    for _ in range(100):
+        if what():
+            return
+        time.sleep(0.1)
+
+
+class E820:
+    """The memmap= region (lab/cases.py Region): label-less, one namespace, namespace0.0, which
+    comes up at boot as fsdax with its own memmap (docs/kernels.md)."""
+
+    modules = ("nd_e820", "dax_pmem", "device_dax")
+
+    def settle(self):
+        _wait_for(lambda: ndctl_list("-N"))
+
+    def clear(self):
+        # Disable the previous namespace first, so that the traced command only creates:
+        # tearing the fsdax one down inside the traced command would blur nr_memmap_pages.
+        sh(["ndctl", "disable-namespace", NAMESPACE])
+
+    def create(self, case):
+        return case.ndctl_args(NAMESPACE)
+
+
+class Nfit:
+    """qemu's NVDIMMs (lab/nfit.py): a region each, their label areas blank at every boot."""
+
+    modules = ("nfit", "dax_pmem", "device_dax")
+
+    def settle(self):
+        _wait_for(lambda: len(ndctl_list("-R")) >= 2)
+        # Blank labels: the regions come up without a namespace table until they are written.
+        for step in (["disable-region", "all"], ["init-labels", "-f", "all"], ["enable-region", "all"]):
+            sh(["ndctl", *step], check=True)
+        _wait_for(lambda: all(r.get("available_size") for r in ndctl_list("-R")))
+
+    def regions(self):
+        """(name, size) of each region, in name order, and the largest of their alignments."""
+        regions = sorted(ndctl_list("-R"), key=lambda r: r["dev"])
+        return [(r["dev"], r["size"]) for r in regions], max(r.get("align", 0) for r in regions)
+
+    def clear(self):
+        sh(["ndctl", "destroy-namespace", "-f", "all"])
+
+    def create(self, case):
+        regions, align = self.regions()
+        if hasattr(case, "command"):
+            return case.command(regions, align)
+        name, size = regions[0]
+        return case.create_args(["-r", name, "-s", str(size)])
+
+
+PMEM = {"e820": E820, "nfit": Nfit}
+
+
+def prepare(pmem):
+    """debugfs for the kprobe blacklist; the nvdimm and dax drivers for the guest's persistent
+    memory; loopback up (virtme-ng leaves it down without a network) for the exporter and
+    Prometheus."""
     sh(["ip", "link", "set", "lo", "up"])
     if not os.path.exists("/sys/kernel/debug/kprobes"):
         sh(["mount", "-t", "debugfs", "none", "/sys/kernel/debug"])
     if not os.path.exists("/sys/kernel/tracing/README"):
         sh(["mount", "-t", "tracefs", "none", "/sys/kernel/tracing"])
-    for module in MODULES:
+    for module in pmem.modules:
         sh(["modprobe", module], check=True)
-    # The region comes up as an fsdax namespace with its own memmap (docs/kernels.md); wait for it.
-    for _ in range(50):
-        if sh(["ndctl", "list", "-N"]).stdout.strip():
-            break
-        time.sleep(0.1)
+    pmem.settle()
     return load_libraries()
 
 
@@ -105,24 +162,22 @@ def vmemtrace(*args):
     return proc.returncode, doc, proc.stderr.strip()
 
 
-def run_case(case, out_dir, cross_check):
-    """A fresh namespace under `vmemtrace verify` (with --cross-check where the probes see the
-    populate), then `vmemtrace audit` of what it left; the event logs are kept for replay tests."""
-    # Disable the previous namespace first, so that the traced command only creates: a legacy
-    # memmap= region starts as fsdax with its own memmap (docs/kernels.md), and even raw mode maps
-    # pages there; tearing that down inside the traced command would blur nr_memmap_pages.
-    sh(["ndctl", "disable-namespace", NAMESPACE])
+def run_case(case, pmem, out_dir, cross_check):
+    """Fresh namespaces under `vmemtrace verify` (with --cross-check where the probes see the
+    populate), then `vmemtrace audit` of what they left; the event logs are kept for replay
+    tests. The namespaces of the case before are gone first: the traced command only creates."""
+    pmem.clear()
     log = os.path.join(out_dir, f"{case.name}.jsonl")
     cross = ["--cross-check"] if cross_check else []
-    code, doc, err = vmemtrace("verify", "--json", "--record", log, *cross, "--",
-                               *case.ndctl_args(NAMESPACE))
-    ns = sh(["ndctl", "list", "-N", "-n", NAMESPACE]).stdout
-    namespace = json.loads(ns)[0] if ns.strip() else None
+    command = pmem.create(case)
+    code, doc, err = vmemtrace("verify", "--json", "--record", log, *cross, "--", *command)
+    namespaces = [ns for ns in ndctl_list("-N") if ns.get("mode") == "devdax"]
     a_code, a_doc, a_err = vmemtrace("audit", "--json", "--record",
                                      os.path.join(out_dir, f"{case.name}.audit.jsonl"))
-    return {"result": doc or _error_doc(code, err), "verify_exit": code, "namespace": namespace,
-            "stderr_tail": err.splitlines()[-3:], "audit": a_doc or _error_doc(a_code, a_err),
-            "audit_exit": a_code}
+    return {"result": doc or _error_doc(code, err), "verify_exit": code, "command": command,
+            "namespace": namespaces[0] if len(namespaces) == 1 else None,
+            "namespaces": namespaces, "stderr_tail": err.splitlines()[-3:],
+            "audit": a_doc or _error_doc(a_code, a_err), "audit_exit": a_code}
 
 
 def _error_doc(code, err):
@@ -140,9 +195,9 @@ def install_wrapper():
     os.environ["PATH"] = f"{bindir}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
 
 
-def run_exec(command, out):
+def run_exec(command, pmem, out):
     """Prepare device-dax, then run one shell command; its output and exit code go to out."""
-    libraries = prepare()
+    libraries = prepare(pmem)
     install_wrapper()
     proc = subprocess.run(["sh", "-c", command], capture_output=True, text=True,
                           timeout=COMMAND_TIMEOUT[0])
@@ -163,22 +218,24 @@ def main(argv=None):
     parser.add_argument("--exec-file", dest="command_file")
     parser.add_argument("--out", required=True)
     parser.add_argument("--command-timeout", type=float, default=COMMAND_TIMEOUT[0])
+    parser.add_argument("--pmem", choices=sorted(PMEM), default="e820")
     args = parser.parse_args(argv)
     COMMAND_TIMEOUT[0] = args.command_timeout
+    pmem = PMEM[args.pmem]()
     if args.command_file is not None:
-        return run_exec(Path(args.command_file).read_text(), args.out)
-    doc = {"kernel": os.uname().release, "cases": []}
+        return run_exec(Path(args.command_file).read_text(), pmem, args.out)
+    doc = {"kernel": os.uname().release, "pmem": args.pmem, "cases": []}
     try:
-        doc["bcc_libraries"] = prepare()
+        doc["bcc_libraries"] = prepare(pmem)
         code, doc["check"], err = vmemtrace("check", "--json")
         doc["check_exit"], doc["check_error"] = code, err
         doc["evidence"] = evidence()
         cross = bool(doc["check"]) and Sources.from_strategy(doc["check"]["strategy"]).cross_checkable
-        for case in parse_cases(args.cases):
+        for case in parse_cases(args.cases, args.pmem):
             log(f"case {case.name}")
             start = time.monotonic()
             entry = {"case": case.name}
-            entry.update(run_case(case, os.path.dirname(args.out), cross))
+            entry.update(run_case(case, pmem, os.path.dirname(args.out), cross))
             entry["seconds"] = round(time.monotonic() - start, 2)
             doc["cases"].append(entry)
     except Exception as e:  # report, never die silently: the host shows this line

@@ -5,13 +5,14 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Union
 
 import vmemtrace
 from vmemtrace import render
 from vmemtrace.errors import EXIT_CANNOT, EXIT_FAIL, EXIT_OK, VmemtraceError
 from vmemtrace.lab import image, vm
 from vmemtrace.lab.cases import Case, Region
+from vmemtrace.lab.nfit import Nvdimms
 from vmemtrace.lab.kernels import KernelSpec
 from vmemtrace.lab.steps import say, step
 from vmemtrace.lab.tables import case_table
@@ -42,7 +43,8 @@ COMMAND_FILE = "command.sh"
 GUEST_PYCACHE = "/run/vmemtrace-pycache"  # tmpfs in a virtme-ng guest
 
 
-def guest_command(cases: List[Case], command: Optional[str] = None, seconds: float = 1200) -> str:
+def guest_command(cases: List[Case], command: Optional[str] = None, seconds: float = 1200,
+                  pmem: str = "e820") -> str:
     # An --exec command travels as a file in the results directory: vng passes the guest
     # command on the kernel command line, and a long one overflows it (2048 bytes on x86: the
     # kernel dies with an early exception while parsing it).
@@ -51,7 +53,7 @@ def guest_command(cases: List[Case], command: Optional[str] = None, seconds: flo
     # Bytecode goes to the guest's tmpfs: the project is mounted read-only, and reading the root's
     # own .pyc files over 9p costs more than compiling them once per boot (docs/kernels.md).
     return (f"env PYTHONPATH={image.GUEST_SRC} PYTHONPYCACHEPREFIX={GUEST_PYCACHE} /usr/bin/python3 "
-            f"-m vmemtrace.lab.guest {what} --out {image.GUEST_OUT}/result.json "
+            f"-m vmemtrace.lab.guest {what} --pmem {pmem} --out {image.GUEST_OUT}/result.json "
             # each command in the guest may take most of the guest's time, and the rest is left
             # to report it
             f"--command-timeout {int(seconds * 0.9)}")
@@ -63,7 +65,7 @@ def _fail_with_console(boot: vm.Boot, message: str):
     raise VmemtraceError(f"{message} (full console: {boot.console})")
 
 
-def run_kernel(kernel, cases: List[Case], region: Region, accel: str, cache: Path,
+def run_kernel(kernel, cases: List[Case], region: Union[Region, Nvdimms], accel: str, cache: Path,
                timeout: float, command: Optional[str] = None, append: str = "") -> dict:
     src = project_root()
     workdir = _new_workdir(cache, kernel.release)
@@ -74,7 +76,8 @@ def run_kernel(kernel, cases: List[Case], region: Region, accel: str, cache: Pat
             else f"cases {', '.join(c.name for c in cases)}")
     for attempt in (1, 2):
         with step(f"booting {kernel.release} ({accel}) with {region.describe()}, {what}"):
-            boot = vm.boot(kernel, src, workdir / "out", guest_command(cases, command, timeout), region,
+            boot = vm.boot(kernel, src, workdir / "out",
+                           guest_command(cases, command, timeout, region.kind), region,
                            workdir / "console.log", accel=accel, timeout=timeout, append=append)
         # Under TCG a guest kernel now and then oopses on an int3 while it patches its own text
         # during early boot (seen once in about ten 7.3 boots): before anything of ours ran,
@@ -100,7 +103,7 @@ def run_kernel(kernel, cases: List[Case], region: Region, accel: str, cache: Pat
     return doc
 
 
-def run_lab(specs: List[KernelSpec], cases: List[Case], region: Region, accel: str, refresh: bool,
+def run_lab(specs: List[KernelSpec], cases: List[Case], region: Union[Region, Nvdimms], accel: str, refresh: bool,
             as_json: bool, shell: bool, timeout: float, command: Optional[str] = None,
             append: str = "") -> int:
     vm.require_tools()

@@ -13,11 +13,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Union
 
 from vmemtrace.errors import VmemtraceError
 from vmemtrace.lab import libdisk
 from vmemtrace.lab.cases import Region
+from vmemtrace.lab.nfit import Nvdimms
 from vmemtrace.lab.image import GUEST_BUILD, GUEST_OUT, GUEST_SRC, GuestKernel
 from vmemtrace.lab.steps import say
 
@@ -77,22 +78,30 @@ def require_tools() -> str:
 
 
 def boot(kernel: GuestKernel, src: Path, out: Path, exec_cmd: Optional[str],
-         region: Region, console: Path, accel: str = "tcg", cpus: int = 2,
+         region: Union[Region, Nvdimms], console: Path, accel: str = "tcg", cpus: int = 2,
          timeout: Optional[float] = 900, append: str = "") -> Boot:
-    """Boot once, run exec_cmd (None: an interactive shell), power off."""
+    """Boot once, run exec_cmd (None: an interactive shell), power off. Files the guest's
+    persistent memory needs (NVDIMMs' backing) live beside the console log for the boot."""
+    with region.backed(console.parent):
+        return _boot(kernel, src, out, exec_cmd, region, console, accel, cpus, timeout, append)
+
+
+def _boot(kernel, src, out, exec_cmd, region, console, accel, cpus, timeout, append) -> Boot:
     vng = require_tools()
     cmd = [vng, "--root", str(kernel.root), "--run", str(kernel.image), "--memory",
-           f"{region.guest_memory() >> 20}M", "--cpus", str(cpus), "--append", region.memmap_arg(),
+           f"{region.guest_memory() >> 20}M", "--cpus", str(cpus),
            f"--rodir={GUEST_SRC}={src}", f"--rwdir={GUEST_OUT}={out}",
            # 9p: virtiofsd, where installed, fails in this kind of container and costs seconds.
            "--force-9p"]
+    if region.kernel_args():
+        cmd += ["--append", region.kernel_args()]
     if kernel.headers is not None:  # a kernel you built: BCC compiles against its build tree
         cmd.append(f"--rodir={GUEST_BUILD}={kernel.headers}")
     if append:  # e.g. no5lvl: 4-level paging although TCG's -cpu max offers LA57
         cmd += ["--append", append]
     if accel == "tcg":
         cmd.append("--disable-kvm")
-    opts = region.qemu_opts(accel) + libdisk.qemu_opts(kernel.libraries)
+    opts = region.qemu_opts(accel, console.parent) + libdisk.qemu_opts(kernel.libraries)
     if opts:  # one argument: vng's parser takes a value starting with "-" only after "="
         cmd.append("--qemu-opts=" + " ".join(opts))
     env = dict(os.environ)
