@@ -3,6 +3,8 @@
 
 from pathlib import Path
 
+import json
+
 import pytest
 
 from tests.conftest import run_cli
@@ -243,3 +245,18 @@ def test_the_libraries_disk_is_packed_again_after_the_roots_packages_change(tmp_
     # packed again: in this root there is no ldd to list the libraries, so no disk, and a line
     assert libdisk.ensure(root) is None
     assert "load BCC's libraries over 9p" in capsys.readouterr().err
+
+
+def test_the_lab_table_has_a_row_per_device_with_its_own_notes():
+    """The 6.1 multi case on NFIT NVDIMMs (recorded): three devices, one verify; each row says
+    what that device skipped, not what any device of the case did."""
+    from tests.conftest import FIXTURES
+    from vmemtrace.lab.tables import case_table
+
+    doc = json.loads((FIXTURES / "events/nfit/6.1.0-57-amd64/lab.json").read_text())
+    rows = [line for line in case_table(doc).splitlines() if line.startswith("multi")]
+    assert [row.split()[1] for row in rows] == ["dax0.0", "dax0.1", "dax1.0"]
+    devices = doc["cases"][0]["result"]["devices"]
+    for row, dev in zip(rows, devices):
+        skipped = sorted(c["name"] for c in dev["checks"] if c["status"] == "skip")
+        assert row.rstrip().endswith("skipped " + ",".join(skipped)), (row, skipped)

@@ -8,29 +8,30 @@ def _yn(v) -> str:
     return {True: "yes", False: "no", None: "-"}[v]
 
 
+def _notes(device) -> list:
+    """What did not pass on this device: failed checks, then the skipped ones."""
+    if device is None:
+        return []
+    notes = [f"{c['name']}: {c['status']}" for c in device["checks"] if c["status"] in ("fail", "error")]
+    skipped = sorted(c["name"] for c in device["checks"] if c["status"] == "skip")
+    return notes + (["skipped " + ",".join(skipped)] if skipped else [])
+
+
 def case_table(doc: dict) -> str:
     rows = []
     for entry in doc["cases"]:
         r = entry["result"]
-        notes = [f"{c['name']}: {c['status']}" for d in r.get("devices", [])
-                 for c in d["checks"] if c["status"] in ("fail", "error")]
-        skipped = sorted({c["name"] for d in r.get("devices", []) for c in d["checks"]
-                          if c["status"] == "skip"})
-        if skipped:
-            notes.append("skipped " + ",".join(skipped))
-        notes += r.get("problems", [])
         audit = _audit_cell(entry.get("audit"))
-        devices = r.get("devices") or [None]
-        for d in devices:
+        for d in r.get("devices") or [None]:
+            notes = "; ".join(_notes(d) + r.get("problems", []))
             if d is None:
-                rows.append((entry["case"], "-", "-", "-", "-", "-", "-", r["verdict"], audit,
-                             "; ".join(notes)))
+                rows.append((entry["case"], "-", "-", "-", "-", "-", "-", r["verdict"], audit, notes))
                 continue
             vm, sp = d["vmemmap_pages"], d["struct_pages_initialized"]
             rows.append((entry["case"], d["device"], _n(d["align"]), _yn(d["expected_optimized"]),
                          _yn(d["optimized"]), f"{_n(vm['observed'])}/{vm['expected']}/{vm['naive']}",
                          f"{_n(sp['observed'])}/{sp['expected']}/{sp['naive']}", r["verdict"],
-                         audit, "; ".join(notes)))
+                         audit, notes))
     return table(rows, headers=["case", "device", "align", "eligible", "optimised",
                                    "vmemmap pages obs/exp/naive", "struct pages init obs/exp/naive",
                                    "verdict", "audit (walked vmemmap pages)", "notes"])
