@@ -59,7 +59,7 @@ def rows(docs: list) -> list:
                     mib(v["log_bytes"]), ratio(d, lambda x: x["verify"]["log_bytes"]),
                     mib(v["bpf_map_bytes"]), mib(e["rss_bytes"]),
                     ratio(d, lambda x: x["exporter"]["rss_bytes"]),
-                    f"{e['p99'] * 1e3:.1f} ms", ratio(d, lambda x: x["exporter"]["p99"]),
+                    f"{e['p99'] * 1e3:.1f} ms of {e['scrapes']}", ratio(d, lambda x: x["exporter"]["p99"]),
                     f"{e['bare_p99'] * 1e3:.1f} ms ({e['series']} series)",
                     f"{e['p99'] / e['bare_p99']:.2f}x"))
     return out
