@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Exporter churn, side by side in one run: N create/destroy cycles of a real 6.12 mem-2M
-recording (tests/fixtures/events) fed to two exporters, one that prunes the events of ranges
-that are gone (serve.Exporter.prune, as the tracing loop does every 30 s) and one that keeps
-every event (what the exporter did before). Prints the log length, the median and p99 scrape
-time and the memory the log holds, and their ratios.
+recording (tests/fixtures/events) fed to two exporters' live ledgers, one that retires the ranges
+that are gone (LiveLedger.retire, as the tracing loop does every 30 s) and one that keeps every
+range. Prints the ranges held, the median and p99 scrape time and the memory the ledger holds,
+and their ratios.
 
     .venv/bin/python bench/churn.py [CYCLES]
 
@@ -23,7 +23,7 @@ from prometheus_client import generate_latest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vmemtrace import events  # noqa: E402
-from vmemtrace.exporter import Snapshot  # noqa: E402
+from vmemtrace.exporter import LiveLedger, Snapshot  # noqa: E402
 from vmemtrace.kernel import daxdev  # noqa: E402
 from vmemtrace.serve import Exporter  # noqa: E402
 
@@ -42,14 +42,16 @@ def run(cycles: int, prune: bool) -> dict:
     header, body, devices = recording()
     daxdev.inventory = lambda: [dict(d) for d in devices]  # the device exists after each cycle
     exp = Exporter()
-    log = [header]
-    exp.snap = Snapshot(log, attached=[f for f, how in header["strategy"].items()
-                                       if how.startswith("kprobe")])
     tracemalloc.start()
+    live = LiveLedger([header])
+    exp.snap = Snapshot(live, attached=[f for f, how in header["strategy"].items()
+                                        if how.startswith("kprobe")])
     for _ in range(cycles):
-        log.extend(copy.deepcopy(body))
+        for ev in copy.deepcopy(body):
+            live.append(ev)
         if prune:
-            exp.prune(log)
+            live.retire(daxdev.inventory())
+    live.refresh(exp.devices_now())  # the tracing loop's judgement after the last cycle
     held = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
     times = []
@@ -58,7 +60,8 @@ def run(cycles: int, prune: bool) -> dict:
         generate_latest(exp.registry)
         times.append(time.perf_counter() - t)
     times.sort()
-    return {"events": len(log), "p50": statistics.median(times), "p99": times[-1], "held": held}
+    return {"ranges": len(live.fold.made), "p50": statistics.median(times), "p99": times[-1],
+            "held": held}
 
 
 def main():
@@ -66,10 +69,10 @@ def main():
     keep, pruned = run(cycles, prune=False), run(cycles, prune=True)
     print(f"{cycles} create/destroy cycles of {LOG.parent.name}/{LOG.name}, {SCRAPES} scrapes each")
     print(f"{'':28}{'keeps all':>14}{'prunes':>14}{'ratio':>10}")
-    for key, label, fmt in (("events", "events in the log", "{:.0f}"),
+    for key, label, fmt in (("ranges", "ranges held", "{:.0f}"),
                             ("p50", "scrape p50 (ms)", "{:.1f}"),
                             ("p99", "scrape p99 (ms)", "{:.1f}"),
-                            ("held", "log memory (MiB)", "{:.1f}")):
+                            ("held", "ledger memory (MiB)", "{:.1f}")):
         scale = 1e3 if key in ("p50", "p99") else (1 / (1 << 20) if key == "held" else 1)
         a, b = keep[key] * scale, pruned[key] * scale
         print(f"{label:28}{fmt.format(a):>14}{fmt.format(b):>14}{a / b:>9.1f}x")

@@ -1,20 +1,23 @@
-"""The Prometheus view of the ledger: a prometheus-client custom collector that folds the event
-log at scrape time (docs/design.md, "Metrics"). No I/O of its own: what the tracer saw and which dax
-devices exist now are handed in as callables, so a scrape always reflects the present.
+"""The Prometheus view of the ledger: a prometheus-client custom collector over the exporter's
+live ledger (docs/design.md, "Metrics"). The ledger folds events as they come and judges the
+devices again only when something changed, so a scrape costs what the devices that exist need,
+not what was ever traced. No I/O of its own: what the tracer saw and which dax devices exist now
+are handed in, so a scrape reflects the present.
 
 Conventions (https://prometheus.io/docs/practices/naming/): base units (bytes, seconds),
 `_total` on counters, no addresses or PFNs in labels; a device is named by its dax name.
 """
 
+import json
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily, InfoMetricFamily)
 
 from vmemtrace import __version__
 from vmemtrace.checks import STATUSES
-from vmemtrace.ledger import fold
+from vmemtrace.ledger import Fold
 from vmemtrace.probes.plan import WALK_STRATEGY, is_attached
 from vmemtrace.probes.targets import BY_NAME
 from vmemtrace.verdict import evaluate
@@ -31,7 +34,7 @@ INIT_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2
 
 @dataclass
 class InitTally:
-    """memmap_init_zone_device durations of ranges no longer in the log (ledger.retire()): the
+    """memmap_init_zone_device durations of ranges no longer held (Fold.retire()): the
     histogram is a counter, so what was counted stays counted."""
 
     buckets: List[int] = field(default_factory=lambda: [0] * len(INIT_BUCKETS))
@@ -45,16 +48,72 @@ class InitTally:
         self.total += seconds
 
 
+class LiveLedger:
+    """The exporter's ledger: events folded as they come (ledger.Fold: a range's compound pages
+    in compact columns, no event kept), and the verify document of the devices made again only
+    when something changed: new events, once a poll brought none (a range being set up is judged
+    when its events are in), or the dax devices. One writer, the tracing loop (append, refresh,
+    retire); scrapes read `doc`, which is replaced whole, never changed in place."""
+
+    def __init__(self, events: Iterable[dict] = ()):
+        self.fold: Optional[Fold] = None
+        self.count = 0  # events folded
+        self.judged = -1  # self.count when doc was made
+        self.devices_seen: Optional[str] = None
+        self.doc: Optional[dict] = None
+        self.retired = InitTally()
+        self.absent: Set[int] = set()  # range starts with no device at the last retire()
+        for ev in events:
+            self.append(ev)
+
+    def append(self, ev: dict) -> None:
+        if self.fold is None:
+            self.fold = Fold(ev)
+        else:
+            self.fold.add(ev)
+        self.count += 1
+
+    @property
+    def header(self) -> Optional[dict]:
+        return self.fold.header if self.fold is not None else None
+
+    def refresh(self, devices_now: List[dict], quiet: bool = True) -> None:
+        """Judge again if events came since and the trace is quiet, or the devices changed."""
+        if self.fold is None:
+            return
+        devices = json.dumps(devices_now, sort_keys=True)
+        if self.doc is None or devices != self.devices_seen or (quiet and self.count != self.judged):
+            self.doc = evaluate(self.fold.view(devices_now))
+            self.judged, self.devices_seen = self.count, devices
+
+    def retire(self, devices_now: List[dict]) -> None:
+        """Forget the ranges that are gone (Fold.retire()); their init durations stay counted."""
+        if self.fold is None:
+            return
+        gone, self.absent = self.fold.retire(devices_now, self.absent)
+        for d in gone:
+            if d.range is not None:
+                self.retired.add(d.range["duration_ns"] / 1e9)
+        if gone:
+            self.judged = -1  # judged again at the next quiet poll
+
+    def init_seconds(self) -> List[float]:
+        """memmap_init_zone_device durations of the ranges held (re-created ones included until
+        retired: a counter never goes down)."""
+        if self.fold is None:
+            return []
+        return [d.range["duration_ns"] / 1e9 for d in self.fold.made if d.range is not None]
+
+
 @dataclass
 class Snapshot:
     """What the exporter knows at one scrape."""
 
-    log: List[dict]  # header first (session.header_event), then events as they came
+    live: LiveLedger
     lost: int = 0
     errors: Dict[str, int] = field(default_factory=dict)
     attached: List[str] = field(default_factory=list)  # functions with probes attached now
     not_tracing: str = ""  # why the exporter serves audits only ("" while it traces)
-    retired: InitTally = field(default_factory=InitTally)
 
 
 def present_devices(doc: dict, devices_now: List[dict]) -> List[dict]:
@@ -74,7 +133,7 @@ class LedgerCollector:
 
     def collect(self) -> Iterator:
         snap = self.snapshot()
-        header = snap.log[0] if snap.log else None
+        header = snap.live.header
         info = GaugeMetricFamily("vmemtrace_build_info", "vmemtrace version and the kernel it "
                                  "runs on", labels=["version", "kernel", "bcc"])
         info.add_metric([__version__, header["kernel"] if header else "",
@@ -96,10 +155,10 @@ class LedgerCollector:
         for name, n in sorted(snap.errors.items()):
             errors.add_metric([name], n)
         yield errors
-        devices_now = self.devices_now()
-        doc = evaluate(fold(snap.log + devices_now))
-        yield from self._devices(present_devices(doc, devices_now))
-        yield self._init_histogram(snap.log, snap.retired)
+        doc = snap.live.doc
+        if doc is not None:  # judged once the header's first poll is done
+            yield from self._devices(present_devices(doc, self.devices_now()))
+        yield self._init_histogram(snap.live.init_seconds(), snap.live.retired)
 
     def _probes(self, header: dict, snap: Snapshot) -> Iterator:
         attached = GaugeMetricFamily("vmemtrace_probe_attached", "1 when the target is seen "
@@ -154,8 +213,7 @@ class LedgerCollector:
         yield from (count, info, *families.values(), saved, checks)
 
     @staticmethod
-    def _init_histogram(log: List[dict], retired: InitTally) -> HistogramMetricFamily:
-        seconds = [e["duration_ns"] / 1e9 for e in log if e["type"] == "range"]
+    def _init_histogram(seconds: List[float], retired: InitTally) -> HistogramMetricFamily:
         buckets: List[Tuple[str, float]] = [
             (str(le), before + sum(1 for s in seconds if s <= le))
             for le, before in zip(INIT_BUCKETS, retired.buckets)]

@@ -3,7 +3,7 @@
 Pure: takes the event dicts of events.py, returns plain objects; no kernel, no BPF.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import chain
 from typing import Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
 
@@ -259,7 +259,6 @@ class Fold:
     and not kept: a range's compound pages go into compact columns (compounds.py)."""
 
     header: dict
-    track: bool = False  # keep `owned` (retire() needs it; it holds every event's id)
     ranges: Dict[int, DeviceLedger] = field(default_factory=dict)
     pending: List[dict] = field(default_factory=list)
     in_order: List[DeviceLedger] = field(default_factory=list)  # ranges as they came
@@ -271,17 +270,12 @@ class Fold:
     command: Optional[dict] = None
     hits: Optional[Dict[str, int]] = None
     stray: List[str] = field(default_factory=list)
-    # id(event) -> the ledger it went into, and every ledger made (a re-created range replaces
-    # the old in `ranges`): what retire() needs to drop a range's events whole.
-    owned: Dict[int, DeviceLedger] = field(default_factory=dict)
+    # every ledger made (a re-created range replaces the old in `ranges`): what view() copies
+    # and retire() drops
     made: List[DeviceLedger] = field(default_factory=list)
 
     def __post_init__(self):
         self.unattached = Unattached(self.header)
-
-    def _own(self, ev: dict, d: DeviceLedger) -> None:
-        if self.track:
-            self.owned[id(ev)] = d
 
     def owner(self, pfn: int) -> Optional[DeviceLedger]:
         return next((d for d in self.ranges.values() if _contains(d, pfn)), None)
@@ -293,8 +287,6 @@ class Fold:
         self.ranges[d.start_pfn] = d
         self.in_order.append(d)
         self.made.append(d)
-        for owned in d.sections + [ev]:
-            self._own(owned, d)
 
     def walk(self, ev: dict) -> None:
         d = self.ranges.get(ev["start_pfn"])
@@ -307,13 +299,11 @@ class Fold:
             self.made.append(d)
         d.walk = ev
         d.walk_compounds = CompoundPages("walk")
-        self._own(ev, d)
 
     def compound(self, ev: dict) -> None:
         owner = self.owner(ev["head_pfn"])
         if owner is not None:
             (owner.walk_compounds if ev.get("source") == "walk" else owner.compounds).append(ev)
-            self._own(ev, owner)
 
     def lost_event(self, ev: dict) -> None:
         self.lost += ev["count"]
@@ -343,7 +333,6 @@ class Fold:
     def finish(self) -> List[DeviceLedger]:
         for d, line in kernel_log_pairs(self.in_order, self.kmsg):
             d.kernel_log = line
-            self._own(line, d)
         # Sections of a range that never reached memmap_init_zone_device (failed, or not traced)
         # still form a ledger, under the range start the kernel gave them (5.19+).
         for s in self.pending:
@@ -358,42 +347,53 @@ class Fold:
         return sorted(self.ranges.values(), key=lambda d: d.start_pfn)
 
 
+    def view(self, devices_now: List[dict]) -> "Ledger":
+        """The ledger as it stands, with devices_now as the dax devices, the fold left as it was
+        (ledger() finishes it; the exporter asks again while events keep coming). Each range is
+        a shallow copy for finish() to complete: its compound pages are shared, and only read."""
+        copies = {id(d): replace(d, sections=list(d.sections)) for d in self.made}
+        kept = self.ranges, self.in_order, self.devices
+        self.ranges = {k: copies[id(d)] for k, d in self.ranges.items()}
+        self.in_order = [copies[id(d)] for d in self.in_order]
+        self.devices = self.devices + list(devices_now)
+        try:
+            return self.ledger()
+        finally:
+            self.ranges, self.in_order, self.devices = kept
+
+    def retire(self, devices_now: List[dict], absent_before: Set[int]) -> Tuple[List[DeviceLedger], Set[int]]:
+        """Drop the ranges that are gone, so that a long-running exporter's memory follows the
+        devices that exist, not every one that ever did. Gone: a range replaced by a later one
+        at the same start, or a complete one (its range or walk seen) that none of devices_now
+        belongs to now and at the previous call too (its start in absent_before): one
+        interval's grace for a range whose dax device sysfs does not show yet. Returns what was
+        dropped, and the starts absent now."""
+        current = {id(d) for d in self.ranges.values()}
+        owned = {id(o) for o in map(self.owner, (dev["start_pfn"] for dev in devices_now)) if o}
+        absent = {d.start_pfn for d in self.ranges.values()
+                  if (d.range is not None or d.walk is not None) and id(d) not in owned}
+        gone = [d for d in self.made if id(d) not in current
+                or (d.start_pfn in absent and d.start_pfn in absent_before)]
+        dropped = {id(d) for d in gone}
+        self.made = [d for d in self.made if id(d) not in dropped]
+        self.in_order = [d for d in self.in_order if id(d) not in dropped]
+        self.ranges = {k: d for k, d in self.ranges.items() if id(d) not in dropped}
+        return gone, absent
+
     def ledger(self) -> "Ledger":
-        """The ledger of everything folded; call once, at the end."""
+        """The ledger of everything folded; call once, at the end (or view() any time)."""
         ordered = self.finish()
         return Ledger(self.header, ordered, Sources.from_strategy(self.header["strategy"]),
                       self.vmstat, self.lost, self.bpf_errors, self.command, self.hits,
                       self.unattached.found + self.stray)
 
 
-def _folded(events: Iterable[dict], track: bool = False) -> Fold:
+def _folded(events: Iterable[dict]) -> Fold:
     it = iter(events)
-    state = Fold(next(it), track)
+    state = Fold(next(it))
     for ev in it:
         state.add(ev)
     return state
-
-
-def retire(events: List[dict], devices_now: List[dict],
-           absent_before: Set[int]) -> Tuple[List[dict], Set[int]]:
-    """The log without the events of ranges that are gone, so that a long-running exporter's
-    memory and scrape cost follow the devices that exist, not every one that ever did. Gone: a
-    range replaced by a later one at the same start, or a complete one (its range or walk event
-    seen) that none of devices_now belongs to (as fold() pairs them) now and at the previous
-    call too (its start in absent_before): one interval's grace for a range whose dax device
-    sysfs does not show yet. Returns the kept events, in order, and the starts absent now."""
-    state = _folded(events + devices_now, track=True)
-    live = {id(d) for d in state.finish()}
-    absent = {d.start_pfn for d in state.ranges.values()
-              if (d.range is not None or d.walk is not None) and d.device is None}
-    gone = {id(d) for d in state.made
-            if id(d) not in live or (d.start_pfn in absent and d.start_pfn in absent_before)}
-    kept = []
-    for ev in events:
-        owner = state.owned.get(id(ev))
-        if owner is None or id(owner) not in gone:
-            kept.append(ev)
-    return kept, absent
 
 
 def fold(events: Iterable[dict]) -> Ledger:

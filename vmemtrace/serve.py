@@ -15,7 +15,7 @@ import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, List, Optional, Set, Tuple
+from typing import Callable, Optional, Tuple
 from urllib.parse import parse_qs, urlparse
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -23,9 +23,8 @@ from prometheus_client.process_collector import ProcessCollector
 
 from vmemtrace import events
 from vmemtrace.errors import VmemtraceError, stops_held, terminate_on_sigterm
-from vmemtrace.exporter import LedgerCollector, Snapshot
+from vmemtrace.exporter import LedgerCollector, LiveLedger, Snapshot
 from vmemtrace.kernel import daxdev
-from vmemtrace.ledger import retire
 
 DEFAULT_LISTEN = "127.0.0.1:9477"
 
@@ -131,8 +130,7 @@ class Exporter:
     def __init__(self, only=()):
         """only (-d): report these devices (by chardev or namespace) and no other, whenever
         they exist."""
-        self.snap = Snapshot(log=[])
-        self.absent: Set[int] = set()  # range starts with no device at the last prune
+        self.snap = Snapshot(LiveLedger())
         self.registry = CollectorRegistry(auto_describe=False)
         self.only = tuple(only)
         self.registry.register(LedgerCollector(self.snapshot, self.devices_now))
@@ -144,18 +142,7 @@ class Exporter:
 
     def snapshot(self) -> Snapshot:
         s = self.snap
-        return Snapshot(list(s.log), s.lost, dict(s.errors), list(s.attached), s.not_tracing,
-                        s.retired)
-
-    def prune(self, log: List[dict]) -> None:
-        """Drop, in place, the events of ranges that are gone (ledger.retire()); their init
-        durations stay in the histogram."""
-        kept, self.absent = retire(log, daxdev.inventory(), self.absent)
-        keep = {id(ev) for ev in kept}
-        for ev in log:
-            if ev["type"] == "range" and id(ev) not in keep:
-                self.snap.retired.add(ev["duration_ns"] / 1e9)
-        log[:] = kept
+        return Snapshot(s.live, s.lost, dict(s.errors), list(s.attached), s.not_tracing)
 
     def serve(self, listen: str, cert: Optional[str], key: Optional[str]) -> Tuple[str, int]:
         host, port = parse_listen(listen)
@@ -219,9 +206,11 @@ class Exporter:
             self.server = None
 
 
-# How often the exporter drops the events of ranges that are gone: a destroyed device is
-# forgotten after one to two of these.
+# How often the exporter forgets the ranges that are gone: a destroyed device is forgotten
+# after one to two of these.
 PRUNE_SECONDS = 30.0
+# How often, at most, it reads which dax devices exist, to judge again when they change.
+DEVICES_SECONDS = 1.0
 
 
 def _trace(exporter: Exporter, textfile: Optional[str], interval: float,
@@ -229,18 +218,26 @@ def _trace(exporter: Exporter, textfile: Optional[str], interval: float,
     """Attach and keep the snapshot current until SIGTERM or Ctrl-C (KeyboardInterrupt)."""
     from vmemtrace.session import traced
 
-    with traced(progress, audit_existing=True) as (tracer, take, log):
-        exporter.snap = Snapshot(log, attached=list(tracer.attached))
-        next_write = next_prune = time.monotonic()
+    live = LiveLedger()
+    with traced(progress, audit_existing=True, sink=live) as (tracer, take, _):
+        exporter.snap = Snapshot(live, attached=list(tracer.attached))
+        next_write = next_prune = next_look = time.monotonic()
         try:
             while True:
-                take(tracer.poll(100))
+                before = live.count
+                take(tracer.poll(100))  # a generator: what it brought is what live counted
+                quiet = live.count == before
                 exporter.snap.lost = tracer.lost
+                # Judged again once a range's events are in (a poll brings none), or when the
+                # devices change: never per scrape.
+                if (quiet and live.count != live.judged) or time.monotonic() >= next_look:
+                    live.refresh(exporter.devices_now(), quiet)
+                    next_look = time.monotonic() + DEVICES_SECONDS
                 if time.monotonic() >= next_prune:
                     # A map read blinds the probes on its CPU while it runs (bpf/vmemtrace.bpf.c):
                     # the error counters are read at this pace, not at every poll.
                     exporter.snap.errors = tracer.errors()
-                    exporter.prune(log)
+                    live.retire(daxdev.inventory())
                     next_prune = time.monotonic() + PRUNE_SECONDS
                 if textfile and time.monotonic() >= next_write:
                     exporter.write_textfile(textfile)
@@ -265,7 +262,9 @@ def _audit_only(exporter: Exporter, why: str, textfile: Optional[str], interval:
         names = sorted(json.dumps(d, sort_keys=True) for d in daxdev.inventory())
         if names != seen:
             log, problem = audit_or_header(progress)
-            exporter.snap = Snapshot(log, not_tracing=why)
+            live = LiveLedger(log)
+            live.refresh(exporter.devices_now())
+            exporter.snap = Snapshot(live, not_tracing=why)
             if problem:
                 progress(f"the audit cannot run either: {problem}")
             seen = names

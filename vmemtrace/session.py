@@ -163,12 +163,13 @@ def run_command(argv: List[str], tracer, on_events: Callable[[List[dict]], None]
 
 @contextmanager
 def traced(progress: Callable[[str], None], on_event: Optional[Callable[[dict], None]] = None,
-           cross_check: bool = False, audit_existing: bool = False, exclude=(), keep: bool = True):
+           cross_check: bool = False, audit_existing: bool = False, exclude=(), keep: bool = True,
+           sink=None):
     """Attach, log the header and the "before" counter (and with audit_existing the walk of the
-    devices that exist already); yields (tracer, take, log): log is every event (a list), or
-    without keep a Folded. On the way out, closing events are logged and everything is
-    detached, whatever happened."""
-    log = [] if keep else Folded()
+    devices that exist already); yields (tracer, take, log): log is every event (a list), without
+    keep a Folded, or the sink given (anything with append: the exporter's LiveLedger). On the
+    way out, closing events are logged and everything is detached, whatever happened."""
+    log = sink if sink is not None else [] if keep else Folded()
     walker, mode, sections = None, None, []
 
     def take(events):

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import FIXTURES, run_cli
 from vmemtrace import events, geometry
 from vmemtrace.errors import VmemtraceError
-from vmemtrace.exporter import LedgerCollector, Snapshot
+from vmemtrace.exporter import LedgerCollector, LiveLedger, Snapshot
 from vmemtrace.serve import Exporter, parse_listen
 
 LOGS = FIXTURES / "events"
@@ -26,12 +26,20 @@ def log_of(series_dir: str, case: str) -> list:
 def registry_for(path: Path, devices_now=None) -> CollectorRegistry:
     with open(path) as fh:
         log = events.read(fh, str(path))
-    live = [e for e in log if e["type"] not in ("device", "lost")]
     devices = [e for e in log if e["type"] == "device"] if devices_now is None else devices_now
+    live = judged(e for e in log if e["type"] not in ("device", "lost"))
+    live.refresh(devices)
     reg = CollectorRegistry(auto_describe=False)
     reg.register(LedgerCollector(lambda: Snapshot(live, attached=list(
         f for f, how in log[0]["strategy"].items() if how.startswith("kprobe"))), lambda: devices))
     return reg
+
+
+def judged(events, devices_now=()) -> LiveLedger:
+    """The exporter's live ledger fed a recorded log, as the tracing loop feeds it, and judged."""
+    live = LiveLedger(events)
+    live.refresh(list(devices_now))
+    return live
 
 
 def samples(reg) -> dict:
@@ -97,7 +105,8 @@ def test_a_probe_planned_but_not_attached_reads_0():
     with open(path) as fh:
         log = events.read(fh, str(path))
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(LedgerCollector(lambda: Snapshot(log, attached=["memmap_init_zone_device"]),
+    live = judged(log)
+    reg.register(LedgerCollector(lambda: Snapshot(live, attached=["memmap_init_zone_device"]),
                                  lambda: []))
     attached = {dict(k[1])["function"]: v for k, v in samples(reg).items()
                 if k[0] == "vmemtrace_probe_attached"}
@@ -125,7 +134,7 @@ def test_audited_device_has_no_observed_init_and_removed_devices_vanish():
 
 def test_before_the_probes_attach_only_build_info():
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(LedgerCollector(lambda: Snapshot([]), lambda: []))
+    reg.register(LedgerCollector(lambda: Snapshot(LiveLedger()), lambda: []))
     assert {k[0] for k in samples(reg)} == {"vmemtrace_build_info"}
 
 
@@ -189,7 +198,7 @@ def test_unwritable_textfile_is_one_line(tmp_path):
 
 def test_textfile_is_written_whole(tmp_path):
     ex = Exporter()
-    ex.snap.log = log_of("6.12", "mem-1G.jsonl")
+    ex.snap = Snapshot(judged(log_of("6.12", "mem-1G.jsonl")))
     out = tmp_path / "vmemtrace.prom"
     ex.write_textfile(str(out))
     fams = {f.name for f in text_string_to_metric_families(out.read_text())}
@@ -242,7 +251,7 @@ def test_a_host_that_cannot_trace_is_served_not_given_up(tmp_path):
 def served():
     """The exporter's real server on a free loopback port, serving a recorded 6.12 log."""
     ex = Exporter()
-    ex.snap.log = log_of("6.12", "mem-2M.jsonl")
+    ex.snap = Snapshot(judged(log_of("6.12", "mem-2M.jsonl")))
     host, port = ex.serve("127.0.0.1:0", None, None)
     yield ex, port
     ex.close()
@@ -307,7 +316,7 @@ def test_an_idle_tls_client_does_not_block_the_accept_loop(tmp_path):
                     "/CN=localhost", "-days", "1", "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True)
     ex = Exporter()
-    ex.snap.log = log_of("6.12", "mem-2M.jsonl")
+    ex.snap = Snapshot(judged(log_of("6.12", "mem-2M.jsonl")))
     _, port = ex.serve("127.0.0.1:0", str(cert), str(key))
     idle = socket.create_connection(("127.0.0.1", port))
     try:
@@ -351,7 +360,7 @@ def test_a_stop_during_the_textfile_write_leaves_no_temporary(tmp_path):
         raise KeyboardInterrupt
 
     ex = Exporter()
-    ex.snap.log = log_of("6.12", "mem-1G.jsonl")
+    ex.snap = Snapshot(judged(log_of("6.12", "mem-1G.jsonl")))
     ex.registry.register(Stopper())
     out = tmp_path / "vmemtrace.prom"
     old = signal.signal(signal.SIGTERM, stop)
@@ -379,52 +388,94 @@ def _cycles(n: int) -> list:
 
 
 def test_retire_keeps_one_creation_of_a_re_created_range():
-    """A range re-created at the same start replaces the old one (ledger.fold): retire() drops
-    the old one's events, and the fold of what is left is the same document."""
-    from vmemtrace.ledger import fold, retire
+    """A range re-created at the same start replaces the old one (ledger.Fold): retire() drops
+    the old one, and the document is the same as after one creation."""
+    from vmemtrace.ledger import fold
     from vmemtrace.verdict import evaluate
 
     once, devices = _cycles(1)
     many, _ = _cycles(5)
-    kept, absent = retire(many, devices, set())
-    assert len(kept) == len(once) and absent == set()
-    assert evaluate(fold(kept + devices)) == evaluate(fold(once + devices))
+    live = LiveLedger(many)
+    assert len(live.fold.made) == 5
+    live.retire(devices)
+    assert len(live.fold.made) == 1 and live.absent == set() and live.retired.count == 4
+    live.refresh(devices)
+    assert live.doc == evaluate(fold(once + devices))
 
 
 def test_retire_drops_a_gone_range_only_at_the_second_look():
-    from vmemtrace.ledger import retire
-
     log, _ = _cycles(1)
-    kept, absent = retire(log, [], set())
-    assert kept == log and len(absent) == 1  # one interval's grace: sysfs may lag
-    kept, absent = retire(log, [], absent)
-    assert [e["type"] for e in kept] == ["header"]
+    live = LiveLedger(log)
+    live.retire([])
+    assert len(live.fold.made) == 1 and len(live.absent) == 1  # one interval's grace: sysfs may lag
+    live.retire([])
+    assert live.fold.made == [] and live.fold.ranges == {} and live.retired.count == 1
+
+
+def test_the_document_is_made_again_only_when_something_changed():
+    """A scrape reads the document the tracing loop made: it is made again once new events
+    are in and a poll was quiet, or when the devices change; otherwise it is the same object."""
+    once, devices = _cycles(1)
+    live = LiveLedger(once[:1])
+    live.refresh([])
+    first = live.doc
+    assert first["devices"] == []
+    for ev in once[1:]:
+        live.append(ev)
+    live.refresh([], quiet=False)  # events still coming: not judged yet
+    assert live.doc is first
+    live.refresh([], quiet=True)
+    second = live.doc
+    assert second is not first and len(second["devices"]) == 1
+    live.refresh([], quiet=True)
+    assert live.doc is second  # nothing new
+    live.refresh(devices, quiet=False)  # the dax device appeared in sysfs
+    assert live.doc is not second and live.doc["devices"][0]["chardev"] == "dax0.0"
+
+
+def test_a_view_leaves_the_fold_as_it_was():
+    """Fold.view() finishes copies: judging twice, with different devices, gives what one
+    fold of the same events with those devices gives, and the fold goes on folding."""
+    from vmemtrace.ledger import Fold, fold
+    from vmemtrace.verdict import evaluate
+
+    once, devices = _cycles(1)
+    f = Fold(once[0])
+    for ev in once[1:]:
+        f.add(ev)
+    assert evaluate(f.view(devices)) == evaluate(fold(once + devices))
+    assert evaluate(f.view([])) == evaluate(fold(once))
+    assert evaluate(f.view(devices)) == evaluate(fold(once + devices))
 
 
 def test_exporter_memory_follows_the_devices_that_exist(monkeypatch):
-    """Twenty create/destroy cycles with a prune after each: the log holds one creation's
-    events, scrapes report the device as after one creation, and the init histogram, a
-    counter, still counts all twenty ranges."""
+    """Twenty create/destroy cycles with a retire after each: the fold holds one creation,
+    scrapes report the device as after one creation, and the init histogram, a counter, still
+    counts all twenty ranges."""
+    import copy
+
     from vmemtrace.kernel import daxdev
     from vmemtrace.serve import Exporter
 
     once, devices = _cycles(1)
     monkeypatch.setattr(daxdev, "inventory", lambda: [dict(d) for d in devices])
     exp = Exporter()
-    log = [once[0]]
-    exp.snap = Snapshot(log, attached=list(f for f, how in once[0]["strategy"].items()
+    live = LiveLedger(once[:1])
+    exp.snap = Snapshot(live, attached=list(f for f, how in once[0]["strategy"].items()
                                             if how.startswith("kprobe")))
     body = once[1:]
-    import copy
     for _ in range(20):
-        log.extend(copy.deepcopy(body))
-        exp.prune(log)
-    assert len(log) == len(once)
+        for ev in copy.deepcopy(body):
+            live.append(ev)
+        live.retire(daxdev.inventory())
+    live.refresh(exp.devices_now())
+    assert len(live.fold.made) == 1
     s = samples(exp.registry)
     assert s[("vmemtrace_memmap_init_seconds_count", ())] == 20
     assert s[("vmemtrace_vmemmap_bytes", (("device", "dax0.0"),))] == 3072 * 4096
     monkeypatch.setattr(daxdev, "inventory", lambda: [])  # destroyed
-    exp.prune(log)
-    exp.prune(log)
-    assert [e["type"] for e in log] == ["header"]
+    live.retire([])
+    live.retire([])
+    live.refresh([])
+    assert live.fold.made == [] and live.doc["devices"] == []
     assert samples(exp.registry)[("vmemtrace_memmap_init_seconds_count", ())] == 20
