@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from vmemtrace.lab import libdisk
-from vmemtrace.lab.cases import parse_cases
+from vmemtrace.lab.cases import Multi, parse_cases
 from vmemtrace.probes.plan import Sources
 
 NAMESPACE = "namespace0.0"
@@ -87,7 +87,7 @@ class Nfit:
 
     def create(self, case):
         regions, align = self.regions()
-        if hasattr(case, "command"):
+        if isinstance(case, Multi):
             return case.command(regions, align)
         name, size = regions[0]
         return case.create_args(["-r", name, "-s", str(size)])

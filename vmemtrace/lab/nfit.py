@@ -9,9 +9,9 @@ Host side only: the qemu options. The guest's half (labels, regions) is lab/gues
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List
+from typing import Iterator, List, Union
 
-from vmemtrace.lab.cases import GiB, TCG_ADDRESSES
+from vmemtrace.lab.cases import GiB, TCG_ADDRESSES, Region
 
 # qemu's smallest label area (hw/mem/nvdimm.c, MIN_NAMESPACE_LABEL_SIZE): room for the two
 # index blocks and a few hundred namespace labels.
@@ -92,3 +92,7 @@ class Nvdimms:
 
     def describe(self) -> str:
         return f"{self.count} NFIT NVDIMMs of {self.size >> 20} MiB"
+
+
+# What a guest's persistent memory can be: the memmap= region, or NVDIMMs.
+Pmem = Union[Region, Nvdimms]

@@ -5,15 +5,16 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import List, Optional
 
 import vmemtrace
 from vmemtrace import render
 from vmemtrace.errors import EXIT_CANNOT, EXIT_FAIL, EXIT_OK, VmemtraceError
 from vmemtrace.lab import image, vm
-from vmemtrace.lab.cases import Case, Region
-from vmemtrace.lab.nfit import Nvdimms
+from vmemtrace.lab.cases import Case
+from vmemtrace.lab.guest import PMEM
 from vmemtrace.lab.kernels import KernelSpec
+from vmemtrace.lab.nfit import Pmem
 from vmemtrace.lab.steps import say, step
 from vmemtrace.lab.tables import case_table
 
@@ -65,7 +66,7 @@ def _fail_with_console(boot: vm.Boot, message: str):
     raise VmemtraceError(f"{message} (full console: {boot.console})")
 
 
-def run_kernel(kernel, cases: List[Case], region: Union[Region, Nvdimms], accel: str, cache: Path,
+def run_kernel(kernel, cases: List[Case], region: Pmem, accel: str, cache: Path,
                timeout: float, command: Optional[str] = None, append: str = "") -> dict:
     src = project_root()
     workdir = _new_workdir(cache, kernel.release)
@@ -103,7 +104,7 @@ def run_kernel(kernel, cases: List[Case], region: Union[Region, Nvdimms], accel:
     return doc
 
 
-def run_lab(specs: List[KernelSpec], cases: List[Case], region: Union[Region, Nvdimms], accel: str, refresh: bool,
+def run_lab(specs: List[KernelSpec], cases: List[Case], region: Pmem, accel: str, refresh: bool,
             as_json: bool, shell: bool, timeout: float, command: Optional[str] = None,
             append: str = "") -> int:
     vm.require_tools()
@@ -112,7 +113,7 @@ def run_lab(specs: List[KernelSpec], cases: List[Case], region: Union[Region, Nv
     if shell:
         kernel = kernels[0]
         say(f"shell in {kernel.release}: the project is at {image.GUEST_SRC}; try "
-            f"`modprobe -a nd_e820 dax_pmem device_dax; cd {image.GUEST_SRC}; "
+            f"`modprobe -a {' '.join(PMEM[region.kind].modules)}; cd {image.GUEST_SRC}; "
             "python3 -m vmemtrace check`")
         workdir = _new_workdir(cache, kernel.release)
         vm.boot(kernel, project_root(), workdir / "out", None, region,

@@ -13,13 +13,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import List, Optional
 
 from vmemtrace.errors import VmemtraceError
 from vmemtrace.lab import libdisk
 from vmemtrace.lab.cases import Region
-from vmemtrace.lab.nfit import Nvdimms
 from vmemtrace.lab.image import GUEST_BUILD, GUEST_OUT, GUEST_SRC, GuestKernel
+from vmemtrace.lab.nfit import Pmem
 from vmemtrace.lab.steps import say
 
 CONSOLE_TAIL = 25
@@ -78,7 +78,7 @@ def require_tools() -> str:
 
 
 def boot(kernel: GuestKernel, src: Path, out: Path, exec_cmd: Optional[str],
-         region: Union[Region, Nvdimms], console: Path, accel: str = "tcg", cpus: int = 2,
+         region: Pmem, console: Path, accel: str = "tcg", cpus: int = 2,
          timeout: Optional[float] = 900, append: str = "") -> Boot:
     """Boot once, run exec_cmd (None: an interactive shell), power off. Files the guest's
     persistent memory needs (NVDIMMs' backing) live beside the console log for the boot."""
