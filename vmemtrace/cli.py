@@ -200,12 +200,6 @@ def _recording(path):
         log.close()
 
 
-def _write_log(path: Path, log) -> None:
-    with _recording(path) as write:
-        for ev in log:
-            write(ev)
-
-
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="event log to write (JSON Lines)")
@@ -262,10 +256,15 @@ def audit(expect, as_json, junit, allow_skip, record_to, only):
     from vmemtrace.verdict import evaluate
 
     with _error_document(as_json, junit, expect, os.uname().release):
-        log = audit_log(say, only)
-        if record_to is not None:
-            _write_log(record_to, log)
-        doc = evaluate(fold(log), expect, tuple(allow_skip) + AUDIT_WAIVED, only)
+        with _recording(record_to) as write:
+            def logged(log):  # folded as it is walked, and written as it passes
+                for ev in log:
+                    if write is not None:
+                        write(ev)
+                    yield ev
+
+            doc = evaluate(fold(logged(audit_log(say, only))), expect,
+                           tuple(allow_skip) + AUDIT_WAIVED, only)
     _output_verdict(doc, as_json, junit)
     _finish(doc)
 
