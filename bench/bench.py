@@ -2,16 +2,18 @@
 """The benchmark: what tracing costs and what the kernel saved, measured side by side in lab
 guests, printed as one table of ratios. Run on demand, never by the test suite:
 
-    .venv/bin/python bench/bench.py                       # 6.12 and 6.1, 5 repetitions
-    .venv/bin/python bench/bench.py --kernel 6.12 --reps 7 --json out.json
+    .venv/bin/python bench/bench.py                       # 6.12 and 6.1, 21 repetitions
+    .venv/bin/python bench/bench.py --kernel 6.12 --reps 31 --json out.json
 
 Each kernel boots once (`vmemtrace lab --exec bench/guest_bench.py`); inside it every pair is
 measured in the same guest, alternating traced and untraced runs. Under qemu TCG absolute times
-are an emulated CPU's; the ratios are what to read.
+are an emulated CPU's; the ratios are what to read. Each ratio of medians comes with its 95%
+bootstrap interval, and a goal is met only when the interval's upper end meets it.
 """
 
 import argparse
 import json
+import random
 import statistics
 import subprocess
 import sys
@@ -40,9 +42,23 @@ def med(xs):
     return statistics.median(xs)
 
 
-def fmt_ratio(r, goal=None):
-    met = "" if goal is None else ("yes" if r <= goal else "NO")
-    return f"{r:.3f}", "-" if goal is None else f"<= {goal}", met
+def bootstrap_ratio(a, b, resamples=2000, seed=0):
+    """median(a) / median(b), and its 95% percentile-bootstrap interval: both samples resampled
+    with replacement, independently (alternating runs are not paired by the guest's drift)."""
+    rng = random.Random(seed)
+    ratios = sorted(med(rng.choices(a, k=len(a))) / med(rng.choices(b, k=len(b)))
+                    for _ in range(resamples))
+    return med(a) / med(b), ratios[int(0.025 * resamples)], ratios[int(0.975 * resamples) - 1]
+
+
+def fmt_ratio(r, goal=None, interval=None):
+    """ratio (with its interval), the goal, and whether it is met: with an interval, "yes" only
+    when its upper end is within the goal, "NO" when its lower end is not, else "undecided"."""
+    text = f"{r:.3f}" if interval is None else f"{r:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
+    if goal is None:
+        return text, "-", ""
+    lo, hi = interval or (r, r)
+    return text, f"<= {goal}", "yes" if hi <= goal else "NO" if lo > goal else "undecided"
 
 
 def rows_for(doc: dict) -> list:
@@ -50,14 +66,27 @@ def rows_for(doc: dict) -> list:
     rows = []
     for case, o in doc.get("overhead", {}).items():
         t, u = med(o["traced"]), med(o["untraced"])
+        r, lo, hi = bootstrap_ratio(o["traced"], o["untraced"])
         rows.append((k, f"ndctl create {case}: traced / untraced (median of {len(o['traced'])})",
-                     f"{t:.3f} s", f"{u:.3f} s", *fmt_ratio(t / u, GOALS.get(case))))
+                     f"{t:.3f} s", f"{u:.3f} s", *fmt_ratio(r, GOALS.get(case), (lo, hi))))
         if o.get("bpftrace"):  # the probes alone: bpftrace counting hits on the same ones
             b = med(o["bpftrace"])
             rows.append((k, f"ndctl create {case}: bpftrace same probes / untraced",
-                         f"{b:.3f} s", f"{u:.3f} s", *fmt_ratio(b / u)))
+                         f"{b:.3f} s", f"{u:.3f} s",
+                         *fmt_ratio(*_with_interval(o["bpftrace"], o["untraced"]))))
             rows.append((k, f"ndctl create {case}: traced / bpftrace same probes",
-                         f"{t:.3f} s", f"{b:.3f} s", *fmt_ratio(t / b)))
+                         f"{t:.3f} s", f"{b:.3f} s",
+                         *fmt_ratio(*_with_interval(o["traced"], o["bpftrace"]))))
+        if o.get("hits") and doc.get("perhit"):
+            est = estimated_overhead(o["hits"], doc["perhit"], u)
+            rows.append((k, f"ndctl create {case}: hits x per-hit cost / untraced (estimate)",
+                         f"{est * u:.3f} s", f"{u:.3f} s", f"{1 + est:.3f}", "-", ""))
+    for kind, runs in (doc.get("perhit") or {}).items():
+        if kind == "none" or kind == "calls":
+            continue
+        per = per_hit_ns(runs, doc["perhit"]["none"], doc["perhit"]["calls"])
+        rows.append((k, f"one {kind} hit on {PERHIT_FUNCTION} (median of {len(runs)})",
+                     f"{per:.0f} ns", "-", "-", "-", ""))
     s = doc.get("startup")
     if s:
         ours = med(s["vmemtrace"])
@@ -77,6 +106,31 @@ def rows_for(doc: dict) -> list:
         rows.append((k, f"scrape latency p50 / p99 over {f['scrapes']} scrapes",
                      f"{f['p50'] * 1e3:.1f} ms", f"{f['p99'] * 1e3:.1f} ms", "-", "-", ""))
     return rows
+
+
+def _with_interval(a, b):
+    r, lo, hi = bootstrap_ratio(a, b)
+    return r, None, (lo, hi)
+
+
+PERHIT_FUNCTION = "__x64_sys_getppid"  # guest_bench.py's loop calls it
+
+
+def per_hit_ns(probed, none, calls) -> float:
+    """One probe hit's cost: the loop's median time with the probe attached, less without,
+    over the calls the loop made."""
+    return (med(probed) - med(none)) / calls * 1e9
+
+
+def estimated_overhead(hits: dict, perhit: dict, untraced: float) -> float:
+    """What the probes alone should cost a namespace creation, as a fraction of its untraced
+    time: each function's entry hits times a kprobe's cost, and as many kretprobe hits where
+    its return is probed too (hits: {function: [entry hits, return probed?]})."""
+    none, calls = perhit["none"], perhit["calls"]
+    kprobe = per_hit_ns(perhit["kprobe"], none, calls) / 1e9
+    kretprobe = per_hit_ns(perhit["kretprobe"], none, calls) / 1e9
+    cost = sum(n * (kprobe + (kretprobe if ret else 0)) for n, ret in hits.values())
+    return cost / untraced
 
 
 def savings_rows(doc: dict) -> list:
@@ -100,9 +154,9 @@ def savings_rows(doc: dict) -> list:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kernel", action="append", help="6.12, 6.1 (default both)")
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=21)
     ap.add_argument("--size", default="3G")
-    ap.add_argument("--only", default="overhead,startup,loss,footprint")
+    ap.add_argument("--only", default="perhit,overhead,startup,loss,footprint")
     ap.add_argument("--json", help="also write the raw measurements here")
     args = ap.parse_args()
     docs = [run_guest(k, ["--reps", str(args.reps), "--only", args.only], args.size)

@@ -45,13 +45,20 @@ def untraced(case):
 
 
 def traced(case):
-    """vmemtrace verify's own measure of the command (it starts the clock after attaching)."""
+    """vmemtrace verify's own measure of the command (it starts the clock after attaching), and
+    the probe hits its log counted: {function: [entry hits, return probed too?]}."""
     disable()
-    proc = subprocess.run(VMEMTRACE + ["verify", "--json", "--", *ndctl(case)], cwd=SRC,
-                          capture_output=True, text=True)
+    log = "/tmp/bench-traced.jsonl"
+    proc = subprocess.run(VMEMTRACE + ["verify", "--json", "--record", log, "--", *ndctl(case)],
+                          cwd=SRC, capture_output=True, text=True)
     doc = json.loads(proc.stdout)
     (dev,) = doc["devices"]
-    return doc["command"]["seconds"], doc, dev
+    with open(log) as fh:
+        events = [json.loads(line) for line in fh]
+    strategy = events[0]["strategy"]
+    hits = next((e["hits"] for e in events if e["type"] == "hits"), {})
+    return doc["command"]["seconds"], doc, dev, {
+        f: [n, "kretprobe" in strategy.get(f, "")] for f, n in hits.items() if n}
 
 
 def bpftrace_program():
@@ -88,18 +95,63 @@ def overhead(reps):
     program = bpftrace_program()
     for case in DEFAULT_CASES:
         plain, under, counted, lost = [], [], [], 0
-        doc = dev = None
+        doc = dev = hits = None
         for _ in range(reps):  # alternating, so drift hits all sides alike
             plain.append(untraced(case))
-            seconds, doc, dev = traced(case)
+            seconds, doc, dev, hits = traced(case)
             under.append(seconds)
             counted.append(under_bpftrace(case, program))
             lost += doc["events_lost"]
         out[case] = {"untraced": plain, "traced": under, "bpftrace": counted, "lost": lost,
-                     "verdict": doc["verdict"],
+                     "verdict": doc["verdict"], "hits": hits,
                      "vmemmap_pages": dev["vmemmap_pages"],
                      "memmap_init_seconds": dev["memmap_init_seconds"],
                      "nr_pages": dev["nr_pages"]}
+    return out
+
+
+PERHIT_FUNCTION = "__x64_sys_getppid"  # traceable everywhere, and as cheap as a syscall gets
+PERHIT_KINDS = {"kprobe": ("kprobe",), "kretprobe": ("kretprobe",),
+                # bpftrace 0.17 (bookworm) says kfunc/kretfunc, 0.23 (trixie) fentry/fexit
+                "fentry": ("fentry", "kfunc"), "fexit": ("fexit", "kretfunc")}
+
+
+def getppid_loop(calls):
+    start = time.perf_counter()
+    for _ in range(calls):
+        os.getppid()
+    return time.perf_counter() - start
+
+
+def with_probe(spelling, calls):
+    """The loop's time while bpftrace counts hits on the function; None where bpftrace does
+    not know this spelling of the attachment."""
+    program = (f'BEGIN {{ printf("attached\\n"); }} {spelling}:{PERHIT_FUNCTION} '
+               '{ @hits = count(); }')
+    proc = subprocess.Popen(["bpftrace", "-e", program], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in proc.stdout:
+            if "attached" in line:
+                return getppid_loop(calls)
+        return None
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=120)
+
+
+def perhit(reps, calls=100000):
+    """A cheap traceable function called `calls` times from a loop, with no probe and with each
+    kind of probe on it, alternating: bench.py divides the difference by the calls."""
+    spelled = {}
+    for kind, spellings in PERHIT_KINDS.items():
+        spelled[kind] = next((s for s in spellings if with_probe(s, 10) is not None), None)
+    out = {"calls": calls, "none": [], **{k: [] for k, s in spelled.items() if s}}
+    for _ in range(reps):
+        out["none"].append(getppid_loop(calls))
+        for kind, spelling in spelled.items():
+            if spelling:
+                out[kind].append(with_probe(spelling, calls))
     return out
 
 
@@ -197,10 +249,12 @@ def main():
     ap.add_argument("--startup-reps", type=int, default=3)
     ap.add_argument("--loss-rounds", type=int, default=3)
     ap.add_argument("--scrapes", type=int, default=1000)
-    ap.add_argument("--only", default="overhead,startup,loss,footprint")
+    ap.add_argument("--only", default="perhit,overhead,startup,loss,footprint")
     args = ap.parse_args()
     only = set(args.only.split(","))
     doc = {"kernel": os.uname().release, "cpus": os.cpu_count()}
+    if "perhit" in only:
+        doc["perhit"] = perhit(args.reps)
     if "overhead" in only:
         doc["overhead"] = overhead(args.reps)
     if "startup" in only:
