@@ -157,9 +157,11 @@ def main():
     ap.add_argument("--reps", type=int, default=21)
     ap.add_argument("--size", default="3G")
     ap.add_argument("--only", default="perhit,overhead,startup,loss,footprint")
+    ap.add_argument("--cases", help="the overhead's namespace cases (default: all four)")
     ap.add_argument("--json", help="also write the raw measurements here")
     args = ap.parse_args()
-    docs = [run_guest(k, ["--reps", str(args.reps), "--only", args.only], args.size)
+    extra = ["--cases", args.cases] if args.cases else []
+    docs = [run_guest(k, ["--reps", str(args.reps), "--only", args.only, *extra], args.size)
             for k in (args.kernel or ["6.12", "6.1"])]
     print(tabulate([r for d in docs for r in rows_for(d)],
                    headers=["kernel", "measure", "ours", "baseline", "ratio", "goal", "met"]))

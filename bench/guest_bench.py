@@ -88,12 +88,10 @@ def under_bpftrace(case, program):
         proc.communicate(timeout=120)
 
 
-def overhead(reps):
+def overhead(reps, cases):
     out = {}
-    from vmemtrace.lab.cases import DEFAULT_CASES
-
     program = bpftrace_program()
-    for case in DEFAULT_CASES:
+    for case in cases:
         plain, under, counted, lost = [], [], [], 0
         doc = dev = hits = None
         for _ in range(reps):  # alternating, so drift hits all sides alike
@@ -250,13 +248,16 @@ def main():
     ap.add_argument("--loss-rounds", type=int, default=3)
     ap.add_argument("--scrapes", type=int, default=1000)
     ap.add_argument("--only", default="perhit,overhead,startup,loss,footprint")
+    ap.add_argument("--cases", help="overhead's cases, comma-separated (default: the lab's)")
     args = ap.parse_args()
     only = set(args.only.split(","))
     doc = {"kernel": os.uname().release, "cpus": os.cpu_count()}
     if "perhit" in only:
         doc["perhit"] = perhit(args.reps)
     if "overhead" in only:
-        doc["overhead"] = overhead(args.reps)
+        from vmemtrace.lab.cases import DEFAULT_CASES
+
+        doc["overhead"] = overhead(args.reps, args.cases.split(",") if args.cases else DEFAULT_CASES)
     if "startup" in only:
         doc["startup"] = startup(args.startup_reps)
     if "loss" in only:
