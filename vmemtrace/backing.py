@@ -10,7 +10,7 @@ The compound events carry the same keys as the live ones (events.py), so one ver
 
 from typing import Iterable, Iterator, List, Optional, Tuple
 
-from vmemtrace.compounds import CompoundPages
+from vmemtrace.compounds import CompoundColumns, PfnSet
 
 Backing = Iterable[Optional[Tuple[int, str]]]  # per vmemmap page: (backing pfn, level) or None
 
@@ -18,7 +18,7 @@ Backing = Iterable[Optional[Tuple[int, str]]]  # per vmemmap page: (backing pfn,
 class Walked:
     """A walk's events: the "walk" event, then its compound events (held in columns)."""
 
-    def __init__(self, walk: dict, compounds: CompoundPages):
+    def __init__(self, walk: dict, compounds: CompoundColumns):
         self.walk, self.compounds = walk, compounds
 
     def __iter__(self) -> Iterator[dict]:
@@ -34,17 +34,17 @@ def walk_events(start_pfn: int, nr_pages: int, pfns_per_compound: int, altmap: b
     vmemmap_populate_address() lays a compound page out page by page; a PMD-mapped vmemmap
     (altmap, or a range without compound pages) cannot share tail pages, exactly as the live
     probes, which only see PTEs, report no compound pages for it. `backing` is read once, in
-    order; what is kept is one compound page's pages at a time and the set of backing pages."""
+    order; what is kept is one compound page's pages at a time, the set of backing pages (a bitmap)
+    and the compound events, in columns, until the walk event that comes first is known."""
     per_compound = pfns_per_compound * struct_page_size // page_size
     laid = pfns_per_compound > 1 and per_compound >= 1
-    levels, seen, reused, count = {}, set(), 0, 0
-    compounds, chunk = CompoundPages("walk"), []
+    levels, seen, reused, count = {}, PfnSet(), 0, 0
+    compounds, chunk = CompoundColumns("walk"), []
     for b in backing:
         count += 1
         if b is not None:
             levels[b[1]] = levels.get(b[1], 0) + 1
-            reused += b[0] in seen
-            seen.add(b[0])
+            reused += not seen.add(b[0])
         if laid:
             chunk.append(b)
             if len(chunk) == per_compound:

@@ -8,9 +8,10 @@ name in defining_checks() too (docs/adding.md).
 """
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from vmemtrace import geometry
+from vmemtrace.compounds import LAYOUT, CompoundPages
 from vmemtrace.view import DeviceView, bounds
 
 PASS, FAIL, SKIP, ERROR = "pass", "fail", "skip", "error"
@@ -67,29 +68,10 @@ def compound_problem(c: dict, per_compound: int) -> Optional[str]:
     return None
 
 
-def shared_tails(compounds: Callable[[], Iterable[dict]]) -> List[str]:
-    """Each compound page keeps a first tail page of its own; two sharing one means the kernel
-    mapped one compound page's tails onto another's struct pages (or the log lies). Two passes
-    over compounds() (a 1 TiB range has 524288 pages): the first finds a shared page, the
-    second the page that had it first; only the tail pfns are held, as a set."""
-    seen, shared = set(), None
-    for c in compounds():
-        if c["tail_fresh"]:
-            if c["tail_pfn"] in seen:
-                shared = c
-                break
-            seen.add(c["tail_pfn"])
-    if shared is None:
-        return []
-    first = next(c for c in compounds() if c["tail_fresh"] and c["tail_pfn"] == shared["tail_pfn"])
-    return [f"compound pages at pfn {first['head_pfn']} and {shared['head_pfn']} share their "
-            f"first tail vmemmap page (pfn {shared['tail_pfn']})"]
-
-
-def laid_out(compounds: Iterable[dict], v: DeviceView) -> Iterator[dict]:
-    """The compound pages the populate path laid out: not those headed on the boot memmap
-    (boot-memmap), whose vmemmap is the boot's. One at a time, as the checks read them."""
-    return (c for c in compounds if not geometry.on_boot_memmap(c["head_pfn"], v.shape))
+def on_boot(v: DeviceView) -> Callable[[int], bool]:
+    """Whether a compound page, by its head, is on the boot memmap (boot-memmap): not laid out
+    by the populate path, its vmemmap the boot's; the checks of the layout set it apart."""
+    return lambda head: geometry.on_boot_memmap(head, v.shape)
 
 
 def tail_reuse(v: DeviceView) -> Check:
@@ -98,18 +80,22 @@ def tail_reuse(v: DeviceView) -> Check:
         return Check(name, SKIP, "not eligible: see no-false-optimisation")
     if seen.compounds is None:
         return Check(name, SKIP, seen.populate_why)
-    count, first, problems = 0, None, 0
-    for c in laid_out(seen.compounds, v):
-        count += 1
+    pages, skip = seen.compounds, on_boot(v)
+    count = pages.judged(skip)
+    first, problems = None, pages.unclassed  # beyond MAX_CLASSES layouts: not the promised one
+    for c, k in sorted(pages.groups(skip), key=lambda g: g[0]["head_pfn"]):
         problem = compound_problem(c, n.per_compound)
         if problem:
-            problems += 1
+            problems += k
             first = first or problem
-    shared = shared_tails(lambda: laid_out(seen.compounds, v))
-    if first is None and shared:
-        first, problems = shared[0], 1
-    elif shared:
-        problems += 1
+    shared = pages.sharing(skip)
+    if shared is not None:
+        text = (f"compound page at pfn {shared[1]} shares its first tail vmemmap page (pfn "
+                f"{shared[0]}) with another compound page")
+        if first is None:
+            first, problems = text, 1
+        else:
+            problems += 1
     if first is not None:
         more = f" (and {problems - 1} more compound pages)" if problems > 1 else ""
         return Check(name, FAIL, first + more + seen.how)
@@ -212,8 +198,8 @@ def false_optimisations(v: DeviceView) -> List[str]:
     """What a range that must not be optimised shows of an optimisation anyway."""
     seen, n, wrong = v.seen, v.numbers, []
     if seen.reused:
-        first = next((c for c in seen.compounds or () if c["reused"]), None)
-        where = f" (first at compound page pfn {first['head_pfn']})" if first else ""
+        first = seen.compounds.reused_head if seen.compounds is not None else None
+        where = f" (first at compound page pfn {first})" if first is not None else ""
         wrong.append(f"{seen.reused} vmemmap PTEs reused{where}")
     naive = n.vmemmap_seen(bool(seen.how), naive=True)
     if seen.vmemmap_pages is not None and not naive[0] <= seen.vmemmap_pages <= naive[1]:
@@ -243,38 +229,33 @@ def no_false_optimisation(v: DeviceView) -> Check:
     return with_kernel_log(v, Check(name, PASS, ", ".join(parts) + seen.how))
 
 
-LAYOUT = ("ptes", "fresh", "reused", "on_tail", "tail_pfn", "head_fresh", "tail_fresh")
+def layout_differences(a: CompoundPages, b: CompoundPages,
+                       skip: Callable[[int], bool]) -> List[str]:
+    """How two sources' compound pages differ, [] where they agree: per part of the range their
+    counts and digests of (head, layout) (compounds.py), and which layout each counts how often,
+    all without going back to the pages."""
+    da, db = a.digests(skip), b.digests(skip)
+    differ = sorted(k for k in set(da) | set(db) if da.get(k) != db.get(k))
+    if not differ:
+        return []
+    lo, hi = (a if a.shared is not None else b).part_pfns(differ[0])
+    out = [f"compound pages differ in {len(differ)} of {len(set(da) | set(db))} parts of the "
+           f"range, first in pfns {lo} to {hi} (probes {da.get(differ[0], [0])[0]} compound "
+           f"pages, walk {db.get(differ[0], [0])[0]})"]
+    ca, cb = _layouts(a, skip), _layouts(b, skip)
+    odd = sorted(k for k in set(ca) | set(cb) if ca.get(k, 0) != cb.get(k, 0))
+    if odd:
+        out.append(f"compound pages laid out as (ptes, fresh, reused, on tail, head fresh, tail "
+                   f"fresh) {odd[0]}: probes {ca.get(odd[0], 0)}, walk {cb.get(odd[0], 0)}")
+    return out
 
 
-def _layout(c: Optional[dict]) -> Optional[tuple]:
-    return None if c is None else tuple(c[k] for k in LAYOUT)
-
-
-def layout_differences(a: Iterable[dict], b: Iterable[dict]) -> Tuple[int, Optional[int], tuple]:
-    """(how many compound pages differ, the first one's head pfn, its two layouts) between two
-    sources, each in head order (ledger.inconsistencies() holds a log to that): one merge pass,
-    nothing kept per page."""
-    ia, ib = iter(a), iter(b)
-    ca, cb = next(ia, None), next(ib, None)
-    count, first, pair = 0, None, (None, None)
-    while ca is not None or cb is not None:
-        ha = ca["head_pfn"] if ca is not None else None
-        hb = cb["head_pfn"] if cb is not None else None
-        if hb is None or (ha is not None and ha < hb):
-            left, right, head = ca, None, ha
-        elif ha is None or hb < ha:
-            left, right, head = None, cb, hb
-        else:
-            left, right, head = ca, cb, ha
-        if _layout(left) != _layout(right):
-            count += 1
-            if first is None:
-                first, pair = head, (_layout(left), _layout(right))
-        if left is not None:
-            ca = next(ia, None)
-        if right is not None:
-            cb = next(ib, None)
-    return count, first, pair
+def _layouts(pages: CompoundPages, skip: Callable[[int], bool]) -> Dict[tuple, int]:
+    out: Dict[tuple, int] = {}
+    for c, n in pages.groups(skip):
+        key = tuple(c[k] for k in LAYOUT if k != "tail_pfn")
+        out[key] = out.get(key, 0) + n
+    return out
 
 
 def cross_check(v: DeviceView) -> Optional[Check]:
@@ -295,12 +276,7 @@ def cross_check(v: DeviceView) -> Optional[Check]:
     if v.sources.populate:
         if v.probe_reused != w["reused"]:
             diffs.append(f"probes saw {v.probe_reused} reused PTEs, the walk {w['reused']}")
-        count, h, (live, walked) = layout_differences(laid_out(v.probe_compounds, v),
-                                                      laid_out(v.walk_compounds, v))
-        if count:
-            diffs.append(f"{count} compound pages differ, first at pfn {h}: probes (ptes, "
-                         f"fresh, reused, on tail, tail pfn, head fresh, tail fresh) {live}, walk "
-                         f"{walked}")
+        diffs.extend(layout_differences(v.probe_compounds, v.walk_compounds, on_boot(v)))
     if diffs:
         return Check("cross-check", FAIL, "; ".join(diffs))
     return Check("cross-check", PASS,

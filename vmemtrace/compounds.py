@@ -1,81 +1,274 @@
-"""One range's compound pages as one source saw them (the probes, or the page-table walk), held
-as columns of machine integers rather than one dict per page.
+"""One range's compound pages as one source saw them (the probes, or the page-table walk): folded
+as they come into what the checks judge, in memory that does not grow with the range (issue 13).
 
-A 1 TiB range of 2 MiB compound pages has 524288 of them per source; as parsed JSON objects
-they took 1.9 GB to replay (issue 13). Here a page costs one 8-byte slot per key, about 80
-bytes, and the dicts the checks read are rebuilt one at a time as they iterate. Pure: no I/O.
+A 1 TiB range of 2 MiB compound pages has 524288 of them per source. Kept one by one (as JSON
+objects, then as columns) they cost 1.9 GB, then 80 bytes each, and every scrape re-read them all.
+Here each page is judged as it is appended and only this is kept:
+- its layout class: the counts the checks judge (checks.compound_problem), with how many pages
+  have it and the lowest-headed one (at most MAX_CLASSES classes; a well-formed range has one);
+- the pages headed in the range's first section and in the highest section seen so far, whole:
+  boot memory can only share a section with a range's first or last piece (geometry.boot_shared),
+  so these are the only pages the checks may have to set apart as on the boot memmap;
+- per part of PART_PAGES compound pages, a count and an order-independent digest of each page's
+  (head, layout), which --cross-check compares between sources;
+- one bit per compound page (a head seen twice) and one per first tail page's pfn (two pages
+  sharing one), both sparse;
+- the first few things no kernel can have produced (an edited or cut log).
+Pure: no I/O.
 """
 
-import heapq
+import hashlib
+import struct
 from array import array
-from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
-# A "compound" event's own counts (events.REQUIRED), one column each.
+from vmemtrace.geometry import PAGES_PER_SECTION
+
+# A "compound" event's own counts (events.REQUIRED), one column each in CompoundColumns.
 COLUMNS = ("head_pfn", "ptes", "fresh", "reused", "existing", "head_fresh", "tail_fresh",
            "tail_pfn", "on_tail", "max_index")
 # Keys every compound page of one range shares (the range's start and its compound size, which
-# bpf/vmemtrace.bpf.c and backing.py copy into each): kept once, and per page only where a page
-# says otherwise (an edited log, which ledger.inconsistencies() then reports).
+# bpf/vmemtrace.bpf.c and backing.py copy into each).
 SHARED = ("range_start_pfn", "pfns_per_compound")
+# What the probes and the walk must agree on per compound page (the walk cannot tell a
+# pre-existing PTE from a new one, so "existing" is not among them).
+LAYOUT = ("ptes", "fresh", "reused", "on_tail", "tail_pfn", "head_fresh", "tail_fresh")
+# A layout class: the counts a page is judged by, without its own pfns.
+CLASS = ("ptes", "fresh", "reused", "existing", "head_fresh", "tail_fresh", "on_tail", "max_index")
+MAX_CLASSES = 64
+PART_PAGES = 256  # compound pages per cross-check part: 512 MiB of 2 MiB pages, 256 GiB of 1 GiB
+MAX_PROBLEMS = 3
 
 
-class CompoundPages:
-    """A sequence of "compound" events (dicts, as events.py reads them), appended one by one."""
+class PfnSet:
+    """A set of page frame numbers as a sparse bitmap: 4 KiB per 32768 neighbouring pfns seen.
+    The backing pages of a range's vmemmap lie in a few runs of RAM, so a 1 TiB range's million
+    pages cost a few hundred KiB where a Python set took tens of MiB."""
+
+    CHUNK_BITS = 15
+
+    def __init__(self):
+        self._chunks: Dict[int, bytearray] = {}
+        self._len = 0
+
+    def add(self, pfn: int) -> bool:
+        """Adds pfn; False when it was there already."""
+        chunk = self._chunks.get(pfn >> self.CHUNK_BITS)
+        if chunk is None:
+            chunk = self._chunks[pfn >> self.CHUNK_BITS] = bytearray(1 << (self.CHUNK_BITS - 3))
+        low = pfn & ((1 << self.CHUNK_BITS) - 1)
+        bit = 1 << (low & 7)
+        if chunk[low >> 3] & bit:
+            return False
+        chunk[low >> 3] |= bit
+        self._len += 1
+        return True
+
+    def __contains__(self, pfn: int) -> bool:
+        chunk = self._chunks.get(pfn >> self.CHUNK_BITS)
+        low = pfn & ((1 << self.CHUNK_BITS) - 1)
+        return chunk is not None and bool(chunk[low >> 3] & (1 << (low & 7)))
+
+    def __len__(self) -> int:
+        return self._len
+
+    def nbytes(self) -> int:
+        return sum(len(c) for c in self._chunks.values())
+
+
+def digest(c: dict) -> int:
+    """A compound page's (head, layout) as 64 bits; summed modulo 2^64 per part, the sum does
+    not depend on the order the pages came in."""
+    packed = struct.pack("<8Q", c["head_pfn"], *(c[k] for k in LAYOUT))
+    return int.from_bytes(hashlib.blake2b(packed, digest_size=8).digest(), "little")
+
+
+MASK = (1 << 64) - 1
+
+
+class CompoundColumns:
+    """Compound events held as columns of machine integers (8 bytes per key and page), for
+    those that must be kept whole for a while: the probes' complete pages until their range's
+    event comes (probes/loader.py), a walk's until its walk event is known (backing.py)."""
 
     def __init__(self, source: Optional[str] = None):
-        self.source = source  # None: the probes; "walk": the page-table walk
-        self._cols = {k: array("Q") for k in COLUMNS}
-        self._shared: Optional[Tuple[int, int]] = None
-        self._odd: Dict[int, Tuple[int, int]] = {}  # row -> its own SHARED values
+        self.source = source
+        self._cols = {k: array("Q") for k in COLUMNS + SHARED}
 
     def append(self, ev: dict) -> None:
-        shared = tuple(ev[k] for k in SHARED)
-        if self._shared is None:
-            self._shared = shared
-        elif shared != self._shared:
-            self._odd[len(self)] = shared
         for k, col in self._cols.items():
             col.append(ev[k])
-
-    def take(self, keep) -> "CompoundPages":
-        """Split in two: returns the pages for which keep(head_pfn) is true, self keeps the rest."""
-        taken, left = CompoundPages(self.source), CompoundPages(self.source)
-        for i in range(len(self)):
-            (taken if keep(self._cols["head_pfn"][i]) else left).append(self[i])
-        self._cols, self._shared, self._odd = left._cols, left._shared, left._odd
-        return taken
 
     def __len__(self) -> int:
         return len(self._cols["head_pfn"])
 
-    def _row(self, i: int) -> dict:
-        ev = {"type": "compound", "head_pfn": 0}
-        if self.source is not None:
-            ev["source"] = self.source
-        for k, v in zip(SHARED, self._odd.get(i, self._shared)):
-            ev[k] = v
-        for k, col in self._cols.items():
-            ev[k] = col[i]
-        return ev
-
-    def __getitem__(self, i: Union[int, slice]) -> Union[dict, List[dict]]:
-        if isinstance(i, slice):
-            return [self._row(j) for j in range(*i.indices(len(self)))]
-        n = len(self)
-        if not -n <= i < n:
-            raise IndexError("compound page index out of range")
-        return self._row(i % n)
-
     def __iter__(self) -> Iterator[dict]:
+        cols = list(self._cols.items())
         for i in range(len(self)):
-            yield self._row(i)
-
-    def in_order(self, extra: Iterable[dict] = ()) -> Iterator[dict]:
-        """Its pages and `extra` (compound events) in head order, one at a time."""
-        heads = self._cols["head_pfn"]
-        mine = (self._row(i) for i in sorted(range(len(self)), key=heads.__getitem__))
-        theirs = sorted(extra, key=lambda ev: ev["head_pfn"])
-        return heapq.merge(mine, theirs, key=lambda ev: ev["head_pfn"])
+            ev = {"type": "compound"}
+            if self.source is not None:
+                ev["source"] = self.source
+            for k, col in cols:
+                ev[k] = col[i]
+            yield ev
 
     def nbytes(self) -> int:
         return sum(c.itemsize * len(c) for c in self._cols.values())
+
+
+class CompoundPages:
+    """One source's compound events of one range, folded one by one (module docstring)."""
+
+    def __init__(self, source: Optional[str] = None, pages_per_section: int = PAGES_PER_SECTION):
+        self.source = source  # None: the probes; "walk": the page-table walk
+        self.pages_per_section = pages_per_section
+        self.shared: Optional[Tuple[int, int]] = None  # the first page's SHARED values
+        self.count = 0
+        self.classes: Dict[tuple, List] = {}  # class -> [pages, lowest head, its event]
+        self.unclassed = 0  # pages of classes beyond MAX_CLASSES
+        self.parts: Dict[int, List[int]] = {}  # part -> [pages, digest sum]
+        self.first_section: List[dict] = []  # pages headed in the range's first section
+        self.last_section: List[dict] = []  # ... in the highest other section seen so far
+        self.last_section_nr: Optional[int] = None
+        self.lowest_head: Optional[int] = None
+        self.highest_head: Optional[int] = None
+        self.reused_head: Optional[int] = None  # the lowest head with a reused PTE
+        self.shared_tail: Optional[Tuple[int, int]] = None  # (tail pfn, head) first seen twice
+        self.problems: List[str] = []  # what no kernel can have produced
+        self._heads = PfnSet()  # compound page indices within the range
+        self._tails = PfnSet()  # first tail pfns of the summarised pages
+
+    @property
+    def what(self) -> str:
+        return "walk" if self.source == "walk" else "probes"
+
+    def _problem(self, text: str) -> None:
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(f"{text} ({self.what})")
+
+    def append(self, ev: dict) -> None:
+        c = {k: ev[k] for k in COLUMNS}
+        head = c["head_pfn"]
+        shared = tuple(ev[k] for k in SHARED)
+        if self.shared is None:
+            self.shared = shared
+        elif shared != self.shared:
+            self._problem(f"compound page at pfn {head} belongs to a range at pfn {shared[0]} of "
+                          f"{shared[1]}-page compound pages, the others to one at pfn "
+                          f"{self.shared[0]} of {self.shared[1]}")
+        start, ppc = self.shared
+        self.count += 1
+        self._check(c, start, ppc)
+        self.lowest_head = head if self.lowest_head is None else min(self.lowest_head, head)
+        self.highest_head = head if self.highest_head is None else max(self.highest_head, head)
+        if c["reused"] and (self.reused_head is None or head < self.reused_head):
+            self.reused_head = head
+        section = head // self.pages_per_section
+        if section == start // self.pages_per_section:
+            self.first_section.append(c)
+        elif self.last_section_nr is None or section > self.last_section_nr:
+            for old in self.last_section:
+                self._summarise(old)
+            self.last_section, self.last_section_nr = [c], section
+        elif section == self.last_section_nr:
+            self.last_section.append(c)
+        else:
+            self._summarise(c)
+
+    def _check(self, c: dict, start: int, ppc: int) -> None:
+        head = c["head_pfn"]
+        if c["ptes"] != c["fresh"] + c["reused"] + c["existing"] or c["on_tail"] > c["reused"] \
+                or c["head_fresh"] > 1 or c["tail_fresh"] > 1 \
+                or c["head_fresh"] + c["tail_fresh"] > c["fresh"]:
+            self._problem(f"compound page at pfn {head} does not add up (ptes {c['ptes']}, fresh "
+                          f"{c['fresh']}, reused {c['reused']}, on tail {c['on_tail']})")
+        if head < start:
+            self._problem(f"compound page at pfn {head} is outside its range")
+        elif (head - start) % max(ppc, 1):
+            self._problem(f"compound page at pfn {head} is not aligned to the range's "
+                          f"{ppc}-page compound pages")
+        elif not self._heads.add((head - start) // max(ppc, 1)):
+            self._problem(f"compound page at pfn {head} appears twice")
+
+    def _summarise(self, c: dict) -> None:
+        key = tuple(c[k] for k in CLASS)
+        cls = self.classes.get(key)
+        if cls is None and len(self.classes) < MAX_CLASSES:
+            cls = self.classes[key] = [0, c["head_pfn"], c]
+        if cls is None:
+            self.unclassed += 1
+        else:
+            cls[0] += 1
+            if c["head_pfn"] < cls[1]:
+                cls[1], cls[2] = c["head_pfn"], c
+        self._add_part(self.parts, c)
+        if c["tail_fresh"] and not self._tails.add(c["tail_pfn"]) and self.shared_tail is None:
+            self.shared_tail = (c["tail_pfn"], c["head_pfn"])
+
+    def _add_part(self, parts: Dict[int, List[int]], c: dict) -> None:
+        start, ppc = self.shared
+        part = parts.setdefault((c["head_pfn"] - start) // max(ppc, 1) // PART_PAGES, [0, 0])
+        part[0] += 1
+        part[1] = (part[1] + digest(c)) & MASK
+
+    def __len__(self) -> int:
+        return self.count
+
+    def kept(self, skip: Callable[[int], bool] = lambda head: False) -> List[dict]:
+        """The pages kept whole (those of the first and the highest section), less those whose
+        head skip() sets apart, in head order."""
+        return sorted((c for c in self.first_section + self.last_section if not skip(c["head_pfn"])),
+                      key=lambda c: c["head_pfn"])
+
+    def groups(self, skip: Callable[[int], bool] = lambda head: False) -> Iterator[Tuple[dict, int]]:
+        """(a compound event, how many pages have its layout): one per layout class, the class's
+        lowest-headed page standing for it, then each kept page that skip() does not set apart.
+        Pages beyond MAX_CLASSES classes are not among them (unclassed counts them)."""
+        for n, _, c in self.classes.values():
+            yield self._event(c), n
+        for c in self.kept(skip):
+            yield self._event(c), 1
+
+    def _event(self, c: dict) -> dict:
+        ev = {"type": "compound", **c}
+        if self.source is not None:
+            ev["source"] = self.source
+        if self.shared is not None:
+            ev.update(zip(SHARED, self.shared))
+        return ev
+
+    def judged(self, skip: Callable[[int], bool] = lambda head: False) -> int:
+        """Pages skip() does not set apart (it sees only the kept ones: the others cannot lie on
+        the boot memmap)."""
+        return self.count - len(self.first_section) - len(self.last_section) + len(self.kept(skip))
+
+    def sharing(self, skip: Callable[[int], bool] = lambda head: False) -> Optional[Tuple[int, int]]:
+        """(tail pfn, head) of a page whose first tail page another page has too, or None."""
+        if self.shared_tail is not None:
+            return self.shared_tail
+        seen = set()
+        for c in self.kept(skip):
+            if not c["tail_fresh"]:
+                continue
+            if c["tail_pfn"] in self._tails or c["tail_pfn"] in seen:
+                return c["tail_pfn"], c["head_pfn"]
+            seen.add(c["tail_pfn"])
+        return None
+
+    def digests(self, skip: Callable[[int], bool] = lambda head: False) -> Dict[int, List[int]]:
+        """Per part: [pages, digest sum], of every page skip() does not set apart."""
+        if self.shared is None:
+            return {}
+        parts = {k: list(v) for k, v in self.parts.items()}
+        for c in self.kept(skip):
+            self._add_part(parts, c)
+        return parts
+
+    def part_pfns(self, part: int) -> Tuple[int, int]:
+        start, ppc = self.shared
+        return start + part * PART_PAGES * ppc, start + (part + 1) * PART_PAGES * ppc
+
+    def nbytes(self) -> int:
+        """What the summary holds, roughly: its bitmaps, parts, classes and kept pages."""
+        return (self._heads.nbytes() + self._tails.nbytes() + 48 * len(self.parts)
+                + 200 * (len(self.classes) + len(self.first_section) + len(self.last_section)))

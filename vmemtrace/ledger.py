@@ -4,7 +4,6 @@ Pure: takes the event dicts of events.py, returns plain objects; no kernel, no B
 """
 
 from dataclasses import dataclass, field, replace
-from itertools import chain
 from typing import Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
 
 from vmemtrace import events, geometry
@@ -132,31 +131,18 @@ class DeviceLedger:
             out.append(f"the walk does not add up (vmemmap pages {w['vmemmap_pages']}, mapped "
                        f"{w['mapped']}, distinct {w['distinct']}, reused {w['reused']}, by level "
                        f"{w['levels']})")
-        for c in chain(self.compounds, self.walk_compounds):
-            if c["ptes"] != c["fresh"] + c["reused"] + c["existing"] or c["on_tail"] > c["reused"] \
-                    or c["head_fresh"] > 1 or c["tail_fresh"] > 1 \
-                    or c["head_fresh"] + c["tail_fresh"] > c["fresh"]:
-                out.append(f"compound page at pfn {c['head_pfn']} does not add up (ptes "
-                           f"{c['ptes']}, fresh {c['fresh']}, reused {c['reused']}, on tail "
-                           f"{c['on_tail']})")
         ppc = self.pfns_per_compound
-        for what, compounds in (("probes", self.compounds), ("walk", self.walk_compounds)):
-            last = -1  # in head order, as the drain (bpf/) and the walk (backing.py) give them
-            for c in compounds:
-                head = c["head_pfn"]
-                if head == last:
-                    out.append(f"compound page at pfn {head} appears twice ({what})")
-                elif head < last:
-                    out.append(f"compound page at pfn {head} comes after pfn {last}: not in "
-                               f"head order ({what})")
-                elif not self.start_pfn <= head < self.start_pfn + max(self.nr_pages, 1):
-                    out.append(f"compound page at pfn {head} is outside its range ({what})")
-                elif (head - self.start_pfn) % ppc:
-                    out.append(f"compound page at pfn {head} is not aligned to the range's "
-                               f"{ppc}-page compound pages ({what})")
-                last = head
-                if len(out) > 2:
-                    return out
+        for pages in (self.compounds, self.walk_compounds):
+            out.extend(pages.problems)
+            if pages.shared is not None and (self.range or self.walk) is not None \
+                    and pages.shared != (self.start_pfn, ppc):
+                out.append(f"the compound pages the {pages.what} saw are of a range at pfn "
+                           f"{pages.shared[0]} with {pages.shared[1]}-page compound pages, not "
+                           f"of this one at pfn {self.start_pfn} with {ppc}")
+            end = self.start_pfn + max(self.nr_pages, 1)
+            if pages.highest_head is not None and pages.highest_head >= end:
+                out.append(f"compound page at pfn {pages.highest_head} is outside its range "
+                           f"({pages.what})")
         return out
 
     def account(self, sources: "Sources", feature: bool) -> Account:
@@ -256,7 +242,7 @@ class Fold:
     """The state of one fold, fed one event at a time (replay streams its file, a live trace
     folds as it goes): ranges by start pfn (a re-created range replaces the old), the sections
     still waiting for their range, and the closing events. Each event is folded into its range
-    and not kept: a range's compound pages go into compact columns (compounds.py)."""
+    and not kept: a range's compound pages are judged as they come (compounds.py)."""
 
     header: dict
     ranges: Dict[int, DeviceLedger] = field(default_factory=dict)

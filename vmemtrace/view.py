@@ -4,10 +4,11 @@ and the witnesses beside it. Built once per device from a Ledger; pure, no I/O.
 """
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Tuple
 
 from vmemtrace import geometry
 from vmemtrace.account import Account
+from vmemtrace.compounds import CompoundPages
 from vmemtrace.ledger import DeviceLedger, Ledger
 from vmemtrace.probes.plan import Sources
 
@@ -23,7 +24,7 @@ class Observed:
     vmemmap_pages: Optional[int]
     struct_pages_initialized: Optional[int]
     init_source: str
-    compounds: Optional[Sequence[dict]]  # per compound page vmemmap layout (compounds.py)
+    compounds: Optional[CompoundPages]  # the compound pages' vmemmap layout, judged (compounds.py)
     reused: Optional[int]  # vmemmap PTEs mapped onto an already used page
     how: str  # "" when probes saw it, BY_WALK when the page-table walk did
     vmemmap_why: str  # why vmemmap_pages is None, or why the walk answered instead of the probes
@@ -86,8 +87,8 @@ class DeviceView:
     sources: Sources
     range: Optional[dict]  # the memmap_init_zone_device event, None when not seen
     walk: Optional[dict]
-    probe_compounds: Sequence[dict]
-    walk_compounds: Sequence[dict]
+    probe_compounds: CompoundPages
+    walk_compounds: CompoundPages
     probe_allocated: int  # vmemmap pages the allocator probes saw
     probe_reused: int  # PTEs the populate probes saw reused
     kernel_log: Optional[dict]

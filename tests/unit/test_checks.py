@@ -9,6 +9,7 @@ import pytest
 from tests.conftest import FIXTURES
 from vmemtrace import checks, events, ledger, view
 from vmemtrace.checks import ERROR, FAIL, PASS, SKIP
+from vmemtrace.compounds import CompoundPages
 
 LOGS = FIXTURES / "events"
 
@@ -20,6 +21,22 @@ def view_of(series: str, case: str, expect: str = "auto") -> view.DeviceView:
         led = ledger.fold(events.read(fh, case))
     (d,) = led.devices
     return view.device_view(d, led, expect)
+
+
+def compound_events(series: str, case: str, source=None) -> list:
+    """A recording's compound events of one source, to change and fold again."""
+    (folder,) = [p for p in LOGS.iterdir() if p.name.startswith(series + ".") or
+                 p.name.startswith(series + "-")]
+    with open(folder / case) as fh:
+        return [e for e in events.read(fh, case)
+                if e["type"] == "compound" and e.get("source") == source]
+
+
+def pages(evs, source=None) -> CompoundPages:
+    out = CompoundPages(source)
+    for ev in evs:
+        out.append(ev)
+    return out
 
 
 def seen(v: view.DeviceView, **changes) -> view.DeviceView:
@@ -53,16 +70,24 @@ def test_eligibility_against_the_expectation(mem2m, dev2m):
 def test_tail_reuse_judges_every_compound_page(mem2m):
     c = checks.tail_reuse(mem2m)
     assert c.status == PASS and "all 1536 compound pages" in c.detail
-    broken = [dict(cp) for cp in mem2m.seen.compounds]
-    broken[7] = dict(broken[7], fresh=3, reused=broken[7]["reused"] - 1)
-    c = checks.tail_reuse(seen(mem2m, compounds=broken))
-    assert c.status == FAIL and f"pfn {broken[7]['head_pfn']}: 3 freshly allocated" in c.detail
-    c = checks.tail_reuse(seen(mem2m, compounds=mem2m.seen.compounds[:-1]))
-    assert c.status == FAIL and "1535 compound pages, expected 1536" in c.detail
-    shared = [dict(cp) for cp in mem2m.seen.compounds]
-    shared[1] = dict(shared[1], tail_pfn=shared[0]["tail_pfn"])
-    c = checks.tail_reuse(seen(mem2m, compounds=shared))
-    assert c.status == FAIL and "share their first tail vmemmap page" in c.detail
+    evs = compound_events("6.12", "mem-2M.jsonl")
+    for i in (0, 7, 700, 1535):  # kept whole (first and last section) or only counted
+        broken = [dict(cp) for cp in evs]
+        broken[i] = dict(broken[i], fresh=3, reused=broken[i]["reused"] - 1)
+        c = checks.tail_reuse(seen(mem2m, compounds=pages(broken)))
+        assert c.status == FAIL and f"pfn {broken[i]['head_pfn']}: 3 freshly allocated" in c.detail
+    broken[9] = dict(broken[9], on_tail=0)
+    c = checks.tail_reuse(seen(mem2m, compounds=pages(broken)))
+    assert c.status == FAIL and "(and 1 more compound pages)" in c.detail
+    for i in (0, 700, 1535):
+        c = checks.tail_reuse(seen(mem2m, compounds=pages(evs[:i] + evs[i + 1:])))
+        assert c.status == FAIL and "1535 compound pages, expected 1536" in c.detail
+    for a, b in ((0, 1), (1, 700), (700, 900), (1535, 3)):
+        shared = [dict(cp) for cp in evs]
+        shared[b] = dict(shared[b], tail_pfn=shared[a]["tail_pfn"])
+        c = checks.tail_reuse(seen(mem2m, compounds=pages(reversed(shared))))
+        assert c.status == FAIL and "shares its first tail vmemmap page" in c.detail
+        assert f"(pfn {shared[a]['tail_pfn']})" in c.detail
     c = checks.tail_reuse(seen(mem2m, compounds=None, populate_why="not probed here"))
     assert (c.status, c.detail) == (SKIP, "not probed here")
 
@@ -102,10 +127,20 @@ def test_cross_check_only_when_asked(mem2m):
     assert checks.cross_check(mem2m).status == PASS
     assert checks.cross_check(replace(mem2m, cross_check=False)) is None
     assert checks.cross_check(replace(mem2m, walk=None)).status == FAIL
-    moved = [dict(c) for c in mem2m.walk_compounds]
-    moved[0] = dict(moved[0], tail_pfn=moved[0]["tail_pfn"] + 1)
-    c = checks.cross_check(replace(mem2m, walk_compounds=tuple(moved)))
-    assert c.status == FAIL and f"first at pfn {moved[0]['head_pfn']}" in c.detail
+    walked = compound_events("6.12", "mem-2M.jsonl", "walk")
+    assert checks.cross_check(replace(mem2m, walk_compounds=pages(reversed(walked), "walk"))).status == PASS
+    for i in (0, 600, 1535):
+        moved = [dict(c) for c in walked]
+        moved[i] = dict(moved[i], tail_pfn=moved[i]["tail_pfn"] + 1)
+        c = checks.cross_check(replace(mem2m, walk_compounds=pages(moved, "walk")))
+        lo = mem2m.shape.start_pfn + (i // 256) * 256 * 512
+        assert c.status == FAIL and f"differ in 1 of 6 parts of the range, first in pfns {lo} to " \
+            f"{lo + 256 * 512}" in c.detail, c.detail
+        assert "laid out as" not in c.detail  # the same layouts, one on another tail page
+    unshared = [dict(c) for c in walked]
+    unshared[5] = dict(unshared[5], reused=unshared[5]["reused"] - 1, fresh=unshared[5]["fresh"] + 1)
+    c = checks.cross_check(replace(mem2m, walk_compounds=pages(unshared, "walk")))
+    assert c.status == FAIL and "(8, 2, 6, 6, 1, 1): probes 1536, walk 1535" in c.detail, c.detail
 
 
 def test_range_complete_error_is_the_evidence_not_the_kernel(mem2m):

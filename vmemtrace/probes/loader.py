@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
-from vmemtrace.compounds import CompoundPages
+from vmemtrace.compounds import CompoundColumns
 from vmemtrace.errors import VmemtraceError
 from vmemtrace.kernel import btf, compat, environment, headers
 from vmemtrace.kernel import release as kernel_release
@@ -181,8 +181,8 @@ class Tracer:
         self._queue: List[dict] = []
         self._perf: list = []  # the perf event arrays whose buffers are open
         # Complete compound pages (their perf events) until their range's event comes, in
-        # compact columns.
-        self._held = CompoundPages()
+        # compact columns, by the start of the range they belong to.
+        self._held: Dict[int, CompoundColumns] = {}
         self.bpf = compiled.result()
         try:
             self._attach(plan)
@@ -251,7 +251,8 @@ class Tracer:
             ev = fields(perf.event(data))
             ev["type"] = kind
             if kind == "compound":
-                self._held.append(ev)  # sent when complete: it comes out after its range
+                # sent when complete: it comes out after its range
+                self._held.setdefault(ev["range_start_pfn"], CompoundColumns()).append(ev)
                 return
             for key in ("altmap", "has_pgmap", "ok"):
                 if key in ev:
@@ -283,11 +284,12 @@ class Tracer:
                                      f"{os.strerror(ctypes.get_errno())}")
 
     def drain_compound(self, start_pfn: Optional[int] = None, nr_pages: int = 0) -> Iterator[dict]:
-        """Per-compound-page aggregates of one range (all with start_pfn None), in head order:
-        those sent complete and those still in the map (never completed), which are removed so
-        that a later namespace at the same pfns starts from zero. Entries of other ranges stay in the
-        map: a range still being populated by another thread carries its compound pages across
-        sections there (bpf/vmemtrace.bpf.c, cp_load)."""
+        """Per-compound-page aggregates of one range (all with start_pfn None): those sent
+        complete and those still in the map (never completed), which are removed so that a
+        later namespace at the same pfns starts from zero. In no particular order: the fold
+        needs none (compounds.py). Entries of other ranges stay in the map: a range still
+        being populated by another thread carries its compound pages across sections there
+        (bpf/vmemtrace.bpf.c, cp_load)."""
         table = self.bpf["compound"]
 
         def mine(pfn: int) -> bool:
@@ -295,8 +297,9 @@ class Tracer:
 
         left = [(key, ev) for key, ev in self._read_compound(table) if mine(key)]
         self._delete(table, [key for key, _ in left])
-        held = self._held.take(mine)
-        for ev in held.in_order(extra=[ev for _, ev in left]):
+        for start in [s for s in self._held if mine(s)]:
+            yield from self._held.pop(start)
+        for _, ev in left:
             yield ev
 
     @staticmethod
