@@ -206,7 +206,8 @@ def loss(rounds):
                 errors[k] = errors.get(k, 0) + v
     return {"namespaces": 3 * rounds, "events": len(events), "lost": lost, "bpf_errors": errors,
             "ranges": sum(e["type"] == "range" for e in events),
-            "compound": sum(e["type"] == "compound" for e in events), "exit": proc.returncode}
+            "compound": sum(e["count"] for e in events if e["type"] == "compounds"),
+            "exit": proc.returncode}
 
 
 def footprint(scrapes, rounds):

@@ -8,6 +8,9 @@ smallest size.
 
     .venv/bin/python bench/size.py [SIZE ...]      # default 3G 64G 256G 1T
 
+Each grown log is replayed twice: as schema 2 (one event per compound page) and as schema 3
+(summarised(): one summary per range and source, what a trace now writes).
+
 Grown logs are benchmark input, not evidence about a kernel: the recording's sections, compound
 pages (probes and walk) and counts are repeated section by section with their pfns shifted, and
 each copy's first-tail pages moved to pfns of their own (2^28 pages apart), so that the grown
@@ -22,7 +25,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator, List
+from typing import Iterable, Iterator, List, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from vmemtrace.compounds import CompoundPages  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 LOG = next((ROOT / "tests/fixtures/events").glob("6.12*")) / "mem-2M.jsonl"
@@ -92,6 +98,28 @@ def grow(events: List[dict], size: int) -> Iterator[dict]:
             yield ev
 
 
+def summarised(events: Iterable[dict]) -> Iterator[dict]:
+    """A schema-2 log as schema 3 logs it (events.py): each run of one source's compound events
+    replaced by its summary (compounds.py), where the run ends. What a live trace of the same
+    range would now write."""
+    run: Optional[CompoundPages] = None
+    for ev in events:
+        if ev["type"] == "compound":
+            if run is not None and (run.source != ev.get("source")
+                                    or run.shared[0] != ev["range_start_pfn"]):
+                yield run.as_event()
+                run = None
+            run = run or CompoundPages(ev.get("source"))
+            run.append(ev)
+            continue
+        if run is not None:
+            yield run.as_event()
+            run = None
+        yield dict(ev, schema=3) if ev["type"] == "header" else ev
+    if run is not None:
+        yield run.as_event()
+
+
 def recording() -> List[dict]:
     with open(LOG) as fh:
         return [json.loads(line) for line in fh]
@@ -121,23 +149,32 @@ def main(sizes: List[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for text in sizes:
             size = _parse_size(text)
-            path = Path(tmp) / f"mem-2M-{text}.jsonl"
-            with open(path, "w") as fh:
-                for ev in grow(base, size):
-                    fh.write(json.dumps(ev, sort_keys=True) + "\n")
-            ours = measure([sys.executable, "-m", "vmemtrace", "replay", "--json", str(path)])
-            verdict = json.loads(ours["out"])["verdict"] if ours["out"] else ours["err"][-200:]
-            plain = measure([sys.executable, "-c", PLAIN, str(path)])
-            rows.append((text, path.stat().st_size, ours, plain, verdict))
-            path.unlink()
+            row = [text]
+            for schema, make in ((2, grow), (3, lambda evs, n: summarised(grow(evs, n)))):
+                path = Path(tmp) / f"mem-2M-{text}-{schema}.jsonl"
+                with open(path, "w") as fh:
+                    for ev in make(base, size):
+                        fh.write(json.dumps(ev, sort_keys=True) + "\n")
+                ours = measure([sys.executable, "-m", "vmemtrace", "replay", "--json", str(path)])
+                verdict = json.loads(ours["out"])["verdict"] if ours["out"] else ours["err"][-200:]
+                row += [path.stat().st_size, ours, verdict]
+                if schema == 2:
+                    row.append(measure([sys.executable, "-c", PLAIN, str(path)]))
+                path.unlink()
+            rows.append(row)
     first = rows[0]
+    print("schema 2: one event per compound page; schema 3: one summary per range and source;\n"
+          "dicts: a plain reader of the schema-2 log keeping every event as a JSON object\n")
     print(f"{'size':>5} {'log MB':>8} {'replay s':>9} {'RSS MB':>8} {'x RSS':>6} "
-          f"{'dicts s':>8} {'dicts MB':>9} {'x RSS':>6}  verdict")
-    for text, nbytes, ours, plain, verdict in rows:
-        print(f"{text:>5} {nbytes / 2**20:8.1f} {ours['seconds']:9.2f} {ours['rss_mb']:8.1f} "
-              f"{ours['rss_mb'] / first[2]['rss_mb']:6.2f} {plain['seconds']:8.2f} "
-              f"{plain['rss_mb']:9.1f} {plain['rss_mb'] / first[3]['rss_mb']:6.2f}  {verdict}")
-    return 0 if all(r[4] == "pass" for r in rows) else 1
+          f"{'dicts MB':>9} {'x RSS':>6} | {'log MB':>8} {'x log':>6} {'replay s':>9} "
+          f"{'RSS MB':>8} {'x RSS':>6}  verdicts")
+    for text, n2, ours2, v2, plain, n3, ours3, v3 in rows:
+        print(f"{text:>5} {n2 / 2**20:8.1f} {ours2['seconds']:9.2f} {ours2['rss_mb']:8.1f} "
+              f"{ours2['rss_mb'] / first[2]['rss_mb']:6.2f} {plain['rss_mb']:9.1f} "
+              f"{plain['rss_mb'] / first[4]['rss_mb']:6.2f} | {n3 / 2**20:8.2f} {n3 / first[5]:6.2f} "
+              f"{ours3['seconds']:9.2f} {ours3['rss_mb']:8.1f} {ours3['rss_mb'] / first[6]['rss_mb']:6.2f}"
+              f"  {v2}, {v3}")
+    return 0 if all(r[3] == "pass" and r[7] == "pass" for r in rows) else 1
 
 
 if __name__ == "__main__":

@@ -10,36 +10,37 @@ The compound events carry the same keys as the live ones (events.py), so one ver
 
 from typing import Iterable, Iterator, List, Optional, Tuple
 
-from vmemtrace.compounds import CompoundColumns, PfnSet
+from vmemtrace.compounds import CompoundPages, PfnSet
 
 Backing = Iterable[Optional[Tuple[int, str]]]  # per vmemmap page: (backing pfn, level) or None
 
 
 class Walked:
-    """A walk's events: the "walk" event, then its compound events (held in columns)."""
+    """A walk's events: the "walk" event, then the summary of its compound pages."""
 
-    def __init__(self, walk: dict, compounds: CompoundColumns):
+    def __init__(self, walk: dict, compounds: CompoundPages):
         self.walk, self.compounds = walk, compounds
 
     def __iter__(self) -> Iterator[dict]:
         yield self.walk
-        yield from self.compounds
+        if len(self.compounds):
+            yield self.compounds.as_event()
 
 
 def walk_events(start_pfn: int, nr_pages: int, pfns_per_compound: int, altmap: bool,
                 backing: Backing, struct_page_size: int, page_size: int,
                 paging: int) -> Walked:
-    """One "walk" event for the range, then one "compound" event (source "walk") per compound
-    page whose memmap spans whole vmemmap pages, all mapped by PTEs: only
+    """One "walk" event for the range, then the summary ("compounds", source "walk") of one
+    compound event per compound page whose memmap spans whole vmemmap pages, all mapped by PTEs: only
     vmemmap_populate_address() lays a compound page out page by page; a PMD-mapped vmemmap
     (altmap, or a range without compound pages) cannot share tail pages, exactly as the live
     probes, which only see PTEs, report no compound pages for it. `backing` is read once, in
     order; what is kept is one compound page's pages at a time, the set of backing pages (a bitmap)
-    and the compound events, in columns, until the walk event that comes first is known."""
+    and the compound pages' summary (compounds.py)."""
     per_compound = pfns_per_compound * struct_page_size // page_size
     laid = pfns_per_compound > 1 and per_compound >= 1
     levels, seen, reused, count = {}, PfnSet(), 0, 0
-    compounds, chunk = CompoundColumns("walk"), []
+    compounds, chunk = CompoundPages("walk"), []
     for b in backing:
         count += 1
         if b is not None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
 from vmemtrace import geometry
-from vmemtrace.compounds import LAYOUT, CompoundPages
+from vmemtrace.compounds import LAYOUT, CompoundPages, coarsen
 from vmemtrace.view import DeviceView, bounds
 
 PASS, FAIL, SKIP, ERROR = "pass", "fail", "skip", "error"
@@ -234,11 +234,13 @@ def layout_differences(a: CompoundPages, b: CompoundPages,
     """How two sources' compound pages differ, [] where they agree: per part of the range their
     counts and digests of (head, layout) (compounds.py), and which layout each counts how often,
     all without going back to the pages."""
-    da, db = a.digests(skip), b.digests(skip)
+    (sa, da), (sb, db) = a.digests(skip), b.digests(skip)
+    shift = max(sa, sb)  # the coarser of the two: parts merge exactly (compounds.coarsen)
+    da, db = coarsen(da, shift - sa), coarsen(db, shift - sb)
     differ = sorted(k for k in set(da) | set(db) if da.get(k) != db.get(k))
     if not differ:
         return []
-    lo, hi = (a if a.shared is not None else b).part_pfns(differ[0])
+    lo, hi = (a if a.shared is not None else b).part_pfns(shift, differ[0])
     out = [f"compound pages differ in {len(differ)} of {len(set(da) | set(db))} parts of the "
            f"range, first in pfns {lo} to {hi} (probes {da.get(differ[0], [0])[0]} compound "
            f"pages, walk {db.get(differ[0], [0])[0]})"]

@@ -19,12 +19,11 @@ Pure: no I/O.
 
 import hashlib
 import struct
-from array import array
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from vmemtrace.geometry import PAGES_PER_SECTION
 
-# A "compound" event's own counts (events.REQUIRED), one column each in CompoundColumns.
+# A "compound" event's own counts (events.REQUIRED), in the order a logged row has them.
 COLUMNS = ("head_pfn", "ptes", "fresh", "reused", "existing", "head_fresh", "tail_fresh",
            "tail_pfn", "on_tail", "max_index")
 # Keys every compound page of one range shares (the range's start and its compound size, which
@@ -36,7 +35,11 @@ LAYOUT = ("ptes", "fresh", "reused", "on_tail", "tail_pfn", "head_fresh", "tail_
 # A layout class: the counts a page is judged by, without its own pfns.
 CLASS = ("ptes", "fresh", "reused", "existing", "head_fresh", "tail_fresh", "on_tail", "max_index")
 MAX_CLASSES = 64
-PART_PAGES = 256  # compound pages per cross-check part: 512 MiB of 2 MiB pages, 256 GiB of 1 GiB
+# Compound pages per cross-check part: 2^8 at first (512 MiB of 2 MiB pages, 256 GiB of 1 GiB),
+# doubled whenever there would be more than MAX_PARTS parts (digest sums add up, so two
+# neighbouring parts merge into one exactly).
+PART_SHIFT = 8
+MAX_PARTS = 1024
 MAX_PROBLEMS = 3
 
 
@@ -76,44 +79,24 @@ class PfnSet:
         return sum(len(c) for c in self._chunks.values())
 
 
+MASK = (1 << 64) - 1
+
+
+def coarsen(parts: Dict[int, List[int]], by: int) -> Dict[int, List[int]]:
+    """Parts merged 2^by at a time: the digest of a union is the sum of the digests."""
+    out: Dict[int, List[int]] = {}
+    for k, (n, d) in parts.items():
+        part = out.setdefault(k >> by, [0, 0])
+        part[0] += n
+        part[1] = (part[1] + d) & MASK
+    return out
+
+
 def digest(c: dict) -> int:
     """A compound page's (head, layout) as 64 bits; summed modulo 2^64 per part, the sum does
     not depend on the order the pages came in."""
     packed = struct.pack("<8Q", c["head_pfn"], *(c[k] for k in LAYOUT))
     return int.from_bytes(hashlib.blake2b(packed, digest_size=8).digest(), "little")
-
-
-MASK = (1 << 64) - 1
-
-
-class CompoundColumns:
-    """Compound events held as columns of machine integers (8 bytes per key and page), for
-    those that must be kept whole for a while: the probes' complete pages until their range's
-    event comes (probes/loader.py), a walk's until its walk event is known (backing.py)."""
-
-    def __init__(self, source: Optional[str] = None):
-        self.source = source
-        self._cols = {k: array("Q") for k in COLUMNS + SHARED}
-
-    def append(self, ev: dict) -> None:
-        for k, col in self._cols.items():
-            col.append(ev[k])
-
-    def __len__(self) -> int:
-        return len(self._cols["head_pfn"])
-
-    def __iter__(self) -> Iterator[dict]:
-        cols = list(self._cols.items())
-        for i in range(len(self)):
-            ev = {"type": "compound"}
-            if self.source is not None:
-                ev["source"] = self.source
-            for k, col in cols:
-                ev[k] = col[i]
-            yield ev
-
-    def nbytes(self) -> int:
-        return sum(c.itemsize * len(c) for c in self._cols.values())
 
 
 class CompoundPages:
@@ -126,6 +109,7 @@ class CompoundPages:
         self.count = 0
         self.classes: Dict[tuple, List] = {}  # class -> [pages, lowest head, its event]
         self.unclassed = 0  # pages of classes beyond MAX_CLASSES
+        self.part_shift = PART_SHIFT
         self.parts: Dict[int, List[int]] = {}  # part -> [pages, digest sum]
         self.first_section: List[dict] = []  # pages headed in the range's first section
         self.last_section: List[dict] = []  # ... in the highest other section seen so far
@@ -158,7 +142,7 @@ class CompoundPages:
                           f"{self.shared[0]} of {self.shared[1]}")
         start, ppc = self.shared
         self.count += 1
-        self._check(c, start, ppc)
+        self._check(c, start, ppc, self._heads)
         self.lowest_head = head if self.lowest_head is None else min(self.lowest_head, head)
         self.highest_head = head if self.highest_head is None else max(self.highest_head, head)
         if c["reused"] and (self.reused_head is None or head < self.reused_head):
@@ -175,7 +159,7 @@ class CompoundPages:
         else:
             self._summarise(c)
 
-    def _check(self, c: dict, start: int, ppc: int) -> None:
+    def _check(self, c: dict, start: int, ppc: int, heads: Optional[PfnSet]) -> None:
         head = c["head_pfn"]
         if c["ptes"] != c["fresh"] + c["reused"] + c["existing"] or c["on_tail"] > c["reused"] \
                 or c["head_fresh"] > 1 or c["tail_fresh"] > 1 \
@@ -187,7 +171,7 @@ class CompoundPages:
         elif (head - start) % max(ppc, 1):
             self._problem(f"compound page at pfn {head} is not aligned to the range's "
                           f"{ppc}-page compound pages")
-        elif not self._heads.add((head - start) // max(ppc, 1)):
+        elif heads is not None and not heads.add((head - start) // max(ppc, 1)):
             self._problem(f"compound page at pfn {head} appears twice")
 
     def _summarise(self, c: dict) -> None:
@@ -207,9 +191,13 @@ class CompoundPages:
 
     def _add_part(self, parts: Dict[int, List[int]], c: dict) -> None:
         start, ppc = self.shared
-        part = parts.setdefault((c["head_pfn"] - start) // max(ppc, 1) // PART_PAGES, [0, 0])
+        index = (c["head_pfn"] - start) // max(ppc, 1)
+        part = parts.setdefault(index >> self.part_shift, [0, 0])
         part[0] += 1
         part[1] = (part[1] + digest(c)) & MASK
+        if len(parts) > MAX_PARTS and parts is self.parts:
+            self.part_shift += 1
+            self.parts = coarsen(parts, 1)
 
     def __len__(self) -> int:
         return self.count
@@ -255,20 +243,79 @@ class CompoundPages:
             seen.add(c["tail_pfn"])
         return None
 
-    def digests(self, skip: Callable[[int], bool] = lambda head: False) -> Dict[int, List[int]]:
-        """Per part: [pages, digest sum], of every page skip() does not set apart."""
+    def digests(self, skip: Callable[[int], bool] = lambda head: False) -> Tuple[int, Dict[int, List[int]]]:
+        """(part shift, per part [pages, digest sum]) of every page skip() does not set apart."""
         if self.shared is None:
-            return {}
+            return PART_SHIFT, {}
         parts = {k: list(v) for k, v in self.parts.items()}
         for c in self.kept(skip):
             self._add_part(parts, c)
-        return parts
+        return self.part_shift, parts
 
-    def part_pfns(self, part: int) -> Tuple[int, int]:
+    def part_pfns(self, shift: int, part: int) -> Tuple[int, int]:
         start, ppc = self.shared
-        return start + part * PART_PAGES * ppc, start + (part + 1) * PART_PAGES * ppc
+        return start + (part << shift) * ppc, start + ((part + 1) << shift) * ppc
 
     def nbytes(self) -> int:
         """What the summary holds, roughly: its bitmaps, parts, classes and kept pages."""
         return (self._heads.nbytes() + self._tails.nbytes() + 48 * len(self.parts)
                 + 200 * (len(self.classes) + len(self.first_section) + len(self.last_section)))
+
+    def as_event(self) -> dict:
+        """The summary as one "compounds" event (events.py) for the log: what the checks read,
+        rows in COLUMNS order; not the bitmaps, which only appending needs (a range's summary
+        is logged once it is complete)."""
+        ev = {"type": "compounds", "range_start_pfn": self.shared[0],
+              "pfns_per_compound": self.shared[1], "count": self.count,
+              "classes": [[n] + _row(c) for n, _, c in self.classes.values()],
+              "unclassed": self.unclassed, "part_shift": self.part_shift,
+              "parts": [[k, n, d] for k, (n, d) in sorted(self.parts.items())],
+              "kept": [_row(c) for c in self.kept()], "lowest_head": self.lowest_head,
+              "highest_head": self.highest_head, "reused_head": self.reused_head,
+              "shared_tail": list(self.shared_tail) if self.shared_tail else None,
+              "problems": list(self.problems)}
+        if self.source is not None:
+            ev["source"] = self.source
+        return ev
+
+    @classmethod
+    def from_event(cls, ev: dict) -> "CompoundPages":
+        """A logged summary (events.py has checked its types), with what no summary made by
+        append() can hold among its problems: an edited log."""
+        self = cls(ev.get("source"))
+        self.shared = (ev["range_start_pfn"], ev["pfns_per_compound"])
+        self.count, self.unclassed, self.part_shift = ev["count"], ev["unclassed"], ev["part_shift"]
+        self.lowest_head, self.highest_head = ev["lowest_head"], ev["highest_head"]
+        self.reused_head = ev["reused_head"]
+        self.shared_tail = tuple(ev["shared_tail"]) if ev["shared_tail"] else None
+        self.problems = list(ev["problems"])[:MAX_PROBLEMS]
+        start, ppc = self.shared
+        pages = []
+        for row in ev["classes"]:
+            c = dict(zip(COLUMNS, row[1:]))
+            key = tuple(c[k] for k in CLASS)
+            if key in self.classes or row[0] < 1 or len(self.classes) >= MAX_CLASSES:
+                self._problem(f"the summary's layout class of compound page at pfn "
+                              f"{c['head_pfn']} is empty, there twice or one too many")
+            self.classes[key] = [row[0], c["head_pfn"], c]
+            pages.append(c)
+        self.first_section = [dict(zip(COLUMNS, row)) for row in ev["kept"]]
+        self.parts = {k: [n, d] for k, n, d in ev["parts"]}
+        heads = PfnSet()
+        for c, bits in [(c, None) for c in pages] + [(c, heads) for c in self.first_section]:
+            self._check(c, start, ppc, bits)
+            if self.lowest_head is None or not self.lowest_head <= c["head_pfn"] <= self.highest_head:
+                self._problem(f"compound page at pfn {c['head_pfn']} lies outside the summary's "
+                              f"heads {self.lowest_head} to {self.highest_head}")
+        summed = sum(n for n, _, _ in self.classes.values()) + self.unclassed
+        parted = sum(n for n, _ in self.parts.values())
+        if summed + len(self.first_section) != self.count or parted != summed \
+                or any(k >> 40 for k in self.parts) or len(self.parts) > MAX_PARTS:
+            self._problem(f"the summary of {self.count} compound pages does not add up "
+                          f"({summed} in layout classes, {len(self.first_section)} kept whole, "
+                          f"{parted} in {len(self.parts)} parts)")
+        return self
+
+
+def _row(c: dict) -> List[int]:
+    return [c[k] for k in COLUMNS]

@@ -11,11 +11,16 @@ import time
 from typing import IO, Iterable, Iterator, List, Optional, Tuple
 
 from vmemtrace import __version__
+from vmemtrace.compounds import COLUMNS
 from vmemtrace.errors import VmemtraceError
 
 # 2: section events count allocations by their returns (plain, allocs, direct_bytes, pt_pages),
 # range events count __init_zone_device_page hits, and a "hits" event closes the log.
-SCHEMA = 2
+# 3: a range's compound pages are one "compounds" event per source, their summary
+# (compounds.py), after its range or walk event: a log's size follows the ranges, not their
+# size. Schema-2 logs, one "compound" event per page, are read as they are.
+SCHEMA = 3
+READABLE = (2, 3)
 
 REQUIRED = {
     # kernel facts at trace start; strategy: target -> its strategy (probes/plan.py)
@@ -27,6 +32,12 @@ REQUIRED = {
     # one compound page's vmemmap PTEs, aggregated in BPF
     "compound": ("head_pfn", "range_start_pfn", "pfns_per_compound", "ptes", "fresh", "reused",
                  "existing", "head_fresh", "tail_fresh", "tail_pfn", "on_tail", "max_index"),
+    # one source's compound pages of one range, judged as they came (compounds.py): rows are
+    # compound events' counts in compounds.COLUMNS order (a class's row after its page count),
+    # parts [part, pages, digest]; "source": "walk" for the walk's
+    "compounds": ("range_start_pfn", "pfns_per_compound", "count", "classes", "unclassed",
+                  "part_shift", "parts", "kept", "lowest_head", "highest_head", "reused_head",
+                  "shared_tail", "problems"),
     # one memmap_init_zone_device() call
     "range": ("start_pfn", "nr_pages", "pfns_per_compound", "altmap", "altmap_base_pfn",
               "altmap_reserve", "altmap_free", "mic_calls", "mic_pages", "mic_min", "mic_max",
@@ -69,12 +80,16 @@ TASK = ("pid", "ktime_ns", "comm")
 # at boot (read from mem_section where kcore can be read; kernel/kcore.py early_sections()).
 OPTIONAL = {"device": ("driver", "mode", "namespace", "pgmap_start_pfn", "pgmap_nr_pages",
                        "mapping", "mappings"),
-            "section": TASK, "range": TASK + ("boot_sections",), "walk": ("boot_sections",)}
+            "section": TASK, "range": TASK + ("boot_sections",), "walk": ("boot_sections",),
+            "compound": ("source",), "compounds": ("source",)}
 
 # Types of the keys that are not non-negative integer counts (the rest are: pfns, pages, bytes).
 BOOL, STR, LIST, DICT, NUMBER, SIGNED, INT_MAP, MAYBE_INT, INT_LIST = (
     "a boolean", "a string", "a list", "an object", "a number", "an integer", "an object of counts",
     "a count or null", "a list of counts")
+CLASS_ROWS, PAGE_ROWS, PARTS, MAYBE_PAIR, STR_LIST, SOURCE = (
+    f"a list of {len(COLUMNS) + 1} counts each", f"a list of {len(COLUMNS)} counts each",
+    "a list of [part, pages, digest]", "a pair of counts or null", "a list of strings", '"walk"')
 TYPES = {
     "header": {"kernel": STR, "version": LIST, "feature": DICT, "strategy": DICT},
     "section": {"altmap": BOOL, "has_pgmap": BOOL, "ok": BOOL, "comm": STR},
@@ -85,11 +100,15 @@ TYPES = {
     "command": {"argv": LIST, "exit": SIGNED, "seconds": NUMBER},
     "lost": {"errors": INT_MAP},
     "hits": {"hits": INT_MAP},
+    "compound": {"source": SOURCE},
+    "compounds": {"source": SOURCE, "classes": CLASS_ROWS, "kept": PAGE_ROWS, "parts": PARTS,
+                  "lowest_head": MAYBE_INT, "highest_head": MAYBE_INT, "reused_head": MAYBE_INT,
+                  "shared_tail": MAYBE_PAIR, "problems": STR_LIST},
 }
 # Physical limits: 52 address bits (x86_64 with 5-level paging) are 2^40 pages of 4 KiB.
 MAX_PFN = 1 << 40
 MAX_COUNT = 1 << 52
-MAX_LINE = 1 << 16  # the largest event, the header, is about 2 KiB
+MAX_LINE = 1 << 20  # the largest events, compounds summaries, are tens of KiB
 
 
 def _count(v) -> bool:
@@ -115,20 +134,37 @@ def _typed(v, kind: str) -> bool:
         return v is None or _count(v)
     if kind == INT_LIST:
         return isinstance(v, list) and len(v) <= 2 and all(_count(n) for n in v)
+    if kind in (CLASS_ROWS, PAGE_ROWS):
+        width = len(COLUMNS) + (kind == CLASS_ROWS)
+        return isinstance(v, list) and all(
+            isinstance(r, list) and len(r) == width and all(_count(n) for n in r) for r in v)
+    if kind == PARTS:
+        return isinstance(v, list) and all(
+            isinstance(r, list) and len(r) == 3 and _count(r[0]) and _count(r[1])
+            and type(r[2]) is int and 0 <= r[2] < 1 << 64 for r in v)
+    if kind == MAYBE_PAIR:
+        return v is None or (isinstance(v, list) and len(v) == 2 and all(_count(n) for n in v))
+    if kind == STR_LIST:
+        return isinstance(v, list) and all(isinstance(t, str) for t in v)
+    if kind == SOURCE:
+        return v == "walk"
     return _count(v)
 
 
 def _limits(event: dict) -> Optional[str]:
     """Numbers that no kernel can produce, which would otherwise make the ledger or geometry
     loop for ever or divide by zero."""
-    for key in ("pfn", "start_pfn", "head_pfn", "range_start_pfn", "nr_pages"):
-        if key in event and event[key] > MAX_PFN:
+    for key in ("pfn", "start_pfn", "head_pfn", "range_start_pfn", "nr_pages", "lowest_head",
+                "highest_head"):
+        if event.get(key) is not None and event[key] > MAX_PFN:
             return f"{key} {event[key]} is beyond 2^40 pages (52 physical address bits)"
     ppc = event.get("pfns_per_compound")
     if ppc is not None and (ppc < 1 or ppc & (ppc - 1) or ppc > 1 << 30):
         return f"pfns_per_compound {ppc} is not a power of two from 1 to 2^30"
     if "page_size" in event and event["page_size"] not in (4096, 16384, 65536):
         return f"page_size {event['page_size']} is not 4, 16 or 64 KiB"
+    if event.get("part_shift", 0) > 40:
+        return f"part_shift {event['part_shift']} is beyond 2^40 pages"
     sps = event.get("struct_page_size")
     if sps is not None and not (32 <= sps <= 256 and sps % 8 == 0):
         return f"struct_page_size {sps} is not a multiple of 8 from 32 to 256"
@@ -231,9 +267,10 @@ def stream(fh: IO[str], name: str) -> Iterator[dict]:
         if header is None:
             if event["type"] != "header":
                 raise VmemtraceError(f"{name}:{lineno}: the first event must be the header")
-            if event["schema"] != SCHEMA:
-                raise VmemtraceError(f"{name}:{lineno}: schema {event['schema']} is not {SCHEMA} "
-                                     "(recorded by another vmemtrace version)")
+            if event["schema"] not in READABLE:
+                raise VmemtraceError(f"{name}:{lineno}: schema {event['schema']} is not one of "
+                                     f"{', '.join(map(str, READABLE))} (recorded by another "
+                                     "vmemtrace version)")
             header = event
         elif event["type"] == "header":
             raise VmemtraceError(f"{name}:{lineno}: a second header (two logs joined?)")

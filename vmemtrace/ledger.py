@@ -291,6 +291,21 @@ class Fold:
         if owner is not None:
             (owner.walk_compounds if ev.get("source") == "walk" else owner.compounds).append(ev)
 
+    def compounds(self, ev: dict) -> None:
+        """A source's summary of a range's compound pages (schema 3), the whole of them."""
+        owner = self.owner(ev["range_start_pfn"])
+        if owner is None:
+            return
+        pages = CompoundPages.from_event(ev)
+        held = owner.walk_compounds if ev.get("source") == "walk" else owner.compounds
+        if len(held):
+            pages.problems.insert(0, f"a second summary of the compound pages of the range at pfn "
+                                     f"{owner.start_pfn} ({pages.what})")
+        if ev.get("source") == "walk":
+            owner.walk_compounds = pages
+        else:
+            owner.compounds = pages
+
     def lost_event(self, ev: dict) -> None:
         self.lost += ev["count"]
         for k, v in ev["errors"].items():
@@ -301,7 +316,7 @@ class Fold:
         kind = ev["type"]
         if kind == "section":
             self.pending.append(ev)
-        elif kind in ("range", "walk", "compound"):
+        elif kind in ("range", "walk", "compound", "compounds"):
             getattr(self, kind)(ev)
         elif kind == "vmstat":
             self.vmstat[ev["when"]] = ev["nr_memmap_pages"]

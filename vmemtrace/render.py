@@ -126,6 +126,12 @@ def _event_line(ev: dict) -> str:
     if kind == "compound":
         return (f"COMPOUND head pfn {ev['head_pfn']}  ptes {ev['ptes']} fresh {ev['fresh']} "
                 f"reused {ev['reused']} on-first-tail {ev['on_tail']}")
+    if kind == "compounds":
+        layouts = ", ".join(f"{row[0]} x ptes {row[2]} fresh {row[3]} reused {row[4]} "
+                            f"on-first-tail {row[9]}" for row in ev["classes"][:3])
+        return (f"COMPOUNDS range pfn {ev['range_start_pfn']}  {ev['count']} compound pages"
+                f"{' (walk)' if ev.get('source') == 'walk' else ''}: {layouts}"
+                + (f", {len(ev['classes']) - 3} more layouts" if len(ev["classes"]) > 3 else ""))
     if kind == "header":
         return f"HEADER   kernel {ev['kernel']}  " + " ".join(f"{k}={v}" for k, v in ev["strategy"].items())
     if kind == "hits":

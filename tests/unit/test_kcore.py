@@ -10,12 +10,13 @@ import pytest
 from tests.unit.kcore_image import Image
 from vmemtrace import geometry, verdict
 from vmemtrace.backing import walk_events
+from vmemtrace.compounds import CompoundPages
 from vmemtrace.errors import VmemtraceError
 from vmemtrace.kernel.kcore import Kcore, Walker, kcore_path, layout, walk_blocker
 
 
 def list_walk(*args):
-    """walk_events' events as a list (it hands back the walk event and its compound pages)."""
+    """walk_events' events as a list (the walk event and its compound pages' summary)."""
     return list(walk_events(*args))
 
 
@@ -78,9 +79,10 @@ def test_walked_compound_layout_passes_the_same_checks_as_live_probes(tmp_path, 
     with Walker(symbols, str(tmp_path / "kcore")) as w:
         backing = list(w.backing(START_PFN, 8 * 512, 64))
     events = list_walk(START_PFN, 8 * 512, 512, False, backing, 64, 4096, 5)
-    walk, compounds = events[0], events[1:]
+    walk, summary = events
     assert (walk["vmemmap_pages"], walk["mapped"], walk["distinct"], walk["reused"]) == (64, 64, 17, 47)
     assert walk["levels"] == {"pte": 64}
+    compounds = CompoundPages.from_event(summary).kept()  # all in one section: kept whole
     assert [c["head_pfn"] for c in compounds] == [START_PFN + i * 512 for i in range(8)]
     header = {"type": "header", "kernel": "test", "version": [6, 12, 0], "strategy": {}, "walk": "audit",
               "feature": {"present": True, "evidence": "test image"}}
@@ -131,7 +133,8 @@ def test_expected_numbers_match_geometry_for_a_walked_1g_layout(tmp_path):
     walk = list_walk(0x180000, 262144, 262144, False, backing, 64, 4096, 5)
     shape = geometry.RangeShape(0x180000, 262144, 262144)
     assert walk[0]["distinct"] == geometry.vmemmap_pages_expected(shape) == 2
-    assert (walk[1]["fresh"], walk[1]["reused"], walk[1]["on_tail"]) == (2, 4094, 4094)
+    (c,) = CompoundPages.from_event(walk[1]).kept()
+    assert (c["fresh"], c["reused"], c["on_tail"]) == (2, 4094, 4094)
 
 
 def test_refusals_are_one_line(tmp_path):

@@ -458,7 +458,7 @@ def test_malformed_logs_are_one_line_and_exit_2(tmp_path, change, message):
 
 
 @pytest.mark.parametrize("text,message", [
-    ("[" * 100000 + "\n", "a line longer than"),
+    ("[" * (events.MAX_LINE + 1) + "\n", "a line longer than"),
     ('{"type": "range", "nr_pages": ' + "9" * 5000 + "}\n", "not JSON"),
     ('{"type": "header", "schema": 2, "kernel": "x", "version": [], "feature": {}}\n', "lacks strategy"),
 ])

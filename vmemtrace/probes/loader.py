@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
-from vmemtrace.compounds import CompoundColumns
+from vmemtrace.compounds import CompoundPages
 from vmemtrace.errors import VmemtraceError
 from vmemtrace.kernel import btf, compat, environment, headers
 from vmemtrace.kernel import release as kernel_release
@@ -180,9 +180,9 @@ class Tracer:
         self.lost = 0
         self._queue: List[dict] = []
         self._perf: list = []  # the perf event arrays whose buffers are open
-        # Complete compound pages (their perf events) until their range's event comes, in
-        # compact columns, by the start of the range they belong to.
-        self._held: Dict[int, CompoundColumns] = {}
+        # Complete compound pages (their perf events), judged as they come (compounds.py), by
+        # the start of the range they belong to, until that range's event comes.
+        self._held: Dict[int, CompoundPages] = {}
         self.bpf = compiled.result()
         try:
             self._attach(plan)
@@ -251,8 +251,7 @@ class Tracer:
             ev = fields(perf.event(data))
             ev["type"] = kind
             if kind == "compound":
-                # sent when complete: it comes out after its range
-                self._held.setdefault(ev["range_start_pfn"], CompoundColumns()).append(ev)
+                self._held.setdefault(ev["range_start_pfn"], CompoundPages()).append(ev)
                 return
             for key in ("altmap", "has_pgmap", "ok"):
                 if key in ev:
@@ -262,8 +261,8 @@ class Tracer:
         return on_event
 
     def poll(self, timeout_ms: int = 100) -> Iterator[dict]:
-        """Events since the last poll; a range event is followed by its compound pages (one
-        at a time: a 1 TiB range has 524288 of them). Consume it whole."""
+        """Events since the last poll; a range event is followed by the summary of its compound
+        pages (a "compounds" event: a 1 TiB range has 524288 of them)."""
         self.bpf.perf_buffer_poll(timeout=timeout_ms)
         queue, self._queue = self._queue, []
         for ev in queue:
@@ -284,12 +283,11 @@ class Tracer:
                                      f"{os.strerror(ctypes.get_errno())}")
 
     def drain_compound(self, start_pfn: Optional[int] = None, nr_pages: int = 0) -> Iterator[dict]:
-        """Per-compound-page aggregates of one range (all with start_pfn None): those sent
-        complete and those still in the map (never completed), which are removed so that a
-        later namespace at the same pfns starts from zero. In no particular order: the fold
-        needs none (compounds.py). Entries of other ranges stay in the map: a range still
-        being populated by another thread carries its compound pages across sections there
-        (bpf/vmemtrace.bpf.c, cp_load)."""
+        """The summaries ("compounds" events) of one range's compound pages (of all with
+        start_pfn None): those sent complete, with those still in the map (never completed)
+        added, which are removed so that a later namespace at the same pfns starts from zero.
+        Entries of other ranges stay in the map: a range still being populated by another
+        thread carries its compound pages across sections there (bpf/vmemtrace.bpf.c, cp_load)."""
         table = self.bpf["compound"]
 
         def mine(pfn: int) -> bool:
@@ -297,10 +295,10 @@ class Tracer:
 
         left = [(key, ev) for key, ev in self._read_compound(table) if mine(key)]
         self._delete(table, [key for key, _ in left])
-        for start in [s for s in self._held if mine(s)]:
-            yield from self._held.pop(start)
         for _, ev in left:
-            yield ev
+            self._held.setdefault(ev["range_start_pfn"], CompoundPages()).append(ev)
+        for start in [s for s in self._held if mine(s)]:
+            yield self._held.pop(start).as_event()
 
     @staticmethod
     def _read_compound(table) -> List[tuple]:

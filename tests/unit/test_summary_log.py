@@ -1,0 +1,143 @@
+"""Schema 3 (events.py): a range's compound pages logged as one summary per source
+(compounds.py). Every real recording, its compound events replaced by the summaries a trace
+now writes, replays to the same verdict; a summary edited in any way that no fold of compound
+pages can produce is an inconsistent log, never a pass; a malformed one is one line, exit 2."""
+
+import copy
+import io
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FIXTURES
+from tests.unit.test_replay import load, replay, write_log
+from vmemtrace import events
+from vmemtrace.compounds import CompoundPages
+from vmemtrace.ledger import fold
+from vmemtrace.verdict import evaluate
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from size import summarised  # noqa: E402
+
+LOGS = sorted((FIXTURES / "events").glob("*/*.jsonl"))
+
+
+def through_text(evs) -> list:
+    """Written and read back as replay reads a file: every event type-checked."""
+    text = io.StringIO()
+    events.write(evs, text)
+    text.seek(0)
+    return events.read(text, "summarised")
+
+
+@pytest.mark.parametrize("path", LOGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_recording_summarised_replays_to_the_same_verdict(path):
+    evs = events.read(open(path), str(path))
+    new = through_text(summarised(evs))
+    assert new[0]["schema"] == events.SCHEMA == 3
+    assert not any(e["type"] == "compound" for e in new)
+    pages = sum(e["type"] == "compound" for e in evs)
+    assert sum(e["count"] for e in new if e["type"] == "compounds") == pages
+    assert evaluate(fold(new)) == evaluate(fold(evs))
+
+
+def summary_log(series="6.12", case="mem-2M", source=None):
+    """A summarised recording and the index of one source's summary in it."""
+    evs = list(summarised(load(series, case)))
+    (i,) = [i for i, e in enumerate(evs) if e["type"] == "compounds" and e.get("source") == source]
+    return evs, i
+
+
+def edits():
+    def count(s):
+        s["count"] += 1
+
+    def class_pages(s):
+        s["classes"][0][0] -= 1
+
+    def part_gone(s):
+        s["parts"].pop(3)
+
+    def misaligned(s):
+        s["kept"][2][0] += 1
+
+    def twice(s):
+        s["kept"][1] = list(s["kept"][2])
+
+    def outside(s):
+        s["lowest_head"] = s["kept"][0][0] + 512
+
+    def class_twice(s):
+        s["classes"].append(list(s["classes"][0]))
+        s["count"] += s["classes"][0][0]
+        s["parts"][0][1] += s["classes"][0][0]
+
+    def no_add_up(s):
+        s["kept"][0][2] += 1  # fresh: ptes no longer fresh + reused + existing
+
+    return [(count, "does not add up"), (class_pages, "does not add up"),
+            (part_gone, "does not add up"), (misaligned, "is not aligned"),
+            (twice, "appears twice"), (outside, "lies outside the summary's heads"),
+            (class_twice, "there twice"), (no_add_up, "does not add up")]
+
+
+@pytest.mark.parametrize("source", [None, "walk"])
+@pytest.mark.parametrize("edit,message", edits(), ids=lambda e: getattr(e, "__name__", ""))
+def test_an_edited_summary_is_an_inconsistent_log(tmp_path, source, edit, message):
+    evs, i = summary_log(source=source)
+    edit(evs[i])
+    res, doc = replay(write_log(tmp_path, evs))
+    assert res.returncode == 2 and doc["verdict"] == "error", res.stderr
+    assert "inconsistent log" in res.stderr and message in res.stderr, res.stderr
+
+
+def test_a_summary_that_adds_up_but_misses_a_page_fails(tmp_path):
+    evs, i = summary_log()
+    s = evs[i]
+    s["count"] -= 1
+    s["classes"][0][0] -= 1
+    s["parts"][0][1] -= 1  # consistent, but one compound page short of the range
+    res, doc = replay(write_log(tmp_path, evs))
+    assert res.returncode == 1 and doc["verdict"] == "fail", res.stderr
+    tail = {c["name"]: c for c in doc["devices"][0]["checks"]}["tail-reuse"]
+    assert "1535 compound pages, expected 1536" in tail["detail"]
+
+
+def test_two_summaries_of_one_range_are_an_inconsistent_log(tmp_path):
+    evs, i = summary_log()
+    evs.insert(i + 1, copy.deepcopy(evs[i]))
+    res, _ = replay(write_log(tmp_path, evs))
+    assert res.returncode == 2 and "a second summary of the compound pages" in res.stderr
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("parts", [[0, 1, 1 << 64]], "not a list of [part, pages, digest]"),
+    ("classes", [[1, 2, 3]], "not a list of 11 counts each"),
+    ("kept", [[-1] * 10], "not a list of 10 counts each"),
+    ("shared_tail", [1], "not a pair of counts or null"),
+    ("source", "probes", 'is not "walk"'),
+    ("problems", [3], "not a list of strings"),
+    ("part_shift", 99, "part_shift 99 is beyond"),
+    ("highest_head", 1 << 41, "highest_head"),
+])
+def test_a_malformed_summary_is_one_line(tmp_path, key, value, message):
+    evs, i = summary_log()
+    evs[i][key] = value
+    res, _ = replay(write_log(tmp_path, evs))
+    assert res.returncode == 2 and message in res.stderr, res.stderr
+    assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
+
+
+def test_a_terabyte_summary_is_one_short_line():
+    """524288 compound pages of 2 MiB: the summary the log gets is bounded, parts merged."""
+    (ev,) = [e for e in load("6.12", "mem-2M") if e["type"] == "compound"][:1]
+    pages = CompoundPages()
+    for i in range(524288):
+        pages.append(dict(ev, head_pfn=ev["range_start_pfn"] + i * 512, tail_pfn=(1 << 21) + 2 * i))
+    line = json.dumps(pages.as_event())
+    assert len(line) < 64 << 10 < events.MAX_LINE
+    back = CompoundPages.from_event(events.validate(json.loads(line), "test"))
+    assert back.judged() == 524288 and not back.problems
+    assert back.digests() == pages.digests() and len(back.digests()[1]) <= 1024
