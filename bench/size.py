@@ -8,8 +8,8 @@ smallest size.
 
     .venv/bin/python bench/size.py [SIZE ...]      # default 3G 64G 256G 1T
 
-Each grown log is replayed twice: as schema 2 (one event per compound page) and as schema 3
-(summarised(): one summary per range and source, what a trace now writes).
+Each grown log is replayed twice: as schema 2 (one event per section call and per compound page)
+and as schema 3 (summarised(): what a trace now writes, summaries per range).
 
 Grown logs are benchmark input, not evidence about a kernel: the recording's sections, compound
 pages (probes and walk) and counts are repeated section by section with their pfns shifted, and
@@ -25,10 +25,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterable, Iterator, List, Optional
+from typing import Dict, Iterable, Iterator, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from vmemtrace.compounds import CompoundPages  # noqa: E402
+from vmemtrace.sections import summed  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 LOG = next((ROOT / "tests/fixtures/events").glob("6.12*")) / "mem-2M.jsonl"
@@ -99,10 +100,22 @@ def grow(events: List[dict], size: int) -> Iterator[dict]:
 
 
 def summarised(events: Iterable[dict]) -> Iterator[dict]:
-    """A schema-2 log as schema 3 logs it (events.py): each run of one source's compound events
-    replaced by its summary (compounds.py), where the run ends. What a live trace of the same
-    range would now write."""
+    """A schema-2 log as schema 3 logs it (events.py), what a live trace of the same range now
+    writes: a range's section events summed into one "sections" event just before its range
+    event (probes/loader.py), each run of one source's compound events replaced by its
+    summary (compounds.py) where the run ends."""
     run: Optional[CompoundPages] = None
+    held: Dict[object, List[dict]] = {}  # sections by range start (has_pgmap), else "loose"
+
+    def sections_of(rng: Optional[dict]) -> Iterator[dict]:
+        for key in list(held):
+            inside = [rng is None or rng["start_pfn"] <= s["pfn"] < rng["start_pfn"] + rng["nr_pages"]
+                      for s in held[key]]
+            mine = [s for s, i in zip(held[key], inside) if i]
+            held[key] = [s for s, i in zip(held[key], inside) if not i]
+            if mine:
+                yield summed(mine).as_event()
+
     for ev in events:
         if ev["type"] == "compound":
             if run is not None and (run.source != ev.get("source")
@@ -115,9 +128,17 @@ def summarised(events: Iterable[dict]) -> Iterator[dict]:
         if run is not None:
             yield run.as_event()
             run = None
+        if ev["type"] == "section":
+            held.setdefault(ev["range_start_pfn"] if ev["has_pgmap"] else "loose", []).append(ev)
+            continue
+        if ev["type"] == "range":
+            yield from sections_of(ev)
+        if ev["type"] == "lost":  # the closing events: what never reached its range
+            yield from sections_of(None)
         yield dict(ev, schema=3) if ev["type"] == "header" else ev
     if run is not None:
         yield run.as_event()
+    yield from sections_of(None)
 
 
 def recording() -> List[dict]:
@@ -163,7 +184,7 @@ def main(sizes: List[str]) -> int:
                 path.unlink()
             rows.append(row)
     first = rows[0]
-    print("schema 2: one event per compound page; schema 3: one summary per range and source;\n"
+    print("schema 2: one event per compound page; schema 3: one summary of sections per range, one of\ncompound pages per range and source;\n"
           "dicts: a plain reader of the schema-2 log keeping every event as a JSON object\n")
     print(f"{'size':>5} {'log MB':>8} {'replay s':>9} {'RSS MB':>8} {'x RSS':>6} "
           f"{'dicts MB':>9} {'x RSS':>6} | {'log MB':>8} {'x log':>6} {'replay s':>9} "

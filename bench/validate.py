@@ -31,7 +31,22 @@ def _property(kind: str) -> dict:
             events.SIGNED: {"type": "integer", "exclusiveMinimum": -events.MAX_COUNT,
                             "exclusiveMaximum": events.MAX_COUNT},
             events.INT_MAP: {"type": "object", "additionalProperties": count},
-            events.MAYBE_INT: {"anyOf": [{"type": "null"}, count]}}.get(kind, count)
+            events.MAYBE_INT: {"anyOf": [{"type": "null"}, count]},
+            events.INT_LIST: {"type": "array", "maxItems": 2, "items": count},
+            events.CLASS_ROWS: _rows(count, len(events.COLUMNS) + 1),
+            events.PAGE_ROWS: _rows(count, len(events.COLUMNS)),
+            events.PARTS: _rows({"type": "integer", "minimum": 0}, 3),
+            events.MAYBE_PAIR: {"anyOf": [{"type": "null"}, _rows(count, 2)["items"]]},
+            events.STR_LIST: {"type": "array", "items": {"type": "string"}},
+            events.SOURCE: {"const": "walk"},
+            events.RUNS: _rows(count, 2),
+            events.TASKS: {"type": "array", "items": {"type": "array", "minItems": 2, "maxItems": 2}},
+            }.get(kind, count)
+
+
+def _rows(item: dict, width: int) -> dict:
+    return {"type": "array", "items": {"type": "array", "items": item, "minItems": width,
+                                       "maxItems": width}}
 
 
 def schema() -> dict:

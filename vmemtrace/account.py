@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 from vmemtrace import geometry
+from vmemtrace.sections import Sections
 
 
 @dataclass(frozen=True)
@@ -26,11 +27,11 @@ class Account:
         return self.populate is not None or self.alloc is not None
 
 
-def _sum(sections: List[dict], key: str) -> int:
-    return sum(s[key] for s in sections)
+def _sum(sections: Sections, key: str) -> int:
+    return sections.totals[key]
 
 
-def coverage_problem(shape: geometry.RangeShape, sections: List[dict], populate: bool,
+def coverage_problem(shape: geometry.RangeShape, sections: Sections, populate: bool,
                      alloc: bool) -> Optional[str]:
     """Every vmemmap page of the range must have been mapped while the probes watched: by a PTE
     that vmemmap_populate_address returned, or inside a block an allocator returned outside it
@@ -47,7 +48,7 @@ def coverage_problem(shape: geometry.RangeShape, sections: List[dict], populate:
     return None
 
 
-def blind_allocator(sections: List[dict], allocators: List[str]) -> Optional[str]:
+def blind_allocator(sections: Sections, allocators: List[str]) -> Optional[str]:
     """A vmemmap_populate_address call without a page to reuse allocates unless its PTE was
     already there; in a section being added, some must have allocated."""
     plain, fresh = _sum(sections, "plain"), _sum(sections, "fresh")
@@ -78,7 +79,7 @@ def init_problem(shape: geometry.RangeShape, rng: Optional[dict], decoded: bool,
     return None
 
 
-def account(shape: geometry.RangeShape, sections: List[dict], rng: Optional[dict],
+def account(shape: geometry.RangeShape, sections: Sections, rng: Optional[dict],
             sources, allocators: List[str]) -> Account:
     """The account of one range; `sources` is probes.plan.Sources, `allocators` the allocator
     targets attached (named when they are blind)."""

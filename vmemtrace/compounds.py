@@ -319,3 +319,15 @@ class CompoundPages:
 
 def _row(c: dict) -> List[int]:
     return [c[k] for k in COLUMNS]
+
+
+def layouts(ev: dict) -> List[Tuple[tuple, int]]:
+    """A logged summary's pages by (ptes, fresh, reused, on tail), most common first: what a
+    line of `trace` shows of it."""
+    out: Dict[tuple, int] = {}
+    rows = [(row[0], dict(zip(COLUMNS, row[1:]))) for row in ev["classes"]]
+    rows += [(1, dict(zip(COLUMNS, row))) for row in ev["kept"]]
+    for n, c in rows:
+        key = (c["ptes"], c["fresh"], c["reused"], c["on_tail"])
+        out[key] = out.get(key, 0) + n
+    return sorted(out.items(), key=lambda kv: -kv[1])

@@ -12,13 +12,15 @@ from typing import IO, Iterable, Iterator, List, Optional, Tuple
 
 from vmemtrace import __version__
 from vmemtrace.compounds import COLUMNS
+from vmemtrace.sections import SHARED as SECTION_SHARED, SUMMED
 from vmemtrace.errors import VmemtraceError
 
 # 2: section events count allocations by their returns (plain, allocs, direct_bytes, pt_pages),
 # range events count __init_zone_device_page hits, and a "hits" event closes the log.
-# 3: a range's compound pages are one "compounds" event per source, their summary
-# (compounds.py), after its range or walk event: a log's size follows the ranges, not their
-# size. Schema-2 logs, one "compound" event per page, are read as they are.
+# 3: a range's section calls are one "sections" event before its range event (sections.py), its
+# compound pages one "compounds" event per source after its range or walk event (compounds.py):
+# a log's size follows the ranges, not their size. Schema-2 logs, one "section" event per call
+# and one "compound" event per page, are read as they are.
 SCHEMA = 3
 READABLE = (2, 3)
 
@@ -32,6 +34,9 @@ REQUIRED = {
     # one compound page's vmemmap PTEs, aggregated in BPF
     "compound": ("head_pfn", "range_start_pfn", "pfns_per_compound", "ptes", "fresh", "reused",
                  "existing", "head_fresh", "tail_fresh", "tail_pfn", "on_tail", "max_index"),
+    # a range's section events summed (sections.py): their counts, the keys they share, the
+    # pfns they populated as [first, end) runs, the tasks [pid, comm] that made them
+    "sections": ("count",) + SUMMED + SECTION_SHARED + ("altmap", "ok", "runs", "tasks", "problems"),
     # one source's compound pages of one range, judged as they came (compounds.py): rows are
     # compound events' counts in compounds.COLUMNS order (a class's row after its page count),
     # parts [part, pages, digest]; "source": "walk" for the walk's
@@ -87,6 +92,7 @@ OPTIONAL = {"device": ("driver", "mode", "namespace", "pgmap_start_pfn", "pgmap_
 BOOL, STR, LIST, DICT, NUMBER, SIGNED, INT_MAP, MAYBE_INT, INT_LIST = (
     "a boolean", "a string", "a list", "an object", "a number", "an integer", "an object of counts",
     "a count or null", "a list of counts")
+RUNS, TASKS = "a list of [first pfn, end pfn]", "a list of [pid, comm]"
 CLASS_ROWS, PAGE_ROWS, PARTS, MAYBE_PAIR, STR_LIST, SOURCE = (
     f"a list of {len(COLUMNS) + 1} counts each", f"a list of {len(COLUMNS)} counts each",
     "a list of [part, pages, digest]", "a pair of counts or null", "a list of strings", '"walk"')
@@ -101,6 +107,8 @@ TYPES = {
     "lost": {"errors": INT_MAP},
     "hits": {"hits": INT_MAP},
     "compound": {"source": SOURCE},
+    "sections": {"has_pgmap": BOOL, "altmap": BOOL, "ok": BOOL, "runs": RUNS, "tasks": TASKS,
+                 "problems": STR_LIST},
     "compounds": {"source": SOURCE, "classes": CLASS_ROWS, "kept": PAGE_ROWS, "parts": PARTS,
                   "lowest_head": MAYBE_INT, "highest_head": MAYBE_INT, "reused_head": MAYBE_INT,
                   "shared_tail": MAYBE_PAIR, "problems": STR_LIST},
@@ -148,6 +156,14 @@ def _typed(v, kind: str) -> bool:
         return isinstance(v, list) and all(isinstance(t, str) for t in v)
     if kind == SOURCE:
         return v == "walk"
+    if kind == RUNS:
+        return isinstance(v, list) and all(
+            isinstance(r, list) and len(r) == 2 and all(_count(n) and n <= MAX_PFN for n in r)
+            for r in v)
+    if kind == TASKS:
+        return isinstance(v, list) and all(
+            isinstance(t, list) and len(t) == 2 and _count(t[0]) and isinstance(t[1], str)
+            for t in v)
     return _count(v)
 
 

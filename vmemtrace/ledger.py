@@ -9,6 +9,7 @@ from typing import Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
 from vmemtrace import events, geometry
 from vmemtrace.account import Account, account
 from vmemtrace.compounds import CompoundPages
+from vmemtrace.sections import Sections, first_pfn, summed
 from vmemtrace.kernel import compat
 from vmemtrace.probes import targets
 from vmemtrace.probes.plan import Sources, is_attached
@@ -20,7 +21,7 @@ class DeviceLedger:
     start_pfn: int
     nr_pages: int
     range: Optional[dict] = None
-    sections: List[dict] = field(default_factory=list)
+    sections: Sections = field(default_factory=Sections)
     compounds: CompoundPages = field(default_factory=CompoundPages)
     device: Optional[dict] = None
     walk: Optional[dict] = None  # the page-table walk of this range, if one was made
@@ -54,13 +55,13 @@ class DeviceLedger:
     def pfns_per_compound(self) -> int:
         if self.range or self.walk:
             return (self.range or self.walk)["pfns_per_compound"]
-        return self.sections[0]["pfns_per_compound"] if self.sections else 1
+        return self.sections.shared["pfns_per_compound"] if self.sections else 1
 
     @property
     def altmap(self) -> bool:
         if self.range or self.walk:
             return bool((self.range or self.walk)["altmap"])
-        return any(s["altmap"] for s in self.sections)
+        return self.sections.altmap
 
     def boot_placement(self) -> Tuple[FrozenSet[int], Tuple[Tuple[int, int], ...]]:
         """(the range's sections that were present at boot, the partly filled pieces that no
@@ -71,9 +72,8 @@ class DeviceLedger:
         for ev in (self.range, self.walk):
             if ev is not None and "boot_sections" in ev:
                 return frozenset(ev["boot_sections"]), ()
-        populated = {s["pfn"] for s in self.sections}
         return frozenset(), tuple(p for p in geometry.partial_pieces(self.start_pfn, self.nr_pages)
-                                  if p[0] not in populated)
+                                  if not self.sections.populated(p[0]))
 
     def shape(self, feature: bool) -> geometry.RangeShape:
         r = self.range or self.walk or {}
@@ -89,9 +89,7 @@ class DeviceLedger:
             boot_sections=self.boot_placement()[0])
 
     def totals(self) -> Dict[str, int]:
-        keys = ("ptes", "plain", "fresh", "reused", "existing", "alloc_calls", "allocs",
-                "direct_bytes", "pt_pages")
-        return {k: sum(s[k] for s in self.sections) for k in keys}
+        return dict(self.sections.totals)
 
     def allocated_pages(self) -> int:
         """vmemmap pages the allocator probes saw: one per fresh PTE, and the blocks."""
@@ -103,15 +101,12 @@ class DeviceLedger:
         pages by their head pfn, aligned within the range (bpf/vmemtrace.bpf.c, backing.py), one
         event each. A log that says otherwise was cut or edited: judged as corrupt, not as the
         kernel's doing."""
-        out = []
-        for s in self.sections:  # each vmemmap_populate_address call counted once (bpf/)
-            if s["ptes"] != s["fresh"] + s["reused"] + s["existing"] or \
-                    s["plain"] != s["fresh"] + s["existing"] or s["allocs"] > s["alloc_calls"] \
-                    or s["direct_bytes"] % s["page_size"]:
-                out.append(f"the section at pfn {s['pfn']} does not add up (ptes {s['ptes']}, "
-                           f"fresh {s['fresh']}, reused {s['reused']}, existing {s['existing']}, "
-                           f"plain {s['plain']}, allocations {s['allocs']} of {s['alloc_calls']}, "
-                           f"{s['direct_bytes']} bytes in blocks)")
+        out = list(self.sections.problems)
+        if self.sections.runs and (self.range or self.walk) is not None and not (
+                self.start_pfn <= self.sections.first_pfn
+                and self.sections.end_pfn <= self.start_pfn + self.nr_pages):
+            out.append(f"section calls at pfns {self.sections.first_pfn} to "
+                       f"{self.sections.end_pfn}, outside the range")
         r = self.range
         if r is not None and r["pfns_per_compound"] == 1 and (r["mic_calls"] or r["mic_pages"]):
             out.append("memmap_init_compound calls for a range without compound pages")
@@ -151,11 +146,12 @@ class DeviceLedger:
 
 
 # Counters of each event type and the target whose probes alone move them (bpf/vmemtrace.bpf.c).
+SECTION_COUNTS = {"ptes": targets.POPULATE, "plain": targets.POPULATE, "fresh": targets.POPULATE,
+                  "reused": targets.POPULATE, "existing": targets.POPULATE,
+                  "alloc_calls": targets.ALLOC, "allocs": targets.ALLOC,
+                  "direct_bytes": targets.ALLOC, "pt_pages": targets.ALLOC}
 COUNTED_BY = {
-    "section": {"ptes": targets.POPULATE, "plain": targets.POPULATE, "fresh": targets.POPULATE,
-                "reused": targets.POPULATE, "existing": targets.POPULATE,
-                "alloc_calls": targets.ALLOC, "allocs": targets.ALLOC,
-                "direct_bytes": targets.ALLOC, "pt_pages": targets.ALLOC},
+    "section": SECTION_COUNTS, "sections": SECTION_COUNTS,  # one call, or a range's calls summed
     "range": {"mic_calls": targets.INIT, "mic_pages": targets.INIT, "izdp_calls": targets.INIT_PAGES},
 }
 
@@ -246,7 +242,10 @@ class Fold:
 
     header: dict
     ranges: Dict[int, DeviceLedger] = field(default_factory=dict)
-    pending: List[dict] = field(default_factory=list)
+    # sections waiting for their range: summed by the range's start where the kernel names it
+    # (5.19+: has_pgmap), else the events themselves
+    pending: Dict[int, Sections] = field(default_factory=dict)
+    loose: List[dict] = field(default_factory=list)
     in_order: List[DeviceLedger] = field(default_factory=list)  # ranges as they came
     kmsg: List[dict] = field(default_factory=list)
     devices: List[dict] = field(default_factory=list)
@@ -268,11 +267,24 @@ class Fold:
 
     def range(self, ev: dict) -> None:
         d = DeviceLedger(ev["start_pfn"], ev["nr_pages"], range=ev)
-        d.sections = [s for s in self.pending if _contains(d, s["pfn"])]
-        self.pending = [s for s in self.pending if not _contains(d, s["pfn"])]
+        pending = self.pending.pop(d.start_pfn, None)
+        d.sections = pending if pending is not None else Sections()
+        mine = [s for s in self.loose if _contains(d, first_pfn(s))]
+        self.loose = [s for s in self.loose if not _contains(d, first_pfn(s))]
+        d.sections.merge(summed(mine))
         self.ranges[d.start_pfn] = d
         self.in_order.append(d)
         self.made.append(d)
+
+    def section(self, ev: dict) -> None:
+        if not ev["has_pgmap"]:
+            self.loose.append(ev)
+            return
+        pending = self.pending.setdefault(ev["range_start_pfn"], Sections())
+        if ev["type"] == "sections":
+            pending.merge(Sections.from_event(ev))
+        else:
+            pending.add(ev)
 
     def walk(self, ev: dict) -> None:
         d = self.ranges.get(ev["start_pfn"])
@@ -314,8 +326,8 @@ class Fold:
     def add(self, ev: dict) -> None:
         self.unattached.see(ev)
         kind = ev["type"]
-        if kind == "section":
-            self.pending.append(ev)
+        if kind in ("section", "sections"):
+            self.section(ev)
         elif kind in ("range", "walk", "compound", "compounds"):
             getattr(self, kind)(ev)
         elif kind == "vmstat":
@@ -336,11 +348,10 @@ class Fold:
             d.kernel_log = line
         # Sections of a range that never reached memmap_init_zone_device (failed, or not traced)
         # still form a ledger, under the range start the kernel gave them (5.19+).
-        for s in self.pending:
-            if s["has_pgmap"]:
-                d = self.ranges.setdefault(s["range_start_pfn"], DeviceLedger(s["range_start_pfn"], 0))
-                d.sections.append(s)
-                d.nr_pages = max(d.nr_pages, s["pfn"] + s["nr_pages"] - d.start_pfn)
+        for start, pending in self.pending.items():
+            d = self.ranges.setdefault(start, DeviceLedger(start, 0))
+            d.sections.merge(pending)
+            d.nr_pages = max(d.nr_pages, pending.end_pfn - d.start_pfn)
         for dev in self.devices:
             owner = self.owner(dev["start_pfn"])
             if owner is not None:
@@ -352,7 +363,7 @@ class Fold:
         """The ledger as it stands, with devices_now as the dax devices, the fold left as it was
         (ledger() finishes it; the exporter asks again while events keep coming). Each range is
         a shallow copy for finish() to complete: its compound pages are shared, and only read."""
-        copies = {id(d): replace(d, sections=list(d.sections)) for d in self.made}
+        copies = {id(d): replace(d, sections=d.sections.copy()) for d in self.made}
         kept = self.ranges, self.in_order, self.devices
         self.ranges = {k: copies[id(d)] for k, d in self.ranges.items()}
         self.in_order = [copies[id(d)] for d in self.in_order]

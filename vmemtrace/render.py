@@ -6,6 +6,8 @@ import sys
 
 from tabulate import tabulate
 
+from vmemtrace.compounds import layouts
+
 
 # C0 and C1 control characters: a device name or kernel string with a newline could forge a
 # line of its own ("verdict PASS"), an escape sequence could rewrite the terminal.
@@ -102,7 +104,9 @@ TRACE_HEADER = f"{'TIME':<15} {'PID':>7} {'COMM':<16} EVENT"
 def event_line(ev: dict, when: str) -> str:
     """One line per event for `trace`: when, the task that did it (pid and comm, as bcc's
     tools print them; "-" for what vmemtrace itself read, as walks and device events), what."""
-    task = f"{ev['pid']:>7} {ev['comm']:<16}" if "pid" in ev else f"{'-':>7} {'-':<16}"
+    pid, comm = ((ev["pid"], ev["comm"]) if "pid" in ev else
+                 tuple(ev["tasks"][0]) if ev.get("tasks") else ("-", "-"))
+    task = f"{pid:>7} {comm:<16}"
     return safe(f"{when:<15} {task} {_event_line(ev)}")
 
 
@@ -126,12 +130,19 @@ def _event_line(ev: dict) -> str:
     if kind == "compound":
         return (f"COMPOUND head pfn {ev['head_pfn']}  ptes {ev['ptes']} fresh {ev['fresh']} "
                 f"reused {ev['reused']} on-first-tail {ev['on_tail']}")
+    if kind == "sections":
+        runs = " ".join(f"pfn {lo} +{hi - lo}" for lo, hi in ev["runs"][:2])
+        return (f"SECTIONS {runs}  {ev['count']} calls  compound {ev['pfns_per_compound']}  "
+                f"altmap {'yes' if ev['altmap'] else 'no'}  ptes {ev['ptes']} fresh {ev['fresh']} "
+                f"reused {ev['reused']}  allocs {ev['allocs']}/{ev['alloc_calls']} "
+                f"blocks {ev['direct_bytes']} B  page tables {ev['pt_pages']}")
     if kind == "compounds":
-        layouts = ", ".join(f"{row[0]} x ptes {row[2]} fresh {row[3]} reused {row[4]} "
-                            f"on-first-tail {row[9]}" for row in ev["classes"][:3])
+        shown = layouts(ev)
+        text = ", ".join(f"{n} with ptes {k[0]} fresh {k[1]} reused {k[2]} on-first-tail {k[3]}"
+                         for k, n in shown[:3])
         return (f"COMPOUNDS range pfn {ev['range_start_pfn']}  {ev['count']} compound pages"
-                f"{' (walk)' if ev.get('source') == 'walk' else ''}: {layouts}"
-                + (f", {len(ev['classes']) - 3} more layouts" if len(ev["classes"]) > 3 else ""))
+                f"{' (walk)' if ev.get('source') == 'walk' else ''}: {text}"
+                + (f", {len(shown) - 3} more layouts" if len(shown) > 3 else ""))
     if kind == "header":
         return f"HEADER   kernel {ev['kernel']}  " + " ".join(f"{k}={v}" for k, v in ev["strategy"].items())
     if kind == "hits":

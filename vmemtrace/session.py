@@ -18,6 +18,7 @@ from vmemtrace.kernel.kmsg import KmsgCursor, parse_memmap_init
 from vmemtrace.ledger import DeviceLedger, Fold, Ledger
 from vmemtrace.probes.plan import Sources
 from vmemtrace.readiness import assess, read_facts
+from vmemtrace.sections import Sections, first_pfn, summed
 
 
 def walk_mode(ready, cross_check: bool) -> Optional[str]:
@@ -77,7 +78,7 @@ def open_tracer(progress: Callable[[str], None], cross_check: bool = False, excl
     return tracer, walker, facts, header, mode
 
 
-def _needs_walk(header: dict, rng: dict, sections: List[dict]) -> bool:
+def _needs_walk(header: dict, rng: dict, sections: Sections) -> bool:
     """The probes' counts for this range do not add up (account.py): its page tables answer."""
     d = DeviceLedger(rng["start_pfn"], rng["nr_pages"], range=rng, sections=sections)
     return d.account(Sources.from_strategy(header["strategy"]),
@@ -87,7 +88,7 @@ def _needs_walk(header: dict, rng: dict, sections: List[dict]) -> bool:
 def closing_events(tracer, kmsg: Optional[KmsgCursor] = None) -> List[dict]:
     """What is left once the command is done: compound pages of ranges that never completed,
     losses and BPF-side errors, the kernel's own log and counter, the dax devices in sysfs."""
-    out = list(tracer.drain_compound())
+    out = list(tracer.drain_sections()) + list(tracer.drain_compound())
     if kmsg is not None:
         out.extend(ev for ev in map(parse_memmap_init, kmsg.messages()) if ev)
     out.append({"type": "lost", "count": tracer.lost, "errors": tracer.errors()})
@@ -182,14 +183,14 @@ def traced(progress: Callable[[str], None], on_event: Optional[Callable[[dict], 
             log.append(ev)
             if on_event:
                 on_event(ev)
-            if ev["type"] == "section":
+            if ev["type"] in ("section", "sections"):
                 sections.append(ev)
             elif ev["type"] == "range":
                 end = ev["start_pfn"] + ev["nr_pages"]
-                inside = [ev["start_pfn"] <= s["pfn"] < end for s in sections]
+                inside = [ev["start_pfn"] <= first_pfn(s) < end for s in sections]
                 mine = [s for s, i in zip(sections, inside) if i]
                 sections[:] = [s for s, i in zip(sections, inside) if not i]
-                if walker is not None and (mode or _needs_walk(header, ev, mine)):
+                if walker is not None and (mode or _needs_walk(header, ev, summed(mine))):
                     # memmap_init_zone_device has returned: the range's vmemmap is complete.
                     take(walk_range(walker, ev["start_pfn"], ev["nr_pages"], ev["pfns_per_compound"],
                                     bool(ev["altmap"]), ev["struct_page_size"], ev["page_size"]))

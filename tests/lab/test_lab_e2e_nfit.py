@@ -102,5 +102,6 @@ def test_the_multi_case_devices_came_from_three_ndctl_processes(lab, kernel):
     assert {ev["comm"] for ev in ranges} == {"ndctl"}
     for rng in ranges:
         end = rng["start_pfn"] + rng["nr_pages"]
-        mine = [ev for ev in events if ev["type"] == "section" and rng["start_pfn"] <= ev["pfn"] < end]
-        assert mine and {ev["pid"] for ev in mine} == {rng["pid"]}
+        mine = [ev for ev in events if ev["type"] == "sections"
+                and rng["start_pfn"] <= ev["runs"][0][0] < end]
+        assert mine and {pid for ev in mine for pid, _ in ev["tasks"]} == {rng["pid"]}

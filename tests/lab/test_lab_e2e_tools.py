@@ -116,14 +116,17 @@ def test_trace_prints_one_line_per_event(out_6_12):
         lines.append((pid, comm, event))
     kernel = [(pid, comm) for pid, comm, e in lines if e.startswith(("SECTION", "RANGE"))]
     assert kernel and all(pid.isdigit() and comm == "ndctl" for pid, comm in kernel), kernel
-    assert all((pid, comm) == ("-", "-") for pid, comm, e in lines if e.startswith("COMPOUND"))
+    assert all((pid, comm) == ("-", "-") for pid, comm, e in lines if e.startswith("COMPOUNDS"))
     events = [e for _, _, e in lines]
     ranges = [l for l in events if l.startswith("RANGE")]
     assert len(ranges) == 1
     assert "compound 262144" in ranges[0] and "memmap_init_compound 3 calls 384 struct pages" in ranges[0]
-    assert sum(l.startswith("COMPOUND") for l in events) == 3
-    assert sum(l.startswith("SECTION") for l in events) == 24
-    assert all("fresh 2 reused 4094 on-first-tail 4094" in l for l in events if l.startswith("COMPOUND"))
+    # one summary of the range's 24 section calls, before it; one of its compound pages, after
+    (sections,) = [l for l in events if l.startswith("SECTIONS")]
+    assert " 24 calls " in sections and events.index(sections) < events.index(ranges[0])
+    (compounds,) = [l for l in events if l.startswith("COMPOUNDS")]
+    assert "3 compound pages: 3 with ptes 4096 fresh 2 reused 4094 on-first-tail 4094" in compounds
+    assert events.index(compounds) > events.index(ranges[0])
 
 
 def test_audit_names_devices_as_ndctl_and_daxctl_do(out_6_12):

@@ -1,5 +1,5 @@
-"""Schema 3 (events.py): a range's compound pages logged as one summary per source
-(compounds.py). Every real recording, its compound events replaced by the summaries a trace
+"""Schema 3 (events.py): a range's section calls logged as one summary (sections.py), its
+compound pages as one summary per source (compounds.py). Every real recording, its compound events replaced by the summaries a trace
 now writes, replays to the same verdict; a summary edited in any way that no fold of compound
 pages can produce is an inconsistent log, never a pass; a malformed one is one line, exit 2."""
 
@@ -37,16 +37,20 @@ def test_every_recording_summarised_replays_to_the_same_verdict(path):
     evs = events.read(open(path), str(path))
     new = through_text(summarised(evs))
     assert new[0]["schema"] == events.SCHEMA == 3
-    assert not any(e["type"] == "compound" for e in new)
+    assert not any(e["type"] in ("compound", "section") for e in new)
     pages = sum(e["type"] == "compound" for e in evs)
     assert sum(e["count"] for e in new if e["type"] == "compounds") == pages
+    calls = sum(e["type"] == "section" for e in evs)
+    assert sum(e["count"] for e in new if e["type"] == "sections") == calls
+    assert sum(e["type"] == "sections" for e in new) == sum(e["type"] == "range" for e in evs) \
+        or not calls
     assert evaluate(fold(new)) == evaluate(fold(evs))
 
 
-def summary_log(series="6.12", case="mem-2M", source=None):
+def summary_log(series="6.12", case="mem-2M", source=None, kind="compounds"):
     """A summarised recording and the index of one source's summary in it."""
     evs = list(summarised(load(series, case)))
-    (i,) = [i for i, e in enumerate(evs) if e["type"] == "compounds" and e.get("source") == source]
+    (i,) = [i for i, e in enumerate(evs) if e["type"] == kind and e.get("source") == source]
     return evs, i
 
 
@@ -141,3 +145,43 @@ def test_a_terabyte_summary_is_one_short_line():
     back = CompoundPages.from_event(events.validate(json.loads(line), "test"))
     assert back.judged() == 524288 and not back.problems
     assert back.digests() == pages.digests() and len(back.digests()[1]) <= 1024
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda s: s.update(fresh=s["fresh"] + 1), "does not add up"),
+    (lambda s: s.update(allocs=s["alloc_calls"] + 1), "does not add up"),
+    (lambda s: s.update(count=0), "does not add up"),
+    (lambda s: s.update(runs=[]), "does not add up"),
+    (lambda s: s.update(runs=[[s["runs"][0][0], s["runs"][0][1] + 32768]]), "outside the range"),
+    (lambda s: s.update(runs=[[5, 5]]), "an empty run of sections"),
+])
+def test_an_edited_sections_summary_is_an_inconsistent_log(tmp_path, edit, message):
+    evs, i = summary_log(kind="sections")
+    edit(evs[i])
+    res, doc = replay(write_log(tmp_path, evs))
+    assert res.returncode == 2 and "inconsistent log" in res.stderr and message in res.stderr, \
+        res.stderr
+
+
+def test_a_sections_summary_that_adds_up_but_saw_less_is_judged(tmp_path):
+    """Fewer PTEs than the range needs, consistently: the probes are blind, not a pass."""
+    evs, i = summary_log(kind="sections")
+    s = evs[i]
+    s.update(ptes=s["ptes"] // 2, reused=s["reused"] - s["ptes"] // 2)  # still adds up
+    assert s["reused"] >= 0
+    res, doc = replay(write_log(tmp_path, evs))
+    assert doc["verdict"] != "pass", res.stderr
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("runs", [[1]], "not a list of [first pfn, end pfn]"),
+    ("runs", [[0, 1 << 41]], "not a list of [first pfn, end pfn]"),
+    ("tasks", [[1]], "not a list of [pid, comm]"),
+    ("has_pgmap", 1, "not a boolean"),
+])
+def test_a_malformed_sections_summary_is_one_line(tmp_path, key, value, message):
+    evs, i = summary_log(kind="sections")
+    evs[i][key] = value
+    res, _ = replay(write_log(tmp_path, evs))
+    assert res.returncode == 2 and message in res.stderr, res.stderr
+    assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr

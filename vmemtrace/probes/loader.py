@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from vmemtrace.compounds import CompoundPages
+from vmemtrace.sections import Sections, summed
 from vmemtrace.errors import VmemtraceError
 from vmemtrace.kernel import btf, compat, environment, headers
 from vmemtrace.kernel import release as kernel_release
@@ -183,6 +184,10 @@ class Tracer:
         # Complete compound pages (their perf events), judged as they come (compounds.py), by
         # the start of the range they belong to, until that range's event comes.
         self._held: Dict[int, CompoundPages] = {}
+        # Section calls until their range's event comes, summed by the range's start where the
+        # kernel names it (has_pgmap, 5.19+), else as events (sections.py).
+        self._sections: Dict[int, Sections] = {}
+        self._loose: List[dict] = []
         self.bpf = compiled.result()
         try:
             self._attach(plan)
@@ -256,19 +261,40 @@ class Tracer:
             for key in ("altmap", "has_pgmap", "ok"):
                 if key in ev:
                     ev[key] = bool(ev[key])
-            self._queue.append(ev)
+            if kind == "section" and ev["has_pgmap"]:
+                self._sections.setdefault(ev["range_start_pfn"], Sections()).add(ev)
+            elif kind == "section":
+                self._loose.append(ev)
+            else:
+                self._queue.append(ev)
 
         return on_event
 
     def poll(self, timeout_ms: int = 100) -> Iterator[dict]:
-        """Events since the last poll; a range event is followed by the summary of its compound
-        pages (a "compounds" event: a 1 TiB range has 524288 of them)."""
+        """Events since the last poll; a range event comes after the summary of its section
+        calls ("sections": a 1 TiB range makes 8192) and before that of its compound pages
+        ("compounds": 524288 of 2 MiB)."""
         self.bpf.perf_buffer_poll(timeout=timeout_ms)
         queue, self._queue = self._queue, []
         for ev in queue:
+            if ev["type"] == "range":
+                yield from self.drain_sections(ev["start_pfn"], ev["nr_pages"])
             yield ev
             if ev["type"] == "range":
                 yield from self.drain_compound(ev["start_pfn"], ev["nr_pages"])
+
+    def drain_sections(self, start_pfn: Optional[int] = None, nr_pages: int = 0) -> Iterator[dict]:
+        """The summaries ("sections" events) of one range's section calls (of all with
+        start_pfn None: at the end, those of ranges that never reached memmap_init_zone_device)."""
+        def mine(pfn: int) -> bool:
+            return start_pfn is None or start_pfn <= pfn < start_pfn + nr_pages
+
+        loose = [s for s in self._loose if mine(s["pfn"])]
+        self._loose = [s for s in self._loose if not mine(s["pfn"])]
+        if loose:
+            yield summed(loose).as_event()
+        for start in [s for s in self._sections if mine(s)]:
+            yield self._sections.pop(start).as_event()
 
     @staticmethod
     def _delete(table, keys: List[int]) -> None:
