@@ -62,7 +62,7 @@ def test_kernel_readers_import_only_the_kernel_layer():
 
 def test_pure_logic_does_no_io():
     pure = ("vmemtrace.geometry", "vmemtrace.account", "vmemtrace.ledger", "vmemtrace.verdict",
-            "vmemtrace.view", "vmemtrace.checks",
+            "vmemtrace.view", "vmemtrace.checks", "vmemtrace.compounds", "vmemtrace.sections",
             "vmemtrace.backing", "vmemtrace.probes.plan", "vmemtrace.probes.targets")
     io = ("vmemtrace.probes.loader", "vmemtrace.session", "vmemtrace.serve", "vmemtrace.audit",
           "vmemtrace.kernel.kcore", "vmemtrace.kernel.facts", "vmemtrace.cli", "vmemtrace.lab")
