@@ -8,15 +8,16 @@ name in defining_checks() too (docs/adding.md).
 """
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from vmemtrace import geometry
-from vmemtrace.compounds import LAYOUT, CompoundPages, coarsen
+from vmemtrace.compounds import LAYOUT, CompoundPages, coarsen, table_difference
 from vmemtrace.view import DeviceView, bounds
 
 PASS, FAIL, SKIP, ERROR = "pass", "fail", "skip", "error"
 STATUSES = (PASS, FAIL, SKIP, ERROR)  # ERROR: the evidence itself is broken, not the kernel
 RESERVE = geometry.VMEMMAP_RESERVE_NR
+MAX_LISTED = 8  # compound pages a cross-check failure names
 
 
 @dataclass(frozen=True)
@@ -231,25 +232,44 @@ def no_false_optimisation(v: DeviceView) -> Check:
 
 def layout_differences(a: CompoundPages, b: CompoundPages,
                        skip: Callable[[int], bool]) -> List[str]:
-    """How two sources' compound pages differ, [] where they agree: per part of the range their
-    counts and digests of (head, layout) (compounds.py), and which layout each counts how often,
-    all without going back to the pages."""
+    """How two sources' compound pages differ, [] where they agree, all without going back to
+    the pages (compounds.py): the pages themselves where the difference tables can list them,
+    else per part of the range their counts and digests of (head, layout); and which layout
+    each counts how often."""
     (sa, da), (sb, db) = a.digests(skip), b.digests(skip)
     shift = max(sa, sb)  # the coarser of the two: parts merge exactly (compounds.coarsen)
     da, db = coarsen(da, shift - sa), coarsen(db, shift - sb)
     differ = sorted(k for k in set(da) | set(db) if da.get(k) != db.get(k))
-    if not differ:
+    ta, tb = a.difference_table(skip), b.difference_table(skip)
+    listed = table_difference(ta, tb) if ta is not None and tb is not None else None
+    if not differ and not listed:
         return []
-    lo, hi = (a if a.shared is not None else b).part_pfns(shift, differ[0])
-    out = [f"compound pages differ in {len(differ)} of {len(set(da) | set(db))} parts of the "
-           f"range, first in pfns {lo} to {hi} (probes {da.get(differ[0], [0])[0]} compound "
-           f"pages, walk {db.get(differ[0], [0])[0]})"]
+    if listed:
+        out = [_listed(listed)]
+    else:
+        lo, hi = (a if a.shared is not None else b).part_pfns(shift, differ[0])
+        out = [f"compound pages differ in {len(differ)} of {len(set(da) | set(db))} parts of "
+               f"the range, first in pfns {lo} to {hi} (probes {da.get(differ[0], [0])[0]} "
+               f"compound pages, walk {db.get(differ[0], [0])[0]})"]
     ca, cb = _layouts(a, skip), _layouts(b, skip)
     odd = sorted(k for k in set(ca) | set(cb) if ca.get(k, 0) != cb.get(k, 0))
     if odd:
         out.append(f"compound pages laid out as (ptes, fresh, reused, on tail, head fresh, tail "
                    f"fresh) {odd[0]}: probes {ca.get(odd[0], 0)}, walk {cb.get(odd[0], 0)}")
     return out
+
+
+def _listed(listed: List[Tuple[int, int]]) -> str:
+    """The difference tables' pages: a head on both sides was seen laid out differently."""
+    sides: Dict[int, Set[int]] = {}
+    for head, side in listed:
+        sides.setdefault(head, set()).add(side)
+    words = {frozenset((1, -1)): "laid out differently", frozenset((1,)): "only the probes saw it",
+             frozenset((-1,)): "only the walk saw it"}
+    named = [f"pfn {head} ({words[frozenset(s)]})" for head, s in sorted(sides.items())]
+    return (f"{len(sides)} compound page{'s differ' if len(sides) > 1 else ' differs'} "
+            "between probes and walk: "
+            + ", ".join(named[:MAX_LISTED]) + (", ..." if len(named) > MAX_LISTED else ""))
 
 
 def _layouts(pages: CompoundPages, skip: Callable[[int], bool]) -> Dict[tuple, int]:

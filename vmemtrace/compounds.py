@@ -9,8 +9,9 @@ Here each page is judged as it is appended and only this is kept:
 - the pages headed in the range's first section and in the highest section seen so far, whole:
   boot memory can only share a section with a range's first or last piece (geometry.boot_shared),
   so these are the only pages the checks may have to set apart as on the boot memmap;
-- per part of PART_PAGES compound pages, a count and an order-independent digest of each page's
-  (head, layout), which --cross-check compares between sources;
+- per part of the range, a count and an order-independent digest of each page's (head, layout),
+  and one difference table (below) for the whole range: what --cross-check compares between
+  sources, naming the compound pages that differ where few do;
 - one bit per compound page (a head seen twice) and one per first tail page's pfn (two pages
   sharing one), both sparse;
 - the first few things no kernel can have produced (an edited or cut log).
@@ -19,7 +20,7 @@ Pure: no I/O.
 
 import hashlib
 import struct
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from vmemtrace.geometry import PAGES_PER_SECTION
 
@@ -37,10 +38,24 @@ CLASS = ("ptes", "fresh", "reused", "existing", "head_fresh", "tail_fresh", "on_
 MAX_CLASSES = 64
 # Compound pages per cross-check part: 2^8 at first (512 MiB of 2 MiB pages, 256 GiB of 1 GiB),
 # doubled whenever there would be more than MAX_PARTS parts (digest sums add up, so two
-# neighbouring parts merge into one exactly).
+# neighbouring parts merge into one exactly). The parts only say where to look when more pages
+# differ than the difference table can name, so a few are enough, and the summary's size stops
+# growing with the range as soon as it has them (8 GiB of 2 MiB pages).
 PART_SHIFT = 8
-MAX_PARTS = 1024
+MAX_PARTS = 16
+LOGGED_PARTS = 1024  # the most a logged summary may hold (logs of 2026-12-04 had up to 1024)
 MAX_PROBLEMS = 3
+# The difference table: an invertible Bloom lookup table (Eppstein, Goodrich, Uyeda, Varghese,
+# "What's the difference? Efficient set reconciliation without prior context", SIGCOMM 2011).
+# Each page adds (1, head pfn, digest, check) into one cell of each of TABLE_HASHES sub-tables,
+# counts summed and the rest xor-ed, so the table does not depend on the order pages came in.
+# One source's table less another's holds only the pages they disagree on (a page both saw
+# alike cancels out); it lists them one by one while they are few: peeling a 3-hash table
+# succeeds with high probability up to about cells / 1.23 entries (a page seen differently by
+# both sources is two), whatever the range's size.
+TABLE_HASHES = 3
+TABLE_WIDTH = 16  # cells per sub-table
+TABLE_CELLS = TABLE_HASHES * TABLE_WIDTH
 
 
 class PfnSet:
@@ -99,6 +114,51 @@ def digest(c: dict) -> int:
     return int.from_bytes(hashlib.blake2b(packed, digest_size=8).digest(), "little")
 
 
+def check_of(d: int) -> int:
+    """A second hash of a digest (splitmix64's finaliser): a table cell holds exactly one page
+    when its check is the check of its digest; it also picks the page's cells."""
+    z = (d + 0x9E3779B97F4A7C15) & MASK
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK
+    return z ^ (z >> 31)
+
+
+def new_table() -> List[List[int]]:
+    return [[0, 0, 0, 0] for _ in range(TABLE_CELLS)]
+
+
+def table_add(table: List[List[int]], head: int, d: int, sign: int = 1) -> None:
+    """One page into (sign 1) or out of (-1) a difference table: [pages, head xor, digest xor,
+    check xor] in one cell of each sub-table."""
+    chk = check_of(d)
+    for j in range(TABLE_HASHES):
+        cell = table[j * TABLE_WIDTH + (chk >> (16 * j)) % TABLE_WIDTH]
+        cell[0] += sign
+        cell[1] ^= head
+        cell[2] ^= d
+        cell[3] ^= chk
+
+
+def table_difference(a: List[List[int]], b: List[List[int]]) -> Optional[List[Tuple[int, int]]]:
+    """The pages in which two sources' tables differ, as (head pfn, 1 where only a has that
+    (head, layout), -1 where only b has it), in head order; None where more differ than the
+    table can list."""
+    diff = [[x[0] - y[0], x[1] ^ y[1], x[2] ^ y[2], x[3] ^ y[3]] for x, y in zip(a, b)]
+    found = []
+    progress = True
+    while progress:
+        progress = False
+        for cell in diff:
+            if cell[0] in (1, -1) and check_of(cell[2]) == cell[3]:
+                head, d, sign = cell[1], cell[2], cell[0]
+                found.append((head, sign))
+                table_add(diff, head, d, -sign)
+                progress = True
+    if any(any(cell) for cell in diff):
+        return None
+    return sorted(found)
+
+
 class CompoundPages:
     """One source's compound events of one range, folded one by one (module docstring)."""
 
@@ -111,6 +171,8 @@ class CompoundPages:
         self.unclassed = 0  # pages of classes beyond MAX_CLASSES
         self.part_shift = PART_SHIFT
         self.parts: Dict[int, List[int]] = {}  # part -> [pages, digest sum]
+        # the difference table of the summarised pages (None: read from a log that had none)
+        self.table: Optional[List[List[int]]] = new_table()
         self.first_section: List[dict] = []  # pages headed in the range's first section
         self.last_section: List[dict] = []  # ... in the highest other section seen so far
         self.last_section_nr: Optional[int] = None
@@ -185,16 +247,18 @@ class CompoundPages:
             cls[0] += 1
             if c["head_pfn"] < cls[1]:
                 cls[1], cls[2] = c["head_pfn"], c
-        self._add_part(self.parts, c)
+        d = digest(c)
+        self._add_part(self.parts, c, d)
+        table_add(self.table, c["head_pfn"], d)
         if c["tail_fresh"] and not self._tails.add(c["tail_pfn"]) and self.shared_tail is None:
             self.shared_tail = (c["tail_pfn"], c["head_pfn"])
 
-    def _add_part(self, parts: Dict[int, List[int]], c: dict) -> None:
+    def _add_part(self, parts: Dict[int, List[int]], c: dict, d: int) -> None:
         start, ppc = self.shared
         index = (c["head_pfn"] - start) // max(ppc, 1)
         part = parts.setdefault(index >> self.part_shift, [0, 0])
         part[0] += 1
-        part[1] = (part[1] + digest(c)) & MASK
+        part[1] = (part[1] + d) & MASK
         if len(parts) > MAX_PARTS and parts is self.parts:
             self.part_shift += 1
             self.parts = coarsen(parts, 1)
@@ -249,8 +313,18 @@ class CompoundPages:
             return PART_SHIFT, {}
         parts = {k: list(v) for k, v in self.parts.items()}
         for c in self.kept(skip):
-            self._add_part(parts, c)
+            self._add_part(parts, c, digest(c))
         return self.part_shift, parts
+
+    def difference_table(self, skip: Callable[[int], bool] = lambda head: False
+                         ) -> Optional[List[List[int]]]:
+        """The difference table of every page skip() does not set apart (None: none logged)."""
+        if self.table is None:
+            return None
+        table = [list(cell) for cell in self.table]
+        for c in self.kept(skip):
+            table_add(table, c["head_pfn"], digest(c))
+        return table
 
     def part_pfns(self, shift: int, part: int) -> Tuple[int, int]:
         start, ppc = self.shared
@@ -259,6 +333,7 @@ class CompoundPages:
     def nbytes(self) -> int:
         """What the summary holds, roughly: its bitmaps, parts, classes and kept pages."""
         return (self._heads.nbytes() + self._tails.nbytes() + 48 * len(self.parts)
+                + 32 * TABLE_CELLS
                 + 200 * (len(self.classes) + len(self.first_section) + len(self.last_section)))
 
     def as_event(self) -> dict:
@@ -276,6 +351,8 @@ class CompoundPages:
               "problems": list(self.problems)}
         if self.source is not None:
             ev["source"] = self.source
+        if self.table is not None:
+            ev["cells"] = [list(cell) for cell in self.table]
         return ev
 
     @classmethod
@@ -310,11 +387,36 @@ class CompoundPages:
         summed = sum(n for n, _, _ in self.classes.values()) + self.unclassed
         parted = sum(n for n, _ in self.parts.values())
         if summed + len(self.first_section) != self.count or parted != summed \
-                or any(k >> 40 for k in self.parts) or len(self.parts) > MAX_PARTS:
+                or any(k >> 40 for k in self.parts) or len(self.parts) > LOGGED_PARTS:
             self._problem(f"the summary of {self.count} compound pages does not add up "
                           f"({summed} in layout classes, {len(self.first_section)} kept whole, "
                           f"{parted} in {len(self.parts)} parts)")
+        while len(self.parts) > MAX_PARTS:  # a log of 2026-12-04 kept up to 1024 parts
+            self.part_shift += 1
+            self.parts = coarsen(self.parts, 1)
+        self._read_table(ev.get("cells"), summed)
         return self
+
+    def _read_table(self, cells: Optional[List[List[int]]], summed: int) -> None:
+        """A logged difference table: each summarised page is in one cell of every sub-table,
+        so each sub-table counts them all and xors the same heads, digests and checks. None (a
+        summary logged before tables were): the cross-check compares parts only."""
+        self.table = cells
+        if cells is None:
+            return
+        subs = [cells[j * TABLE_WIDTH:(j + 1) * TABLE_WIDTH] for j in range(TABLE_HASHES)]
+        sums = {(sum(c[0] for c in sub), *(_xor(c[i] for c in sub) for i in (1, 2, 3)))
+                for sub in subs}
+        if len(sums) != 1 or next(iter(sums))[0] != summed:
+            self._problem(f"the summary's difference table does not hold its {summed} "
+                          "summarised compound pages")
+
+
+def _xor(values: Iterable[int]) -> int:
+    out = 0
+    for v in values:
+        out ^= v
+    return out
 
 
 def _row(c: dict) -> List[int]:

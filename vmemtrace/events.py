@@ -11,7 +11,7 @@ import time
 from typing import IO, Iterable, Iterator, List, Optional, Tuple
 
 from vmemtrace import __version__
-from vmemtrace.compounds import COLUMNS
+from vmemtrace.compounds import COLUMNS, TABLE_CELLS
 from vmemtrace.sections import SHARED as SECTION_SHARED, SUMMED
 from vmemtrace.errors import VmemtraceError
 
@@ -39,7 +39,8 @@ REQUIRED = {
     "sections": ("count",) + SUMMED + SECTION_SHARED + ("altmap", "ok", "runs", "tasks", "problems"),
     # one source's compound pages of one range, judged as they came (compounds.py): rows are
     # compound events' counts in compounds.COLUMNS order (a class's row after its page count),
-    # parts [part, pages, digest]; "source": "walk" for the walk's
+    # parts [part, pages, digest]; "source": "walk" for the walk's; "cells" (optional: summaries
+    # logged before 2026-12-05 lack it) the difference table, [pages, head, digest, check] each
     "compounds": ("range_start_pfn", "pfns_per_compound", "count", "classes", "unclassed",
                   "part_shift", "parts", "kept", "lowest_head", "highest_head", "reused_head",
                   "shared_tail", "problems"),
@@ -86,7 +87,7 @@ TASK = ("pid", "ktime_ns", "comm")
 OPTIONAL = {"device": ("driver", "mode", "namespace", "pgmap_start_pfn", "pgmap_nr_pages",
                        "mapping", "mappings"),
             "section": TASK, "range": TASK + ("boot_sections",), "walk": ("boot_sections",),
-            "compound": ("source",), "compounds": ("source",)}
+            "compound": ("source",), "compounds": ("source", "cells")}
 
 # Types of the keys that are not non-negative integer counts (the rest are: pfns, pages, bytes).
 BOOL, STR, LIST, DICT, NUMBER, SIGNED, INT_MAP, MAYBE_INT, INT_LIST = (
@@ -96,6 +97,7 @@ RUNS, TASKS = "a list of [first pfn, end pfn]", "a list of [pid, comm]"
 CLASS_ROWS, PAGE_ROWS, PARTS, MAYBE_PAIR, STR_LIST, SOURCE = (
     f"a list of {len(COLUMNS) + 1} counts each", f"a list of {len(COLUMNS)} counts each",
     "a list of [part, pages, digest]", "a pair of counts or null", "a list of strings", '"walk"')
+CELLS = f"a list of {TABLE_CELLS} [pages, head, digest, check]"
 TYPES = {
     "header": {"kernel": STR, "version": LIST, "feature": DICT, "strategy": DICT},
     "section": {"altmap": BOOL, "has_pgmap": BOOL, "ok": BOOL, "comm": STR},
@@ -111,7 +113,7 @@ TYPES = {
                  "problems": STR_LIST},
     "compounds": {"source": SOURCE, "classes": CLASS_ROWS, "kept": PAGE_ROWS, "parts": PARTS,
                   "lowest_head": MAYBE_INT, "highest_head": MAYBE_INT, "reused_head": MAYBE_INT,
-                  "shared_tail": MAYBE_PAIR, "problems": STR_LIST},
+                  "shared_tail": MAYBE_PAIR, "problems": STR_LIST, "cells": CELLS},
 }
 # Physical limits: 52 address bits (x86_64 with 5-level paging) are 2^40 pages of 4 KiB.
 MAX_PFN = 1 << 40
@@ -150,6 +152,10 @@ def _typed(v, kind: str) -> bool:
         return isinstance(v, list) and all(
             isinstance(r, list) and len(r) == 3 and _count(r[0]) and _count(r[1])
             and type(r[2]) is int and 0 <= r[2] < 1 << 64 for r in v)
+    if kind == CELLS:
+        return isinstance(v, list) and len(v) == TABLE_CELLS and all(
+            isinstance(c, list) and len(c) == 4 and _count(c[0]) and _count(c[1]) and
+            all(type(n) is int and 0 <= n < 1 << 64 for n in c[2:]) for c in v)
     if kind == MAYBE_PAIR:
         return v is None or (isinstance(v, list) and len(v) == 2 and all(_count(n) for n in v))
     if kind == STR_LIST:

@@ -129,14 +129,29 @@ def test_cross_check_only_when_asked(mem2m):
     assert checks.cross_check(replace(mem2m, walk=None)).status == FAIL
     walked = compound_events("6.12", "mem-2M.jsonl", "walk")
     assert checks.cross_check(replace(mem2m, walk_compounds=pages(reversed(walked), "walk"))).status == PASS
-    for i in (0, 600, 1535):
+    for i in (0, 600, 1535):  # each page named by the difference tables
         moved = [dict(c) for c in walked]
         moved[i] = dict(moved[i], tail_pfn=moved[i]["tail_pfn"] + 1)
         c = checks.cross_check(replace(mem2m, walk_compounds=pages(moved, "walk")))
-        lo = mem2m.shape.start_pfn + (i // 256) * 256 * 512
-        assert c.status == FAIL and f"differ in 1 of 6 parts of the range, first in pfns {lo} to " \
-            f"{lo + 256 * 512}" in c.detail, c.detail
+        assert c.status == FAIL and c.detail.startswith(
+            f"1 compound page differs between probes and walk: pfn {walked[i]['head_pfn']} "
+            "(laid out differently)"), c.detail
         assert "laid out as" not in c.detail  # the same layouts, one on another tail page
+    few = [dict(c) for c in walked]
+    for i in (7, 300, 1200):
+        few[i] = dict(few[i], tail_pfn=few[i]["tail_pfn"] + 1)
+    c = checks.cross_check(replace(mem2m, walk_compounds=pages(few[:-1], "walk")))
+    heads = sorted([walked[i]["head_pfn"] for i in (7, 300, 1200)])
+    assert c.status == FAIL and c.detail.startswith(
+        f"4 compound pages differ between probes and walk: pfn {heads[0]} (laid out differently), "
+        f"pfn {heads[1]} (laid out differently), pfn {heads[2]} (laid out differently), "
+        f"pfn {walked[-1]['head_pfn']} (only the probes saw it)"), c.detail
+    # more than the tables can list: the parts say where to look
+    everywhere = [dict(c, tail_pfn=c["tail_pfn"] + 1) if i >= 1024 else c for i, c in enumerate(walked)]
+    c = checks.cross_check(replace(mem2m, walk_compounds=pages(everywhere, "walk")))
+    lo = mem2m.shape.start_pfn + 1024 * 512
+    assert c.status == FAIL and f"differ in 2 of 6 parts of the range, first in pfns {lo} to " \
+        f"{lo + 256 * 512}" in c.detail, c.detail
     unshared = [dict(c) for c in walked]
     unshared[5] = dict(unshared[5], reused=unshared[5]["reused"] - 1, fresh=unshared[5]["fresh"] + 1)
     c = checks.cross_check(replace(mem2m, walk_compounds=pages(unshared, "walk")))

@@ -12,7 +12,8 @@ import pytest
 from tests.conftest import SERIES, run_cli
 from tests.unit.test_replay import load, log_path, write_log
 from vmemtrace import events, geometry
-from vmemtrace.compounds import CompoundPages, PfnSet
+from vmemtrace import compounds
+from vmemtrace.compounds import CompoundPages, PfnSet, table_difference
 from vmemtrace.ledger import fold
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,7 +33,8 @@ def fed(evs, source=None) -> CompoundPages:
 def summary(pages: CompoundPages) -> tuple:
     """What the checks read of a summary."""
     return (len(pages), pages.judged(), sorted((c["head_pfn"], n) for c, n in pages.groups()),
-            pages.digests(), pages.sharing(), pages.reused_head, pages.problems)
+            pages.digests(), pages.difference_table(), pages.sharing(), pages.reused_head,
+            pages.problems)
 
 
 @pytest.mark.parametrize("series", SERIES)
@@ -69,6 +71,45 @@ def test_each_kind_of_page_is_judged_wherever_it_lies():
         assert drop.judged() == len(want) - 1
         assert drop.judged(skip=lambda head: head == want[0]["head_pfn"]) == \
             len(want) - 1 - (i != 0)  # only a kept page can be set apart
+
+
+@pytest.mark.parametrize("case", ["mem-2M", "mem-1G"])
+def test_the_difference_tables_name_the_pages_two_sources_disagree_on(case):
+    """Probes and walk of one real range agree; a few pages changed, dropped or added on one
+    side are named one by one; many changed are beyond the tables (None), never a wrong list."""
+    evs = load("6.12", case)
+    probes, walk = compound_events(evs, None), compound_events(evs, "walk")
+    assert table_difference(fed(probes).difference_table(), fed(walk, "walk").difference_table()) == []
+    rng = random.Random(len(probes))
+    for n in range(1, min(len(walk), 9)):
+        picked = sorted(rng.sample(range(len(walk)), n))
+        changed = [dict(c, on_tail=c["on_tail"] - 1) if i in picked else c
+                   for i, c in enumerate(walk)]
+        listed = table_difference(fed(probes).difference_table(),
+                                  fed(changed, "walk").difference_table())
+        heads = [walk[i]["head_pfn"] for i in picked]
+        assert listed == sorted([(h, 1) for h in heads] + [(h, -1) for h in heads])
+    if len(walk) > 2:
+        listed = table_difference(fed(probes[1:]).difference_table(), fed(walk, "walk").difference_table())
+        assert listed == [(walk[0]["head_pfn"], -1)]
+    if len(walk) > 100:
+        many = [dict(c, tail_pfn=c["tail_pfn"] + 1) for c in walk]
+        assert table_difference(fed(probes).difference_table(), fed(many, "walk").difference_table()) is None
+
+
+def test_a_summary_logged_with_a_thousand_parts_is_read_coarser(monkeypatch):
+    """Summaries logged on 2026-12-04 kept up to 1024 parts and no difference table: read,
+    their parts are merged exactly to MAX_PARTS, and the cross-check compares parts alone."""
+    want = compound_events(load("6.12", "mem-2M"), None)
+    grown = [dict(c, head_pfn=c["range_start_pfn"] + i * 512) for i, c in enumerate(want * 40)]
+    monkeypatch.setattr(compounds, "MAX_PARTS", 1024)
+    old = fed(grown).as_event()
+    monkeypatch.undo()
+    del old["cells"]
+    assert len(old["parts"]) == len(grown) // 256 > compounds.MAX_PARTS
+    back = CompoundPages.from_event(events.validate(old, "test"))
+    assert not back.problems and back.difference_table() is None
+    assert back.digests() == fed(grown).digests()
 
 
 def test_pfn_set_is_a_set():

@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import FIXTURES
 from tests.unit.test_replay import load, replay, write_log
 from vmemtrace import events
-from vmemtrace.compounds import CompoundPages
+from vmemtrace.compounds import COLUMNS, MAX_PARTS, TABLE_WIDTH, CompoundPages, digest, table_add
 from vmemtrace.ledger import fold
 from vmemtrace.verdict import evaluate
 
@@ -81,10 +81,24 @@ def edits():
     def no_add_up(s):
         s["kept"][0][2] += 1  # fresh: ptes no longer fresh + reused + existing
 
+    def table_cell(s):
+        s["cells"][5][0] += 1
+
+    def table_head(s):
+        s["cells"][TABLE_WIDTH + 3][1] ^= 512
+
+    def one_short(s):  # counts, classes and parts consistent, the table not
+        s["count"] -= 1
+        s["classes"][0][0] -= 1
+        s["parts"][0][1] -= 1
+
     return [(count, "does not add up"), (class_pages, "does not add up"),
             (part_gone, "does not add up"), (misaligned, "is not aligned"),
             (twice, "appears twice"), (outside, "lies outside the summary's heads"),
-            (class_twice, "there twice"), (no_add_up, "does not add up")]
+            (class_twice, "there twice"), (no_add_up, "does not add up"),
+            (table_cell, "difference table does not hold"),
+            (table_head, "difference table does not hold"),
+            (one_short, "difference table does not hold")]
 
 
 @pytest.mark.parametrize("source", [None, "walk"])
@@ -102,7 +116,9 @@ def test_a_summary_that_adds_up_but_misses_a_page_fails(tmp_path):
     s = evs[i]
     s["count"] -= 1
     s["classes"][0][0] -= 1
-    s["parts"][0][1] -= 1  # consistent, but one compound page short of the range
+    s["parts"][0][1] -= 1
+    page = dict(zip(COLUMNS, s["classes"][0][1:]))
+    table_add(s["cells"], page["head_pfn"], digest(page), -1)  # consistent, one page short
     res, doc = replay(write_log(tmp_path, evs))
     assert res.returncode == 1 and doc["verdict"] == "fail", res.stderr
     tail = {c["name"]: c for c in doc["devices"][0]["checks"]}["tail-reuse"]
@@ -125,6 +141,8 @@ def test_two_summaries_of_one_range_are_an_inconsistent_log(tmp_path):
     ("problems", [3], "not a list of strings"),
     ("part_shift", 99, "part_shift 99 is beyond"),
     ("highest_head", 1 << 41, "highest_head"),
+    ("cells", [[0, 0, 0, 0]] * 3, "not a list of 48 [pages, head, digest, check]"),
+    ("cells", [[0, 0, 0, 1 << 64]] * 48, "not a list of 48 [pages, head, digest, check]"),
 ])
 def test_a_malformed_summary_is_one_line(tmp_path, key, value, message):
     evs, i = summary_log()
@@ -144,7 +162,8 @@ def test_a_terabyte_summary_is_one_short_line():
     assert len(line) < 64 << 10 < events.MAX_LINE
     back = CompoundPages.from_event(events.validate(json.loads(line), "test"))
     assert back.judged() == 524288 and not back.problems
-    assert back.digests() == pages.digests() and len(back.digests()[1]) <= 1024
+    assert back.digests() == pages.digests() and len(back.digests()[1]) <= MAX_PARTS
+    assert back.difference_table() == pages.difference_table()
 
 
 @pytest.mark.parametrize("edit,message", [
