@@ -22,11 +22,16 @@
  *   HAVE_VMEMMAP_SHIFT  struct dev_pagemap has vmemmap_shift (5.17+)
  *   VPA_PTPFN           vmemmap_populate_address takes (ptpfn, flags), ptpfn -1 = allocate (6.15+)
  *
- * Aggregation happens here: one event per section, per range and per compound page (three
- * perf buffers, each with its own named struct, decoded by field name in user space). A
- * compound page is kept in a map entry while it is populated and sent when all its vmemmap
- * PTEs are there; what never completes is drained by user space when its range is
- * initialised. User space reads no map while the probes fire: a map system call disables BPF
+ * Aggregation happens here: one event per section and per range (perf buffers, each with its
+ * own named struct, decoded by field name in user space), and one summary per range of its
+ * compound pages. A compound page is kept in a map entry while it is populated; when all its
+ * vmemmap PTEs are there it is judged into its range's summary (struct cp_sum: the layout
+ * classes, per-part digests and the difference table of vmemtrace/compounds.py, computed the
+ * same way) and its entry freed. Only a page whose layout is none of its range's CP_CLASSES
+ * classes is sent on its own. User space reads the summary, and drains what never completed,
+ * when the range is initialised. A 1 TiB range's 524288 compound pages of 2 MiB cost no
+ * perf traffic and no memory beyond the summary: sent one by one they outran user space (lost
+ * events at 1 TiB under TCG). User space reads no map while the probes fire: a map system call disables BPF
  * tracing programs on its CPU while it runs (bpf_disable_instrumentation(), kernel/bpf/syscall.c),
  * and a kprobe that fires meanwhile is skipped, unseen. Nothing is emitted per vmemmap page;
  * per struct page only a counter, and only where memmap_init_compound is a clone.
@@ -168,6 +173,7 @@ struct cp_val {
 
 struct section_ctx {
     struct section_event ev;
+    u64 range_pages;       /* pfns in the pgmap range being populated (0: not read) */
     u64 start_addr;        /* vmemmap address of pfn: the first populate call's addr */
     /* The vmemmap_populate_address call in flight (calls do not nest): kept here rather than
      * in a map of its own, one hash update and delete less per vmemmap page. */
@@ -186,6 +192,35 @@ struct section_ctx {
     u64 cp_head;
     u64 cp_live;
     struct cp_val cp;
+};
+
+/*
+ * A range's compound pages, judged as they complete (vmemtrace/compounds.py CompoundPages, whose
+ * constants the loader passes as CP_* defines): CP_CLASSES layout classes, each with its page
+ * count and lowest-headed page; per part of 2^part_shift pages (part_shift chosen so that the
+ * range has at most CP_PARTS parts) the pages and the sum of their digests; the difference
+ * table, CP_TABLE_HASHES sub-tables of CP_TABLE_WIDTH cells of (pages, head xor, digest xor,
+ * check xor). One thread populates a range (memremap_pages() -> pagemap_range()), so no cell
+ * is written by two CPUs at once.
+ */
+struct cp_class {
+    u64 pages;
+    struct cp_val first;   /* the lowest-headed page of the class */
+};
+
+struct cp_sum {
+    u64 range_start_pfn;
+    u64 pfns_per_compound;
+    u64 count;
+    u64 part_shift;
+    u64 lowest_head;
+    u64 highest_head;
+    u64 reused_head;       /* the lowest head with a reused PTE; (u64)-1: none */
+    struct cp_class classes[CP_CLASSES];
+    /* Rows flattened: BCC's Python types keep only the first dimension of a two-dimensional
+     * array, and a value larger than its type corrupts the reader's memory. */
+    u64 parts[CP_PARTS * 2];                          /* [part][pages, digest sum] */
+    u64 cells[CP_TABLE_HASHES * CP_TABLE_WIDTH * 4];  /* [cell][pages, head, digest, check] */
 };
 
 struct range_ctx {
@@ -220,6 +255,8 @@ BPF_PERF_OUTPUT(compound_events);
 BPF_HASH(sections, u32, struct section_ctx, 1024);
 BPF_HASH(ranges, u32, struct range_ctx, 1024);
 BPF_F_TABLE("hash", u64, struct cp_val, compound, CP_MAP_ENTRIES, BPF_F_NO_PREALLOC);
+BPF_F_TABLE("hash", u64, struct cp_sum, cp_sums, 1024, BPF_F_NO_PREALLOC);
+BPF_PERCPU_ARRAY(cp_sum_zero, struct cp_sum, 1); /* a zeroed value: 2 KiB is over the stack */
 BPF_ARRAY(errors, struct errors_t, 1);
 BPF_PERCPU_ARRAY(hits, struct hits_t, 1);
 
@@ -255,12 +292,13 @@ static __always_inline u32 tid(void)
     return (u32)bpf_get_current_pid_tgid();
 }
 
-/* The pfns per compound page and the start pfn of the range being populated (5.19+:
+/* The pfns per compound page, and the start pfn and size of the range being populated (5.19+:
  * mm/sparse-vmemmap.c, reuse_compound_section(), reads the same ranges[nr_range]). */
-static __always_inline void read_pgmap(void *pgmap, u64 *pfns, u64 *range_start)
+static __always_inline void read_pgmap(void *pgmap, u64 *pfns, u64 *range_start, u64 *range_pages)
 {
     *pfns = 1;
     *range_start = 0;
+    *range_pages = 0;
     if (!pgmap)
         return;
 #ifdef LAYOUT_PGMAP_VMEMMAP_SHIFT
@@ -270,13 +308,16 @@ static __always_inline void read_pgmap(void *pgmap, u64 *pfns, u64 *range_start)
         *pfns = 1ULL << shift;
 #endif
     int nr_range = 0;
-    u64 start = 0; /* struct range { u64 start; u64 end; } (include/linux/range.h) */
+    u64 range[2] = {}; /* struct range { u64 start; u64 end; }, end inclusive (include/linux/range.h) */
     bpf_probe_read_kernel(&nr_range, sizeof(nr_range), pgmap + LAYOUT_PGMAP_NR_RANGE);
     if (nr_range < 0 || nr_range > 64)
         return;
-    if (bpf_probe_read_kernel(&start, sizeof(start),
-                              pgmap + LAYOUT_PGMAP_RANGES + nr_range * LAYOUT_RANGE_SIZE) == 0)
-        *range_start = start >> PAGE_SHIFT;
+    if (bpf_probe_read_kernel(&range, sizeof(range),
+                              pgmap + LAYOUT_PGMAP_RANGES + nr_range * LAYOUT_RANGE_SIZE) == 0) {
+        *range_start = range[0] >> PAGE_SHIFT;
+        if (range[1] >= range[0])
+            *range_pages = (range[1] - range[0] + 1) >> PAGE_SHIFT;
+    }
 }
 
 /* Write the compound page held in the section context back to its map entry. */
@@ -312,12 +353,136 @@ static __always_inline int cp_load(struct section_ctx *s, u64 head)
     return 1;
 }
 
+/* splitmix64's finaliser: compounds.py mix(), bit for bit. */
+#define VT_GOLDEN 0x9E3779B97F4A7C15ULL
+static __always_inline u64 vt_mix(u64 z)
+{
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+static __always_inline u64 vt_step(u64 h, u64 v)
+{
+    return vt_mix((h ^ v) + VT_GOLDEN);
+}
+
+/* A compound page's (head, layout) as 64 bits: compounds.py digest(), fields in its LAYOUT
+ * order. */
+static __always_inline u64 cp_digest(struct cp_val *c)
+{
+    u64 h = vt_step(0, c->head_pfn);
+    h = vt_step(h, c->ptes);
+    h = vt_step(h, c->fresh);
+    h = vt_step(h, c->reused);
+    h = vt_step(h, c->on_tail);
+    h = vt_step(h, c->tail_pfn);
+    h = vt_step(h, c->head_fresh);
+    return vt_step(h, c->tail_fresh);
+}
+
+/* Two pages of one layout class: compounds.py CLASS. */
+static __always_inline int cp_same_class(struct cp_val *a, struct cp_val *b)
+{
+    return a->ptes == b->ptes && a->fresh == b->fresh && a->reused == b->reused &&
+           a->existing == b->existing && a->head_fresh == b->head_fresh &&
+           a->tail_fresh == b->tail_fresh && a->on_tail == b->on_tail &&
+           a->max_index == b->max_index;
+}
+
+/* The range's summary, made on its first compound page: parts of 2^part_shift pages, the
+ * smallest shift from CP_PART_SHIFT up that leaves the range at most CP_PARTS parts. */
+static __always_inline struct cp_sum *cp_summary(struct section_ctx *s, u64 key)
+{
+    struct cp_sum *r = cp_sums.lookup(&key);
+    if (r)
+        return r;
+    int zero = 0;
+    struct cp_sum *z = cp_sum_zero.lookup(&zero);
+    if (!z)
+        return 0;
+    cp_sums.update(&key, z);
+    r = cp_sums.lookup(&key);
+    if (!r)
+        return 0;
+    u64 n = s->range_pages / s->ev.pfns_per_compound, shift = CP_PART_SHIFT;
+#pragma unroll
+    for (int i = 0; i < 40; i++) {
+        if (n == 0 || ((n - 1) >> shift) < CP_PARTS)
+            break;
+        shift++;
+    }
+    r->range_start_pfn = key;
+    r->pfns_per_compound = s->ev.pfns_per_compound;
+    r->part_shift = shift;
+    r->lowest_head = (u64)-1;
+    r->reused_head = (u64)-1;
+    return r;
+}
+
+/* Into the page's layout class: 0 where the range has CP_CLASSES others already. */
+static __always_inline int cp_classify(struct cp_sum *r, struct cp_val *c)
+{
+#pragma unroll
+    for (int i = 0; i < CP_CLASSES; i++) {
+        struct cp_class *k = &r->classes[i];
+        if (k->pages == 0) {
+            k->first = *c;
+            k->pages = 1;
+            return 1;
+        }
+        if (cp_same_class(&k->first, c)) {
+            k->pages++;
+            if (c->head_pfn < k->first.head_pfn)
+                k->first = *c;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* A complete compound page into its range's summary; sent on its own where it does not fit. */
+static __always_inline void cp_fold(struct pt_regs *ctx, struct section_ctx *s, struct cp_val *c)
+{
+    u64 key = c->range_start_pfn, ppc = c->pfns_per_compound;
+    struct cp_sum *r = cp_summary(s, key);
+    if (!r) {
+        COUNT_ERROR(compound_map_full);
+        goto send;
+    }
+    u64 part = ((c->head_pfn - key) / ppc) >> r->part_shift;
+    if (part >= CP_PARTS || !cp_classify(r, c))
+        goto send; /* a range larger than its pgmap said, or a fifth layout */
+    r->count++;
+    if (c->head_pfn < r->lowest_head)
+        r->lowest_head = c->head_pfn;
+    if (c->head_pfn > r->highest_head)
+        r->highest_head = c->head_pfn;
+    if (c->reused && c->head_pfn < r->reused_head)
+        r->reused_head = c->head_pfn;
+    u64 d = cp_digest(c), chk = vt_mix(d + VT_GOLDEN);
+    part &= CP_PARTS - 1;
+    r->parts[part * 2]++;
+    r->parts[part * 2 + 1] += d;
+#pragma unroll
+    for (int j = 0; j < CP_TABLE_HASHES; j++) {
+        u32 cell = (j * CP_TABLE_WIDTH + ((chk >> (16 * j)) & (CP_TABLE_WIDTH - 1))) * 4;
+        r->cells[cell]++;
+        r->cells[cell + 1] ^= c->head_pfn;
+        r->cells[cell + 2] ^= d;
+        r->cells[cell + 3] ^= chk;
+    }
+    return;
+send:
+    compound_events.perf_submit(ctx, c, sizeof(*c));
+}
+
 /* The compound page held in the section context has all its vmemmap PTEs
- * (vmemmap_populate_compound_pages() fills each once): send it and free its map entry. */
+ * (vmemmap_populate_compound_pages() fills each once): judge it and free its map entry. */
 static __always_inline void cp_complete(struct pt_regs *ctx, struct section_ctx *s)
 {
     u64 head = s->cp_head;
-    compound_events.perf_submit(ctx, &s->cp, sizeof(s->cp));
+    cp_fold(ctx, s, &s->cp);
     compound.delete(&head);
     s->cp_live = 0;
 }
@@ -338,7 +503,7 @@ int section_enter(struct pt_regs *ctx, unsigned long pfn, unsigned long nr_pages
 #ifdef HAVE_SECTION_PGMAP
     void *pgmap = (void *)PT_REGS_PARM5(ctx);
     s.ev.has_pgmap = pgmap != NULL;
-    read_pgmap(pgmap, &s.ev.pfns_per_compound, &s.ev.range_start_pfn);
+    read_pgmap(pgmap, &s.ev.pfns_per_compound, &s.ev.range_start_pfn, &s.range_pages);
 #else
     s.ev.pfns_per_compound = 1;
 #endif
@@ -528,7 +693,7 @@ int mizd_enter(struct pt_regs *ctx, void *zone, unsigned long start_pfn, unsigne
 {
     struct range_ctx r = {};
     u32 t = tid();
-    u64 unused;
+    u64 unused, unused_pages;
     unsigned int flags = 0;
     HIT(memmap_init_zone_device);
     if (ranges.lookup(&t))
@@ -538,7 +703,7 @@ int mizd_enter(struct pt_regs *ctx, void *zone, unsigned long start_pfn, unsigne
     r.ev.nr_pages = nr_pages;
     r.ev.struct_page_size = LAYOUT_STRUCT_PAGE;
     r.ev.page_size = PAGE_SIZE;
-    read_pgmap(pgmap, &r.ev.pfns_per_compound, &unused);
+    read_pgmap(pgmap, &r.ev.pfns_per_compound, &unused, &unused_pages);
     bpf_probe_read_kernel(&flags, sizeof(flags), pgmap + LAYOUT_PGMAP_FLAGS);
     if (flags & VT_PGMAP_ALTMAP_VALID) {
         /* memmap_init_zone_device() skips the pfns whose struct pages the altmap holds:

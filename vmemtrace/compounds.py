@@ -18,8 +18,6 @@ Here each page is judged as it is appended and only this is kept:
 Pure: no I/O.
 """
 
-import hashlib
-import struct
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from vmemtrace.geometry import PAGES_PER_SECTION
@@ -56,6 +54,9 @@ MAX_PROBLEMS = 3
 TABLE_HASHES = 3
 TABLE_WIDTH = 16  # cells per sub-table
 TABLE_CELLS = TABLE_HASHES * TABLE_WIDTH
+# Layout classes the BPF program keeps per range (struct cp_sum): a well-formed range has one; a
+# page of a fifth is sent to user space on its own, and judged here.
+BPF_CLASSES = 4
 
 
 class PfnSet:
@@ -107,20 +108,30 @@ def coarsen(parts: Dict[int, List[int]], by: int) -> Dict[int, List[int]]:
     return out
 
 
-def digest(c: dict) -> int:
-    """A compound page's (head, layout) as 64 bits; summed modulo 2^64 per part, the sum does
-    not depend on the order the pages came in."""
-    packed = struct.pack("<8Q", c["head_pfn"], *(c[k] for k in LAYOUT))
-    return int.from_bytes(hashlib.blake2b(packed, digest_size=8).digest(), "little")
+GOLDEN = 0x9E3779B97F4A7C15
 
 
-def check_of(d: int) -> int:
-    """A second hash of a digest (splitmix64's finaliser): a table cell holds exactly one page
-    when its check is the check of its digest; it also picks the page's cells."""
-    z = (d + 0x9E3779B97F4A7C15) & MASK
+def mix(z: int) -> int:
+    """splitmix64's finaliser (bpf/vmemtrace.bpf.c vt_mix(), bit for bit: the program judges
+    the probes' pages, this module the walk's, and --cross-check compares the two)."""
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK
     return z ^ (z >> 31)
+
+
+def digest(c: dict) -> int:
+    """A compound page's (head, layout) as 64 bits (bpf/vmemtrace.bpf.c cp_digest()); summed
+    modulo 2^64 per part, the sum does not depend on the order the pages came in."""
+    h = 0
+    for v in (c["head_pfn"],) + tuple(c[k] for k in LAYOUT):
+        h = mix(((h ^ v) + GOLDEN) & MASK)
+    return h
+
+
+def check_of(d: int) -> int:
+    """A second hash of a digest: a table cell holds exactly one page when its check is the
+    check of its digest; it also picks the page's cells."""
+    return mix((d + GOLDEN) & MASK)
 
 
 def new_table() -> List[List[int]]:
@@ -262,6 +273,56 @@ class CompoundPages:
         if len(parts) > MAX_PARTS and parts is self.parts:
             self.part_shift += 1
             self.parts = coarsen(parts, 1)
+
+    def fold_in(self, s: dict) -> None:
+        """A summary the BPF program made of the pages it judged (struct cp_sum in
+        bpf/vmemtrace.bpf.c, decoded by the loader: classes as (pages, lowest-headed page)),
+        added to the pages it sent on their own. Its pages are in neither bitmap (BPF keeps
+        none): a head seen twice there shows as one compound page too many."""
+        shared = (s["range_start_pfn"], s["pfns_per_compound"])
+        if self.shared is None:
+            self.shared = shared
+        elif shared != self.shared:
+            self._problem(f"the BPF summary of the range at pfn {shared[0]} was folded into "
+                          f"the one at pfn {self.shared[0]}")
+        if not s["count"]:
+            return
+        self.count += s["count"]
+        for n, page in s["classes"]:
+            c = {k: page[k] for k in COLUMNS}
+            key = tuple(c[k] for k in CLASS)
+            cls = self.classes.get(key)
+            if cls is None and len(self.classes) < MAX_CLASSES:
+                cls = self.classes[key] = [0, c["head_pfn"], c]
+            if cls is None:
+                self.unclassed += n
+                continue
+            cls[0] += n
+            if c["head_pfn"] < cls[1]:
+                cls[1], cls[2] = c["head_pfn"], c
+        self._fold_parts(s["part_shift"], {k: [n, d] for k, n, d in s["parts"]})
+        for mine, theirs in zip(self.table, s["cells"]):
+            mine[0] += theirs[0]
+            for i in (1, 2, 3):
+                mine[i] ^= theirs[i]
+        low, high = s["lowest_head"], s["highest_head"]
+        self.lowest_head = low if self.lowest_head is None else min(self.lowest_head, low)
+        self.highest_head = high if self.highest_head is None else max(self.highest_head, high)
+        if s["reused_head"] is not None and (self.reused_head is None or s["reused_head"] < self.reused_head):
+            self.reused_head = s["reused_head"]
+
+    def _fold_parts(self, shift: int, parts: Dict[int, List[int]]) -> None:
+        """Another summary's parts added to these, both at the coarser shift."""
+        top = max(shift, self.part_shift)
+        self.parts = coarsen(self.parts, top - self.part_shift)
+        for k, (n, d) in coarsen(parts, top - shift).items():
+            part = self.parts.setdefault(k, [0, 0])
+            part[0] += n
+            part[1] = (part[1] + d) & MASK
+        self.part_shift = top
+        while len(self.parts) > MAX_PARTS:
+            self.part_shift += 1
+            self.parts = coarsen(self.parts, 1)
 
     def __len__(self) -> int:
         return self.count

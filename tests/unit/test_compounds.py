@@ -185,3 +185,63 @@ def test_a_grown_recording_replays_to_the_geometry_of_its_size(tmp_path, gib):
     assert d["struct_pages_initialized"]["observed"] == geometry.struct_pages_init_expected(shape)
     assert d["page_table_walk"]["distinct"] == gib * 1024
 
+
+
+def bpf_summary(pages: list, range_pages: int) -> dict:
+    """What bpf/vmemtrace.bpf.c cp_fold() makes of these pages (struct cp_sum, as the loader
+    decodes it), step by step as the C does it: the merge below is tested against it; that the
+    C computes the same digests is shown by the lab, where its summary and the walk's agree."""
+    ppc, start = pages[0]["pfns_per_compound"], pages[0]["range_start_pfn"]
+    shift, n = compounds.PART_SHIFT, range_pages // ppc
+    while n and (n - 1) >> shift >= compounds.MAX_PARTS:
+        shift += 1
+    classes, parts, table = {}, {}, compounds.new_table()
+    for c in pages:
+        key = tuple(c[k] for k in compounds.CLASS)
+        k = classes.setdefault(key, [0, c])
+        k[0] += 1
+        if c["head_pfn"] < k[1]["head_pfn"]:
+            k[1] = c
+        d = compounds.digest(c)
+        part = parts.setdefault(((c["head_pfn"] - start) // ppc) >> shift, [0, 0])
+        part[0] += 1
+        part[1] = (part[1] + d) & compounds.MASK
+        compounds.table_add(table, c["head_pfn"], d)
+    reused = [c["head_pfn"] for c in pages if c["reused"]]
+    return {"range_start_pfn": start, "pfns_per_compound": ppc, "count": len(pages),
+            "part_shift": shift, "lowest_head": min(c["head_pfn"] for c in pages),
+            "highest_head": max(c["head_pfn"] for c in pages),
+            "reused_head": min(reused) if reused else None,
+            "classes": list(map(tuple, classes.values())),
+            "parts": [[k, n, d] for k, (n, d) in sorted(parts.items())], "cells": table}
+
+
+def by_class(pages: CompoundPages) -> dict:
+    out = {}
+    for c, n in pages.groups():
+        key = tuple(c[k] for k in compounds.CLASS)
+        out[key] = out.get(key, 0) + n
+    return out
+
+
+@pytest.mark.parametrize("case", ["mem-2M", "mem-1G"])
+def test_a_bpf_summary_and_pages_sent_alone_fold_into_the_summary_of_all(case):
+    evs = load("6.12", case)
+    want = compound_events(evs, None)
+    rng = next(e for e in evs if e["type"] == "range")
+    alone = set(random.Random(3).sample(range(len(want)), len(want) // 10))
+    mixed = fed([c for i, c in enumerate(want) if i in alone])
+    mixed.fold_in(bpf_summary([c for i, c in enumerate(want) if i not in alone], rng["nr_pages"]))
+    whole = fed(want)
+    assert len(mixed) == mixed.judged() == len(want)
+    assert mixed.digests() == whole.digests()
+    assert mixed.difference_table() == whole.difference_table()
+    assert by_class(mixed) == by_class(whole)  # kept whole here, in classes there
+    assert (mixed.reused_head, mixed.lowest_head, mixed.highest_head) == \
+        (whole.reused_head, whole.lowest_head, whole.highest_head)
+    back = CompoundPages.from_event(events.validate(json.loads(json.dumps(mixed.as_event())), "t"))
+    assert not back.problems and back.difference_table() == whole.difference_table()
+    other = CompoundPages()
+    other.fold_in(dict(bpf_summary(want, rng["nr_pages"]), range_start_pfn=1))
+    other.fold_in(bpf_summary(want, rng["nr_pages"]))
+    assert any("was folded into the one at pfn 1" in p for p in other.problems)

@@ -3,6 +3,7 @@ program it names exists, every probed function has its hit counter, and every st
 can choose has programs to attach. No BCC, no root."""
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -60,3 +61,29 @@ def test_no_probe_leaves_a_target_out():
                         walk_blocker=None, exclude=("vmemmap_alloc_block",))
     status = next(s for s in plan if s.name == "vmemmap_alloc_block")
     assert status.strategy == P.EXCLUDED and P.programs(status) == []
+
+
+def test_the_summary_struct_is_what_the_loader_and_compounds_py_read():
+    """struct cp_sum's scalar fields are the keys CompoundPages.fold_in() reads, its arrays are
+    sized by the defines the loader passes from compounds.py, and a BCC array of rows is read
+    whether BCC hands it over flat or nested."""
+    import ctypes
+    from vmemtrace import compounds
+    from vmemtrace.probes.loader import _rows, defines
+
+    assert struct_fields("cp_sum") == ["range_start_pfn", "pfns_per_compound", "count",
+                                       "part_shift", "lowest_head", "highest_head", "reused_head"]
+    body = re.search(r"struct cp_sum \{(.*?)\};", SOURCE, re.S).group(1)
+    assert "struct cp_class classes[CP_CLASSES];" in body
+    assert "u64 parts[CP_PARTS * 2];" in body
+    assert "u64 cells[CP_TABLE_HASHES * CP_TABLE_WIDTH * 4];" in body
+    # BCC's Python types keep one dimension of an array: a value larger than its type would
+    # corrupt the reader's memory (a segfault in the lab), so no map value has two.
+    assert not re.search(r"^\s+\w+ \w+\[[^\]]+\]\[", SOURCE, re.M)
+    flags, _ = defines((6, 12, 0), Path("/nonexistent"), None)
+    assert {f"-DCP_PARTS={compounds.MAX_PARTS}", f"-DCP_TABLE_WIDTH={compounds.TABLE_WIDTH}",
+            f"-DCP_TABLE_HASHES={compounds.TABLE_HASHES}", f"-DCP_PART_SHIFT={compounds.PART_SHIFT}",
+            f"-DCP_CLASSES={compounds.BPF_CLASSES}"} <= set(flags)
+    nested = ((ctypes.c_ulonglong * 2) * 3)(*[(ctypes.c_ulonglong * 2)(i, 10 * i) for i in range(3)])
+    flat = (ctypes.c_ulonglong * 6)(0, 0, 1, 10, 2, 20)
+    assert _rows(nested, 2) == _rows(flat, 2) == [[0, 0], [1, 10], [2, 20]]

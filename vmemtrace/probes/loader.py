@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from vmemtrace.compounds import CompoundPages
+from vmemtrace import compounds
 from vmemtrace.sections import Sections, summed
 from vmemtrace.errors import VmemtraceError
 from vmemtrace.kernel import btf, compat, environment, headers
@@ -24,11 +25,11 @@ BPF_SOURCE = Path(__file__).resolve().parents[1] / "bpf" / "vmemtrace.bpf.c"
 # the perf buffer and its entry freed), whatever the device's size. A cap, not an allocation
 # (BPF_F_NO_PREALLOC).
 CP_MAP_ENTRIES = 1 << 18
-# Perf buffer pages per CPU (4 MiB each). A compound page event is 96 bytes, and while they
-# stream BCC's reader stays on their buffer as long as it has data, so the section events of a
-# populate wait in theirs, unread, until it ends: measured at 1 TiB under TCG, 128 pages lost
-# 439 of 8192 section events. 1024 pages hold 21000 of them (2.6 TiB of one range's sections).
-PAGES = {"section_events": 1024, "range_events": 128, "compound_events": 1024}
+# Perf buffer pages per CPU (4 KiB each). Measured at 1 TiB under TCG, when every compound
+# page was sent: 128 pages lost 439 of 8192 section events while BCC's reader stayed on the
+# compound pages' buffer; 1024 pages hold 21000 (2.6 TiB of one range's sections). Compound
+# pages are now judged in BPF and only those of a fifth layout class are sent.
+PAGES = {"section_events": 1024, "range_events": 128, "compound_events": 256}
 MIN_PAGES = 8  # BCC's default page_cnt: below it, no tracing
 PERF_TABLES = (("section_events", "section"), ("range_events", "range"),
                ("compound_events", "compound"))
@@ -76,7 +77,45 @@ def defines(version: tuple, build: Path, layout: Optional[btf.Layout]) -> Tuple[
     if ptpfn:
         flags.append("-DVPA_PTPFN")
     flags.append(f"-DCP_MAP_ENTRIES={CP_MAP_ENTRIES}")
+    flags.extend(f"-D{name}={value}" for name, value in (
+        ("CP_CLASSES", compounds.BPF_CLASSES), ("CP_PARTS", compounds.MAX_PARTS),
+        ("CP_PART_SHIFT", compounds.PART_SHIFT), ("CP_TABLE_HASHES", compounds.TABLE_HASHES),
+        ("CP_TABLE_WIDTH", compounds.TABLE_WIDTH)))
     return flags, sources
+
+
+def _rows(array, width: int) -> List[List[int]]:
+    """A C array of rows, flattened (u64 x[n * width]: BCC's types would drop a second
+    dimension), as lists of width; nested arrays are flattened first."""
+    flat: List[int] = []
+
+    def walk(a):
+        for x in a:
+            if isinstance(x, int):
+                flat.append(x)
+            else:
+                walk(x)
+
+    walk(array)
+    return [flat[i:i + width] for i in range(0, len(flat), width)]
+
+
+def summary_fields(v) -> dict:
+    """A struct cp_sum (bpf/vmemtrace.bpf.c) by field name, its arrays as lists: classes as
+    (pages, lowest-headed page), parts as [part, pages, digest sum] where it has pages, cells
+    whole; (u64)-1, "none", as None."""
+    out: Dict[str, object] = {}
+    for name, _ in v._fields_:
+        value = getattr(v, name)
+        if name == "classes":
+            out[name] = [(int(k.pages), fields(k.first)) for k in value if k.pages]
+        elif name == "parts":
+            out[name] = [[i, n, d] for i, (n, d) in enumerate(_rows(value, 2)) if n]
+        elif name == "cells":
+            out[name] = _rows(value, 4)
+        else:
+            out[name] = None if int(value) == (1 << 64) - 1 else int(value)
+    return out
 
 
 _pending: Optional["Compile"] = None  # started by start_compile(), not yet taken
@@ -319,12 +358,25 @@ class Tracer:
         def mine(pfn: int) -> bool:
             return start_pfn is None or start_pfn <= pfn < start_pfn + nr_pages
 
+        for start, summary in self._take_summaries(mine).items():
+            self._held.setdefault(start, CompoundPages()).fold_in(summary)
         left = [(key, ev) for key, ev in self._read_compound(table) if mine(key)]
         self._delete(table, [key for key, _ in left])
         for _, ev in left:
             self._held.setdefault(ev["range_start_pfn"], CompoundPages()).append(ev)
         for start in [s for s in self._held if mine(s)]:
             yield self._held.pop(start).as_event()
+
+    def _take_summaries(self, mine: Callable[[int], bool]) -> Dict[int, dict]:
+        """The BPF program's summaries of the ranges mine() picks, by range start, removed from
+        its map (a few entries: one per range populated since the last drain)."""
+        table, out = self.bpf["cp_sums"], {}
+        for key, value in list(table.items()):
+            start = int(key.value)
+            if mine(start):
+                out[start] = summary_fields(value)
+                del table[key]
+        return out
 
     @staticmethod
     def _read_compound(table) -> List[tuple]:
