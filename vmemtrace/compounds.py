@@ -155,9 +155,9 @@ def table_difference(a: List[List[int]], b: List[List[int]]) -> Optional[List[Tu
     (head, layout), -1 where only b has it), in head order; None where more differ than the
     table can list."""
     diff = [[x[0] - y[0], x[1] ^ y[1], x[2] ^ y[2], x[3] ^ y[3]] for x, y in zip(a, b)]
-    found = []
+    found: List[Tuple[int, int]] = []
     progress = True
-    while progress:
+    while progress and len(found) <= TABLE_CELLS:  # an edited log's table may never empty
         progress = False
         for cell in diff:
             if cell[0] in (1, -1) and check_of(cell[2]) == cell[3]:
@@ -301,7 +301,7 @@ class CompoundPages:
             if c["head_pfn"] < cls[1]:
                 cls[1], cls[2] = c["head_pfn"], c
         self._fold_parts(s["part_shift"], {k: [n, d] for k, n, d in s["parts"]})
-        for mine, theirs in zip(self.table, s["cells"]):
+        for mine, theirs in zip(self.table or [], s["cells"]):
             mine[0] += theirs[0]
             for i in (1, 2, 3):
                 mine[i] ^= theirs[i]
