@@ -43,6 +43,10 @@ def mib(n: int) -> str:
     return f"{n / 2**20:,.1f} MiB"
 
 
+def kib(n: int) -> str:
+    return f"{n / 2**10:,.1f} KiB"
+
+
 def rows(docs: list) -> list:
     first = docs[0]
 
@@ -56,7 +60,7 @@ def rows(docs: list) -> list:
         out.append((d["size"], f"{v['compound_pages'][0]:,}", v["verdict"], v["events_lost"],
                     f"{v['seconds']:.1f} s", mib(v["peak_rss_bytes"]),
                     ratio(d, lambda x: x["verify"]["peak_rss_bytes"]),
-                    mib(v["log_bytes"]), ratio(d, lambda x: x["verify"]["log_bytes"]),
+                    kib(v["log_bytes"]), ratio(d, lambda x: x["verify"]["log_bytes"]),
                     mib(v["bpf_map_bytes"]), mib(e["rss_bytes"]),
                     ratio(d, lambda x: x["exporter"]["rss_bytes"]),
                     f"{e['p99'] * 1e3:.1f} ms of {e['scrapes']}", ratio(d, lambda x: x["exporter"]["p99"]),
@@ -93,12 +97,14 @@ def main():
     ap.add_argument("--size", action="append", help="region sizes, smallest first (default "
                                                     + " ".join(SIZES) + ")")
     ap.add_argument("--json", help="also write the raw measurements here")
+    ap.add_argument("--from", dest="source", help="print the tables of an earlier --json "
+                                                  "instead of measuring")
     args = ap.parse_args()
-    docs = []
-    for size in args.size or SIZES:
+    docs = json.loads(Path(args.source).read_text()) if args.source else []
+    for size in [] if args.source else args.size or SIZES:
         docs.append(run_guest(args.kernel, size, args.case))
         print(f"cost: {size} measured", file=sys.stderr, flush=True)
-        if args.json:  # after each size: a 1 TiB guest takes most of an hour under TCG
+        if args.json:  # after each size: a 1 TiB guest takes about 8 minutes under TCG
             Path(args.json).write_text(json.dumps(docs, indent=1))
     print(f"{docs[0]['kernel']}, {args.case}, one namespace of the whole region:\n")
     print(tabulate(rows(docs), headers=HEADERS, disable_numparse=True))

@@ -151,16 +151,16 @@ def test_regions_up_to_a_tebibyte_follow_qemus_memory_layout():
     assert small.kernel_args() == "memmap=3072M!5120M"  # unchanged for the lab's usual region
     tib = cases.Region(1 << 40)
     assert tib.start == 1026 * GiB  # 2 GiB of RAM at 1 TiB below it
-    # 2 GiB low + 2 GiB at 1 TiB + the region + RAM after it for 1 TiB's vmemmap (4 GiB at 2M)
-    assert tib.guest_memory() == (2 + 2 + 1024 + 2 + 8) * GiB
+    # 2 GiB low + 2 GiB at 1 TiB + the region + RAM after it for 1 TiB's vmemmap (16 GiB at 4K)
+    assert tib.guest_memory() == (2 + 2 + 1024 + 2 + 16) * GiB
     assert tib.kernel_args() == "memmap=1048576M!1050624M modprobe.blacklist=nd_pmem"
     opts = tib.qemu_opts("tcg")
     assert opts[:2] == ["-cpu", "max,phys-bits=48"]  # TCG's default is 40 bits: 1 TiB
     assert "reserve=off" in opts[3] and f"size={tib.guest_memory() >> 20}M" in opts[3]
     assert tib.qemu_opts("kvm")[:1] == ["-object"]
     mid = cases.Region(256 * GiB)  # ends below the hole: RAM from 4 GiB as usual
-    # 2 GiB low, and from 4 GiB up to the region's end plus 2 GiB + 2 GiB (vmemmap) after it
-    assert mid.start == 5 * GiB and mid.guest_memory() == (2 + (5 + 256 + 4 - 4)) * GiB
+    # 2 GiB low, and from 4 GiB up to the region's end plus 2 GiB + 4 GiB (vmemmap) after it
+    assert mid.start == 5 * GiB and mid.guest_memory() == (2 + (5 + 256 + 6 - 4)) * GiB
     assert mid.qemu_opts("tcg")[0] == "-object"
     with pytest.raises(VmemtraceError, match="start it at 1026G or above"):
         cases.Region(1 << 40, 5 * GiB)

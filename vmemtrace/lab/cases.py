@@ -188,11 +188,14 @@ class Region:
         has (16 GiB per TiB): nd_pmem is kept from binding at boot (devdax needs only
         dax_pmem), qemu's RAM is not reserved up front (the host has less than the guest's
         RAM, most of which is the region and never touched), and RAM after the region holds
-        the vmemmap of the cases (4 GiB per TiB at 2 MiB compound pages, more for 4 KiB)."""
+        the vmemmap of the cases (4 GiB per TiB at 2 MiB compound pages, 16 GiB at 4 KiB)."""
         return self.size > LARGE
 
     def ram_after(self) -> int:
-        return 2 * GiB + (self.size // 128 if self.large else 0)
+        """2 GiB, and for a large region room for its whole vmemmap (size / 64: one 64-byte
+        struct page per 4 KiB, the mem-4K case's): never reserved, so a host backs only what
+        a case touches."""
+        return 2 * GiB + (self.size // 64 if self.large else 0)
 
     def kernel_args(self) -> str:
         extra = " modprobe.blacklist=nd_pmem" if self.large else ""
