@@ -77,12 +77,15 @@ def rows_for(doc: dict) -> list:
             rows.append((k, f"ndctl create {case}: traced / bpftrace same probes",
                          f"{t:.3f} s", f"{b:.3f} s",
                          *fmt_ratio(*_with_interval(o["traced"], o["bpftrace"]))))
-        if o.get("hits") and doc.get("perhit"):
+        if o.get("hits") and {"kprobe", "kretprobe"} <= set(doc.get("perhit") or {}):
             est = estimated_overhead(o["hits"], doc["perhit"], u)
             rows.append((k, f"ndctl create {case}: hits x per-hit cost / untraced (estimate)",
                          f"{est * u:.3f} s", f"{u:.3f} s", f"{1 + est:.3f}", "-", ""))
+    for kind in (doc.get("perhit") or {}).get("unmeasured", []):
+        rows.append((k, f"one {kind} hit on {PERHIT_FUNCTION}: not measured (bpftrace could not "
+                        "attach it, or it was not hit once per call)", "-", "-", "-", "-", ""))
     for kind, runs in (doc.get("perhit") or {}).items():
-        if kind == "none" or kind == "calls":
+        if kind in ("none", "calls", "unmeasured"):
             continue
         per = per_hit_ns(runs, doc["perhit"]["none"], doc["perhit"]["calls"])
         rows.append((k, f"one {kind} hit on {PERHIT_FUNCTION} (median of {len(runs)})",
@@ -113,7 +116,7 @@ def _with_interval(a, b):
     return r, None, (lo, hi)
 
 
-PERHIT_FUNCTION = "__x64_sys_getppid"  # guest_bench.py's loop calls it
+PERHIT_FUNCTION = "__task_pid_nr_ns"  # guest_bench.py's getppid() loop calls it
 
 
 def per_hit_ns(probed, none, calls) -> float:
