@@ -41,7 +41,7 @@ MAX_CLASSES = 64
 # growing with the range as soon as it has them (8 GiB of 2 MiB pages).
 PART_SHIFT = 8
 MAX_PARTS = 16
-LOGGED_PARTS = 1024  # the most a logged summary may hold (logs of 2026-12-04 had up to 1024)
+LOGGED_PARTS = 1024  # the most a logged summary may hold (8760c1b's logs had up to 1024)
 MAX_PROBLEMS = 3
 # The difference table: an invertible Bloom lookup table (Eppstein, Goodrich, Uyeda, Varghese,
 # "What's the difference? Efficient set reconciliation without prior context", SIGCOMM 2011).
@@ -52,7 +52,7 @@ MAX_PROBLEMS = 3
 # succeeds with high probability up to about cells / 1.23 entries (a page seen differently by
 # both sources is two), whatever the range's size.
 TABLE_HASHES = 3
-TABLE_WIDTH = 16  # cells per sub-table
+TABLE_WIDTH = 16  # cells per sub-table: a power of two (bpf/ picks a cell with & (width - 1))
 TABLE_CELLS = TABLE_HASHES * TABLE_WIDTH
 # Layout classes the BPF program keeps per range (struct cp_sum): a well-formed range has one; a
 # page of a fifth is sent to user space on its own, and judged here.
@@ -452,7 +452,7 @@ class CompoundPages:
             self._problem(f"the summary of {self.count} compound pages does not add up "
                           f"({summed} in layout classes, {len(self.first_section)} kept whole, "
                           f"{parted} in {len(self.parts)} parts)")
-        while len(self.parts) > MAX_PARTS:  # a log of 2026-12-04 kept up to 1024 parts
+        while len(self.parts) > MAX_PARTS:  # 8760c1b logged up to 1024 parts
             self.part_shift += 1
             self.parts = coarsen(self.parts, 1)
         self._read_table(ev.get("cells"), summed)

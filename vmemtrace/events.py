@@ -40,7 +40,7 @@ REQUIRED = {
     # one source's compound pages of one range, judged as they came (compounds.py): rows are
     # compound events' counts in compounds.COLUMNS order (a class's row after its page count),
     # parts [part, pages, digest]; "source": "walk" for the walk's; "cells" (optional: summaries
-    # logged before 2026-12-05 lack it) the difference table, [pages, head, digest, check] each
+    # logged by 8760c1b, the first schema-3 build, lack it) the difference table, [pages, head, digest, check] each
     "compounds": ("range_start_pfn", "pfns_per_compound", "count", "classes", "unclassed",
                   "part_shift", "parts", "kept", "lowest_head", "highest_head", "reused_head",
                   "shared_tail", "problems"),

@@ -84,6 +84,8 @@ def test_the_summary_struct_is_what_the_loader_and_compounds_py_read():
     assert {f"-DCP_PARTS={compounds.MAX_PARTS}", f"-DCP_TABLE_WIDTH={compounds.TABLE_WIDTH}",
             f"-DCP_TABLE_HASHES={compounds.TABLE_HASHES}", f"-DCP_PART_SHIFT={compounds.PART_SHIFT}",
             f"-DCP_CLASSES={compounds.BPF_CLASSES}"} <= set(flags)
+    for n in (compounds.MAX_PARTS, compounds.TABLE_WIDTH):  # the C masks with n - 1
+        assert n & (n - 1) == 0, n
     nested = ((ctypes.c_ulonglong * 2) * 3)(*[(ctypes.c_ulonglong * 2)(i, 10 * i) for i in range(3)])
     flat = (ctypes.c_ulonglong * 6)(0, 0, 1, 10, 2, 20)
     assert _rows(nested, 2) == _rows(flat, 2) == [[0, 0], [1, 10], [2, 20]]
