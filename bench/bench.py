@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 from tabulate import tabulate
 
@@ -77,8 +78,9 @@ def rows_for(doc: dict) -> list:
             rows.append((k, f"ndctl create {case}: traced / bpftrace same probes",
                          f"{t:.3f} s", f"{b:.3f} s",
                          *fmt_ratio(*_with_interval(o["traced"], o["bpftrace"]))))
-        if o.get("hits") and {"kprobe", "kretprobe"} <= set(doc.get("perhit") or {}):
-            est = estimated_overhead(o["hits"], doc["perhit"], u)
+        est = estimated_overhead(o["hits"], doc["perhit"], u) \
+            if o.get("hits") and doc.get("perhit") else None
+        if est is not None:
             rows.append((k, f"ndctl create {case}: hits x per-hit cost / untraced (estimate)",
                          f"{est * u:.3f} s", f"{u:.3f} s", f"{1 + est:.3f}", "-", ""))
     for kind in (doc.get("perhit") or {}).get("unmeasured", []):
@@ -125,14 +127,21 @@ def per_hit_ns(probed, none, calls) -> float:
     return (med(probed) - med(none)) / calls * 1e9
 
 
-def estimated_overhead(hits: dict, perhit: dict, untraced: float) -> float:
+def estimated_overhead(hits: dict, perhit: dict, untraced: float) -> Optional[float]:
     """What the probes alone should cost a namespace creation, as a fraction of its untraced
-    time: each function's entry hits times a kprobe's cost, and as many kretprobe hits where
-    its return is probed too (hits: {function: [entry hits, return probed?]})."""
+    time: each function's entry hits times the cost of each kind of probe on it (hits:
+    {function: [entry hits, its strategy]}, e.g. "fentry+fexit"; a count is a kprobe; runs
+    recorded before 2026-12-05 say True/False for kprobe+kretprobe/kprobe). None where a kind
+    used was not measured."""
     none, calls = perhit["none"], perhit["calls"]
-    kprobe = per_hit_ns(perhit["kprobe"], none, calls) / 1e9
-    kretprobe = per_hit_ns(perhit["kretprobe"], none, calls) / 1e9
-    cost = sum(n * (kprobe + (kretprobe if ret else 0)) for n, ret in hits.values())
+    cost = 0.0
+    for n, how in hits.values():
+        if isinstance(how, bool):
+            how = "kprobe+kretprobe" if how else "kprobe"
+        for kind in how.replace("count", "kprobe").split("+"):
+            if not perhit.get(kind):
+                return None
+            cost += n * per_hit_ns(perhit[kind], none, calls) / 1e9
     return cost / untraced
 
 

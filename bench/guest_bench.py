@@ -58,16 +58,15 @@ def traced(case):
     strategy = events[0]["strategy"]
     hits = next((e["hits"] for e in events if e["type"] == "hits"), {})
     return doc["command"]["seconds"], doc, dev, {
-        f: [n, "kretprobe" in strategy.get(f, "")] for f, n in hits.items() if n}
+        f: [n, strategy.get(f, "")] for f, n in hits.items() if n}
 
 
 def bpftrace_program():
     """A bpftrace program counting hits on the probes vmemtrace attaches here (same targets,
-    same entry/return kinds): the cost of the probes alone, without vmemtrace's work."""
-    from vmemtrace.probes.targets import BY_NAME
-
-    probes = ",".join(f"{kind}:{t}" for t in attached_targets()
-                      for kind in BY_NAME[t].attach.split("+"))
+    same kinds: kprobes, kretprobes, fentry, fexit): the cost of the probes alone, without
+    vmemtrace's work."""
+    probes = ",".join(f"{spelling(kind)}:{t}" for t, how in attached_targets().items()
+                      for kind in how.replace("count", "kprobe").split("+"))
     return f'BEGIN {{ printf("attached\\n"); }} {probes} {{ @[probe] = count(); }}'
 
 
@@ -147,12 +146,21 @@ def with_probe(spelling, calls):
     return seconds
 
 
+_spelled = {}
+
+
+def spelling(kind):
+    """How this bpftrace spells an attachment kind (PERHIT_KINDS), None where it has none."""
+    if kind not in _spelled:
+        _spelled[kind] = next((s for s in PERHIT_KINDS[kind] if with_probe(s, 10) is not None),
+                              None)
+    return _spelled[kind]
+
+
 def perhit(reps, calls=100000):
     """A cheap traceable function called `calls` times from a loop, with no probe and with each
     kind of probe on it, alternating: bench.py divides the difference by the calls."""
-    spelled = {}
-    for kind, spellings in PERHIT_KINDS.items():
-        spelled[kind] = next((s for s in spellings if with_probe(s, 10) is not None), None)
+    spelled = {kind: spelling(kind) for kind in PERHIT_KINDS}
     out = {"calls": calls, "none": [], **{k: [] for k, s in spelled.items() if s}}
     for _ in range(reps):
         out["none"].append(getppid_loop(calls))
@@ -182,12 +190,13 @@ def time_until(cmd, marker, env=None, timeout=300):
 
 
 def attached_targets():
-    """What vmemtrace attaches on this kernel (its plan): the bpftrace baseline attaches the same."""
+    """What vmemtrace attaches on this kernel (its plan), by strategy: the bpftrace baseline
+    attaches the same."""
     from vmemtrace.probes.plan import is_attached
 
     doc = json.loads(subprocess.run(VMEMTRACE + ["check", "--json"], cwd=SRC, capture_output=True,
                                     text=True).stdout)
-    return [name for name, how in doc["strategy"].items() if is_attached(how)]
+    return {name: how for name, how in doc["strategy"].items() if is_attached(how)}
 
 
 def startup(reps):

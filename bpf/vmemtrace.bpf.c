@@ -4,9 +4,10 @@
  *
  * One program for every kernel, parametrised by defines that vmemtrace/probes/loader.py takes
  * from the kernel's BTF (headers and version only without it); nothing here is pasted together
- * from strings. Every probe function is compiled; the attach plan decides which ones are loaded
- * and attached (vmemtrace/probes/targets.py names them), so the compile does not wait for the
- * plan (it runs while the kernel's facts are read):
+ * from strings. Every kprobe function is compiled, and an fentry/fexit pair for each target
+ * the kernel's BTF has; the attach plan decides which ones are loaded and attached
+ * (vmemtrace/probes/targets.py names them), so the compile does not wait for the plan (it runs
+ * while the kernel's facts are read):
  *
  *   section_*      __populate_section_memmap(pfn, nr_pages, nid, altmap[, pgmap])
  *   vpa_*          vmemmap_populate_address(addr, node, altmap, reuse|ptpfn[, flags])
@@ -21,6 +22,8 @@
  *   HAVE_SECTION_PGMAP  __populate_section_memmap has the pgmap argument (5.19+)
  *   HAVE_VMEMMAP_SHIFT  struct dev_pagemap has vmemmap_shift (5.17+)
  *   VPA_PTPFN           vmemmap_populate_address takes (ptpfn, flags), ptpfn -1 = allocate (6.15+)
+ *   VT_ARGS_<function>  the function is in BTF with this many arguments: its fentry/fexit
+ *                       programs are compiled (vmemtrace/kernel/btf.py, Signatures.arity)
  *
  * Aggregation happens here: one event per section and per range (perf buffers, each with its
  * own named struct, decoded by field name in user space), and one summary per range of its
@@ -442,7 +445,7 @@ static __always_inline int cp_classify(struct cp_sum *r, struct cp_val *c)
 }
 
 /* A complete compound page into its range's summary; sent on its own where it does not fit. */
-static __always_inline void cp_fold(struct pt_regs *ctx, struct section_ctx *s, struct cp_val *c)
+static __always_inline void cp_fold(void *ctx, struct section_ctx *s, struct cp_val *c)
 {
     u64 key = c->range_start_pfn, ppc = c->pfns_per_compound;
     struct cp_sum *r = cp_summary(s, key);
@@ -479,7 +482,7 @@ send:
 
 /* The compound page held in the section context has all its vmemmap PTEs
  * (vmemmap_populate_compound_pages() fills each once): judge it and free its map entry. */
-static __always_inline void cp_complete(struct pt_regs *ctx, struct section_ctx *s)
+static __always_inline void cp_complete(void *ctx, struct section_ctx *s)
 {
     u64 head = s->cp_head;
     cp_fold(ctx, s, &s->cp);
@@ -487,8 +490,19 @@ static __always_inline void cp_complete(struct pt_regs *ctx, struct section_ctx 
     s->cp_live = 0;
 }
 
-int section_enter(struct pt_regs *ctx, unsigned long pfn, unsigned long nr_pages, int nid,
-                  void *altmap)
+/*
+ * The handlers. Each takes its function's arguments as values, so that one body serves both
+ * ways of attaching (the plan chooses per target, vmemtrace/probes/plan.py):
+ *   - a kprobe (kretprobe) program, which reads them from the registers (PT_REGS_PARMn, the
+ *     x86-64 calling convention; PT_REGS_RC for the return value);
+ *   - an fentry (fexit) program, run by the function's BPF trampoline
+ *     (kernel/bpf/trampoline.c), which hands them over as an array of u64, the return value
+ *     after the arguments. The trampolines are compiled only for a function the kernel's BTF
+ *     has, as VT_ARGS_<function> = its argument count (vmemtrace/probes/loader.py), and are
+ *     cheaper per hit than kprobes (bench/guest_bench.py, README).
+ */
+static __always_inline int on_section_enter(void *ctx, u64 pfn, u64 nr_pages, u64 altmap,
+                                            u64 pgmap)
 {
     struct section_ctx s = {};
     u32 t = tid();
@@ -497,13 +511,12 @@ int section_enter(struct pt_regs *ctx, unsigned long pfn, unsigned long nr_pages
         COUNT_ERROR(missed_return); /* the previous call on this thread never returned to us */
     s.ev.pfn = pfn;
     s.ev.nr_pages = nr_pages;
-    s.ev.altmap = altmap != NULL;
+    s.ev.altmap = altmap != 0;
     s.ev.struct_page_size = LAYOUT_STRUCT_PAGE;
     s.ev.page_size = PAGE_SIZE;
 #ifdef HAVE_SECTION_PGMAP
-    void *pgmap = (void *)PT_REGS_PARM5(ctx);
-    s.ev.has_pgmap = pgmap != NULL;
-    read_pgmap(pgmap, &s.ev.pfns_per_compound, &s.ev.range_start_pfn, &s.range_pages);
+    s.ev.has_pgmap = pgmap != 0;
+    read_pgmap((void *)pgmap, &s.ev.pfns_per_compound, &s.ev.range_start_pfn, &s.range_pages);
 #else
     s.ev.pfns_per_compound = 1;
 #endif
@@ -511,7 +524,14 @@ int section_enter(struct pt_regs *ctx, unsigned long pfn, unsigned long nr_pages
     return 0;
 }
 
-int section_return(struct pt_regs *ctx)
+/* __populate_section_memmap's pgmap argument, where it has one (5.19+, kernel/compat.py). */
+#ifdef HAVE_SECTION_PGMAP
+#define SECTION_PGMAP(arg) (arg)
+#else
+#define SECTION_PGMAP(arg) 0
+#endif
+
+static __always_inline int on_section_return(void *ctx, u64 memmap)
 {
     u32 t = tid();
     struct section_ctx *s = sections.lookup(&t);
@@ -521,7 +541,7 @@ int section_return(struct pt_regs *ctx)
     if (s->alloc_depth || s->vpa_live)
         COUNT_ERROR(missed_return);
     /* NULL return: the memmap could not be populated; the event still reports what was done. */
-    s->ev.ok = PT_REGS_RC(ctx) != 0;
+    s->ev.ok = memmap != 0;
     s->ev.pid = bpf_get_current_pid_tgid() >> 32;
     s->ev.ktime_ns = bpf_ktime_get_ns();
     bpf_get_current_comm(&s->ev.comm, sizeof(s->ev.comm));
@@ -530,7 +550,9 @@ int section_return(struct pt_regs *ctx)
     return 0;
 }
 
-int vpa_enter(struct pt_regs *ctx, unsigned long addr, int node, void *altmap)
+/* reuse: the fourth argument, a struct page * (NULL: allocate) before 6.15, ptpfn ((unsigned
+ * long)-1: allocate) from 6.15 (VPA_PTPFN). */
+static __always_inline int on_vpa_enter(u64 addr, u64 reuse)
 {
     u32 t = tid();
     HIT(vmemmap_populate_address);
@@ -543,19 +565,19 @@ int vpa_enter(struct pt_regs *ctx, unsigned long addr, int node, void *altmap)
     s->vpa_live = 1;
     s->vpa_addr = addr;
 #ifdef VPA_PTPFN
-    s->vpa_reuse = PT_REGS_PARM4(ctx) != (u64)-1;
+    s->vpa_reuse = reuse != (u64)-1;
 #else
-    s->vpa_reuse = PT_REGS_PARM4(ctx) != 0;
+    s->vpa_reuse = reuse != 0;
 #endif
     s->vpa_allocs = 0;
     return 0;
 }
 
-int vpa_return(struct pt_regs *ctx)
+static __always_inline int on_vpa_return(void *ctx, u64 pte_ptr)
 {
     u32 t = tid();
     struct section_ctx *s = sections.lookup(&t);
-    u64 pte_ptr = PT_REGS_RC(ctx), pte = 0, backing;
+    u64 pte = 0, backing;
     if (!s || !s->vpa_live)
         return 0;
     s->vpa_live = 0;
@@ -640,7 +662,7 @@ static __always_inline int alloc_enter(unsigned long size, int buf)
     return 0;
 }
 
-static __always_inline int alloc_return(struct pt_regs *ctx)
+static __always_inline int alloc_return(u64 memory)
 {
     u32 t = tid();
     struct section_ctx *s = sections.lookup(&t);
@@ -648,7 +670,7 @@ static __always_inline int alloc_return(struct pt_regs *ctx)
         return 0;
     if (--s->alloc_depth)
         return 0; /* an inner allocator: its caller's return counts */
-    if (PT_REGS_RC(ctx) == 0)
+    if (memory == 0)
         return 0;
     s->ev.allocs++;
     if (s->vpa_live)
@@ -660,41 +682,13 @@ static __always_inline int alloc_return(struct pt_regs *ctx)
     return 0;
 }
 
-int alloc_buf_enter(struct pt_regs *ctx, unsigned long size)
-{
-    HIT(vmemmap_alloc_block_buf);
-    return alloc_enter(size, 1);
-}
-
-int alloc_altmap_enter(struct pt_regs *ctx, unsigned long size)
-{
-    HIT(altmap_alloc_block_buf);
-    return alloc_enter(size, 1);
-}
-
-int alloc_block_enter(struct pt_regs *ctx, unsigned long size)
-{
-    HIT(vmemmap_alloc_block);
-    return alloc_enter(size, 0);
-}
-
-int alloc_buf_return(struct pt_regs *ctx)
-{
-    return alloc_return(ctx);
-}
-
-int alloc_block_return(struct pt_regs *ctx)
-{
-    return alloc_return(ctx);
-}
-
-int mizd_enter(struct pt_regs *ctx, void *zone, unsigned long start_pfn, unsigned long nr_pages,
-               void *pgmap)
+static __always_inline int on_mizd_enter(u64 start_pfn, u64 nr_pages, u64 pgmap_arg)
 {
     struct range_ctx r = {};
     u32 t = tid();
     u64 unused, unused_pages;
     unsigned int flags = 0;
+    void *pgmap = (void *)pgmap_arg;
     HIT(memmap_init_zone_device);
     if (ranges.lookup(&t))
         COUNT_ERROR(missed_return);
@@ -720,7 +714,7 @@ int mizd_enter(struct pt_regs *ctx, void *zone, unsigned long start_pfn, unsigne
     return 0;
 }
 
-int mizd_return(struct pt_regs *ctx)
+static __always_inline int on_mizd_return(void *ctx)
 {
     u32 t = tid();
     struct range_ctx *r = ranges.lookup(&t);
@@ -737,12 +731,11 @@ int mizd_return(struct pt_regs *ctx)
     return 0;
 }
 
-int mic_enter(struct pt_regs *ctx)
+static __always_inline int on_mic_enter(u64 nr)
 {
     u32 t = tid();
     HIT(memmap_init_compound);
     struct range_ctx *r = ranges.lookup(&t);
-    u64 nr = PT_REGS_PARM6(ctx);
     if (!r) {
         COUNT_ERROR(no_context);
         return 0;
@@ -754,6 +747,71 @@ int mic_enter(struct pt_regs *ctx)
     if (nr > r->ev.mic_max)
         r->ev.mic_max = nr;
     return 0;
+}
+
+/* kprobes and kretprobes: the names vmemtrace/probes/targets.py gives them. */
+int section_enter(struct pt_regs *ctx)
+{
+    return on_section_enter(ctx, PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM4(ctx),
+                            SECTION_PGMAP(PT_REGS_PARM5(ctx)));
+}
+
+int section_return(struct pt_regs *ctx)
+{
+    return on_section_return(ctx, PT_REGS_RC(ctx));
+}
+
+int vpa_enter(struct pt_regs *ctx)
+{
+    return on_vpa_enter(PT_REGS_PARM1(ctx), PT_REGS_PARM4(ctx));
+}
+
+int vpa_return(struct pt_regs *ctx)
+{
+    return on_vpa_return(ctx, PT_REGS_RC(ctx));
+}
+
+int alloc_buf_enter(struct pt_regs *ctx)
+{
+    HIT(vmemmap_alloc_block_buf);
+    return alloc_enter(PT_REGS_PARM1(ctx), 1);
+}
+
+int alloc_altmap_enter(struct pt_regs *ctx)
+{
+    HIT(altmap_alloc_block_buf);
+    return alloc_enter(PT_REGS_PARM1(ctx), 1);
+}
+
+int alloc_block_enter(struct pt_regs *ctx)
+{
+    HIT(vmemmap_alloc_block);
+    return alloc_enter(PT_REGS_PARM1(ctx), 0);
+}
+
+int alloc_buf_return(struct pt_regs *ctx)
+{
+    return alloc_return(PT_REGS_RC(ctx));
+}
+
+int alloc_block_return(struct pt_regs *ctx)
+{
+    return alloc_return(PT_REGS_RC(ctx));
+}
+
+int mizd_enter(struct pt_regs *ctx)
+{
+    return on_mizd_enter(PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx));
+}
+
+int mizd_return(struct pt_regs *ctx)
+{
+    return on_mizd_return(ctx);
+}
+
+int mic_enter(struct pt_regs *ctx)
+{
+    return on_mic_enter(PT_REGS_PARM6(ctx));
 }
 
 /* memmap_init_compound only as a clone: its calls counted, nr_pages left unread. */
@@ -781,3 +839,115 @@ int izdp_count(struct pt_regs *ctx)
         r->ev.izdp_calls++;
     return 0;
 }
+
+/*
+ * fentry and fexit: BCC's KFUNC_PROBE / KRETFUNC_PROBE name the program after the function
+ * (kfunc__<function>, or kfunc__vmlinux__<function> in later BCC) and read the arguments listed
+ * from the trampoline's array. fexit lists every argument, VT_ARGS_<function> of them, for the
+ * return value that follows them; fentry lists those up to the last one it reads (the verifier
+ * refuses a read past the function's arguments, btf_ctx_access()). The names are not BCC's
+ * auto-attach prefixes to us: the loader turns auto-attach off and attaches what the plan says.
+ */
+#define VT_FENTRY_1(fn) KFUNC_PROBE(fn, u64 a0)
+#define VT_FENTRY_2(fn) KFUNC_PROBE(fn, u64 a0, u64 a1)
+#define VT_FENTRY_3(fn) KFUNC_PROBE(fn, u64 a0, u64 a1, u64 a2)
+#define VT_FENTRY_4(fn) KFUNC_PROBE(fn, u64 a0, u64 a1, u64 a2, u64 a3)
+#define VT_FENTRY_5(fn) KFUNC_PROBE(fn, u64 a0, u64 a1, u64 a2, u64 a3, u64 a4)
+#define VT_FENTRY_6(fn) KFUNC_PROBE(fn, u64 a0, u64 a1, u64 a2, u64 a3, u64 a4, u64 a5)
+#define VT_FEXIT_1(fn) KRETFUNC_PROBE(fn, u64 a0, u64 ret)
+#define VT_FEXIT_2(fn) KRETFUNC_PROBE(fn, u64 a0, u64 a1, u64 ret)
+#define VT_FEXIT_3(fn) KRETFUNC_PROBE(fn, u64 a0, u64 a1, u64 a2, u64 ret)
+#define VT_FEXIT_4(fn) KRETFUNC_PROBE(fn, u64 a0, u64 a1, u64 a2, u64 a3, u64 ret)
+#define VT_FEXIT_5(fn) KRETFUNC_PROBE(fn, u64 a0, u64 a1, u64 a2, u64 a3, u64 a4, u64 ret)
+#define VT_FEXIT_6(fn) KRETFUNC_PROBE(fn, u64 a0, u64 a1, u64 a2, u64 a3, u64 a4, u64 a5, u64 ret)
+#define VT_PASTE(a, b) a##b
+#define VT_CAT(a, b) VT_PASTE(a, b)
+#define VT_FENTRY(fn, n) VT_CAT(VT_FENTRY_, n)(fn)
+#define VT_FEXIT(fn, n) VT_CAT(VT_FEXIT_, n)(fn)
+
+#ifdef VT_ARGS___populate_section_memmap
+#ifdef HAVE_SECTION_PGMAP
+VT_FENTRY(__populate_section_memmap, 5)
+#else
+VT_FENTRY(__populate_section_memmap, 4)
+#endif
+{
+    return on_section_enter(ctx, a0, a1, a3, SECTION_PGMAP(a4));
+}
+
+VT_FEXIT(__populate_section_memmap, VT_ARGS___populate_section_memmap)
+{
+    return on_section_return(ctx, ret);
+}
+#endif
+
+#ifdef VT_ARGS_vmemmap_populate_address
+VT_FENTRY(vmemmap_populate_address, 4)
+{
+    return on_vpa_enter(a0, a3);
+}
+
+VT_FEXIT(vmemmap_populate_address, VT_ARGS_vmemmap_populate_address)
+{
+    return on_vpa_return(ctx, ret);
+}
+#endif
+
+#ifdef VT_ARGS_vmemmap_alloc_block_buf
+VT_FENTRY(vmemmap_alloc_block_buf, 1)
+{
+    HIT(vmemmap_alloc_block_buf);
+    return alloc_enter(a0, 1);
+}
+
+VT_FEXIT(vmemmap_alloc_block_buf, VT_ARGS_vmemmap_alloc_block_buf)
+{
+    return alloc_return(ret);
+}
+#endif
+
+#ifdef VT_ARGS_altmap_alloc_block_buf
+VT_FENTRY(altmap_alloc_block_buf, 1)
+{
+    HIT(altmap_alloc_block_buf);
+    return alloc_enter(a0, 1);
+}
+
+VT_FEXIT(altmap_alloc_block_buf, VT_ARGS_altmap_alloc_block_buf)
+{
+    return alloc_return(ret);
+}
+#endif
+
+#ifdef VT_ARGS_vmemmap_alloc_block
+VT_FENTRY(vmemmap_alloc_block, 1)
+{
+    HIT(vmemmap_alloc_block);
+    return alloc_enter(a0, 0);
+}
+
+VT_FEXIT(vmemmap_alloc_block, VT_ARGS_vmemmap_alloc_block)
+{
+    return alloc_return(ret);
+}
+#endif
+
+#ifdef VT_ARGS_memmap_init_zone_device
+VT_FENTRY(memmap_init_zone_device, 4)
+{
+    return on_mizd_enter(a1, a2, a3);
+}
+
+/* It returns void: nothing follows the arguments, and nothing is read. */
+KRETFUNC_PROBE(memmap_init_zone_device)
+{
+    return on_mizd_return(ctx);
+}
+#endif
+
+#ifdef VT_ARGS_memmap_init_compound
+VT_FENTRY(memmap_init_compound, 6)
+{
+    return on_mic_enter(a5);
+}
+#endif

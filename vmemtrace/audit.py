@@ -12,6 +12,7 @@ from vmemtrace.kernel import btf, compat, daxdev
 from vmemtrace.kernel.config import enabled
 from vmemtrace.kernel.kcore import SectionTable, Walker
 from vmemtrace.probes.plan import WALK_STRATEGY
+from vmemtrace.probes.targets import FUNCTIONS
 from vmemtrace.probes.targets import TARGETS, WALK_TARGETS
 from vmemtrace.readiness import assess, read_facts
 
@@ -47,7 +48,7 @@ def section_table(facts) -> Optional[SectionTable]:
     (include/linux/mmzone.h: two words, four with CONFIG_PAGE_EXTENSION); None when neither
     says."""
     extreme = enabled(facts.config, "SPARSEMEM_EXTREME") is not False
-    layout = btf.try_layout(facts.btf, lambda _: None, "")  # read once per process
+    layout = btf.try_layout(facts.btf, lambda _: None, "", FUNCTIONS)  # read once per process
     size = layout.mem_section if layout is not None else None
     if size is None and facts.config is not None:
         size = 32 if enabled(facts.config, "PAGE_EXTENSION") else 16
@@ -58,7 +59,7 @@ def struct_page_size(facts, progress: Callable[[str], None]) -> int:
     """sizeof(struct page) from the kernel's BTF (kernel/btf.py); without BTF, x86_64's 64
     (geometry.py), as every Debian kernel measured has it, and said so."""
     assumed = f"assuming a {geometry.STRUCT_PAGE_SIZE}-byte struct page"
-    layout = btf.try_layout(facts.btf, progress, assumed)
+    layout = btf.try_layout(facts.btf, progress, assumed, FUNCTIONS)
     if layout is not None:
         return layout.struct_page
     if not facts.btf:

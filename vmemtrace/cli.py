@@ -47,6 +47,7 @@ def check(as_json, root):
     Exit 0 when tracing can start, 2 (with the reason) when it cannot."""
     from vmemtrace.kernel import btf
     from vmemtrace.probes.loader import BPF_SOURCE, defines
+    from vmemtrace.probes.targets import FUNCTIONS
     from vmemtrace.readiness import assess, check_report, read_facts
 
     facts = read_facts(root)
@@ -58,7 +59,7 @@ def check(as_json, root):
         report["can_trace"] = False
     # Where the BPF program's struct layout and calling conventions would come from.
     layout = btf.try_layout(facts.btf and str(root / facts.btf.lstrip("/")), say,
-                            "the kernel headers answer instead")
+                            "the kernel headers answer instead", FUNCTIONS)
     report["facts_from"] = defines(facts.version, root / "lib/modules" / facts.release / "build",
                                    layout)[1]
     if as_json:

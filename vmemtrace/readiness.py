@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from vmemtrace.kernel import compat
+from vmemtrace.kernel import compat, trampoline
 from vmemtrace.kernel.config import RELEVANT, enabled
 from vmemtrace.kernel.facts import DATA_SYMBOLS, KernelFacts, gather
 from vmemtrace.probes import plan as P
@@ -67,7 +67,7 @@ def feature(facts: KernelFacts, plan: List[P.TargetStatus]) -> Feature:
 
 def read_facts(root: Path = Path("/"), with_bcc: bool = True) -> KernelFacts:
     """The kernel's facts, its probe targets looked for."""
-    return gather(root, [t.name for t in TARGETS], with_bcc)
+    return gather(root, targets.FUNCTIONS, with_bcc)
 
 
 def _sees_anything(plan: List[P.TargetStatus]) -> bool:
@@ -81,6 +81,7 @@ def _sees_anything(plan: List[P.TargetStatus]) -> bool:
 def blockers(facts: KernelFacts, plan: List[P.TargetStatus]) -> List[str]:
     """Each reason tracing cannot start on this kernel, most fundamental first."""
     out = []
+    required_strategy = next(s.strategy for s in plan if s.name == REQUIRED)
     if facts.machine != compat.OBSERVED_ARCH:
         # Probes, BPF decoding and the walk are proven on x86_64 kernels only (the lab boots
         # those): elsewhere say what the kernel does, never guess what it did.
@@ -91,6 +92,8 @@ def blockers(facts: KernelFacts, plan: List[P.TargetStatus]) -> List[str]:
         # security/lockdown: LOCKDOWN_TRACEFS, LOCKDOWN_BPF_READ_KERNEL are confidentiality-level
         out.append("kernel lockdown is in confidentiality mode: it forbids tracefs and BPF "
                    "reading kernel memory (boot without lockdown=confidentiality)")
+    elif required_strategy in P.TRAMPOLINE:
+        pass  # attached by BPF trampoline: kprobes are not needed to start
     elif enabled(facts.config, "KPROBES") is False:
         out.append("kernel built without CONFIG_KPROBES: nothing can be traced")
     elif not facts.kprobe_events:
@@ -119,7 +122,8 @@ def assess(facts: KernelFacts, exclude=()) -> Readiness:
     plan = P.build_plan(facts.version, facts.syms, facts.filter_functions,
                         facts.kprobe_blacklist,
                         kprobes=enabled(facts.config, "KPROBES") is not False and facts.kprobe_events,
-                        walk_blocker=facts.walk_blocker, exclude=exclude)
+                        walk_blocker=facts.walk_blocker, exclude=exclude,
+                        trampolines=P.Trampolines(facts.btf_functions, facts.trampoline_blocker))
     return Readiness(feature(facts, plan), plan, blockers(facts, plan))
 
 
@@ -139,6 +143,9 @@ def check_report(facts: KernelFacts, ready: Readiness) -> dict:
         "headers": facts.headers,
         "bcc": facts.bcc,
         "kallsyms_data": {s: facts.syms.has_data(s) for s in DATA_SYMBOLS},
+        "trampolines": {"possible": facts.trampoline_blocker is None,
+                        "reason": facts.trampoline_blocker or "x86_64, BTF, BPF JIT, "
+                                                              + trampoline.SYMBOL},
         "page_table_walk": {"possible": facts.walk_blocker is None,
                             "reason": facts.walk_blocker or "root, /proc/kcore, data symbols"},
         "targets": {s.name: s.as_json() for s in ready.plan},

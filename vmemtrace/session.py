@@ -60,7 +60,7 @@ def open_tracer(progress: Callable[[str], None], cross_check: bool = False, excl
             walker = open_walker(facts)
         if compiled is None:
             raise VmemtraceError("cannot trace: the BPF program could not be compiled")
-        tracer = Tracer(ready.plan, compiled)
+        tracer = Tracer(ready.plan, compiled, progress)
     except BaseException:
         if compiled is not None:
             compiled.discard()  # never exit while libbcc is still compiling in its thread
@@ -72,7 +72,9 @@ def open_tracer(progress: Callable[[str], None], cross_check: bool = False, excl
     if tracer.buffer_pages != PAGES:
         progress("perf buffers cut to " + ", ".join(f"{t} {n}" for t, n in tracer.buffer_pages.items())
                  + " pages per CPU by the locked-memory limit: large devices may lose events")
-    header = header_event(facts, ready, tracer.cflags, mode)
+    # As attached: a trampoline the kernel refused was replaced by kprobes (probes/loader.py).
+    strategy = {s.name: tracer.attached.get(s.name, s.strategy) for s in ready.plan}
+    header = header_event(facts, ready, tracer.cflags, mode, strategy)
     header["facts_from"] = tracer.fact_sources
     header["walk_blocker"] = None if walker is not None else facts.walk_blocker
     return tracer, walker, facts, header, mode

@@ -67,3 +67,12 @@ def test_per_hit_cost_and_the_estimate_it_gives():
     # 10 entry hits with their returns probed, 5 without, over 1 s untraced
     est = bench.estimated_overhead({"f": [10, True], "g": [5, False]}, perhit, 1.0)
     assert round(est, 6) == round(10 * (300e-6 + 600e-6) + 5 * 300e-6, 6)
+
+
+def test_the_estimate_prices_each_probe_kind_the_strategy_names():
+    perhit = {"calls": 1000, "none": [1.0, 1.2, 1.1], "kprobe": [1.3, 1.4, 1.5],
+              "fentry": [1.2, 1.3, 1.2], "fexit": [1.3, 1.3, 1.4]}
+    est = bench.estimated_overhead({"f": [10, "fentry+fexit"], "g": [5, "count"]}, perhit, 1.0)
+    assert round(est, 6) == round(10 * (100e-6 + 200e-6) + 5 * 300e-6, 6)
+    # a kind the per-hit run could not measure: no estimate rather than a wrong one
+    assert bench.estimated_overhead({"f": [10, "kprobe+kretprobe"]}, perhit, 1.0) is None

@@ -123,3 +123,29 @@ def test_refusals(tmp_path):
     assert btf.try_layout(None, said.append, "using the headers instead") is None
     assert len(said) == 1 and said[0].endswith("type or string section outside the blob; "
                                                "using the headers instead")
+
+
+def test_argument_counts_of_the_functions_asked_for():
+    """The fentry/fexit programs are compiled for the functions BTF has, by argument count."""
+    blob = btf.Btf(kernel_like(vpa_params=("addr", "node", "altmap", "ptpfn", "flags")).blob())
+    sig = btf.layout(blob, ("vmemmap_populate_address", "__populate_section_memmap",
+                            "vmemmap_alloc_block")).signatures
+    assert sig.arity == (("vmemmap_populate_address", 5), ("__populate_section_memmap", 2))
+    assert sig.defines() == ["-DVT_ARGS_vmemmap_populate_address=5",
+                             "-DVT_ARGS___populate_section_memmap=2"]
+    assert btf.layout(blob).signatures.arity == ()
+
+
+def test_find_skips_a_name_offset_that_is_not_a_record_start():
+    """find() searches the name's offset as bytes: the same number inside a record (a size, a
+    type id, a member offset) is not a hit."""
+    w = kernel_like()
+    off = w.s("vmemmap_alloc_block")
+    # a struct whose size is the name's offset, before the function of that name
+    w.add("decoy", btf.STRUCT, 0, off)
+    proto = w.add("", btf.FUNC_PROTO, 1, 0, struct.pack("<II", w.s("size"), 1))
+    fn = w.add("vmemmap_alloc_block", btf.FUNC, 0, proto)
+    blob = btf.Btf(w.blob())
+    assert blob.find("vmemmap_alloc_block", (btf.FUNC,)) == fn
+    assert blob.params("vmemmap_alloc_block") == ["size"]
+    assert blob.find("vmemmap_alloc_block", (btf.STRUCT,)) is None

@@ -182,3 +182,49 @@ def test_other_architectures_are_refused_with_what_their_kernel_does(tmp_path, a
     res = run_cli("check", "--root", str(root))
     assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
     assert machine in res.stderr
+
+
+def test_trampolines_need_x86_64_btf_a_jit_and_the_trampoline_code():
+    from vmemtrace.kernel import trampoline
+    from vmemtrace.kernel.kallsyms import Kallsyms
+
+    has = Kallsyms({trampoline.SYMBOL}, {}, {})
+    ok = dict(machine="x86_64", version=(6, 12), config={"BPF_JIT": "y"}, syms=has,
+              btf="/sys/kernel/btf/vmlinux", btf_read=True)
+    assert trampoline.blocker(**ok) is None
+    for change, says in ((dict(machine="aarch64"), "x86_64 only"),
+                         (dict(version=(5, 4)), "older than 5.5"),
+                         (dict(btf=None), "no kernel BTF"),
+                         (dict(btf_read=False), "could not be read"),
+                         (dict(config={}), "without CONFIG_BPF_JIT"),
+                         (dict(syms=Kallsyms(set(), {}, {})), "not in kallsyms")):
+        assert says in trampoline.blocker(**{**ok, **change}), change
+
+
+def test_the_fixture_kernels_say_why_they_use_kprobes():
+    """The recorded trees carry no BTF: check says so, and the plan keeps kprobes."""
+    r = report("6.12")
+    assert r["trampolines"] == {"possible": False,
+                                "reason": "no kernel BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF)"}
+    assert r["targets"]["memmap_init_zone_device"]["reason"].endswith(
+        "kprobes, not a BPF trampoline: no kernel BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF)")
+
+
+def test_without_kprobes_a_kernel_with_trampolines_can_still_trace():
+    import dataclasses
+
+    facts = read_facts(kernel_root("6.12"), with_bcc=False)
+    config = {k: v for k, v in facts.config.items() if k != "KPROBES"}
+    no_kprobes = dataclasses.replace(facts, config=config)
+    assert any("CONFIG_KPROBES" in b for b in assess(no_kprobes).blockers)
+    with_trampolines = dataclasses.replace(
+        no_kprobes, trampoline_blocker=None,
+        btf_functions=frozenset({"memmap_init_zone_device", "memmap_init_compound",
+                                 "__populate_section_memmap", "vmemmap_populate_address",
+                                 "vmemmap_alloc_block"}))
+    ready = assess(with_trampolines)
+    assert not any("KPROBES" in b for b in ready.blockers), ready.blockers
+    strategy = {s.name: s.strategy for s in ready.plan}
+    assert strategy["memmap_init_zone_device"] == "fentry+fexit"
+    assert strategy["memmap_init_compound"] == "fentry"
+    assert strategy["vmemmap_alloc_block_buf"] == "unavailable"  # not in that BTF, no kprobes

@@ -89,3 +89,63 @@ def test_the_summary_struct_is_what_the_loader_and_compounds_py_read():
     nested = ((ctypes.c_ulonglong * 2) * 3)(*[(ctypes.c_ulonglong * 2)(i, 10 * i) for i in range(3)])
     flat = (ctypes.c_ulonglong * 6)(0, 0, 1, 10, 2, 20)
     assert _rows(nested, 2) == _rows(flat, 2) == [[0, 0], [1, 10], [2, 20]]
+
+
+def trampoline_block(name):
+    """The source between #ifdef VT_ARGS_<name> and its #endif (none nest inside)."""
+    m = re.search(rf"^#ifdef VT_ARGS_{name}\n(.*?)^#endif\n(?=\n|\Z)", SOURCE, re.M | re.S)
+    return m.group(1) if m else None
+
+
+@pytest.mark.parametrize("target", [t for t in TARGETS if t.programs], ids=lambda t: t.name)
+def test_every_target_with_programs_has_its_trampolines_compiled_only_where_btf_has_it(target):
+    """Its fentry (and fexit, where it has a kretprobe) exist, only under VT_ARGS_<name>: a
+    trampoline program for a function the BTF lacks would fail the whole load. fexit lists all
+    VT_ARGS_<name> arguments (its return value follows them) unless the function returns void."""
+    block = trampoline_block(target.name)
+    assert block is not None, target.name
+    kinds = dict(target.trampoline)
+    assert re.search(rf"(VT_FENTRY|KFUNC_PROBE)\({target.name}\b", block)
+    fexit = re.search(rf"(VT_FEXIT|KRETFUNC_PROBE)\({target.name}(, VT_ARGS_{target.name}\))?", block)
+    assert ("fexit" in kinds) == (fexit is not None)
+    programs = re.compile(rf"^(VT_FENTRY|VT_FEXIT|KFUNC_PROBE|KRETFUNC_PROBE)\({target.name}\b", re.M)
+    assert len(programs.findall(SOURCE)) == len(programs.findall(block))  # none outside it
+    assert target.trampoline_attach == "+".join(kinds)
+
+
+def test_fentry_reads_no_argument_past_those_it_lists():
+    """VT_FENTRY(fn, n) lists a0..a(n-1): a body that reads a(n) would not compile, and one
+    listing more than the function has would be refused by the verifier (btf_ctx_access)."""
+    for m in re.finditer(r"^VT_FENTRY\((\w+), (\d)\)\n\{(.*?)^\}", SOURCE, re.M | re.S):
+        used = {int(a) for a in re.findall(r"\ba(\d)\b", m.group(3))}
+        assert used and max(used) < int(m.group(2)), m.group(1)
+
+
+def test_the_plan_attaches_by_trampoline_where_btf_has_the_function():
+    names = {t.name for t in TARGETS}
+    syms = Kallsyms(names - {"memmap_init_compound"},
+                    {"memmap_init_compound": ["memmap_init_compound.constprop.0"]}, {})
+    in_btf = frozenset(names - {"vmemmap_alloc_block", "memmap_init_compound"})
+    plan = {s.name: s for s in P.build_plan(
+        (7, 3, 0), syms, names, set(), kprobes=True, walk_blocker=None,
+        trampolines=P.Trampolines(in_btf, None))}
+    assert plan["vmemmap_populate_address"].strategy == "fentry+fexit"
+    assert P.programs(plan["vmemmap_populate_address"]) == [
+        ("fentry", "kfunc__vmemmap_populate_address"), ("fexit", "kretfunc__vmemmap_populate_address")]
+    assert plan["vmemmap_alloc_block"].strategy == "kprobe+kretprobe"
+    assert plan["vmemmap_alloc_block"].reason.endswith("not in the kernel's BTF")
+    assert plan["memmap_init_compound"].strategy == P.COUNT  # a clone: BTF has no clones
+    assert P.programs(plan["memmap_init_compound"]) == [("kprobe", "mic_count")]
+    # A kernel without trampolines: kprobes everywhere, and why said.
+    plan = {s.name: s for s in P.build_plan(
+        (7, 3, 0), syms, names, set(), kprobes=True, walk_blocker=None,
+        trampolines=P.Trampolines(in_btf, "no kernel BTF"))}
+    assert plan["vmemmap_populate_address"].strategy == "kprobe+kretprobe"
+    assert plan["vmemmap_populate_address"].reason.endswith("not a BPF trampoline: no kernel BTF")
+    # Without kprobes, trampolines still attach; a clone, which only a kprobe can count, cannot.
+    plan = {s.name: s for s in P.build_plan(
+        (7, 3, 0), syms, names, set(), kprobes=False, walk_blocker=None,
+        trampolines=P.Trampolines(in_btf, None))}
+    assert plan["memmap_init_zone_device"].strategy == "fentry+fexit"
+    assert plan["memmap_init_compound"].strategy == "unavailable"
+    assert plan["vmemmap_alloc_block"].strategy == "unavailable"

@@ -9,6 +9,7 @@ section (records of u32 words: name_off, info, size|type, then kind-specific wor
 string section. Type ids count from 1 in section order; 0 is void.
 """
 
+import bisect
 import functools
 import struct
 from dataclasses import dataclass
@@ -58,7 +59,8 @@ class Btf:
         strings = hdr_len + str_off
         if type_len % 4 or types + type_len > len(data) or strings + str_len > len(data):
             raise ValueError("type or string section outside the blob")
-        self._words = memoryview(data)[types:types + type_len].cast("I")
+        self._raw = bytes(data[types:types + type_len])
+        self._words = memoryview(self._raw).cast("I")
         self._strings = bytes(data[strings:strings + str_len])
         self._start: List[int] = [0]  # word index of each type id's record; id 0 is void
         # Record length = FIXED[kind] + PER_VLEN[kind] * vlen words, looked up rather than
@@ -86,15 +88,21 @@ class Btf:
         return (self._words[self._start[tid] + 1] >> 24) & 0x1F
 
     def find(self, name: str, kinds: Tuple[int, ...]) -> Optional[int]:
-        """The first type id of one of these kinds with this name."""
+        """The first type id of one of these kinds with this name. The name's offset is searched
+        for as bytes (a record starts with its name_off word), then each hit is checked to be
+        a record's start: a few candidates instead of a Python loop over every type."""
         off = self._name_offset(name)
         if off is None:
             return None
-        words = self._words
-        for tid in range(1, len(self._start)):
-            i = self._start[tid]
-            if words[i] == off and (words[i + 1] >> 24) & 0x1F in kinds:
+        needle, raw, start = struct.pack("<I", off), self._raw, self._start
+        at = raw.find(needle)
+        while at >= 0:
+            word = at // 4
+            tid = bisect.bisect_left(start, word, 1)
+            if at % 4 == 0 and tid < len(start) and start[tid] == word \
+                    and self.kind(tid) in kinds:
                 return tid
+            at = raw.find(needle, at + 1)
         return None
 
     def size(self, tid: int) -> int:
@@ -150,13 +158,22 @@ class Signatures:
 
     section_pgmap: Optional[bool]  # __populate_section_memmap(..., pgmap)
     vpa_ptpfn: Optional[bool]  # vmemmap_populate_address(addr, node, altmap, ptpfn, flags)
+    # (function, argument count) of each function asked for that the BTF has: a BPF trampoline
+    # (fentry/fexit) can be attached only to a function in BTF, and fexit finds the return
+    # value after the arguments (bpf/vmemtrace.bpf.c, VT_ARGS_<function>).
+    arity: Tuple[Tuple[str, int], ...] = ()
+
+    def defines(self) -> List[str]:
+        return [f"-DVT_ARGS_{name}={n}" for name, n in self.arity]
 
 
-def signatures(btf: Btf) -> Signatures:
+def signatures(btf: Btf, functions: Tuple[str, ...] = ()) -> Signatures:
     section = btf.params("__populate_section_memmap")
     vpa = btf.params("vmemmap_populate_address")
+    params = {name: btf.params(name) for name in functions}
     return Signatures(section_pgmap=None if section is None else "pgmap" in section,
-                      vpa_ptpfn=None if vpa is None else "ptpfn" in vpa)
+                      vpa_ptpfn=None if vpa is None else "ptpfn" in vpa,
+                      arity=tuple((name, len(p)) for name, p in params.items() if p is not None))
 
 
 @dataclass(frozen=True)
@@ -207,7 +224,7 @@ def _struct_members(btf: Btf, name: str, wanted: Dict[str, Optional[int]]) -> Di
     return found
 
 
-def layout(btf: Btf) -> Layout:
+def layout(btf: Btf, functions: Tuple[str, ...] = ()) -> Layout:
     pgmap = _struct_members(btf, "dev_pagemap", PGMAP_MEMBERS)
     altmap = _struct_members(btf, "vmem_altmap", ALTMAP_MEMBERS)
     missing = [f"dev_pagemap.{m}" for m in PGMAP_MEMBERS if m not in pgmap and m != "vmemmap_shift"]
@@ -222,7 +239,7 @@ def layout(btf: Btf) -> Layout:
                   pgmap_ranges=pgmap["ranges"], pgmap_vmemmap_shift=pgmap.get("vmemmap_shift"),
                   altmap_base_pfn=altmap["base_pfn"], altmap_reserve=altmap["reserve"],
                   altmap_free=altmap["free"], range_size=btf.size(rng),
-                  signatures=signatures(btf), mem_section=_size_of(btf, "mem_section"),
+                  signatures=signatures(btf, functions), mem_section=_size_of(btf, "mem_section"),
                   prog_info_misses=_prog_info_misses(btf))
 
 
@@ -240,29 +257,30 @@ def _size_of(btf: Btf, name: str) -> Optional[int]:
 
 
 @functools.lru_cache(maxsize=None)
-def read_layout(path: str) -> Layout:
-    """The layout from a BTF file; a one-line VmemtraceError when it cannot be had. Read once
-    per process: the running kernel's BTF does not change, and both the compile and the audit
-    of existing devices want it (exporter start-up)."""
+def read_layout(path: str, functions: Tuple[str, ...] = ()) -> Layout:
+    """The layout from a BTF file, with the argument counts of these functions (the probe
+    targets); a one-line VmemtraceError when it cannot be had. Read once per process: the
+    running kernel's BTF does not change, and the compile, the attach plan and the audit of
+    existing devices want it (exporter start-up)."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
         raise VmemtraceError(f"cannot read {path}: {e.strerror}")
     try:
-        return layout(Btf(data))
+        return layout(Btf(data), functions)
     except (ValueError, IndexError, struct.error) as e:
         raise VmemtraceError(f"{path}: cannot take the struct layout from it: {e}")
 
 
 def try_layout(path: Optional[str], progress: Callable[[str], None],
-               instead: str) -> Optional[Layout]:
+               instead: str, functions: Tuple[str, ...] = ()) -> Optional[Layout]:
     """The layout, or None: without BTF, or with the reason said and what the caller does
     `instead`."""
     if not path:
         return None
     try:
-        return read_layout(path)
+        return read_layout(path, functions)
     except VmemtraceError as e:
         progress(f"{e}; {instead}")
         return None

@@ -38,6 +38,18 @@ KPROBE_MISSES = Change(
     '"bpf: Count missed stats in trace_call_bpf", series "bpf: Add missed stats for kprobes" '
     '(Jiri Olsa, 6.7)')
 
+# fentry/fexit: a BPF program called from the function's own trampoline (a direct call patched
+# into its ftrace site) instead of a kprobe's breakpoint or ftrace handler; the function must be
+# in the kernel's BTF. vmemtrace attaches by trampoline where it can: cheaper per hit (README).
+BPF_TRAMPOLINE = Change(
+    (5, 5), "fentry/fexit BPF programs run from a BPF trampoline of the traced function (x86_64)",
+    '"bpf: Introduce BPF trampoline" fec56f5890d9 (5.5)')
+# A trampoline's program skipped because it was already running on that CPU is counted in
+# bpf_prog_info.recursion_misses from 5.12 (kprobes only from 6.7: KPROBE_MISSES).
+TRAMPOLINE_MISSES = Change(
+    (5, 12), "fentry/fexit programs skipped for recursion are counted (recursion_misses)",
+    '"bpf: Count the number of times recursion was prevented" 9ed9e9ba2337 (5.12)')
+
 SECTION_PGMAP = Change(
     (5, 19), "__populate_section_memmap(pfn, nr_pages, nid, altmap, pgmap): pgmap added",
     '"mm/sparse-vmemmap: add a pgmap argument to section activation" (5.19)')

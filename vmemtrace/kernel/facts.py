@@ -3,10 +3,11 @@
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Set
+from typing import Dict, FrozenSet, Optional, Sequence, Set
 
 from vmemtrace.errors import VmemtraceError
-from vmemtrace.kernel import compat, config, environment, ftrace, kallsyms, kcore, leftovers, release
+from vmemtrace.kernel import (btf as btf_reader, compat, config, environment, ftrace, kallsyms,
+                              kcore, leftovers, release, trampoline)
 
 # Data symbols the page-table walk reads (x86_64, CONFIG_KALLSYMS_ALL), named by kernel/kcore.py.
 DATA_SYMBOLS = kcore.DATA_SYMBOLS
@@ -31,6 +32,8 @@ class KernelFacts:
     notes: list = field(default_factory=list)
     leftovers: list = field(default_factory=list)  # kprobe events of dead tracers on our targets
     machine: str = "x86_64"  # the kernel's architecture, as `uname -m` names it
+    btf_functions: FrozenSet[str] = frozenset()  # of the functions asked for, those BTF has
+    trampoline_blocker: Optional[str] = "not asked"  # why fentry/fexit cannot attach, or None
 
 
 def machine_of(options: Optional[Dict[str, str]]) -> str:
@@ -52,7 +55,7 @@ def gather(root: Path, functions: Sequence[str], with_bcc: bool = True) -> Kerne
         raise VmemtraceError(f"cannot read the kernel release from {root}/proc: {e.strerror}")
     except ValueError:
         raise VmemtraceError(f"/proc/sys/kernel/osrelease: not a kernel release: {rel[:60]!r}")
-    wanted = set(functions) | set(DATA_SYMBOLS)
+    wanted = set(functions) | set(DATA_SYMBOLS) | {trampoline.SYMBOL}
     try:
         syms = kallsyms.read_kallsyms(root, wanted)
     except OSError as e:
@@ -60,6 +63,12 @@ def gather(root: Path, functions: Sequence[str], with_bcc: bool = True) -> Kerne
     opts, source = config.read_config(root, rel)
     tracefs = ftrace.tracefs(root)
     machine = machine_of(opts)
+    btf = environment.btf_path(root)
+    # The prototypes of the functions asked for (read once per process: the compile wants them
+    # too, probes/loader.py); a BTF that cannot be read is said by whoever needs its layout.
+    layout = btf_reader.try_layout(btf and str(root / btf.lstrip("/")), lambda _: None, "",
+                                   tuple(functions))
+    arity = dict(layout.signatures.arity) if layout is not None else {}
     return KernelFacts(
         release=rel,
         version=version,
@@ -70,11 +79,13 @@ def gather(root: Path, functions: Sequence[str], with_bcc: bool = True) -> Kerne
         kprobe_blacklist=ftrace.read_kprobe_blacklist(root),
         kprobe_events=ftrace.has_kprobe_events(root),
         privileged=environment.privileged(root),
-        btf=environment.btf_path(root),
+        btf=btf,
         headers=environment.headers_path(root, rel),
         bcc=environment.bcc_version() if with_bcc else None,
         lockdown=environment.lockdown_mode(root),
         walk_blocker=kcore.walk_blocker(root, syms.addresses, machine),
         leftovers=leftovers.find(tracefs, functions) if tracefs else [],
         machine=machine,
+        btf_functions=frozenset(arity),
+        trampoline_blocker=trampoline.blocker(machine, version, opts, syms, btf, layout is not None),
     )

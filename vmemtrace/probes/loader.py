@@ -17,7 +17,9 @@ from vmemtrace.sections import Sections, summed
 from vmemtrace.errors import VmemtraceError
 from vmemtrace.kernel import btf, compat, environment, headers
 from vmemtrace.kernel import release as kernel_release
-from vmemtrace.probes.plan import TargetStatus, is_attached, probed_symbols, programs
+from vmemtrace.probes.plan import (TRAMPOLINE, TargetStatus, is_attached, probed_symbols,
+                                   programs)
+from vmemtrace.probes.targets import BY_NAME, FUNCTIONS
 
 # Package data (pyproject.toml): the same file in a source tree, a wheel or the .deb.
 BPF_SOURCE = Path(__file__).resolve().parents[1] / "bpf" / "vmemtrace.bpf.c"
@@ -76,6 +78,8 @@ def defines(version: tuple, build: Path, layout: Optional[btf.Layout]) -> Tuple[
         ptpfn, sources["vpa_ptpfn"] = compat.has(version, compat.VPA_PTPFN), "version"
     if ptpfn:
         flags.append("-DVPA_PTPFN")
+    # The functions BTF has, by argument count: their fentry/fexit programs are compiled.
+    flags.extend(sig.defines())
     flags.append(f"-DCP_MAP_ENTRIES={CP_MAP_ENTRIES}")
     flags.extend(f"-D{name}={value}" for name, value in (
         ("CP_CLASSES", compounds.BPF_CLASSES), ("CP_PARTS", compounds.MAX_PARTS),
@@ -138,7 +142,8 @@ def start_compile(progress: Callable[[str], None]) -> None:
     progress("compiling and attaching the BPF program (BCC) ...")
     # Without BTF (or with one we cannot read) the layout comes from the headers: slower to
     # compile, same numbers (bpf/vmemtrace.bpf.c, LAYOUT_CHECK).
-    layout = btf.try_layout(environment.btf_path(root), progress, "using the kernel headers instead")
+    layout = btf.try_layout(environment.btf_path(root), progress, "using the kernel headers instead",
+                            FUNCTIONS)
     _pending = Compile(rel, kernel_release.parse_version(rel), layout)
 
 
@@ -167,9 +172,13 @@ class Compile:
         self.started = time.monotonic()
         self.cflags, self.fact_sources = defines(version, Path(f"/lib/modules/{release}/build"),
                                                  layout)
-        # Where the kernel counts skipped kprobe runs (compat.KPROBE_MISSES): how to read them.
-        self.misses_at = (layout.prog_info_misses if layout is not None
-                          and compat.has(version, compat.KPROBE_MISSES) else None)
+        # Where the kernel counts skipped runs: how to read them, and of which kinds of
+        # program (compat.KPROBE_MISSES, compat.TRAMPOLINE_MISSES).
+        self.misses_at = layout.prog_info_misses if layout is not None else None
+        self.misses_counted = {kind for kinds, change in (
+            (("kprobe", "kretprobe"), compat.KPROBE_MISSES),
+            (("fentry", "fexit"), compat.TRAMPOLINE_MISSES)) if compat.has(version, change)
+            for kind in kinds}
         self._bpf = None
         self._error: Optional[BaseException] = None
         self._thread = threading.Thread(target=self._run, name="bcc-compile", daemon=True)
@@ -181,8 +190,13 @@ class Compile:
         except Exception as e:
             self._error = VmemtraceError(f"BCC is not usable: {e} (apt install python3-bpfcc)")
             return
+        class Program(BPF):
+            def _trace_autoload(self):
+                """BCC attaches every kfunc__/kretfunc__ program when it loads the module; here
+                the plan chooses (Tracer._attach), and an unwanted trampoline is never attached."""
+
         try:
-            self._bpf = BPF(src_file=str(BPF_SOURCE), cflags=self.cflags + ["-Wno-everything"])
+            self._bpf = Program(src_file=str(BPF_SOURCE), cflags=self.cflags + ["-Wno-everything"])
         except Exception as e:
             last = str(e).splitlines()[-1] if str(e) else repr(e)
             self._error = VmemtraceError(f"BCC could not compile {BPF_SOURCE.name}: {last}")
@@ -208,15 +222,19 @@ class Tracer:
     """The loaded program. Use as a context manager: leaving it detaches everything.
 
     Probes attach as perf-event kprobes (BCC without maxactive), which the kernel removes with
-    the process whatever kills it (kernel/leftovers.py has the legacy case); a kretprobe whose
+    the process whatever kills it (kernel/leftovers.py has the legacy case), or as BPF
+    trampolines held by a link file descriptor, which die with it too; a kretprobe whose
     instances ran out shows as the program's missed_return error."""
 
-    def __init__(self, plan: List[TargetStatus], compiled: Compile):
+    def __init__(self, plan: List[TargetStatus], compiled: Compile,
+                 progress: Callable[[str], None] = lambda _: None):
         self.cflags = compiled.cflags
         self.fact_sources = compiled.fact_sources
         self.misses_at = compiled.misses_at
-        self.programs: List[str] = []  # the BPF functions attached
-        self.attached: Dict[str, str] = {}
+        self.misses_counted = compiled.misses_counted
+        self.programs: Dict[str, str] = {}  # the BPF functions attached, by BCC's name: their kind
+        self.attached: Dict[str, str] = {}  # target: its strategy, as attached
+        self._progress = progress
         self.lost = 0
         self._queue: List[dict] = []
         self._perf: list = []  # the perf event arrays whose buffers are open
@@ -236,20 +254,73 @@ class Tracer:
             raise
 
     def _attach(self, plan: List[TargetStatus]):
+        if self.bpf.kfunc_entry_fds or self.bpf.kfunc_exit_fds:
+            # This BCC attached trampolines by itself (Compile's Program no longer stops it):
+            # they would count every hit twice beside the plan's probes.
+            raise VmemtraceError("BCC attached fentry/fexit programs on its own; this BCC "
+                                 "version is not one vmemtrace knows")
         for status in plan:
+            strategy = status.strategy
+            if strategy in TRAMPOLINE:
+                try:
+                    self._attach_trampolines(status)
+                except Exception as e:
+                    # The plan read the facts; the kernel has the last word (a verifier that
+                    # refuses an argument's type, a function ftrace cannot patch): kprobes then.
+                    strategy = BY_NAME[status.name].attach
+                    self._progress(f"{status.name}: BPF trampoline refused ({e}); kprobes instead")
+                    self._attach_kprobes(status, BY_NAME[status.name].programs)
+            else:
+                self._attach_kprobes(status, programs(status))
+            if is_attached(strategy):
+                self.attached[status.name] = strategy
+
+    def _attach_kprobes(self, status: TargetStatus, pairs) -> None:
+        for kind, fn in pairs:
+            for symbol in probed_symbols(status):
+                try:
+                    if kind == "kprobe":
+                        self.bpf.attach_kprobe(event=symbol, fn_name=fn)
+                    else:
+                        self.bpf.attach_kretprobe(event=symbol, fn_name=fn)
+                except Exception as e:
+                    raise VmemtraceError(f"cannot attach {kind} to {symbol}: {e}")
+                self.programs[fn] = kind
+
+    def _attach_trampolines(self, status: TargetStatus) -> None:
+        """fentry (and fexit) on one target; on a refusal, what was attached is detached first."""
+        done = []
+        try:
             for kind, fn in programs(status):
-                for symbol in probed_symbols(status):
-                    try:
-                        if kind == "kprobe":
-                            self.bpf.attach_kprobe(event=symbol, fn_name=fn)
-                        else:
-                            self.bpf.attach_kretprobe(event=symbol, fn_name=fn)
-                    except Exception as e:
-                        raise VmemtraceError(f"cannot attach {kind} to {symbol}: {e}")
-                    if fn not in self.programs:
-                        self.programs.append(fn)
-            if is_attached(status.strategy):
-                self.attached[status.name] = status.strategy
+                name = self._bcc_name(fn)
+                if kind == "fentry":
+                    self.bpf.attach_kfunc(fn_name=name)
+                else:
+                    self.bpf.attach_kretfunc(fn_name=name)
+                done.append((kind, name))
+        except Exception:
+            for kind, name in done:
+                if kind == "fentry":
+                    self.bpf.detach_kfunc(fn_name=name)
+                else:
+                    self.bpf.detach_kretfunc(fn_name=name)
+            raise
+        for kind, name in done:
+            self.programs[name.decode()] = kind
+
+    def _bcc_name(self, fn: str) -> bytes:
+        """BCC's name for a kfunc__/kretfunc__ program: KFUNC_PROBE(f) makes kfunc__f, later BCC
+        kfunc__vmlinux__f. Absent when the compile had no VT_ARGS for the function."""
+        from bcc.libbcc import lib
+
+        prefix, _, function = fn.partition("__")
+        wanted = {f"{prefix}__{function}".encode(), f"{prefix}__vmlinux__{function}".encode()}
+        module = self.bpf.module
+        for i in range(lib.bpf_num_functions(module)):
+            name = lib.bpf_function_name(module, i)
+            if name in wanted:
+                return name
+        raise VmemtraceError(f"{fn}: not in the compiled program (the BTF had no {function})")
 
     def _open_buffers(self) -> Dict[str, int]:
         """Every perf buffer at PAGES or, where perf_mmap() refuses that much locked memory,
@@ -415,13 +486,14 @@ class Tracer:
         return out
 
     def skipped_runs(self) -> Optional[int]:
-        """Probe hits whose program did not run (another BPF program or a map system call held
-        the CPU's bpf_prog_active: trace_call_bpf()), summed over the attached programs, from
-        bpf_prog_info.recursion_misses; None where the kernel does not count them. A skipped
-        run is an event never seen: it makes the verdict an error, never a smaller count."""
-        if self.misses_at is None:
+        """Probe hits whose program did not run (a kprobe's when another BPF program or a map
+        system call held the CPU's bpf_prog_active: trace_call_bpf(); a trampoline's when the
+        same program was already running on the CPU), summed over the attached programs, from
+        bpf_prog_info.recursion_misses; None where the kernel does not count them for every
+        kind attached. A skipped run is an event never seen: it makes the verdict an error,
+        never a smaller count."""
+        if self.misses_at is None or not set(self.programs.values()) <= self.misses_counted:
             return None
-        from bcc import BPF
         from bcc.libbcc import lib
 
         size, offset = self.misses_at
@@ -429,8 +501,8 @@ class Tracer:
         for fn in self.programs:
             info = ctypes.create_string_buffer(size)
             length = ctypes.c_uint32(size)
-            # The loaded program, as attach_k(ret)probe loaded it (BCC keys self.funcs by bytes).
-            fd = self.bpf.load_func(fn, BPF.KPROBE).fd
+            # The loaded program, as its attach loaded it (BCC keys self.funcs by bytes).
+            fd = self.bpf.funcs[fn.encode()].fd
             # libbcc's bpf_obj_get_info() (BPF_OBJ_GET_INFO_BY_FD through libbpf): the kernel
             # fills bpf_prog_info up to `size` and says how much it filled.
             if lib.bpf_obj_get_info(fd, info, ctypes.byref(length)) != 0 \

@@ -5,7 +5,7 @@ from the version alone.
 """
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Set
+from typing import Dict, FrozenSet, List, Optional, Set
 
 from vmemtrace.kernel.kallsyms import Kallsyms
 from vmemtrace.probes import targets
@@ -23,7 +23,10 @@ UNKNOWN = "unknown"
 # unused, unavailable). "count": hits only, no argument read (a clone, or one call per struct
 # page).
 COUNT = "count"
-ATTACHED = ("kprobe", "kretprobe", "kprobe+kretprobe", COUNT)
+# By BPF trampoline (fentry/fexit), where the kernel has them and its BTF has the function:
+# cheaper per hit than kprobes (README, per-hit table); kprobes everywhere else.
+TRAMPOLINE = ("fentry", "fentry+fexit")
+ATTACHED = ("kprobe", "kretprobe", "kprobe+kretprobe", COUNT) + TRAMPOLINE
 WALK_STRATEGY = "walk"  # read the page tables after the fact (kernel/kcore.py)
 UNUSED = "unused"
 EXCLUDED = "excluded"  # the user said --no-probe
@@ -37,7 +40,7 @@ def is_attached(strategy: str) -> bool:
 class TargetStatus:
     name: str
     availability: str  # one of the constants above
-    strategy: str  # kprobe, kretprobe, kprobe+kretprobe, fallback, walk, unavailable
+    strategy: str  # kprobe+kretprobe, fentry+fexit, count, fallback, walk, unavailable, ...
     reason: str
     clones: List[str]
 
@@ -68,10 +71,24 @@ def classify(target: Target, version: tuple, syms: Kallsyms,
     return ABSENT, f"not in this kernel (added in {target.since[0]}.{target.since[1]})"
 
 
+@dataclass(frozen=True)
+class Trampolines:
+    """What BPF trampolines allow here: the targets the kernel's BTF has (kernel/btf.py), and
+    why none can be attached that way (None: they can; kernel/trampoline.py)."""
+    functions: FrozenSet[str] = frozenset()
+    blocker: Optional[str] = "not asked"
+
+
 def _strategy(t: Target, availability: str, reason: str, raw: dict, chosen: dict,
-              kprobes: bool, walk_blocker: Optional[str]):
+              kprobes: bool, walk_blocker: Optional[str], trampolines: Trampolines):
     """(strategy, reason) of one target, given the strategies chosen for those before it."""
     countable = availability == CLONE and t.count is not None
+    if availability == TRACEABLE and t.programs:
+        if trampolines.blocker is None and t.name in trampolines.functions:
+            return t.trampoline_attach, f"{reason}; by BPF trampoline (in BTF)"
+        if kprobes:
+            why = trampolines.blocker or "not in the kernel's BTF"
+            return t.attach, f"{reason}; kprobes, not a BPF trampoline: {why}"
     if (availability == TRACEABLE or countable) and not kprobes:
         return "unavailable", f"{reason}; this kernel has no kprobes (CONFIG_KPROBES)"
     if t.unless_decoded and (availability == TRACEABLE or countable):
@@ -80,8 +97,6 @@ def _strategy(t: Target, availability: str, reason: str, raw: dict, chosen: dict
             return UNUSED, (f"{reason}; not attached: {t.unless_decoded}'s arguments tell the "
                             "same with one hit per compound page instead of one per struct page")
         return COUNT, f"{reason}; its hits counted, one per struct page initialised"
-    if availability == TRACEABLE and t.programs:
-        return t.attach, reason
     if countable:
         return COUNT, f"{reason}; its hits counted, no argument read"
     if t.fallback in raw and raw[t.fallback][0] == TRACEABLE and kprobes:
@@ -95,13 +110,16 @@ def _strategy(t: Target, availability: str, reason: str, raw: dict, chosen: dict
 
 def build_plan(version: tuple, syms: Kallsyms, filter_functions: Optional[Set[str]],
                blacklist: Optional[Set[str]], kprobes: bool,
-               walk_blocker: Optional[str] = "not asked", exclude=()) -> List[TargetStatus]:
+               walk_blocker: Optional[str] = "not asked", exclude=(),
+               trampolines: Trampolines = Trampolines()) -> List[TargetStatus]:
     """One TargetStatus per target, in TARGETS order.
 
-    A target that cannot be probed names its fallback when the fallback itself is probeable,
-    or "walk" when the page-table walk can read its result (walk_blocker None); otherwise it is
-    "unavailable": we never pretend to see what we cannot. A clone is attached only to count
-    its hits (targets.Target.count).
+    A traceable target is attached by BPF trampoline where the kernel has them and its BTF has
+    the function, by kprobes otherwise. A target that cannot be probed names its fallback when
+    the fallback itself is probeable, or "walk" when the page-table walk can read its result
+    (walk_blocker None); otherwise it is "unavailable": we never pretend to see what we cannot.
+    A clone is attached only to count its hits, by kprobe (targets.Target.count): BTF has no
+    clones.
     """
     raw = {t.name: classify(t, version, syms, filter_functions, blacklist) for t in TARGETS}
     plan, chosen = {}, {}
@@ -111,7 +129,8 @@ def build_plan(version: tuple, syms: Kallsyms, filter_functions: Optional[Set[st
         if t.name in exclude:
             strategy, reason = EXCLUDED, f"{reason}; left unattached (--no-probe)"
         else:
-            strategy, reason = _strategy(t, availability, reason, raw, chosen, kprobes, walk_blocker)
+            strategy, reason = _strategy(t, availability, reason, raw, chosen, kprobes, walk_blocker,
+                                         trampolines)
         chosen[t.name] = strategy
         plan[t.name] = TargetStatus(t.name, availability, strategy, reason, syms.clones_of(t.name))
     return [plan[t.name] for t in TARGETS]
@@ -129,6 +148,8 @@ def programs(status: TargetStatus) -> List[tuple]:
     t = BY_NAME[status.name]
     if status.strategy == COUNT:
         return [("kprobe", t.count)]
+    if status.strategy in TRAMPOLINE:
+        return list(t.trampoline)
     return list(t.programs) if is_attached(status.strategy) else []
 
 

@@ -1,7 +1,9 @@
 """The probe targets: the one registry every command, the BPF program and the tests draw from.
 
 Each target names the kernel function, the BPF functions (bpf/vmemtrace.bpf.c) attached to it
-per probe kind, and what it lets vmemtrace see. `count` is a BPF function that only counts hits
+per probe kind, and what it lets vmemtrace see. A target with programs can also be attached by
+BPF trampoline: fentry in place of its kprobe, fexit in place of its kretprobe, programs that
+BCC names after the function (KFUNC_PROBE, KRETFUNC_PROBE). `count` is a BPF function that only counts hits
 and reads no argument: it is what may be attached to a compiler clone (`.constprop`, `.isra`),
 whose calling convention the compiler changed. `since` is the upstream release that introduced
 the function (git log -S of mm/sparse-vmemmap.c, mm/page_alloc.c, mm/mm_init.c); it only decides
@@ -42,6 +44,24 @@ class Target:
     def attach(self) -> str:
         """The strategy when traceable: "kprobe", "kprobe+kretprobe", or "count"."""
         return "+".join(kind for kind, _ in self.programs) or "count"
+
+    @property
+    def trampoline(self) -> Tuple[Tuple[str, str], ...]:
+        """(probe kind, BPF function) when attached by BPF trampoline: the same handlers, called
+        by BCC's kfunc__/kretfunc__ programs (the loader finds BCC's exact name)."""
+        return tuple((TRAMPOLINE_KIND[kind], f"{TRAMPOLINE_PREFIX[kind]}{self.name}")
+                     for kind, _ in self.programs)
+
+    @property
+    def trampoline_attach(self) -> str:
+        """The strategy when attached by trampoline: "fentry" or "fentry+fexit"."""
+        return "+".join(kind for kind, _ in self.trampoline)
+
+
+# A kprobe's counterpart on a BPF trampoline (kernel/compat.py BPF_TRAMPOLINE), and the prefix
+# of the program BCC makes for it.
+TRAMPOLINE_KIND = {"kprobe": "fentry", "kretprobe": "fexit"}
+TRAMPOLINE_PREFIX = {"kprobe": "kfunc__", "kretprobe": "kretfunc__"}
 
 
 TARGETS = (
@@ -97,6 +117,11 @@ WALK_TARGETS = tuple(t.name for t in TARGETS if t.fallback == WALK)
 # memmap_init_zone_device is the one target without which nothing can be verified: it names every
 # device range and it is traceable on every kernel measured.
 REQUIRED = "memmap_init_zone_device"
+
+# Every target's name: kallsyms and ftrace are searched for these, and the BTF is asked for
+# their argument counts (kernel/btf.py), which compile the fentry/fexit programs of those that
+# have programs (bpf/vmemtrace.bpf.c). One tuple, so that the BTF is read once per process.
+FUNCTIONS = tuple(t.name for t in TARGETS)
 
 # Every BPF function the registry names (tests: each exists in bpf/vmemtrace.bpf.c and loads).
 PROGRAMS = tuple(sorted({fn for t in TARGETS for _, fn in t.programs} |
