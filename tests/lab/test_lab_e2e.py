@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import SERIES, run_cli
 from vmemtrace.lab import cases, image
-from vmemtrace.probes.targets import TARGETS
+from vmemtrace.probes.targets import BY_NAME, TARGETS
 
 pytestmark = pytest.mark.lab
 
@@ -45,6 +45,24 @@ def test_6_1_populate_address_notrace_init_traceable(lab):
     assert t["vmemmap_populate_address"]["availability"] == "notrace"
     assert t["memmap_init_zone_device"]["availability"] == "traceable"
     assert lab["6.1"]["check"]["feature"]["present"] is True
+
+
+@pytest.mark.parametrize("series", SERIES)
+def test_probes_attach_by_trampoline_where_btf_has_the_function(lab, series):
+    """Every lab kernel has BPF trampolines and BTF: each traceable target with programs is
+    planned as fentry (and fexit), and attached so in every case (a trampoline the kernel
+    refused would have fallen back to kprobes and shown in the verdict's strategy); a clone
+    stays a counting kprobe."""
+    doc = lab[series]
+    assert doc["check"]["trampolines"]["possible"] is True, doc["check"]["trampolines"]
+    for name, t in targets(doc).items():
+        if t["availability"] == "traceable" and BY_NAME[name].programs:
+            assert t["strategy"] == BY_NAME[name].trampoline_attach, (name, t)
+        elif t["availability"] == "clone":
+            assert t["strategy"] in ("count", "unused"), (name, t)
+    assert targets(doc)["memmap_init_zone_device"]["strategy"] == "fentry+fexit"
+    for case in doc["cases"]:
+        assert case["result"]["strategy"] == doc["check"]["strategy"], case["case"]
 
 
 def test_5_10_feature_absent(lab):
@@ -118,7 +136,7 @@ def test_7_3_probe_plan(lab):
     assert t["memmap_init_compound"]["availability"] == "clone"
     assert t["memmap_init_compound"]["strategy"] == "count"
     assert t["__init_zone_device_page"]["strategy"] == "count"
-    assert t["vmemmap_alloc_block"]["strategy"] == "kprobe+kretprobe"
+    assert t["vmemmap_alloc_block"]["strategy"] == "fentry+fexit"
     assert doc["check"]["facts_from"] == {"layout": "BTF", "section_pgmap": "BTF", "vpa_ptpfn": "BTF"}
     assert doc["check"]["kallsyms_data"]["init_top_pgt"] is True  # listed as "T" there
 

@@ -15,8 +15,11 @@ pytestmark = pytest.mark.lab
 
 NDCTL = "ndctl create-namespace -f -e namespace0.0 -m devdax -M mem"
 WAIT_ATTACHED = 'for i in $(seq 300); do grep -q attached {err} && break; sleep 1; done'
-COUNT_KPROBES = ("grep -c -E '(memmap_init_zone_device|vmemmap_populate_address|"
-                 "__populate_section_memmap)' /sys/kernel/debug/kprobes/list")
+# Probes on the targets, either way they attach: kprobes (kprobes/list) and BPF trampolines, which
+# ftrace lists among its enabled functions with their direct call (as it does kprobes on ftrace).
+ATTACHMENTS = "/sys/kernel/debug/kprobes/list /sys/kernel/tracing/enabled_functions"
+COUNT_KPROBES = ("cat " + ATTACHMENTS + " | grep -c -E '(memmap_init_zone_device|"
+                 "vmemmap_populate_address|__populate_section_memmap)'")
 
 SCRIPT_6_12 = f"""
 ndctl disable-namespace namespace0.0 >/dev/null 2>&1
@@ -241,12 +244,13 @@ def test_btf_layout_is_the_headers_layout(booted, series):
 
 
 # Every tracing command, killed with SIGKILL once attached: the kernel must drop its probes and
-# programs with the process (perf-event kprobes), with no other vmemtrace run to tidy up.
+# programs with the process (perf-event kprobes, trampolines' links), with no other vmemtrace run
+# to tidy up.
 SCRIPT_KILL = """
 events() { grep -c . /sys/kernel/tracing/kprobe_events; }
-probes() { grep -c -E '(vmemmap_|__populate_section_memmap|memmap_init|__init_zone_device_page)' \\
-    /sys/kernel/debug/kprobes/list; }
-programs() { bpftool prog show | grep -c -E ' name (section_|vpa_|alloc_|mizd_|mic_|izdp_)'; }
+probes() { cat """ + ATTACHMENTS + """ | \\
+    grep -c -E '(vmemmap_|__populate_section_memmap|memmap_init|__init_zone_device_page)'; }
+programs() { bpftool prog show | grep -c -E ' name (section_|vpa_|alloc_|mizd_|mic_|izdp_|kfunc__|kretfunc_)'; }
 echo "before=$(events) $(probes) $(programs)"
 n=0
 for cmd in "trace -d 600" "verify -- sleep 600" "exporter --listen 127.0.0.1:9479"; do
@@ -311,7 +315,7 @@ def test_a_blind_allocator_probe_falls_back_to_the_walk(booted):
     out = booted("7.3", "blind")
     assert value(out, "blind-exit") == "0", out
     doc = json.loads(section(out, "blind"))
-    assert doc["strategy"]["vmemmap_alloc_block_buf"] == "kprobe+kretprobe"
+    assert doc["strategy"]["vmemmap_alloc_block_buf"] == "fentry+fexit"  # attached, never hit
     assert doc["strategy"]["vmemmap_alloc_block"] == "excluded"
     (dev,) = doc["devices"]
     assert "blind" in dev["probe_account"]["alloc"] and "vmemmap_alloc_block_buf" in dev["probe_account"]["alloc"]
