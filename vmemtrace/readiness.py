@@ -12,7 +12,7 @@ from vmemtrace.kernel.config import RELEVANT, enabled
 from vmemtrace.kernel.facts import DATA_SYMBOLS, KernelFacts, gather
 from vmemtrace.probes import plan as P
 from vmemtrace.probes import targets
-from vmemtrace.probes.targets import BY_NAME, REQUIRED, TARGETS
+from vmemtrace.probes.targets import BY_NAME, REQUIRED
 
 
 @dataclass
