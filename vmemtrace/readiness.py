@@ -108,6 +108,8 @@ def blockers(facts: KernelFacts, plan: List[P.TargetStatus]) -> List[str]:
     if not _sees_anything(plan) and required.strategy != "unavailable":
         out.append("neither the vmemmap populate (no probe, no page-table walk) nor the struct "
                    "page initialisation can be seen on this kernel: nothing could be verified")
+    if facts.perf_blocker and facts.privileged:
+        out.append(facts.perf_blocker)
     if not facts.privileged:
         out.append("not root (needs CAP_SYS_ADMIN, or CAP_BPF with CAP_PERFMON)")
     if facts.bcc is None:

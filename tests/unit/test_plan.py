@@ -228,3 +228,17 @@ def test_without_kprobes_a_kernel_with_trampolines_can_still_trace():
     assert strategy["memmap_init_zone_device"] == "fentry+fexit"
     assert strategy["memmap_init_compound"] == "fentry"
     assert strategy["vmemmap_alloc_block_buf"] == "unavailable"  # not in that BTF, no kprobes
+
+
+def test_perf_buffers_refused_is_a_reason_not_to_trace():
+    """Asked of the running kernel (a CPU that does not exist is always refused), said as a
+    blocker; a recorded root is never asked."""
+    import dataclasses
+
+    from vmemtrace.kernel import perf
+
+    said = perf.output_blocker(cpu=1 << 20)
+    assert said.startswith("perf_event_open of a BPF output event (the perf buffers) is refused: ")
+    facts = read_facts(kernel_root("6.12"), with_bcc=False)
+    assert facts.perf_blocker is None
+    assert said in assess(dataclasses.replace(facts, perf_blocker=said, privileged=True)).blockers

@@ -7,7 +7,7 @@ from typing import Dict, FrozenSet, Optional, Sequence, Set
 
 from vmemtrace.errors import VmemtraceError
 from vmemtrace.kernel import (btf as btf_reader, compat, config, environment, ftrace, kallsyms,
-                              kcore, leftovers, release, trampoline)
+                              kcore, leftovers, perf, release, trampoline)
 
 # Data symbols the page-table walk reads (x86_64, CONFIG_KALLSYMS_ALL), named by kernel/kcore.py.
 DATA_SYMBOLS = kcore.DATA_SYMBOLS
@@ -34,6 +34,7 @@ class KernelFacts:
     machine: str = "x86_64"  # the kernel's architecture, as `uname -m` names it
     btf_functions: FrozenSet[str] = frozenset()  # of the functions asked for, those BTF has
     trampoline_blocker: Optional[str] = "not asked"  # why fentry/fexit cannot attach, or None
+    perf_blocker: Optional[str] = None  # why the perf buffers cannot be opened (live kernel only)
 
 
 def machine_of(options: Optional[Dict[str, str]]) -> str:
@@ -88,4 +89,6 @@ def gather(root: Path, functions: Sequence[str], with_bcc: bool = True) -> Kerne
         machine=machine,
         btf_functions=frozenset(arity),
         trampoline_blocker=trampoline.blocker(machine, version, opts, syms, btf, layout is not None),
+        # Asked of the running kernel only: a recorded root is not this one.
+        perf_blocker=perf.output_blocker() if root == Path("/") and machine == "x86_64" else None,
     )

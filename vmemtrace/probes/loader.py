@@ -247,8 +247,11 @@ class Tracer:
         self._loose: List[dict] = []
         self.bpf = compiled.result()
         try:
-            self._attach(plan)
+            # Buffers first: a probe never fires into a buffer not yet open, and where perf
+            # buffers are refused (perf_event_paranoid 3 without CAP_SYS_ADMIN) nothing has been
+            # attached yet.
             self.buffer_pages = self._open_buffers()
+            self._attach(plan)
         except Exception:
             self.close()
             raise
