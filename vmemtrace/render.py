@@ -3,6 +3,7 @@
 import json
 import re
 import sys
+from typing import Optional
 
 from tabulate import tabulate
 
@@ -54,6 +55,7 @@ def check_table(report: dict) -> str:
         ("bcc", report["bcc"] or "not importable"),
         ("BPF program", report.get("bpf_program") or "-"),
         ("BPF facts from", " ".join(f"{k}={v}" for k, v in report.get("facts_from", {}).items()) or "-"),
+        ("BPF trampolines", _trampolines(report.get("trampolines"))),
         ("leftover kprobes", "; ".join(report.get("leftover_kprobes", [])) or "none"),
         ("can trace", "yes" if report["can_trace"] else "no"),
     ]
@@ -61,6 +63,13 @@ def check_table(report: dict) -> str:
             for name, t in report["targets"].items()]
     return (table(head, tablefmt="plain") + "\n\n"
             + table(rows, headers=["probe target", "availability", "strategy", "why"]))
+
+
+def _trampolines(t: Optional[dict]) -> str:
+    """Whether probes may attach by fentry/fexit here, and why not (check --json "trampolines")."""
+    if t is None:
+        return "-"
+    return "yes" if t["possible"] else f"no: {t['reason']}"
 
 
 def num(value) -> str:

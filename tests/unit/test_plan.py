@@ -242,3 +242,9 @@ def test_perf_buffers_refused_is_a_reason_not_to_trace():
     facts = read_facts(kernel_root("6.12"), with_bcc=False)
     assert facts.perf_blocker is None
     assert said in assess(dataclasses.replace(facts, perf_blocker=said, privileged=True)).blockers
+
+
+def test_check_says_whether_probes_may_attach_by_trampoline():
+    res = run_cli("check", "--root", str(kernel_root("7.3")))
+    (line,) = [l for l in res.stdout.splitlines() if l.startswith("BPF trampolines")]
+    assert line.split(None, 2)[2] == "no: no kernel BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF)"
