@@ -3,12 +3,13 @@
 Each target names the kernel function, the BPF functions (bpf/vmemtrace.bpf.c) attached to it
 per probe kind, and what it lets vmemtrace see. A target with programs can also be attached by
 BPF trampoline: fentry in place of its kprobe, fexit in place of its kretprobe, programs that
-BCC names after the function (KFUNC_PROBE, KRETFUNC_PROBE). `count` is a BPF function that only counts hits
-and reads no argument: it is what may be attached to a compiler clone (`.constprop`, `.isra`),
-whose calling convention the compiler changed. `since` is the upstream release that introduced
-the function (git log -S of mm/sparse-vmemmap.c, mm/page_alloc.c, mm/mm_init.c); it only decides
-whether a function missing from kallsyms is reported "inlined" or "absent". Where the function
-came with a change that kernel/compat.py records, `since` is that change's release.
+BCC names after the function (KFUNC_PROBE, KRETFUNC_PROBE). `count` is a BPF function that
+only counts hits and reads no argument: it is what may be attached to a compiler clone
+(`.constprop`, `.isra`), whose calling convention the compiler changed. `since` is the upstream
+release that introduced the function (git log -S of mm/sparse-vmemmap.c, mm/page_alloc.c,
+mm/mm_init.c); it only decides whether a function missing from kallsyms is reported "inlined"
+or "absent". Where the function came with a change that kernel/compat.py records, `since` is
+that change's release.
 """
 
 from dataclasses import dataclass
