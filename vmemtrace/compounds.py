@@ -4,7 +4,7 @@ as they come into what the checks judge, in memory that does not grow with the r
 A 1 TiB range of 2 MiB compound pages has 524288 of them per source. Kept one by one (as JSON
 objects, then as columns) they cost 1.9 GB, then 80 bytes each, and every scrape re-read them all.
 Here each page is judged as it is appended and only this is kept:
-- its layout class: the counts the checks judge (checks.compound_problem), with how many pages
+- its layout class: the counts the checks judge (layouts.Layout.page_problem), with how many pages
   have it and the lowest-headed one (at most MAX_CLASSES classes; a well-formed range has one);
 - the pages headed in the range's first section and in the highest section seen so far, whole:
   boot memory can only share a section with a range's first or last piece (geometry.boot_shared),

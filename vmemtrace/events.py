@@ -328,6 +328,6 @@ def header_event(facts, ready, cflags: List[str], walk: Optional[str] = None,
     (probes and walk both), or "audit" (walk only, after the fact)."""
     return {"type": "header", "schema": SCHEMA, "tool": f"vmemtrace {__version__}",
             "kernel": facts.release, "version": list(facts.version),
-            "feature": {"present": ready.feature.present, "evidence": ready.feature.evidence},
+            "feature": ready.feature.as_json(),
             "strategy": strategy or {s.name: s.strategy for s in ready.plan}, "cflags": cflags,
             "bcc": facts.bcc, "walk": walk, "started": time.time()}

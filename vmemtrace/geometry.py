@@ -8,11 +8,12 @@ x86_64 constants are defaults; every one is a parameter.
 from dataclasses import dataclass
 from typing import FrozenSet, Iterator, List, Tuple
 
+from vmemtrace.layouts import TWO_PAGES, Layout
+
 PAGE_SIZE = 4096
 STRUCT_PAGE_SIZE = 64
 PAGES_PER_SECTION = 1 << 15  # 128 MiB sections (SECTION_SIZE_BITS 27)
 PAGES_PER_SUBSECTION = 1 << 9  # 2 MiB subsections
-VMEMMAP_RESERVE_NR = 2  # vmemmap pages kept per compound page (include/linux/mm.h)
 
 
 @dataclass(frozen=True)
@@ -31,11 +32,13 @@ class RangeShape:
     # Memory sections of the range present at boot (early_section(), SECTION_IS_EARLY): a piece
     # of the range in one of them reuses the boot memmap (boot_shared()).
     boot_sections: FrozenSet[int] = frozenset()
+    # The kernel's vmemmap layout (layouts.py): how many vmemmap pages a compound page keeps.
+    layout: Layout = TWO_PAGES
 
 
 def eligibility(shape: RangeShape) -> Tuple[bool, str]:
     """Mirrors vmemmap_can_optimize() (include/linux/mm.h): no altmap, sizeof(struct page) a
-    power of two, and a compound page whose memmap is larger than the 2 pages kept."""
+    power of two, and a compound page whose memmap is larger than the pages its layout keeps."""
     sp = shape.struct_page_size
     if not shape.feature:
         return False, "the kernel lacks the compound-devmap optimisation (before 5.19)"
@@ -46,9 +49,10 @@ def eligibility(shape: RangeShape) -> Tuple[bool, str]:
     if shape.pfns_per_compound <= 1:
         return False, "no compound pages (4 KiB alignment)"
     per_compound = shape.pfns_per_compound * sp // shape.page_size
-    if per_compound <= VMEMMAP_RESERVE_NR:
+    kept = shape.layout.kept
+    if per_compound <= kept:
         return False, (f"a compound page's memmap is {per_compound} vmemmap page(s), "
-                       f"not more than the {VMEMMAP_RESERVE_NR} kept")
+                       f"not more than the {kept} kept")
     return True, (f"compound pages of {shape.pfns_per_compound * shape.page_size >> 10} KiB, "
                   "no altmap")
 
@@ -243,13 +247,17 @@ def reuse_compound_section(pfn: int, shape: RangeShape) -> bool:
 
 def fresh_pages_of_piece(pfn: int, n: int, shape: RangeShape) -> int:
     """Freshly allocated vmemmap pages of one section piece on the optimised path, mirroring
-    vmemmap_populate_compound_pages(): per compound-page chunk, the head page and the first
-    tail page; every other PTE reuses the first tail page."""
+    vmemmap_populate_compound_pages(): per compound-page chunk, the pages the layout keeps (the
+    head page, and the first tail page on the two-page layout); every other PTE reuses a page.
+    The shared-tail layout sets a compound order only on whole sections
+    (section_set_compound_order_range()): a smaller piece keeps its whole memmap."""
+    size = n * shape.struct_page_size
+    if shape.layout.whole_sections_only and n < shape.pages_per_section:
+        return _ceil(size, shape.page_size)
     if reuse_compound_section(pfn, shape):
         return 0
-    size = n * shape.struct_page_size
     chunk = min(size, shape.pfns_per_compound * shape.struct_page_size)
-    return _ceil(size, chunk) * min(VMEMMAP_RESERVE_NR, _ceil(chunk, shape.page_size))
+    return _ceil(size, chunk) * min(shape.layout.kept, _ceil(chunk, shape.page_size))
 
 
 def vmemmap_pages_expected(shape: RangeShape) -> int:
@@ -324,9 +332,10 @@ def init_loop_pages(shape: RangeShape) -> int:
 
 def compound_nr_pages(shape: RangeShape) -> int:
     """mm/mm_init.c compound_nr_pages(): struct pages memmap_init_compound() initialises per
-    compound page: only the 2 kept vmemmap pages' worth (128) when optimised."""
+    compound page: only the kept vmemmap pages' worth when optimised (128 on the two-page
+    layout; the shared tail page is initialised once, when it is allocated)."""
     if eligibility(shape)[0]:
-        return VMEMMAP_RESERVE_NR * (shape.page_size // shape.struct_page_size)
+        return shape.layout.kept * (shape.page_size // shape.struct_page_size)
     return shape.pfns_per_compound
 
 

@@ -10,6 +10,7 @@ from vmemtrace import events, geometry
 from vmemtrace.account import Account, account
 from vmemtrace.compounds import CompoundPages
 from vmemtrace.sections import Sections, first_pfn, summed
+from vmemtrace.layouts import TWO_PAGES, Detected, Layout, from_header
 from vmemtrace.kernel import compat
 from vmemtrace.probes import targets
 from vmemtrace.probes.plan import Sources, is_attached
@@ -75,7 +76,7 @@ class DeviceLedger:
         return frozenset(), tuple(p for p in geometry.partial_pieces(self.start_pfn, self.nr_pages)
                                   if not self.sections.populated(p[0]))
 
-    def shape(self, feature: bool) -> geometry.RangeShape:
+    def shape(self, feature: bool, layout: Layout = TWO_PAGES) -> geometry.RangeShape:
         r = self.range or self.walk or {}
         offset = 0
         if self.range and r.get("altmap"):
@@ -86,7 +87,7 @@ class DeviceLedger:
             pfns_per_compound=self.pfns_per_compound, altmap=self.altmap, altmap_offset=offset,
             feature=feature, page_size=r.get("page_size", geometry.PAGE_SIZE),
             struct_page_size=r.get("struct_page_size", geometry.STRUCT_PAGE_SIZE),
-            boot_sections=self.boot_placement()[0])
+            boot_sections=self.boot_placement()[0], layout=layout)
 
     def totals(self) -> Dict[str, int]:
         return dict(self.sections.totals)
@@ -140,8 +141,8 @@ class DeviceLedger:
                            f"({pages.what})")
         return out
 
-    def account(self, sources: "Sources", feature: bool) -> Account:
-        return account(self.shape(feature), self.sections, self.range, sources,
+    def account(self, sources: "Sources", feature: bool, layout: Layout = TWO_PAGES) -> Account:
+        return account(self.shape(feature, layout), self.sections, self.range, sources,
                        list(sources.allocators))
 
 
@@ -204,6 +205,11 @@ class Ledger:
     @property
     def feature(self) -> bool:
         return bool(self.header["feature"]["present"])
+
+    @property
+    def layout(self) -> Detected:
+        """The vmemmap layout the header records (layouts.py)."""
+        return from_header(self.header["feature"])
 
 
 def kernel_log_pairs(calls: List[DeviceLedger], lines: List[dict]) -> List[Tuple[DeviceLedger, dict]]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
+from vmemtrace import layouts
 from vmemtrace.kernel import compat, trampoline
 from vmemtrace.kernel.config import RELEVANT, enabled
 from vmemtrace.kernel.facts import DATA_SYMBOLS, KernelFacts, gather
@@ -19,6 +20,14 @@ from vmemtrace.probes.targets import BY_NAME, REQUIRED
 class Feature:
     present: Optional[bool]  # None: cannot tell
     evidence: str
+    layout: Optional[layouts.Detected] = None  # where present: the kernel's vmemmap layout
+
+    def as_json(self) -> dict:
+        """The header's and `check --json`'s "feature" object."""
+        out = {"present": self.present, "evidence": self.evidence}
+        if self.layout is not None:
+            out.update(layout=self.layout.name, layout_evidence=self.layout.evidence)
+        return out
 
 
 @dataclass
@@ -54,20 +63,24 @@ def feature(facts: KernelFacts, plan: List[P.TargetStatus]) -> Feature:
         return Feature(False, f"CONFIG_{gate} is not set: this architecture does not opt in "
                               "to the device-dax vmemmap optimisation (vmemmap_can_optimize() "
                               "is false)")
+    markers = [s for s in layouts.MARKER_SYMBOLS if s in facts.syms.addresses]
+    layout = layouts.detect(markers, cfg)
+    if layout.layout is not layouts.TWO_PAGES:
+        return Feature(True, f"the vmemmap layout's own markers: {layout.evidence}", layout)
     by_name = {s.name: s for s in plan}
     for name in ("vmemmap_populate_compound_pages", "vmemmap_populate_address"):
         if by_name[name].availability not in (P.INLINED, P.ABSENT):
-            return Feature(True, f"{name} is built in ({by_name[name].availability})")
+            return Feature(True, f"{name} is built in ({by_name[name].availability})", layout)
     if not compat.has(facts.version, compat.FEATURE):
         return Feature(False, f"kernel {facts.release} predates 5.19 and has no "
                               "vmemmap_populate_address: compound devmaps are not optimised")
     return Feature(True, f"inferred from version {facts.release} >= 5.19: "
-                         "the populate functions are all inlined")
+                         "the populate functions are all inlined", layout)
 
 
 def read_facts(root: Path = Path("/"), with_bcc: bool = True) -> KernelFacts:
     """The kernel's facts, its probe targets looked for."""
-    return gather(root, targets.FUNCTIONS, with_bcc)
+    return gather(root, targets.FUNCTIONS, with_bcc, layouts.MARKER_SYMBOLS)
 
 
 def _sees_anything(plan: List[P.TargetStatus]) -> bool:
@@ -136,7 +149,7 @@ def check_report(facts: KernelFacts, ready: Readiness) -> dict:
         "machine": facts.machine,
         "can_trace": ready.can_trace,
         "blockers": ready.blockers,
-        "feature": {"present": ready.feature.present, "evidence": ready.feature.evidence},
+        "feature": ready.feature.as_json(),
         "config": {"source": facts.config_source,
                    "options": {o: (facts.config.get(o, "n") if facts.config is not None else None)
                                for o in RELEVANT}},

@@ -8,6 +8,7 @@ from typing import Optional
 from tabulate import tabulate
 
 from vmemtrace.compounds import layouts
+from vmemtrace.layouts import BY_NAME
 
 
 # C0 and C1 control characters: a device name or kernel string with a newline could forge a
@@ -41,12 +42,25 @@ def _yn(value) -> str:
     return {True: "yes", False: "no", None: "unknown"}[value]
 
 
+def _layout(feature: dict) -> str:
+    """The kernel's vmemmap layout as `check` prints it (layouts.py)."""
+    name = feature.get("layout")
+    if name is None:
+        return "-"
+    known = BY_NAME.get(name)
+    what = known.what if known is not None else "not one vmemtrace knows: verdicts at most incomplete"
+    model = "" if known is None or known.validated else " (model from the kernel source, " \
+                                                        "not yet confirmed on a running kernel)"
+    return f"{name}: {what}{model}; evidence: {feature.get('layout_evidence', '')}"
+
+
 def check_table(report: dict) -> str:
     opts = report["config"]["options"]
     head = [
         ("kernel", report["kernel"]),
         ("compound-devmap optimisation", f"{_yn(report['feature']['present'])}: "
                                          f"{report['feature']['evidence']}"),
+        ("vmemmap layout", _layout(report["feature"])),
         ("config", report["config"]["source"] or "not found (/proc/config.gz, /boot/config-*)"),
         ("config options", " ".join(f"{k}={v}" for k, v in opts.items()) if opts else "-"),
         ("privileged", _yn(report["privileged"])),

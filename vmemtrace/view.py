@@ -9,6 +9,7 @@ from typing import Dict, Optional, Tuple
 from vmemtrace import geometry
 from vmemtrace.account import Account
 from vmemtrace.compounds import CompoundPages
+from vmemtrace.layouts import TWO_PAGES, Detected
 from vmemtrace.ledger import DeviceLedger, Ledger
 from vmemtrace.probes.plan import Sources
 
@@ -50,6 +51,7 @@ class Expected:
     boot_vmemmap: int = 0  # vmemmap pages of pieces on the boot memmap: mapped, not allocated
     boot_compounds: int = 0  # compound pages on the boot memmap: not laid out by populate
     init_unfixed: int = 0  # init on a kernel without compat.BOOT_MEMMAP_INIT (= init without boot pieces)
+    shared_pages: int = 0  # tail pages shared per zone and order behind the range (shared-tail layout)
 
     @property
     def laid_out(self) -> int:
@@ -61,11 +63,12 @@ class Expected:
         blocks shared with a neighbouring section may have been mapped before), or distinct
         pages behind the range (walk: exact, the boot memmap's included)."""
         if by_walk:
-            n = self.vmemmap_span if naive else self.vmemmap + self.boot_vmemmap
+            n = self.vmemmap_span if naive else self.vmemmap + self.boot_vmemmap + self.shared_pages
             return n, n
         if naive:
             return self.vmemmap_naive_least, self.vmemmap_naive
-        return self.vmemmap, self.vmemmap
+        # The shared tail page is allocated by the range that first needs it in its zone.
+        return self.vmemmap, self.vmemmap + self.shared_pages
 
 
 def bounds(low_high: Tuple[int, int]) -> str:
@@ -78,6 +81,7 @@ class DeviceView:
     name: str
     shape: geometry.RangeShape
     feature: bool
+    layout: Detected  # the kernel's vmemmap layout and why (layouts.py)
     evidence: str  # why the kernel is said to have the feature, or not
     expect: str  # auto | optimized | unoptimized
     eligible: bool
@@ -112,7 +116,7 @@ def _init_observed(d: DeviceLedger, ledger: Ledger, acct: Account) -> Tuple[Opti
         if d.range["pfns_per_compound"] <= 1:
             # No compound pages: memmap_init_zone_device() initialises every pfn of its loop
             # one by one (mm/mm_init.c); the loop bounds are the kernel's own arguments.
-            return (geometry.init_loop_pages(d.shape(ledger.feature)),
+            return (geometry.init_loop_pages(d.shape(ledger.feature, _model(ledger))),
                     "every pfn of memmap_init_zone_device's loop")
         return d.range["mic_pages"], "memmap_init_compound nr_pages, summed"
     if d.range is None and d.walk is not None:
@@ -124,7 +128,7 @@ def observe(d: DeviceLedger, ledger: Ledger) -> Observed:
     """Probes first where their counts add up for this range (account.py); the page-table walk
     where it ran; else nothing, with the reason."""
     src = ledger.sources
-    acct = d.account(src, ledger.feature)
+    acct = d.account(src, ledger.feature, _model(ledger))
     vmemmap, compounds, reused, walked = None, None, None, ""
     vmemmap_why = populate_why = ""
     if acct.alloc is None:
@@ -145,7 +149,15 @@ def observe(d: DeviceLedger, ledger: Ledger) -> Observed:
     return Observed(vmemmap, init, how, compounds, reused, walked, vmemmap_why, populate_why, acct)
 
 
+def _model(ledger: Ledger):
+    """The layout the numbers are computed by: the kernel's, or where vmemtrace does not know
+    it, the last one it does (whatever then differs cannot fail: checks.layout_doubt())."""
+    return ledger.layout.layout or TWO_PAGES
+
+
 def expected(shape: geometry.RangeShape) -> Expected:
+    eligible = geometry.eligibility(shape)[0]
+    laid_out = geometry.compound_pages(shape) - geometry.boot_compound_pages(shape)
     return Expected(
         vmemmap_naive=geometry.vmemmap_pages_naive(shape),
         vmemmap=geometry.vmemmap_pages_expected(shape),
@@ -160,14 +172,15 @@ def expected(shape: geometry.RangeShape) -> Expected:
                                            shape.struct_page_size, shape.page_size),
         boot_vmemmap=geometry.boot_vmemmap_pages(shape),
         boot_compounds=geometry.boot_compound_pages(shape),
-        init_unfixed=geometry.struct_pages_init_expected(shape, boot_fix=False))
+        init_unfixed=geometry.struct_pages_init_expected(shape, boot_fix=False),
+        shared_pages=int(shape.layout.shared_tails and eligible and laid_out > 0))
 
 
 def device_view(d: DeviceLedger, ledger: Ledger, expect: str) -> DeviceView:
-    shape = d.shape(ledger.feature)
+    shape = d.shape(ledger.feature, _model(ledger))
     eligible, why = geometry.eligibility(shape)
     return DeviceView(
-        name=d.name, shape=shape, feature=ledger.feature,
+        name=d.name, shape=shape, feature=ledger.feature, layout=ledger.layout,
         evidence=ledger.header["feature"]["evidence"], expect=expect, eligible=eligible, why=why,
         numbers=expected(shape), seen=observe(d, ledger), sources=ledger.sources,
         range=d.range, walk=d.walk, probe_compounds=d.compounds,

@@ -50,6 +50,18 @@ TRAMPOLINE_MISSES = Change(
     (5, 12), "fentry/fexit programs skipped for recursion are counted (recursion_misses)",
     '"bpf: Count the number of times recursion was prevented" 9ed9e9ba2337 (5.12)')
 
+# The layout that follows the two-page one (not in a release yet): read from the mm tree
+# (include/linux/vmemmap-optimization.h, mm/sparse-vmemmap.c vmemmap_populate_compound_pages()),
+# never seen by vmemtrace in a running kernel (layouts.py marks it not validated).
+SHARED_TAIL_DAX = Change(
+    None, "device-dax compound pages keep 1 vmemmap page (the head page); every tail vmemmap "
+          "page maps a read-only page shared per zone and order (vmemmap_shared_tail_page()); "
+          "mem_section carries the compound order (section_compound_order())",
+    'series "mm: Switch device DAX to section-based vmemmap optimization" (Muchun Song, v5, '
+    '2026): "mm/sparse-vmemmap: factor out shared vmemmap tail page allocation", "... switch '
+    'device DAX to shared tail vmemmap pages", "... drop the extra tail page from device DAX '
+    'reservation"; in mm-unstable and linux-next (next-20261008), not yet in a release')
+
 SECTION_PGMAP = Change(
     (5, 19), "__populate_section_memmap(pfn, nr_pages, nid, altmap, pgmap): pgmap added",
     '"mm/sparse-vmemmap: add a pgmap argument to section activation" (5.19)')

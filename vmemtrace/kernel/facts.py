@@ -46,9 +46,11 @@ def machine_of(options: Optional[Dict[str, str]]) -> str:
     return os.uname().machine
 
 
-def gather(root: Path, functions: Sequence[str], with_bcc: bool = True) -> KernelFacts:
+def gather(root: Path, functions: Sequence[str], with_bcc: bool = True,
+           symbols: Sequence[str] = ()) -> KernelFacts:
     """The facts about the kernel below `root`, looking for these functions (the probe
-    targets: readiness.read_facts() names them, this layer knows nothing of probes)."""
+    targets: readiness.read_facts() names them, this layer knows nothing of probes) and for
+    these other symbols in kallsyms (what marks a vmemmap layout)."""
     try:
         rel = release.read_release(root)
         version = release.parse_version(rel)
@@ -56,7 +58,7 @@ def gather(root: Path, functions: Sequence[str], with_bcc: bool = True) -> Kerne
         raise VmemtraceError(f"cannot read the kernel release from {root}/proc: {e.strerror}")
     except ValueError:
         raise VmemtraceError(f"/proc/sys/kernel/osrelease: not a kernel release: {rel[:60]!r}")
-    wanted = set(functions) | set(DATA_SYMBOLS) | {trampoline.SYMBOL}
+    wanted = set(functions) | set(symbols) | set(DATA_SYMBOLS) | {trampoline.SYMBOL}
     try:
         syms = kallsyms.read_kallsyms(root, wanted)
     except OSError as e:
