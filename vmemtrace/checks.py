@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from vmemtrace import geometry
-from vmemtrace.compounds import LAYOUT, CompoundPages, coarsen, table_difference
+from vmemtrace.compounds import CLASS, LAYOUT, CompoundPages, coarsen, table_difference
 from vmemtrace.view import DeviceView, bounds
 
 PASS, FAIL, SKIP, ERROR = "pass", "fail", "skip", "error"
@@ -345,10 +345,10 @@ def unknown_layout(v: DeviceView) -> Optional[str]:
     pages = v.seen.compounds
     if not v.eligible or pages is None or pages.unclassed:
         return None
-    groups = list(pages.groups(on_boot(v)))
-    if len(groups) != 1:
+    groups = [c for c, _ in pages.groups(on_boot(v))]
+    if not groups or len({tuple(c[k] for k in CLASS) for c in groups}) != 1:
         return None
-    c = groups[0][0]
+    c = groups[0]
     if c["fresh"] >= c["ptes"] or v.shape.layout.page_problem(
             c, v.numbers.per_compound, bool(v.seen.how)) is None:
         return None

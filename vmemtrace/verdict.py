@@ -101,6 +101,10 @@ def evaluate(ledger: Ledger, expect: str = "auto", allow_skip=(), only=()) -> di
            "strategy": ledger.header["strategy"], "expect": expect, "devices": devices,
            "events_lost": ledger.lost, "bpf_errors": dict(ledger.bpf_errors),
            "waived": list(allow_skip)}
+    if ledger.feature:
+        layout = ledger.layout
+        doc["layout"] = {"name": layout.name, "evidence": layout.evidence,
+                         "validated": layout.layout is not None and layout.layout.validated}
     if problems:
         doc["problems"] = problems
     if ledger.command is not None:
