@@ -115,7 +115,7 @@ def _finish(doc: dict) -> None:
 
     code = EXIT[doc["verdict"]]
     if code:
-        reasons = doc.get("problems") or [
+        reasons = doc.get("problems") or [doc[k] for k in ("unjudged_log",) if k in doc] or [
             f"{d['device']} {c['name']}: {c['detail']}"
             for d in doc["devices"] for c in d["checks"] if c["status"] in ("fail", "error")] or [
             f"{d['device']}: {c['name']} not judged ({c['detail']}); waive it with "
@@ -188,17 +188,24 @@ def _known_targets(names) -> None:
 
 @contextlib.contextmanager
 def _recording(path):
-    """The event log at `path` (None: no log), written as events come; yields the callback."""
+    """The event log at `path` (None: no log), written as events come; yields the callback.
+    Sealed and given its name when the block ends normally; removed when anything ends it
+    early (an error, Ctrl-C, SIGTERM), so that no file at `path` is ever a cut log."""
     if path is None:
         yield None
         return
+    from vmemtrace.errors import stops_held, terminate_on_sigterm
     from vmemtrace.events import LogFile
 
-    log = LogFile(str(path))
-    try:
-        yield log.write
-    finally:
-        log.close()
+    with terminate_on_sigterm():
+        log = LogFile(str(path))
+        try:
+            yield log.write
+        except BaseException:
+            log.abort()
+            raise
+        with stops_held():  # the seal and the rename are one step
+            log.seal()
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
@@ -223,17 +230,26 @@ def record(output, cmd):
 @JUNIT
 @ALLOW_SKIP
 @DEVICE
+@click.option("--trust-unsealed", is_flag=True,
+              help="judge a log that has no seal (written before logs were sealed, or cut) as "
+                   "if it were whole: a cut or edited log may then pass")
 @one_line_errors
-def replay(file, expect, as_json, junit, allow_skip, only):
-    """Read an event log written by `record` back through the ledger and the verdict."""
+def replay(file, expect, as_json, junit, allow_skip, only, trust_unsealed):
+    """Read an event log written by `record` back through the ledger and the verdict.
+
+    A log is whole when its seal, written last, agrees with every line before it; a log
+    without one passes at most as incomplete unless --trust-unsealed."""
     from vmemtrace import events
     from vmemtrace.ledger import fold
-    from vmemtrace.verdict import evaluate
+    from vmemtrace.verdict import evaluate, unsealed
 
     with _error_document(as_json, junit, expect):
-        led = fold(events.iter_file(file))  # streamed: a log of any size
+        sealed = events.Sealed()
+        led = fold(events.iter_file(file, sealed))  # streamed: a log of any size
         waived = tuple(allow_skip) + (AUDIT_WAIVED if led.header.get("walk") == "audit" else ())
         doc = evaluate(led, expect, waived, only)
+        if not sealed.sealed and not trust_unsealed:
+            doc = unsealed(doc)
     _output_verdict(doc, as_json, junit)
     _finish(doc)
 

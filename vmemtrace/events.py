@@ -5,6 +5,7 @@ and the kernel. Types and their required keys are listed here once; the reader c
 a corrupt or truncated file fails on the line that is wrong, never deep inside the ledger.
 """
 
+import hashlib
 import json
 import os
 import time
@@ -68,6 +69,9 @@ REQUIRED = {
     "lost": ("count", "errors"),
     # entry-probe hits per probed function, at the end: an attached probe with none is blind
     "hits": ("hits",),
+    # the last line of a log that was written whole (LogFile.seal()): how many lines precede
+    # it, of which types, and the SHA-256 of those lines as written
+    "seal": ("lines", "counts", "sha256"),
 }
 
 
@@ -108,6 +112,7 @@ TYPES = {
     "command": {"argv": LIST, "exit": SIGNED, "seconds": NUMBER},
     "lost": {"errors": INT_MAP},
     "hits": {"hits": INT_MAP},
+    "seal": {"counts": INT_MAP, "sha256": STR},
     "compound": {"source": SOURCE},
     "sections": {"has_pgmap": BOOL, "altmap": BOOL, "ok": BOOL, "runs": RUNS, "tasks": TASKS,
                  "problems": STR_LIST},
@@ -214,37 +219,84 @@ def validate(event, where: str) -> dict:
     return event
 
 
+class Seal:
+    """What a seal vouches for, kept as lines go by: their number, types and digest."""
+
+    def __init__(self):
+        self.lines, self.counts, self.hash = 0, {}, hashlib.sha256()
+
+    def add(self, line: str, kind: Optional[str]) -> None:
+        self.lines += 1
+        self.hash.update(line.encode())
+        if kind is not None:
+            self.counts[kind] = self.counts.get(kind, 0) + 1
+
+    def event(self) -> dict:
+        return {"type": "seal", "lines": self.lines, "counts": dict(sorted(self.counts.items())),
+                "sha256": self.hash.hexdigest()}
+
+    def disagreement(self, seal: dict) -> Optional[str]:
+        """How a log's seal disagrees with the lines before it, or None."""
+        mine = self.event()
+        for key in ("lines", "counts", "sha256"):
+            if seal[key] != mine[key]:
+                return (f"its seal says {key} {json.dumps(seal[key])[:80]}, the lines before it "
+                        f"have {json.dumps(mine[key])[:80]}")
+        return None
+
+
 class LogFile:
-    """An event log written as events come (a crash keeps what was seen), opened before tracing
-    starts so that a path that cannot be written fails first. Mode 0600: logs hold physical
-    addresses. A log that got no event (the trace never started) is removed again."""
+    """An event log written as events come, to a hidden temporary name beside `path`, opened
+    before tracing starts so that a path that cannot be written fails first. Mode 0600: logs
+    hold physical addresses. seal() ends it with a seal and renames it to `path`; a log that is
+    not sealed (the trace failed, or a signal ended it) is removed by abort(), so a file at
+    `path` is always whole. Only a process killed outright leaves the temporary file."""
 
     def __init__(self, path: str):
-        self.path, self.count = path, 0
-        self.created = not os.path.exists(path)
+        self.path, self.count, self.seal_of = path, 0, Seal()
+        head, tail = os.path.split(path)
+        self.tmp = os.path.join(head, f".{tail}.{os.getpid()}.partial")
+        if os.path.isdir(path):
+            raise VmemtraceError(f"cannot write {path}: Is a directory")
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         except OSError as e:
             raise VmemtraceError(f"cannot write {path}: {e.strerror}")
         self.fh = os.fdopen(fd, "w")
 
     def write(self, event: dict) -> None:
+        line = json.dumps(event, sort_keys=True) + "\n"
         try:
-            self.fh.write(json.dumps(event, sort_keys=True) + "\n")
+            self.fh.write(line)
             if self.count == 0 or event["type"] in ("range", "command", "lost"):
                 self.fh.flush()  # the header at once: a full disk fails before the command runs
         except OSError as e:
             raise VmemtraceError(f"cannot write {self.path}: {e.strerror}")
+        self.seal_of.add(line, event["type"])
         self.count += 1
 
-    def close(self) -> None:
+    def seal(self) -> None:
+        """The seal, written last and made durable before the log takes its name."""
+        try:
+            self.fh.write(json.dumps(self.seal_of.event(), sort_keys=True) + "\n")
+            self.fh.flush()
+            os.fsync(self.fh.fileno())
+            self.fh.close()
+            os.replace(self.tmp, self.path)
+        except OSError as e:
+            self.abort()
+            raise VmemtraceError(f"cannot write {self.path}: {e.strerror}")
+
+    def abort(self) -> None:
+        """The unsealed log removed: nothing at `path` claims to be whole."""
         try:
             self.fh.close()
-        except OSError as e:
-            raise VmemtraceError(f"cannot write {self.path}: {e.strerror}")
-        finally:
-            if self.count == 0 and self.created:
-                os.unlink(self.path)
+        except OSError:
+            pass
+        try:
+            os.unlink(self.tmp)
+        except FileNotFoundError:
+            pass
 
 
 def write(events: Iterable[dict], fh: IO[str]) -> None:
@@ -267,15 +319,28 @@ def _lines(fh: IO[str], name: str) -> Iterator[Tuple[int, str]]:
         yield lineno, line
 
 
-def stream(fh: IO[str], name: str) -> Iterator[dict]:
+class Sealed:
+    """Whether the log stream() read was sealed, known once it has been read to its end."""
+
+    def __init__(self):
+        self.sealed = False
+
+
+def stream(fh: IO[str], name: str, sealed: Optional[Sealed] = None) -> Iterator[dict]:
     """The events of a log one at a time, validated: each line one well-typed event, the header
     first and only there, and the closing events present (a log cut at a line boundary is
-    truncated too; that is only known at its end, where the stream raises). Errors name the
-    file and line, and are exit 2: a bad log says nothing about the kernel. Nothing is kept:
-    replay folds a log of any size in the memory its ranges need (ledger.Fold)."""
-    header, closed = None, False
+    truncated too; that is only known at its end, where the stream raises). A seal, where there
+    is one, must be the last line and agree with every line before it; whether there was one is
+    left in `sealed`. Errors name the file and line, and are exit 2: a bad log says nothing
+    about the kernel. Nothing is kept: replay folds a log of any size in the memory its ranges
+    need (ledger.Fold)."""
+    header, closed, seal, seen = None, False, None, Seal()
     for lineno, line in _lines(fh, name):
+        if seal is not None:
+            raise VmemtraceError(f"{name}:{lineno}: a line after the seal (line {seal}): "
+                                 "the log was added to after it was written")
         if not line.strip():
+            seen.add(line, None)
             continue
         if not line.endswith("\n"):
             raise VmemtraceError(f"{name}:{lineno}: truncated line (the recording was cut off)")
@@ -286,6 +351,13 @@ def stream(fh: IO[str], name: str) -> Iterator[dict]:
         except ValueError as e:
             raise VmemtraceError(f"{name}:{lineno}: not JSON ({getattr(e, 'msg', str(e))[:80]})")
         validate(event, f"{name}:{lineno}")
+        if event["type"] == "seal":
+            wrong = seen.disagreement(event)
+            if wrong:
+                raise VmemtraceError(f"{name}:{lineno}: the log is not as it was written: {wrong}")
+            seal = lineno
+            continue
+        seen.add(line, event["type"])
         if header is None:
             if event["type"] != "header":
                 raise VmemtraceError(f"{name}:{lineno}: the first event must be the header")
@@ -304,6 +376,8 @@ def stream(fh: IO[str], name: str) -> Iterator[dict]:
     if header.get("walk") != "audit" and not closed:
         raise VmemtraceError(f"{name}: truncated: the closing events (lost, hits) are missing "
                              "(the recording was cut off)")
+    if sealed is not None:
+        sealed.sealed = seal is not None
 
 
 def read(fh: IO[str], name: str) -> List[dict]:
@@ -311,11 +385,11 @@ def read(fh: IO[str], name: str) -> List[dict]:
     return list(stream(fh, name))
 
 
-def iter_file(path: str) -> Iterator[dict]:
+def iter_file(path: str, sealed: Optional[Sealed] = None) -> Iterator[dict]:
     """The events of the log at `path`, streamed (stream()); file errors are exit 2 too."""
     try:
         with open(path) as fh:
-            yield from stream(fh, path)
+            yield from stream(fh, path, sealed)
     except OSError as e:
         raise VmemtraceError(f"cannot read {path}: {e.strerror}")
     except UnicodeDecodeError:

@@ -114,6 +114,20 @@ def evaluate(ledger: Ledger, expect: str = "auto", allow_skip=(), only=()) -> di
     return doc
 
 
+UNSEALED = ("the log has no seal: it may have been cut or edited after it was written "
+            "(replay --trust-unsealed judges it as whole)")
+
+
+def unsealed(doc: dict) -> dict:
+    """The verdict of a log that does not prove itself whole: a pass is only incomplete (what is
+    missing could be a failure), a failure or an error stands."""
+    out = {**doc, "sealed": False}
+    if doc["verdict"] == "pass":
+        out["verdict"] = "incomplete"
+        out["unjudged_log"] = UNSEALED
+    return out
+
+
 def changed_since(doc: dict, before: Optional[dict]) -> dict:
     """`stats` without --cumulative: the document with only the devices that are new or whose
     part changed since the last interval's document (bcc tools clear their maps each interval;

@@ -118,7 +118,7 @@ def boot_log(release_prefix: str, name: str) -> Path:
 
 
 def replay_doc(path: Path):
-    res = run_cli("replay", "--json", str(path))
+    res = run_cli("replay", "--trust-unsealed", "--json", str(path))
     return res, json.loads(res.stdout)
 
 

@@ -151,7 +151,7 @@ def test_compound_pages_in_any_order_replay_to_the_same_verdict(tmp_path):
     random.Random(3).shuffle(order)
     for i, e in zip(probed, order):
         evs[i] = e
-    res = run_cli("replay", str(write_log(tmp_path, evs)), "--json")
+    res = run_cli("replay", "--trust-unsealed", str(write_log(tmp_path, evs)), "--json")
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["verdict"] == "pass"
 
@@ -161,7 +161,7 @@ def test_a_truncated_stream_fails_at_its_end(tmp_path):
     cut = [ln for ln in lines if json.loads(ln)["type"] not in ("lost", "hits")]
     path = tmp_path / "cut.jsonl"
     path.write_text("".join(cut))
-    res = run_cli("replay", str(path))
+    res = run_cli("replay", "--trust-unsealed", str(path))
     assert res.returncode == 2 and "closing events (lost, hits) are missing" in res.stderr
 
 
@@ -176,7 +176,7 @@ def test_a_grown_recording_replays_to_the_geometry_of_its_size(tmp_path, gib):
     path = tmp_path / "grown.jsonl"
     with open(path, "w") as fh:
         events.write(size.grow(size.recording(), gib << 30), fh)
-    res = run_cli("replay", str(path), "--json")
+    res = run_cli("replay", "--trust-unsealed", str(path), "--json")
     assert res.returncode == 0, res.stderr
     (d,) = json.loads(res.stdout)["devices"]
     shape = geometry.RangeShape(d["start_pfn"], (gib << 30) >> 12, 512)

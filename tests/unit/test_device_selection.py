@@ -20,7 +20,7 @@ def with_namespace(evs):
 
 
 def replay_json(path, *args):
-    res = run_cli("replay", str(path), "--json", *args)
+    res = run_cli("replay", "--trust-unsealed", str(path), "--json", *args)
     return res, json.loads(res.stdout)
 
 

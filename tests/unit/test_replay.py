@@ -27,7 +27,7 @@ def load(series, case):
 
 
 def replay(path, *args):
-    res = run_cli("replay", str(path), "--json", *args)
+    res = run_cli("replay", "--trust-unsealed", str(path), "--json", *args)
     return res, (json.loads(res.stdout) if res.stdout.strip() else None)
 
 
@@ -299,7 +299,7 @@ def test_lost_events_make_it_unverifiable(tmp_path):
 
 def test_junit(tmp_path):
     out = tmp_path / "junit.xml"
-    res = run_cli("replay", str(log_path("6.12", "dev-2M")), "--junit", str(out))
+    res = run_cli("replay", "--trust-unsealed", str(log_path("6.12", "dev-2M")), "--junit", str(out))
     assert res.returncode == 0
     suite = ET.parse(out).getroot()
     assert suite.get("failures") == "0" and int(suite.get("tests")) == 7  # with cross-check
@@ -320,7 +320,7 @@ def test_corrupt_logs_get_one_line_naming_the_line(tmp_path, mangle, message):
     text = log_path("6.12", "mem-2M").read_text()
     bad = tmp_path / "bad.jsonl"
     bad.write_text(mangle(text))
-    res = run_cli("replay", str(bad))
+    res = run_cli("replay", "--trust-unsealed", str(bad))
     assert res.returncode == 2
     assert message in res.stderr and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
     if message in ("not JSON", "unknown event type 'rnage'", "truncated line"):
@@ -328,11 +328,11 @@ def test_corrupt_logs_get_one_line_naming_the_line(tmp_path, mangle, message):
 
 
 def test_missing_and_binary_files(tmp_path):
-    res = run_cli("replay", str(tmp_path / "nope.jsonl"))
+    res = run_cli("replay", "--trust-unsealed", str(tmp_path / "nope.jsonl"))
     assert res.returncode == 2 and "No such file" in res.stderr
     binary = tmp_path / "bin.jsonl"
     binary.write_bytes(b"\xff\xfe\x00garbage\n")
-    res = run_cli("replay", str(binary))
+    res = run_cli("replay", "--trust-unsealed", str(binary))
     assert res.returncode == 2 and res.stderr.count("\n") == 1
 
 
@@ -419,7 +419,7 @@ def test_logs_are_written_0600(tmp_path):
 
     log = LogFile(str(tmp_path / "x.jsonl"))
     log.write({"type": "header"})
-    log.close()
+    log.seal()
     assert (tmp_path / "x.jsonl").stat().st_mode & 0o777 == 0o600
 
 
@@ -450,7 +450,7 @@ def _mangle_event(kind, key, value):
 def test_malformed_logs_are_one_line_and_exit_2(tmp_path, change, message):
     """Each of these used to trace back (exit 1, "the kernel failed"), loop, or pass."""
     path = write_log(tmp_path, change(load("6.12", "mem-2M")))
-    res = run_cli("replay", str(path))
+    res = run_cli("replay", "--trust-unsealed", str(path))
     assert res.returncode == 2, res.stderr
     assert message in res.stderr and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
 
@@ -463,12 +463,12 @@ def test_malformed_logs_are_one_line_and_exit_2(tmp_path, change, message):
 def test_hostile_lines(tmp_path, text, message):
     path = tmp_path / "hostile.jsonl"
     path.write_text(text)
-    res = run_cli("replay", str(path), timeout=60)
+    res = run_cli("replay", "--trust-unsealed", str(path), timeout=60)
     assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr, res.stderr
 
 
 def test_replay_of_dev_zero_stops_at_once():
-    res = run_cli("replay", "/dev/zero", timeout=60)
+    res = run_cli("replay", "--trust-unsealed", "/dev/zero", timeout=60)
     assert res.returncode == 2 and "not an event log" in res.stderr
 
 
@@ -479,7 +479,7 @@ def test_non_integer_numbers_are_refused(tmp_path, number):
     line = next(l for l in text.splitlines() if '"type": "range"' in l)
     bad = tmp_path / "bad.jsonl"
     bad.write_text(text.replace(line, line.replace('"nr_pages": 786432', f'"nr_pages": {number}')))
-    res = run_cli("replay", str(bad), timeout=60)
+    res = run_cli("replay", "--trust-unsealed", str(bad), timeout=60)
     assert res.returncode == 2 and "range event's nr_pages is not a non-negative integer" in res.stderr
 
 
@@ -531,7 +531,7 @@ def test_a_device_name_cannot_forge_a_line_or_drive_the_terminal(tmp_path):
         return d
 
     path, _ = doctor(tmp_path, "6.12", "mem-2M", rename)
-    res = run_cli("replay", str(path))
+    res = run_cli("replay", "--trust-unsealed", str(path))
     assert res.returncode == 0, res.stderr
     assert "\x1b" not in res.stdout
     starts = [l.split()[:2] for l in res.stdout.splitlines() if l.startswith("kernel ")]
@@ -547,7 +547,7 @@ def test_exit_2_still_says_why_machine_readably(tmp_path):
     bad = tmp_path / "cut.jsonl"
     bad.write_text('{"type": "header"')
     junit = tmp_path / "out.xml"
-    res = run_cli("replay", str(bad), "--json", "--junit", str(junit))
+    res = run_cli("replay", "--trust-unsealed", str(bad), "--json", "--junit", str(junit))
     assert res.returncode == 2
     doc = json.loads(res.stdout)
     assert doc["verdict"] == "error" and doc["devices"] == []

@@ -1,0 +1,113 @@
+"""Sealed event logs: real recordings written again by the writer `record` uses (LogFile), then
+cut, thinned and edited: only the whole log passes, and a log without its seal passes at most as
+incomplete."""
+
+import io
+import json
+
+import pytest
+
+from tests.conftest import run_cli
+from tests.unit.test_replay import log_path
+from vmemtrace import events
+from vmemtrace.errors import VmemtraceError
+from vmemtrace.ledger import fold
+from vmemtrace.verdict import evaluate, unsealed
+
+# Small real logs of each kind: a trace with its walk (cross-check), and an audit.
+LOGS = [("6.12", "mem-1G.jsonl"), ("7.3", "mem-1G.jsonl"), ("6.12", "mem-1G.audit.jsonl"),
+        ("5.10", "mem-2M.jsonl")]
+
+
+def sealed_copy(tmp_path, series, name):
+    """The recording's events through LogFile, as `record` writes them: the path and its lines."""
+    src = log_path(series, "mem-1G").parent / name
+    with open(src) as fh:
+        evs = events.read(fh, str(src))
+    path = tmp_path / f"sealed-{series}-{name}"
+    log = events.LogFile(str(path))
+    for ev in evs:
+        log.write(ev)
+    log.seal()
+    return path, path.read_text().splitlines(keepends=True)
+
+
+def verdict(lines) -> str:
+    """What replay makes of these lines, in process: the verdict, or "error" for a log it
+    refuses."""
+    sealed = events.Sealed()
+    try:
+        led = fold(events.stream(io.StringIO("".join(lines)), "log", sealed))
+    except (VmemtraceError, StopIteration):
+        return "error"
+    waived = ("init-skip",) if led.header.get("walk") == "audit" else ()
+    doc = evaluate(led, "auto", waived)
+    return (doc if sealed.sealed else unsealed(doc))["verdict"]
+
+
+@pytest.mark.parametrize("series,name", LOGS)
+def test_the_whole_sealed_log_passes_and_every_cut_or_deletion_does_not(tmp_path, series, name):
+    _, lines = sealed_copy(tmp_path, series, name)
+    assert json.loads(lines[-1])["type"] == "seal"
+    assert verdict(lines) == "pass"
+    for n in range(len(lines)):
+        assert verdict(lines[:n]) != "pass", f"cut after {n} lines passed"
+    for n in range(len(lines)):
+        assert verdict(lines[:n] + lines[n + 1:]) != "pass", f"line {n + 1} deleted passed"
+
+
+def test_a_sealed_log_replays_without_trust(tmp_path):
+    path, _ = sealed_copy(tmp_path, "6.12", "mem-1G.jsonl")
+    res = run_cli("replay", str(path), "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["verdict"] == "pass"
+
+
+def test_an_unsealed_log_is_incomplete_unless_trusted():
+    path = log_path("6.12", "mem-1G")
+    res = run_cli("replay", str(path), "--json")
+    doc = json.loads(res.stdout)
+    assert res.returncode == 2 and doc["verdict"] == "incomplete" and doc["sealed"] is False
+    assert "no seal" in res.stderr and res.stderr.count("\n") == 1
+    assert run_cli("replay", "--trust-unsealed", str(path)).returncode == 0
+
+
+def _bump(line: str) -> str:
+    """The same event with one count one higher: still well formed, no longer as written."""
+    ev = json.loads(line)
+    key = next(k for k, v in sorted(ev.items()) if type(v) is int and k != "pid")
+    ev[key] += 1
+    return json.dumps(ev, sort_keys=True) + "\n"
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda ls: ls[:2] + [_bump(ls[2])] + ls[3:], "sha256"),
+    (lambda ls: ls + [ls[1]], "a line after the seal"),
+    (lambda ls: ls[:-1] + [ls[-1].replace('"lines": ', '"lines": 1')], "lines"),
+    (lambda ls: ls[:3] + ls[2:], "lines"),
+])
+def test_a_seal_that_disagrees_is_an_error_naming_it(tmp_path, edit, message):
+    path, lines = sealed_copy(tmp_path, "6.12", "mem-1G.jsonl")
+    edited = edit(lines)
+    assert edited != lines
+    path.write_text("".join(edited))
+    res = run_cli("replay", str(path))
+    assert res.returncode == 2 and message in res.stderr, res.stderr
+    assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
+
+
+def test_an_aborted_log_leaves_no_file(tmp_path):
+    path = tmp_path / "x.jsonl"
+    log = events.LogFile(str(path))
+    log.write({"type": "header"})
+    assert not path.exists()  # written under a temporary name until sealed
+    log.abort()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_record_that_cannot_trace_leaves_no_file(tmp_path):
+    """This host cannot trace (no root or no kprobes): record fails, and nothing is left."""
+    path = tmp_path / "x.jsonl"
+    res = run_cli("record", "-o", str(path), "--", "true")
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert list(tmp_path.iterdir()) == []
