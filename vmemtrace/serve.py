@@ -14,9 +14,7 @@ import socket
 import ssl
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Optional, Tuple
-from urllib.parse import parse_qs, urlparse
+from typing import Callable, Optional, Set, Tuple
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.process_collector import ProcessCollector
@@ -25,6 +23,7 @@ from vmemtrace import events
 from vmemtrace.errors import VmemtraceError, stops_held, terminate_on_sigterm
 from vmemtrace.exporter import LedgerCollector, LiveLedger, Snapshot
 from vmemtrace.kernel import daxdev
+from vmemtrace.scrape_server import ScrapeServer
 
 DEFAULT_LISTEN = "127.0.0.1:9477"
 
@@ -36,13 +35,6 @@ def parse_listen(text: str) -> Tuple[str, int]:
         raise VmemtraceError(f"--listen {text!r}: expected HOST:PORT, e.g. {DEFAULT_LISTEN}")
     host = host.strip("[]") or "0.0.0.0"
     return host, int(port)
-
-
-# Each connection gets this long to send its request (and, over TLS, to finish the handshake):
-# a client that connects and says nothing must not hold a worker for ever.
-CONNECTION_TIMEOUT = 10.0
-# Connections served at once; more wait in the kernel's accept queue (a scrape takes one).
-WORKERS = 8
 
 
 class Only:
@@ -57,71 +49,6 @@ class Only:
         for family in self.registry.collect():
             if family.name in self.names or any(s.name in self.names for s in family.samples):
                 yield family
-
-
-class MetricsHandler(BaseHTTPRequestHandler):
-    """GET /metrics (with prometheus' name[] filter); 404 elsewhere. The TLS handshake, if any,
-    happens here, in the connection's worker, under its timeout: never in the accept loop."""
-
-    timeout = CONNECTION_TIMEOUT
-    server_version = "vmemtrace"
-
-    def setup(self):
-        super().setup()
-        if isinstance(self.connection, ssl.SSLSocket):
-            self.connection.do_handshake()
-
-    def do_GET(self):
-        url = urlparse(self.path)
-        if url.path != "/metrics":
-            self.send_error(404, "only /metrics is served here")
-            return
-        names = parse_qs(url.query).get("name[]")
-        body = generate_latest(Only(self.server.registry, set(names)) if names else self.server.registry)
-        self.send_response(200)
-        self.send_header("Content-Type", CONTENT_TYPE_LATEST)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, fmt, *args):  # scrapes are not news
-        pass
-
-
-class MetricsServer(ThreadingHTTPServer):
-    """http.server with what a long-lived exporter needs against slow or hostile clients: a
-    timeout per connection, a bounded number of workers, TLS handshakes off the accept loop."""
-
-    daemon_threads = True
-
-    def __init__(self, address, registry, context: Optional[ssl.SSLContext]):
-        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        self.registry = registry
-        self.context = context
-        self.slots = threading.BoundedSemaphore(WORKERS)
-        super().__init__(address, MetricsHandler)
-
-    def get_request(self):
-        sock, addr = super().get_request()
-        sock.settimeout(CONNECTION_TIMEOUT)
-        if self.context is not None:
-            sock = self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        return sock, addr
-
-    def process_request(self, request, client_address):
-        if not self.slots.acquire(timeout=CONNECTION_TIMEOUT):
-            self.shutdown_request(request)  # every worker busy for that long: drop this one
-            return
-        super().process_request(request, client_address)
-
-    def process_request_thread(self, request, client_address):
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.slots.release()
-
-    def handle_error(self, request, client_address):
-        pass  # a client that timed out or broke its TLS handshake: its problem, not ours
 
 
 class Exporter:
@@ -139,6 +66,11 @@ class Exporter:
 
     def devices_now(self) -> list:
         return [d for d in daxdev.inventory() if events.named(d, self.only)]
+
+    def render(self, names: Optional[Set[str]]) -> Tuple[bytes, str]:
+        """The page a scrape gets (prometheus' name[] filter: only those families)."""
+        return (generate_latest(Only(self.registry, names) if names else self.registry),
+                CONTENT_TYPE_LATEST)
 
     def snapshot(self) -> Snapshot:
         s = self.snap
@@ -161,13 +93,15 @@ class Exporter:
             except ssl.SSLError as e:
                 raise VmemtraceError(f"bad TLS certificate or key ({cert}, {key}): "
                                      f"{e.reason or e.strerror or e}")
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
-            self.server = MetricsServer((host, port), self.registry, context)
+            sock = socket.create_server((host, port), family=family, backlog=1024)
         except OSError as e:
             if e.errno == errno.EADDRINUSE:
                 raise VmemtraceError(f"{host}:{port} is in use (another exporter running?)")
             raise VmemtraceError(f"cannot listen on {host}:{port}: {e.strerror}")
-        threading.Thread(target=self.server.serve_forever, name="metrics", daemon=True).start()
+        self.server = ScrapeServer(sock, self.render, context)
+        self.server.start()
         return host, self.server.server_address[1]
 
     @staticmethod
@@ -201,8 +135,7 @@ class Exporter:
 
     def close(self) -> None:
         if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
+            self.server.close()
             self.server = None
 
 
