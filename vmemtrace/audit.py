@@ -11,7 +11,7 @@ from vmemtrace import events, geometry
 from vmemtrace.kernel import btf, compat, daxdev
 from vmemtrace.kernel.config import enabled
 from vmemtrace.kernel.kcore import SectionTable, Walker
-from vmemtrace.probes.plan import WALK_STRATEGY
+from vmemtrace.probes.plan import AUDITED, WALK_STRATEGY
 from vmemtrace.probes.targets import FUNCTIONS
 from vmemtrace.probes.targets import TARGETS, WALK_TARGETS
 from vmemtrace.readiness import assess, read_facts
@@ -118,7 +118,7 @@ def existing_devices(facts, walker: Optional[Walker],
 
 def _audit_header(facts, walked: bool = True) -> dict:
     walk = WALK_STRATEGY if walked else "unavailable"
-    strategy = {t.name: walk if t.name in WALK_TARGETS else "not traced (audit)" for t in TARGETS}
+    strategy = {t.name: walk if t.name in WALK_TARGETS else AUDITED for t in TARGETS}
     return header_event(facts, assess(facts), [], walk="audit", strategy=strategy)
 
 

@@ -4,6 +4,7 @@ The CLI turns it into a single line on stderr and the exit code it carries, neve
 """
 
 import functools
+import re
 import signal
 import sys
 from contextlib import contextmanager
@@ -23,9 +24,20 @@ class VmemtraceError(Exception):
         self.exit_code = exit_code
 
 
+# C0 and C1 control characters: a file name or kernel string with a newline or an escape
+# sequence must not forge a line of its own or drive the terminal.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """text with its control characters shown as escapes (\\x1b), never sent raw."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def say(message: str) -> None:
-    """A progress or outcome line on stderr, as every command prints them."""
-    print(f"vmemtrace: {message}", file=sys.stderr, flush=True)
+    """A progress or outcome line on stderr, as every command prints them: one line, whatever
+    a file name or kernel string in it holds."""
+    print(f"vmemtrace: {printable(message)}", file=sys.stderr, flush=True)
 
 
 @contextmanager

@@ -8,6 +8,7 @@ a corrupt or truncated file fails on the line that is wrong, never deep inside t
 import hashlib
 import json
 import os
+import stat
 import time
 from typing import IO, Iterable, Iterator, List, Optional, Tuple
 
@@ -178,9 +179,36 @@ def _typed(v, kind: str) -> bool:
     return _count(v)
 
 
+# What a header's walk says (header_event()).
+WALKS = (None, "fallback", "cross-check", "audit")
+
+
+def _header_problem(event: dict) -> Optional[str]:
+    """A header no vmemtrace wrote: a release that is not 2 to 4 small numbers (the checks
+    compare it with compat's releases), a strategy or walk no plan makes."""
+    version = event["version"]
+    if not (2 <= len(version) <= 4 and all(type(v) is int and 0 <= v < 1 << 16 for v in version)):
+        return f"version {json.dumps(version)[:40]} is not a kernel release's numbers"
+    from vmemtrace.probes.plan import STRATEGIES
+
+    odd = [f"{k}: {json.dumps(v)}" for k, v in event["strategy"].items()
+           if not isinstance(v, str) or v not in STRATEGIES]
+    if odd:
+        return f"strategy {odd[0][:60]} is none a probe plan gives"
+    feature = event["feature"]
+    if feature.get("present") not in (True, False, None) or not all(
+            isinstance(feature.get(k, ""), str) for k in ("evidence", "layout", "layout_evidence")):
+        return f"feature {json.dumps(feature)[:60]} is not what check reports"
+    if event.get("walk") not in WALKS:
+        return f"walk {json.dumps(event.get('walk'))[:40]} is not one of {WALKS}"
+    return None
+
+
 def _limits(event: dict) -> Optional[str]:
     """Numbers that no kernel can produce, which would otherwise make the ledger or geometry
     loop for ever or divide by zero."""
+    if event["type"] == "header":
+        return _header_problem(event)
     for key in ("pfn", "start_pfn", "head_pfn", "range_start_pfn", "nr_pages", "lowest_head",
                 "highest_head"):
         if event.get(key) is not None and event[key] > MAX_PFN:
@@ -386,8 +414,15 @@ def read(fh: IO[str], name: str) -> List[dict]:
 
 
 def iter_file(path: str, sealed: Optional[Sealed] = None) -> Iterator[dict]:
-    """The events of the log at `path`, streamed (stream()); file errors are exit 2 too."""
+    """The events of the log at `path`, streamed (stream()); file errors are exit 2 too. Only
+    a regular file: a FIFO with no writer, a terminal or a device would block or never end."""
+    if path == "-":
+        raise VmemtraceError("-: an event log is read from a file `record` wrote, not from "
+                             "standard input")
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise VmemtraceError(f"{path}: not a regular file: an event log is a file "
+                                 "`record` wrote")
         with open(path) as fh:
             yield from stream(fh, path, sealed)
     except OSError as e:

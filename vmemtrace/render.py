@@ -1,26 +1,19 @@
 """Tables for people, JSON for scripts. No logic beyond layout."""
 
 import json
-import re
 import sys
 from typing import Optional
 
 from tabulate import tabulate
 
 from vmemtrace.compounds import layouts
+from vmemtrace.errors import printable
 from vmemtrace.layouts import BY_NAME
-
-
-# C0 and C1 control characters: a device name or kernel string with a newline could forge a
-# line of its own ("verdict PASS"), an escape sequence could rewrite the terminal.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def safe(value):
     """A table cell or line that cannot start a line of its own or move the cursor."""
-    if isinstance(value, str):
-        return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", value)
-    return value
+    return printable(value) if isinstance(value, str) else value
 
 
 def table(rows, **kwargs) -> str:

@@ -31,7 +31,7 @@ DEFAULT_LISTEN = "127.0.0.1:9477"
 def parse_listen(text: str) -> Tuple[str, int]:
     """HOST:PORT, [V6]:PORT or :PORT (all addresses: the user's explicit choice)."""
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 <= int(port) < 65536:
         raise VmemtraceError(f"--listen {text!r}: expected HOST:PORT, e.g. {DEFAULT_LISTEN}")
     host = host.strip("[]") or "0.0.0.0"
     return host, int(port)
@@ -108,6 +108,9 @@ class Exporter:
     def check_textfile(path: str) -> None:
         """Fail now, before the compile, when the textfile cannot be written, without writing
         it: a start that fails later must not leave a .prom saying the exporter is up."""
+        if not path:
+            raise VmemtraceError("--textfile: an empty path (give PATH.prom, or leave the "
+                                 "option out to serve HTTP)")
         if not path.endswith(".prom"):
             raise VmemtraceError(f"--textfile {path}: node_exporter only reads *.prom files")
         probe = f"{path}.vmemtrace-check"
@@ -214,7 +217,7 @@ def run(listen: str, textfile: Optional[str], interval: float, cert: Optional[st
     a host that cannot trace is served as well as it can be, never given up on."""
     exporter = Exporter(only)
     try:
-        if textfile:
+        if textfile is not None:
             exporter.check_textfile(textfile)  # unwritable: fail now, not after the compile
         else:
             host, port = exporter.serve(listen, cert, key)

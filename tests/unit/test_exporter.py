@@ -536,3 +536,13 @@ def test_exporter_memory_follows_the_devices_that_exist(monkeypatch):
     live.refresh([])
     assert live.fold.made == [] and live.doc["devices"] == []
     assert samples(exp.registry)[("vmemtrace_memmap_init_seconds_count", ())] == 20
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--listen", "127.0.0.1:\u0663"], "expected HOST:PORT"),
+    (["--textfile", ""], "--textfile: an empty path"),
+])
+def test_option_values_are_checked_before_anything(args, message):
+    res = run_cli("exporter", *args, timeout=60)
+    assert res.returncode == 2 and message in res.stderr, res.stderr
+    assert res.stderr.count("\n") == 1

@@ -111,3 +111,37 @@ def test_a_record_that_cannot_trace_leaves_no_file(tmp_path):
     res = run_cli("record", "-o", str(path), "--", "true")
     assert res.returncode != 0 and "Traceback" not in res.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_fifo_or_standard_input_is_refused_at_once(tmp_path):
+    import os
+
+    fifo = tmp_path / "log.jsonl"
+    os.mkfifo(fifo)
+    res = run_cli("replay", str(fifo), timeout=20)
+    assert res.returncode == 2 and "not a regular file" in res.stderr, res.stderr
+    res = run_cli("replay", "-", timeout=20)
+    assert res.returncode == 2 and "not from standard input" in res.stderr, res.stderr
+
+
+def test_a_file_name_with_control_characters_is_escaped(tmp_path):
+    name = tmp_path / "evil\x1b[2J\nverdict PASS.jsonl"
+    res = run_cli("replay", str(name))
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert "\x1b" not in res.stderr and "\\x1b[2J\\x0averdict PASS" in res.stderr
+
+
+@pytest.mark.parametrize("key,value", [
+    ("version", ["6", 12, 117]), ("version", [float("nan"), 12, 0]), ("version", [True, 12, 0]),
+    ("version", [None, 12, 0]), ("version", [1 << 63, 12, 0]), ("version", []),
+    ("walk", "bogus"), ("strategy", {"vmemmap_populate_address": "bogus"}),
+    ("strategy", {"vmemmap_populate_address": ["kprobe"]}), ("feature", {"present": "yes"}),
+])
+def test_a_header_no_vmemtrace_wrote_is_refused_in_one_line(tmp_path, key, value):
+    path, lines = sealed_copy(tmp_path, "6.12", "mem-1G.jsonl")
+    header = json.loads(lines[0])
+    header[key] = value if key != "strategy" else {**header["strategy"], **value}
+    path.write_text(json.dumps(header) + "\n" + "".join(lines[1:]))
+    res = run_cli("replay", str(path))
+    assert res.returncode == 2 and "header event" in res.stderr, res.stderr
+    assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr

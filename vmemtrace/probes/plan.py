@@ -30,6 +30,10 @@ ATTACHED = ("kprobe", "kretprobe", "kprobe+kretprobe", COUNT) + TRAMPOLINE
 WALK_STRATEGY = "walk"  # read the page tables after the fact (kernel/kcore.py)
 UNUSED = "unused"
 EXCLUDED = "excluded"  # the user said --no-probe
+AUDITED = "not traced (audit)"  # an audit's header: nothing attached, the walk only
+# Every strategy a target can be given: what an event log's header may say.
+STRATEGIES = frozenset(ATTACHED + (WALK_STRATEGY, UNUSED, EXCLUDED, AUDITED, "fallback",
+                                   "unavailable"))
 
 
 def is_attached(strategy: str) -> bool:
