@@ -48,14 +48,15 @@ def check(as_json, root):
     from vmemtrace.kernel import btf
     from vmemtrace.probes.loader import BPF_SOURCE, defines
     from vmemtrace.probes.targets import FUNCTIONS
-    from vmemtrace.readiness import assess, check_report, read_facts
+    from vmemtrace.readiness import Blocker, assess, cannot_trace, check_report, read_facts
 
     facts = read_facts(root)
     ready = assess(facts)
     report = check_report(facts, ready)
     report["bpf_program"] = str(BPF_SOURCE)  # package data: what an installed copy compiles
     if not BPF_SOURCE.is_file():
-        ready.blockers.append(f"the BPF program {BPF_SOURCE} is not installed")
+        ready.blockers.append(Blocker("no_bpf_program", f"the BPF program {BPF_SOURCE} is not "
+                                                        "installed"))
         report["can_trace"] = False
     # Where the BPF program's struct layout and calling conventions would come from.
     layout = btf.try_layout(facts.btf and str(root / facts.btf.lstrip("/")), say,
@@ -67,7 +68,7 @@ def check(as_json, root):
     else:
         click.echo(render.check_table(report))
     if not ready.can_trace:
-        raise VmemtraceError("cannot trace: " + "; ".join(ready.blockers), EXIT_CANNOT)
+        raise cannot_trace(ready.blockers)
 
 
 @contextlib.contextmanager

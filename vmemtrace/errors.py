@@ -19,9 +19,10 @@ EXIT_CANNOT = 2
 class VmemtraceError(Exception):
     """A failure the user can act on; str() is the one line shown."""
 
-    def __init__(self, message: str, exit_code: int = EXIT_CANNOT):
+    def __init__(self, message: str, exit_code: int = EXIT_CANNOT, reason: str = ""):
         super().__init__(message)
         self.exit_code = exit_code
+        self.reason = reason  # for metrics: a short snake_case cause, where the failure has one
 
 
 # C0 and C1 control characters: a file name or kernel string with a newline or an escape

@@ -113,7 +113,7 @@ class Snapshot:
     lost: int = 0
     errors: Dict[str, int] = field(default_factory=dict)
     attached: List[str] = field(default_factory=list)  # functions with probes attached now
-    not_tracing: str = ""  # why the exporter serves audits only ("" while it traces)
+    not_tracing: str = ""  # why the exporter serves audits only, a snake_case code ("" while it traces)
 
 
 def present_devices(doc: dict, devices_now: List[dict]) -> List[dict]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from vmemtrace import layouts
+from vmemtrace.errors import VmemtraceError
 from vmemtrace.kernel import compat, trampoline
 from vmemtrace.kernel.config import RELEVANT, enabled
 from vmemtrace.kernel.facts import DATA_SYMBOLS, KernelFacts, gather
@@ -28,6 +29,23 @@ class Feature:
         if self.layout is not None:
             out.update(layout=self.layout.name, layout_evidence=self.layout.evidence)
         return out
+
+
+class Blocker(str):
+    """One reason tracing cannot start: the sentence people read, and `code`, the short
+    snake_case cause the exporter's vmemtrace_tracing{reason} label carries."""
+
+    def __new__(cls, code: str, sentence: str):
+        out = super().__new__(cls, sentence)
+        out.code = code
+        return out
+
+
+def cannot_trace(blockers: List["Blocker"]) -> VmemtraceError:
+    """The error every command raises when tracing cannot start: all the reasons, the first
+    one's code."""
+    return VmemtraceError("cannot trace: " + "; ".join(blockers),
+                          reason=getattr(blockers[0], "code", "cannot_trace"))
 
 
 @dataclass
@@ -91,7 +109,7 @@ def _sees_anything(plan: List[P.TargetStatus]) -> bool:
     return bool(seen & {targets.POPULATE, targets.ALLOC, targets.INIT, targets.INIT_PAGES})
 
 
-def blockers(facts: KernelFacts, plan: List[P.TargetStatus]) -> List[str]:
+def blockers(facts: KernelFacts, plan: List[P.TargetStatus]) -> List[Blocker]:
     """Each reason tracing cannot start on this kernel, most fundamental first."""
     out = []
     required_strategy = next(s.strategy for s in plan if s.name == REQUIRED)
@@ -99,37 +117,49 @@ def blockers(facts: KernelFacts, plan: List[P.TargetStatus]) -> List[str]:
         # Probes, BPF decoding and the walk are proven on x86_64 kernels only (the lab boots
         # those): elsewhere say what the kernel does, never guess what it did.
         does = compat.ARCH_BEHAVIOUR.get(facts.machine, "is not one this tool knows")
-        out.append(f"vmemtrace observes x86_64 kernels only; on {facts.machine} the kernel "
-                   f"{does}")
+        out.append(Blocker("not_x86_64", f"vmemtrace observes x86_64 kernels only; on "
+                                         f"{facts.machine} the kernel {does}"))
     if facts.lockdown == "confidentiality":
         # security/lockdown: LOCKDOWN_TRACEFS, LOCKDOWN_BPF_READ_KERNEL are confidentiality-level
-        out.append("kernel lockdown is in confidentiality mode: it forbids tracefs and BPF "
-                   "reading kernel memory (boot without lockdown=confidentiality)")
+        out.append(Blocker("lockdown", "kernel lockdown is in confidentiality mode: it forbids "
+                           "tracefs and BPF reading kernel memory (boot without "
+                           "lockdown=confidentiality)"))
     elif required_strategy in P.TRAMPOLINE:
         pass  # attached by BPF trampoline: kprobes are not needed to start
     elif enabled(facts.config, "KPROBES") is False:
-        out.append("kernel built without CONFIG_KPROBES: nothing can be traced")
+        out.append(Blocker("no_kprobes", "kernel built without CONFIG_KPROBES: nothing can be "
+                                         "traced"))
     elif not facts.kprobe_events:
-        out.append("no kprobe_events in tracefs (CONFIG_KPROBE_EVENTS off or tracefs not mounted)")
+        out.append(Blocker("no_kprobe_events", "no kprobe_events in tracefs "
+                           "(CONFIG_KPROBE_EVENTS off or tracefs not mounted)"))
     if enabled(facts.config, "BPF_SYSCALL") is False:
-        out.append("kernel built without CONFIG_BPF_SYSCALL")
+        out.append(Blocker("no_bpf", "kernel built without CONFIG_BPF_SYSCALL"))
     if enabled(facts.config, "ZONE_DEVICE") is False:
-        out.append("kernel built without CONFIG_ZONE_DEVICE: it has no device-dax memory to trace")
+        out.append(Blocker("no_zone_device", "kernel built without CONFIG_ZONE_DEVICE: it has "
+                                             "no device-dax memory to trace"))
+    if enabled(facts.config, "DEV_DAX") is False:
+        out.append(Blocker("no_dev_dax", "kernel built without CONFIG_DEV_DAX: it has no "
+                                         "device-dax (no dax_pmem, no device_dax) to trace"))
     required = next(s for s in plan if s.name == REQUIRED)
     if required.strategy == "unavailable" and not out:
-        out.append(f"{REQUIRED} cannot be probed: {required.reason}")
+        out.append(Blocker("target_unavailable", f"{REQUIRED} cannot be probed: "
+                                                 f"{required.reason}"))
     if not _sees_anything(plan) and required.strategy != "unavailable":
-        out.append("neither the vmemmap populate (no probe, no page-table walk) nor the struct "
-                   "page initialisation can be seen on this kernel: nothing could be verified")
+        out.append(Blocker("nothing_visible", "neither the vmemmap populate (no probe, no "
+                           "page-table walk) nor the struct page initialisation can be seen on "
+                           "this kernel: nothing could be verified"))
     if facts.perf_blocker and facts.privileged:
-        out.append(facts.perf_blocker)
+        out.append(Blocker("perf_paranoid", facts.perf_blocker))
     if not facts.privileged:
-        out.append("not root (needs CAP_SYS_ADMIN, or CAP_BPF with CAP_PERFMON)")
+        out.append(Blocker("no_privilege", "not root (needs CAP_SYS_ADMIN, or CAP_BPF with "
+                                           "CAP_PERFMON)"))
     if facts.bcc is None:
-        out.append("BCC's Python module is not importable (apt install python3-bpfcc)")
+        out.append(Blocker("no_bcc", "BCC's Python module is not importable "
+                                     "(apt install python3-bpfcc)"))
     if facts.headers is None:
-        out.append(f"no kernel headers for BCC at /lib/modules/{facts.release}/build "
-                   f"(apt install linux-headers-{facts.release})")
+        out.append(Blocker("no_headers", f"no kernel headers for BCC at "
+                                         f"/lib/modules/{facts.release}/build "
+                                         f"(apt install linux-headers-{facts.release})"))
     return out
 
 
@@ -149,6 +179,7 @@ def check_report(facts: KernelFacts, ready: Readiness) -> dict:
         "machine": facts.machine,
         "can_trace": ready.can_trace,
         "blockers": ready.blockers,
+        "blocker_codes": [getattr(b, "code", "cannot_trace") for b in ready.blockers],
         "feature": ready.feature.as_json(),
         "config": {"source": facts.config_source,
                    "options": {o: (facts.config.get(o, "n") if facts.config is not None else None)

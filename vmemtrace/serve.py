@@ -185,7 +185,8 @@ def _trace(exporter: Exporter, textfile: Optional[str], interval: float,
 def _audit_only(exporter: Exporter, why: str, textfile: Optional[str], interval: float,
                 progress: Callable[[str], None], hangup: threading.Event) -> None:
     """Tracing cannot start: serve the audit of the devices that exist (re-audited when the set
-    of dax devices changes), with vmemtrace_tracing 0 and the reason, until SIGHUP (returns: try
+    of dax devices changes), with vmemtrace_tracing 0 and the reason's code (the sentence is in
+    the log), until SIGHUP (returns: try
     again) or SIGTERM/Ctrl-C (KeyboardInterrupt). As ebpf_exporter does with a program that
     cannot attach: loud, not fatal."""
     from vmemtrace.audit import audit_or_header
@@ -234,7 +235,8 @@ def run(listen: str, textfile: Optional[str], interval: float, cert: Optional[st
                     except VmemtraceError as e:
                         progress(f"not tracing: {e}; serving the audit of existing devices "
                                  "(SIGHUP tries again)")
-                        _audit_only(exporter, str(e), textfile, interval, progress, hangup)
+                        _audit_only(exporter, e.reason or "cannot_trace", textfile, interval,
+                                    progress, hangup)
             except KeyboardInterrupt:
                 progress("stopping")
             finally:

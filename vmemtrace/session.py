@@ -17,7 +17,7 @@ from vmemtrace.kernel.ftrace import tracefs
 from vmemtrace.kernel.kmsg import KmsgCursor, parse_memmap_init
 from vmemtrace.ledger import DeviceLedger, Fold, Ledger
 from vmemtrace.probes.plan import Sources
-from vmemtrace.readiness import assess, read_facts
+from vmemtrace.readiness import assess, cannot_trace, read_facts
 from vmemtrace.sections import Sections, first_pfn, summed
 
 
@@ -50,7 +50,7 @@ def open_tracer(progress: Callable[[str], None], cross_check: bool = False, excl
         facts = read_facts()
         ready = assess(facts, exclude)
         if ready.blockers:
-            raise VmemtraceError("cannot trace: " + "; ".join(ready.blockers))
+            raise cannot_trace(ready.blockers)
         if facts.leftovers:  # a tracer killed before it could detach (kernel/leftovers.py)
             leftovers.remove(tracefs(Path("/")), facts.leftovers)
             progress(f"removed {len(facts.leftovers)} kprobe events left by dead tracers: "
@@ -59,7 +59,8 @@ def open_tracer(progress: Callable[[str], None], cross_check: bool = False, excl
         if mode or facts.walk_blocker is None:
             walker = open_walker(facts)
         if compiled is None:
-            raise VmemtraceError("cannot trace: the BPF program could not be compiled")
+            raise VmemtraceError("cannot trace: the BPF program could not be compiled",
+                                 reason="compile_failed")
         tracer = Tracer(ready.plan, compiled, progress)
     except BaseException:
         if compiled is not None:

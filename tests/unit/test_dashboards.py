@@ -42,7 +42,7 @@ def promtool(*args, cwd=DASH):
 def test_promtool_checks_and_tests_the_rules():
     res = promtool("check", "rules", "alerts.yml")
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "SUCCESS: 5 rules found" in res.stdout
+    assert "SUCCESS: 6 rules found" in res.stdout
     res = promtool("test", "rules", "alerts_test.yml")
     assert res.returncode == 0, res.stdout + res.stderr
 

@@ -1,6 +1,7 @@
 """The exporter's collector on ledgers recorded in lab guests, and its refusals (port in use,
 bad certificate, unwritable textfile) through the real command line."""
 
+import re
 import socket
 from pathlib import Path
 
@@ -235,7 +236,8 @@ def test_a_host_that_cannot_trace_is_served_not_given_up(tmp_path):
             time.sleep(0.2)
         text = out.read_text()
         (line,) = [x for x in text.splitlines() if x.startswith("vmemtrace_tracing{")]
-        assert 'reason="cannot trace: ' in line and line.endswith(" 0.0"), line
+        # A short code, the sentence in the log: this host has no kprobes, or is not root.
+        assert re.fullmatch(r'vmemtrace_tracing\{reason="[a-z0-9_]+"\} 0\.0', line), line
         os.kill(proc.pid, signal.SIGHUP)
         time.sleep(2)
         assert proc.poll() is None

@@ -187,3 +187,22 @@ def test_nr_memmap_pages_not_a_number():
 
     with pytest.raises(VmemtraceError, match="/proc/vmstat: nr_memmap_pages is not a count"):
         parse_nr_memmap_pages("nr_free_pages 1\nnr_memmap_pages abc\n")
+
+
+def test_an_empty_kallsyms_is_its_own_diagnosis(tmp_path):
+    """What systemd's ProtectKernelTunables= leaves of /proc/kallsyms: an empty file. Said as
+    such, not as every probe target "inlined"."""
+    from tests.conftest import run_cli
+
+    root = _broken_root(tmp_path, "6.12", "proc/kallsyms", b"")
+    res = run_cli("check", "--root", str(root))
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert "cannot read /proc/kallsyms: it reads empty" in res.stderr
+    assert "ProtectKernelTunables" in res.stderr
+
+
+def test_each_reason_not_to_trace_has_a_code():
+    from vmemtrace.readiness import Blocker, cannot_trace
+
+    err = cannot_trace([Blocker("no_headers", "no kernel headers"), Blocker("no_bcc", "no BCC")])
+    assert err.reason == "no_headers" and str(err) == "cannot trace: no kernel headers; no BCC"

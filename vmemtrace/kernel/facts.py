@@ -62,7 +62,15 @@ def gather(root: Path, functions: Sequence[str], with_bcc: bool = True,
     try:
         syms = kallsyms.read_kallsyms(root, wanted)
     except OSError as e:
-        raise VmemtraceError(f"cannot read /proc/kallsyms: {e.strerror}")
+        raise VmemtraceError(f"cannot read /proc/kallsyms: {e.strerror}",
+                             reason="kallsyms_unreadable")
+    if not syms.addresses and not syms.text:
+        # Every kernel has some of these (memmap_init_zone_device since 4.x, vmemmap_base):
+        # an empty read is a kallsyms hidden from this process (systemd's
+        # ProtectKernelTunables= mounts an empty file over it), not a kernel without them.
+        raise VmemtraceError("cannot read /proc/kallsyms: it reads empty here (hidden from "
+                             "this process: systemd's ProtectKernelTunables=, or a mount over "
+                             "it)", reason="kallsyms_unreadable")
     opts, source = config.read_config(root, rel)
     tracefs = ftrace.tracefs(root)
     machine = machine_of(opts)
