@@ -1,6 +1,7 @@
 """The `vmemtrace` command line (click). Words and JSON keys are fixed (docs/design.md)."""
 
 import contextlib
+import json
 import math
 import os
 import sys
@@ -9,7 +10,8 @@ from pathlib import Path
 import click
 
 from vmemtrace import __version__, render
-from vmemtrace.errors import EXIT_CANNOT, VmemtraceError, one_line_errors, say
+from vmemtrace.errors import (EXIT_CANNOT, EXIT_USAGE, VmemtraceError, one_line_errors,
+                              printable, say)
 
 
 def _compile_early(cmd=()) -> None:
@@ -146,7 +148,7 @@ DEVICE = click.option("-d", "--device", "only", multiple=True, metavar="DEVICE",
 AUDIT_WAIVED = ("init-skip",)
 
 
-@cli.command(context_settings={"ignore_unknown_options": True})
+@cli.command()
 @EXPECT
 @JSON
 @JUNIT
@@ -209,7 +211,7 @@ def _recording(path):
             log.seal()
 
 
-@cli.command(context_settings={"ignore_unknown_options": True})
+@cli.command()
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="event log to write (JSON Lines)")
 @click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
@@ -308,7 +310,7 @@ def exporter(listen, textfile, interval, tls_cert, tls_key, only):
 
 
 @cli.command()
-@click.option("-d", "--duration", type=float, help="stop after this many seconds")
+@click.option("--duration", type=float, help="stop after this many seconds")
 @click.option("-T", "--wall-clock", "wall", is_flag=True,
               help="print wall-clock times (HH:MM:SS.us), not seconds since the first event")
 @JSON
@@ -406,6 +408,14 @@ def main():
     except click.exceptions.Abort:
         say("interrupted")
         sys.exit(130)
+    except click.UsageError as e:
+        # A usage error is not "could not verify" (2): its own code, as sysexits' EX_USAGE;
+        # with --json still a document, as every other exit has one.
+        if "--json" in sys.argv[1:sys.argv.index("--") if "--" in sys.argv else None]:
+            click.echo(json.dumps({"verdict": "error", "usage_error": printable(e.format_message()),
+                                   "exit": EXIT_USAGE}, indent=2))
+        e.show()
+        sys.exit(EXIT_USAGE)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 EXIT_OK = 0
 EXIT_FAIL = 1
 EXIT_CANNOT = 2
+EXIT_USAGE = 64  # a command line that is wrong (sysexits.h EX_USAGE): not a verdict
 
 
 class VmemtraceError(Exception):

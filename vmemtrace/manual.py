@@ -34,7 +34,7 @@ EXAMPLES: Dict[str, List[Tuple[str, str]]] = {
                  ("vmemtrace exporter --textfile /var/lib/node_exporter/vmemtrace.prom",
                   "keep a node_exporter textfile instead of serving")],
     "trace": [("vmemtrace trace", "one line per event until Ctrl-C"),
-              ("vmemtrace trace -T -d 60 --json", "wall-clock times, for a minute, as JSON lines")],
+              ("vmemtrace trace -T --duration 60 --json", "wall-clock times, for a minute, as JSON lines")],
     "stats": [("vmemtrace stats 5", "every 5 s, the devices whose ledger changed"),
               ("vmemtrace stats --cumulative -d dax0.0 1 10", "one device's running totals, 10 times")],
     "lab": [("vmemtrace lab", "boot Debian's 6.12 in qemu and verify the four cases"),
@@ -56,6 +56,10 @@ EXIT_STATUS = {
                 "audit and vmemtrace_tracing 0 with the reason.",
     "lab": "0 every case in every guest passed; 1 one failed; 2 the lab could not run.",
 }
+# Every command: a wrong command line is its own exit, never taken for a verdict.
+USAGE = (" 64 usage error (an unknown option, a bad value, a missing argument), with --json "
+         "a document saying so.")
+EXIT_STATUS = {k: v + USAGE for k, v in EXIT_STATUS.items()}
 EXIT_OF = {"check": "check", "verify": "verdict", "replay": "verdict", "audit": "verdict",
            "record": "run", "trace": "run", "stats": "run", "exporter": "exporter", "lab": "lab"}
 

@@ -88,3 +88,17 @@ def test_an_interrupted_command_that_ignores_sigterm_is_killed_after_the_grace()
     stop_child(child, waiter)
     took = time.monotonic() - start
     assert ended == [-signal.SIGKILL] and CHILD_GRACE <= took < CHILD_GRACE + 5
+
+
+def test_a_wrong_command_line_is_its_own_exit_code():
+    """Not 2 ("could not verify"): an unknown option before --, a bad value, a missing CMD."""
+    import json
+
+    for args in (["verify", "--bogus", "--", "true"], ["replay", "--expect", "nope", "x"],
+                 ["verify"], ["trace", "-d", "5"]):
+        res = run_cli(*args)
+        assert res.returncode == 64, (args, res.returncode, res.stderr)
+        assert "Traceback" not in res.stderr
+    res = run_cli("verify", "--json", "--bogus", "--", "true")
+    doc = json.loads(res.stdout)
+    assert res.returncode == 64 and doc["verdict"] == "error" and "--bogus" in doc["usage_error"]
