@@ -424,6 +424,10 @@ class CompoundPages:
         self.shared = (ev["range_start_pfn"], ev["pfns_per_compound"])
         self.count, self.unclassed, self.part_shift = ev["count"], ev["unclassed"], ev["part_shift"]
         self.lowest_head, self.highest_head = ev["lowest_head"], ev["highest_head"]
+        if (self.lowest_head is None) != (self.highest_head is None) or (
+                self.count and self.lowest_head is None):
+            self._problem(f"the summary of {self.count} compound pages has heads "
+                          f"{self.lowest_head} to {self.highest_head}")
         self.reused_head = ev["reused_head"]
         self.shared_tail = tuple(ev["shared_tail"]) if ev["shared_tail"] else None
         self.problems = list(ev["problems"])[:MAX_PROBLEMS]
@@ -442,7 +446,8 @@ class CompoundPages:
         heads = PfnSet()
         for c, bits in [(c, None) for c in pages] + [(c, heads) for c in self.first_section]:
             self._check(c, start, ppc, bits)
-            if self.lowest_head is None or not self.lowest_head <= c["head_pfn"] <= self.highest_head:
+            if self.lowest_head is None or self.highest_head is None \
+                    or not self.lowest_head <= c["head_pfn"] <= self.highest_head:
                 self._problem(f"compound page at pfn {c['head_pfn']} lies outside the summary's "
                               f"heads {self.lowest_head} to {self.highest_head}")
         summed = sum(n for n, _, _ in self.classes.values()) + self.unclassed

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import FIXTURES, run_cli
 from tests.unit.test_replay import log_path
 from vmemtrace import events
 from vmemtrace.errors import VmemtraceError
@@ -17,6 +17,36 @@ from vmemtrace.verdict import evaluate, unsealed
 # Small real logs of each kind: a trace with its walk (cross-check), and an audit.
 LOGS = [("6.12", "mem-1G.jsonl"), ("7.3", "mem-1G.jsonl"), ("6.12", "mem-1G.audit.jsonl"),
         ("5.10", "mem-2M.jsonl")]
+
+
+SEALED = sorted((FIXTURES / "events" / "sealed").glob("*/*.jsonl"))
+
+
+@pytest.mark.parametrize("path", SEALED, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_a_real_sealed_log_passes_and_every_cut_deletion_or_edit_does_not(path):
+    """Logs as record and audit --record write them (schema 3, sealed), from lab guests."""
+    lines = path.read_text().splitlines(keepends=True)
+    assert json.loads(lines[-1])["type"] == "seal" and json.loads(lines[0])["schema"] == 3
+    assert verdict(lines) == "pass"
+    for n in range(len(lines)):
+        assert verdict(lines[:n]) != "pass", f"cut after {n} lines passed"
+        assert verdict(lines[:n] + lines[n + 1:]) != "pass", f"line {n + 1} deleted passed"
+        assert verdict(lines[:n] + [_bump(lines[n])] + lines[n + 1:]) != "pass", \
+            f"line {n + 1} edited passed"
+
+
+def test_a_summary_edited_to_null_is_refused_in_one_line(tmp_path):
+    src = next(p for p in SEALED if p.name == "mem-2M.jsonl")
+    lines = src.read_text().splitlines(keepends=True)[:-1]  # unsealed: judged as it says
+    for n, line in enumerate(lines):
+        ev = json.loads(line)
+        if ev["type"] == "compounds":
+            ev["highest_head"] = None
+            lines[n] = json.dumps(ev) + "\n"
+    (tmp_path / "x.jsonl").write_text("".join(lines))
+    res = run_cli("replay", "--trust-unsealed", str(tmp_path / "x.jsonl"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.count("\n") == 1
 
 
 def sealed_copy(tmp_path, series, name):
@@ -30,6 +60,29 @@ def sealed_copy(tmp_path, series, name):
         log.write(ev)
     log.seal()
     return path, path.read_text().splitlines(keepends=True)
+
+
+def _bump(line: str) -> str:
+    """The same event with its first number one higher (at any depth; a string longer where
+    it has none): still well formed, no longer as written."""
+    def bump(v):
+        if type(v) is int:
+            return v + 1, True
+        items = sorted(v.items()) if isinstance(v, dict) else enumerate(v) if isinstance(v, list) else ()
+        for k, x in items:
+            new, done = bump(x)
+            if done:
+                v[k] = new
+                return v, True
+        return v, False
+
+    ev = json.loads(line)
+    ev, done = bump({k: v for k, v in ev.items() if k != "type"})
+    if not done:
+        key = next(k for k, v in sorted(ev.items()) if isinstance(v, str))
+        ev[key] += "x"
+    ev["type"] = json.loads(line)["type"]
+    return json.dumps(ev, sort_keys=True) + "\n"
 
 
 def verdict(lines) -> str:
@@ -72,12 +125,6 @@ def test_an_unsealed_log_is_incomplete_unless_trusted():
     assert run_cli("replay", "--trust-unsealed", str(path)).returncode == 0
 
 
-def _bump(line: str) -> str:
-    """The same event with one count one higher: still well formed, no longer as written."""
-    ev = json.loads(line)
-    key = next(k for k, v in sorted(ev.items()) if type(v) is int and k != "pid")
-    ev[key] += 1
-    return json.dumps(ev, sort_keys=True) + "\n"
 
 
 @pytest.mark.parametrize("edit,message", [
