@@ -24,6 +24,9 @@
  *   VPA_PTPFN           vmemmap_populate_address takes (ptpfn, flags), ptpfn -1 = allocate (6.15+)
  *   VT_ARGS_<function>  the function is in BTF with this many arguments: its fentry/fexit
  *                       programs are compiled (vmemtrace/kernel/btf.py, Signatures.arity)
+ *   VT_POS_<function>__<argument>  where that argument sits, found by its name in the
+ *                       kernel's BTF prototype (vmemtrace/probes/args.py; the version rule
+ *                       without BTF); VT_NARGS_<function> the arguments its fentry lists
  *
  * Aggregation happens here: one event per section and per range (perf buffers, each with its
  * own named struct, decoded by field name in user space), and one summary per range of its
@@ -749,11 +752,35 @@ static __always_inline int on_mic_enter(u64 nr)
     return 0;
 }
 
+/*
+ * Each target's arguments, declared once for its kprobe and its fentry program alike (as
+ * libbpf-tools' BPF_KPROBE names each argument once): ARG(function, name) is the argument the
+ * kernel's prototype calls so (VT_POS_<function>__<name>), read from its register by a kprobe
+ * (PT_REGS_PARMn, the x86-64 calling convention) or from the trampoline's array by fentry.
+ */
+#define VT_REG_0(ctx) PT_REGS_PARM1(ctx)
+#define VT_REG_1(ctx) PT_REGS_PARM2(ctx)
+#define VT_REG_2(ctx) PT_REGS_PARM3(ctx)
+#define VT_REG_3(ctx) PT_REGS_PARM4(ctx)
+#define VT_REG_4(ctx) PT_REGS_PARM5(ctx)
+#define VT_REG_5(ctx) PT_REGS_PARM6(ctx)
+#define VT_PASTE(a, b) a##b
+#define VT_CAT(a, b) VT_PASTE(a, b)
+#define VT_KPROBE_ARG(fn, name) VT_CAT(VT_REG_, VT_POS_##fn##__##name)(ctx)
+#define VT_FENTRY_ARG(fn, name) VT_CAT(a, VT_POS_##fn##__##name)
+
+#define SECTION_ARGS(ARG) ARG(__populate_section_memmap, pfn), \
+    ARG(__populate_section_memmap, nr_pages), ARG(__populate_section_memmap, altmap), \
+    SECTION_PGMAP(ARG(__populate_section_memmap, pgmap))
+#define VPA_ARGS(ARG) ARG(vmemmap_populate_address, addr), ARG(vmemmap_populate_address, reuse)
+#define MIZD_ARGS(ARG) ARG(memmap_init_zone_device, start_pfn), \
+    ARG(memmap_init_zone_device, nr_pages), ARG(memmap_init_zone_device, pgmap)
+#define MIC_ARGS(ARG) ARG(memmap_init_compound, nr_pages)
+
 /* kprobes and kretprobes: the names vmemtrace/probes/targets.py gives them. */
 int section_enter(struct pt_regs *ctx)
 {
-    return on_section_enter(ctx, PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM4(ctx),
-                            SECTION_PGMAP(PT_REGS_PARM5(ctx)));
+    return on_section_enter(ctx, SECTION_ARGS(VT_KPROBE_ARG));
 }
 
 int section_return(struct pt_regs *ctx)
@@ -763,7 +790,7 @@ int section_return(struct pt_regs *ctx)
 
 int vpa_enter(struct pt_regs *ctx)
 {
-    return on_vpa_enter(PT_REGS_PARM1(ctx), PT_REGS_PARM4(ctx));
+    return on_vpa_enter(VPA_ARGS(VT_KPROBE_ARG));
 }
 
 int vpa_return(struct pt_regs *ctx)
@@ -774,19 +801,19 @@ int vpa_return(struct pt_regs *ctx)
 int alloc_buf_enter(struct pt_regs *ctx)
 {
     HIT(vmemmap_alloc_block_buf);
-    return alloc_enter(PT_REGS_PARM1(ctx), 1);
+    return alloc_enter(VT_KPROBE_ARG(vmemmap_alloc_block_buf, size), 1);
 }
 
 int alloc_altmap_enter(struct pt_regs *ctx)
 {
     HIT(altmap_alloc_block_buf);
-    return alloc_enter(PT_REGS_PARM1(ctx), 1);
+    return alloc_enter(VT_KPROBE_ARG(altmap_alloc_block_buf, size), 1);
 }
 
 int alloc_block_enter(struct pt_regs *ctx)
 {
     HIT(vmemmap_alloc_block);
-    return alloc_enter(PT_REGS_PARM1(ctx), 0);
+    return alloc_enter(VT_KPROBE_ARG(vmemmap_alloc_block, size), 0);
 }
 
 int alloc_buf_return(struct pt_regs *ctx)
@@ -801,7 +828,7 @@ int alloc_block_return(struct pt_regs *ctx)
 
 int mizd_enter(struct pt_regs *ctx)
 {
-    return on_mizd_enter(PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx));
+    return on_mizd_enter(MIZD_ARGS(VT_KPROBE_ARG));
 }
 
 int mizd_return(struct pt_regs *ctx)
@@ -811,7 +838,7 @@ int mizd_return(struct pt_regs *ctx)
 
 int mic_enter(struct pt_regs *ctx)
 {
-    return on_mic_enter(PT_REGS_PARM6(ctx));
+    return on_mic_enter(MIC_ARGS(VT_KPROBE_ARG));
 }
 
 /* memmap_init_compound only as a clone: its calls counted, nr_pages left unread. */
@@ -860,19 +887,13 @@ int izdp_count(struct pt_regs *ctx)
 #define VT_FEXIT_4(fn) KRETFUNC_PROBE(fn, u64 a0, u64 a1, u64 a2, u64 a3, u64 ret)
 #define VT_FEXIT_5(fn) KRETFUNC_PROBE(fn, u64 a0, u64 a1, u64 a2, u64 a3, u64 a4, u64 ret)
 #define VT_FEXIT_6(fn) KRETFUNC_PROBE(fn, u64 a0, u64 a1, u64 a2, u64 a3, u64 a4, u64 a5, u64 ret)
-#define VT_PASTE(a, b) a##b
-#define VT_CAT(a, b) VT_PASTE(a, b)
 #define VT_FENTRY(fn, n) VT_CAT(VT_FENTRY_, n)(fn)
 #define VT_FEXIT(fn, n) VT_CAT(VT_FEXIT_, n)(fn)
 
 #ifdef VT_ARGS___populate_section_memmap
-#ifdef HAVE_SECTION_PGMAP
-VT_FENTRY(__populate_section_memmap, 5)
-#else
-VT_FENTRY(__populate_section_memmap, 4)
-#endif
+VT_FENTRY(__populate_section_memmap, VT_NARGS___populate_section_memmap)
 {
-    return on_section_enter(ctx, a0, a1, a3, SECTION_PGMAP(a4));
+    return on_section_enter(ctx, SECTION_ARGS(VT_FENTRY_ARG));
 }
 
 VT_FEXIT(__populate_section_memmap, VT_ARGS___populate_section_memmap)
@@ -882,9 +903,9 @@ VT_FEXIT(__populate_section_memmap, VT_ARGS___populate_section_memmap)
 #endif
 
 #ifdef VT_ARGS_vmemmap_populate_address
-VT_FENTRY(vmemmap_populate_address, 4)
+VT_FENTRY(vmemmap_populate_address, VT_NARGS_vmemmap_populate_address)
 {
-    return on_vpa_enter(a0, a3);
+    return on_vpa_enter(VPA_ARGS(VT_FENTRY_ARG));
 }
 
 VT_FEXIT(vmemmap_populate_address, VT_ARGS_vmemmap_populate_address)
@@ -894,10 +915,10 @@ VT_FEXIT(vmemmap_populate_address, VT_ARGS_vmemmap_populate_address)
 #endif
 
 #ifdef VT_ARGS_vmemmap_alloc_block_buf
-VT_FENTRY(vmemmap_alloc_block_buf, 1)
+VT_FENTRY(vmemmap_alloc_block_buf, VT_NARGS_vmemmap_alloc_block_buf)
 {
     HIT(vmemmap_alloc_block_buf);
-    return alloc_enter(a0, 1);
+    return alloc_enter(VT_FENTRY_ARG(vmemmap_alloc_block_buf, size), 1);
 }
 
 VT_FEXIT(vmemmap_alloc_block_buf, VT_ARGS_vmemmap_alloc_block_buf)
@@ -907,10 +928,10 @@ VT_FEXIT(vmemmap_alloc_block_buf, VT_ARGS_vmemmap_alloc_block_buf)
 #endif
 
 #ifdef VT_ARGS_altmap_alloc_block_buf
-VT_FENTRY(altmap_alloc_block_buf, 1)
+VT_FENTRY(altmap_alloc_block_buf, VT_NARGS_altmap_alloc_block_buf)
 {
     HIT(altmap_alloc_block_buf);
-    return alloc_enter(a0, 1);
+    return alloc_enter(VT_FENTRY_ARG(altmap_alloc_block_buf, size), 1);
 }
 
 VT_FEXIT(altmap_alloc_block_buf, VT_ARGS_altmap_alloc_block_buf)
@@ -920,10 +941,10 @@ VT_FEXIT(altmap_alloc_block_buf, VT_ARGS_altmap_alloc_block_buf)
 #endif
 
 #ifdef VT_ARGS_vmemmap_alloc_block
-VT_FENTRY(vmemmap_alloc_block, 1)
+VT_FENTRY(vmemmap_alloc_block, VT_NARGS_vmemmap_alloc_block)
 {
     HIT(vmemmap_alloc_block);
-    return alloc_enter(a0, 0);
+    return alloc_enter(VT_FENTRY_ARG(vmemmap_alloc_block, size), 0);
 }
 
 VT_FEXIT(vmemmap_alloc_block, VT_ARGS_vmemmap_alloc_block)
@@ -933,9 +954,9 @@ VT_FEXIT(vmemmap_alloc_block, VT_ARGS_vmemmap_alloc_block)
 #endif
 
 #ifdef VT_ARGS_memmap_init_zone_device
-VT_FENTRY(memmap_init_zone_device, 4)
+VT_FENTRY(memmap_init_zone_device, VT_NARGS_memmap_init_zone_device)
 {
-    return on_mizd_enter(a1, a2, a3);
+    return on_mizd_enter(MIZD_ARGS(VT_FENTRY_ARG));
 }
 
 /* It returns void: nothing follows the arguments, and nothing is read. */
@@ -946,8 +967,8 @@ KRETFUNC_PROBE(memmap_init_zone_device)
 #endif
 
 #ifdef VT_ARGS_memmap_init_compound
-VT_FENTRY(memmap_init_compound, 6)
+VT_FENTRY(memmap_init_compound, VT_NARGS_memmap_init_compound)
 {
-    return on_mic_enter(a5);
+    return on_mic_enter(MIC_ARGS(VT_FENTRY_ARG));
 }
 #endif

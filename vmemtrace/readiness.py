@@ -13,7 +13,7 @@ from vmemtrace.kernel import compat, trampoline
 from vmemtrace.kernel.config import RELEVANT, enabled
 from vmemtrace.kernel.facts import DATA_SYMBOLS, KernelFacts, gather
 from vmemtrace.probes import plan as P
-from vmemtrace.probes import targets
+from vmemtrace.probes import args, targets
 from vmemtrace.probes.targets import BY_NAME, REQUIRED
 
 
@@ -168,7 +168,8 @@ def assess(facts: KernelFacts, exclude=()) -> Readiness:
                         facts.kprobe_blacklist,
                         kprobes=enabled(facts.config, "KPROBES") is not False and facts.kprobe_events,
                         walk_blocker=facts.walk_blocker, exclude=exclude,
-                        trampolines=P.Trampolines(facts.btf_functions, facts.trampoline_blocker))
+                        trampolines=P.Trampolines(facts.btf_functions, facts.trampoline_blocker),
+                        arguments=args.find_all(targets.TARGETS, facts.btf_params, facts.version))
     return Readiness(feature(facts, plan), plan, blockers(facts, plan))
 
 

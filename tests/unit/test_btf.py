@@ -79,7 +79,7 @@ def test_layout_of_a_6_12_shaped_dev_pagemap():
     assert layout == btf.Layout(struct_page=64, pgmap_altmap=0, pgmap_flags=108, pgmap_nr_range=136,
                                 pgmap_ranges=144, pgmap_vmemmap_shift=112, altmap_base_pfn=0,
                                 altmap_reserve=16, altmap_free=24, range_size=16,
-                                signatures=btf.Signatures(section_pgmap=True, vpa_ptpfn=None))
+                                signatures=btf.Signatures())
     assert "-DLAYOUT_PGMAP_RANGES=144" in layout.defines()
 
 
@@ -87,15 +87,23 @@ def test_layout_of_a_6_12_shaped_dev_pagemap():
     (("addr", "node", "altmap", "reuse"), False),
     (("addr", "node", "altmap", "ptpfn", "flags"), True)])
 def test_calling_conventions_from_function_prototypes(params, ptpfn):
+    """vmemmap_populate_address's fourth argument is read where BTF names it reuse or ptpfn,
+    and its name says which convention it has (a backport shows, a version would not)."""
+    from vmemtrace.probes.args import find
+    from vmemtrace.probes.targets import BY_NAME
+
     blob = btf.Btf(kernel_like(vpa_params=params).blob())
-    assert btf.layout(blob).signatures == btf.Signatures(section_pgmap=True, vpa_ptpfn=ptpfn)
-    assert blob.params("vmemmap_populate_address") == list(params)
+    sig = btf.layout(blob, ("vmemmap_populate_address",)).signatures
+    assert sig.params == (("vmemmap_populate_address", params),)
+    found = find(BY_NAME["vmemmap_populate_address"], blob.params("vmemmap_populate_address"),
+                 (6, 1, 0))  # a version that says reuse: BTF decides
+    assert found.position("reuse") == 3 and found.name("reuse") == ("ptpfn" if ptpfn else "reuse")
 
 
 def test_no_pgmap_argument_before_5_19():
     w = kernel_like()
     w.strings = w.strings.replace(b"\0pgmap\0", b"\0pgmaq\0")
-    assert btf.layout(btf.Btf(w.blob())).signatures.section_pgmap is False
+    assert "pgmap" not in btf.Btf(w.blob()).params("__populate_section_memmap")
 
 
 def test_no_vmemmap_shift_before_5_17():

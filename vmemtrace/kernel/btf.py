@@ -153,27 +153,25 @@ class Btf:
 
 @dataclass(frozen=True)
 class Signatures:
-    """The calling conventions the BPF program decodes, where they changed upstream
-    (kernel/compat.py: SECTION_PGMAP, VPA_PTPFN). None: this BTF does not say."""
+    """The prototypes of the functions asked for that the BTF has: each parameter's name, by
+    which the BPF program's arguments are found (probes/args.py)."""
 
-    section_pgmap: Optional[bool]  # __populate_section_memmap(..., pgmap)
-    vpa_ptpfn: Optional[bool]  # vmemmap_populate_address(addr, node, altmap, ptpfn, flags)
-    # (function, argument count) of each function asked for that the BTF has: a BPF trampoline
-    # (fentry/fexit) can be attached only to a function in BTF, and fexit finds the return
-    # value after the arguments (bpf/vmemtrace.bpf.c, VT_ARGS_<function>).
-    arity: Tuple[Tuple[str, int], ...] = ()
+    params: Tuple[Tuple[str, Tuple[str, ...]], ...] = ()  # (function, parameter names)
+
+    @property
+    def arity(self) -> Tuple[Tuple[str, int], ...]:
+        """(function, argument count): a BPF trampoline (fentry/fexit) can be attached only to
+        a function in BTF, and fexit finds the return value after the arguments
+        (bpf/vmemtrace.bpf.c, VT_ARGS_<function>)."""
+        return tuple((name, len(p)) for name, p in self.params)
 
     def defines(self) -> List[str]:
         return [f"-DVT_ARGS_{name}={n}" for name, n in self.arity]
 
 
 def signatures(btf: Btf, functions: Tuple[str, ...] = ()) -> Signatures:
-    section = btf.params("__populate_section_memmap")
-    vpa = btf.params("vmemmap_populate_address")
     params = {name: btf.params(name) for name in functions}
-    return Signatures(section_pgmap=None if section is None else "pgmap" in section,
-                      vpa_ptpfn=None if vpa is None else "ptpfn" in vpa,
-                      arity=tuple((name, len(p)) for name, p in params.items() if p is not None))
+    return Signatures(tuple((name, tuple(p)) for name, p in params.items() if p is not None))
 
 
 @dataclass(frozen=True)
@@ -189,7 +187,7 @@ class Layout:
     altmap_reserve: int
     altmap_free: int
     range_size: int           # sizeof(struct range)
-    signatures: Signatures = Signatures(None, None)
+    signatures: Signatures = Signatures()
     mem_section: Optional[int] = None  # sizeof(struct mem_section), for the walk (not the BPF program)
     # (sizeof(struct bpf_prog_info), offsetof(.., recursion_misses)): the skipped-run count the
     # tracer reads back (probes/loader.py); None where the kernel has no such member (< 5.12)

@@ -3,7 +3,7 @@
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, FrozenSet, Optional, Sequence, Set
+from typing import Dict, FrozenSet, Optional, Sequence, Set, Tuple
 
 from vmemtrace.errors import VmemtraceError
 from vmemtrace.kernel import (btf as btf_reader, compat, config, environment, ftrace, kallsyms,
@@ -33,6 +33,7 @@ class KernelFacts:
     leftovers: list = field(default_factory=list)  # kprobe events of dead tracers on our targets
     machine: str = "x86_64"  # the kernel's architecture, as `uname -m` names it
     btf_functions: FrozenSet[str] = frozenset()  # of the functions asked for, those BTF has
+    btf_params: Dict[str, Tuple[str, ...]] = field(default_factory=dict)  # their parameter names
     trampoline_blocker: Optional[str] = "not asked"  # why fentry/fexit cannot attach, or None
     perf_blocker: Optional[str] = None  # why the perf buffers cannot be opened (live kernel only)
 
@@ -79,7 +80,7 @@ def gather(root: Path, functions: Sequence[str], with_bcc: bool = True,
     # too, probes/loader.py); a BTF that cannot be read is said by whoever needs its layout.
     layout = btf_reader.try_layout(btf and str(root / btf.lstrip("/")), lambda _: None, "",
                                    tuple(functions))
-    arity = dict(layout.signatures.arity) if layout is not None else {}
+    params = dict(layout.signatures.params) if layout is not None else {}
     return KernelFacts(
         release=rel,
         version=version,
@@ -97,7 +98,8 @@ def gather(root: Path, functions: Sequence[str], with_bcc: bool = True,
         walk_blocker=kcore.walk_blocker(root, syms.addresses, machine),
         leftovers=leftovers.find(tracefs, functions) if tracefs else [],
         machine=machine,
-        btf_functions=frozenset(arity),
+        btf_functions=frozenset(params),
+        btf_params=params,
         trampoline_blocker=trampoline.blocker(machine, version, opts, syms, btf, layout is not None),
         # Asked of the running kernel only: a recorded root is not this one.
         perf_blocker=perf.output_blocker() if root == Path("/") and machine == "x86_64" else None,

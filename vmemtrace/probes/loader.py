@@ -19,7 +19,8 @@ from vmemtrace.kernel import btf, compat, environment, headers
 from vmemtrace.kernel import release as kernel_release
 from vmemtrace.probes.plan import (TRAMPOLINE, TargetStatus, is_attached, probed_symbols,
                                    programs)
-from vmemtrace.probes.targets import BY_NAME, FUNCTIONS
+from vmemtrace.probes import args
+from vmemtrace.probes.targets import BY_NAME, FUNCTIONS, TARGETS
 
 # Package data (pyproject.toml): the same file in a source tree, a wheel or the .deb.
 BPF_SOURCE = Path(__file__).resolve().parents[1] / "bpf" / "vmemtrace.bpf.c"
@@ -50,11 +51,13 @@ def fields(struct) -> Dict[str, Union[int, str]]:
 
 
 def defines(version: tuple, build: Path, layout: Optional[btf.Layout]) -> Tuple[List[str], Dict[str, str]]:
-    """-D flags, and per fact where it came from. The struct layout and the two calling
-    conventions come from BTF where it says; else from the headers, and the ptpfn convention,
-    which no header shows (the function is static), from the version (kernel/compat.py).
-    Not the plan: every probe function is compiled, the plan only chooses what to attach."""
-    sig = layout.signatures if layout is not None else btf.Signatures(None, None)
+    """-D flags, and per fact where it came from. The struct layout, and each argument's
+    position by its name, come from BTF where it has them (probes/args.py); else the layout and
+    whether __populate_section_memmap has its pgmap from the headers, the positions and the
+    ptpfn convention, which no header shows (the function is static), from the version
+    (kernel/compat.py). Not the plan: every probe function is compiled, the plan only chooses
+    what to attach (and never a target whose arguments BTF does not name)."""
+    sig = layout.signatures if layout is not None else btf.Signatures()
     sources = {}
     if layout is not None:
         flags, shift, sources["layout"] = layout.defines(), layout.pgmap_vmemmap_shift is not None, "BTF"
@@ -64,20 +67,28 @@ def defines(version: tuple, build: Path, layout: Optional[btf.Layout]) -> Tuple[
             headers.read_header(build, "include/linux/memremap.h") or "")
     if shift:
         flags.append("-DHAVE_VMEMMAP_SHIFT")
-    if sig.section_pgmap is not None:
-        section_pgmap, sources["section_pgmap"] = sig.section_pgmap, "BTF"
+    found = args.find_all(TARGETS, dict(sig.params), version)
+    section, vpa = found["__populate_section_memmap"], found["vmemmap_populate_address"]
+    if section.source == args.BY_BTF:
+        section_pgmap, sources["section_pgmap"] = section.position("pgmap") is not None, "BTF"
     else:
         section_pgmap = headers.section_memmap_has_pgmap(
             headers.read_header(build, "include/linux/mm.h") or "")
         sources["section_pgmap"] = "headers"
+        found[section.target] = args.find(BY_NAME[section.target], None, version,
+                                          optional=section_pgmap)
     if section_pgmap:
         flags.append("-DHAVE_SECTION_PGMAP")
-    if sig.vpa_ptpfn is not None:
-        ptpfn, sources["vpa_ptpfn"] = sig.vpa_ptpfn, "BTF"
+    if vpa.source == args.BY_BTF:
+        ptpfn, sources["vpa_ptpfn"] = vpa.name("reuse") == "ptpfn", "BTF"
     else:
         ptpfn, sources["vpa_ptpfn"] = compat.has(version, compat.VPA_PTPFN), "version"
     if ptpfn:
         flags.append("-DVPA_PTPFN")
+    sources["arguments"] = "BTF" if all(f.source == args.BY_BTF for f in found.values()) \
+        else "BTF and version" if any(f.source == args.BY_BTF for f in found.values()) else "version"
+    for name, f in found.items():
+        flags.extend(args.compile_positions(f, BY_NAME[name]).defines())
     # The functions BTF has, by argument count: their fentry/fexit programs are compiled.
     flags.extend(sig.defines())
     flags.append(f"-DCP_MAP_ENTRIES={CP_MAP_ENTRIES}")

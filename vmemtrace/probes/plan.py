@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Dict, FrozenSet, List, Optional, Set
 
 from vmemtrace.kernel.kallsyms import Kallsyms
-from vmemtrace.probes import targets
+from vmemtrace.probes import args, targets
 from vmemtrace.probes.targets import BY_NAME, TARGETS, WALK, Target
 
 TRACEABLE = "traceable"
@@ -84,10 +84,19 @@ class Trampolines:
 
 
 def _strategy(t: Target, availability: str, reason: str, raw: dict, chosen: dict,
-              kprobes: bool, walk_blocker: Optional[str], trampolines: Trampolines):
-    """(strategy, reason) of one target, given the strategies chosen for those before it."""
-    countable = availability == CLONE and t.count is not None
-    if availability == TRACEABLE and t.programs:
+              kprobes: bool, walk_blocker: Optional[str], trampolines: Trampolines,
+              found: Optional[args.Found] = None):
+    """(strategy, reason) of one target, given the strategies chosen for those before it and
+    where its arguments are (probes/args.py): a target whose arguments the kernel's prototype
+    does not name is never decoded, only counted where it can be, as a clone is."""
+    undecodable = found is not None and found.problem is not None and availability == TRACEABLE
+    if undecodable:
+        reason = f"{reason}; {found.problem}"
+    elif found is not None and found.source == args.BY_VERSION and t.programs \
+            and availability == TRACEABLE:
+        reason = f"{reason}; {found.describe()}"
+    countable = (availability == CLONE or undecodable) and t.count is not None
+    if availability == TRACEABLE and t.programs and not undecodable:
         if trampolines.blocker is None and t.name in trampolines.functions:
             return t.trampoline_attach, f"{reason}; by BPF trampoline (in BTF)"
         if kprobes:
@@ -95,6 +104,8 @@ def _strategy(t: Target, availability: str, reason: str, raw: dict, chosen: dict
             return t.attach, f"{reason}; kprobes, not a BPF trampoline: {why}"
     if (availability == TRACEABLE or countable) and not kprobes:
         return "unavailable", f"{reason}; this kernel has no kprobes (CONFIG_KPROBES)"
+    if undecodable and not countable:
+        availability = NOTRACE  # what follows: its fallback, or the walk, or nothing
     if t.unless_decoded and (availability == TRACEABLE or countable):
         other = chosen[t.unless_decoded]
         if is_attached(other) and other != COUNT:
@@ -115,7 +126,8 @@ def _strategy(t: Target, availability: str, reason: str, raw: dict, chosen: dict
 def build_plan(version: tuple, syms: Kallsyms, filter_functions: Optional[Set[str]],
                blacklist: Optional[Set[str]], kprobes: bool,
                walk_blocker: Optional[str] = "not asked", exclude=(),
-               trampolines: Trampolines = Trampolines()) -> List[TargetStatus]:
+               trampolines: Trampolines = Trampolines(),
+               arguments: Optional[Dict[str, args.Found]] = None) -> List[TargetStatus]:
     """One TargetStatus per target, in TARGETS order.
 
     A traceable target is attached by BPF trampoline where the kernel has them and its BTF has
@@ -134,7 +146,7 @@ def build_plan(version: tuple, syms: Kallsyms, filter_functions: Optional[Set[st
             strategy, reason = EXCLUDED, f"{reason}; left unattached (--no-probe)"
         else:
             strategy, reason = _strategy(t, availability, reason, raw, chosen, kprobes, walk_blocker,
-                                         trampolines)
+                                         trampolines, (arguments or {}).get(t.name))
         chosen[t.name] = strategy
         plan[t.name] = TargetStatus(t.name, availability, strategy, reason, syms.clones_of(t.name))
     return [plan[t.name] for t in TARGETS]

@@ -30,6 +30,20 @@ WALK = "page-table walk"
 
 
 @dataclass(frozen=True)
+class Arg:
+    """An argument the BPF program reads, found in the kernel's prototype by its name."""
+
+    names: Tuple[str, ...]  # its parameter name in the kernel source; a later name after it
+    position: int  # where the version rule puts it, for a kernel without BTF
+    since: Optional[compat.Change] = None  # a parameter only kernels from this change have
+
+    @property
+    def key(self) -> str:
+        """What bpf/vmemtrace.bpf.c calls it (VT_POS_<function>__<key>)."""
+        return self.names[0]
+
+
+@dataclass(frozen=True)
 class Target:
     name: str
     programs: Tuple[Tuple[str, str], ...]  # (probe kind, BPF function) when traceable
@@ -40,6 +54,7 @@ class Target:
     count: Optional[str] = None  # BPF function that only counts hits (clones)
     # Attached only when this other target cannot be decoded: its answer is the same, cheaper.
     unless_decoded: Optional[str] = None
+    args: Tuple[Arg, ...] = ()  # what its entry program reads, each declared once
 
     @property
     def attach(self) -> str:
@@ -74,12 +89,14 @@ TARGETS = (
     # mm/sparse-vmemmap.c: the caller; its pgmap argument came in 5.19 (kernel/compat.py).
     Target("__populate_section_memmap",
            (("kprobe", "section_enter"), ("kretprobe", "section_return")), (5, 4), SECTIONS,
-           "one call per section: pfn, nr_pages, altmap, pgmap->vmemmap_shift"),
+           "one call per section: pfn, nr_pages, altmap, pgmap->vmemmap_shift",
+           args=(Arg(("pfn",), 0), Arg(("nr_pages",), 1), Arg(("altmap",), 3),
+                 Arg(("pgmap",), 4, compat.SECTION_PGMAP))),
     # mm/sparse-vmemmap.c, 5.19+; its reuse argument became (ptpfn, flags) in 6.15 (compat.py).
     Target("vmemmap_populate_address", (("kprobe", "vpa_enter"), ("kretprobe", "vpa_return")),
            compat.FEATURE.since, POPULATE,
            "one call per vmemmap page: the PTE it installs and whether its page is reused",
-           fallback=WALK),
+           fallback=WALK, args=(Arg(("addr",), 0), Arg(("reuse", "ptpfn"), 3))),
     # The allocators, outermost first: vmemmap_alloc_block_buf -> altmap_alloc_block_buf (the
     # device's own pages) or vmemmap_alloc_block (the page allocator, also every page-table
     # page). Any of them may be inlined at every call site and still be probeable (Debian 7.3's
@@ -87,21 +104,25 @@ TARGETS = (
     # the outermost call that fires and returns memory (bpf/vmemtrace.bpf.c, alloc_return).
     Target("vmemmap_alloc_block_buf",
            (("kprobe", "alloc_buf_enter"), ("kretprobe", "alloc_buf_return")), (4, 5), ALLOC,
-           "one call per vmemmap page or PMD block allocated", fallback=WALK),
+           "one call per vmemmap page or PMD block allocated", fallback=WALK,
+           args=(Arg(("size",), 0),)),
     Target("altmap_alloc_block_buf",
            (("kprobe", "alloc_altmap_enter"), ("kretprobe", "alloc_buf_return")), (4, 5), ALLOC,
-           "one call per vmemmap block allocated from the device (altmap)", fallback=WALK),
+           "one call per vmemmap block allocated from the device (altmap)", fallback=WALK,
+           args=(Arg(("size",), 0),)),
     Target("vmemmap_alloc_block",
            (("kprobe", "alloc_block_enter"), ("kretprobe", "alloc_block_return")), (2, 6), ALLOC,
-           "one call per page allocated for the vmemmap or its page tables", fallback=WALK),
+           "one call per page allocated for the vmemmap or its page tables", fallback=WALK,
+           args=(Arg(("size",), 0),)),
     # mm/page_alloc.c up to 6.3, mm/mm_init.c from 6.4: stable signature 5.17-7.3.
     Target("memmap_init_zone_device", (("kprobe", "mizd_enter"), ("kretprobe", "mizd_return")),
-           (4, 19), RANGES, "one call per pgmap range: zone, start_pfn, nr_pages, pgmap; its duration"),
+           (4, 19), RANGES, "one call per pgmap range: zone, start_pfn, nr_pages, pgmap; its duration",
+           args=(Arg(("start_pfn",), 1), Arg(("nr_pages",), 2), Arg(("pgmap",), 3))),
     # mm/page_alloc.c (5.17+): initialises the struct pages of one compound page. Static: out
     # of line in Debian's 6.1/6.12, only a .constprop clone in 7.3 and trixie's 6.12.
     Target("memmap_init_compound", (("kprobe", "mic_enter"),), compat.COMPOUND_DEVMAP.since, INIT,
            "one call per compound page: how many struct pages it initialises",
-           count="mic_count", fallback="__init_zone_device_page"),
+           count="mic_count", fallback="__init_zone_device_page", args=(Arg(("nr_pages",), 5),)),
     # One call per struct page initialised: counted only where memmap_init_compound's nr_pages
     # cannot be read, since it costs a probe hit per struct page instead of per compound page.
     Target("__init_zone_device_page", (), compat.COMPOUND_DEVMAP.since, INIT_PAGES,
