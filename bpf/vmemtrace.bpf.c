@@ -502,7 +502,7 @@ static __always_inline void cp_complete(void *ctx, struct section_ctx *s)
  *     (kernel/bpf/trampoline.c), which hands them over as an array of u64, the return value
  *     after the arguments. The trampolines are compiled only for a function the kernel's BTF
  *     has, as VT_ARGS_<function> = its argument count (vmemtrace/probes/loader.py), and are
- *     cheaper per hit than kprobes (bench/guest_bench.py, README).
+ *     cheaper per hit than kprobes (bench/guest_bench.py, docs/performance.md).
  */
 static __always_inline int on_section_enter(void *ctx, u64 pfn, u64 nr_pages, u64 altmap,
                                             u64 pgmap)

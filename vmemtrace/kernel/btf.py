@@ -2,7 +2,7 @@
 
 /sys/kernel/btf/vmlinux is the kernel's type information (CONFIG_DEBUG_INFO_BTF). Reading the
 few offsets the program needs from it, instead of letting BCC parse linux/mm_types.h and
-linux/memremap.h, takes the BPF compile from ~14 s to ~5 s in a TCG guest (bench/, README).
+linux/memremap.h, takes the BPF compile from ~14 s to ~5 s in a TCG guest (bench/, docs/performance.md).
 
 Format: include/uapi/linux/btf.h and Documentation/bpf/btf.rst. A header, then the type
 section (records of u32 words: name_off, info, size|type, then kind-specific words) and the

@@ -40,7 +40,7 @@ KPROBE_MISSES = Change(
 
 # fentry/fexit: a BPF program called from the function's own trampoline (a direct call patched
 # into its ftrace site) instead of a kprobe's breakpoint or ftrace handler; the function must be
-# in the kernel's BTF. vmemtrace attaches by trampoline where it can: cheaper per hit (README).
+# in the kernel's BTF. vmemtrace attaches by trampoline where it can: cheaper per hit (docs/performance.md).
 BPF_TRAMPOLINE = Change(
     (5, 5), "fentry/fexit BPF programs run from a BPF trampoline of the traced function (x86_64)",
     '"bpf: Introduce BPF trampoline" fec56f5890d9 (5.5)')

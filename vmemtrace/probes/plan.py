@@ -24,7 +24,7 @@ UNKNOWN = "unknown"
 # page).
 COUNT = "count"
 # By BPF trampoline (fentry/fexit), where the kernel has them and its BTF has the function:
-# cheaper per hit than kprobes (README, per-hit table); kprobes everywhere else.
+# cheaper per hit than kprobes (docs/performance.md, per-hit table); kprobes everywhere else.
 TRAMPOLINE = ("fentry", "fentry+fexit")
 ATTACHED = ("kprobe", "kretprobe", "kprobe+kretprobe", COUNT) + TRAMPOLINE
 WALK_STRATEGY = "walk"  # read the page tables after the fact (kernel/kcore.py)
