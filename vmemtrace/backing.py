@@ -1,7 +1,8 @@
 """From the pages behind a range's vmemmap (kernel/kcore.py) to events the ledger folds.
 
 Pure. The walk sees the result, not the act: a vmemmap page is "fresh" when no earlier vmemmap
-page of the range is backed by the same physical page, "reused" otherwise. That is exactly what
+page of the range is backed by the same physical page, "reused" otherwise (per compound page
+too: _compound()). That is exactly what
 vmemmap_populate_compound_pages() leaves behind (mm/sparse-vmemmap.c): per compound page the
 head's vmemmap page and the first tail vmemmap page are allocated, every further tail vmemmap
 page maps the first tail page again (Documentation/mm/vmemmap_dedup.rst, "device-dax").
@@ -41,18 +42,26 @@ def walk_events(start_pfn: int, nr_pages: int, pfns_per_compound: int, altmap: b
     laid = pfns_per_compound > 1 and per_compound >= 1
     levels, seen, reused, count = {}, PfnSet(), 0, 0
     compounds, chunk = CompoundPages("walk"), []
+    head = start_pfn
+
+    def lay_out():
+        if chunk and all(p is None or p[1] == "pte" for p, _ in chunk):
+            compounds.append(_compound(head, start_pfn, pfns_per_compound, chunk))
+
     for b in backing:
         count += 1
+        new = False
         if b is not None:
             levels[b[1]] = levels.get(b[1], 0) + 1
-            reused += not seen.add(b[0])
+            new = seen.add(b[0])
+            reused += not new
         if laid:
-            chunk.append(b)
+            chunk.append((b, new))
             if len(chunk) == per_compound:
-                if all(p is None or p[1] == "pte" for p in chunk):
-                    head = start_pfn + (count // per_compound - 1) * pfns_per_compound
-                    compounds.append(_compound(head, start_pfn, pfns_per_compound, chunk))
-                chunk = []
+                lay_out()
+                head, chunk = head + pfns_per_compound, []
+    if laid:
+        lay_out()  # the last compound page, where the range cuts it short (nd_pfn_init())
     walk = {"type": "walk", "start_pfn": start_pfn, "nr_pages": nr_pages,
             "pfns_per_compound": pfns_per_compound, "altmap": altmap, "vmemmap_pages": count,
             "mapped": sum(levels.values()), "distinct": len(seen), "reused": reused,
@@ -61,28 +70,24 @@ def walk_events(start_pfn: int, nr_pages: int, pfns_per_compound: int, altmap: b
     return Walked(walk, compounds)
 
 
-def _sharing(pages: List[Optional[Tuple[int, str]]]) -> Tuple[int, int]:
-    """(distinct backing pages, mapped vmemmap pages whose backing page came up earlier): the
-    fresh and the reused ones, as the walk can tell them."""
-    seen, reused = set(), 0
-    for b in pages:
-        if b is not None:
-            reused += b[0] in seen
-            seen.add(b[0])
-    return len(seen), reused
-
-
 def _compound(head_pfn: int, range_start: int, pfns_per_compound: int,
-              pages: List[Optional[Tuple[int, str]]]) -> dict:
-    fresh, reused = _sharing(pages)
-    pfns = [b[0] if b else None for b in pages]
+              pages: List[Tuple[Optional[Tuple[int, str]], bool]]) -> dict:
+    """One compound page's vmemmap as the walk can tell it: a page is "fresh" where its backing
+    page is first seen in the range, as a probe sees a page allocated for it; a backing page
+    seen before, in this compound page or an earlier one, is reused (so a page the kernel maps
+    from another compound page is reused, as the probes count it). The first tail page's pfn is
+    kept where it is fresh, as the BPF program keeps it."""
+    pfns = [b[0] if b else None for b, _ in pages]
+    fresh = sum(1 for b, new in pages if b is not None and new)
     head, tail = pfns[0], pfns[1] if len(pfns) > 1 else None
+    tail_fresh = len(pages) > 1 and pages[1][1] and tail != head
     return {"type": "compound", "source": "walk", "head_pfn": head_pfn,
             "range_start_pfn": range_start, "pfns_per_compound": pfns_per_compound,
-            "ptes": sum(1 for p in pfns if p is not None), "fresh": fresh, "reused": reused,
+            "ptes": sum(1 for p in pfns if p is not None), "fresh": fresh,
+            "reused": sum(1 for p in pfns if p is not None) - fresh,
             "existing": 0,  # a walk cannot tell pre-existing PTEs from new ones
-            "head_fresh": int(head is not None and pfns.count(head) == 1),
-            "tail_fresh": int(tail is not None and tail != head),
-            "tail_pfn": tail or 0,
-            "on_tail": sum(1 for p in pfns[2:] if p is not None and p == tail),
+            "head_fresh": int(head is not None and pages[0][1]),
+            "tail_fresh": int(tail_fresh),
+            "tail_pfn": tail if tail_fresh else 0,
+            "on_tail": sum(1 for p in pfns[2:] if p is not None and p == tail) if tail_fresh else 0,
             "max_index": len(pfns)}  # as in BPF: highest vmemmap page index + 1

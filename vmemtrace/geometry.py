@@ -245,6 +245,16 @@ def reuse_compound_section(pfn: int, shape: RangeShape) -> bool:
     return offset % shape.pfns_per_compound != 0 and shape.pfns_per_compound > PAGES_PER_SUBSECTION
 
 
+def heads_in_reused_sections(shape: RangeShape) -> bool:
+    """Whether the kernel maps compound heads onto a reused page: reuse_compound_section()
+    measures a section's offset from the range start, so where compound pages span sections and
+    the range does not start on a section boundary, every section after the first starts inside
+    a compound page and is mapped whole onto compound_section_tail_page()'s page, the heads that
+    fall inside it included (docs/findings.md)."""
+    return (shape.pfns_per_compound > shape.pages_per_section
+            and shape.start_pfn % shape.pages_per_section != 0 and eligibility(shape)[0])
+
+
 def fresh_pages_of_piece(pfn: int, n: int, shape: RangeShape) -> int:
     """Freshly allocated vmemmap pages of one section piece on the optimised path, mirroring
     vmemmap_populate_compound_pages(): per compound-page chunk, the pages the layout keeps (the
@@ -313,6 +323,14 @@ def boot_compound_pages(shape: RangeShape) -> int:
     if shape.pfns_per_compound <= 1:
         return 0
     return sum(_heads_in(pfn, n, shape) for pfn, n in boot_pieces(shape))
+
+
+def vmemmap_pages_of_compound(head_pfn: int, shape: RangeShape) -> int:
+    """PTEs behind one compound page's struct pages: all of them, or for the last compound page
+    where the range cuts it short (nd_pfn_init() truncating the end), those behind the part
+    the range holds: vmemmap_populate_compound_pages() maps the range's memmap, no further."""
+    n = min(shape.pfns_per_compound, shape.start_pfn + shape.nr_pages - head_pfn)
+    return vmemmap_span(head_pfn, n, shape.struct_page_size, shape.page_size)
 
 
 def vmemmap_pages_per_compound(shape: RangeShape) -> int:
