@@ -124,9 +124,11 @@ def present_devices(doc: dict, devices_now: List[dict]) -> List[dict]:
 
 
 class LedgerCollector:
-    def __init__(self, snapshot: Callable[[], Snapshot], devices_now: Callable[[], List[dict]]):
+    def __init__(self, snapshot: Callable[[], Snapshot], devices_now: Callable[[], List[dict]],
+                 bcc: Optional[str] = None):
         self.snapshot = snapshot
         self.devices_now = devices_now
+        self.bcc = bcc  # BCC's version where a log's header does not say it (an audit's)
 
     def describe(self):
         return []  # metric names depend on the ledger; never collect at registration time
@@ -137,7 +139,7 @@ class LedgerCollector:
         info = GaugeMetricFamily("vmemtrace_build_info", "vmemtrace version and the kernel it "
                                  "runs on", labels=["version", "kernel", "bcc"])
         info.add_metric([__version__, header["kernel"] if header else "",
-                         (header or {}).get("bcc") or ""], 1)
+                         (header or {}).get("bcc") or self.bcc or ""], 1)
         yield info
         if header is None:
             return  # still compiling the BPF program
@@ -173,6 +175,8 @@ class LedgerCollector:
                 seen = strategy == WALK_STRATEGY
             attached.add_metric([function, strategy], 1 if seen else 0)
         yield attached
+        if snap.not_tracing or not header["cflags"]:
+            return  # no program loaded: the audit only
         program = GaugeMetricFamily("vmemtrace_bpf_program_info", "the BPF program loaded: "
                                     "its build defines", labels=["defines"])
         program.add_metric([" ".join(header["cflags"])], 1)

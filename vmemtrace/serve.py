@@ -22,7 +22,7 @@ from prometheus_client.process_collector import ProcessCollector
 from vmemtrace import events
 from vmemtrace.errors import VmemtraceError, stops_held, terminate_on_sigterm
 from vmemtrace.exporter import LedgerCollector, LiveLedger, Snapshot
-from vmemtrace.kernel import daxdev
+from vmemtrace.kernel import daxdev, environment
 from vmemtrace.scrape_server import ScrapeServer
 
 DEFAULT_LISTEN = "127.0.0.1:9477"
@@ -60,8 +60,10 @@ class Exporter:
         self.snap = Snapshot(LiveLedger())
         self.registry = CollectorRegistry(auto_describe=False)
         self.only = tuple(only)
-        self.registry.register(LedgerCollector(self.snapshot, self.devices_now))
-        ProcessCollector(namespace="vmemtrace", registry=self.registry)
+        self.registry.register(LedgerCollector(self.snapshot, self.devices_now,
+                                               environment.bcc_version()))
+        # process_*, as node_exporter and ebpf_exporter name their own process's metrics.
+        ProcessCollector(registry=self.registry)
         self.server = None
 
     def devices_now(self) -> list:
