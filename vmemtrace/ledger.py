@@ -157,22 +157,58 @@ COUNTED_BY = {
 }
 
 
+# The events each probe's entry produced, by function: its hits can only be more (a probe also
+# fires outside device-dax ranges), never fewer.
+PRODUCED_BY = {"__populate_section_memmap": "section calls", "vmemmap_populate_address": "ptes",
+               "memmap_init_zone_device": "ranges", "memmap_init_compound": "mic_calls",
+               "__init_zone_device_page": "izdp_calls"}
+
+
 class Unattached:
-    """Counts that only a probe the header says was not attached could have moved: a log that
-    has them was edited or belongs to another trace. Fed one event at a time (the fold streams);
-    the first such count is kept."""
+    """Counts that no trace can have produced: moved by a probe the header says was not
+    attached, or more events than their probe had hits. A log that has them was edited or
+    belongs to another trace. Fed one event at a time (the fold streams); the first such count
+    is kept."""
 
     def __init__(self, header: dict):
         self.strategy = header["strategy"]
         self.attached = {t.sees for t in TARGETS if is_attached(self.strategy.get(t.name, ""))}
         self.compound = compat.has(tuple(header["version"]) or (0, 0), compat.COMPOUND_DEVMAP)
         self.found: List[str] = []
+        self.produced: Dict[str, int] = dict.fromkeys(PRODUCED_BY.values(), 0)
 
     def see(self, ev: dict) -> None:
+        self._count(ev)
         if not self.found:
             problem = self._problem(ev)
             if problem:
                 self.found.append(problem)
+
+    def _count(self, ev: dict) -> None:
+        kind, n = ev["type"], self.produced
+        if kind in ("section", "sections"):
+            n["section calls"] += ev["count"] if kind == "sections" else 1
+            n["ptes"] += ev["ptes"]
+            n["alloc_calls"] = n.get("alloc_calls", 0) + ev["alloc_calls"]
+        elif kind == "range":
+            n["ranges"] += 1
+            n["mic_calls"] += ev["mic_calls"]
+            n["izdp_calls"] += ev["izdp_calls"]
+
+    def _fewer_hits(self, hits: Dict[str, int]) -> Optional[str]:
+        for fn, what in PRODUCED_BY.items():
+            if fn in hits and is_attached(self.strategy.get(fn, "")) and hits[fn] < self.produced[what]:
+                return (f"{fn} was hit {hits[fn]} times but the log holds {self.produced[what]} "
+                        f"{what} its probe produced")
+        # An allocation counts once, at the outermost allocator that fired (bpf/vmemtrace.bpf.c).
+        allocators = [t.name for t in TARGETS if t.sees == targets.ALLOC
+                      and is_attached(self.strategy.get(t.name, "")) and t.name in hits]
+        calls = self.produced.get("alloc_calls", 0)
+        if allocators and sum(hits[a] for a in allocators) < calls:
+            return (f"the allocators ({', '.join(allocators)}) were hit "
+                    f"{sum(hits[a] for a in allocators)} times but the log holds {calls} "
+                    "allocator calls")
+        return None
 
     def _problem(self, ev: dict) -> Optional[str]:
         if not self.compound and ev.get("pfns_per_compound", 1) > 1:
@@ -187,6 +223,7 @@ class Unattached:
                      if c and not is_attached(self.strategy.get(n, ""))]
             if stray:
                 return f"hits on {stray[0]}, which was not attached"
+            return self._fewer_hits(ev["hits"])
         return None
 
 

@@ -192,3 +192,23 @@ def test_a_header_no_vmemtrace_wrote_is_refused_in_one_line(tmp_path, key, value
     res = run_cli("replay", str(path))
     assert res.returncode == 2 and "header event" in res.stderr, res.stderr
     assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("function", ["vmemmap_populate_address", "__populate_section_memmap",
+                                      "memmap_init_zone_device", "allocators"])
+def test_hits_fewer_than_the_events_they_produced_are_an_inconsistent_log(tmp_path, function):
+    """A probe's hits are read against the events its entry produced, so a log whose hits were
+    set to 0 (trusted though unsealed) is refused, not passed."""
+    src = next(p for p in SEALED if p.parent.name.startswith("7.3") and p.name == "mem-2M.jsonl")
+    lines = src.read_text().splitlines(keepends=True)[:-1]
+    for n, line in enumerate(lines):
+        ev = json.loads(line)
+        if ev["type"] == "hits":
+            names = [f for f in ev["hits"] if "alloc" in f] if function == "allocators" else [function]
+            assert sum(ev["hits"][f] for f in names) > 0
+            ev["hits"].update(dict.fromkeys(names, 0))
+            lines[n] = json.dumps(ev) + "\n"
+    (tmp_path / "x.jsonl").write_text("".join(lines))
+    res = run_cli("replay", "--trust-unsealed", str(tmp_path / "x.jsonl"))
+    said = "were hit 0 times" if function == "allocators" else f"{function} was hit 0 times"
+    assert res.returncode == 2 and said in res.stderr, res.stderr
