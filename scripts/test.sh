@@ -7,7 +7,10 @@ cd "$(dirname "$0")/.."
 # Lint first: seconds, where the suite takes half an hour.
 .venv/bin/ruff check --select E,F,W --ignore E501,E741 vmemtrace tests bench scripts/record-fixtures scripts/build-man
 shellcheck scripts/*.sh scripts/build-deb .ci/run
-# Arguments name what to run instead of the whole suite (e.g. tests/unit, or a lab test by -k).
-if [ $# -eq 0 ]; then set -- tests; fi
 # Each test line shows its duration: a CI run cut off by its time limit still shows where time went.
-exec .venv/bin/python -m pytest -v -rs -o console_output_style=times "$@"
+pytest() { .venv/bin/python -m pytest -v -rs -o console_output_style=times "$@"; }
+# Arguments name what to run instead of the whole suite (e.g. tests/unit, or a lab test by -k).
+if [ $# -gt 0 ]; then pytest "$@"; exit; fi
+# The unit tests first (a minute, no guest): a failure there shows before the lab's half hour.
+pytest -n 2 tests/unit
+pytest tests/host tests/lab
