@@ -394,7 +394,8 @@ def run_checks(v: DeviceView) -> List[Check]:
     if doubt is None:
         return checks
     judged = (FAIL, PASS) if v.layout.layout is None else (FAIL,)
-    return [Check(c.name, SKIP, f"{c.detail}; {doubt}: cannot tell whether the kernel did right")
+    return [Check(c.name, SKIP, f"{c.detail}; {doubt}: cannot tell whether the kernel did "
+                                + ("right" if c.status == PASS else "wrong"))
             if c.status in judged and c.name in LAYOUT_CHECKS else c for c in checks]
 
 
