@@ -105,12 +105,21 @@ def _write_junit(doc: dict, junit: Path) -> None:
 
 
 def _output_verdict(doc: dict, as_json: bool, junit) -> None:
+    """The JUnit file first: where it cannot be written the printed document says "error" with
+    the reason, never the verdict a CI would then not find in its file."""
+    unwritten = None
+    if junit is not None:
+        try:
+            _write_junit(doc, junit)
+        except VmemtraceError as e:
+            unwritten = e
+            doc = {**doc, "verdict": "error", "problems": doc.get("problems", []) + [str(e)]}
     if as_json:
         render.emit_json(doc)
     else:
         click.echo(render.verify_table(doc))
-    if junit is not None:
-        _write_junit(doc, junit)
+    if unwritten is not None:
+        raise unwritten
 
 
 def _finish(doc: dict) -> None:

@@ -87,7 +87,8 @@ def one_line_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with terminate_on_sigterm():  # every command: SIGTERM unwinds as Ctrl-C does
+                return fn(*args, **kwargs)
         except VmemtraceError as e:
             _discard_compile()
             say(str(e))

@@ -212,3 +212,31 @@ def test_hits_fewer_than_the_events_they_produced_are_an_inconsistent_log(tmp_pa
     res = run_cli("replay", "--trust-unsealed", str(tmp_path / "x.jsonl"))
     said = "were hit 0 times" if function == "allocators" else f"{function} was hit 0 times"
     assert res.returncode == 2 and said in res.stderr, res.stderr
+
+
+def test_an_unwritable_junit_file_is_an_error_document_not_a_pass(tmp_path):
+    src = next(p for p in SEALED if p.parent.name.startswith("6.12") and p.name == "mem-1G.jsonl")
+    res = run_cli("replay", "--json", "--junit", str(tmp_path / "no" / "x.xml"), str(src))
+    doc = json.loads(res.stdout)
+    assert res.returncode == 2 and doc["verdict"] == "error", res.stdout
+    assert any("cannot write" in p for p in doc["problems"]) and "cannot write" in res.stderr
+
+
+def test_sigterm_ends_a_command_in_one_line():
+    """Every command unwinds on SIGTERM as on Ctrl-C: one_line_errors, which wraps each of them,
+    around a body still busy when the signal comes (nothing on this host blocks for long: it
+    cannot trace)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src = next(p for p in SEALED if p.name == "mem-2M.jsonl")
+    proc = subprocess.Popen([sys.executable, "-c", "import time, sys; sys.argv = ['vmemtrace', "
+                             f"'replay', {str(src)!r}]; from vmemtrace.errors import "
+                             "one_line_errors; one_line_errors(lambda: time.sleep(30))()"],
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and err == "vmemtrace: interrupted\n", (proc.returncode, err)
