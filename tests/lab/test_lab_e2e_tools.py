@@ -23,7 +23,7 @@ COUNT_KPROBES = ("cat " + ATTACHMENTS + " | grep -c -E '(memmap_init_zone_device
 
 SCRIPT_6_12 = f"""
 ndctl disable-namespace namespace0.0 >/dev/null 2>&1
-vmemtrace trace -T -d 600 > /tmp/trace.out 2> /tmp/trace.err &
+vmemtrace trace -T --duration 600 > /tmp/trace.out 2> /tmp/trace.err &
 pid=$!
 {WAIT_ATTACHED.format(err="/tmp/trace.err")}
 {NDCTL} -a 1G > /dev/null
@@ -253,7 +253,7 @@ probes() { cat """ + ATTACHMENTS + """ | \\
 programs() { bpftool prog show | grep -c -E ' name (section_|vpa_|alloc_|mizd_|mic_|izdp_|kfunc__|kretfunc_)'; }
 echo "before=$(events) $(probes) $(programs)"
 n=0
-for cmd in "trace -d 600" "verify -- sleep 600" "exporter --listen 127.0.0.1:9479"; do
+for cmd in "trace --duration 600" "verify -- sleep 600" "exporter --listen 127.0.0.1:9479"; do
     n=$((n + 1))
     vmemtrace $cmd > /tmp/kill.out 2> /tmp/kill.$n.err &
     pid=$!
@@ -278,7 +278,7 @@ kill -9 $pid; wait $pid 2>/dev/null
 echo "legacy-left=$(events)"
 vmemtrace check --json > /tmp/check.json
 echo "legacy-listed=$(python3 -c 'import json; print(json.load(open("/tmp/check.json"))["leftover_kprobes"])')"
-vmemtrace trace -d 1 > /dev/null 2> /tmp/legacy.err
+vmemtrace trace --duration 1 > /dev/null 2> /tmp/legacy.err
 echo "legacy-said=$(grep -c 'removed 1 kprobe events left by dead tracers' /tmp/legacy.err)"
 echo "legacy-after=$(events)"
 """
