@@ -63,7 +63,7 @@ EXIT_STATUS = {k: v + USAGE for k, v in EXIT_STATUS.items()}
 EXIT_OF = {"check": "check", "verify": "verdict", "replay": "verdict", "audit": "verdict",
            "record": "run", "trace": "run", "stats": "run", "exporter": "exporter", "lab": "lab"}
 
-# bench/bench.py, 2026-11-27, qemu TCG with 2 vCPUs, 3 GiB namespaces (docs/performance.md).
+# bench/bench.py in qemu TCG with 2 vCPUs, 3 GiB namespaces (docs/performance.md: the run).
 OVERHEAD = (
     "Each vmemmap PTE populated fires a kprobe and a kretprobe (6.12), or nothing where the "
     "populate functions are notrace and the page tables are walked once instead (6.1, 7.3). "
