@@ -290,14 +290,13 @@ def cross_check(v: DeviceView) -> Optional[Check]:
     # the first one as a page it had not seen). Each must be one PTE the walk calls new and the
     # probes reused, so the two counts still check each other.
     foreign = max(0, w["distinct"] - v.probe_allocated - boot) if v.sources.alloc else 0
-    reuse_agrees = not v.sources.populate or v.probe_reused == w["reused"] + foreign
-    if v.sources.alloc and (v.probe_allocated + boot > w["distinct"] or (foreign and not reuse_agrees)
-                            or (foreign and not v.sources.populate)):
+    explained = v.sources.populate and v.probe_reused == w["reused"] + foreign
+    if v.sources.alloc and (v.probe_allocated + boot > w["distinct"] or (foreign and not explained)):
         diffs.append(f"probes saw {v.probe_allocated} vmemmap pages allocated"
                      + (f" (and {boot} are the boot memmap's)" if boot else "")
                      + f", the walk finds {w['distinct']} distinct pages")
     if v.sources.populate:
-        if not reuse_agrees:
+        if not explained:
             diffs.append(f"probes saw {v.probe_reused} reused PTEs, the walk {w['reused']}")
         diffs.extend(layout_differences(v.probe_compounds, v.walk_compounds, on_boot(v)))
     if diffs:
@@ -365,8 +364,8 @@ def unknown_layout(v: DeviceView) -> Optional[str]:
     if not groups or len({tuple(c[k] for k in CLASS) for c in groups}) != 1:
         return None
     c = groups[0]
-    if c["fresh"] >= c["ptes"] or v.shape.layout.page_problem(
-            c, v.numbers.per_compound, bool(v.seen.how)) is None:
+    per = geometry.vmemmap_pages_of_compound(c["head_pfn"], v.shape)
+    if c["fresh"] >= c["ptes"] or v.shape.layout.page_problem(c, per, bool(v.seen.how)) is None:
         return None
     return (f"every compound page's {c['ptes']} vmemmap PTEs are laid out alike: {c['fresh']} "
             f"fresh, {c['reused']} reused, {c['on_tail']} on its first tail page; not the "

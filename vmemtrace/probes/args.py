@@ -17,8 +17,9 @@ BY_BTF, BY_VERSION = "BTF", "version"
 
 @dataclass(frozen=True)
 class Found:
-    """One target's arguments: key -> (position, the name found), those its kernel lacks (a
-    parameter that came with a later change), and what is wrong, where something is."""
+    """One target's arguments: (key, position, the name found) of each it has (a parameter that
+    came with a later change is simply absent), where they came from, and what is wrong, where
+    something is."""
 
     target: str
     positions: Tuple[Tuple[str, int, str], ...]  # (key, position, name)
