@@ -29,18 +29,18 @@
  *                       without BTF); VT_NARGS_<function> the arguments its fentry lists
  *
  * Aggregation happens here: one event per section and per range (perf buffers, each with its
- * own named struct, decoded by field name in user space), and one summary per range of its
- * compound pages. A compound page is kept in a map entry while it is populated; when all its
- * vmemmap PTEs are there it is judged into its range's summary (struct cp_sum: the layout
- * classes, per-part digests and the difference table of vmemtrace/compounds.py, computed the
- * same way) and its entry freed. Only a page whose layout is none of its range's CP_CLASSES
- * classes is sent on its own. User space reads the summary, and drains what never completed,
- * when the range is initialised. A 1 TiB range's 524288 compound pages of 2 MiB cost no
- * perf traffic and no memory beyond the summary: sent one by one they outran user space (lost
- * events at 1 TiB under TCG). User space reads no map while the probes fire: a map system call disables BPF
- * tracing programs on its CPU while it runs (bpf_disable_instrumentation(), kernel/bpf/syscall.c),
- * and a kprobe that fires meanwhile is skipped, unseen. Nothing is emitted per vmemmap page;
- * per struct page only a counter, and only where memmap_init_compound is a clone.
+ * own named struct of vmemtrace.h, decoded by field name in user space), and one summary per
+ * range of its compound pages. A compound page is kept in a map entry while it is populated;
+ * when all its vmemmap PTEs are there it is judged into its range's summary (struct cp_sum: the
+ * layout classes, per-part digests and the difference table of vmemtrace/compounds.py,
+ * computed the same way) and its entry freed. Only a page whose layout is none of its range's
+ * CP_CLASSES classes is sent on its own. User space reads the summary, and drains what never
+ * completed, when the range is initialised: a 1 TiB range's 524288 compound pages of 2 MiB
+ * cost no perf traffic and no memory beyond the summary. User space reads no map while the
+ * probes fire: a map system call disables BPF tracing programs on its CPU while it runs
+ * (bpf_disable_instrumentation(), kernel/bpf/syscall.c), and a kprobe that fires meanwhile is
+ * skipped, unseen. Nothing is emitted per vmemmap page; per struct page only a counter, and
+ * only where memmap_init_compound is a clone.
  *
  * Probes that attach can still be blind: the compiler may inline every call of a function and
  * keep an unused out-of-line copy (Debian 7.3's vmemmap_alloc_block_buf). So every probe counts
@@ -52,6 +52,8 @@
  * per-thread context maps below tie callees to their caller.
  */
 #include <uapi/linux/ptrace.h>
+
+#include "vmemtrace.h" /* the structs user space reads: the event contract */
 
 /*
  * Struct layout. The loader passes the sizes and offsets the program reads as LAYOUT_* defines,
@@ -110,72 +112,9 @@ _Static_assert(LAYOUT_PGMAP_VMEMMAP_SHIFT == HDR_PGMAP_VMEMMAP_SHIFT, "dev_pagem
 /* include/linux/memremap.h: "pgmap->altmap is valid" (bit 0 of dev_pagemap.flags since 4.20). */
 #define VT_PGMAP_ALTMAP_VALID (1U << 0)
 
-/* x86_64 pte: physical frame number bits 12..51 (arch/x86/include/asm/pgtable_types.h). */
+/* x86_64 pte: physical frame number bits 12..51 (arch/x86/include/asm/pgtable_types.h), less
+ * what the kernel takes out of physical_mask (read per section: kaddrs_t). */
 #define VT_PTE_PFN_MASK 0x000ffffffffff000ULL
-
-/* One __populate_section_memmap() call; its field names are the "section" event's keys. */
-struct section_event {
-    u64 pfn;
-    u64 nr_pages;
-    u64 range_start_pfn;   /* pgmap->ranges[pgmap->nr_range].start >> PAGE_SHIFT */
-    u64 pfns_per_compound; /* 1 << pgmap->vmemmap_shift */
-    u64 ptes;              /* vmemmap_populate_address calls that returned a PTE */
-    u64 plain;             /* ... without a page to reuse: they allocate if the PTE is empty */
-    u64 fresh;             /* ... that allocated a new vmemmap page (a successful allocation) */
-    u64 reused;            /* ... that were given a page to reuse (reuse / ptpfn) */
-    u64 existing;          /* ... plain, with no allocation: the PTE was already there */
-    u64 alloc_calls;       /* allocator calls (outermost) in this section, failed ones too */
-    u64 allocs;            /* ... that returned memory */
-    u64 direct_bytes;      /* vmemmap bytes allocated outside vmemmap_populate_address */
-    u64 pt_pages;          /* page-table pages allocated */
-    u64 altmap;
-    u64 has_pgmap;
-    u64 ok;                /* __populate_section_memmap returned the memmap (not NULL) */
-    u64 struct_page_size;
-    u64 page_size;
-    u64 pid;               /* the task that populated it (`trace` shows pid and comm) */
-    u64 ktime_ns;          /* bpf_ktime_get_ns() at return: CLOCK_MONOTONIC */
-    char comm[16];         /* TASK_COMM_LEN */
-};
-
-/* One memmap_init_zone_device() call; its field names are the "range" event's keys. */
-struct range_event {
-    u64 start_pfn;
-    u64 nr_pages;
-    u64 pfns_per_compound;
-    u64 altmap;
-    u64 altmap_base_pfn;
-    u64 altmap_reserve;
-    u64 altmap_free;
-    u64 mic_calls;         /* memmap_init_compound calls (decoded or only counted) */
-    u64 mic_pages;         /* ... their nr_pages, summed: only where decoded */
-    u64 mic_min;
-    u64 mic_max;
-    u64 izdp_calls;        /* __init_zone_device_page calls: one per struct page initialised */
-    u64 duration_ns;
-    u64 struct_page_size;
-    u64 page_size;
-    u64 pid;
-    u64 ktime_ns;
-    char comm[16];
-};
-
-/* One compound page's vmemmap PTEs: the "compound" event's keys (the map entry's value, and
- * the event sent when the compound page is complete). */
-struct cp_val {
-    u64 head_pfn;
-    u64 range_start_pfn;
-    u64 pfns_per_compound;
-    u64 ptes;
-    u64 fresh;
-    u64 reused;
-    u64 existing;
-    u64 head_fresh;   /* vmemmap page 0 of the compound page got a new page */
-    u64 tail_fresh;   /* vmemmap page 1 (the first tail page) got a new page */
-    u64 tail_pfn;     /* backing pfn of vmemmap page 1 */
-    u64 on_tail;      /* reused PTEs mapped onto tail_pfn */
-    u64 max_index;    /* highest vmemmap page index seen within the compound page, + 1 */
-};
 
 struct section_ctx {
     struct section_event ev;
@@ -187,6 +126,11 @@ struct section_ctx {
     u64 vpa_addr;
     u64 vpa_reuse;
     u64 vpa_allocs;        /* successful allocations during this call */
+    u64 vpa_alloc_addr;    /* ... the last one's address: the page a new PTE maps */
+    /* From kernel data, read when the section starts (kaddrs_t): the PTE's address bits, and
+     * the direct map's base (0: unknown, fresh then counted by allocations alone). */
+    u64 pte_mask;
+    u64 page_offset;
     /* The allocator call in flight: vmemmap_alloc_block_buf calls vmemmap_alloc_block or
      * altmap_alloc_block_buf, and only the outermost call's return counts. */
     u64 alloc_depth;
@@ -200,59 +144,9 @@ struct section_ctx {
     struct cp_val cp;
 };
 
-/*
- * A range's compound pages, judged as they complete (vmemtrace/compounds.py CompoundPages, whose
- * constants the loader passes as CP_* defines): CP_CLASSES layout classes, each with its page
- * count and lowest-headed page; per part of 2^part_shift pages (part_shift chosen so that the
- * range has at most CP_PARTS parts) the pages and the sum of their digests; the difference
- * table, CP_TABLE_HASHES sub-tables of CP_TABLE_WIDTH cells of (pages, head xor, digest xor,
- * check xor). One thread populates a range (memremap_pages() -> pagemap_range()), so no cell
- * is written by two CPUs at once.
- */
-struct cp_class {
-    u64 pages;
-    struct cp_val first;   /* the lowest-headed page of the class */
-};
-
-struct cp_sum {
-    u64 range_start_pfn;
-    u64 pfns_per_compound;
-    u64 count;
-    u64 part_shift;
-    u64 lowest_head;
-    u64 highest_head;
-    u64 reused_head;       /* the lowest head with a reused PTE; (u64)-1: none */
-    struct cp_class classes[CP_CLASSES];
-    /* Rows flattened: BCC's Python types keep only the first dimension of a two-dimensional
-     * array, and a value larger than its type corrupts the reader's memory. */
-    u64 parts[CP_PARTS * 2];                          /* [part][pages, digest sum] */
-    u64 cells[CP_TABLE_HASHES * CP_TABLE_WIDTH * 4];  /* [cell][pages, head, digest, check] */
-};
-
 struct range_ctx {
     struct range_event ev;
     u64 ts;
-};
-
-/* Counters of what went wrong in BPF; field names are the "lost" event's error keys. */
-struct errors_t {
-    u64 compound_map_full;
-    u64 no_context;        /* a callee ran without its caller's context */
-    u64 read_failed;       /* a PTE could not be read */
-    u64 missed_return;     /* a call's return probe never ran (kretprobe instances exhausted) */
-};
-
-/* Entry-probe hits per probed function, by its name: a probe that attached but is never hit
- * while its caller runs is blind, never a zero. */
-struct hits_t {
-    u64 __populate_section_memmap;
-    u64 vmemmap_populate_address;
-    u64 vmemmap_alloc_block_buf;
-    u64 altmap_alloc_block_buf;
-    u64 vmemmap_alloc_block;
-    u64 memmap_init_zone_device;
-    u64 memmap_init_compound;
-    u64 __init_zone_device_page;
 };
 
 BPF_PERF_OUTPUT(section_events);
@@ -264,6 +158,7 @@ BPF_F_TABLE("hash", u64, struct cp_val, compound, CP_MAP_ENTRIES, BPF_F_NO_PREAL
 BPF_F_TABLE("hash", u64, struct cp_sum, cp_sums, 1024, BPF_F_NO_PREALLOC);
 BPF_PERCPU_ARRAY(cp_sum_zero, struct cp_sum, 1); /* a zeroed value: 2 KiB is over the stack */
 BPF_ARRAY(errors, struct errors_t, 1);
+BPF_ARRAY(kaddrs, struct kaddrs_t, 1);
 BPF_PERCPU_ARRAY(hits, struct hits_t, 1);
 
 /* BCC rewrites map calls only outside macros: the lookups live in functions. */
@@ -324,6 +219,27 @@ static __always_inline void read_pgmap(void *pgmap, u64 *pfns, u64 *range_start,
         if (range[1] >= range[0])
             *range_pages = (range[1] - range[0] + 1) >> PAGE_SHIFT;
     }
+}
+
+/* The PTE address mask and the direct map's base, as the kernel has them: physical_mask leaves
+ * out an SME/SEV C-bit or a confidential guest's shared bit (arch/x86/mm/mem_encrypt_identity.c
+ * clears sme_me_mask from it), and __pa() of a direct-map address subtracts page_offset_base
+ * (arch/x86/include/asm/page_64.h, KASLR's base). */
+static __always_inline void read_kaddrs(struct section_ctx *s)
+{
+    int zero = 0;
+    u64 v = 0;
+    struct kaddrs_t *k = kaddrs.lookup(&zero);
+    s->pte_mask = VT_PTE_PFN_MASK;
+    s->page_offset = 0;
+    if (!k)
+        return;
+    if (k->physical_mask && bpf_probe_read_kernel(&v, sizeof(v), (void *)k->physical_mask) == 0)
+        s->pte_mask &= v;
+    else if (k->sme_me_mask && bpf_probe_read_kernel(&v, sizeof(v), (void *)k->sme_me_mask) == 0)
+        s->pte_mask &= ~v;
+    if (k->page_offset_base)
+        bpf_probe_read_kernel(&s->page_offset, sizeof(s->page_offset), (void *)k->page_offset_base);
 }
 
 /* Write the compound page held in the section context back to its map entry. */
@@ -393,8 +309,18 @@ static __always_inline int cp_same_class(struct cp_val *a, struct cp_val *b)
     return a->ptes == b->ptes && a->fresh == b->fresh && a->reused == b->reused &&
            a->existing == b->existing && a->head_fresh == b->head_fresh &&
            a->tail_fresh == b->tail_fresh && a->on_tail == b->on_tail &&
-           a->max_index == b->max_index;
+           a->max_index == b->max_index && a->out_of_order == b->out_of_order;
 }
+
+/*
+ * A range's compound pages, judged as they complete into its struct cp_sum (vmemtrace/compounds.py CompoundPages, whose
+ * constants the loader passes as CP_* defines): CP_CLASSES layout classes, each with its page
+ * count and lowest-headed page; per part of 2^part_shift pages (part_shift chosen so that the
+ * range has at most CP_PARTS parts) the pages and the sum of their digests; the difference
+ * table, CP_TABLE_HASHES sub-tables of CP_TABLE_WIDTH cells of (pages, head xor, digest xor,
+ * check xor). One thread populates a range (memremap_pages() -> pagemap_range()), so no cell
+ * is written by two CPUs at once.
+ */
 
 /* The range's summary, made on its first compound page: parts of 2^part_shift pages, the
  * smallest shift from CP_PART_SHIFT up that leaves the range at most CP_PARTS parts. */
@@ -468,11 +394,11 @@ static __always_inline void cp_fold(void *ctx, struct section_ctx *s, struct cp_
         r->reused_head = c->head_pfn;
     u64 d = cp_digest(c), chk = vt_mix(d + VT_GOLDEN);
     part &= CP_PARTS - 1;
-    r->parts[part * 2]++;
-    r->parts[part * 2 + 1] += d;
+    r->parts[part * CP_PART_WIDTH]++;
+    r->parts[part * CP_PART_WIDTH + 1] += d;
 #pragma unroll
     for (int j = 0; j < CP_TABLE_HASHES; j++) {
-        u32 cell = (j * CP_TABLE_WIDTH + ((chk >> (16 * j)) & (CP_TABLE_WIDTH - 1))) * 4;
+        u32 cell = (j * CP_TABLE_WIDTH + ((chk >> (16 * j)) & (CP_TABLE_WIDTH - 1))) * CP_CELL_WIDTH;
         r->cells[cell]++;
         r->cells[cell + 1] ^= c->head_pfn;
         r->cells[cell + 2] ^= d;
@@ -517,6 +443,7 @@ static __always_inline int on_section_enter(void *ctx, u64 pfn, u64 nr_pages, u6
     s.ev.altmap = altmap != 0;
     s.ev.struct_page_size = LAYOUT_STRUCT_PAGE;
     s.ev.page_size = PAGE_SIZE;
+    read_kaddrs(&s);
 #ifdef HAVE_SECTION_PGMAP
     s.ev.has_pgmap = pgmap != 0;
     read_pgmap((void *)pgmap, &s.ev.pfns_per_compound, &s.ev.range_start_pfn, &s.range_pages);
@@ -538,8 +465,10 @@ static __always_inline int on_section_return(void *ctx, u64 memmap)
 {
     u32 t = tid();
     struct section_ctx *s = sections.lookup(&t);
-    if (!s)
+    if (!s) {
+        COUNT_ERROR(unpaired_return);
         return 0;
+    }
     cp_store(s);
     if (s->alloc_depth || s->vpa_live)
         COUNT_ERROR(missed_return);
@@ -573,6 +502,7 @@ static __always_inline int on_vpa_enter(u64 addr, u64 reuse)
     s->vpa_reuse = reuse != 0;
 #endif
     s->vpa_allocs = 0;
+    s->vpa_alloc_addr = 0;
     return 0;
 }
 
@@ -581,14 +511,18 @@ static __always_inline int on_vpa_return(void *ctx, u64 pte_ptr)
     u32 t = tid();
     struct section_ctx *s = sections.lookup(&t);
     u64 pte = 0, backing;
-    if (!s || !s->vpa_live)
+    if (!s)
         return 0;
+    if (!s->vpa_live) {
+        COUNT_ERROR(unpaired_return);
+        return 0;
+    }
     s->vpa_live = 0;
     if (pte_ptr == 0 || bpf_probe_read_kernel(&pte, sizeof(pte), (void *)pte_ptr) != 0) {
         COUNT_ERROR(read_failed);
         return 0;
     }
-    backing = (pte & VT_PTE_PFN_MASK) >> PAGE_SHIFT;
+    backing = (pte & s->pte_mask) >> PAGE_SHIFT;
     u64 addr = s->vpa_addr;
 
     /* Both populate paths start at the vmemmap address of the section's first pfn
@@ -596,10 +530,18 @@ static __always_inline int on_vpa_return(void *ctx, u64 pte_ptr)
     if (s->ev.ptes == 0)
         s->start_addr = addr;
     s->ev.ptes++;
-    /* vmemmap_pte_populate() allocates only for an empty PTE without a page to reuse, and
-     * the page-table pages above an empty PTE are allocated first: a call without reuse that
-     * saw a successful allocation installed a fresh page, one that saw none found its PTE. */
-    int fresh = !s->vpa_reuse && s->vpa_allocs > 0;
+    /* vmemmap_pte_populate() allocates only for an empty PTE without a page to reuse, the
+     * page-table pages above it first, its own page last (set_pte_at(..., pfn_pte(__pa(p) >>
+     * PAGE_SHIFT, ...))): a PTE is fresh when it maps the last page allocated during its call,
+     * a witness independent of the PTE's own counts; a call without reuse that saw no
+     * allocation found its PTE there. Without the direct map's base, allocations alone say. */
+    int allocated = !s->vpa_reuse && s->vpa_allocs > 0;
+    int fresh = allocated;
+    if (allocated && s->page_offset) {
+        fresh = ((s->vpa_alloc_addr - s->page_offset) >> PAGE_SHIFT) == backing;
+        if (!fresh)
+            COUNT_ERROR(unmatched_alloc);
+    }
     int reused = s->vpa_reuse != 0;
     s->ev.pt_pages += s->vpa_allocs - fresh;
     if (!s->vpa_reuse)
@@ -635,6 +577,8 @@ static __always_inline int on_vpa_return(void *ctx, u64 pte_ptr)
             } else {
                 c->existing++;
             }
+            if (index != c->max_index)
+                c->out_of_order++;
             if (index + 1 > c->max_index)
                 c->max_index = index + 1;
             if (c->ptes >= (ppc * LAYOUT_STRUCT_PAGE) / PAGE_SIZE)
@@ -669,15 +613,21 @@ static __always_inline int alloc_return(u64 memory)
 {
     u32 t = tid();
     struct section_ctx *s = sections.lookup(&t);
-    if (!s || s->alloc_depth == 0)
+    if (!s)
         return 0;
+    if (s->alloc_depth == 0) {
+        COUNT_ERROR(unpaired_return);
+        return 0;
+    }
     if (--s->alloc_depth)
         return 0; /* an inner allocator: its caller's return counts */
     if (memory == 0)
         return 0;
     s->ev.allocs++;
-    if (s->vpa_live)
+    if (s->vpa_live) {
         s->vpa_allocs++; /* sorted out when vmemmap_populate_address returns */
+        s->vpa_alloc_addr = memory;
+    }
     else if (s->alloc_buf || s->alloc_size > PAGE_SIZE)
         s->ev.direct_bytes += s->alloc_size; /* PMD blocks; base pages before 5.19 */
     else
@@ -721,8 +671,10 @@ static __always_inline int on_mizd_return(void *ctx)
 {
     u32 t = tid();
     struct range_ctx *r = ranges.lookup(&t);
-    if (!r)
+    if (!r) {
+        COUNT_ERROR(unpaired_return);
         return 0;
+    }
     r->ev.ktime_ns = bpf_ktime_get_ns();
     r->ev.duration_ns = r->ev.ktime_ns - r->ts;
     r->ev.pid = bpf_get_current_pid_tgid() >> 32;

@@ -76,11 +76,16 @@ def _compound(head_pfn: int, range_start: int, pfns_per_compound: int,
     page is first seen in the range, as a probe sees a page allocated for it; a backing page
     seen before, in this compound page or an earlier one, is reused (so a page the kernel maps
     from another compound page is reused, as the probes count it). The first tail page's pfn is
-    kept where it is fresh, as the BPF program keeps it."""
+    kept where it is fresh, as the BPF program keeps it; the PTEs out of index order are the
+    mapped ones after a hole."""
     pfns = [b[0] if b else None for b, _ in pages]
     fresh = sum(1 for b, new in pages if b is not None and new)
     head, tail = pfns[0], pfns[1] if len(pfns) > 1 else None
     tail_fresh = len(pages) > 1 and pages[1][1] and tail != head
+    # As the BPF program counts them in address order: a mapped index after an unmapped one
+    # was not the next, and max_index is the highest mapped index + 1.
+    present = [i for i, p in enumerate(pfns) if p is not None]
+    out_of_order = sum(1 for k, i in enumerate(present) if i != (present[k - 1] + 1 if k else 0))
     return {"type": "compound", "source": "walk", "head_pfn": head_pfn,
             "range_start_pfn": range_start, "pfns_per_compound": pfns_per_compound,
             "ptes": sum(1 for p in pfns if p is not None), "fresh": fresh,
@@ -90,4 +95,4 @@ def _compound(head_pfn: int, range_start: int, pfns_per_compound: int,
             "tail_fresh": int(tail_fresh),
             "tail_pfn": tail if tail_fresh else 0,
             "on_tail": sum(1 for p in pfns[2:] if p is not None and p == tail) if tail_fresh else 0,
-            "max_index": len(pfns)}  # as in BPF: highest vmemmap page index + 1
+            "max_index": present[-1] + 1 if present else 0, "out_of_order": out_of_order}

@@ -48,7 +48,7 @@ def check(as_json, root):
 
     Exit 0 when tracing can start, 2 (with the reason) when it cannot."""
     from vmemtrace.kernel import btf
-    from vmemtrace.probes.loader import BPF_SOURCE, defines
+    from vmemtrace.probes.loader import BPF_SOURCE, defines, kaddrs_sources
     from vmemtrace.probes.targets import FUNCTIONS
     from vmemtrace.readiness import Blocker, assess, cannot_trace, check_report, read_facts
 
@@ -63,8 +63,8 @@ def check(as_json, root):
     # Where the BPF program's struct layout and calling conventions would come from.
     layout = btf.try_layout(facts.btf and str(root / facts.btf.lstrip("/")), say,
                             "the kernel headers answer instead", FUNCTIONS)
-    report["facts_from"] = defines(facts.version, root / "lib/modules" / facts.release / "build",
-                                   layout)[1]
+    report["facts_from"] = {**defines(facts.version, root / "lib/modules" / facts.release / "build",
+                                      layout)[1], **kaddrs_sources(facts.syms.addresses)}
     if as_json:
         render.emit_json(report)
     else:
@@ -243,14 +243,16 @@ def record(output, cmd):
 @ALLOW_SKIP
 @DEVICE
 @click.option("--trust-unsealed", is_flag=True,
-              help="judge a log that has no seal (written before logs were sealed, or cut) as "
-                   "if it were whole: a cut or edited log may then pass")
+              help="judge a log that cannot prove itself whole (no seal: written before logs "
+                   "were sealed, or cut; or recorded before compound pages recorded their "
+                   "indices) as if it were whole: a cut or edited log may then pass")
 @one_line_errors
 def replay(file, expect, as_json, junit, allow_skip, only, trust_unsealed):
     """Read an event log written by `record` back through the ledger and the verdict.
 
-    A log is whole when its seal, written last, agrees with every line before it; a log
-    without one passes at most as incomplete unless --trust-unsealed."""
+    A log is whole when its seal, written last, agrees with every line before it and its
+    compound pages record their indices; another passes at most as incomplete unless
+    --trust-unsealed."""
     from vmemtrace import events
     from vmemtrace.ledger import fold
     from vmemtrace.verdict import evaluate, unsealed
@@ -260,8 +262,8 @@ def replay(file, expect, as_json, junit, allow_skip, only, trust_unsealed):
         led = fold(events.iter_file(file, sealed))  # streamed: a log of any size
         waived = tuple(allow_skip) + (AUDIT_WAIVED if led.header.get("walk") == "audit" else ())
         doc = evaluate(led, expect, waived, only)
-        if not sealed.sealed and not trust_unsealed:
-            doc = unsealed(doc)
+        if sealed.why is not None and not trust_unsealed:
+            doc = unsealed(doc, sealed.why)
     _output_verdict(doc, as_json, junit)
     _finish(doc)
 

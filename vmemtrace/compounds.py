@@ -22,9 +22,12 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from vmemtrace.geometry import PAGES_PER_SECTION
 
-# A "compound" event's own counts (events.REQUIRED), in the order a logged row has them.
+# A "compound" event's own counts (events.REQUIRED, and out_of_order), in the order a logged row
+# has them; rows logged before out_of_order was recorded (schema 3) lack the last column, and
+# read it as None: their pages cannot show an index populated twice beside one skipped.
 COLUMNS = ("head_pfn", "ptes", "fresh", "reused", "existing", "head_fresh", "tail_fresh",
-           "tail_pfn", "on_tail", "max_index")
+           "tail_pfn", "on_tail", "max_index", "out_of_order")
+LEGACY_COLUMNS = COLUMNS[:-1]
 # Keys every compound page of one range shares (the range's start and its compound size, which
 # bpf/vmemtrace.bpf.c and backing.py copy into each).
 SHARED = ("range_start_pfn", "pfns_per_compound")
@@ -32,7 +35,8 @@ SHARED = ("range_start_pfn", "pfns_per_compound")
 # pre-existing PTE from a new one, so "existing" is not among them).
 LAYOUT = ("ptes", "fresh", "reused", "on_tail", "tail_pfn", "head_fresh", "tail_fresh")
 # A layout class: the counts a page is judged by, without its own pfns.
-CLASS = ("ptes", "fresh", "reused", "existing", "head_fresh", "tail_fresh", "on_tail", "max_index")
+CLASS = ("ptes", "fresh", "reused", "existing", "head_fresh", "tail_fresh", "on_tail", "max_index",
+         "out_of_order")
 MAX_CLASSES = 64
 # Compound pages per cross-check part: 2^8 at first (512 MiB of 2 MiB pages, 256 GiB of 1 GiB),
 # doubled whenever there would be more than MAX_PARTS parts (digest sums add up, so two
@@ -54,6 +58,8 @@ MAX_PROBLEMS = 3
 TABLE_HASHES = 3
 TABLE_WIDTH = 16  # cells per sub-table: a power of two (bpf/ picks a cell with & (width - 1))
 TABLE_CELLS = TABLE_HASHES * TABLE_WIDTH
+CELL_WIDTH = 4  # a cell: [pages, head xor, digest xor, check xor]
+PART_WIDTH = 2  # a part in BPF: [pages, digest sum]
 # Layout classes the BPF program keeps per range (struct cp_sum): a well-formed range has one; a
 # page of a fifth is sent to user space on its own, and judged here.
 BPF_CLASSES = 4
@@ -135,7 +141,7 @@ def check_of(d: int) -> int:
 
 
 def new_table() -> List[List[int]]:
-    return [[0, 0, 0, 0] for _ in range(TABLE_CELLS)]
+    return [[0] * CELL_WIDTH for _ in range(TABLE_CELLS)]
 
 
 def table_add(table: List[List[int]], head: int, d: int, sign: int = 1) -> None:
@@ -204,7 +210,7 @@ class CompoundPages:
             self.problems.append(f"{text} ({self.what})")
 
     def append(self, ev: dict) -> None:
-        c = {k: ev[k] for k in COLUMNS}
+        c = page(ev)
         head = c["head_pfn"]
         shared = tuple(ev[k] for k in SHARED)
         if self.shared is None:
@@ -236,7 +242,9 @@ class CompoundPages:
         head = c["head_pfn"]
         if c["ptes"] != c["fresh"] + c["reused"] + c["existing"] or c["on_tail"] > c["reused"] \
                 or c["head_fresh"] > 1 or c["tail_fresh"] > 1 \
-                or c["head_fresh"] + c["tail_fresh"] > c["fresh"]:
+                or c["head_fresh"] + c["tail_fresh"] > c["fresh"] \
+                or c["ptes"] > c["max_index"] + (c["out_of_order"] or 0) \
+                or (c["out_of_order"] or 0) > c["ptes"]:
             self._problem(f"compound page at pfn {head} does not add up (ptes {c['ptes']}, fresh "
                           f"{c['fresh']}, reused {c['reused']}, on tail {c['on_tail']})")
         if head < start:
@@ -288,8 +296,8 @@ class CompoundPages:
         if not s["count"]:
             return
         self.count += s["count"]
-        for n, page in s["classes"]:
-            c = {k: page[k] for k in COLUMNS}
+        for n, first in s["classes"]:
+            c = page(first)
             key = tuple(c[k] for k in CLASS)
             cls = self.classes.get(key)
             if cls is None and len(self.classes) < MAX_CLASSES:
@@ -349,6 +357,20 @@ class CompoundPages:
         if self.shared is not None:
             ev.update(zip(SHARED, self.shared))
         return ev
+
+    def totals(self, keys: Tuple[str, ...]) -> Optional[Dict[str, int]]:
+        """Each key summed over every page (classes times their pages, and the pages kept
+        whole); None where pages beyond MAX_CLASSES classes were only counted."""
+        if self.unclassed:
+            return None
+        out = dict.fromkeys(keys, 0)
+        for n, _, c in self.classes.values():
+            for k in keys:
+                out[k] += n * c[k]
+        for c in self.first_section + self.last_section:
+            for k in keys:
+                out[k] += c[k]
+        return out
 
     def judged(self, skip: Callable[[int], bool] = lambda head: False) -> int:
         """Pages skip() does not set apart (it sees only the kept ones: the others cannot lie on
@@ -434,14 +456,14 @@ class CompoundPages:
         start, ppc = self.shared
         pages = []
         for row in ev["classes"]:
-            c = dict(zip(COLUMNS, row[1:]))
+            c = page_of_row(row[1:])
             key = tuple(c[k] for k in CLASS)
             if key in self.classes or row[0] < 1 or len(self.classes) >= MAX_CLASSES:
                 self._problem(f"the summary's layout class of compound page at pfn "
                               f"{c['head_pfn']} is empty, there twice or one too many")
             self.classes[key] = [row[0], c["head_pfn"], c]
             pages.append(c)
-        self.first_section = [dict(zip(COLUMNS, row)) for row in ev["kept"]]
+        self.first_section = [page_of_row(row) for row in ev["kept"]]
         self.parts = {k: [n, d] for k, n, d in ev["parts"]}
         heads = PfnSet()
         for c, bits in [(c, None) for c in pages] + [(c, heads) for c in self.first_section]:
@@ -485,16 +507,27 @@ def _xor(values: Iterable[int]) -> int:
     return out
 
 
+def page(ev: dict) -> dict:
+    """A compound event's or BPF page's counts, by COLUMNS; out_of_order None where not
+    recorded."""
+    return {k: ev.get(k) for k in COLUMNS}
+
+
+def page_of_row(row: List[int]) -> dict:
+    """A logged row (of COLUMNS, or LEGACY_COLUMNS) as a page."""
+    return page(dict(zip(COLUMNS, row)))
+
+
 def _row(c: dict) -> List[int]:
-    return [c[k] for k in COLUMNS]
+    return [c[k] for k in (COLUMNS if c["out_of_order"] is not None else LEGACY_COLUMNS)]
 
 
 def layouts(ev: dict) -> List[Tuple[tuple, int]]:
     """A logged summary's pages by (ptes, fresh, reused, on tail), most common first: what a
     line of `trace` shows of it."""
     out: Dict[tuple, int] = {}
-    rows = [(row[0], dict(zip(COLUMNS, row[1:]))) for row in ev["classes"]]
-    rows += [(1, dict(zip(COLUMNS, row))) for row in ev["kept"]]
+    rows = [(row[0], page_of_row(row[1:])) for row in ev["classes"]]
+    rows += [(1, page_of_row(row)) for row in ev["kept"]]
     for n, c in rows:
         key = (c["ptes"], c["fresh"], c["reused"], c["on_tail"])
         out[key] = out.get(key, 0) + n

@@ -13,7 +13,7 @@ import time
 from typing import IO, Iterable, Iterator, List, Optional, Tuple
 
 from vmemtrace import __version__
-from vmemtrace.compounds import COLUMNS, TABLE_CELLS
+from vmemtrace.compounds import CELL_WIDTH, COLUMNS, LEGACY_COLUMNS, TABLE_CELLS
 from vmemtrace.sections import SHARED as SECTION_SHARED, SUMMED
 from vmemtrace.errors import VmemtraceError
 
@@ -23,8 +23,11 @@ from vmemtrace.errors import VmemtraceError
 # compound pages one "compounds" event per source after its range or walk event (compounds.py):
 # a log's size follows the ranges, not their size. Schema-2 logs, one "section" event per call
 # and one "compound" event per page, are read as they are.
-SCHEMA = 3
-READABLE = (2, 3)
+# 4: each compound page row ends with out_of_order (its PTEs whose index was not the next one),
+# which proves every vmemmap index arrived once; a log without it cannot prove that.
+SCHEMA = 4
+READABLE = (2, 3, 4)
+INDEXED = 4  # the first schema whose compound pages say their indices arrived in order
 
 REQUIRED = {
     # kernel facts at trace start; strategy: target -> its strategy (probes/plan.py)
@@ -82,6 +85,11 @@ def named(device: dict, names) -> bool:
     namespace (ndctl's "dev", namespace0.0): what -d matches. No names: every device."""
     return not names or device.get("name") in names or device.get("namespace") in names
 
+# The "lost" event's error keys: struct errors_t's fields (bpf/vmemtrace.h), and the kernel's
+# count of probe runs it skipped (probes/loader.py skipped_runs()).
+ERRORS = ("compound_map_full", "no_context", "read_failed", "missed_return", "unmatched_alloc",
+          "unpaired_return", "skipped_runs")
+
 # Keys an event may carry, checked when present (a doctored "pgmap_start_pfn": "x" would
 # otherwise reach the ledger's arithmetic).
 # section and range: the task that did it and when (CLOCK_MONOTONIC ns); logs recorded before
@@ -92,7 +100,7 @@ TASK = ("pid", "ktime_ns", "comm")
 OPTIONAL = {"device": ("driver", "mode", "namespace", "pgmap_start_pfn", "pgmap_nr_pages",
                        "mapping", "mappings"),
             "section": TASK, "range": TASK + ("boot_sections",), "walk": ("boot_sections",),
-            "compound": ("source",), "compounds": ("source", "cells")}
+            "compound": ("source", "out_of_order"), "compounds": ("source", "cells")}
 
 # Types of the keys that are not non-negative integer counts (the rest are: pfns, pages, bytes).
 BOOL, STR, LIST, DICT, NUMBER, SIGNED, INT_MAP, MAYBE_INT, INT_LIST = (
@@ -151,16 +159,16 @@ def _typed(v, kind: str) -> bool:
     if kind == INT_LIST:
         return isinstance(v, list) and len(v) <= 2 and all(_count(n) for n in v)
     if kind in (CLASS_ROWS, PAGE_ROWS):
-        width = len(COLUMNS) + (kind == CLASS_ROWS)
+        widths = {len(COLUMNS) + (kind == CLASS_ROWS), len(LEGACY_COLUMNS) + (kind == CLASS_ROWS)}
         return isinstance(v, list) and all(
-            isinstance(r, list) and len(r) == width and all(_count(n) for n in r) for r in v)
+            isinstance(r, list) and len(r) in widths and all(_count(n) for n in r) for r in v)
     if kind == PARTS:
         return isinstance(v, list) and all(
             isinstance(r, list) and len(r) == 3 and _count(r[0]) and _count(r[1])
             and type(r[2]) is int and 0 <= r[2] < 1 << 64 for r in v)
     if kind == CELLS:
         return isinstance(v, list) and len(v) == TABLE_CELLS and all(
-            isinstance(c, list) and len(c) == 4 and _count(c[0]) and _count(c[1]) and
+            isinstance(c, list) and len(c) == CELL_WIDTH and _count(c[0]) and _count(c[1]) and
             all(type(n) is int and 0 <= n < 1 << 64 for n in c[2:]) for c in v)
     if kind == MAYBE_PAIR:
         return v is None or (isinstance(v, list) and len(v) == 2 and all(_count(n) for n in v))
@@ -209,6 +217,10 @@ def _limits(event: dict) -> Optional[str]:
     loop for ever or divide by zero."""
     if event["type"] == "header":
         return _header_problem(event)
+    if event["type"] == "lost":
+        odd = sorted(set(event["errors"]) - set(ERRORS))
+        if odd:
+            return f"error {odd[0][:40]!r} is none the BPF program counts"
     for key in ("pfn", "start_pfn", "head_pfn", "range_start_pfn", "nr_pages", "lowest_head",
                 "highest_head"):
         if event.get(key) is not None and event[key] > MAX_PFN:
@@ -347,11 +359,32 @@ def _lines(fh: IO[str], name: str) -> Iterator[Tuple[int, str]]:
         yield lineno, line
 
 
+def indexed(event: dict) -> bool:
+    """Whether a compound event, or each row of a compounds summary, records out_of_order (any
+    other event: True)."""
+    if event["type"] == "compound":
+        return "out_of_order" in event
+    if event["type"] == "compounds":
+        return all(len(r) == len(COLUMNS) + 1 for r in event["classes"]) and \
+            all(len(r) == len(COLUMNS) for r in event["kept"])
+    return True
+
+
+UNSEALED = ("the log has no seal: it may have been cut or edited after it was written "
+            "(replay --trust-unsealed judges it as whole)")
+UNINDEXED = ("the log was recorded before compound pages recorded their vmemmap indices "
+             f"(schema < {INDEXED}): an index populated twice beside one skipped would not show "
+             "(replay --trust-unsealed judges it as whole)")
+
+
 class Sealed:
-    """Whether the log stream() read was sealed, known once it has been read to its end."""
+    """Whether the log stream() read proves itself whole, known once it has been read to its
+    end: sealed, and of a schema whose compound pages prove their indices; `why` says what it
+    lacks."""
 
     def __init__(self):
         self.sealed = False
+        self.why: Optional[str] = UNSEALED
 
 
 def stream(fh: IO[str], name: str, sealed: Optional[Sealed] = None) -> Iterator[dict]:
@@ -396,6 +429,9 @@ def stream(fh: IO[str], name: str, sealed: Optional[Sealed] = None) -> Iterator[
             header = event
         elif event["type"] == "header":
             raise VmemtraceError(f"{name}:{lineno}: a second header (two logs joined?)")
+        elif header["schema"] >= INDEXED and not indexed(event):
+            raise VmemtraceError(f"{name}:{lineno}: a compound page without out_of_order in a "
+                                 f"schema-{header['schema']} log")
         closed = closed or event["type"] == "lost"
         yield event
     if header is None:
@@ -406,6 +442,8 @@ def stream(fh: IO[str], name: str, sealed: Optional[Sealed] = None) -> Iterator[
                              "(the recording was cut off)")
     if sealed is not None:
         sealed.sealed = seal is not None
+        sealed.why = (UNSEALED if seal is None
+                      else UNINDEXED if header["schema"] < INDEXED else None)
 
 
 def read(fh: IO[str], name: str) -> List[dict]:

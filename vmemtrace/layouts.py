@@ -36,6 +36,14 @@ class Layout:
         on_first = per_compound - fresh if tails_on_own else 0
         if c["ptes"] != per_compound:
             return f"compound page at pfn {head}: {c['ptes']} vmemmap PTEs, expected {per_compound}"
+        # In address order (vmemmap_populate_compound_pages()), each index once: none out of
+        # order and the highest the last proves indices 0 to per_compound - 1 each arrived once.
+        if c["out_of_order"]:
+            return (f"compound page at pfn {head}: {c['out_of_order']} of its {c['ptes']} "
+                    "vmemmap PTEs out of index order (an index populated twice, or one skipped)")
+        if c["out_of_order"] is not None and c["max_index"] != per_compound:
+            return (f"compound page at pfn {head}: vmemmap indices up to {c['max_index'] - 1}, "
+                    f"expected 0 to {per_compound - 1}")
         first_tail = bool(c["tail_fresh"])
         if c["fresh"] != fresh or not c["head_fresh"] or first_tail != tails_on_own:
             what = "the head page and the first tail page" if fresh == 2 else "the head page"

@@ -109,10 +109,19 @@ class DeviceLedger:
             out.append(f"section calls at pfns {self.sections.first_pfn} to "
                        f"{self.sections.end_pfn}, outside the range")
         r = self.range
+        shared = self.sections.shared
+        if r is not None and shared is not None and (
+                shared["struct_page_size"] != r["struct_page_size"]
+                or self.sections.altmap != bool(r["altmap"])
+                or (shared["has_pgmap"] and shared["pfns_per_compound"] != r["pfns_per_compound"])):
+            # The same pgmap behind both calls (__populate_section_memmap's pgmap from 5.19).
+            out.append(f"the range's section calls say struct pages of {shared['struct_page_size']} "
+                       f"bytes, altmap {self.sections.altmap}, {shared['pfns_per_compound']}-page "
+                       f"compound pages; its range {r['struct_page_size']}, {bool(r['altmap'])}, "
+                       f"{r['pfns_per_compound']}")
         if r is not None and r["pfns_per_compound"] == 1 and (r["mic_calls"] or r["mic_pages"]):
             out.append("memmap_init_compound calls for a range without compound pages")
-        if r is not None and r["mic_pages"] and not (
-                r["mic_min"] * r["mic_calls"] <= r["mic_pages"] <= r["mic_max"] * r["mic_calls"]):
+        if r is not None and not _mic_adds_up(r):
             out.append(f"memmap_init_compound's {r['mic_calls']} calls of {r['mic_min']} to "
                        f"{r['mic_max']} pages cannot sum to {r['mic_pages']}")
         w = self.walk
@@ -139,11 +148,39 @@ class DeviceLedger:
             if pages.highest_head is not None and pages.highest_head >= end:
                 out.append(f"compound page at pfn {pages.highest_head} is outside its range "
                            f"({pages.what})")
-        return out
+        return out + self._walk_totals_problem()
+
+    def _walk_totals_problem(self) -> List[str]:
+        """The walk's compound pages are its PTEs sorted by page (backing.py): all of them where
+        the range holds whole sections, fewer where a boot piece is set apart."""
+        w = self.walk
+        if w is None or w["pfns_per_compound"] <= 1 or not len(self.walk_compounds):
+            return []
+        totals = self.walk_compounds.totals(("ptes", "fresh", "reused"))
+        if totals is None:
+            return []
+        theirs, walked = tuple(totals.values()), (w["mapped"], w["distinct"], w["reused"])
+        whole = not (self.start_pfn % geometry.PAGES_PER_SECTION
+                     or self.nr_pages % geometry.PAGES_PER_SECTION)
+        if theirs == walked or (not whole and all(a <= b for a, b in zip(theirs, walked))):
+            return []
+        return ["the walk's compound pages hold {} PTEs ({} fresh, {} reused), its walk {} ({} "
+                "distinct, {} reused)".format(*theirs, *walked)]
 
     def account(self, sources: "Sources", feature: bool, layout: Layout = TWO_PAGES) -> Account:
         return account(self.shape(feature, layout), self.sections, self.range, sources,
                        list(sources.allocators))
+
+
+def _mic_adds_up(r: dict) -> bool:
+    """A range's memmap_init_compound calls, min and max: one call of each extreme among the
+    calls, the others between (all equal where min is max); nothing decoded, all zero."""
+    calls, lo, hi, pages = r["mic_calls"], r["mic_min"], r["mic_max"], r["mic_pages"]
+    if not pages:
+        return lo == hi == 0
+    if lo == hi:
+        return pages == lo * calls
+    return lo < hi and calls >= 2 and lo * (calls - 1) + hi <= pages <= hi * (calls - 1) + lo
 
 
 # Counters of each event type and the target whose probes alone move them (bpf/vmemtrace.bpf.c).
@@ -310,6 +347,12 @@ class Fold:
 
     def range(self, ev: dict) -> None:
         d = DeviceLedger(ev["start_pfn"], ev["nr_pages"], range=ev)
+        before = self.ranges.get(d.start_pfn)
+        if before is not None and before.range is not None and "ktime_ns" in ev \
+                and before.range.get("ktime_ns") == ev["ktime_ns"]:
+            # A range set up again (a namespace re-created where it was) is a call of its
+            # own, at its own time: the same one twice is a line logged twice.
+            self.stray.append(f"the range at pfn {d.start_pfn} is logged twice")
         pending = self.pending.pop(d.start_pfn, None)
         d.sections = pending if pending is not None else Sections()
         mine = [s for s in self.loose if _contains(d, first_pfn(s))]

@@ -42,7 +42,7 @@ def open_tracer(progress: Callable[[str], None], cross_check: bool = False, excl
     every range in the modes of walk_mode(), and any range whose probe counts do not add up);
     exit 2 with the reason when tracing cannot start."""
     from vmemtrace.audit import open_walker
-    from vmemtrace.probes.loader import PAGES, Tracer, take_compile
+    from vmemtrace.probes.loader import PAGES, Tracer, kaddrs_sources, take_compile
 
     compiled = take_compile(progress)
     walker = None
@@ -61,7 +61,7 @@ def open_tracer(progress: Callable[[str], None], cross_check: bool = False, excl
         if compiled is None:
             raise VmemtraceError("cannot trace: the BPF program could not be compiled",
                                  reason="compile_failed")
-        tracer = Tracer(ready.plan, compiled, progress)
+        tracer = Tracer(ready.plan, compiled, progress, facts.syms.addresses)
     except BaseException:
         if compiled is not None:
             compiled.discard()  # never exit while libbcc is still compiling in its thread
@@ -76,7 +76,7 @@ def open_tracer(progress: Callable[[str], None], cross_check: bool = False, excl
     # As attached: a trampoline the kernel refused was replaced by kprobes (probes/loader.py).
     strategy = {s.name: tracer.attached.get(s.name, s.strategy) for s in ready.plan}
     header = header_event(facts, ready, tracer.cflags, mode, strategy)
-    header["facts_from"] = tracer.fact_sources
+    header["facts_from"] = {**tracer.fact_sources, **kaddrs_sources(tracer.kaddrs)}
     header["walk_blocker"] = None if walker is not None else facts.walk_blocker
     return tracer, walker, facts, header, mode
 

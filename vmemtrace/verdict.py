@@ -114,17 +114,13 @@ def evaluate(ledger: Ledger, expect: str = "auto", allow_skip=(), only=()) -> di
     return doc
 
 
-UNSEALED = ("the log has no seal: it may have been cut or edited after it was written "
-            "(replay --trust-unsealed judges it as whole)")
-
-
-def unsealed(doc: dict) -> dict:
-    """The verdict of a log that does not prove itself whole: a pass is only incomplete (what is
-    missing could be a failure), a failure or an error stands."""
+def unsealed(doc: dict, why: str) -> dict:
+    """The verdict of a log that does not prove itself whole (`why`, events.Sealed): a pass is
+    only incomplete (what is missing could be a failure), a failure or an error stands."""
     out = {**doc, "sealed": False}
     if doc["verdict"] == "pass":
         out["verdict"] = "incomplete"
-        out["unjudged_log"] = UNSEALED
+        out["unjudged_log"] = why
     return out
 
 

@@ -41,7 +41,7 @@ def compile_and_load(cflags):
     from bcc import BPF
 
     start = time.monotonic()
-    b = BPF(src_file=str(loader.BPF_SOURCE), cflags=cflags + ["-Wno-everything"])
+    b = BPF(src_file=str(loader.BPF_SOURCE), cflags=loader.compile_flags(cflags))
     seconds = time.monotonic() - start
     loaded = []
     for fn in PROGRAMS:

@@ -197,7 +197,7 @@ def bpf_summary(pages: list, range_pages: int) -> dict:
         shift += 1
     classes, parts, table = {}, {}, compounds.new_table()
     for c in pages:
-        key = tuple(c[k] for k in compounds.CLASS)
+        key = tuple(c.get(k) for k in compounds.CLASS)
         k = classes.setdefault(key, [0, c])
         k[0] += 1
         if c["head_pfn"] < k[1]["head_pfn"]:

@@ -20,7 +20,7 @@ def test_an_installed_wheel_finds_its_bpf_program(tmp_path):
     assert res.returncode == 0, res.stderr
     (wheel,) = (tmp_path / "dist").glob("vmemtrace-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "vmemtrace/bpf/vmemtrace.bpf.c" in names
+    assert {"vmemtrace/bpf/vmemtrace.bpf.c", "vmemtrace/bpf/vmemtrace.h"} <= set(names)
     assert any(n.endswith(".dist-info/LICENSE") for n in names)
     site = tmp_path / "site"
     res = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
@@ -52,6 +52,7 @@ def test_the_deb_builds_and_holds_what_it_promises(tmp_path):
     pages = {f"/usr/share/man/man8/{p.name}.gz" for p in (ROOT / "man").glob("*.8")}
     assert len(pages) == 10 and pages <= files
     assert {"/usr/bin/vmemtrace", "/usr/lib/python3/dist-packages/vmemtrace/bpf/vmemtrace.bpf.c",
+            "/usr/lib/python3/dist-packages/vmemtrace/bpf/vmemtrace.h",
             "/lib/systemd/system/vmemtrace-exporter.service", "/etc/default/vmemtrace-exporter",
             "/usr/share/vmemtrace/dashboards/vmemtrace.json",
             "/usr/share/vmemtrace/dashboards/alerts.yml",

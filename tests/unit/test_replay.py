@@ -111,6 +111,8 @@ def test_doctored_walk_fails_tail_reuse_on_a_notrace_kernel(tmp_path):
     def break_one(evs):
         c = [e for e in evs if e["type"] == "compound" and e["source"] == "walk"][99]
         c["fresh"], c["reused"], c["on_tail"] = 3, 5, 5
+        w = next(e for e in evs if e["type"] == "walk")  # its walk as it would then count
+        w["distinct"], w["reused"] = w["distinct"] + 1, w["reused"] - 1
         return c
 
     path, c = doctor(tmp_path, "6.1", "mem-2M", break_one)
@@ -247,7 +249,7 @@ def test_doctored_reuse_onto_a_foreign_page_fails(tmp_path):
 def test_doctored_init_count_fails_init_skip(tmp_path):
     def init_all(evs):
         r = next(e for e in evs if e["type"] == "range")
-        r["mic_pages"], r["mic_max"] = 786432, 512
+        r["mic_pages"], r["mic_min"], r["mic_max"] = 786432, 512, 512
         return r
 
     path, _ = doctor(tmp_path, "6.12", "mem-2M", init_all)

@@ -24,6 +24,12 @@ from vmemtrace.probes.targets import BY_NAME, FUNCTIONS, TARGETS
 
 # Package data (pyproject.toml): the same file in a source tree, a wheel or the .deb.
 BPF_SOURCE = Path(__file__).resolve().parents[1] / "bpf" / "vmemtrace.bpf.c"
+BPF_HEADER = BPF_SOURCE.with_name("vmemtrace.h")  # the event contract the program includes
+
+
+def compile_flags(cflags: List[str]) -> List[str]:
+    """The flags BCC compiles the program with: the defines, and where its header is."""
+    return cflags + [f"-I{BPF_SOURCE.parent}", "-Wno-everything"]
 # Compound pages in the map at once: those being populated (a complete one is sent through
 # the perf buffer and its entry freed), whatever the device's size. A cap, not an allocation
 # (BPF_F_NO_PREALLOC).
@@ -95,8 +101,19 @@ def defines(version: tuple, build: Path, layout: Optional[btf.Layout]) -> Tuple[
     flags.extend(f"-D{name}={value}" for name, value in (
         ("CP_CLASSES", compounds.BPF_CLASSES), ("CP_PARTS", compounds.MAX_PARTS),
         ("CP_PART_SHIFT", compounds.PART_SHIFT), ("CP_TABLE_HASHES", compounds.TABLE_HASHES),
-        ("CP_TABLE_WIDTH", compounds.TABLE_WIDTH)))
+        ("CP_TABLE_WIDTH", compounds.TABLE_WIDTH), ("CP_PART_WIDTH", compounds.PART_WIDTH),
+        ("CP_CELL_WIDTH", compounds.CELL_WIDTH)))
     return flags, sources
+
+
+def kaddrs_sources(addresses: Dict[str, int]) -> Dict[str, str]:
+    """What the program's kernel data (struct kaddrs_t) lets it read, by these kallsyms
+    addresses: how a fresh vmemmap page is told (the PTE maps the page just allocated, or an
+    allocation happened during its call) and which bits of a PTE are address."""
+    return {"fresh_pages": "allocation address" if addresses.get("page_offset_base")
+            else "allocation count",
+            "pte_mask": "physical_mask" if addresses.get("physical_mask")
+            else "sme_me_mask" if addresses.get("sme_me_mask") else "architecture"}
 
 
 def _rows(array, width: int) -> List[List[int]]:
@@ -116,7 +133,7 @@ def _rows(array, width: int) -> List[List[int]]:
 
 
 def summary_fields(v) -> dict:
-    """A struct cp_sum (bpf/vmemtrace.bpf.c) by field name, its arrays as lists: classes as
+    """A struct cp_sum (bpf/vmemtrace.h) by field name, its arrays as lists: classes as
     (pages, lowest-headed page), parts as [part, pages, digest sum] where it has pages, cells
     whole; (u64)-1, "none", as None."""
     out: Dict[str, object] = {}
@@ -125,9 +142,10 @@ def summary_fields(v) -> dict:
         if name == "classes":
             out[name] = [(int(k.pages), fields(k.first)) for k in value if k.pages]
         elif name == "parts":
-            out[name] = [[i, n, d] for i, (n, d) in enumerate(_rows(value, 2)) if n]
+            out[name] = [[i, n, d] for i, (n, d) in
+                         enumerate(_rows(value, compounds.PART_WIDTH)) if n]
         elif name == "cells":
-            out[name] = _rows(value, 4)
+            out[name] = _rows(value, compounds.CELL_WIDTH)
         else:
             out[name] = None if int(value) == (1 << 64) - 1 else int(value)
     return out
@@ -207,7 +225,7 @@ class Compile:
                 the plan chooses (Tracer._attach), and an unwanted trampoline is never attached."""
 
         try:
-            self._bpf = Program(src_file=str(BPF_SOURCE), cflags=self.cflags + ["-Wno-everything"])
+            self._bpf = Program(src_file=str(BPF_SOURCE), cflags=compile_flags(self.cflags))
         except Exception as e:
             last = str(e).splitlines()[-1] if str(e) else repr(e)
             self._error = VmemtraceError(f"BCC could not compile {BPF_SOURCE.name}: {last}")
@@ -238,7 +256,8 @@ class Tracer:
     instances ran out shows as the program's missed_return error."""
 
     def __init__(self, plan: List[TargetStatus], compiled: Compile,
-                 progress: Callable[[str], None] = lambda _: None):
+                 progress: Callable[[str], None] = lambda _: None,
+                 addresses: Optional[Dict[str, int]] = None):
         self.cflags = compiled.cflags
         self.fact_sources = compiled.fact_sources
         self.misses_at = compiled.misses_at
@@ -262,10 +281,24 @@ class Tracer:
             # buffers are refused (perf_event_paranoid 3 without CAP_SYS_ADMIN) nothing has been
             # attached yet.
             self.buffer_pages = self._open_buffers()
+            self.kaddrs = self._write_kaddrs(addresses or {})
             self._attach(plan)
         except Exception:
             self.close()
             raise
+
+    def _write_kaddrs(self, addresses: Dict[str, int]) -> Dict[str, int]:
+        """The kernel data the program reads for itself (struct kaddrs_t in bpf/vmemtrace.h),
+        at their kallsyms addresses; 0 where kallsyms lacks one: the program then keeps the
+        architecture's PTE mask, and counts a fresh page by allocations alone."""
+        table = self.bpf["kaddrs"]
+        value = table.Leaf()
+        out = {}
+        for name, _ in value._fields_:
+            out[name] = addresses.get(name, 0)
+            setattr(value, name, out[name])
+        table[ctypes.c_int(0)] = value
+        return out
 
     def _attach(self, plan: List[TargetStatus]):
         if self.bpf.kfunc_entry_fds or self.bpf.kfunc_exit_fds:
