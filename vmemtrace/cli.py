@@ -147,6 +147,10 @@ ALLOW_SKIP = click.option("--allow-skip", "allow_skip", multiple=True, type=clic
                           metavar="CHECK", help="pass although this defining check could not be "
                                                 "judged (repeatable); without it such a run is "
                                                 "'incomplete', exit 2")
+ATTACH = click.option("--attach", type=click.Choice(("auto", "kprobe")), default="auto",
+                      show_default=True,
+                      help="auto: by BPF trampoline where the kernel has them, else kprobes; "
+                           "kprobe: by kprobes everywhere")
 NO_PROBE = click.option("--no-probe", "no_probe", multiple=True, metavar="FUNCTION",
                         help="leave this probe target unattached (repeatable; see `check`): for "
                              "a probe that misbehaves on your kernel")
@@ -163,13 +167,14 @@ AUDIT_WAIVED = ("init-skip",)
 @JUNIT
 @ALLOW_SKIP
 @NO_PROBE
+@ATTACH
 @click.option("--record", "record_to", type=click.Path(dir_okay=False, path_type=Path),
               help="also write the event log here (as `record -o` does)")
 @click.option("--cross-check", is_flag=True,
               help="also walk each range's page tables and fail if they disagree with the probes")
 @click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
 @one_line_errors
-def verify(expect, as_json, junit, allow_skip, no_probe, record_to, cross_check, cmd):
+def verify(expect, as_json, junit, allow_skip, no_probe, attach, record_to, cross_check, cmd):
     """Run CMD (no shell) under tracing and judge what the kernel did.
 
     Where the populate functions are notrace, each range's vmemmap page tables are walked once
@@ -183,7 +188,7 @@ def verify(expect, as_json, junit, allow_skip, no_probe, record_to, cross_check,
 
         with _recording(record_to) as on_event:
             folded = trace_command(list(cmd), say, on_event=on_event, quiet_stdout=as_json,
-                                   cross_check=cross_check, exclude=no_probe)
+                                   cross_check=cross_check, exclude=no_probe, attach=attach)
         doc = evaluate(folded.ledger(), expect, allow_skip)
     _output_verdict(doc, as_json, junit)
     _finish(doc)

@@ -97,10 +97,12 @@ ERRORS = ("compound_map_full", "no_context", "read_failed", "missed_return", "un
 TASK = ("pid", "ktime_ns", "comm")
 # range and walk: "boot_sections", the range's partly filled memory sections that were present
 # at boot (read from mem_section where kcore can be read; kernel/kcore.py early_sections()).
+# sections: "ktime", [first, last] CLOCK_MONOTONIC ns of its calls' returns (sections.py).
 OPTIONAL = {"device": ("driver", "mode", "namespace", "pgmap_start_pfn", "pgmap_nr_pages",
                        "mapping", "mappings"),
             "section": TASK, "range": TASK + ("boot_sections",), "walk": ("boot_sections",),
-            "compound": ("source", "out_of_order"), "compounds": ("source", "cells")}
+            "compound": ("source", "out_of_order"), "compounds": ("source", "cells"),
+            "sections": ("ktime",)}
 
 # Types of the keys that are not non-negative integer counts (the rest are: pfns, pages, bytes).
 BOOL, STR, LIST, DICT, NUMBER, SIGNED, INT_MAP, MAYBE_INT, INT_LIST = (
@@ -124,7 +126,7 @@ TYPES = {
     "seal": {"counts": INT_MAP, "sha256": STR},
     "compound": {"source": SOURCE},
     "sections": {"has_pgmap": BOOL, "altmap": BOOL, "ok": BOOL, "runs": RUNS, "tasks": TASKS,
-                 "problems": STR_LIST},
+                 "problems": STR_LIST, "ktime": INT_LIST},
     "compounds": {"source": SOURCE, "classes": CLASS_ROWS, "kept": PAGE_ROWS, "parts": PARTS,
                   "lowest_head": MAYBE_INT, "highest_head": MAYBE_INT, "reused_head": MAYBE_INT,
                   "shared_tail": MAYBE_PAIR, "problems": STR_LIST, "cells": CELLS},

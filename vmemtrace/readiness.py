@@ -163,12 +163,16 @@ def blockers(facts: KernelFacts, plan: List[P.TargetStatus]) -> List[Blocker]:
     return out
 
 
-def assess(facts: KernelFacts, exclude=()) -> Readiness:
+def assess(facts: KernelFacts, exclude=(), attach: str = "auto") -> Readiness:
+    """The plan and what blocks tracing. attach (verify --attach): "auto" attaches by BPF
+    trampoline where the kernel has them, "kprobe" by kprobes everywhere (for a kernel whose
+    trampolines misbehave, and to exercise the kprobe programs)."""
+    trampoline_blocker = facts.trampoline_blocker if attach == "auto" else "--attach kprobe"
     plan = P.build_plan(facts.version, facts.syms, facts.filter_functions,
                         facts.kprobe_blacklist,
                         kprobes=enabled(facts.config, "KPROBES") is not False and facts.kprobe_events,
                         walk_blocker=facts.walk_blocker, exclude=exclude,
-                        trampolines=P.Trampolines(facts.btf_functions, facts.trampoline_blocker),
+                        trampolines=P.Trampolines(facts.btf_functions, trampoline_blocker),
                         arguments=args.find_all(targets.TARGETS, facts.btf_params, facts.version))
     return Readiness(feature(facts, plan), plan, blockers(facts, plan))
 

@@ -40,6 +40,9 @@ class Sections:
         self.ok = True  # every call returned success
         self.runs: List[List[int]] = []  # [first pfn, end pfn) populated, merged where they touch
         self.tasks: List[Tuple[int, str]] = []  # (pid, comm) of the calls, where logged
+        # CLOCK_MONOTONIC ns of the first and last call's return, where logged: when the range
+        # was populated, beside other ranges (two namespaces set up at once)
+        self.ktime: Optional[List[int]] = None
         self.problems: List[str] = []
 
     def add(self, s: dict) -> None:
@@ -54,9 +57,15 @@ class Sections:
         self._run(s["pfn"], s["pfn"] + s["nr_pages"])
         if "pid" in s and (s["pid"], s["comm"]) not in self.tasks and len(self.tasks) < MAX_TASKS:
             self.tasks.append((s["pid"], s["comm"]))
+        if "ktime_ns" in s:
+            self._when([s["ktime_ns"], s["ktime_ns"]])
         problem = section_problem(s)
         if problem and len(self.problems) < MAX_PROBLEMS:
             self.problems.append(problem)
+
+    def _when(self, ktime: List[int]) -> None:
+        self.ktime = list(ktime) if self.ktime is None else [min(self.ktime[0], ktime[0]),
+                                                             max(self.ktime[1], ktime[1])]
 
     def _run(self, first: int, end: int) -> None:
         if self.runs and self.runs[-1][1] == first:  # the next call of a range, as they come
@@ -85,6 +94,8 @@ class Sections:
         for lo, hi in other.runs:
             self._run(lo, hi)
         self.tasks += [t for t in other.tasks if t not in self.tasks][:MAX_TASKS - len(self.tasks)]
+        if other.ktime is not None:
+            self._when(other.ktime)
         self.problems = (self.problems + other.problems)[:MAX_PROBLEMS]
 
     def copy(self) -> "Sections":
@@ -108,9 +119,12 @@ class Sections:
         return any(lo <= pfn < hi for lo, hi in self.runs)
 
     def as_event(self) -> dict:
-        return {"type": "sections", "count": self.count, **self.totals, **(self.shared or {}),
-                "altmap": self.altmap, "ok": self.ok, "runs": [list(r) for r in self.runs],
-                "tasks": [list(t) for t in self.tasks], "problems": list(self.problems)}
+        ev = {"type": "sections", "count": self.count, **self.totals, **(self.shared or {}),
+              "altmap": self.altmap, "ok": self.ok, "runs": [list(r) for r in self.runs],
+              "tasks": [list(t) for t in self.tasks], "problems": list(self.problems)}
+        if self.ktime is not None:
+            ev["ktime"] = list(self.ktime)
+        return ev
 
     @classmethod
     def from_event(cls, ev: dict) -> "Sections":
@@ -128,6 +142,11 @@ class Sections:
             else:
                 self._run(lo, hi)
         self.tasks = [(pid, comm) for pid, comm in ev["tasks"]][:MAX_TASKS]
+        if "ktime" in ev:
+            if len(ev["ktime"]) != 2 or ev["ktime"][0] > ev["ktime"][1]:
+                self.problems.append(f"the section calls' times {ev['ktime']} are not [first, last]")
+            else:
+                self.ktime = list(ev["ktime"])
         t = self.totals
         problem = section_problem(dict(t, pfn=self.first_pfn, page_size=ev["page_size"]))
         if problem or not self.count or not self.runs or len(self.runs) > MAX_RUNS:

@@ -37,7 +37,8 @@ def walk_mode(ready, cross_check: bool) -> Optional[str]:
     return None
 
 
-def open_tracer(progress: Callable[[str], None], cross_check: bool = False, exclude=()):
+def open_tracer(progress: Callable[[str], None], cross_check: bool = False, exclude=(),
+                attach: str = "auto"):
     """Facts, readiness, a loaded Tracer and the page-table walker where it can run (it walks
     every range in the modes of walk_mode(), and any range whose probe counts do not add up);
     exit 2 with the reason when tracing cannot start."""
@@ -48,7 +49,7 @@ def open_tracer(progress: Callable[[str], None], cross_check: bool = False, excl
     walker = None
     try:
         facts = read_facts()
-        ready = assess(facts, exclude)
+        ready = assess(facts, exclude, attach)
         if ready.blockers:
             raise cannot_trace(ready.blockers)
         if facts.leftovers:  # a tracer killed before it could detach (kernel/leftovers.py)
@@ -168,7 +169,7 @@ def run_command(argv: List[str], tracer, on_events: Callable[[List[dict]], None]
 @contextmanager
 def traced(progress: Callable[[str], None], on_event: Optional[Callable[[dict], None]] = None,
            cross_check: bool = False, audit_existing: bool = False, exclude=(), keep: bool = True,
-           sink=None):
+           sink=None, attach: str = "auto"):
     """Attach, log the header and the "before" counter (and with audit_existing the walk of the
     devices that exist already); yields (tracer, take, log): log is every event (a list), without
     keep a Folded, or the sink given (anything with append: the exporter's LiveLedger). On the
@@ -199,7 +200,7 @@ def traced(progress: Callable[[str], None], on_event: Optional[Callable[[dict], 
                                     bool(ev["altmap"]), ev["struct_page_size"], ev["page_size"]))
 
     with terminate_on_sigterm():
-        tracer, walker, facts, header, mode = open_tracer(progress, cross_check, exclude)
+        tracer, walker, facts, header, mode = open_tracer(progress, cross_check, exclude, attach)
         kmsg = KmsgCursor()
         try:
             with tracer:
@@ -220,9 +221,10 @@ def traced(progress: Callable[[str], None], on_event: Optional[Callable[[dict], 
 def trace_command(argv: List[str], progress: Callable[[str], None],
                   on_event: Optional[Callable[[dict], None]] = None,
                   quiet_stdout: bool = False, cross_check: bool = False,
-                  exclude=()) -> Folded:
+                  exclude=(), attach: str = "auto") -> Folded:
     """argv run under tracing, folded as its events come (on_event sees each one)."""
-    with traced(progress, on_event, cross_check, exclude=exclude, keep=False) as (tracer, take, log):
+    with traced(progress, on_event, cross_check, exclude=exclude, keep=False,
+                attach=attach) as (tracer, take, log):
         command = run_command(argv, tracer, take, quiet_stdout)
     take([command])
     return log

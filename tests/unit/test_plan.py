@@ -248,3 +248,19 @@ def test_check_says_whether_probes_may_attach_by_trampoline():
     res = run_cli("check", "--root", str(kernel_root("7.3")))
     (line,) = [l for l in res.stdout.splitlines() if l.startswith("BPF trampolines")]
     assert line.split(None, 2)[2] == "no: no kernel BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF)"
+
+
+def test_attach_kprobe_plans_kprobes_where_trampolines_would_attach():
+    import dataclasses
+
+    from vmemtrace.probes.targets import FUNCTIONS
+
+    facts = dataclasses.replace(read_facts(kernel_root("6.12"), with_bcc=False),
+                                trampoline_blocker=None, btf_functions=frozenset(FUNCTIONS))
+    auto = {s.name: s for s in assess(facts).plan}
+    kprobe = {s.name: s for s in assess(facts, attach="kprobe").plan}
+    by_trampoline = [n for n, s in auto.items() if s.strategy in P.TRAMPOLINE]
+    assert by_trampoline  # the real 6.12 root attaches these by trampoline
+    for name in by_trampoline:
+        assert kprobe[name].strategy not in P.TRAMPOLINE and P.is_attached(kprobe[name].strategy)
+        assert kprobe[name].reason.endswith("not a BPF trampoline: --attach kprobe"), kprobe[name]

@@ -66,6 +66,8 @@ class Multi:
 
     name: str
     parts: Tuple[Part, ...]
+    attach: str = "auto"  # verify --attach: "kprobe" runs the kprobe programs where the
+    # kernel has trampolines (a map read while another range populates skips kprobes only)
     pmem = "nfit"
 
     def regions(self) -> int:
@@ -87,11 +89,12 @@ class Multi:
         return ["sh", "-c", script]
 
 
+# two namespaces in region 0 (eligible 2 MiB, then an altmap one that never is), one of 1 GiB
+# compound pages in region 1 beside them
+_MULTI_PARTS = (Part(0, CASES["mem-2M"], 1), Part(0, CASES["dev-2M"], 1), Part(1, CASES["mem-1G"], 2))
 MULTI = {m.name: m for m in (
-    # two namespaces in region 0 (eligible 2 MiB, then an altmap one that never is), one of
-    # 1 GiB compound pages in region 1 beside them
-    Multi("multi", (Part(0, CASES["mem-2M"], 1), Part(0, CASES["dev-2M"], 1),
-                    Part(1, CASES["mem-1G"], 2))),
+    Multi("multi", _MULTI_PARTS),
+    Multi("multi-kprobe", _MULTI_PARTS, attach="kprobe"),
 )}
 
 

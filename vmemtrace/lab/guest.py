@@ -169,8 +169,10 @@ def run_case(case, pmem, out_dir, cross_check):
     pmem.clear()
     log = os.path.join(out_dir, f"{case.name}.jsonl")
     cross = ["--cross-check"] if cross_check else []
+    attach = ["--attach", case.attach] if getattr(case, "attach", "auto") != "auto" else []
     command = pmem.create(case)
-    code, doc, err = vmemtrace("verify", "--json", "--record", log, *cross, "--", *command)
+    code, doc, err = vmemtrace("verify", "--json", "--record", log, *cross, *attach, "--",
+                               *command)
     namespaces = [ns for ns in ndctl_list("-N") if ns.get("mode") == "devdax"]
     a_code, a_doc, a_err = vmemtrace("audit", "--json", "--record",
                                      os.path.join(out_dir, f"{case.name}.audit.jsonl"))
