@@ -34,9 +34,9 @@
  * when all its vmemmap PTEs are there it is judged into its range's summary (struct cp_sum: the
  * layout classes, per-part digests and the difference table of vmemtrace/compounds.py,
  * computed the same way) and its entry freed. Only a page whose layout is none of its range's
- * CP_CLASSES classes is sent on its own. User space reads the summary, and drains what never
- * completed, when the range is initialised: a 1 TiB range's 524288 compound pages of 2 MiB
- * cost no perf traffic and no memory beyond the summary. User space reads no map while the
+ * CP_CLASSES classes is sent on its own. The summary, and the pages that cannot complete, are
+ * sent when the range is initialised (cp_send_range()): a 1 TiB range's 524288 compound pages
+ * of 2 MiB cost one summary and no memory beyond it. User space reads no map while the
  * probes fire: a map system call disables BPF tracing programs on its CPU while it runs
  * (bpf_disable_instrumentation(), kernel/bpf/syscall.c), and a kprobe that fires meanwhile is
  * skipped, unseen. Nothing is emitted per vmemmap page; per struct page only a counter, and
@@ -147,11 +147,15 @@ struct section_ctx {
 struct range_ctx {
     struct range_event ev;
     u64 ts;
+    u64 range_start;       /* the pgmap range's first pfn: its summary's key (an altmap range's
+                            * start_pfn lies past the pfns the altmap holds) */
+    u64 range_pages;
 };
 
 BPF_PERF_OUTPUT(section_events);
 BPF_PERF_OUTPUT(range_events);
 BPF_PERF_OUTPUT(compound_events);
+BPF_PERF_OUTPUT(summary_events);
 BPF_HASH(sections, u32, struct section_ctx, 1024);
 BPF_HASH(ranges, u32, struct range_ctx, 1024);
 BPF_F_TABLE("hash", u64, struct cp_val, compound, CP_MAP_ENTRIES, BPF_F_NO_PREALLOC);
@@ -639,7 +643,6 @@ static __always_inline int on_mizd_enter(u64 start_pfn, u64 nr_pages, u64 pgmap_
 {
     struct range_ctx r = {};
     u32 t = tid();
-    u64 unused, unused_pages;
     unsigned int flags = 0;
     void *pgmap = (void *)pgmap_arg;
     HIT(memmap_init_zone_device);
@@ -650,7 +653,7 @@ static __always_inline int on_mizd_enter(u64 start_pfn, u64 nr_pages, u64 pgmap_
     r.ev.nr_pages = nr_pages;
     r.ev.struct_page_size = LAYOUT_STRUCT_PAGE;
     r.ev.page_size = PAGE_SIZE;
-    read_pgmap(pgmap, &r.ev.pfns_per_compound, &unused, &unused_pages);
+    read_pgmap(pgmap, &r.ev.pfns_per_compound, &r.range_start, &r.range_pages);
     bpf_probe_read_kernel(&flags, sizeof(flags), pgmap + LAYOUT_PGMAP_FLAGS);
     if (flags & VT_PGMAP_ALTMAP_VALID) {
         /* memmap_init_zone_device() skips the pfns whose struct pages the altmap holds:
@@ -667,6 +670,36 @@ static __always_inline int on_mizd_enter(u64 start_pfn, u64 nr_pages, u64 pgmap_
     return 0;
 }
 
+/* A compound page that never completed, sent as it is and removed from the map. */
+static __always_inline void cp_send_page(void *ctx, u64 head)
+{
+    struct cp_val *c = compound.lookup(&head);
+    if (c) {
+        compound_events.perf_submit(ctx, c, sizeof(*c));
+        compound.delete(&head);
+    }
+}
+
+/* The range is populated and initialised: its summary, and the compound pages that cannot
+ * complete (the last where the range cuts it short; the first where it starts in a section
+ * whose boot memmap holds its first struct pages), go to user space before its range event,
+ * and leave the maps. So user space reads no map while another range may be populating: a map
+ * system call makes the kernel skip kprobe programs on its CPU (bpf_disable_instrumentation(),
+ * kernel/bpf/syscall.c). A page left in the map for any other reason is read at the end. */
+static __always_inline void cp_send_range(void *ctx, struct range_ctx *r)
+{
+    u64 key = r->range_start, ppc = r->ev.pfns_per_compound;
+    struct cp_sum *sum = cp_sums.lookup(&key);
+    if (sum) {
+        summary_events.perf_submit(ctx, sum, sizeof(*sum));
+        cp_sums.delete(&key);
+    }
+    if (ppc > 1 && r->range_pages) {
+        cp_send_page(ctx, key);
+        cp_send_page(ctx, key + ((r->range_pages - 1) & ~(ppc - 1)));
+    }
+}
+
 static __always_inline int on_mizd_return(void *ctx)
 {
     u32 t = tid();
@@ -681,6 +714,7 @@ static __always_inline int on_mizd_return(void *ctx)
     bpf_get_current_comm(&r->ev.comm, sizeof(r->ev.comm));
     if (r->ev.mic_min == (u64)-1)
         r->ev.mic_min = 0; /* no nr_pages read: none called, or only counted (a clone) */
+    cp_send_range(ctx, r);
     range_events.perf_submit(ctx, &r->ev, sizeof(r->ev));
     ranges.delete(&t);
     return 0;

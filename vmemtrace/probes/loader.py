@@ -38,10 +38,11 @@ CP_MAP_ENTRIES = 1 << 18
 # page was sent: 128 pages lost 439 of 8192 section events while BCC's reader stayed on the
 # compound pages' buffer; 1024 pages hold 21000 (2.6 TiB of one range's sections). Compound
 # pages are now judged in BPF and only those of a fifth layout class are sent.
-PAGES = {"section_events": 1024, "range_events": 128, "compound_events": 256}
+PAGES = {"section_events": 1024, "range_events": 128, "compound_events": 256,
+         "summary_events": 64}
 MIN_PAGES = 8  # BCC's default page_cnt: below it, no tracing
 PERF_TABLES = (("section_events", "section"), ("range_events", "range"),
-               ("compound_events", "compound"))
+               ("compound_events", "compound"), ("summary_events", "summary"))
 DRAIN_CHUNK = 4096  # compound map entries per batch system call
 
 
@@ -410,6 +411,10 @@ class Tracer:
         self._perf.append(perf)
 
         def on_event(cpu, data, size):
+            if kind == "summary":  # struct cp_sum, sent before its range's event
+                summary = summary_fields(perf.event(data))
+                self._held.setdefault(summary["range_start_pfn"], CompoundPages()).fold_in(summary)
+                return
             ev = fields(perf.event(data))
             ev["type"] = kind
             if kind == "compound":
@@ -430,7 +435,9 @@ class Tracer:
     def poll(self, timeout_ms: int = 100) -> Iterator[dict]:
         """Events since the last poll; a range event comes after the summary of its section
         calls ("sections": a 1 TiB range makes 8192) and before that of its compound pages
-        ("compounds": 524288 of 2 MiB)."""
+        ("compounds": 524288 of 2 MiB). The program sends a range's compound pages before its
+        range event (bpf/vmemtrace.bpf.c, cp_send_range()), and one poll reads every buffer
+        with data: no map is read here, while another range may be populating."""
         self.bpf.perf_buffer_poll(timeout=timeout_ms)
         queue, self._queue = self._queue, []
         for ev in queue:
@@ -438,7 +445,14 @@ class Tracer:
                 yield from self.drain_sections(ev["start_pfn"], ev["nr_pages"])
             yield ev
             if ev["type"] == "range":
-                yield from self.drain_compound(ev["start_pfn"], ev["nr_pages"])
+                yield from self._held_of(ev["start_pfn"], ev["nr_pages"])
+
+    def _held_of(self, start_pfn: Optional[int], nr_pages: int) -> Iterator[dict]:
+        """The "compounds" summaries of the compound pages held for one range (all with
+        start_pfn None)."""
+        for start in [s for s in self._held
+                      if start_pfn is None or start_pfn <= s < start_pfn + nr_pages]:
+            yield self._held.pop(start).as_event()
 
     def drain_sections(self, start_pfn: Optional[int] = None, nr_pages: int = 0) -> Iterator[dict]:
         """The summaries ("sections" events) of one range's section calls (of all with
@@ -465,36 +479,20 @@ class Tracer:
                 raise VmemtraceError("cannot clear the compound-page map: "
                                      f"{os.strerror(ctypes.get_errno())}")
 
-    def drain_compound(self, start_pfn: Optional[int] = None, nr_pages: int = 0) -> Iterator[dict]:
-        """The summaries ("compounds" events) of one range's compound pages (of all with
-        start_pfn None): those sent complete, with those still in the map (never completed)
-        added, which are removed so that a later namespace at the same pfns starts from zero.
-        Entries of other ranges stay in the map: a range still being populated by another
-        thread carries its compound pages across sections there (bpf/vmemtrace.bpf.c, cp_load)."""
+    def drain_compound(self) -> Iterator[dict]:
+        """At the end, once nothing populates: the summaries ("compounds" events) of every
+        range's compound pages, with what is still in the maps (ranges that never reached
+        memmap_init_zone_device, pages that never completed) added and removed."""
+        for value in list(self.bpf["cp_sums"].values()):
+            summary = summary_fields(value)
+            self._held.setdefault(summary["range_start_pfn"], CompoundPages()).fold_in(summary)
+        self.bpf["cp_sums"].clear()
         table = self.bpf["compound"]
-
-        def mine(pfn: int) -> bool:
-            return start_pfn is None or start_pfn <= pfn < start_pfn + nr_pages
-
-        for start, summary in self._take_summaries(mine).items():
-            self._held.setdefault(start, CompoundPages()).fold_in(summary)
-        left = [(key, ev) for key, ev in self._read_compound(table) if mine(key)]
+        left = self._read_compound(table)
         self._delete(table, [key for key, _ in left])
         for _, ev in left:
             self._held.setdefault(ev["range_start_pfn"], CompoundPages()).append(ev)
-        for start in [s for s in self._held if mine(s)]:
-            yield self._held.pop(start).as_event()
-
-    def _take_summaries(self, mine: Callable[[int], bool]) -> Dict[int, dict]:
-        """The BPF program's summaries of the ranges mine() picks, by range start, removed from
-        its map (a few entries: one per range populated since the last drain)."""
-        table, out = self.bpf["cp_sums"], {}
-        for key, value in list(table.items()):
-            start = int(key.value)
-            if mine(start):
-                out[start] = summary_fields(value)
-                del table[key]
-        return out
+        yield from self._held_of(None, 0)
 
     @staticmethod
     def _read_compound(table) -> List[tuple]:
