@@ -1,22 +1,52 @@
-"""`python -m vmemtrace` and the `vmemtrace` script. Ctrl-C can come while the rest of vmemtrace
-is still being imported, before the commands' own handling (cli.one_line_errors) is in place:
-it exits 130 with one line here too, never a traceback."""
+"""`python -m vmemtrace` and the `vmemtrace` script. Ctrl-C or SIGTERM can come while the rest of
+vmemtrace is still being imported, before the commands' own handling (cli.one_line_errors) is
+in place: it exits 130 with one line here too, never a traceback nor a silent death."""
 
-import signal
+import _signal  # the C module, at once: signal.py imports enum first
 import sys
+
+# Stops whose KeyboardInterrupt Python could not raise where the program was: the signal came
+# while it ran a callback (an import lock's weakref callback, a finaliser), where an exception
+# is "ignored" and printed. Kept here instead, and the run ends as interrupted.
+_swallowed = []
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _keep_stops(default):
+    def hook(unraisable):
+        if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+            _swallowed.append(unraisable.exc_type)
+        else:
+            default(unraisable)
+    return hook
 
 
 def main():
+    # SIGTERM as Ctrl-C from here on, as errors.terminate_on_sigterm() has it once a command
+    # runs: nothing has been opened yet that could be left behind.
+    _signal.signal(_signal.SIGTERM, _interrupt)
+    sys.unraisablehook = _keep_stops(sys.unraisablehook)
     try:
         from vmemtrace.cli import main as run
 
         run()
     except KeyboardInterrupt:
-        sys.stderr.write("vmemtrace: interrupted\n")
-        sys.exit(130)
+        from vmemtrace.errors import interrupted
+
+        interrupted()
+    except SystemExit:
+        if _swallowed:
+            from vmemtrace.errors import interrupted
+
+            interrupted()
+        raise
     finally:
-        # The work is done and said: a Ctrl-C now would only turn the exit code into -SIGINT.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # The work is done and said: a signal now would only turn the exit code into -SIGINT.
+        _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
+        _signal.signal(_signal.SIGTERM, _signal.SIG_IGN)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
 """The `vmemtrace` command line (click). Words and JSON keys are fixed (docs/design.md)."""
 
 import contextlib
-import json
 import math
 import os
 import sys
@@ -10,8 +9,8 @@ from pathlib import Path
 import click
 
 from vmemtrace import __version__, render
-from vmemtrace.errors import (EXIT_CANNOT, EXIT_USAGE, VmemtraceError, one_line_errors,
-                              printable, say)
+from vmemtrace.errors import (EXIT_CANNOT, EXIT_USAGE, VmemtraceError, exit_document,
+                              interrupted, one_line_errors, printable, say)
 
 
 def _compile_early(cmd=()) -> None:
@@ -422,14 +421,11 @@ def main():
     try:
         code = cli.main(prog_name="vmemtrace", standalone_mode=False)
     except click.exceptions.Abort:
-        say("interrupted")
-        sys.exit(130)
+        interrupted()
     except click.UsageError as e:
         # A usage error is not "could not verify" (2): its own code, as sysexits' EX_USAGE;
         # with --json still a document, as every other exit has one.
-        if "--json" in sys.argv[1:sys.argv.index("--") if "--" in sys.argv else None]:
-            click.echo(json.dumps({"verdict": "error", "usage_error": printable(e.format_message()),
-                                   "exit": EXIT_USAGE}, indent=2))
+        exit_document(EXIT_USAGE, usage_error=printable(e.format_message()))
         e.show()
         sys.exit(EXIT_USAGE)
     except click.ClickException as e:

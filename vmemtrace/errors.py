@@ -4,6 +4,7 @@ The CLI turns it into a single line on stderr and the exit code it carries, neve
 """
 
 import functools
+import json
 import re
 import signal
 import sys
@@ -15,6 +16,7 @@ EXIT_OK = 0
 EXIT_FAIL = 1
 EXIT_CANNOT = 2
 EXIT_USAGE = 64  # a command line that is wrong (sysexits.h EX_USAGE): not a verdict
+EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM, as a shell reports a SIGINT: 128 + 2
 
 
 class VmemtraceError(Exception):
@@ -40,6 +42,26 @@ def say(message: str) -> None:
     """A progress or outcome line on stderr, as every command prints them: one line, whatever
     a file name or kernel string in it holds."""
     print(f"vmemtrace: {printable(message)}", file=sys.stderr, flush=True)
+
+
+def json_asked(argv=None) -> bool:
+    """Whether the command line asks for --json (among vmemtrace's options, not CMD's)."""
+    argv = (sys.argv if argv is None else argv)[1:]
+    return "--json" in argv[:argv.index("--") if "--" in argv else None]
+
+
+def exit_document(code: int, **what) -> None:
+    """Under --json, the document of an exit that has no verdict (a wrong command line, an
+    interruption): every exit prints one."""
+    if json_asked():
+        print(json.dumps({"verdict": "error", **what, "exit": code}, indent=2), flush=True)
+
+
+def interrupted() -> None:
+    """Ctrl-C or SIGTERM: the one line, the document, exit 130."""
+    exit_document(EXIT_INTERRUPTED, interrupted=True)
+    say("interrupted")
+    sys.exit(EXIT_INTERRUPTED)
 
 
 @contextmanager
@@ -95,7 +117,6 @@ def one_line_errors(fn):
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
             _discard_compile()
-            say("interrupted")
-            sys.exit(130)
+            interrupted()
 
     return wrapper

@@ -409,10 +409,13 @@ class Tracer:
     def _decoder(self, table: str, kind: str):
         perf = self.bpf[table]
         self._perf.append(perf)
+        # BCC decodes a perf event from the fields of the struct sent, and knows no struct
+        # inside one: a struct cp_sum is read as its map's value type instead.
+        summary_type = ctypes.POINTER(self.bpf["cp_sums"].Leaf) if kind == "summary" else None
 
         def on_event(cpu, data, size):
-            if kind == "summary":  # struct cp_sum, sent before its range's event
-                summary = summary_fields(perf.event(data))
+            if summary_type is not None:  # struct cp_sum, sent before its range's event
+                summary = summary_fields(ctypes.cast(data, summary_type).contents)
                 self._held.setdefault(summary["range_start_pfn"], CompoundPages()).fold_in(summary)
                 return
             ev = fields(perf.event(data))
