@@ -29,7 +29,8 @@ PER_CLIENT = 1024
 # Pages rendered at once (rendering reads the ledger: quick, but not the loop's work).
 RENDERERS = 2
 
-Render = Callable[[Optional[Set[str]]], Tuple[bytes, str]]  # name[] filter -> (body, type)
+# (name[] filter, Accept header) -> (body, content type)
+Render = Callable[[Optional[Set[str]], str], Tuple[bytes, str]]
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
             431: "Request Header Fields Too Large"}
@@ -118,7 +119,7 @@ class ScrapeServer:
             return await self._reply(writer, 404, b"only /metrics is served here\n")
         names = parse_qs(url.query).get("name[]")
         body, kind = await self.loop.run_in_executor(
-            self.pool, self.render, set(names) if names else None)
+            self.pool, self.render, set(names) if names else None, _header(head, b"accept"))
         await self._reply(writer, 200, body if method == "GET" else b"", kind, len(body))
 
     @staticmethod
@@ -145,3 +146,12 @@ class ScrapeServer:
             self.thread.join(timeout=5)
         self.pool.shutdown(wait=False)
         self.sock.close()
+
+
+def _header(head: bytes, name: bytes) -> str:
+    """A request header's value ("" when absent), by its lower-case name."""
+    for line in head.split(b"\r\n")[1:]:
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == name:
+            return value.strip().decode("latin-1")
+    return ""

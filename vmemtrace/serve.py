@@ -16,7 +16,8 @@ import threading
 import time
 from typing import Callable, Optional, Set, Tuple
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.process_collector import ProcessCollector
 
 from vmemtrace import events
@@ -51,6 +52,13 @@ class Only:
                 yield family
 
 
+# When the textfile was last written: node_exporter keeps serving a file whose writer has died,
+# so its age is the only sign (dashboards/alerts.yml, VmemtraceTextfileStale).
+TEXTFILE_WRITTEN = ("# HELP vmemtrace_textfile_written_timestamp_seconds when vmemtrace last wrote "
+                    "this file (Unix time)\n# TYPE vmemtrace_textfile_written_timestamp_seconds "
+                    "gauge\nvmemtrace_textfile_written_timestamp_seconds {:.3f}\n")
+
+
 class Exporter:
     """Holds the snapshot the collector reads; the tracing loop updates it."""
 
@@ -69,10 +77,11 @@ class Exporter:
     def devices_now(self) -> list:
         return [d for d in daxdev.inventory() if events.named(d, self.only)]
 
-    def render(self, names: Optional[Set[str]]) -> Tuple[bytes, str]:
-        """The page a scrape gets (prometheus' name[] filter: only those families)."""
-        return (generate_latest(Only(self.registry, names) if names else self.registry),
-                CONTENT_TYPE_LATEST)
+    def render(self, names: Optional[Set[str]], accept: str = "") -> Tuple[bytes, str]:
+        """The page a scrape gets (prometheus' name[] filter: only those families), in the
+        text format or, where the Accept header asks for it, OpenMetrics."""
+        encoder, kind = choose_encoder(accept)
+        return encoder(Only(self.registry, names) if names else self.registry), kind
 
     def snapshot(self) -> Snapshot:
         s = self.snap
@@ -132,6 +141,7 @@ class Exporter:
             try:
                 with open(tmp, "wb") as fh:
                     fh.write(generate_latest(self.registry))
+                    fh.write(TEXTFILE_WRITTEN.format(time.time()).encode())
                 os.replace(tmp, path)
             except OSError as e:
                 with contextlib.suppress(OSError):

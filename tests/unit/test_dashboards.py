@@ -42,7 +42,7 @@ def promtool(*args, cwd=DASH):
 def test_promtool_checks_and_tests_the_rules():
     res = promtool("check", "rules", "alerts.yml")
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "SUCCESS: 6 rules found" in res.stdout
+    assert "SUCCESS: 7 rules found" in res.stdout
     res = promtool("test", "rules", "alerts_test.yml")
     assert res.returncode == 0, res.stdout + res.stderr
 
@@ -186,7 +186,10 @@ def exposition():
 
     from tests.unit.test_exporter import registry_for
 
-    return generate_latest(registry_for(FIXTURES / "events/6.12.117+deb12-amd64/mem-2M.jsonl")).decode()
+    from vmemtrace.serve import TEXTFILE_WRITTEN
+
+    page = generate_latest(registry_for(FIXTURES / "events/6.12.117+deb12-amd64/mem-2M.jsonl")).decode()
+    return page + TEXTFILE_WRITTEN.format(0)  # what --textfile adds
 
 
 def test_every_query_names_only_exported_metrics(exposition):

@@ -3,6 +3,7 @@ bad certificate, unwritable textfile) through the real command line."""
 
 import re
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -203,8 +204,12 @@ def test_textfile_is_written_whole(tmp_path):
     out = tmp_path / "vmemtrace.prom"
     ex.write_textfile(str(out))
     fams = {f.name for f in text_string_to_metric_families(out.read_text())}
-    assert {"vmemtrace_build_info", "vmemtrace_probe_attached", "vmemtrace_memmap_init_seconds"} <= fams
+    assert {"vmemtrace_build_info", "vmemtrace_probe_attached", "vmemtrace_memmap_init_seconds",
+            "vmemtrace_textfile_written_timestamp_seconds"} <= fams
     assert [p.name for p in tmp_path.iterdir()] == ["vmemtrace.prom"]  # no temporary left
+    (written,) = [s.value for f in text_string_to_metric_families(out.read_text())
+                  for s in f.samples if s.name == "vmemtrace_textfile_written_timestamp_seconds"]
+    assert abs(written - time.time()) < 60
 
 
 @pytest.mark.parametrize("args,message", [
@@ -284,6 +289,27 @@ def test_only_metrics_is_served_and_name_filters(served):
     status, body = http_get(port, "/metrics?name[]=vmemtrace_devices&name[]=vmemtrace_build_info")
     names = {f.name for f in text_string_to_metric_families(body)}
     assert status == 200 and names == {"vmemtrace_devices", "vmemtrace_build_info"}
+
+
+def test_openmetrics_is_served_when_asked_for(served):
+    import http.client
+
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_families
+
+    _, port = served
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("GET", "/metrics", headers={
+        "Accept": "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"})
+    res = conn.getresponse()
+    body = res.read().decode()
+    conn.close()
+    assert res.getheader("Content-Type").startswith("application/openmetrics-text")
+    assert body.endswith("# EOF\n")
+    assert "vmemtrace_vmemmap_bytes" in {f.name for f in om_families(body)}
+    plain_type = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    plain_type.request("GET", "/metrics")
+    assert plain_type.getresponse().getheader("Content-Type").startswith("text/plain; version=0.0.4")
+    plain_type.close()
 
 
 def _tls_pair(tmp_path):

@@ -204,3 +204,17 @@ def test_a_malformed_sections_summary_is_one_line(tmp_path, key, value, message)
     res, _ = replay(write_log(tmp_path, evs))
     assert res.returncode == 2 and message in res.stderr, res.stderr
     assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
+
+
+def test_a_sections_summary_says_when_its_calls_returned():
+    """A range's section calls, summed, keep the first and last return time (CLOCK_MONOTONIC ns),
+    before the range's own return; times not [first, last] are an edited log."""
+    path = FIXTURES / "events" / "sealed" / "6.12.118+deb12-amd64" / "mem-2M.jsonl"
+    evs = events.read(open(path), str(path))
+    (sec,) = [e for e in evs if e["type"] == "sections"]
+    (rng,) = [e for e in evs if e["type"] == "range"]
+    first, last = sec["ktime"]
+    assert 0 < first < last < rng["ktime_ns"]
+    sec["ktime"] = [last, first]
+    led = fold(through_text(evs))
+    assert any("not [first, last]" in p for d in led.devices for p in d.inconsistencies())
