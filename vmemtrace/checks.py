@@ -365,8 +365,9 @@ def unknown_layout(v: DeviceView) -> Optional[str]:
         return None
     c = groups[0]
     per = geometry.vmemmap_pages_of_compound(c["head_pfn"], v.shape)
-    if c["fresh"] >= c["ptes"] or v.shape.layout.page_problem(c, per, bool(v.seen.how)) is None:
-        return None
+    if c["fresh"] >= c["ptes"] or c["out_of_order"] \
+            or v.shape.layout.page_problem(c, per, bool(v.seen.how)) is None:
+        return None  # unoptimised, an index populated twice or skipped (no layout's), or fits
     return (f"every compound page's {c['ptes']} vmemmap PTEs are laid out alike: {c['fresh']} "
             f"fresh, {c['reused']} reused, {c['on_tail']} on its first tail page; not the "
             f"{v.shape.layout.name} layout nor unoptimised: a layout vmemtrace does not know")

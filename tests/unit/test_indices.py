@@ -26,7 +26,9 @@ def resealed(tmp_path, src, edit):
         if ev["type"] == "compounds" and "source" not in ev and ev["classes"] and not done:
             row = ev["classes"][0]
             assert row[1 + OOO] == 0 and row[1 + MAX] == row[1 + PTES]  # as the kernel did it
-            edit(row[1:])
+            page = row[1:]
+            edit(page)
+            row[1:] = page
             done = True
     assert done
     path = tmp_path / src.name
@@ -78,6 +80,7 @@ def test_a_skipped_index_fails_the_kernel(tmp_path, src):
         row[PTES] -= 1
         row[OOO] = 1
         row[compounds.COLUMNS.index("reused")] -= 1
+        row[compounds.COLUMNS.index("on_tail")] -= 1
 
     res, doc = replay(resealed(tmp_path, src, skipped))
     assert res.returncode == 1 and doc["verdict"] == "fail", res.stderr
