@@ -1,10 +1,13 @@
 """The `vmemtrace` command line (click). Words and JSON keys are fixed (docs/design.md)."""
 
 import contextlib
+import dataclasses
+import functools
 import math
 import os
 import sys
 from pathlib import Path
+from typing import Optional
 
 import click
 
@@ -72,47 +75,74 @@ def check(as_json, root):
         raise cannot_trace(ready.blockers)
 
 
+@dataclasses.dataclass(frozen=True)
+class Reports:
+    """The result files a verdict command writes besides its output (--junit, --ktap)."""
+
+    junit: Optional[Path] = None
+    ktap: Optional[Path] = None
+
+    def __bool__(self) -> bool:
+        return self.junit is not None or self.ktap is not None
+
+    def write(self, doc: dict) -> None:
+        """Each file asked for, whole (write, then rename); the first that cannot be written
+        raises."""
+        from vmemtrace.junit import junit_xml
+        from vmemtrace.ktap import ktap
+
+        for path, render_as in ((self.junit, junit_xml), (self.ktap, lambda d: ktap(d).encode())):
+            if path is None:
+                continue
+            try:
+                path.write_bytes(render_as(doc))
+            except OSError as e:
+                raise VmemtraceError(f"cannot write {path}: {e.strerror}")
+
+
+def _reports(fn):
+    """--junit and --ktap, handed to the command as one `reports`."""
+    @functools.wraps(fn)
+    def wrapper(*args, junit, ktap, **kwargs):
+        return fn(*args, reports=Reports(junit, ktap), **kwargs)
+
+    wrapper = click.option("--ktap", type=click.Path(dir_okay=False, path_type=Path),
+                           help="also write KTAP v1 here (kernel CI: kselftest, KernelCI, "
+                                "LKFT)")(wrapper)
+    return click.option("--junit", type=click.Path(dir_okay=False, path_type=Path),
+                        help="also write JUnit XML here")(wrapper)
+
+
 @contextlib.contextmanager
-def _error_document(as_json: bool, junit, expect: str, kernel=None):
+def _error_document(as_json: bool, reports: Reports, expect: str, kernel=None):
     """When the run cannot produce a verdict (not root, no kcore, a corrupt log, a trace that
     never started), CI still gets a machine-readable reason: the verify document with verdict
-    "error" and the problem, and a JUnit file with an <error> test case. Then the one line and
-    exit 2, as always."""
+    "error" and the problem, and JUnit and KTAP files saying so. Then the one line and exit 2,
+    as always."""
     try:
         yield
     except VmemtraceError as e:
-        if e.exit_code == EXIT_CANNOT and (as_json or junit is not None):
+        if e.exit_code == EXIT_CANNOT and (as_json or reports):
             doc = {"kernel": kernel, "verdict": "error", "strategy": {}, "expect": expect,
                    "devices": [], "events_lost": 0, "waived": [], "problems": [str(e)]}
             if as_json:
                 render.emit_json(doc)
-            if junit is not None:
-                try:
-                    _write_junit(doc, junit)
-                except VmemtraceError as unwritable:
-                    say(str(unwritable))  # the run's own reason stays the last line
+            try:
+                reports.write(doc)
+            except VmemtraceError as unwritable:
+                say(str(unwritable))  # the run's own reason stays the last line
         raise
 
 
-def _write_junit(doc: dict, junit: Path) -> None:
-    from vmemtrace.junit import junit_xml
-
-    try:
-        junit.write_bytes(junit_xml(doc))
-    except OSError as e:
-        raise VmemtraceError(f"cannot write {junit}: {e.strerror}")
-
-
-def _output_verdict(doc: dict, as_json: bool, junit) -> None:
-    """The JUnit file first: where it cannot be written the printed document says "error" with
-    the reason, never the verdict a CI would then not find in its file."""
+def _output_verdict(doc: dict, as_json: bool, reports: Reports) -> None:
+    """The result files first: where one cannot be written the printed document says "error"
+    with the reason, never the verdict a CI would then not find in its file."""
     unwritten = None
-    if junit is not None:
-        try:
-            _write_junit(doc, junit)
-        except VmemtraceError as e:
-            unwritten = e
-            doc = {**doc, "verdict": "error", "problems": doc.get("problems", []) + [str(e)]}
+    try:
+        reports.write(doc)
+    except VmemtraceError as e:
+        unwritten = e
+        doc = {**doc, "verdict": "error", "problems": doc.get("problems", []) + [str(e)]}
     if as_json:
         render.emit_json(doc)
     else:
@@ -138,8 +168,7 @@ def _finish(doc: dict) -> None:
 EXPECT = click.option("--expect", type=click.Choice(["auto", "optimized", "unoptimized"]),
                       default="auto", show_default=True,
                       help="auto: what this kernel and device should do")
-JUNIT = click.option("--junit", type=click.Path(dir_okay=False, path_type=Path),
-                     help="also write JUnit XML here")
+JUNIT = _reports
 JSON = click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 CHECKS = ("tail-reuse", "accounting", "init-skip", "no-false-optimisation")
 ALLOW_SKIP = click.option("--allow-skip", "allow_skip", multiple=True, type=click.Choice(CHECKS),
@@ -173,14 +202,14 @@ AUDIT_WAIVED = ("init-skip",)
               help="also walk each range's page tables and fail if they disagree with the probes")
 @click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
 @one_line_errors
-def verify(expect, as_json, junit, allow_skip, no_probe, attach, record_to, cross_check, cmd):
+def verify(expect, as_json, reports, allow_skip, no_probe, attach, record_to, cross_check, cmd):
     """Run CMD (no shell) under tracing and judge what the kernel did.
 
     Where the populate functions are notrace, each range's vmemmap page tables are walked once
     memmap_init_zone_device returns. Exit 0 pass, 1 fail, 2 could not verify."""
     from vmemtrace.verdict import evaluate
 
-    with _error_document(as_json, junit, expect, os.uname().release):
+    with _error_document(as_json, reports, expect, os.uname().release):
         _known_targets(no_probe)
         _compile_early(cmd)
         from vmemtrace.session import trace_command
@@ -189,7 +218,7 @@ def verify(expect, as_json, junit, allow_skip, no_probe, attach, record_to, cros
             folded = trace_command(list(cmd), say, on_event=on_event, quiet_stdout=as_json,
                                    cross_check=cross_check, exclude=no_probe, attach=attach)
         doc = evaluate(folded.ledger(), expect, allow_skip)
-    _output_verdict(doc, as_json, junit)
+    _output_verdict(doc, as_json, reports)
     _finish(doc)
 
 
@@ -251,7 +280,7 @@ def record(output, cmd):
                    "were sealed, or cut; or recorded before compound pages recorded their "
                    "indices) as if it were whole: a cut or edited log may then pass")
 @one_line_errors
-def replay(file, expect, as_json, junit, allow_skip, only, trust_unsealed):
+def replay(file, expect, as_json, reports, allow_skip, only, trust_unsealed):
     """Read an event log written by `record` back through the ledger and the verdict.
 
     A log is whole when its seal, written last, agrees with every line before it and its
@@ -261,14 +290,14 @@ def replay(file, expect, as_json, junit, allow_skip, only, trust_unsealed):
     from vmemtrace.ledger import fold
     from vmemtrace.verdict import evaluate, unsealed
 
-    with _error_document(as_json, junit, expect):
+    with _error_document(as_json, reports, expect):
         sealed = events.Sealed()
         led = fold(events.iter_file(file, sealed))  # streamed: a log of any size
         waived = tuple(allow_skip) + (AUDIT_WAIVED if led.header.get("walk") == "audit" else ())
         doc = evaluate(led, expect, waived, only)
         if sealed.why is not None and not trust_unsealed:
             doc = unsealed(doc, sealed.why)
-    _output_verdict(doc, as_json, junit)
+    _output_verdict(doc, as_json, reports)
     _finish(doc)
 
 
@@ -281,7 +310,7 @@ def replay(file, expect, as_json, junit, allow_skip, only, trust_unsealed):
               help="also write the walk's events here (replay reads them)")
 @DEVICE
 @one_line_errors
-def audit(expect, as_json, junit, allow_skip, record_to, only):
+def audit(expect, as_json, reports, allow_skip, record_to, only):
     """Verify the dax devices that already exist, by walking their vmemmap page tables
     through /proc/kcore. init-skip needs the act itself: it is skipped, and waived.
 
@@ -290,7 +319,7 @@ def audit(expect, as_json, junit, allow_skip, record_to, only):
     from vmemtrace.ledger import fold
     from vmemtrace.verdict import evaluate
 
-    with _error_document(as_json, junit, expect, os.uname().release):
+    with _error_document(as_json, reports, expect, os.uname().release):
         with _recording(record_to) as write:
             def logged(log):  # folded as it is walked, and written as it passes
                 for ev in log:
@@ -300,7 +329,7 @@ def audit(expect, as_json, junit, allow_skip, record_to, only):
 
             doc = evaluate(fold(logged(audit_log(say, only))), expect,
                            tuple(allow_skip) + AUDIT_WAIVED, only)
-    _output_verdict(doc, as_json, junit)
+    _output_verdict(doc, as_json, reports)
     _finish(doc)
 
 
