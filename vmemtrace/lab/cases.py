@@ -68,6 +68,12 @@ class Multi:
     parts: Tuple[Part, ...]
     attach: str = "auto"  # verify --attach: "kprobe" runs the kprobe programs where the
     # kernel has trampolines (a map read while another range populates skips kprobes only)
+    # The namespaces made before tracing and their dax devices unbound; the traced command
+    # binds them all at once (device_dax's probe maps each: dev_dax_probe() ->
+    # devm_memremap_pages()), so that one range is populated right as the one before it is
+    # initialised (the memory hotplug lock serialises their populates), with no ndctl start-up
+    # between them.
+    rebind: bool = False
     pmem = "nfit"
 
     def regions(self) -> int:
@@ -94,7 +100,7 @@ class Multi:
 _MULTI_PARTS = (Part(0, CASES["mem-2M"], 1), Part(0, CASES["dev-2M"], 1), Part(1, CASES["mem-1G"], 2))
 MULTI = {m.name: m for m in (
     Multi("multi", _MULTI_PARTS),
-    Multi("multi-kprobe", _MULTI_PARTS, attach="kprobe"),
+    Multi("multi-kprobe", _MULTI_PARTS, attach="kprobe", rebind=True),
 )}
 
 

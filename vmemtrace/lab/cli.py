@@ -29,7 +29,8 @@ def memory(pmem: str, size: int, start):
 @click.option("--case", "case_list", default=",".join(DEFAULT_CASES), show_default=True,
               help="comma-separated namespace cases; multi (with --pmem nfit): mem-2M and "
                    "dev-2M in one region, mem-1G in the other at the same time, one verify; "
-                   "multi-kprobe: the same under verify --attach kprobe")
+                   "multi-kprobe: the same devices made first, bound all at once under verify "
+                   "--attach kprobe")
 @click.option("--pmem", type=click.Choice(["e820", "nfit"]), default="e820", show_default=True,
               help="the guest's persistent memory: e820, one memmap= region with one namespace; "
                    "nfit, two of qemu's ACPI NVDIMMs (sparse files in the lab cache) whose "

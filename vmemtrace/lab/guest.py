@@ -65,6 +65,9 @@ class E820:
         return case.ndctl_args(NAMESPACE)
 
 
+DAX_DRIVER_DEVICES = "/sys/bus/dax/drivers/device_dax"
+
+
 class Nfit:
     """qemu's NVDIMMs (lab/nfit.py): a region each, their label areas blank at every boot."""
 
@@ -87,6 +90,17 @@ class Nfit:
 
     def create(self, case):
         regions, align = self.regions()
+        if isinstance(case, Multi) and case.rebind:
+            sh(case.command(regions, align), check=True)
+            devices = sorted(os.listdir(DAX_DRIVER_DEVICES))
+            devices = [d for d in devices if d.startswith("dax")]
+            for name in devices:
+                with open(f"{DAX_DRIVER_DEVICES}/unbind", "w") as fh:
+                    fh.write(name)
+            binds = "".join(f"echo {name} > {DAX_DRIVER_DEVICES}/bind & p{i}=$!; "
+                            for i, name in enumerate(devices))
+            waits = "".join(f"wait $p{i} || s=$?; " for i in range(len(devices)))
+            return ["sh", "-c", binds + "s=0; " + waits + "exit $s"]
         if isinstance(case, Multi):
             return case.command(regions, align)
         name, size = regions[0]
