@@ -36,6 +36,31 @@ def test_an_installed_wheel_finds_its_bpf_program(tmp_path):
     assert path.startswith(str(site)) and same == "True"
 
 
+def test_the_sdist_is_the_whole_source_release(tmp_path):
+    """Built from the committed tree as a release would be: it can rebuild the .deb and run
+    the tests."""
+    src = tmp_path / "src"
+    src.mkdir()
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
+                           check=True).stdout
+    subprocess.run(["tar", "-c", "--null", "-T", "-", "-f", str(tmp_path / "tree.tar")],
+                   input=files, cwd=ROOT, check=True)
+    subprocess.run(["tar", "-x", "-f", str(tmp_path / "tree.tar"), "-C", str(src)], check=True)
+    res = subprocess.run([sys.executable, "-c", "import sys; from setuptools import build_meta; "
+                          "print(build_meta.build_sdist(sys.argv[1]))", str(tmp_path / "dist")],
+                         cwd=src, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    sdist = tmp_path / "dist" / res.stdout.split()[-1]
+    names = {n.split("/", 1)[1] for n in tarfile.open(sdist).getnames() if "/" in n}
+    for needed in ("tests/unit/test_package.py", "tests/fixtures/events/sealed/README",
+                   "man/vmemtrace.8", "dashboards/alerts.yml", "deploy/daemonset.yaml",
+                   "debian/control", "debian/rules", "docs/design.md", "bpf/vmemtrace.h",
+                   "bpf/vmemtrace.bpf.c", "scripts/build-deb", "scripts/test.sh", ".ci/run",
+                   "CHANGELOG.md", "README.md", "LICENSE"):
+        assert needed in names, needed
+    assert not any("__pycache__" in n for n in names)
+
+
 def test_the_deb_builds_and_holds_what_it_promises(tmp_path):
     res = subprocess.run([str(ROOT / "scripts/build-deb"), str(tmp_path)], capture_output=True,
                          text=True, timeout=600)
@@ -45,7 +70,7 @@ def test_the_deb_builds_and_holds_what_it_promises(tmp_path):
                           text=True, check=True).stdout
     depends = {d.strip().split()[0] for d in info.split(",")}
     assert {"python3-bpfcc", "python3-click", "python3-tabulate",
-            "python3-prometheus-client"} <= depends
+            "python3-prometheus-client", "procps"} <= depends
     listing = subprocess.run(["dpkg-deb", "-c", str(deb)], capture_output=True, text=True,
                              check=True).stdout
     files = {line.split()[5].lstrip(".") for line in listing.splitlines()}
@@ -56,7 +81,8 @@ def test_the_deb_builds_and_holds_what_it_promises(tmp_path):
             "/lib/systemd/system/vmemtrace-exporter.service", "/etc/default/vmemtrace-exporter",
             "/usr/share/vmemtrace/dashboards/vmemtrace.json",
             "/usr/share/vmemtrace/dashboards/alerts.yml",
-            "/usr/share/doc/vmemtrace/copyright"} <= files
+            "/usr/share/doc/vmemtrace/copyright",
+            "/usr/share/bash-completion/completions/vmemtrace"} <= files
     # Not enabled on install: no link into multi-user.target.wants, no start in postinst.
     assert not any("wants" in f for f in files)
     conffiles = subprocess.run(["dpkg-deb", "--ctrl-tarfile", str(deb)], capture_output=True,
