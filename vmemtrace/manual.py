@@ -84,9 +84,37 @@ COMMON_FILES = ["/proc/kallsyms, /sys/kernel/tracing/available_filter_functions:
                 "probed", "/sys/kernel/btf/vmlinux: struct layouts", "/proc/kcore: the page-table "
                 "walk", "/sys/bus/dax/devices/: the dax devices"]
 
+ENVIRONMENT = [
+    "VMEMTRACE_KCORE: the /proc/kcore to walk on this host, where it is mounted elsewhere (a "
+    "container with the host's /proc at /host/proc)",
+    "XDG_CACHE_HOME: where the lab keeps its guests' roots and kernels (lab)",
+    "_VMEMTRACE_COMPLETE: shell completion (bash_source, zsh_source, fish_source), as click "
+    "generates it",
+]
+REQUIREMENTS = (
+    "Tracing: root (or CAP_SYS_ADMIN with CAP_BPF and CAP_PERFMON), python3-bpfcc, a kernel "
+    "with CONFIG_BPF_SYSCALL and CONFIG_KPROBES, its BTF (/sys/kernel/btf/vmlinux) or its "
+    "headers (linux-headers-RELEASE), and device-dax (CONFIG_DEV_DAX: dax_pmem, device_dax). "
+    "The page-table walk (audit, and trace where the populate functions are notrace): "
+    "/proc/kcore and kallsyms' data symbols (CONFIG_PROC_KCORE, CONFIG_KALLSYMS_ALL, "
+    "CAP_SYS_RAWIO and CAP_SYSLOG). `vmemtrace check` says which of these this host lacks.")
+# trace's line, as render.event_line() prints it: the columns, then one word for the event.
+FIELDS = (
+    "Each line: the time (seconds since the first event, or wall-clock with -T), the pid and "
+    "comm of the task that built the vmemmap (\"-\" for what vmemtrace read itself), then the "
+    "event: SECTIONS (a range's __populate_section_memmap calls summed: the pfns, calls, "
+    "compound page size, altmap, vmemmap PTEs fresh and reused, allocations, PMD blocks, "
+    "page-table pages), RANGE (memmap_init_zone_device: the pfns, memmap_init_compound calls "
+    "and struct pages, __init_zone_device_page calls, its duration), COMPOUNDS (the range's "
+    "compound pages by layout: PTEs, fresh, reused, on the first tail page; (walk) from the "
+    "page tables), WALK (the page-table walk: vmemmap pages, mapped by level, distinct, "
+    "reused), DEVICE, VMSTAT (nr_memmap_pages), LOST and HITS (the BPF side's account at "
+    "the end). --json prints each event as the event log has it.")
+
 ALERTS = ("Each alert in alerts.yml links to docs/runbook.md by its runbook_url: "
           "VmemtraceCheckFailed, VmemtraceProbeNotAttached, VmemtraceNotTracing, "
-          "VmemtraceEventsLost and VmemtraceExporterDown.")
+          "VmemtraceKernelSymbolsHidden, VmemtraceTextfileStale, VmemtraceEventsLost and "
+          "VmemtraceExporterDown.")
 
 
 def epilog(name: str) -> str:
@@ -148,7 +176,15 @@ def page(name: str, cmd: click.Command, version: str) -> str:
     out.append(".SH EXAMPLES")
     for cmdline, what in EXAMPLES[name]:
         out += [".TP", f"\\fB{_esc(cmdline)}\\fR", _esc(what)]
+    if name == "trace":
+        out += [".SH FIELDS", _esc(FIELDS)]
     out += [".SH OVERHEAD", _esc(OVERHEAD), ".SH EXIT STATUS", _esc(EXIT_STATUS[EXIT_OF[name]])]
+    if name != "replay":
+        out += [".SH REQUIREMENTS", _esc(REQUIREMENTS)]
+    out.append(".SH ENVIRONMENT")
+    for e in ENVIRONMENT:
+        var, _, what = e.partition(": ")
+        out += [".TP", f"\\fB{_esc(var)}\\fR", _esc(what)]
     if name == "exporter":
         out += [".SH ALERTS", _esc(ALERTS)]
     out.append(".SH FILES")

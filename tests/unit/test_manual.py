@@ -87,3 +87,19 @@ def test_pages_render_without_warnings(tmp_path):
                              text=True, env={"MANWIDTH": "80", "PATH": "/usr/bin:/bin"})
         assert res.returncode == 0 and not res.stderr.strip(), (page.name, res.stderr)
         assert "EXAMPLES" in res.stdout
+
+
+def test_every_page_has_its_environment_requirements_and_trace_its_fields():
+    group = command_group()
+    pages = manual.all_pages(group, "0")
+    for name in group.commands:
+        text = pages[f"vmemtrace-{name}.8"]
+        assert ".SH ENVIRONMENT" in text and "VMEMTRACE_KCORE" in text, name
+        assert (".SH REQUIREMENTS" in text) == (name != "replay"), name
+    assert ".SH FIELDS" in pages["vmemtrace-trace.8"]
+    # the FIELDS name every event word trace prints
+    words = set(re.findall(r'return \(?f?"([A-Z]+) ', (ROOT / "vmemtrace/render.py").read_text()))
+    assert words and all(w in manual.FIELDS for w in words - {"HEADER"}), words
+    # ALERTS names every alert the rules define
+    alerts = re.findall(r"- alert: (\w+)", (ROOT / "dashboards/alerts.yml").read_text())
+    assert alerts and all(a in manual.ALERTS for a in alerts)
