@@ -260,3 +260,20 @@ def test_the_lab_table_has_a_row_per_device_with_its_own_notes():
     for row, dev in zip(rows, devices):
         skipped = sorted(c["name"] for c in dev["checks"] if c["status"] == "skip")
         assert row.rstrip().endswith("skipped " + ",".join(skipped)), (row, skipped)
+
+
+def test_a_kernel_without_device_dax_is_said_before_it_boots(tmp_path):
+    """Debian's -rt flavour builds no device-dax: its config says so, and the lab stops there."""
+    from vmemtrace.lab.image import GuestKernel, device_dax_problem
+
+    release = "6.12.118+deb12-rt-amd64"
+    kernel = GuestKernel(release, tmp_path / "vmlinuz", tmp_path)
+    assert device_dax_problem(kernel) is None  # no config: nothing to tell before the boot
+    (tmp_path / "boot").mkdir()
+    config = tmp_path / "boot" / f"config-{release}"
+    config.write_text("CONFIG_X86_64=y\n# CONFIG_DEV_DAX is not set\n")
+    assert device_dax_problem(kernel) == (
+        f"{release} is built without CONFIG_DEV_DAX and CONFIG_DEV_DAX_PMEM "
+        f"(/boot/config-{release}): it has no device-dax to verify")
+    config.write_text("CONFIG_DEV_DAX=m\nCONFIG_DEV_DAX_PMEM=m\n")
+    assert device_dax_problem(kernel) is None

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from vmemtrace.errors import VmemtraceError
+from vmemtrace.kernel import config
 from vmemtrace.lab import kernels, libdisk
 from vmemtrace.lab.steps import run, say, step
 
@@ -77,6 +78,22 @@ class GuestKernel:
     root: Path  # the guest root it boots in
     headers: Optional[Path] = None  # a user-built kernel's build tree, mounted at GUEST_BUILD
     libraries: Optional[Path] = None  # BCC's libraries disk of its root (libdisk.py), if made
+
+
+# What the lab's cases need of a kernel: device-dax, and the pmem driver that makes its devices
+# (Debian's -rt flavour builds neither).
+DEVICE_DAX_CONFIG = ("DEV_DAX", "DEV_DAX_PMEM")
+
+
+def device_dax_problem(kernel: GuestKernel) -> Optional[str]:
+    """Why this kernel cannot run the lab's namespace cases, as its config tells before it
+    boots; None where it can, or where no config says."""
+    options, source = config.read_config(kernel.root, kernel.release)
+    missing = [f"CONFIG_{o}" for o in DEVICE_DAX_CONFIG if config.enabled(options, o) is False]
+    if missing:
+        return (f"{kernel.release} is built without {' and '.join(missing)} ({source}): it has "
+                "no device-dax to verify")
+    return None
 
 
 def cache_dir() -> Path:

@@ -129,6 +129,9 @@ def run_lab(specs: List[KernelSpec], cases: List[Case], region: Pmem, accel: str
             say(f"the command exited {doc['exit']} on {doc['kernel']}")
             worst = worst or doc["exit"]
         return worst
+    problems = [p for p in map(image.device_dax_problem, kernels) if p]
+    if problems:
+        raise VmemtraceError(problems[0])
     worst = EXIT_OK
     for kernel in kernels:
         doc = run_kernel(kernel, cases, region, accel, cache, timeout, append=append)
