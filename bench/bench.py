@@ -18,7 +18,6 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
 
 from tabulate import tabulate
 
@@ -127,7 +126,7 @@ def per_hit_ns(probed, none, calls) -> float:
     return (med(probed) - med(none)) / calls * 1e9
 
 
-def estimated_overhead(hits: dict, perhit: dict, untraced: float) -> Optional[float]:
+def estimated_overhead(hits: dict, perhit: dict, untraced: float) -> float | None:
     """What the probes alone should cost a namespace creation, as a fraction of its untraced
     time: each function's entry hits times the cost of each kind of probe on it (hits:
     {function: [entry hits, its strategy]}, e.g. "fentry+fexit"; a count is a kprobe; runs

@@ -24,8 +24,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from vmemtrace.compounds import CompoundPages  # noqa: E402
@@ -43,7 +43,7 @@ def _parse_size(text: str) -> int:
     return int(text[:-1]) * units[text[-1].upper()]
 
 
-def grow(events: List[dict], size: int) -> Iterator[dict]:
+def grow(events: list[dict], size: int) -> Iterator[dict]:
     """The recording's events for a range of `size` bytes (a multiple of 128 MiB)."""
     rng = next(e for e in events if e["type"] == "range")
     start, base_pages = rng["start_pfn"], rng["nr_pages"]
@@ -51,7 +51,7 @@ def grow(events: List[dict], size: int) -> Iterator[dict]:
     sections = size // 4096 // SECTION_PAGES
     scale = sections / base_sections
 
-    def copies(run: List[dict], key: str):
+    def copies(run: list[dict], key: str):
         """A run of events (a range's sections, or one source's compound pages), repeated for
         every copy of the recording in the grown range, in pfn order as the tool logs them."""
         for block in range(sections // base_sections + 1):
@@ -104,10 +104,10 @@ def summarised(events: Iterable[dict]) -> Iterator[dict]:
     writes: a range's section events summed into one "sections" event just before its range
     event (probes/loader.py), each run of one source's compound events replaced by its
     summary (compounds.py) where the run ends."""
-    run: Optional[CompoundPages] = None
-    held: Dict[object, List[dict]] = {}  # sections by range start (has_pgmap), else "loose"
+    run: CompoundPages | None = None
+    held: dict[object, list[dict]] = {}  # sections by range start (has_pgmap), else "loose"
 
-    def sections_of(rng: Optional[dict]) -> Iterator[dict]:
+    def sections_of(rng: dict | None) -> Iterator[dict]:
         for key in list(held):
             inside = [rng is None or rng["start_pfn"] <= s["pfn"] < rng["start_pfn"] + rng["nr_pages"]
                       for s in held[key]]
@@ -141,7 +141,7 @@ def summarised(events: Iterable[dict]) -> Iterator[dict]:
     yield from sections_of(None)
 
 
-def recording() -> List[dict]:
+def recording() -> list[dict]:
     with open(LOG) as fh:
         return [json.loads(line) for line in fh]
 
@@ -152,7 +152,7 @@ print(len(events))
 """
 
 
-def measure(argv: List[str]) -> dict:
+def measure(argv: list[str]) -> dict:
     """Wall time and peak RSS of one child process (os.wait4: its own rusage)."""
     t = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -164,7 +164,7 @@ def measure(argv: List[str]) -> dict:
             "out": out, "err": err}
 
 
-def main(sizes: List[str]) -> int:
+def main(sizes: list[str]) -> int:
     base = recording()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -5,7 +5,7 @@ set -eu
 cd "$(dirname "$0")/.."
 ./scripts/install.sh
 # Lint first: seconds, where the suite takes half an hour.
-.venv/bin/ruff check --select E,F,W --ignore E501,E741 vmemtrace tests bench scripts/record-fixtures scripts/build-man
+.venv/bin/ruff check vmemtrace tests bench scripts/record-fixtures scripts/build-man  # pyproject.toml [tool.ruff]
 shellcheck scripts/*.sh scripts/build-deb .ci/run
 # Each test line shows its duration: a CI run cut off by its time limit still shows where time went.
 pytest() { .venv/bin/python -m pytest -v -rs -o console_output_style=times "$@"; }

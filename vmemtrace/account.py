@@ -8,7 +8,6 @@ by its page tables (kernel/kcore.py) or not at all.
 """
 
 from dataclasses import dataclass
-from typing import List, Optional
 
 from vmemtrace import geometry
 from vmemtrace.sections import Sections
@@ -18,9 +17,9 @@ from vmemtrace.sections import Sections
 class Account:
     """None where the probes' numbers can be read, else why not."""
 
-    populate: Optional[str]  # the per-compound-page layout: fresh and reused PTEs
-    alloc: Optional[str]  # the vmemmap pages allocated
-    init: Optional[str]  # the struct pages initialised
+    populate: str | None  # the per-compound-page layout: fresh and reused PTEs
+    alloc: str | None  # the vmemmap pages allocated
+    init: str | None  # the struct pages initialised
 
     @property
     def needs_walk(self) -> bool:
@@ -32,7 +31,7 @@ def _sum(sections: Sections, key: str) -> int:
 
 
 def coverage_problem(shape: geometry.RangeShape, sections: Sections, populate: bool,
-                     alloc: bool) -> Optional[str]:
+                     alloc: bool) -> str | None:
     """Every vmemmap page of the range must have been mapped while the probes watched: by a PTE
     that vmemmap_populate_address returned, or inside a block an allocator returned outside it
     (PMD blocks; base pages before 5.19)."""
@@ -48,7 +47,7 @@ def coverage_problem(shape: geometry.RangeShape, sections: Sections, populate: b
     return None
 
 
-def blind_allocator(sections: Sections, allocators: List[str]) -> Optional[str]:
+def blind_allocator(sections: Sections, allocators: list[str]) -> str | None:
     """A vmemmap_populate_address call without a page to reuse allocates unless its PTE was
     already there; in a section being added, some must have allocated."""
     plain, fresh = _sum(sections, "plain"), _sum(sections, "fresh")
@@ -59,8 +58,8 @@ def blind_allocator(sections: Sections, allocators: List[str]) -> Optional[str]:
     return None
 
 
-def init_problem(shape: geometry.RangeShape, rng: Optional[dict], decoded: bool,
-                 counted: bool, calls: bool = False) -> Optional[str]:
+def init_problem(shape: geometry.RangeShape, rng: dict | None, decoded: bool,
+                 counted: bool, calls: bool = False) -> str | None:
     """memmap_init_zone_device() calls memmap_init_compound() once per compound page of its
     loop, and __init_zone_device_page() once per struct page it initialises (mm/mm_init.c)."""
     if rng is None:
@@ -79,8 +78,8 @@ def init_problem(shape: geometry.RangeShape, rng: Optional[dict], decoded: bool,
     return None
 
 
-def account(shape: geometry.RangeShape, sections: Sections, rng: Optional[dict],
-            sources, allocators: List[str]) -> Account:
+def account(shape: geometry.RangeShape, sections: Sections, rng: dict | None,
+            sources, allocators: list[str]) -> Account:
     """The account of one range; `sources` is probes.plan.Sources, `allocators` the allocator
     targets attached (named when they are blind)."""
     if not sources.alloc:

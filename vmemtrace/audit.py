@@ -2,18 +2,17 @@
 of device ranges through /proc/kcore (kernel/kcore.py) and turn them into events (backing.py)."""
 
 import os
-from typing import Callable, Iterator, List, Optional, Tuple
+from collections.abc import Callable, Iterator
 
+from vmemtrace import events, geometry
 from vmemtrace.backing import Walked, walk_events
 from vmemtrace.errors import VmemtraceError
 from vmemtrace.events import header_event
-from vmemtrace import events, geometry
 from vmemtrace.kernel import btf, compat, daxdev
 from vmemtrace.kernel.config import enabled
 from vmemtrace.kernel.kcore import SectionTable, Walker
 from vmemtrace.probes.plan import AUDITED, WALK_STRATEGY
-from vmemtrace.probes.targets import FUNCTIONS
-from vmemtrace.probes.targets import TARGETS, WALK_TARGETS
+from vmemtrace.probes.targets import FUNCTIONS, TARGETS, WALK_TARGETS
 from vmemtrace.readiness import assess, read_facts
 
 
@@ -28,7 +27,7 @@ def walk_range(walker: Walker, start_pfn: int, nr_pages: int, pfns_per_compound:
     return out
 
 
-def boot_sections(walker: Walker, start_pfn: int, nr_pages: int) -> Optional[List[int]]:
+def boot_sections(walker: Walker, start_pfn: int, nr_pages: int) -> list[int] | None:
     """The range's partly filled sections that were present at boot, whose pieces reuse the
     boot memmap (geometry.boot_shared()); None where mem_section cannot be read."""
     pps = geometry.PAGES_PER_SECTION
@@ -43,7 +42,7 @@ def open_walker(facts) -> Walker:
     return Walker(facts.syms.addresses, sections=section_table(facts))
 
 
-def section_table(facts) -> Optional[SectionTable]:
+def section_table(facts) -> SectionTable | None:
     """mem_section's layout (kernel/kcore.py): the entry size from BTF, else from the config
     (include/linux/mmzone.h: two words, four with CONFIG_PAGE_EXTENSION); None when neither
     says."""
@@ -67,7 +66,7 @@ def struct_page_size(facts, progress: Callable[[str], None]) -> int:
     return geometry.STRUCT_PAGE_SIZE
 
 
-def auditable(devices: List[dict], progress: Callable[[str], None]) -> List[dict]:
+def auditable(devices: list[dict], progress: Callable[[str], None]) -> list[dict]:
     """The device ranges that have a ZONE_DEVICE memmap to walk, each other one said why not."""
     out = []
     for dev in devices:
@@ -101,7 +100,7 @@ def audit_events(walker: Walker, facts, progress: Callable[[str], None], only=()
         yield dev
 
 
-def existing_devices(facts, walker: Optional[Walker],
+def existing_devices(facts, walker: Walker | None,
                      progress: Callable[[str], None]) -> Iterator[dict]:
     """audit_events with the walker already open, or one opened for the purpose; none (or
     those walked so far), with the reason said, where the walk cannot run (the exporter then
@@ -132,7 +131,7 @@ def audit_log(progress: Callable[[str], None], only=()) -> Iterator[dict]:
         yield from audit_events(walker, facts, progress, only)
 
 
-def audit_or_header(progress: Callable[[str], None]) -> Tuple[List[dict], Optional[str]]:
+def audit_or_header(progress: Callable[[str], None]) -> tuple[list[dict], str | None]:
     """The audit's log, or where the walk cannot run the header alone (the kernel still named)
     and why; nothing at all where even the kernel's facts cannot be read."""
     try:

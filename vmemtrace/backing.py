@@ -9,11 +9,11 @@ page maps the first tail page again (Documentation/mm/vmemmap_dedup.rst, "device
 The compound events carry the same keys as the live ones (events.py), so one verdict judges both.
 """
 
-from typing import Iterable, Iterator, List, Optional, Tuple
+from collections.abc import Iterable, Iterator
 
 from vmemtrace.compounds import CompoundPages, PfnSet
 
-Backing = Iterable[Optional[Tuple[int, str]]]  # per vmemmap page: (backing pfn, level) or None
+Backing = Iterable[tuple[int, str] | None]  # per vmemmap page: (backing pfn, level) or None
 
 
 class Walked:
@@ -71,7 +71,7 @@ def walk_events(start_pfn: int, nr_pages: int, pfns_per_compound: int, altmap: b
 
 
 def _compound(head_pfn: int, range_start: int, pfns_per_compound: int,
-              pages: List[Tuple[Optional[Tuple[int, str]], bool]]) -> dict:
+              pages: list[tuple[tuple[int, str] | None, bool]]) -> dict:
     """One compound page's vmemmap as the walk can tell it: a page is "fresh" where its backing
     page is first seen in the range, as a probe sees a page allocated for it; a backing page
     seen before, in this compound page or an earlier one, is reused (so a page the kernel maps

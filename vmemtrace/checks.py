@@ -7,8 +7,8 @@ Adding a check is one function here and its place in CHECKS; if it defines a kin
 name in defining_checks() too (docs/adding.md).
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from vmemtrace import geometry
 from vmemtrace.compounds import CLASS, LAYOUT, CompoundPages, coarsen, table_difference
@@ -29,7 +29,7 @@ class Check:
         return {"name": self.name, "status": self.status, "detail": self.detail}
 
 
-def defining_checks(feature: bool, eligible: bool) -> Tuple[str, ...]:
+def defining_checks(feature: bool, eligible: bool) -> tuple[str, ...]:
     """The checks that define a range's case: "pass" needs every one of them judged."""
     if feature and eligible:
         return ("tail-reuse", "accounting", "init-skip")
@@ -189,7 +189,7 @@ def accounting(v: DeviceView) -> Check:
                                      f"(naive {naive})" + note)
 
 
-def false_optimisations(v: DeviceView) -> List[str]:
+def false_optimisations(v: DeviceView) -> list[str]:
     """What a range that must not be optimised shows of an optimisation anyway."""
     seen, n, wrong = v.seen, v.numbers, []
     if seen.reused:
@@ -225,7 +225,7 @@ def no_false_optimisation(v: DeviceView) -> Check:
 
 
 def layout_differences(a: CompoundPages, b: CompoundPages,
-                       skip: Callable[[int], bool]) -> List[str]:
+                       skip: Callable[[int], bool]) -> list[str]:
     """How two sources' compound pages differ, [] where they agree, all without going back to
     the pages (compounds.py): the pages themselves where the difference tables can list them,
     else per part of the range their counts and digests of (head, layout); and which layout
@@ -253,9 +253,9 @@ def layout_differences(a: CompoundPages, b: CompoundPages,
     return out
 
 
-def _listed(listed: List[Tuple[int, int]]) -> str:
+def _listed(listed: list[tuple[int, int]]) -> str:
     """The difference tables' pages: a head on both sides was seen laid out differently."""
-    sides: Dict[int, Set[int]] = {}
+    sides: dict[int, set[int]] = {}
     for head, side in listed:
         sides.setdefault(head, set()).add(side)
     words = {frozenset((1, -1)): "laid out differently", frozenset((1,)): "only the probes saw it",
@@ -266,15 +266,15 @@ def _listed(listed: List[Tuple[int, int]]) -> str:
             + ", ".join(named[:MAX_LISTED]) + (", ..." if len(named) > MAX_LISTED else ""))
 
 
-def _layouts(pages: CompoundPages, skip: Callable[[int], bool]) -> Dict[tuple, int]:
-    out: Dict[tuple, int] = {}
+def _layouts(pages: CompoundPages, skip: Callable[[int], bool]) -> dict[tuple, int]:
+    out: dict[tuple, int] = {}
     for c, n in pages.groups(skip):
         key = tuple(c[k] for k in LAYOUT if k != "tail_pfn")
         out[key] = out.get(key, 0) + n
     return out
 
 
-def cross_check(v: DeviceView) -> Optional[Check]:
+def cross_check(v: DeviceView) -> Check | None:
     """The probes' account of the populate against the page tables it left (verify
     --cross-check): the same allocation count, and per compound page the same fresh/reused
     split onto the same physical tail page."""
@@ -309,7 +309,7 @@ def cross_check(v: DeviceView) -> Optional[Check]:
                  "on the same tail pages")
 
 
-def range_complete(v: DeviceView) -> Optional[Check]:
+def range_complete(v: DeviceView) -> Check | None:
     """A populated range must reach memmap_init_zone_device (else the trace missed it: an
     error of the evidence), and a walked range must be mapped whole (else the kernel left a
     hole in its vmemmap)."""
@@ -323,7 +323,7 @@ def range_complete(v: DeviceView) -> Optional[Check]:
     return None
 
 
-def boot_memmap(v: DeviceView) -> Optional[Check]:
+def boot_memmap(v: DeviceView) -> Check | None:
     """Pieces of the range in a memory section that was present at boot reuse the boot memmap
     (mm/sparse.c section_activate()): geometry counts them apart, so which pieces they are must
     be known; a partial piece no source places makes every expected number uncertain."""
@@ -344,7 +344,7 @@ def boot_memmap(v: DeviceView) -> Optional[Check]:
         "compound pages not optimised"))
 
 
-CHECKS: Tuple[Callable[[DeviceView], Optional[Check]], ...] = (
+CHECKS: tuple[Callable[[DeviceView], Check | None], ...] = (
     feature_present, eligibility, boot_memmap, tail_reuse, init_skip, accounting,
     no_false_optimisation, cross_check, range_complete)
 
@@ -353,7 +353,7 @@ CHECKS: Tuple[Callable[[DeviceView], Optional[Check]], ...] = (
 LAYOUT_CHECKS = ("tail-reuse", "accounting", "init-skip", "cross-check")
 
 
-def unknown_layout(v: DeviceView) -> Optional[str]:
+def unknown_layout(v: DeviceView) -> str | None:
     """What the vmemmap shows when every compound page of an eligible range is laid out alike,
     neither as the kernel's layout nor unoptimised: a layout vmemtrace does not know (a kernel
     newer than it), not the kernel's known layout done wrong, which leaves pages that fit."""
@@ -373,7 +373,7 @@ def unknown_layout(v: DeviceView) -> Optional[str]:
             f"{v.shape.layout.name} layout nor unoptimised: a layout vmemtrace does not know")
 
 
-def layout_doubt(v: DeviceView) -> Optional[str]:
+def layout_doubt(v: DeviceView) -> str | None:
     """Why the layout's expectations cannot decide a failure: the kernel's layout is unknown,
     known only from its source, or what was seen fits no layout vmemtrace knows."""
     if v.layout.layout is None:
@@ -384,7 +384,7 @@ def layout_doubt(v: DeviceView) -> Optional[str]:
     return unknown_layout(v)
 
 
-def run_checks(v: DeviceView) -> List[Check]:
+def run_checks(v: DeviceView) -> list[Check]:
     """Every check; where the layout is in doubt a failure of what the layout decides is not
     the kernel's fault for sure: it is left unjudged (the verdict incomplete), saying why. Where
     the kernel's layout is unknown nothing the layout decides is judged, a match included: the
@@ -399,8 +399,8 @@ def run_checks(v: DeviceView) -> List[Check]:
             if c.status in judged and c.name in LAYOUT_CHECKS else c for c in checks]
 
 
-def device_verdict(checks: List[Check], defining: Tuple[str, ...],
-                   allow_skip=()) -> Tuple[str, List[str]]:
+def device_verdict(checks: list[Check], defining: tuple[str, ...],
+                   allow_skip=()) -> tuple[str, list[str]]:
     """From the statuses alone: error where the evidence is broken, fail where the kernel did
     wrong, incomplete where a check that defines the case was not judged (and not waived)."""
     statuses = {c.status for c in checks}

@@ -7,13 +7,20 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import click
 
 from vmemtrace import __version__, render
-from vmemtrace.errors import (EXIT_CANNOT, EXIT_USAGE, VmemtraceError, exit_document,
-                              interrupted, one_line_errors, printable, say)
+from vmemtrace.errors import (
+    EXIT_CANNOT,
+    EXIT_USAGE,
+    VmemtraceError,
+    exit_document,
+    interrupted,
+    one_line_errors,
+    printable,
+    say,
+)
 
 
 def _compile_early(cmd=()) -> None:
@@ -79,8 +86,8 @@ def check(as_json, root):
 class Reports:
     """The result files a verdict command writes besides its output (--junit, --ktap)."""
 
-    junit: Optional[Path] = None
-    ktap: Optional[Path] = None
+    junit: Path | None = None
+    ktap: Path | None = None
 
     def __bool__(self) -> bool:
         return self.junit is not None or self.ktap is not None
@@ -97,7 +104,7 @@ class Reports:
             try:
                 path.write_bytes(render_as(doc))
             except OSError as e:
-                raise VmemtraceError(f"cannot write {path}: {e.strerror}")
+                raise VmemtraceError(f"cannot write {path}: {e.strerror}") from None
 
 
 def _reports(fn):

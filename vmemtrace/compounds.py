@@ -18,7 +18,7 @@ Here each page is judged as it is appended and only this is kept:
 Pure: no I/O.
 """
 
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from collections.abc import Callable, Iterable, Iterator
 
 from vmemtrace.geometry import PAGES_PER_SECTION
 
@@ -73,7 +73,7 @@ class PfnSet:
     CHUNK_BITS = 15
 
     def __init__(self):
-        self._chunks: Dict[int, bytearray] = {}
+        self._chunks: dict[int, bytearray] = {}
         self._len = 0
 
     def add(self, pfn: int) -> bool:
@@ -104,9 +104,9 @@ class PfnSet:
 MASK = (1 << 64) - 1
 
 
-def coarsen(parts: Dict[int, List[int]], by: int) -> Dict[int, List[int]]:
+def coarsen(parts: dict[int, list[int]], by: int) -> dict[int, list[int]]:
     """Parts merged 2^by at a time: the digest of a union is the sum of the digests."""
-    out: Dict[int, List[int]] = {}
+    out: dict[int, list[int]] = {}
     for k, (n, d) in parts.items():
         part = out.setdefault(k >> by, [0, 0])
         part[0] += n
@@ -140,11 +140,11 @@ def check_of(d: int) -> int:
     return mix((d + GOLDEN) & MASK)
 
 
-def new_table() -> List[List[int]]:
+def new_table() -> list[list[int]]:
     return [[0] * CELL_WIDTH for _ in range(TABLE_CELLS)]
 
 
-def table_add(table: List[List[int]], head: int, d: int, sign: int = 1) -> None:
+def table_add(table: list[list[int]], head: int, d: int, sign: int = 1) -> None:
     """One page into (sign 1) or out of (-1) a difference table: [pages, head xor, digest xor,
     check xor] in one cell of each sub-table."""
     chk = check_of(d)
@@ -156,12 +156,12 @@ def table_add(table: List[List[int]], head: int, d: int, sign: int = 1) -> None:
         cell[3] ^= chk
 
 
-def table_difference(a: List[List[int]], b: List[List[int]]) -> Optional[List[Tuple[int, int]]]:
+def table_difference(a: list[list[int]], b: list[list[int]]) -> list[tuple[int, int]] | None:
     """The pages in which two sources' tables differ, as (head pfn, 1 where only a has that
     (head, layout), -1 where only b has it), in head order; None where more differ than the
     table can list."""
     diff = [[x[0] - y[0], x[1] ^ y[1], x[2] ^ y[2], x[3] ^ y[3]] for x, y in zip(a, b)]
-    found: List[Tuple[int, int]] = []
+    found: list[tuple[int, int]] = []
     progress = True
     while progress and len(found) <= TABLE_CELLS:  # an edited log's table may never empty
         progress = False
@@ -179,25 +179,25 @@ def table_difference(a: List[List[int]], b: List[List[int]]) -> Optional[List[Tu
 class CompoundPages:
     """One source's compound events of one range, folded one by one (module docstring)."""
 
-    def __init__(self, source: Optional[str] = None, pages_per_section: int = PAGES_PER_SECTION):
+    def __init__(self, source: str | None = None, pages_per_section: int = PAGES_PER_SECTION):
         self.source = source  # None: the probes; "walk": the page-table walk
         self.pages_per_section = pages_per_section
-        self.shared: Optional[Tuple[int, int]] = None  # the first page's SHARED values
+        self.shared: tuple[int, int] | None = None  # the first page's SHARED values
         self.count = 0
-        self.classes: Dict[tuple, List] = {}  # class -> [pages, lowest head, its event]
+        self.classes: dict[tuple, list] = {}  # class -> [pages, lowest head, its event]
         self.unclassed = 0  # pages of classes beyond MAX_CLASSES
         self.part_shift = PART_SHIFT
-        self.parts: Dict[int, List[int]] = {}  # part -> [pages, digest sum]
+        self.parts: dict[int, list[int]] = {}  # part -> [pages, digest sum]
         # the difference table of the summarised pages (None: read from a log that had none)
-        self.table: Optional[List[List[int]]] = new_table()
-        self.first_section: List[dict] = []  # pages headed in the range's first section
-        self.last_section: List[dict] = []  # ... in the highest other section seen so far
-        self.last_section_nr: Optional[int] = None
-        self.lowest_head: Optional[int] = None
-        self.highest_head: Optional[int] = None
-        self.reused_head: Optional[int] = None  # the lowest head with a reused PTE
-        self.shared_tail: Optional[Tuple[int, int]] = None  # (tail pfn, head) first seen twice
-        self.problems: List[str] = []  # what no kernel can have produced
+        self.table: list[list[int]] | None = new_table()
+        self.first_section: list[dict] = []  # pages headed in the range's first section
+        self.last_section: list[dict] = []  # ... in the highest other section seen so far
+        self.last_section_nr: int | None = None
+        self.lowest_head: int | None = None
+        self.highest_head: int | None = None
+        self.reused_head: int | None = None  # the lowest head with a reused PTE
+        self.shared_tail: tuple[int, int] | None = None  # (tail pfn, head) first seen twice
+        self.problems: list[str] = []  # what no kernel can have produced
         self._heads = PfnSet()  # compound page indices within the range
         self._tails = PfnSet()  # first tail pfns of the summarised pages
 
@@ -238,7 +238,7 @@ class CompoundPages:
         else:
             self._summarise(c)
 
-    def _check(self, c: dict, start: int, ppc: int, heads: Optional[PfnSet]) -> None:
+    def _check(self, c: dict, start: int, ppc: int, heads: PfnSet | None) -> None:
         head = c["head_pfn"]
         if c["ptes"] != c["fresh"] + c["reused"] + c["existing"] or c["on_tail"] > c["reused"] \
                 or c["head_fresh"] > 1 or c["tail_fresh"] > 1 \
@@ -272,7 +272,7 @@ class CompoundPages:
         if c["tail_fresh"] and not self._tails.add(c["tail_pfn"]) and self.shared_tail is None:
             self.shared_tail = (c["tail_pfn"], c["head_pfn"])
 
-    def _add_part(self, parts: Dict[int, List[int]], c: dict, d: int) -> None:
+    def _add_part(self, parts: dict[int, list[int]], c: dict, d: int) -> None:
         start, ppc = self.shared
         index = (c["head_pfn"] - start) // max(ppc, 1)
         part = parts.setdefault(index >> self.part_shift, [0, 0])
@@ -319,7 +319,7 @@ class CompoundPages:
         if s["reused_head"] is not None and (self.reused_head is None or s["reused_head"] < self.reused_head):
             self.reused_head = s["reused_head"]
 
-    def _fold_parts(self, shift: int, parts: Dict[int, List[int]]) -> None:
+    def _fold_parts(self, shift: int, parts: dict[int, list[int]]) -> None:
         """Another summary's parts added to these, both at the coarser shift."""
         top = max(shift, self.part_shift)
         self.parts = coarsen(self.parts, top - self.part_shift)
@@ -335,13 +335,13 @@ class CompoundPages:
     def __len__(self) -> int:
         return self.count
 
-    def kept(self, skip: Callable[[int], bool] = lambda head: False) -> List[dict]:
+    def kept(self, skip: Callable[[int], bool] = lambda head: False) -> list[dict]:
         """The pages kept whole (those of the first and the highest section), less those whose
         head skip() sets apart, in head order."""
         return sorted((c for c in self.first_section + self.last_section if not skip(c["head_pfn"])),
                       key=lambda c: c["head_pfn"])
 
-    def groups(self, skip: Callable[[int], bool] = lambda head: False) -> Iterator[Tuple[dict, int]]:
+    def groups(self, skip: Callable[[int], bool] = lambda head: False) -> Iterator[tuple[dict, int]]:
         """(a compound event, how many pages have its layout): one per layout class, the class's
         lowest-headed page standing for it, then each kept page that skip() does not set apart.
         Pages beyond MAX_CLASSES classes are not among them (unclassed counts them)."""
@@ -358,7 +358,7 @@ class CompoundPages:
             ev.update(zip(SHARED, self.shared))
         return ev
 
-    def totals(self, keys: Tuple[str, ...]) -> Optional[Dict[str, int]]:
+    def totals(self, keys: tuple[str, ...]) -> dict[str, int] | None:
         """Each key summed over every page (classes times their pages, and the pages kept
         whole); None where pages beyond MAX_CLASSES classes were only counted."""
         if self.unclassed:
@@ -377,7 +377,7 @@ class CompoundPages:
         the boot memmap)."""
         return self.count - len(self.first_section) - len(self.last_section) + len(self.kept(skip))
 
-    def sharing(self, skip: Callable[[int], bool] = lambda head: False) -> Optional[Tuple[int, int]]:
+    def sharing(self, skip: Callable[[int], bool] = lambda head: False) -> tuple[int, int] | None:
         """(tail pfn, head) of a page whose first tail page another page has too, or None."""
         if self.shared_tail is not None:
             return self.shared_tail
@@ -390,7 +390,7 @@ class CompoundPages:
             seen.add(c["tail_pfn"])
         return None
 
-    def digests(self, skip: Callable[[int], bool] = lambda head: False) -> Tuple[int, Dict[int, List[int]]]:
+    def digests(self, skip: Callable[[int], bool] = lambda head: False) -> tuple[int, dict[int, list[int]]]:
         """(part shift, per part [pages, digest sum]) of every page skip() does not set apart."""
         if self.shared is None:
             return PART_SHIFT, {}
@@ -400,7 +400,7 @@ class CompoundPages:
         return self.part_shift, parts
 
     def difference_table(self, skip: Callable[[int], bool] = lambda head: False
-                         ) -> Optional[List[List[int]]]:
+                         ) -> list[list[int]] | None:
         """The difference table of every page skip() does not set apart (None: none logged)."""
         if self.table is None:
             return None
@@ -409,7 +409,7 @@ class CompoundPages:
             table_add(table, c["head_pfn"], digest(c))
         return table
 
-    def part_pfns(self, shift: int, part: int) -> Tuple[int, int]:
+    def part_pfns(self, shift: int, part: int) -> tuple[int, int]:
         start, ppc = self.shared
         return start + (part << shift) * ppc, start + ((part + 1) << shift) * ppc
 
@@ -485,7 +485,7 @@ class CompoundPages:
         self._read_table(ev.get("cells"), summed)
         return self
 
-    def _read_table(self, cells: Optional[List[List[int]]], summed: int) -> None:
+    def _read_table(self, cells: list[list[int]] | None, summed: int) -> None:
         """A logged difference table: each summarised page is in one cell of every sub-table,
         so each sub-table counts them all and xors the same heads, digests and checks. None (a
         summary logged before tables were): the cross-check compares parts only."""
@@ -513,19 +513,19 @@ def page(ev: dict) -> dict:
     return {k: ev.get(k) for k in COLUMNS}
 
 
-def page_of_row(row: List[int]) -> dict:
+def page_of_row(row: list[int]) -> dict:
     """A logged row (of COLUMNS, or LEGACY_COLUMNS) as a page."""
     return page(dict(zip(COLUMNS, row)))
 
 
-def _row(c: dict) -> List[int]:
+def _row(c: dict) -> list[int]:
     return [c[k] for k in (COLUMNS if c["out_of_order"] is not None else LEGACY_COLUMNS)]
 
 
-def layouts(ev: dict) -> List[Tuple[tuple, int]]:
+def layouts(ev: dict) -> list[tuple[tuple, int]]:
     """A logged summary's pages by (ptes, fresh, reused, on tail), most common first: what a
     line of `trace` shows of it."""
-    out: Dict[tuple, int] = {}
+    out: dict[tuple, int] = {}
     rows = [(row[0], page_of_row(row[1:])) for row in ev["classes"]]
     rows += [(1, page_of_row(row)) for row in ev["kept"]]
     for n, c in rows:

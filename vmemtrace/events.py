@@ -10,12 +10,14 @@ import json
 import os
 import stat
 import time
-from typing import IO, Iterable, Iterator, List, Optional, Tuple
+from collections.abc import Iterable, Iterator
+from typing import IO
 
 from vmemtrace import __version__
 from vmemtrace.compounds import CELL_WIDTH, COLUMNS, LEGACY_COLUMNS, TABLE_CELLS
-from vmemtrace.sections import SHARED as SECTION_SHARED, SUMMED
 from vmemtrace.errors import VmemtraceError
+from vmemtrace.sections import SHARED as SECTION_SHARED
+from vmemtrace.sections import SUMMED
 
 # 2: section events count allocations by their returns (plain, allocs, direct_bytes, pt_pages),
 # range events count __init_zone_device_page hits, and a "hits" event closes the log.
@@ -193,7 +195,7 @@ def _typed(v, kind: str) -> bool:
 WALKS = (None, "fallback", "cross-check", "audit")
 
 
-def _header_problem(event: dict) -> Optional[str]:
+def _header_problem(event: dict) -> str | None:
     """A header no vmemtrace wrote: a release that is not 2 to 4 small numbers (the checks
     compare it with compat's releases), a strategy or walk no plan makes."""
     version = event["version"]
@@ -214,7 +216,7 @@ def _header_problem(event: dict) -> Optional[str]:
     return None
 
 
-def _limits(event: dict) -> Optional[str]:
+def _limits(event: dict) -> str | None:
     """Numbers that no kernel can produce, which would otherwise make the ledger or geometry
     loop for ever or divide by zero."""
     if event["type"] == "header":
@@ -267,7 +269,7 @@ class Seal:
     def __init__(self):
         self.lines, self.counts, self.hash = 0, {}, hashlib.sha256()
 
-    def add(self, line: str, kind: Optional[str]) -> None:
+    def add(self, line: str, kind: str | None) -> None:
         self.lines += 1
         self.hash.update(line.encode())
         if kind is not None:
@@ -277,7 +279,7 @@ class Seal:
         return {"type": "seal", "lines": self.lines, "counts": dict(sorted(self.counts.items())),
                 "sha256": self.hash.hexdigest()}
 
-    def disagreement(self, seal: dict) -> Optional[str]:
+    def disagreement(self, seal: dict) -> str | None:
         """How a log's seal disagrees with the lines before it, or None."""
         mine = self.event()
         for key in ("lines", "counts", "sha256"):
@@ -303,7 +305,7 @@ class LogFile:
         try:
             fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         except OSError as e:
-            raise VmemtraceError(f"cannot write {path}: {e.strerror}")
+            raise VmemtraceError(f"cannot write {path}: {e.strerror}") from None
         self.fh = os.fdopen(fd, "w")
 
     def write(self, event: dict) -> None:
@@ -313,7 +315,7 @@ class LogFile:
             if self.count == 0 or event["type"] in ("range", "command", "lost"):
                 self.fh.flush()  # the header at once: a full disk fails before the command runs
         except OSError as e:
-            raise VmemtraceError(f"cannot write {self.path}: {e.strerror}")
+            raise VmemtraceError(f"cannot write {self.path}: {e.strerror}") from None
         self.seal_of.add(line, event["type"])
         self.count += 1
 
@@ -327,7 +329,7 @@ class LogFile:
             os.replace(self.tmp, self.path)
         except OSError as e:
             self.abort()
-            raise VmemtraceError(f"cannot write {self.path}: {e.strerror}")
+            raise VmemtraceError(f"cannot write {self.path}: {e.strerror}") from None
 
     def abort(self) -> None:
         """The unsealed log removed: nothing at `path` claims to be whole."""
@@ -347,7 +349,7 @@ def write(events: Iterable[dict], fh: IO[str]) -> None:
     fh.flush()
 
 
-def _lines(fh: IO[str], name: str) -> Iterator[Tuple[int, str]]:
+def _lines(fh: IO[str], name: str) -> Iterator[tuple[int, str]]:
     """(line number, line), each read with a length cap: /dev/zero is not a log."""
     lineno = 0
     while True:
@@ -386,10 +388,10 @@ class Sealed:
 
     def __init__(self):
         self.sealed = False
-        self.why: Optional[str] = UNSEALED
+        self.why: str | None = UNSEALED
 
 
-def stream(fh: IO[str], name: str, sealed: Optional[Sealed] = None) -> Iterator[dict]:
+def stream(fh: IO[str], name: str, sealed: Sealed | None = None) -> Iterator[dict]:
     """The events of a log one at a time, validated: each line one well-typed event, the header
     first and only there, and the closing events present (a log cut at a line boundary is
     truncated too; that is only known at its end, where the stream raises). A seal, where there
@@ -410,9 +412,9 @@ def stream(fh: IO[str], name: str, sealed: Optional[Sealed] = None) -> Iterator[
         try:
             event = json.loads(line)
         except RecursionError:
-            raise VmemtraceError(f"{name}:{lineno}: nested too deeply to be an event")
+            raise VmemtraceError(f"{name}:{lineno}: nested too deeply to be an event") from None
         except ValueError as e:
-            raise VmemtraceError(f"{name}:{lineno}: not JSON ({getattr(e, 'msg', str(e))[:80]})")
+            raise VmemtraceError(f"{name}:{lineno}: not JSON ({getattr(e, 'msg', str(e))[:80]})") from None
         validate(event, f"{name}:{lineno}")
         if event["type"] == "seal":
             wrong = seen.disagreement(event)
@@ -448,12 +450,12 @@ def stream(fh: IO[str], name: str, sealed: Optional[Sealed] = None) -> Iterator[
                       else UNINDEXED if header["schema"] < INDEXED else None)
 
 
-def read(fh: IO[str], name: str) -> List[dict]:
+def read(fh: IO[str], name: str) -> list[dict]:
     """All events of a log, validated as stream() validates them."""
     return list(stream(fh, name))
 
 
-def iter_file(path: str, sealed: Optional[Sealed] = None) -> Iterator[dict]:
+def iter_file(path: str, sealed: Sealed | None = None) -> Iterator[dict]:
     """The events of the log at `path`, streamed (stream()); file errors are exit 2 too. Only
     a regular file: a FIFO with no writer, a terminal or a device would block or never end."""
     if path == "-":
@@ -466,13 +468,13 @@ def iter_file(path: str, sealed: Optional[Sealed] = None) -> Iterator[dict]:
         with open(path) as fh:
             yield from stream(fh, path, sealed)
     except OSError as e:
-        raise VmemtraceError(f"cannot read {path}: {e.strerror}")
+        raise VmemtraceError(f"cannot read {path}: {e.strerror}") from None
     except UnicodeDecodeError:
-        raise VmemtraceError(f"{path}: not a text file")
+        raise VmemtraceError(f"{path}: not a text file") from None
 
 
-def header_event(facts, ready, cflags: List[str], walk: Optional[str] = None,
-                 strategy: Optional[dict] = None) -> dict:
+def header_event(facts, ready, cflags: list[str], walk: str | None = None,
+                 strategy: dict | None = None) -> dict:
     """walk: None, "fallback" (populate functions notrace: each range is walked), "cross-check"
     (probes and walk both), or "audit" (walk only, after the fact)."""
     return {"type": "header", "schema": SCHEMA, "tool": f"vmemtrace {__version__}",

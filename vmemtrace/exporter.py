@@ -9,11 +9,15 @@ Conventions (https://prometheus.io/docs/practices/naming/): base units (bytes, s
 """
 
 import json
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
-from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
-                                    HistogramMetricFamily, InfoMetricFamily)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+)
 
 from vmemtrace import __version__
 from vmemtrace.checks import STATUSES
@@ -37,7 +41,7 @@ class InitTally:
     """memmap_init_zone_device durations of ranges no longer held (Fold.retire()): the
     histogram is a counter, so what was counted stays counted."""
 
-    buckets: List[int] = field(default_factory=lambda: [0] * len(INIT_BUCKETS))
+    buckets: list[int] = field(default_factory=lambda: [0] * len(INIT_BUCKETS))
     count: int = 0
     total: float = 0.0
 
@@ -56,13 +60,13 @@ class LiveLedger:
     retire); scrapes read `doc`, which is replaced whole, never changed in place."""
 
     def __init__(self, events: Iterable[dict] = ()):
-        self.fold: Optional[Fold] = None
+        self.fold: Fold | None = None
         self.count = 0  # events folded
         self.judged = -1  # self.count when doc was made
-        self.devices_seen: Optional[str] = None
-        self.doc: Optional[dict] = None
+        self.devices_seen: str | None = None
+        self.doc: dict | None = None
         self.retired = InitTally()
-        self.absent: Set[int] = set()  # range starts with no device at the last retire()
+        self.absent: set[int] = set()  # range starts with no device at the last retire()
         for ev in events:
             self.append(ev)
 
@@ -74,10 +78,10 @@ class LiveLedger:
         self.count += 1
 
     @property
-    def header(self) -> Optional[dict]:
+    def header(self) -> dict | None:
         return self.fold.header if self.fold is not None else None
 
-    def refresh(self, devices_now: List[dict], quiet: bool = True) -> None:
+    def refresh(self, devices_now: list[dict], quiet: bool = True) -> None:
         """Judge again if events came since and the trace is quiet, or the devices changed."""
         if self.fold is None:
             return
@@ -86,7 +90,7 @@ class LiveLedger:
             self.doc = evaluate(self.fold.view(devices_now))
             self.judged, self.devices_seen = self.count, devices
 
-    def retire(self, devices_now: List[dict]) -> None:
+    def retire(self, devices_now: list[dict]) -> None:
         """Forget the ranges that are gone (Fold.retire()); their init durations stay counted."""
         if self.fold is None:
             return
@@ -97,7 +101,7 @@ class LiveLedger:
         if gone:
             self.judged = -1  # judged again at the next quiet poll
 
-    def init_seconds(self) -> List[float]:
+    def init_seconds(self) -> list[float]:
         """memmap_init_zone_device durations of the ranges held (re-created ones included until
         retired: a counter never goes down)."""
         if self.fold is None:
@@ -111,12 +115,12 @@ class Snapshot:
 
     live: LiveLedger
     lost: int = 0
-    errors: Dict[str, int] = field(default_factory=dict)
-    attached: List[str] = field(default_factory=list)  # functions with probes attached now
+    errors: dict[str, int] = field(default_factory=dict)
+    attached: list[str] = field(default_factory=list)  # functions with probes attached now
     not_tracing: str = ""  # why the exporter serves audits only, a snake_case code ("" while it traces)
 
 
-def present_devices(doc: dict, devices_now: List[dict]) -> List[dict]:
+def present_devices(doc: dict, devices_now: list[dict]) -> list[dict]:
     """The verdict's devices that exist now in sysfs: a namespace destroyed since stops being
     reported, as node_exporter stops reporting a removed disk."""
     names = {d["name"] for d in devices_now}
@@ -124,8 +128,8 @@ def present_devices(doc: dict, devices_now: List[dict]) -> List[dict]:
 
 
 class LedgerCollector:
-    def __init__(self, snapshot: Callable[[], Snapshot], devices_now: Callable[[], List[dict]],
-                 bcc: Optional[str] = None):
+    def __init__(self, snapshot: Callable[[], Snapshot], devices_now: Callable[[], list[dict]],
+                 bcc: str | None = None):
         self.snapshot = snapshot
         self.devices_now = devices_now
         self.bcc = bcc  # BCC's version where a log's header does not say it (an audit's)
@@ -182,7 +186,7 @@ class LedgerCollector:
         program.add_metric([" ".join(header["cflags"])], 1)
         yield program
 
-    def _devices(self, devices: List[dict]) -> Iterator:
+    def _devices(self, devices: list[dict]) -> Iterator:
         # Observed values apart from their references, so that a sum over devices means one
         # thing (https://prometheus.io/docs/practices/naming/); bytes, not pages.
         families = {}  # (document key, kind) -> metric family
@@ -217,8 +221,8 @@ class LedgerCollector:
         yield from (count, info, *families.values(), saved, checks)
 
     @staticmethod
-    def _init_histogram(seconds: List[float], retired: InitTally) -> HistogramMetricFamily:
-        buckets: List[Tuple[str, float]] = [
+    def _init_histogram(seconds: list[float], retired: InitTally) -> HistogramMetricFamily:
+        buckets: list[tuple[str, float]] = [
             (str(le), before + sum(1 for s in seconds if s <= le))
             for le, before in zip(INIT_BUCKETS, retired.buckets)]
         buckets.append(("+Inf", retired.count + len(seconds)))

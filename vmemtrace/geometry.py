@@ -5,8 +5,8 @@ Pure arithmetic, no I/O. Each function mirrors the kernel code named in its docs
 x86_64 constants are defaults; every one is a parameter.
 """
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import FrozenSet, Iterator, List, Tuple
 
 from vmemtrace.layouts import TWO_PAGES, Layout
 
@@ -31,12 +31,12 @@ class RangeShape:
     pages_per_section: int = PAGES_PER_SECTION
     # Memory sections of the range present at boot (early_section(), SECTION_IS_EARLY): a piece
     # of the range in one of them reuses the boot memmap (boot_shared()).
-    boot_sections: FrozenSet[int] = frozenset()
+    boot_sections: frozenset[int] = frozenset()
     # The kernel's vmemmap layout (layouts.py): how many vmemmap pages a compound page keeps.
     layout: Layout = TWO_PAGES
 
 
-def eligibility(shape: RangeShape) -> Tuple[bool, str]:
+def eligibility(shape: RangeShape) -> tuple[bool, str]:
     """Mirrors vmemmap_can_optimize() (include/linux/mm.h): no altmap, sizeof(struct page) a
     power of two, and a compound page whose memmap is larger than the pages its layout keeps."""
     sp = shape.struct_page_size
@@ -58,7 +58,7 @@ def eligibility(shape: RangeShape) -> Tuple[bool, str]:
 
 
 def section_pieces(start_pfn: int, nr_pages: int,
-                   pages_per_section: int = PAGES_PER_SECTION) -> Iterator[Tuple[int, int]]:
+                   pages_per_section: int = PAGES_PER_SECTION) -> Iterator[tuple[int, int]]:
     """The (pfn, nr_pages) of each __populate_section_memmap() call for a range: __add_pages()
     (mm/memory_hotplug.c) cuts it at every section boundary."""
     pfn, end = start_pfn, start_pfn + nr_pages
@@ -81,14 +81,14 @@ def boot_shared(pfn: int, n: int, shape: "RangeShape") -> bool:
 
 
 def partial_pieces(start_pfn: int, nr_pages: int,
-                   pages_per_section: int = PAGES_PER_SECTION) -> List[Tuple[int, int]]:
+                   pages_per_section: int = PAGES_PER_SECTION) -> list[tuple[int, int]]:
     """The range's pieces smaller than a section (at most its first and last): the only ones
     that can share their section with boot memory."""
     groups = piece_groups(start_pfn, nr_pages, pages_per_section)
     return [(pfn, n) for pfn, n, count in groups if count == 1 and n < pages_per_section]
 
 
-def boot_pieces(shape: "RangeShape") -> Iterator[Tuple[int, int]]:
+def boot_pieces(shape: "RangeShape") -> Iterator[tuple[int, int]]:
     """The (pfn, nr_pages) pieces of the range that live on the boot memmap."""
     for pfn, n, count in piece_groups(shape.start_pfn, shape.nr_pages, shape.pages_per_section):
         if count == 1 and boot_shared(pfn, n, shape):
@@ -96,7 +96,7 @@ def boot_pieces(shape: "RangeShape") -> Iterator[Tuple[int, int]]:
 
 
 def piece_groups(start_pfn: int, nr_pages: int,
-                 pages_per_section: int = PAGES_PER_SECTION) -> Iterator[Tuple[int, int, int]]:
+                 pages_per_section: int = PAGES_PER_SECTION) -> Iterator[tuple[int, int, int]]:
     """section_pieces() grouped: (first pfn, nr_pages, count) where the middle pieces, all whole
     sections, come as one group (their pfns step by a section), so that sums over a range cost
     O(1) whatever its size (a TiB is 8192 sections, 52 address bits 2^25)."""

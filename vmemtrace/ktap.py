@@ -6,7 +6,6 @@ description, then "# SKIP reason" for a skipped check; a check that is an error,
 the device's case and could not be judged, is "not ok" with the directive ERROR. Descriptions
 and reasons are kept to one line (KTAP is line-based)."""
 
-from typing import List
 
 from vmemtrace.errors import printable
 
@@ -30,7 +29,7 @@ def ktap(doc: dict) -> str:
     devices = doc["devices"]
     problems = doc.get("problems", []) + [doc[k] for k in ("unjudged_log",) if k in doc]
     kernel = _line(doc["kernel"] or "an unknown kernel")
-    out: List[str] = ["KTAP version 1", f"# vmemtrace on {kernel}: {doc['verdict']}",
+    out: list[str] = ["KTAP version 1", f"# vmemtrace on {kernel}: {doc['verdict']}",
                       f"1..{len(devices) + len(problems)}"]
     for i, d in enumerate(devices, 1):
         name = _line(d["device"])

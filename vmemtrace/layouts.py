@@ -7,8 +7,8 @@ markers match no entry, or an entry vmemtrace has not yet seen a real kernel lay
 fail a device: what differs from the model makes the verdict incomplete (checks.py).
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Dict, Iterable, Optional, Tuple
 
 from vmemtrace.kernel import compat
 
@@ -23,7 +23,7 @@ class Layout:
     what: str
     upstream: str
 
-    def page_problem(self, c: dict, per_compound: int, by_walk: bool) -> Optional[str]:
+    def page_problem(self, c: dict, per_compound: int, by_walk: bool) -> str | None:
         """Why one compound page's vmemmap is not laid out as this layout lays it out, or None.
 
         The probes count the pages allocated for the compound page; the walk counts the distinct
@@ -71,8 +71,8 @@ SHARED_TAIL = Layout(
          "than a memory section keep their whole memmap",
     upstream=compat.SHARED_TAIL_DAX.upstream)
 
-KNOWN: Tuple[Layout, ...] = (TWO_PAGES, SHARED_TAIL)
-BY_NAME: Dict[str, Layout] = {la.name: la for la in KNOWN}
+KNOWN: tuple[Layout, ...] = (TWO_PAGES, SHARED_TAIL)
+BY_NAME: dict[str, Layout] = {la.name: la for la in KNOWN}
 
 # What marks the shared-tail layout in a kernel: the allocator the series factors out (out of
 # line: mm/sparse-vmemmap.c and mm/hugetlb_vmemmap.c both call it), and its config symbol,
@@ -86,7 +86,7 @@ MARKER_SYMBOLS = (SHARED_TAIL_SYMBOL,)
 class Detected:
     """The layout a kernel has, or None where no entry fits, and why."""
 
-    layout: Optional[Layout]
+    layout: Layout | None
     evidence: str
 
     @property
@@ -94,7 +94,7 @@ class Detected:
         return self.layout.name if self.layout is not None else "unknown"
 
 
-def detect(symbols: Iterable[str], config: Optional[Dict[str, str]]) -> Detected:
+def detect(symbols: Iterable[str], config: dict[str, str] | None) -> Detected:
     """The layout of a kernel that has the optimisation, from its markers: the shared-tail
     allocator in kallsyms and its config symbol agree, or neither is there (the two-page layout
     of 5.19 on). One without the other is a kernel vmemtrace does not know."""

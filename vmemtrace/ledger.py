@@ -3,31 +3,31 @@
 Pure: takes the event dicts of events.py, returns plain objects; no kernel, no BPF.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
 
 from vmemtrace import events, geometry
 from vmemtrace.account import Account, account
 from vmemtrace.compounds import CompoundPages
-from vmemtrace.sections import Sections, first_pfn, summed
-from vmemtrace.layouts import TWO_PAGES, Detected, Layout, from_header
 from vmemtrace.kernel import compat
+from vmemtrace.layouts import TWO_PAGES, Detected, Layout, from_header
 from vmemtrace.probes import targets
 from vmemtrace.probes.plan import Sources, is_attached
 from vmemtrace.probes.targets import TARGETS
+from vmemtrace.sections import Sections, first_pfn, summed
 
 
 @dataclass
 class DeviceLedger:
     start_pfn: int
     nr_pages: int
-    range: Optional[dict] = None
+    range: dict | None = None
     sections: Sections = field(default_factory=Sections)
     compounds: CompoundPages = field(default_factory=CompoundPages)
-    device: Optional[dict] = None
-    walk: Optional[dict] = None  # the page-table walk of this range, if one was made
+    device: dict | None = None
+    walk: dict | None = None  # the page-table walk of this range, if one was made
     walk_compounds: CompoundPages = field(default_factory=lambda: CompoundPages("walk"))
-    kernel_log: Optional[dict] = None  # the kernel's own pr_info about this range, if any
+    kernel_log: dict | None = None  # the kernel's own pr_info about this range, if any
 
     @property
     def name(self) -> str:
@@ -40,11 +40,11 @@ class DeviceLedger:
         return self.device["name"]
 
     @property
-    def chardev(self) -> Optional[str]:
+    def chardev(self) -> str | None:
         return self.device["name"] if self.device else None
 
     @property
-    def namespace(self) -> Optional[str]:
+    def namespace(self) -> str | None:
         """The nvdimm namespace behind the device (ndctl's "dev"), None for hmem/CXL."""
         return (self.device or {}).get("namespace")
 
@@ -64,7 +64,7 @@ class DeviceLedger:
             return bool((self.range or self.walk)["altmap"])
         return self.sections.altmap
 
-    def boot_placement(self) -> Tuple[FrozenSet[int], Tuple[Tuple[int, int], ...]]:
+    def boot_placement(self) -> tuple[frozenset[int], tuple[tuple[int, int], ...]]:
         """(the range's sections that were present at boot, the partly filled pieces that no
         source places). mem_section's reading (boot_sections on the range or walk event) says
         it; without it, a piece the populate probes saw was populated, so not on the boot
@@ -89,7 +89,7 @@ class DeviceLedger:
             struct_page_size=r.get("struct_page_size", geometry.STRUCT_PAGE_SIZE),
             boot_sections=self.boot_placement()[0], layout=layout)
 
-    def totals(self) -> Dict[str, int]:
+    def totals(self) -> dict[str, int]:
         return dict(self.sections.totals)
 
     def allocated_pages(self) -> int:
@@ -97,7 +97,7 @@ class DeviceLedger:
         t = self.totals()
         return t["fresh"] + t["direct_bytes"] // self.shape(True).page_size
 
-    def inconsistencies(self) -> List[str]:
+    def inconsistencies(self) -> list[str]:
         """What no kernel can have produced for this range: the probes and the walk key compound
         pages by their head pfn, aligned within the range (bpf/vmemtrace.bpf.c, backing.py), one
         event each. A log that says otherwise was cut or edited: judged as corrupt, not as the
@@ -150,7 +150,7 @@ class DeviceLedger:
                            f"({pages.what})")
         return out + self._walk_totals_problem()
 
-    def _walk_totals_problem(self) -> List[str]:
+    def _walk_totals_problem(self) -> list[str]:
         """The walk's compound pages are its PTEs sorted by page (backing.py): all of them where
         the range holds whole sections, fewer where a boot piece is set apart."""
         w = self.walk
@@ -211,8 +211,8 @@ class Unattached:
         self.strategy = header["strategy"]
         self.attached = {t.sees for t in TARGETS if is_attached(self.strategy.get(t.name, ""))}
         self.compound = compat.has(tuple(header["version"]) or (0, 0), compat.COMPOUND_DEVMAP)
-        self.found: List[str] = []
-        self.produced: Dict[str, int] = dict.fromkeys(PRODUCED_BY.values(), 0)
+        self.found: list[str] = []
+        self.produced: dict[str, int] = dict.fromkeys(PRODUCED_BY.values(), 0)
 
     def see(self, ev: dict) -> None:
         self._count(ev)
@@ -232,7 +232,7 @@ class Unattached:
             n["mic_calls"] += ev["mic_calls"]
             n["izdp_calls"] += ev["izdp_calls"]
 
-    def _fewer_hits(self, hits: Dict[str, int]) -> Optional[str]:
+    def _fewer_hits(self, hits: dict[str, int]) -> str | None:
         for fn, what in PRODUCED_BY.items():
             if fn in hits and is_attached(self.strategy.get(fn, "")) and hits[fn] < self.produced[what]:
                 return (f"{fn} was hit {hits[fn]} times but the log holds {self.produced[what]} "
@@ -247,7 +247,7 @@ class Unattached:
                     "allocator calls")
         return None
 
-    def _problem(self, ev: dict) -> Optional[str]:
+    def _problem(self, ev: dict) -> str | None:
         if not self.compound and ev.get("pfns_per_compound", 1) > 1:
             return (f"{ev['type']} event with compound pages of {ev['pfns_per_compound']} pages, "
                     f"on a kernel before compound devmaps (5.17)")
@@ -267,14 +267,14 @@ class Unattached:
 @dataclass
 class Ledger:
     header: dict
-    devices: List[DeviceLedger]
+    devices: list[DeviceLedger]
     sources: Sources
-    vmstat: Dict[str, int]
+    vmstat: dict[str, int]
     lost: int
-    bpf_errors: Dict[str, int]
-    command: Optional[dict]
-    hits: Optional[Dict[str, int]] = None  # entry-probe hits per function, at the end
-    inconsistent: List[str] = field(default_factory=list)  # what no kernel can have produced
+    bpf_errors: dict[str, int]
+    command: dict | None
+    hits: dict[str, int] | None = None  # entry-probe hits per function, at the end
+    inconsistent: list[str] = field(default_factory=list)  # what no kernel can have produced
 
     @property
     def feature(self) -> bool:
@@ -286,7 +286,7 @@ class Ledger:
         return from_header(self.header["feature"])
 
 
-def kernel_log_pairs(calls: List[DeviceLedger], lines: List[dict]) -> List[Tuple[DeviceLedger, dict]]:
+def kernel_log_pairs(calls: list[DeviceLedger], lines: list[dict]) -> list[tuple[DeviceLedger, dict]]:
     """Which of memmap_init_zone_device's log lines is whose. It logs one line per call as the
     call ends and names no range (mm/mm_init.c: "%s initialised %lu pages in %ums"), so pair
     only when there are as many lines as calls, in the order the calls ended, and only calls
@@ -321,28 +321,28 @@ class Fold:
     and not kept: a range's compound pages are judged as they come (compounds.py)."""
 
     header: dict
-    ranges: Dict[int, DeviceLedger] = field(default_factory=dict)
+    ranges: dict[int, DeviceLedger] = field(default_factory=dict)
     # sections waiting for their range: summed by the range's start where the kernel names it
     # (5.19+: has_pgmap), else the events themselves
-    pending: Dict[int, Sections] = field(default_factory=dict)
-    loose: List[dict] = field(default_factory=list)
-    in_order: List[DeviceLedger] = field(default_factory=list)  # ranges as they came
-    kmsg: List[dict] = field(default_factory=list)
-    devices: List[dict] = field(default_factory=list)
-    vmstat: Dict[str, int] = field(default_factory=dict)
+    pending: dict[int, Sections] = field(default_factory=dict)
+    loose: list[dict] = field(default_factory=list)
+    in_order: list[DeviceLedger] = field(default_factory=list)  # ranges as they came
+    kmsg: list[dict] = field(default_factory=list)
+    devices: list[dict] = field(default_factory=list)
+    vmstat: dict[str, int] = field(default_factory=dict)
     lost: int = 0
-    bpf_errors: Dict[str, int] = field(default_factory=dict)
-    command: Optional[dict] = None
-    hits: Optional[Dict[str, int]] = None
-    stray: List[str] = field(default_factory=list)
+    bpf_errors: dict[str, int] = field(default_factory=dict)
+    command: dict | None = None
+    hits: dict[str, int] | None = None
+    stray: list[str] = field(default_factory=list)
     # every ledger made (a re-created range replaces the old in `ranges`): what view() copies
     # and retire() drops
-    made: List[DeviceLedger] = field(default_factory=list)
+    made: list[DeviceLedger] = field(default_factory=list)
 
     def __post_init__(self):
         self.unattached = Unattached(self.header)
 
-    def owner(self, pfn: int) -> Optional[DeviceLedger]:
+    def owner(self, pfn: int) -> DeviceLedger | None:
         return next((d for d in self.ranges.values() if _contains(d, pfn)), None)
 
     def range(self, ev: dict) -> None:
@@ -429,7 +429,7 @@ class Fold:
         elif kind == "kmsg":
             self.kmsg.append(ev)
 
-    def finish(self) -> List[DeviceLedger]:
+    def finish(self) -> list[DeviceLedger]:
         for d, line in kernel_log_pairs(self.in_order, self.kmsg):
             d.kernel_log = line
         # Sections of a range that never reached memmap_init_zone_device (failed, or not traced)
@@ -445,7 +445,7 @@ class Fold:
         return sorted(self.ranges.values(), key=lambda d: d.start_pfn)
 
 
-    def view(self, devices_now: List[dict]) -> "Ledger":
+    def view(self, devices_now: list[dict]) -> "Ledger":
         """The ledger as it stands, with devices_now as the dax devices, the fold left as it was
         (ledger() finishes it; the exporter asks again while events keep coming). Each range is
         a shallow copy for finish() to complete: its compound pages are shared, and only read."""
@@ -459,7 +459,7 @@ class Fold:
         finally:
             self.ranges, self.in_order, self.devices = kept
 
-    def retire(self, devices_now: List[dict], absent_before: Set[int]) -> Tuple[List[DeviceLedger], Set[int]]:
+    def retire(self, devices_now: list[dict], absent_before: set[int]) -> tuple[list[DeviceLedger], set[int]]:
         """Drop the ranges that are gone, so that a long-running exporter's memory follows the
         devices that exist, not every one that ever did. Gone: a range replaced by a later one
         at the same start, or a complete one (its range or walk seen) that none of devices_now

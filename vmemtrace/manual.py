@@ -5,12 +5,11 @@ other (tests/unit/test_manual.py). `scripts/build-man` writes them to man/.
 Pure text: the commands are handed in, nothing here reads the kernel.
 """
 
-from typing import Dict, List, Tuple
 
 import click
 
 # (command line, what it does): one source for `-h` and the man pages.
-EXAMPLES: Dict[str, List[Tuple[str, str]]] = {
+EXAMPLES: dict[str, list[tuple[str, str]]] = {
     "check": [("vmemtrace check", "what this kernel offers and how each target is probed"),
               ("vmemtrace check --json | jq .can_trace", "for a script: can tracing start?")],
     "verify": [("vmemtrace verify -- ndctl create-namespace -m devdax -a 2M",
@@ -132,7 +131,7 @@ def _esc(text: str) -> str:
     return ("\\&" + text) if text[:1] in (".", "'") else text
 
 
-def options(cmd: click.Command) -> List[click.Parameter]:
+def options(cmd: click.Command) -> list[click.Parameter]:
     """The options a page documents: every visible one, help included."""
     return [p for p in cmd.params if isinstance(p, click.Option) and not p.hidden]
 
@@ -150,7 +149,7 @@ def _first_sentence(text: str) -> str:
     return (head + dot).rstrip(". ").rstrip(":")
 
 
-def _option(p: click.Option) -> List[str]:
+def _option(p: click.Option) -> list[str]:
     flags = ", ".join(f"\\fB{_esc(o)}\\fR" for o in p.opts + p.secondary_opts)
     if isinstance(p.type, click.Choice):
         flags += " \\fI" + _esc("{" + "|".join(p.type.choices) + "}") + "\\fR"
@@ -224,7 +223,7 @@ def index_page(group: click.Group, version: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def all_pages(group: click.Group, version: str) -> Dict[str, str]:
+def all_pages(group: click.Group, version: str) -> dict[str, str]:
     """File name -> page, for every command of the group and the group itself (no date: the
     pages in man/ must equal what this makes, on any day)."""
     pages = {"vmemtrace.8": index_page(group, version)}

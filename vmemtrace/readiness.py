@@ -5,23 +5,22 @@ Pure logic over KernelFacts and the attach plan; `vmemtrace check` prints what t
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
 
 from vmemtrace import layouts
 from vmemtrace.errors import VmemtraceError
 from vmemtrace.kernel import compat, trampoline
 from vmemtrace.kernel.config import RELEVANT, enabled
 from vmemtrace.kernel.facts import DATA_SYMBOLS, KernelFacts, gather
-from vmemtrace.probes import plan as P
 from vmemtrace.probes import args, targets
+from vmemtrace.probes import plan as P
 from vmemtrace.probes.targets import BY_NAME, REQUIRED
 
 
 @dataclass
 class Feature:
-    present: Optional[bool]  # None: cannot tell
+    present: bool | None  # None: cannot tell
     evidence: str
-    layout: Optional[layouts.Detected] = None  # where present: the kernel's vmemmap layout
+    layout: layouts.Detected | None = None  # where present: the kernel's vmemmap layout
 
     def as_json(self) -> dict:
         """The header's and `check --json`'s "feature" object."""
@@ -41,7 +40,7 @@ class Blocker(str):
         return out
 
 
-def cannot_trace(blockers: List["Blocker"]) -> VmemtraceError:
+def cannot_trace(blockers: list["Blocker"]) -> VmemtraceError:
     """The error every command raises when tracing cannot start: all the reasons, the first
     one's code."""
     return VmemtraceError("cannot trace: " + "; ".join(blockers),
@@ -51,15 +50,15 @@ def cannot_trace(blockers: List["Blocker"]) -> VmemtraceError:
 @dataclass
 class Readiness:
     feature: Feature
-    plan: List[P.TargetStatus]
-    blockers: List[str]  # why tracing cannot start; empty when it can
+    plan: list[P.TargetStatus]
+    blockers: list[str]  # why tracing cannot start; empty when it can
 
     @property
     def can_trace(self) -> bool:
         return not self.blockers
 
 
-def feature(facts: KernelFacts, plan: List[P.TargetStatus]) -> Feature:
+def feature(facts: KernelFacts, plan: list[P.TargetStatus]) -> Feature:
     """Decide from what the build contains, version only as a last resort.
 
     - ZONE_DEVICE and SPARSEMEM_VMEMMAP are preconditions (mm/Kconfig).
@@ -101,7 +100,7 @@ def read_facts(root: Path = Path("/"), with_bcc: bool = True) -> KernelFacts:
     return gather(root, targets.FUNCTIONS, with_bcc, layouts.MARKER_SYMBOLS)
 
 
-def _sees_anything(plan: List[P.TargetStatus]) -> bool:
+def _sees_anything(plan: list[P.TargetStatus]) -> bool:
     """A range can be judged when its vmemmap is seen (probes or the walk) or its
     initialisation is (probes/targets.py says what each target sees)."""
     seen = {BY_NAME[s.name].sees for s in plan
@@ -109,7 +108,7 @@ def _sees_anything(plan: List[P.TargetStatus]) -> bool:
     return bool(seen & {targets.POPULATE, targets.ALLOC, targets.INIT, targets.INIT_PAGES})
 
 
-def blockers(facts: KernelFacts, plan: List[P.TargetStatus]) -> List[Blocker]:
+def blockers(facts: KernelFacts, plan: list[P.TargetStatus]) -> list[Blocker]:
     """Each reason tracing cannot start on this kernel, most fundamental first."""
     out = []
     required_strategy = next(s.strategy for s in plan if s.name == REQUIRED)

@@ -2,7 +2,6 @@
 
 import json
 import sys
-from typing import Optional
 
 from tabulate import tabulate
 
@@ -72,7 +71,7 @@ def check_table(report: dict) -> str:
             + table(rows, headers=["probe target", "availability", "strategy", "why"]))
 
 
-def _trampolines(t: Optional[dict]) -> str:
+def _trampolines(t: dict | None) -> str:
     """Whether probes may attach by fentry/fexit here, and why not (check --json "trampolines")."""
     if t is None:
         return "-"

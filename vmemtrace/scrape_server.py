@@ -15,7 +15,7 @@ import resource
 import socket
 import ssl
 import threading
-from typing import Callable, Dict, Optional, Set, Tuple
+from collections.abc import Callable
 from urllib.parse import parse_qs, urlparse
 
 # Seconds a connection may take for everything, TLS handshake included: Prometheus times a
@@ -30,7 +30,7 @@ PER_CLIENT = 1024
 RENDERERS = 2
 
 # (name[] filter, Accept header) -> (body, content type)
-Render = Callable[[Optional[Set[str]], str], Tuple[bytes, str]]
+Render = Callable[[set[str] | None, str], tuple[bytes, str]]
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
             431: "Request Header Fields Too Large"}
@@ -51,9 +51,9 @@ def _more_files() -> None:
 class ScrapeServer:
     """Serves render() at /metrics on a bound socket until close()."""
 
-    def __init__(self, sock: socket.socket, render: Render, context: Optional[ssl.SSLContext]):
+    def __init__(self, sock: socket.socket, render: Render, context: ssl.SSLContext | None):
         self.sock, self.render, self.context = sock, render, context
-        self.per_client: Dict[str, int] = {}
+        self.per_client: dict[str, int] = {}
         self.open = 0
         self.pool = concurrent.futures.ThreadPoolExecutor(RENDERERS, "render")
         self.loop = asyncio.new_event_loop()
@@ -91,8 +91,7 @@ class ScrapeServer:
         self.per_client[client] = self.per_client.get(client, 0) + 1
         try:
             await asyncio.wait_for(self._exchange(reader, writer), DEADLINE)
-        except (asyncio.TimeoutError, ConnectionError, asyncio.IncompleteReadError, ssl.SSLError,
-                OSError):
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, OSError):
             pass  # a slow, silent or broken client: its problem, not the next scrape's
         finally:
             self.open -= 1
@@ -124,7 +123,7 @@ class ScrapeServer:
 
     @staticmethod
     async def _reply(writer: asyncio.StreamWriter, status: int, body: bytes,
-                     kind: str = "text/plain; charset=utf-8", length: Optional[int] = None):
+                     kind: str = "text/plain; charset=utf-8", length: int | None = None):
         head = (f"HTTP/1.1 {status} {_REASONS[status]}\r\nServer: vmemtrace\r\n"
                 f"Content-Type: {kind}\r\nContent-Length: {len(body) if length is None else length}"
                 "\r\nConnection: close\r\n\r\n")

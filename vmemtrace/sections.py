@@ -5,7 +5,7 @@ populated, and the keys every call of a range shares. Logged as one "sections" e
 (events.py, schema 3). Pure: no I/O.
 """
 
-from typing import Dict, Iterable, List, Optional, Tuple
+from collections.abc import Iterable
 
 # Counts summed over a range's calls (events.REQUIRED "section").
 SUMMED = ("ptes", "plain", "fresh", "reused", "existing", "alloc_calls", "allocs", "direct_bytes",
@@ -17,7 +17,7 @@ MAX_TASKS = 8  # distinct (pid, comm) kept
 MAX_PROBLEMS = 3
 
 
-def section_problem(s: dict) -> Optional[str]:
+def section_problem(s: dict) -> str | None:
     """Each vmemmap_populate_address call is counted once (bpf/): a call's counts add up."""
     if s["ptes"] != s["fresh"] + s["reused"] + s["existing"] or \
             s["plain"] != s["fresh"] + s["existing"] or s["allocs"] > s["alloc_calls"] \
@@ -34,16 +34,16 @@ class Sections:
 
     def __init__(self):
         self.count = 0
-        self.totals: Dict[str, int] = dict.fromkeys(SUMMED, 0)
-        self.shared: Optional[dict] = None
+        self.totals: dict[str, int] = dict.fromkeys(SUMMED, 0)
+        self.shared: dict | None = None
         self.altmap = False
         self.ok = True  # every call returned success
-        self.runs: List[List[int]] = []  # [first pfn, end pfn) populated, merged where they touch
-        self.tasks: List[Tuple[int, str]] = []  # (pid, comm) of the calls, where logged
+        self.runs: list[list[int]] = []  # [first pfn, end pfn) populated, merged where they touch
+        self.tasks: list[tuple[int, str]] = []  # (pid, comm) of the calls, where logged
         # CLOCK_MONOTONIC ns of the first and last call's return, where logged: when the range
         # was populated, beside other ranges (two namespaces set up at once)
-        self.ktime: Optional[List[int]] = None
-        self.problems: List[str] = []
+        self.ktime: list[int] | None = None
+        self.problems: list[str] = []
 
     def add(self, s: dict) -> None:
         """One "section" event."""
@@ -63,7 +63,7 @@ class Sections:
         if problem and len(self.problems) < MAX_PROBLEMS:
             self.problems.append(problem)
 
-    def _when(self, ktime: List[int]) -> None:
+    def _when(self, ktime: list[int]) -> None:
         self.ktime = list(ktime) if self.ktime is None else [min(self.ktime[0], ktime[0]),
                                                              max(self.ktime[1], ktime[1])]
 
@@ -107,7 +107,7 @@ class Sections:
         return self.count
 
     @property
-    def first_pfn(self) -> Optional[int]:
+    def first_pfn(self) -> int | None:
         return self.runs[0][0] if self.runs else None
 
     @property

@@ -14,7 +14,7 @@ import socket
 import ssl
 import threading
 import time
-from typing import Callable, Optional, Set, Tuple
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import choose_encoder
@@ -29,7 +29,7 @@ from vmemtrace.scrape_server import ScrapeServer
 DEFAULT_LISTEN = "127.0.0.1:9477"
 
 
-def parse_listen(text: str) -> Tuple[str, int]:
+def parse_listen(text: str) -> tuple[str, int]:
     """HOST:PORT, [V6]:PORT or :PORT (all addresses: the user's explicit choice)."""
     host, sep, port = text.rpartition(":")
     if not sep or not (port.isascii() and port.isdigit()) or not 0 <= int(port) < 65536:
@@ -77,7 +77,7 @@ class Exporter:
     def devices_now(self) -> list:
         return [d for d in daxdev.inventory() if events.named(d, self.only)]
 
-    def render(self, names: Optional[Set[str]], accept: str = "") -> Tuple[bytes, str]:
+    def render(self, names: set[str] | None, accept: str = "") -> tuple[bytes, str]:
         """The page a scrape gets (prometheus' name[] filter: only those families), in the
         text format or, where the Accept header asks for it, OpenMetrics."""
         encoder, kind = choose_encoder(accept)
@@ -87,7 +87,7 @@ class Exporter:
         s = self.snap
         return Snapshot(s.live, s.lost, dict(s.errors), list(s.attached), s.not_tracing)
 
-    def serve(self, listen: str, cert: Optional[str], key: Optional[str]) -> Tuple[str, int]:
+    def serve(self, listen: str, cert: str | None, key: str | None) -> tuple[str, int]:
         host, port = parse_listen(listen)
         if bool(cert) != bool(key):
             raise VmemtraceError("--tls-cert and --tls-key go together")
@@ -97,20 +97,20 @@ class Exporter:
                 try:
                     open(path, "rb").close()
                 except OSError as e:
-                    raise VmemtraceError(f"cannot read {path}: {e.strerror}")
+                    raise VmemtraceError(f"cannot read {path}: {e.strerror}") from None
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             try:
                 context.load_cert_chain(cert, key)
             except ssl.SSLError as e:
                 raise VmemtraceError(f"bad TLS certificate or key ({cert}, {key}): "
-                                     f"{e.reason or e.strerror or e}")
+                                     f"{e.reason or e.strerror or e}") from None
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
             sock = socket.create_server((host, port), family=family, backlog=1024)
         except OSError as e:
             if e.errno == errno.EADDRINUSE:
-                raise VmemtraceError(f"{host}:{port} is in use (another exporter running?)")
-            raise VmemtraceError(f"cannot listen on {host}:{port}: {e.strerror}")
+                raise VmemtraceError(f"{host}:{port} is in use (another exporter running?)") from None
+            raise VmemtraceError(f"cannot listen on {host}:{port}: {e.strerror}") from None
         self.server = ScrapeServer(sock, self.render, context)
         self.server.start()
         return host, self.server.server_address[1]
@@ -129,7 +129,7 @@ class Exporter:
             open(probe, "w").close()
             os.unlink(probe)
         except OSError as e:
-            raise VmemtraceError(f"cannot write {path}: {e.strerror}")
+            raise VmemtraceError(f"cannot write {path}: {e.strerror}") from None
 
     def write_textfile(self, path: str) -> None:
         """Atomically (write then rename), as node_exporter's textfile collector requires, with
@@ -146,7 +146,7 @@ class Exporter:
             except OSError as e:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
-                raise VmemtraceError(f"cannot write {path}: {e.strerror}")
+                raise VmemtraceError(f"cannot write {path}: {e.strerror}") from None
 
     def close(self) -> None:
         if self.server is not None:
@@ -161,7 +161,7 @@ PRUNE_SECONDS = 30.0
 DEVICES_SECONDS = 1.0
 
 
-def _trace(exporter: Exporter, textfile: Optional[str], interval: float,
+def _trace(exporter: Exporter, textfile: str | None, interval: float,
            progress: Callable[[str], None]) -> None:
     """Attach and keep the snapshot current until SIGTERM or Ctrl-C (KeyboardInterrupt)."""
     from vmemtrace.session import traced
@@ -194,7 +194,7 @@ def _trace(exporter: Exporter, textfile: Optional[str], interval: float,
             progress("stopping: detaching the probes")
 
 
-def _audit_only(exporter: Exporter, why: str, textfile: Optional[str], interval: float,
+def _audit_only(exporter: Exporter, why: str, textfile: str | None, interval: float,
                 progress: Callable[[str], None], hangup: threading.Event) -> None:
     """Tracing cannot start: serve the audit of the devices that exist (re-audited when the set
     of dax devices changes), with vmemtrace_tracing 0 and the reason's code (the sentence is in
@@ -224,8 +224,8 @@ def _audit_only(exporter: Exporter, why: str, textfile: Optional[str], interval:
     progress("SIGHUP: trying to attach again")
 
 
-def run(listen: str, textfile: Optional[str], interval: float, cert: Optional[str],
-        key: Optional[str], progress: Callable[[str], None], only=()) -> None:
+def run(listen: str, textfile: str | None, interval: float, cert: str | None,
+        key: str | None, progress: Callable[[str], None], only=()) -> None:
     """Bad configuration (address, port, certificate, textfile) exits 2 before anything else;
     a host that cannot trace is served as well as it can be, never given up on."""
     exporter = Exporter(only)

@@ -5,9 +5,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, List, Optional
 
 from vmemtrace.audit import boot_sections, existing_devices, walk_range
 from vmemtrace.errors import VmemtraceError, terminate_on_sigterm
@@ -21,7 +21,7 @@ from vmemtrace.readiness import assess, cannot_trace, read_facts
 from vmemtrace.sections import Sections, first_pfn, summed
 
 
-def walk_mode(ready, cross_check: bool) -> Optional[str]:
+def walk_mode(ready, cross_check: bool) -> str | None:
     """Whether every range gets walked: with --cross-check (which needs the probes it checks),
     and where the probes cannot see the populate or the allocations at all (kernel/kcore.py).
     Otherwise only a range whose probe counts do not add up is (traced(), _needs_walk())."""
@@ -89,7 +89,7 @@ def _needs_walk(header: dict, rng: dict, sections: Sections) -> bool:
                      bool(header["feature"]["present"])).needs_walk
 
 
-def closing_events(tracer, kmsg: Optional[KmsgCursor] = None) -> List[dict]:
+def closing_events(tracer, kmsg: KmsgCursor | None = None) -> list[dict]:
     """What is left once the command is done: compound pages of ranges that never completed,
     losses and BPF-side errors, the kernel's own log and counter, the dax devices in sysfs."""
     out = list(tracer.drain_sections()) + list(tracer.drain_compound())
@@ -109,7 +109,7 @@ class Folded:
     memory their ranges need, not one object per event (a 1 TiB range logs a million)."""
 
     def __init__(self):
-        self.fold: Optional[Fold] = None
+        self.fold: Fold | None = None
         self.count = self.ranges = 0
 
     def append(self, ev: dict) -> None:
@@ -138,7 +138,7 @@ def stop_child(child: subprocess.Popen, waiter: threading.Thread) -> None:
         waiter.join()
 
 
-def run_command(argv: List[str], tracer, on_events: Callable[[List[dict]], None],
+def run_command(argv: list[str], tracer, on_events: Callable[[list[dict]], None],
                 quiet_stdout: bool = False) -> dict:
     """Run argv (no shell) while polling the tracer; returns the command event. With
     quiet_stdout the command's stdout goes to our stderr, keeping ours clean for JSON."""
@@ -146,7 +146,7 @@ def run_command(argv: List[str], tracer, on_events: Callable[[List[dict]], None]
     try:
         child = subprocess.Popen(argv, stdout=sys.stderr if quiet_stdout else None)
     except OSError as e:
-        raise VmemtraceError(f"cannot run {argv[0]}: {e.strerror}")
+        raise VmemtraceError(f"cannot run {argv[0]}: {e.strerror}") from None
     # The command's own wall time, stamped when it exits: the poll loop below may sit in
     # perf_buffer_poll() for up to 100 ms after that (bench/ measured the difference).
     ended = []
@@ -167,7 +167,7 @@ def run_command(argv: List[str], tracer, on_events: Callable[[List[dict]], None]
 
 
 @contextmanager
-def traced(progress: Callable[[str], None], on_event: Optional[Callable[[dict], None]] = None,
+def traced(progress: Callable[[str], None], on_event: Callable[[dict], None] | None = None,
            cross_check: bool = False, audit_existing: bool = False, exclude=(), keep: bool = True,
            sink=None, attach: str = "auto"):
     """Attach, log the header and the "before" counter (and with audit_existing the walk of the
@@ -218,8 +218,8 @@ def traced(progress: Callable[[str], None], on_event: Optional[Callable[[dict], 
                 walker.close()
 
 
-def trace_command(argv: List[str], progress: Callable[[str], None],
-                  on_event: Optional[Callable[[dict], None]] = None,
+def trace_command(argv: list[str], progress: Callable[[str], None],
+                  on_event: Callable[[dict], None] | None = None,
                   quiet_stdout: bool = False, cross_check: bool = False,
                   exclude=(), attach: str = "auto") -> Folded:
     """argv run under tracing, folded as its events come (on_event sees each one)."""
@@ -230,8 +230,8 @@ def trace_command(argv: List[str], progress: Callable[[str], None],
     return log
 
 
-def watch(seconds: Optional[float], progress: Callable[[str], None],
-          on_event: Callable[[dict], None], tick: Optional[Callable[[], bool]] = None) -> List[dict]:
+def watch(seconds: float | None, progress: Callable[[str], None],
+          on_event: Callable[[dict], None], tick: Callable[[], bool] | None = None) -> list[dict]:
     """Trace with no command until `seconds` pass, Ctrl-C/SIGTERM, or tick() returns False."""
     with traced(progress, on_event) as (tracer, take, log):
         deadline = None if seconds is None else time.monotonic() + seconds

@@ -4,7 +4,6 @@ per-device and overall verdicts, and the exit code each verdict means.
 Pure: a Ledger in, the verify document of docs/design.md out. Expected numbers come from geometry only.
 """
 
-from typing import Dict, List, Optional
 
 from vmemtrace import geometry
 from vmemtrace.checks import Check, defining_checks, device_verdict, run_checks
@@ -14,8 +13,8 @@ from vmemtrace.view import DeviceView, device_view
 EXPECTATIONS = ("auto", "optimized", "unoptimized")
 
 
-def _device_doc(d: DeviceLedger, v: DeviceView, checks: List[Check], verdict: str,
-                unjudged: List[str]) -> Dict:
+def _device_doc(d: DeviceLedger, v: DeviceView, checks: list[Check], verdict: str,
+                unjudged: list[str]) -> dict:
     """One device's part of the verify document (docs/design.md, "JSON")."""
     seen, n, shape = v.seen, v.numbers, v.shape
     r = d.range or {}
@@ -59,7 +58,7 @@ def _device_doc(d: DeviceLedger, v: DeviceView, checks: List[Check], verdict: st
     }
 
 
-def check_device(d: DeviceLedger, ledger: Ledger, expect: str, allow_skip=()) -> Dict:
+def check_device(d: DeviceLedger, ledger: Ledger, expect: str, allow_skip=()) -> dict:
     """Every check of the registry over the device's view; the verdict from their statuses."""
     v = device_view(d, ledger, expect)
     checks = run_checks(v)
@@ -124,7 +123,7 @@ def unsealed(doc: dict, why: str) -> dict:
     return out
 
 
-def changed_since(doc: dict, before: Optional[dict]) -> dict:
+def changed_since(doc: dict, before: dict | None) -> dict:
     """`stats` without --cumulative: the document with only the devices that are new or whose
     part changed since the last interval's document (bcc tools clear their maps each interval;
     a ledger cannot be cut in time, since one range's events may straddle two intervals)."""

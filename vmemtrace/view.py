@@ -4,7 +4,6 @@ and the witnesses beside it. Built once per device from a Ledger; pure, no I/O.
 """
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
 
 from vmemtrace import geometry
 from vmemtrace.account import Account
@@ -22,11 +21,11 @@ BY_WALK = " (page-table walk)"
 class Observed:
     """What the trace saw for one device, None where it could not see."""
 
-    vmemmap_pages: Optional[int]
-    struct_pages_initialized: Optional[int]
+    vmemmap_pages: int | None
+    struct_pages_initialized: int | None
     init_source: str
-    compounds: Optional[CompoundPages]  # the compound pages' vmemmap layout, judged (compounds.py)
-    reused: Optional[int]  # vmemmap PTEs mapped onto an already used page
+    compounds: CompoundPages | None  # the compound pages' vmemmap layout, judged (compounds.py)
+    reused: int | None  # vmemmap PTEs mapped onto an already used page
     how: str  # "" when probes saw it, BY_WALK when the page-table walk did
     vmemmap_why: str  # why vmemmap_pages is None, or why the walk answered instead of the probes
     populate_why: str  # the same for the per-compound-page layout
@@ -58,7 +57,7 @@ class Expected:
         """Compound pages whose vmemmap the populate path lays out (probes and walk see them)."""
         return self.compound_pages - self.boot_compounds
 
-    def vmemmap_seen(self, by_walk: bool, naive: bool = False) -> Tuple[int, int]:
+    def vmemmap_seen(self, by_walk: bool, naive: bool = False) -> tuple[int, int]:
         """The fewest and most vmemmap pages a source should count: allocated (probes: edge
         blocks shared with a neighbouring section may have been mapped before), or distinct
         pages behind the range (walk: exact, the boot memmap's included)."""
@@ -71,7 +70,7 @@ class Expected:
         return self.vmemmap, self.vmemmap + self.shared_pages
 
 
-def bounds(low_high: Tuple[int, int]) -> str:
+def bounds(low_high: tuple[int, int]) -> str:
     low, high = low_high
     return str(high) if low == high else f"{low} to {high}"
 
@@ -89,17 +88,17 @@ class DeviceView:
     numbers: Expected
     seen: Observed
     sources: Sources
-    range: Optional[dict]  # the memmap_init_zone_device event, None when not seen
-    walk: Optional[dict]
+    range: dict | None  # the memmap_init_zone_device event, None when not seen
+    walk: dict | None
     probe_compounds: CompoundPages
     walk_compounds: CompoundPages
     probe_allocated: int  # vmemmap pages the allocator probes saw
     probe_reused: int  # PTEs the populate probes saw reused
-    kernel_log: Optional[dict]
-    vmstat: Dict[str, int]  # nr_memmap_pages before/after the command, where read
+    kernel_log: dict | None
+    vmstat: dict[str, int]  # nr_memmap_pages before/after the command, where read
     n_devices: int
     cross_check: bool  # verify --cross-check asked for probes against the walk
-    boot_unknown: Tuple[Tuple[int, int], ...] = ()  # partial pieces nothing places (ledger.boot_placement)
+    boot_unknown: tuple[tuple[int, int], ...] = ()  # partial pieces nothing places (ledger.boot_placement)
 
 
 def _not_walked(ledger: Ledger) -> str:
@@ -107,7 +106,7 @@ def _not_walked(ledger: Ledger) -> str:
     return f", and the page-table walk could not run: {blocker}" if blocker else ", and the range was not walked"
 
 
-def _init_observed(d: DeviceLedger, ledger: Ledger, acct: Account) -> Tuple[Optional[int], str]:
+def _init_observed(d: DeviceLedger, ledger: Ledger, acct: Account) -> tuple[int | None, str]:
     """The struct pages initialised, and how they were counted (or why they were not)."""
     src = ledger.sources
     if d.range is not None and acct.init is None:

@@ -113,7 +113,7 @@ def main():
             subprocess.run(["ndctl", "disable-namespace", "namespace0.0"], capture_output=True)
             subprocess.run(CASES[case].ndctl_args("namespace0.0"), check=True, capture_output=True)
             expected = expected_saving()
-            at = wait(f"{case} in Prometheus", lambda: saved(expected))
+            at = wait(f"{case} in Prometheus", lambda want=expected: saved(want))
             out["cases"][case] = {"expected": expected, "at": at,
                                   "prometheus": query('vmemtrace_vmemmap_saved_bytes', at)[1]}
         time.sleep(6)  # a few more scrapes, so that increase() over 1m has its two samples

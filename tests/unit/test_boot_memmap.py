@@ -55,7 +55,7 @@ def brute(s: geometry.RangeShape):
             alloc += n // s.pfns_per_compound * min(2, s.pfns_per_compound * 64 // 4096)
         else:
             alloc += pages
-        for head in range(pfn, pfn + n, s.pfns_per_compound):
+        for _head in range(pfn, pfn + n, s.pfns_per_compound):
             if s.pfns_per_compound == 1:
                 init_fix += 1
                 init_old += 1

@@ -11,8 +11,7 @@ import pytest
 
 from tests.conftest import SERIES, run_cli
 from tests.unit.test_replay import load, log_path, write_log
-from vmemtrace import events, geometry
-from vmemtrace import compounds
+from vmemtrace import compounds, events, geometry
 from vmemtrace.compounds import CompoundPages, PfnSet, table_difference
 from vmemtrace.ledger import fold
 

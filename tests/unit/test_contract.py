@@ -15,7 +15,7 @@ SOURCE = BPF_SOURCE.read_text()
 
 def struct_fields(name, text=HEADER):
     """A struct's field names in order, whatever their type."""
-    body = re.search(r"^struct %s \{(.*?)^\};" % name, text, re.S | re.M).group(1)
+    body = re.search(rf"^struct {name} \{{(.*?)^\}};", text, re.S | re.M).group(1)
     body = re.sub(r"/\*.*?\*/", "", body, flags=re.S)
     return re.findall(r"^\s+(?:struct )?\w+ (\w+)(?:\[[^\]]*\])?;", body, re.M)
 
@@ -28,7 +28,7 @@ def test_the_program_includes_the_contract_and_defines_only_its_own_context():
                         "errors_t", "hits_t", "kaddrs_t"}
     assert private == {"section_ctx", "range_ctx"}  # per-thread state, never read back
     # Every map and perf buffer user space reads carries a contract struct.
-    for kind, value in re.findall(r"^BPF_(ARRAY|PERCPU_ARRAY|F_TABLE)\((?:\"\w+\", u64, )?"
+    for _kind, value in re.findall(r"^BPF_(ARRAY|PERCPU_ARRAY|F_TABLE)\((?:\"\w+\", u64, )?"
                                   r"\w+, (?:struct (\w+))", SOURCE, re.M):
         assert value in declared, value
 

@@ -152,7 +152,7 @@ def test_dashboard_is_exportable_and_provisionable():
     (inp,) = d["__inputs"]
     assert inp["type"] == "datasource" and inp["pluginId"] == "prometheus"
     variables = {v["name"]: v for v in d["templating"]["list"]}
-    assert variables["datasource"]["current"]["value"] == "${%s}" % inp["name"]
+    assert variables["datasource"]["current"]["value"] == "${" + inp["name"] + "}"
     required = {(r["type"], r["id"]) for r in d["__requires"]}
     assert {("panel", p["type"]) for p in d["panels"]} | {("datasource", "prometheus"),
                                                           ("grafana", "grafana")} == required
@@ -185,7 +185,6 @@ def exposition():
     from prometheus_client import generate_latest
 
     from tests.unit.test_exporter import registry_for
-
     from vmemtrace.serve import TEXTFILE_WRITTEN
 
     page = generate_latest(registry_for(FIXTURES / "events/6.12.117+deb12-amd64/mem-2M.jsonl")).decode()

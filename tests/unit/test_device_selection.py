@@ -133,9 +133,8 @@ def test_each_range_of_a_device_gets_its_own_name_and_ledger(tmp_path):
 
 
 def test_an_unbound_device_has_no_driver_and_is_not_audited(tmp_path):
-    from vmemtrace.kernel import daxdev
-
     from vmemtrace.audit import auditable
+    from vmemtrace.kernel import daxdev
 
     dax_tree(tmp_path, "dax3.0", [(30 * GiB, GiB)], driver=None)
     dax_tree(tmp_path, "dax4.0", [(40 * GiB, GiB)], driver="kmem")

@@ -5,7 +5,8 @@ pfn or its closing events changed is never "pass"; whatever the change, the answ
 import copy
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import FIXTURES
 from vmemtrace import events

@@ -148,9 +148,6 @@ def _brute_expected(shape):
                for pfn, n in g.section_pieces(shape.start_pfn, shape.nr_pages))
 
 
-from hypothesis import given, settings, strategies as st  # noqa: E402
-
-
 @settings(max_examples=300, deadline=None)
 @given(start=st.integers(0, 1 << 22).map(lambda p: p * g.PAGES_PER_SUBSECTION),
        sections=st.integers(1, 40), extra=st.integers(0, 63),

@@ -1,9 +1,8 @@
 """The lab's pure parts: kernel specs, cases, sizes, and its refusals (no guest booted)."""
 
 
-from pathlib import Path
-
 import json
+from pathlib import Path
 
 import pytest
 

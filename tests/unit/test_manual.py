@@ -4,6 +4,7 @@ import re
 import shlex
 import shutil
 import subprocess
+from pathlib import Path
 
 import click
 import pytest
@@ -11,7 +12,6 @@ import pytest
 from tests.conftest import run_cli
 from vmemtrace import __version__, manual
 from vmemtrace.cli import command_group
-from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 GROUP = command_group()

@@ -57,6 +57,7 @@ def test_the_summary_struct_is_sized_by_what_compounds_py_passes():
     """struct cp_sum's arrays (bpf/vmemtrace.h) are sized by the defines the loader passes from
     compounds.py, and a BCC array of rows is read whether BCC hands it over flat or nested."""
     import ctypes
+
     from vmemtrace import compounds
     from vmemtrace.probes.loader import _rows, defines
 

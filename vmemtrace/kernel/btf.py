@@ -12,8 +12,8 @@ string section. Type ids count from 1 in section order; 0 is void.
 import bisect
 import functools
 import struct
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from vmemtrace.errors import VmemtraceError
 
@@ -62,7 +62,7 @@ class Btf:
         self._raw = bytes(data[types:types + type_len])
         self._words = memoryview(self._raw).cast("I")
         self._strings = bytes(data[strings:strings + str_len])
-        self._start: List[int] = [0]  # word index of each type id's record; id 0 is void
+        self._start: list[int] = [0]  # word index of each type id's record; id 0 is void
         # Record length = FIXED[kind] + PER_VLEN[kind] * vlen words, looked up rather than
         # computed per record: this loop runs once per type (~120k) at every start-up.
         words, i, end, add = self._words, 0, len(self._words), self._start.append
@@ -78,7 +78,7 @@ class Btf:
         end = self._strings.find(b"\0", off)
         return self._strings[off:end if end >= 0 else None].decode("ascii", "replace")
 
-    def _name_offset(self, name: str) -> Optional[int]:
+    def _name_offset(self, name: str) -> int | None:
         """The string section is deduplicated: one offset per name."""
         needle = b"\0" + name.encode() + b"\0"
         at = self._strings.find(needle)
@@ -87,7 +87,7 @@ class Btf:
     def kind(self, tid: int) -> int:
         return (self._words[self._start[tid] + 1] >> 24) & 0x1F
 
-    def find(self, name: str, kinds: Tuple[int, ...]) -> Optional[int]:
+    def find(self, name: str, kinds: tuple[int, ...]) -> int | None:
         """The first type id of one of these kinds with this name. The name's offset is searched
         for as bytes (a record starts with its name_off word), then each hit is checked to be
         a record's start: a few candidates instead of a Python loop over every type."""
@@ -121,7 +121,7 @@ class Btf:
             return self._words[i + 2]
         raise ValueError(f"type {tid}: modifier chain too long")
 
-    def members(self, tid: int) -> Iterator[Tuple[str, int, int]]:
+    def members(self, tid: int) -> Iterator[tuple[str, int, int]]:
         """(name, type id, byte offset) of a struct or union; anonymous members are descended
         into (dev_pagemap's ranges sits in an anonymous union, 6.12 also wraps it in an anonymous
         struct: DECLARE_FLEX_ARRAY)."""
@@ -137,7 +137,7 @@ class Btf:
                     yield inner, itype, bits // 8 + ioff
             else:
                 yield name, mtype, bits // 8
-    def params(self, func: str) -> Optional[List[str]]:
+    def params(self, func: str) -> list[str] | None:
         """Parameter names of a function (FUNC -> FUNC_PROTO -> btf_param), None when the BTF has
         no such function: pahole records only functions ftrace can see (not notrace, inlined or
         clones)."""
@@ -156,20 +156,20 @@ class Signatures:
     """The prototypes of the functions asked for that the BTF has: each parameter's name, by
     which the BPF program's arguments are found (probes/args.py)."""
 
-    params: Tuple[Tuple[str, Tuple[str, ...]], ...] = ()  # (function, parameter names)
+    params: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (function, parameter names)
 
     @property
-    def arity(self) -> Tuple[Tuple[str, int], ...]:
+    def arity(self) -> tuple[tuple[str, int], ...]:
         """(function, argument count): a BPF trampoline (fentry/fexit) can be attached only to
         a function in BTF, and fexit finds the return value after the arguments
         (bpf/vmemtrace.bpf.c, VT_ARGS_<function>)."""
         return tuple((name, len(p)) for name, p in self.params)
 
-    def defines(self) -> List[str]:
+    def defines(self) -> list[str]:
         return [f"-DVT_ARGS_{name}={n}" for name, n in self.arity]
 
 
-def signatures(btf: Btf, functions: Tuple[str, ...] = ()) -> Signatures:
+def signatures(btf: Btf, functions: tuple[str, ...] = ()) -> Signatures:
     params = {name: btf.params(name) for name in functions}
     return Signatures(tuple((name, tuple(p)) for name, p in params.items() if p is not None))
 
@@ -182,18 +182,18 @@ class Layout:
     pgmap_flags: int
     pgmap_nr_range: int
     pgmap_ranges: int
-    pgmap_vmemmap_shift: Optional[int]  # None before 5.17
+    pgmap_vmemmap_shift: int | None  # None before 5.17
     altmap_base_pfn: int      # offsets in struct vmem_altmap
     altmap_reserve: int
     altmap_free: int
     range_size: int           # sizeof(struct range)
     signatures: Signatures = Signatures()
-    mem_section: Optional[int] = None  # sizeof(struct mem_section), for the walk (not the BPF program)
+    mem_section: int | None = None  # sizeof(struct mem_section), for the walk (not the BPF program)
     # (sizeof(struct bpf_prog_info), offsetof(.., recursion_misses)): the skipped-run count the
     # tracer reads back (probes/loader.py); None where the kernel has no such member (< 5.12)
-    prog_info_misses: Optional[Tuple[int, int]] = None
+    prog_info_misses: tuple[int, int] | None = None
 
-    def defines(self) -> List[str]:
+    def defines(self) -> list[str]:
         out = []
         for key, value in vars(self).items():
             if value is not None and key not in ("signatures", "mem_section", "prog_info_misses"):
@@ -207,7 +207,7 @@ PGMAP_MEMBERS = {"altmap": None, "flags": 4, "nr_range": 4, "ranges": None, "vme
 ALTMAP_MEMBERS = {"base_pfn": 8, "reserve": 8, "free": 8}
 
 
-def _struct_members(btf: Btf, name: str, wanted: Dict[str, Optional[int]]) -> Dict[str, int]:
+def _struct_members(btf: Btf, name: str, wanted: dict[str, int | None]) -> dict[str, int]:
     tid = btf.find(name, (STRUCT,))
     if tid is None:
         raise ValueError(f"no struct {name}")
@@ -222,7 +222,7 @@ def _struct_members(btf: Btf, name: str, wanted: Dict[str, Optional[int]]) -> Di
     return found
 
 
-def layout(btf: Btf, functions: Tuple[str, ...] = ()) -> Layout:
+def layout(btf: Btf, functions: tuple[str, ...] = ()) -> Layout:
     pgmap = _struct_members(btf, "dev_pagemap", PGMAP_MEMBERS)
     altmap = _struct_members(btf, "vmem_altmap", ALTMAP_MEMBERS)
     missing = [f"dev_pagemap.{m}" for m in PGMAP_MEMBERS if m not in pgmap and m != "vmemmap_shift"]
@@ -241,7 +241,7 @@ def layout(btf: Btf, functions: Tuple[str, ...] = ()) -> Layout:
                   prog_info_misses=_prog_info_misses(btf))
 
 
-def _prog_info_misses(btf: Btf) -> Optional[Tuple[int, int]]:
+def _prog_info_misses(btf: Btf) -> tuple[int, int] | None:
     tid = btf.find("bpf_prog_info", (STRUCT,))
     if tid is None:
         return None
@@ -249,13 +249,13 @@ def _prog_info_misses(btf: Btf) -> Optional[Tuple[int, int]]:
     return None if offset is None else (btf.size(tid), offset)
 
 
-def _size_of(btf: Btf, name: str) -> Optional[int]:
+def _size_of(btf: Btf, name: str) -> int | None:
     tid = btf.find(name, (STRUCT,))
     return None if tid is None else btf.size(tid)
 
 
-@functools.lru_cache(maxsize=None)
-def read_layout(path: str, functions: Tuple[str, ...] = ()) -> Layout:
+@functools.cache
+def read_layout(path: str, functions: tuple[str, ...] = ()) -> Layout:
     """The layout from a BTF file, with the argument counts of these functions (the probe
     targets); a one-line VmemtraceError when it cannot be had. Read once per process: the
     running kernel's BTF does not change, and the compile, the attach plan and the audit of
@@ -264,15 +264,15 @@ def read_layout(path: str, functions: Tuple[str, ...] = ()) -> Layout:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
-        raise VmemtraceError(f"cannot read {path}: {e.strerror}")
+        raise VmemtraceError(f"cannot read {path}: {e.strerror}") from None
     try:
         return layout(Btf(data), functions)
     except (ValueError, IndexError, struct.error) as e:
-        raise VmemtraceError(f"{path}: cannot take the struct layout from it: {e}")
+        raise VmemtraceError(f"{path}: cannot take the struct layout from it: {e}") from None
 
 
-def try_layout(path: Optional[str], progress: Callable[[str], None],
-               instead: str, functions: Tuple[str, ...] = ()) -> Optional[Layout]:
+def try_layout(path: str | None, progress: Callable[[str], None],
+               instead: str, functions: tuple[str, ...] = ()) -> Layout | None:
     """The layout, or None: without BTF, or with the reason said and what the caller does
     `instead`."""
     if not path:

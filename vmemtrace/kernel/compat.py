@@ -7,12 +7,11 @@ stable kernels, so a version never stands in for a fix (VMSTAT_DAX_FIX has none)
 """
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
 
 
 @dataclass(frozen=True)
 class Change:
-    since: Optional[Tuple[int, int]]  # the upstream release; None: judged by what a kernel does
+    since: tuple[int, int] | None  # the upstream release; None: judged by what a kernel does
     what: str
     upstream: str  # the commit's title (and id where known) and its release
 
@@ -80,7 +79,7 @@ ARCH_GATE_DAX = Change(
     '0b6f15824cc7 (6.6)')
 
 
-def arch_gate(version: tuple) -> Optional[str]:
+def arch_gate(version: tuple) -> str | None:
     """The config symbol that gates the optimisation on this release, None before there was one."""
     if has(version, ARCH_GATE_DAX):
         return "ARCH_WANT_OPTIMIZE_DAX_VMEMMAP"

@@ -4,7 +4,6 @@
 import gzip
 import zlib
 from pathlib import Path
-from typing import Dict, Optional, Tuple
 
 from vmemtrace.errors import VmemtraceError
 
@@ -28,7 +27,7 @@ RELEVANT = (
 )
 
 
-def parse_config(text: str) -> Dict[str, str]:
+def parse_config(text: str) -> dict[str, str]:
     """CONFIG_X=value lines into {"X": value}; "# CONFIG_X is not set" into {"X": "n"}."""
     options = {}
     for line in text.splitlines():
@@ -41,14 +40,14 @@ def parse_config(text: str) -> Dict[str, str]:
     return options
 
 
-def read_config(root: Path, release: str) -> Tuple[Optional[Dict[str, str]], Optional[str]]:
+def read_config(root: Path, release: str) -> tuple[dict[str, str] | None, str | None]:
     """(options, the file they came from), or (None, None) when the kernel publishes none."""
     proc = root / "proc/config.gz"
     if proc.exists():
         try:
             text = gzip.decompress(proc.read_bytes()).decode(errors="replace")
         except (OSError, EOFError, zlib.error) as e:
-            raise VmemtraceError(f"/proc/config.gz: cannot read it ({e})")
+            raise VmemtraceError(f"/proc/config.gz: cannot read it ({e})") from None
         return parse_config(text), "/proc/config.gz"
     for rel in config_paths(release):
         path = root / rel.lstrip("/")
@@ -56,15 +55,15 @@ def read_config(root: Path, release: str) -> Tuple[Optional[Dict[str, str]], Opt
             try:
                 return parse_config(path.read_text(errors="replace")), rel
             except OSError as e:
-                raise VmemtraceError(f"{rel}: cannot read it ({e.strerror})")
+                raise VmemtraceError(f"{rel}: cannot read it ({e.strerror})") from None
     return None, None
 
 
-def config_paths(release: str) -> Tuple[str, ...]:
+def config_paths(release: str) -> tuple[str, ...]:
     return (f"/boot/config-{release}", f"/lib/modules/{release}/config")
 
 
-def enabled(options: Optional[Dict[str, str]], name: str) -> Optional[bool]:
+def enabled(options: dict[str, str] | None, name: str) -> bool | None:
     """True for =y/=m, False for not set or absent, None when the config is unknown."""
     if options is None:
         return None

@@ -1,7 +1,6 @@
 """The dax devices in sysfs (/sys/bus/dax/devices/daxX.Y): name, physical range, alignment."""
 
 from pathlib import Path
-from typing import List, Tuple
 
 PAGE_SHIFT = 12
 
@@ -10,7 +9,7 @@ def _read(path: Path) -> str:
     return path.read_text().strip()
 
 
-def _mappings(dev: Path) -> List[Tuple[int, int]]:
+def _mappings(dev: Path) -> list[tuple[int, int]]:
     """The device's physical ranges, (start, size) in mappingN order: drivers/dax/bus.c gives
     each range of a dev_dax a mappingN directory with start and end (inclusive). A device made
     of several ranges (resized, or hmem/CXL carved in pieces) has one memmap_init_zone_device()
@@ -26,7 +25,7 @@ def _mappings(dev: Path) -> List[Tuple[int, int]]:
     return [(start, size) for _, start, size in sorted(found)]
 
 
-def inventory(root: Path = Path("/")) -> List[dict]:
+def inventory(root: Path = Path("/")) -> list[dict]:
     """One "device" event (events.py) per dax device range that has memory; sorted by name.
     A device of several ranges gives one event per range, with "mapping" (its index) and
     "mappings" (their number). No "driver" key: no driver bound, so no memmap at all."""

@@ -2,7 +2,6 @@
 
 import os
 from pathlib import Path
-from typing import Optional
 
 # CAP_SYS_RAWIO is bit 17, CAP_SYS_ADMIN bit 21, CAP_BPF bit 39, CAP_PERFMON bit 38
 # (include/uapi/linux/capability.h).
@@ -19,7 +18,7 @@ def parse_cap_eff(status_text: str) -> int:
     return 0
 
 
-def effective_caps(root: Path) -> Optional[int]:
+def effective_caps(root: Path) -> int | None:
     """The effective capabilities of the process that reads `root`: this process's for "/"
     (all of them for uid 0); for another tree (`check --root`, a recorded kernel) what the tree's
     proc/self/status says, None when it does not say: the tree describes a kernel, not the
@@ -44,12 +43,12 @@ def privileged(root: Path) -> bool:
     return bool(caps & (1 << CAP_BPF)) and bool(caps & (1 << CAP_PERFMON))
 
 
-def btf_path(root: Path) -> Optional[str]:
+def btf_path(root: Path) -> str | None:
     path = root / "sys/kernel/btf/vmlinux"
     return "/sys/kernel/btf/vmlinux" if path.exists() else None
 
 
-def headers_path(root: Path, release: str) -> Optional[str]:
+def headers_path(root: Path, release: str) -> str | None:
     """BCC compiles against /lib/modules/<release>/build, or the in-kernel kheaders archive."""
     build = root / "lib/modules" / release / "build"
     if (build / "include").is_dir():
@@ -59,7 +58,7 @@ def headers_path(root: Path, release: str) -> Optional[str]:
     return None
 
 
-def bcc_version() -> Optional[str]:
+def bcc_version() -> str | None:
     """Debian's python3-bpfcc, if importable from this interpreter (bcc/version.py, there since
     bcc 0.10; asking the package metadata costs importlib.metadata, 0.5 s of start-up under TCG)."""
     try:
@@ -69,7 +68,7 @@ def bcc_version() -> Optional[str]:
     return str(getattr(bcc, "__version__", "unknown"))
 
 
-def lockdown_mode(root: Path) -> Optional[str]:
+def lockdown_mode(root: Path) -> str | None:
     """The active mode of the lockdown LSM ("none", "integrity", "confidentiality"), None when
     it is not there (security/lockdown/lockdown.c shows the active one in brackets)."""
     try:

@@ -1,13 +1,24 @@
 """Gather every fact `check` reports into one KernelFacts, from a file system root."""
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, FrozenSet, Optional, Sequence, Set, Tuple
 
 from vmemtrace.errors import VmemtraceError
-from vmemtrace.kernel import (btf as btf_reader, compat, config, environment, ftrace, kallsyms,
-                              kcore, leftovers, perf, release, trampoline)
+from vmemtrace.kernel import btf as btf_reader
+from vmemtrace.kernel import (
+    compat,
+    config,
+    environment,
+    ftrace,
+    kallsyms,
+    kcore,
+    leftovers,
+    perf,
+    release,
+    trampoline,
+)
 
 # Data symbols the page-table walk reads (x86_64, CONFIG_KALLSYMS_ALL), named by kernel/kcore.py.
 DATA_SYMBOLS = kcore.DATA_SYMBOLS
@@ -17,28 +28,28 @@ DATA_SYMBOLS = kcore.DATA_SYMBOLS
 class KernelFacts:
     release: str
     version: tuple
-    config: Optional[Dict[str, str]]
-    config_source: Optional[str]
+    config: dict[str, str] | None
+    config_source: str | None
     syms: kallsyms.Kallsyms
-    filter_functions: Optional[Set[str]]
-    kprobe_blacklist: Optional[Set[str]]
+    filter_functions: set[str] | None
+    kprobe_blacklist: set[str] | None
     kprobe_events: bool
     privileged: bool
-    btf: Optional[str]
-    headers: Optional[str]
-    bcc: Optional[str]
-    lockdown: Optional[str] = None  # the lockdown LSM's mode, if it is there
-    walk_blocker: Optional[str] = "not asked"  # why the page-table walk cannot run, or None
+    btf: str | None
+    headers: str | None
+    bcc: str | None
+    lockdown: str | None = None  # the lockdown LSM's mode, if it is there
+    walk_blocker: str | None = "not asked"  # why the page-table walk cannot run, or None
     notes: list = field(default_factory=list)
     leftovers: list = field(default_factory=list)  # kprobe events of dead tracers on our targets
     machine: str = "x86_64"  # the kernel's architecture, as `uname -m` names it
-    btf_functions: FrozenSet[str] = frozenset()  # of the functions asked for, those BTF has
-    btf_params: Dict[str, Tuple[str, ...]] = field(default_factory=dict)  # their parameter names
-    trampoline_blocker: Optional[str] = "not asked"  # why fentry/fexit cannot attach, or None
-    perf_blocker: Optional[str] = None  # why the perf buffers cannot be opened (live kernel only)
+    btf_functions: frozenset[str] = frozenset()  # of the functions asked for, those BTF has
+    btf_params: dict[str, tuple[str, ...]] = field(default_factory=dict)  # their parameter names
+    trampoline_blocker: str | None = "not asked"  # why fentry/fexit cannot attach, or None
+    perf_blocker: str | None = None  # why the perf buffers cannot be opened (live kernel only)
 
 
-def machine_of(options: Optional[Dict[str, str]]) -> str:
+def machine_of(options: dict[str, str] | None) -> str:
     """The kernel's architecture: its config says (a recorded root is not this host), else
     uname."""
     for symbol, machine in compat.ARCH_CONFIG:
@@ -56,15 +67,15 @@ def gather(root: Path, functions: Sequence[str], with_bcc: bool = True,
         rel = release.read_release(root)
         version = release.parse_version(rel)
     except OSError as e:
-        raise VmemtraceError(f"cannot read the kernel release from {root}/proc: {e.strerror}")
+        raise VmemtraceError(f"cannot read the kernel release from {root}/proc: {e.strerror}") from None
     except ValueError:
-        raise VmemtraceError(f"/proc/sys/kernel/osrelease: not a kernel release: {rel[:60]!r}")
+        raise VmemtraceError(f"/proc/sys/kernel/osrelease: not a kernel release: {rel[:60]!r}") from None
     wanted = set(functions) | set(symbols) | set(DATA_SYMBOLS) | {trampoline.SYMBOL}
     try:
         syms = kallsyms.read_kallsyms(root, wanted)
     except OSError as e:
         raise VmemtraceError(f"cannot read /proc/kallsyms: {e.strerror}",
-                             reason="kallsyms_unreadable")
+                             reason="kallsyms_unreadable") from None
     if not syms.addresses and not syms.text:
         # Every kernel has some of these (memmap_init_zone_device since 4.x, vmemmap_base):
         # an empty read is a kallsyms hidden from this process (systemd's

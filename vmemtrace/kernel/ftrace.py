@@ -8,13 +8,12 @@ within_notrace_func()) unless CONFIG_KPROBE_EVENTS_ON_NOTRACE is set.
 
 import re
 from pathlib import Path
-from typing import Optional, Set
 
 TRACEFS_DIRS = ("sys/kernel/tracing", "sys/kernel/debug/tracing")
 KPROBE_BLACKLIST = "sys/kernel/debug/kprobes/blacklist"
 
 
-def tracefs(root: Path) -> Optional[Path]:
+def tracefs(root: Path) -> Path | None:
     """The mounted tracefs (its README is always there), or None."""
     for rel in TRACEFS_DIRS:
         if (root / rel / "README").exists():
@@ -22,7 +21,7 @@ def tracefs(root: Path) -> Optional[Path]:
     return None
 
 
-def parse_filter_functions(text: str, wanted: Optional[Set[str]] = None) -> Set[str]:
+def parse_filter_functions(text: str, wanted: set[str] | None = None) -> set[str]:
     """Lines are "name" or "name [module]"; newer kernels may list a name more than once.
     With `wanted`, only those names are looked for (one regular expression over ~50k lines)."""
     if wanted is None:
@@ -31,7 +30,7 @@ def parse_filter_functions(text: str, wanted: Optional[Set[str]] = None) -> Set[
     return set(re.findall(rf"^({names})(?=\s|$)", text, re.M))
 
 
-def read_filter_functions(root: Path, wanted: Optional[Set[str]] = None) -> Optional[Set[str]]:
+def read_filter_functions(root: Path, wanted: set[str] | None = None) -> set[str] | None:
     base = tracefs(root)
     if base is None or not (base / "available_filter_functions").exists():
         return None
@@ -39,7 +38,7 @@ def read_filter_functions(root: Path, wanted: Optional[Set[str]] = None) -> Opti
                                   wanted)
 
 
-def parse_kprobe_blacklist(text: str) -> Set[str]:
+def parse_kprobe_blacklist(text: str) -> set[str]:
     """Lines are "0xstart-0xend\tname" (kernel/kprobes.c, kprobe_blacklist_seq_show())."""
     names = set()
     for line in text.splitlines():
@@ -49,7 +48,7 @@ def parse_kprobe_blacklist(text: str) -> Set[str]:
     return names
 
 
-def read_kprobe_blacklist(root: Path) -> Optional[Set[str]]:
+def read_kprobe_blacklist(root: Path) -> set[str] | None:
     path = root / KPROBE_BLACKLIST
     try:
         return parse_kprobe_blacklist(path.read_text(errors="replace"))

@@ -7,10 +7,9 @@ on its second from 7.x, after a KBUILD_OUTPUT= line.
 
 import re
 from pathlib import Path
-from typing import List, Optional
 
 
-def header_dirs(build: Path) -> List[Path]:
+def header_dirs(build: Path) -> list[Path]:
     dirs = [build]
     makefile = build / "Makefile"
     try:
@@ -22,7 +21,7 @@ def header_dirs(build: Path) -> List[Path]:
     return dirs
 
 
-def read_header(build: Path, rel: str) -> Optional[str]:
+def read_header(build: Path, rel: str) -> str | None:
     for base in header_dirs(build):
         path = base / rel
         if path.exists():

@@ -2,7 +2,6 @@
 
 import re
 from pathlib import Path
-from typing import Dict, List, Set
 
 # GCC's clone suffixes (.constprop.N, .isra.N, .part.N, .cold): a clone has a changed calling
 # convention, so its arguments can never be decoded by position (docs/kernels.md).
@@ -12,8 +11,8 @@ _CLONE = re.compile(r"^(?P<base>[A-Za-z0-9_]+)\.(constprop|isra|part|cold|llvm)(
 class Kallsyms:
     """Names of text and data symbols, with clones indexed by the function they were cut from."""
 
-    def __init__(self, text_symbols: Set[str], clones: Dict[str, List[str]],
-                 addresses: Dict[str, int]):
+    def __init__(self, text_symbols: set[str], clones: dict[str, list[str]],
+                 addresses: dict[str, int]):
         self.text = text_symbols
         self.clones = clones
         self.addresses = addresses  # symbol -> runtime address (KASLR applied); 0 if hidden
@@ -21,14 +20,14 @@ class Kallsyms:
     def has_function(self, name: str) -> bool:
         return name in self.text
 
-    def clones_of(self, name: str) -> List[str]:
+    def clones_of(self, name: str) -> list[str]:
         return sorted(self.clones.get(name, []))
 
     def has_data(self, name: str) -> bool:
         return name in self.addresses
 
 
-def parse_kallsyms(text: str, wanted: Set[str] = None) -> Kallsyms:
+def parse_kallsyms(text: str, wanted: set[str] = None) -> Kallsyms:
     """Parse "addr type name [module]" lines. With `wanted`, keep only those names (and their
     clones): one regular expression over the whole text finds them instead of splitting each of
     ~120k lines. The address of every wanted name is kept whatever its type letter: Debian 7.3
@@ -53,5 +52,5 @@ def parse_kallsyms(text: str, wanted: Set[str] = None) -> Kallsyms:
     return Kallsyms(funcs, clones, addresses)
 
 
-def read_kallsyms(root: Path, wanted: Set[str] = None) -> Kallsyms:
+def read_kallsyms(root: Path, wanted: set[str] = None) -> Kallsyms:
     return parse_kallsyms((root / "proc/kallsyms").read_text(errors="replace"), wanted)

@@ -14,9 +14,9 @@ __pgtable_l5_enabled (CONFIG_X86_5LEVEL and a CPU with LA57).
 import os
 import stat
 import struct
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 from vmemtrace.errors import VmemtraceError
 from vmemtrace.kernel.environment import CAP_SYS_RAWIO, effective_caps, lockdown_mode
@@ -53,9 +53,9 @@ class Kcore:
         try:
             self.fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
-            raise VmemtraceError(f"no {path} (kernel built without CONFIG_PROC_KCORE)")
+            raise VmemtraceError(f"no {path} (kernel built without CONFIG_PROC_KCORE)") from None
         except PermissionError:
-            raise VmemtraceError(f"{path}: permission denied ({lockdown_hint() or 'why unknown'})")
+            raise VmemtraceError(f"{path}: permission denied ({lockdown_hint() or 'why unknown'})") from None
         try:
             self.segments = self._segments()
         except Exception:
@@ -76,12 +76,12 @@ class Kcore:
             data = os.pread(self.fd, size, offset)
         except OSError as e:
             raise VmemtraceError(f"cannot read {self.path}: {e.strerror} "
-                                 f"({lockdown_hint() or 'why unknown'})")
+                                 f"({lockdown_hint() or 'why unknown'})") from None
         if len(data) != size:
             raise VmemtraceError(f"{self.path}: short read at offset {offset:#x}")
         return data
 
-    def _segments(self) -> List[Segment]:
+    def _segments(self) -> list[Segment]:
         ehdr = self._pread(64, 0)
         if ehdr[:4] != b"\x7fELF" or ehdr[4] != 2 or ehdr[5] != 1:
             raise VmemtraceError(f"{self.path}: not a little-endian ELF64 core file")
@@ -114,7 +114,7 @@ class Kcore:
         return struct.unpack("<Q", self.read(vaddr, 8))[0]
 
 
-def lockdown_hint(root: Path = Path("/")) -> Optional[str]:
+def lockdown_hint(root: Path = Path("/")) -> str | None:
     """Why kcore may be refused: lockdown's confidentiality mode (LOCKDOWN_KCORE) or no root."""
     if lockdown_mode(root) == "confidentiality":
         return "kernel lockdown is in confidentiality mode, which forbids /proc/kcore"
@@ -146,7 +146,7 @@ DATA_SYMBOLS = REQUIRED_SYMBOLS + ("__pgtable_l5_enabled", "physical_mask", "sme
                                     "mem_section")
 
 
-def symbol_problem(addresses: Dict[str, int]) -> Optional[str]:
+def symbol_problem(addresses: dict[str, int]) -> str | None:
     """What kallsyms lacks for the walk, or None."""
     missing = [s for s in REQUIRED_SYMBOLS if s not in addresses]
     if missing:
@@ -157,7 +157,7 @@ def symbol_problem(addresses: Dict[str, int]) -> Optional[str]:
     return None
 
 
-def layout(kcore: Kcore, addresses: Dict[str, int]) -> Layout:
+def layout(kcore: Kcore, addresses: dict[str, int]) -> Layout:
     """Read the layout from kernel data; `addresses` are kallsyms' data symbol addresses."""
     problem = symbol_problem(addresses)
     if problem:
@@ -171,7 +171,7 @@ def layout(kcore: Kcore, addresses: Dict[str, int]) -> Layout:
     return Layout(addresses["init_top_pgt"], pob, vmb, 5 if l5 else 4, address_mask(kcore, addresses))
 
 
-def address_mask(kcore: Kcore, addresses: Dict[str, int]) -> int:
+def address_mask(kcore: Kcore, addresses: dict[str, int]) -> int:
     """The entry bits that are physical address: physical_mask where the kernel keeps one (it
     excludes every encryption or shared bit), else all but sme_me_mask."""
     if addresses.get("physical_mask"):
@@ -188,16 +188,16 @@ class PageTables:
         self.kcore = kcore
         self.layout = lay
         self.shifts = (48, 39, 30, 21, 12)[5 - lay.levels:]
-        self._tables: Dict[int, Tuple[int, ...]] = {}
+        self._tables: dict[int, tuple[int, ...]] = {}
 
-    def _table(self, vaddr: int) -> Tuple[int, ...]:
+    def _table(self, vaddr: int) -> tuple[int, ...]:
         t = self._tables.get(vaddr)
         if t is None:
             t = struct.unpack(f"<{ENTRIES}Q", self.kcore.read(vaddr, ENTRIES * 8))
             self._tables[vaddr] = t
         return t
 
-    def translate(self, vaddr: int) -> Optional[Tuple[int, str]]:
+    def translate(self, vaddr: int) -> tuple[int, str] | None:
         """(physical address, "pte"|"pmd"|"pud") of the page mapping vaddr, or None."""
         table = self.layout.init_top_pgt
         for shift in self.shifts:
@@ -212,7 +212,7 @@ class PageTables:
         raise AssertionError("unreachable: the last level is a PTE")
 
     def vmemmap_backing(self, start_pfn: int, nr_pages: int,
-                        struct_page_size: int) -> Iterator[Optional[Tuple[int, str]]]:
+                        struct_page_size: int) -> Iterator[tuple[int, str] | None]:
         """Per vmemmap page of the struct pages of [start_pfn, start_pfn + nr_pages), in order:
         the pfn of the physical page behind it and the level that maps it, None where nothing
         is mapped. One at a time: 1 TiB of device has 4 Mi vmemmap pages."""
@@ -240,7 +240,7 @@ class SectionTable:
 
 
 def early_sections(kcore: Kcore, address: int, table: SectionTable,
-                   numbers: Iterable[int]) -> Set[int]:
+                   numbers: Iterable[int]) -> set[int]:
     """Which of these memory sections were present at boot: early_section() (mmzone.h) reads
     SECTION_IS_EARLY in mem_section[root][nr % SECTIONS_PER_ROOT].section_mem_map, where
     SECTIONS_PER_ROOT = PAGE_SIZE / sizeof(struct mem_section)."""
@@ -269,7 +269,7 @@ def kcore_path(root: Path) -> Path:
     return root / "proc/kcore"
 
 
-def walk_blocker(root: Path, addresses: Dict[str, int], machine: str) -> Optional[str]:
+def walk_blocker(root: Path, addresses: dict[str, int], machine: str) -> str | None:
     """Why this host cannot walk its vmemmap page tables, or None. Cheap: no kcore read."""
     if machine != "x86_64":
         return f"the page-table walk knows x86_64 paging only, not {machine}"
@@ -289,8 +289,8 @@ def walk_blocker(root: Path, addresses: Dict[str, int], machine: str) -> Optiona
 class Walker:
     """The walk of this running kernel: open once, walk many ranges."""
 
-    def __init__(self, addresses: Dict[str, int], path: Optional[str] = None,
-                 sections: Optional[SectionTable] = None):
+    def __init__(self, addresses: dict[str, int], path: str | None = None,
+                 sections: SectionTable | None = None):
         self.addresses, self.sections = addresses, sections
         self.kcore = Kcore(path or str(kcore_path(Path("/"))))
         try:
@@ -314,7 +314,7 @@ class Walker:
         return PageTables(self.kcore, self.layout).vmemmap_backing(start_pfn, nr_pages,
                                                                    struct_page_size)
 
-    def boot_sections(self, numbers: Iterable[int]) -> Optional[List[int]]:
+    def boot_sections(self, numbers: Iterable[int]) -> list[int] | None:
         """Which of these memory sections were present at boot; None where mem_section
         cannot be read."""
         address = self.addresses.get("mem_section")

@@ -4,13 +4,12 @@ kernels use pr_debug, silent unless dynamic debug enables it. N counts the pfns 
 
 import os
 import re
-from typing import List, Optional
 
 MAX_RECORDS = 100000  # the kernel's log buffer holds far fewer
 _INIT = re.compile(r"memmap_init_zone_device initialised (\d+) pages in (\d+)ms")
 
 
-def parse_memmap_init(message: str) -> Optional[dict]:
+def parse_memmap_init(message: str) -> dict | None:
     m = _INIT.search(message)
     if not m:
         return None
@@ -27,7 +26,7 @@ class KmsgCursor:
         except OSError:
             self.fd = None
 
-    def messages(self) -> List[str]:
+    def messages(self) -> list[str]:
         out = []
         # Bounded: /dev/kmsg gives EAGAIN at the end, but a file or a kernel that gives EOF
         # instead must not keep us here (each read returns one record, at most 8 KiB).

@@ -9,9 +9,9 @@ so the ones of a dead process on one of our targets can be recognised and remove
 
 import os
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, List
 
 from vmemtrace.errors import VmemtraceError
 
@@ -37,7 +37,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def stale(text: str, functions: Iterable[str],
-          alive: Callable[[int], bool] = _pid_alive) -> List[Leftover]:
+          alive: Callable[[int], bool] = _pid_alive) -> list[Leftover]:
     """BCC's legacy events on one of `functions` (or their clones) whose process is gone."""
     names = set(functions)
     out = []
@@ -51,7 +51,7 @@ def stale(text: str, functions: Iterable[str],
     return out
 
 
-def find(tracefs: Path, functions: Iterable[str]) -> List[Leftover]:
+def find(tracefs: Path, functions: Iterable[str]) -> list[Leftover]:
     try:
         text = (tracefs / "kprobe_events").read_text(errors="replace")
     except OSError:
@@ -59,7 +59,7 @@ def find(tracefs: Path, functions: Iterable[str]) -> List[Leftover]:
     return stale(text, functions)
 
 
-def remove(tracefs: Path, leftovers: List[Leftover]) -> None:
+def remove(tracefs: Path, leftovers: list[Leftover]) -> None:
     """Delete them ("-:group/event", Documentation/trace/kprobetrace.rst)."""
     for item in leftovers:
         # os.write, not open(..., "a"): Python's append mode seeks to the end, and tracefs'
@@ -71,4 +71,4 @@ def remove(tracefs: Path, leftovers: List[Leftover]) -> None:
             finally:
                 os.close(fd)
         except OSError as e:
-            raise VmemtraceError(f"cannot remove the leftover kprobe event {item}: {e.strerror}")
+            raise VmemtraceError(f"cannot remove the leftover kprobe event {item}: {e.strerror}") from None

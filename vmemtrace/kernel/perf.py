@@ -13,7 +13,6 @@ import ctypes
 import errno
 import os
 import struct
-from typing import Optional
 
 SYS_PERF_EVENT_OPEN = 298  # x86_64 (arch/x86/entry/syscalls/syscall_64.tbl)
 PERF_TYPE_SOFTWARE = 1
@@ -27,7 +26,7 @@ ATTR_SIZE = 64
 PARANOID = "/proc/sys/kernel/perf_event_paranoid"
 
 
-def output_blocker(cpu: int = 0) -> Optional[str]:
+def output_blocker(cpu: int = 0) -> str | None:
     """None when a BPF output event can be opened on `cpu` (as BCC will on each), else why not."""
     attr = ctypes.create_string_buffer(ATTR.pack(PERF_TYPE_SOFTWARE, ATTR_SIZE,
                                                  PERF_COUNT_SW_BPF_OUTPUT, 1, PERF_SAMPLE_RAW),

@@ -5,7 +5,6 @@ kernel's facts, why they cannot be used, and the attach itself is the last word:
 the kernel refuses falls back to kprobes (vmemtrace/probes/loader.py).
 """
 
-from typing import Dict, Optional
 
 from vmemtrace.kernel import compat
 from vmemtrace.kernel.config import enabled
@@ -16,8 +15,8 @@ from vmemtrace.kernel.kallsyms import Kallsyms
 SYMBOL = "bpf_trampoline_link_prog"
 
 
-def blocker(machine: str, version: tuple, config: Optional[Dict[str, str]], syms: Kallsyms,
-            btf: Optional[str], btf_read: bool) -> Optional[str]:
+def blocker(machine: str, version: tuple, config: dict[str, str] | None, syms: Kallsyms,
+            btf: str | None, btf_read: bool) -> str | None:
     """None when fentry/fexit can be attached here, else why not. btf: the BTF file, if any;
     btf_read: its function prototypes could be read (kernel/btf.py)."""
     if machine != compat.OBSERVED_ARCH:

@@ -1,12 +1,11 @@
 """/proc/vmstat nr_memmap_pages: the kernel's own count of memmap pages (6.11+)."""
 
 from pathlib import Path
-from typing import Optional
 
 from vmemtrace.errors import VmemtraceError
 
 
-def parse_nr_memmap_pages(text: str) -> Optional[int]:
+def parse_nr_memmap_pages(text: str) -> int | None:
     for line in text.splitlines():
         parts = line.split()
         if len(parts) == 2 and parts[0] == "nr_memmap_pages":
@@ -16,7 +15,7 @@ def parse_nr_memmap_pages(text: str) -> Optional[int]:
     return None
 
 
-def read_nr_memmap_pages(root: Path = Path("/")) -> Optional[int]:
+def read_nr_memmap_pages(root: Path = Path("/")) -> int | None:
     try:
         return parse_nr_memmap_pages((root / "proc/vmstat").read_text(errors="replace"))
     except OSError:

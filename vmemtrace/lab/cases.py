@@ -8,7 +8,6 @@ alignment gives compound pages larger than 4 KiB. dev-*: struct pages on the dev
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple, Union
 
 from vmemtrace.errors import VmemtraceError
 
@@ -21,12 +20,12 @@ class Case:
     map_mode: str  # ndctl -M: "mem" or "dev"
     align: int  # ndctl -a, bytes: the compound page size of the dax device
 
-    def create_args(self, where: List[str]) -> List[str]:
+    def create_args(self, where: list[str]) -> list[str]:
         """ndctl's command line, `where` saying which namespace or region and how much."""
         return ["ndctl", "create-namespace", *where, "-m", "devdax",
                 "-M", self.map_mode, "-a", _ndctl_size(self.align)]
 
-    def ndctl_args(self, namespace: str) -> List[str]:
+    def ndctl_args(self, namespace: str) -> list[str]:
         """Reconfigure a namespace (the memmap= region's only one), whole."""
         return self.create_args(["-f", "-e", namespace])
 
@@ -65,7 +64,7 @@ class Multi:
     same time. Needs label-based regions (--pmem nfit): a memmap= region holds one namespace."""
 
     name: str
-    parts: Tuple[Part, ...]
+    parts: tuple[Part, ...]
     attach: str = "auto"  # verify --attach: "kprobe" runs the kprobe programs where the
     # kernel has trampolines (a map read while another range populates skips kprobes only)
     # The namespaces made before tracing and their dax devices unbound; the traced command
@@ -79,7 +78,7 @@ class Multi:
     def regions(self) -> int:
         return 1 + max(p.region for p in self.parts)
 
-    def command(self, regions: List[Tuple[str, int]], align: int) -> List[str]:
+    def command(self, regions: list[tuple[str, int]], align: int) -> list[str]:
         """`sh -c` of one ndctl chain per region, run concurrently; exits with the first
         failing chain's status. regions: (name, size) in order; align: the regions' own
         alignment, to which each share is rounded down."""
@@ -104,7 +103,7 @@ MULTI = {m.name: m for m in (
 )}
 
 
-def parse_cases(text: str, pmem: str = "e820") -> List[Union[Case, Multi]]:
+def parse_cases(text: str, pmem: str = "e820") -> list[Case | Multi]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     known = {**CASES, **MULTI}
     unknown = [n for n in names if n not in known]
@@ -125,7 +124,7 @@ def _bytes(option: str, text: str) -> int:
     try:
         return int(t[:-1]) * units[t[-1]] if t[-1:] in units else int(t)
     except (ValueError, KeyError):
-        raise VmemtraceError(f"{option} {text}: expected a size such as 3G or 1536M")
+        raise VmemtraceError(f"{option} {text}: expected a size such as 3G or 1536M") from None
 
 
 def parse_size(text: str) -> int:
@@ -168,7 +167,7 @@ class Region:
     high RAM to 1 TiB)."""
 
     size: int
-    start: Optional[int] = None
+    start: int | None = None
     kind = "e820"  # the guest's name for it (lab/guest.py); lab/nfit.py's Nvdimms is the other
 
     def __post_init__(self):
@@ -214,7 +213,7 @@ class Region:
         """Guest RAM to ask for: LOW_RAM below 4 GiB, the rest above it (high_ram())."""
         return LOW_RAM + self.high_ram()
 
-    def qemu_opts(self, accel: str, scratch: Optional[Path] = None) -> List[str]:
+    def qemu_opts(self, accel: str, scratch: Path | None = None) -> list[str]:
         """qemu options beyond vng's: 48 physical address bits where the region ends above
         TCG's default 40 (KVM takes the host's), and RAM mapped MAP_NORESERVE for a large one."""
         opts = []
@@ -240,7 +239,7 @@ class Region:
         return f"{self.size >> 20} MiB of pmem{at}"
 
 
-def parse_start(text: Optional[str]) -> Optional[int]:
+def parse_start(text: str | None) -> int | None:
     """--pmem-start: a physical address in high RAM, 2 MiB aligned (a subsection: the kernel
     hot-adds device memory in subsections, memremap_compat_align() on x86)."""
     if text is None or text == "auto":

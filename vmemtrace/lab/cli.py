@@ -62,11 +62,9 @@ def lab(kernel_specs, modules, headers, case_list, pmem, size, pmem_start, accel
     """Boot a throwaway guest with emulated pmem and run the cases in it.
 
     Exit 0 when every case passed, 1 when one failed, 2 when one could not be verified."""
-    from vmemtrace.errors import one_line_errors
+    from vmemtrace.errors import one_line_errors, terminate_on_sigterm
     from vmemtrace.lab.kernels import parse_spec
     from vmemtrace.lab.runner import run_lab
-
-    from vmemtrace.errors import terminate_on_sigterm
 
     @one_line_errors
     def go():

@@ -14,7 +14,6 @@ import subprocess
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import List, Optional
 
 from vmemtrace.errors import VmemtraceError
 from vmemtrace.kernel import config
@@ -76,8 +75,8 @@ class GuestKernel:
     release: str
     image: Path  # the bzImage on the host
     root: Path  # the guest root it boots in
-    headers: Optional[Path] = None  # a user-built kernel's build tree, mounted at GUEST_BUILD
-    libraries: Optional[Path] = None  # BCC's libraries disk of its root (libdisk.py), if made
+    headers: Path | None = None  # a user-built kernel's build tree, mounted at GUEST_BUILD
+    libraries: Path | None = None  # BCC's libraries disk of its root (libdisk.py), if made
 
 
 # What the lab's cases need of a kernel: device-dax, and the pmem driver that makes its devices
@@ -85,7 +84,7 @@ class GuestKernel:
 DEVICE_DAX_CONFIG = ("DEV_DAX", "DEV_DAX_PMEM")
 
 
-def device_dax_problem(kernel: GuestKernel) -> Optional[str]:
+def device_dax_problem(kernel: GuestKernel) -> str | None:
     """Why this kernel cannot run the lab's namespace cases, as its config tells before it
     boots; None where it can, or where no config says."""
     options, source = config.read_config(kernel.root, kernel.release)
@@ -108,7 +107,7 @@ def ensure_writable(cache: Path) -> None:
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        raise VmemtraceError(f"the lab cache {cache} is not writable: {e.strerror}")
+        raise VmemtraceError(f"the lab cache {cache} is not writable: {e.strerror}") from None
 
 
 @contextmanager
@@ -181,13 +180,13 @@ def _unpack(root: Path, deb: Path) -> None:
         raise VmemtraceError(f"cannot unpack {deb.name}: {tar.stderr.strip() or 'dpkg-deb failed'}")
 
 
-def _depends(root: Path, package: str) -> List[str]:
+def _depends(root: Path, package: str) -> list[str]:
     out = _chroot(root, "apt-cache", "depends", package, failure=f"apt-cache depends {package}")
     return [line.split(":", 1)[1].strip() for line in out.splitlines()
             if line.strip().startswith("Depends:")]
 
 
-def kernel_packages(root: Path, release: str) -> List[str]:
+def kernel_packages(root: Path, release: str) -> list[str]:
     """The image and headers packages of one build, and every package of that same build they
     depend on: Debian 7.x's linux-image-REL is a meta package over linux-binary-REL and
     linux-modules-REL; the headers depend on linux-headers-ABI-common (the include tree)."""
@@ -202,7 +201,7 @@ def kernel_packages(root: Path, release: str) -> List[str]:
     return seen
 
 
-def image_path(root: Path, release: str) -> Optional[Path]:
+def image_path(root: Path, release: str) -> Path | None:
     """/boot/vmlinuz-REL, or /usr/lib/modules/REL/vmlinuz where Debian 7.x puts it."""
     for path in (root / "boot" / f"vmlinuz-{release}", root / "usr/lib/modules" / release / "vmlinuz"):
         if path.exists():
@@ -291,7 +290,7 @@ def ensure_kernel(root: Path, spec: kernels.KernelSpec, do_refresh: bool = False
         return install_debian_kernel(root, spec, True)
 
 
-def prepare(specs, do_refresh: bool = False, cache: Optional[Path] = None) -> List[GuestKernel]:
+def prepare(specs, do_refresh: bool = False, cache: Path | None = None) -> list[GuestKernel]:
     """One GuestKernel per spec, each in the guest root of its suite, building what the cache
     lacks."""
     cache = cache or cache_dir()

@@ -7,9 +7,9 @@ bookworm root (with bullseye and bookworm-backports) up to the 6.12 series, the 
 """
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Tuple
 
 from vmemtrace.errors import VmemtraceError
 
@@ -42,11 +42,11 @@ _OLD_RELEASE = re.compile(r"^(5\.10\.0-\d+|6\.1\.0-\d+|6\.\d+\.\d+\+(deb1[12]|bp
 @dataclass(frozen=True)
 class KernelSpec:
     spec: str  # what the user typed
-    series: Optional[str] = None  # a key of SERIES
-    package: Optional[str] = None  # an exact linux-image-<release> package
-    image: Optional[Path] = None  # user-built: the bzImage
-    modules: Optional[Path] = None  # user-built: the lib/modules/<release> directory
-    headers: Optional[Path] = None  # user-built: the build tree BCC compiles against
+    series: str | None = None  # a key of SERIES
+    package: str | None = None  # an exact linux-image-<release> package
+    image: Path | None = None  # user-built: the bzImage
+    modules: Path | None = None  # user-built: the lib/modules/<release> directory
+    headers: Path | None = None  # user-built: the build tree BCC compiles against
 
     @property
     def suite(self) -> str:
@@ -62,7 +62,7 @@ def suite_of_release(release: str) -> str:
     return BOOKWORM if _OLD_RELEASE.match(release) else TRIXIE
 
 
-def parse_spec(spec: str, modules: Optional[str] = None, headers: Optional[str] = None) -> KernelSpec:
+def parse_spec(spec: str, modules: str | None = None, headers: str | None = None) -> KernelSpec:
     if spec in SERIES:
         return KernelSpec(spec, series=spec)
     if spec.startswith("linux-image-"):
@@ -77,7 +77,7 @@ def parse_spec(spec: str, modules: Optional[str] = None, headers: Optional[str] 
                          "Debian package name linux-image-<release>, or the path of a kernel image")
 
 
-def _user_kernel(spec: str, path: Path, modules: Optional[str], headers: Optional[str]) -> KernelSpec:
+def _user_kernel(spec: str, path: Path, modules: str | None, headers: str | None) -> KernelSpec:
     if modules is None:
         raise VmemtraceError(f"--kernel {spec}: a kernel you built needs --modules DIR "
                              "(its lib/modules/<release> directory)")
@@ -94,7 +94,7 @@ def _user_kernel(spec: str, path: Path, modules: Optional[str], headers: Optiona
     return KernelSpec(spec, image=path.resolve(), modules=mods.resolve(), headers=build.resolve())
 
 
-def _release_key(release: str) -> Tuple[int, ...]:
+def _release_key(release: str) -> tuple[int, ...]:
     """Numeric order of releases of one series: 6.1.0-9 < 6.1.0-56, 6.12.9 < 6.12.117."""
     return tuple(int(n) for n in re.findall(r"\d+", release))
 

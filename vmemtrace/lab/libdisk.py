@@ -11,7 +11,6 @@ the guest's tmpfs in about 6 s, and `import bcc` from there takes 2 s (measured 
 import os
 import tarfile
 from pathlib import Path
-from typing import List, Optional
 
 from vmemtrace.errors import VmemtraceError
 from vmemtrace.lab.steps import run, say, step
@@ -24,7 +23,7 @@ GUEST_DIR = "/run/vmemtrace-libs"  # tmpfs in a virtme-ng guest
 KEEP = ("libc.so.6", "libm.so.6")
 
 
-def library_paths(ldd_output: str) -> List[str]:
+def library_paths(ldd_output: str) -> list[str]:
     """The resolved paths in `ldd` output ("libz.so.1 => /lib/x86_64-linux-gnu/libz.so.1
     (0x...)"), minus KEEP; vdso and the loader itself have no "=> /path"."""
     paths = []
@@ -40,7 +39,7 @@ def disk_path(root: Path) -> Path:
     return root.with_name(root.name + ".bcc-libs.tar")
 
 
-def ensure(root: Path) -> Optional[Path]:
+def ensure(root: Path) -> Path | None:
     """The tar of libbcc and the libraries it needs, built from the root once, and again after
     any package of the root changed (dpkg's status file is newer); None for a root without
     BCC, or one whose libraries cannot be listed."""
@@ -67,14 +66,14 @@ def ensure(root: Path) -> Optional[Path]:
     return disk
 
 
-def qemu_opts(disk: Optional[Path]) -> List[str]:
+def qemu_opts(disk: Path | None) -> list[str]:
     if disk is None:
         return []
     return ["-drive", f"file={disk},if=none,id=vtlibs,format=raw,readonly=on",
             "-device", f"virtio-blk-pci,drive=vtlibs,serial={SERIAL}"]
 
 
-def find_device(sys_block: Path = Path("/sys/block")) -> Optional[str]:
+def find_device(sys_block: Path = Path("/sys/block")) -> str | None:
     """In the guest: the virtio disk whose serial is SERIAL (sysfs, whether or not udev made a
     /dev/disk/by-id link for it)."""
     for dev in sorted(sys_block.glob("vd*")):

@@ -6,12 +6,12 @@ cases.Region is label-less: one namespace, the whole region).
 Host side only: the qemu options. The guest's half (labels, regions) is lab/guest.py's Nfit.
 """
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Union
 
-from vmemtrace.lab.cases import GiB, TCG_ADDRESSES, Region
+from vmemtrace.lab.cases import TCG_ADDRESSES, GiB, Region
 
 # qemu's smallest label area (hw/mem/nvdimm.c, MIN_NAMESPACE_LABEL_SIZE): room for the two
 # index blocks and a few hundred namespace labels.
@@ -48,13 +48,13 @@ class Nvdimms:
         # down to ALIGN (nvdimm_prepare_memory_region()): one ALIGN more keeps `size` whole.
         return self.size + ALIGN
 
-    def files(self, scratch: Path) -> List[Path]:
+    def files(self, scratch: Path) -> list[Path]:
         return [scratch / f"nvdimm{i}.img" for i in range(self.count)]
 
     def kernel_args(self) -> str:
         return ""
 
-    def qemu_opts(self, accel: str, scratch: Path) -> List[str]:
+    def qemu_opts(self, accel: str, scratch: Path) -> list[str]:
         """nvdimm=on and one memory-backend-file + nvdimm device per NVDIMM. qemu places them in
         its device memory area after RAM above 4 GiB, 1 GiB aligned, which -m's maxmem sizes
         (the later -m overrides vng's, which has no slots); each slot adds up to ALIGN of
@@ -95,4 +95,4 @@ class Nvdimms:
 
 
 # What a guest's persistent memory can be: the memmap= region, or NVDIMMs.
-Pmem = Union[Region, Nvdimms]
+Pmem = Region | Nvdimms

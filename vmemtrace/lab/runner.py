@@ -5,7 +5,6 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
 
 import vmemtrace
 from vmemtrace import render
@@ -44,7 +43,7 @@ COMMAND_FILE = "command.sh"
 GUEST_PYCACHE = "/run/vmemtrace-pycache"  # tmpfs in a virtme-ng guest
 
 
-def guest_command(cases: List[Case], command: Optional[str] = None, seconds: float = 1200,
+def guest_command(cases: list[Case], command: str | None = None, seconds: float = 1200,
                   pmem: str = "e820") -> str:
     # An --exec command travels as a file in the results directory: vng passes the guest
     # command on the kernel command line, and a long one overflows it (2048 bytes on x86: the
@@ -66,8 +65,8 @@ def _fail_with_console(boot: vm.Boot, message: str):
     raise VmemtraceError(f"{message} (full console: {boot.console})")
 
 
-def run_kernel(kernel, cases: List[Case], region: Pmem, accel: str, cache: Path,
-               timeout: float, command: Optional[str] = None, append: str = "") -> dict:
+def run_kernel(kernel, cases: list[Case], region: Pmem, accel: str, cache: Path,
+               timeout: float, command: str | None = None, append: str = "") -> dict:
     src = project_root()
     workdir = _new_workdir(cache, kernel.release)
     accel = vm.choose_accel(accel, kernel, src, workdir, cache)
@@ -104,8 +103,8 @@ def run_kernel(kernel, cases: List[Case], region: Pmem, accel: str, cache: Path,
     return doc
 
 
-def run_lab(specs: List[KernelSpec], cases: List[Case], region: Pmem, accel: str, refresh: bool,
-            as_json: bool, shell: bool, timeout: float, command: Optional[str] = None,
+def run_lab(specs: list[KernelSpec], cases: list[Case], region: Pmem, accel: str, refresh: bool,
+            as_json: bool, shell: bool, timeout: float, command: str | None = None,
             append: str = "") -> int:
     vm.require_tools()
     cache = image.cache_dir()

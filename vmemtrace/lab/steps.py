@@ -4,7 +4,6 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from typing import List, Optional
 
 from vmemtrace.errors import VmemtraceError
 
@@ -22,12 +21,12 @@ def step(what: str):
     say(f"{what}: done in {time.monotonic() - start:.0f}s")
 
 
-def run(cmd: List[str], failure: str, input_text: Optional[str] = None) -> str:
+def run(cmd: list[str], failure: str, input_text: str | None = None) -> str:
     """Run cmd, return its stdout; on failure raise `failure` with the command's last line."""
     try:
         proc = subprocess.run(cmd, input=input_text, capture_output=True, text=True)
     except FileNotFoundError:
-        raise VmemtraceError(f"{failure}: {cmd[0]} not found")
+        raise VmemtraceError(f"{failure}: {cmd[0]} not found") from None
     if proc.returncode != 0:
         lines = [line for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]
         last = lines[-1].strip() if lines else f"exit status {proc.returncode}"

@@ -13,7 +13,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
 
 from vmemtrace.errors import VmemtraceError
 from vmemtrace.lab import libdisk
@@ -27,7 +26,7 @@ CONSOLE_TAIL = 25
 
 @dataclass
 class Boot:
-    returncode: Optional[int]  # None when it timed out or hung after a panic
+    returncode: int | None  # None when it timed out or hung after a panic
     console: Path
     panicked: bool = False
 
@@ -38,7 +37,7 @@ class Boot:
         except OSError:
             return False
 
-    def tail(self, n: int = CONSOLE_TAIL) -> List[str]:
+    def tail(self, n: int = CONSOLE_TAIL) -> list[str]:
         try:
             lines = self.console.read_text(errors="replace").splitlines()
         except OSError:
@@ -62,7 +61,7 @@ def _panicked(console: Path) -> bool:
     return any(p in tail for p in PANICS)
 
 
-def tool_path(name: str) -> Optional[str]:
+def tool_path(name: str) -> str | None:
     """vng is installed next to this interpreter (the venv), or on PATH."""
     local = Path(sys.executable).parent / name
     return str(local) if local.exists() else shutil.which(name)
@@ -77,9 +76,9 @@ def require_tools() -> str:
     return vng
 
 
-def boot(kernel: GuestKernel, src: Path, out: Path, exec_cmd: Optional[str],
+def boot(kernel: GuestKernel, src: Path, out: Path, exec_cmd: str | None,
          region: Pmem, console: Path, accel: str = "tcg", cpus: int = 2,
-         timeout: Optional[float] = 900, append: str = "") -> Boot:
+         timeout: float | None = 900, append: str = "") -> Boot:
     """Boot once, run exec_cmd (None: an interactive shell), power off. Files the guest's
     persistent memory needs (NVDIMMs' backing) live beside the console log for the boot."""
     with region.backed(console.parent):

@@ -6,8 +6,8 @@ not there (renamed, removed) leaves its target unread, saying which; a kernel wi
 the positions the version rule gives (targets.Arg.position), and `check` says they are a guess.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence, Tuple
 
 from vmemtrace.kernel import compat
 from vmemtrace.probes.targets import Target
@@ -22,14 +22,14 @@ class Found:
     something is."""
 
     target: str
-    positions: Tuple[Tuple[str, int, str], ...]  # (key, position, name)
+    positions: tuple[tuple[str, int, str], ...]  # (key, position, name)
     source: str  # BY_BTF or BY_VERSION
-    problem: Optional[str] = None
+    problem: str | None = None
 
-    def position(self, key: str) -> Optional[int]:
+    def position(self, key: str) -> int | None:
         return next((p for k, p, _ in self.positions if k == key), None)
 
-    def name(self, key: str) -> Optional[str]:
+    def name(self, key: str) -> str | None:
         return next((n for k, _, n in self.positions if k == key), None)
 
     @property
@@ -49,8 +49,8 @@ class Found:
         return f"arguments {where}: {args}" if args else ""
 
 
-def find(target: Target, params: Optional[Sequence[str]], version: tuple,
-         optional: Optional[bool] = None) -> Found:
+def find(target: Target, params: Sequence[str] | None, version: tuple,
+         optional: bool | None = None) -> Found:
     """The positions of the target's arguments in `params` (its BTF prototype's parameter
     names, None without BTF for it). Without BTF, `optional` says whether the kernel has the
     parameters that came with a later change where something other than the version tells
@@ -75,8 +75,8 @@ def find(target: Target, params: Optional[Sequence[str]], version: tuple,
     return Found(target.name, tuple(found), BY_VERSION if params is None else BY_BTF, problem)
 
 
-def find_all(targets: Sequence[Target], params: Dict[str, Tuple[str, ...]],
-             version: tuple) -> Dict[str, Found]:
+def find_all(targets: Sequence[Target], params: dict[str, tuple[str, ...]],
+             version: tuple) -> dict[str, Found]:
     """Every target with arguments, its positions from BTF where BTF has the function."""
     return {t.name: find(t, params.get(t.name), version) for t in targets if t.args}
 

@@ -8,26 +8,26 @@ import resource
 import struct
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Optional
 
-from vmemtrace.compounds import CompoundPages
 from vmemtrace import compounds
-from vmemtrace.sections import Sections, summed
+from vmemtrace.compounds import CompoundPages
 from vmemtrace.errors import VmemtraceError
 from vmemtrace.kernel import btf, compat, environment, headers
 from vmemtrace.kernel import release as kernel_release
-from vmemtrace.probes.plan import (TRAMPOLINE, TargetStatus, is_attached, probed_symbols,
-                                   programs)
 from vmemtrace.probes import args
+from vmemtrace.probes.plan import TRAMPOLINE, TargetStatus, is_attached, probed_symbols, programs
 from vmemtrace.probes.targets import BY_NAME, FUNCTIONS, TARGETS
+from vmemtrace.sections import Sections, summed
 
 # Package data (pyproject.toml): the same file in a source tree, a wheel or the .deb.
 BPF_SOURCE = Path(__file__).resolve().parents[1] / "bpf" / "vmemtrace.bpf.c"
 BPF_HEADER = BPF_SOURCE.with_name("vmemtrace.h")  # the event contract the program includes
 
 
-def compile_flags(cflags: List[str]) -> List[str]:
+def compile_flags(cflags: list[str]) -> list[str]:
     """The flags BCC compiles the program with: the defines, and where its header is."""
     return cflags + [f"-I{BPF_SOURCE.parent}", "-Wno-everything"]
 # Compound pages in the map at once: those being populated (a complete one is sent through
@@ -46,18 +46,18 @@ PERF_TABLES = (("section_events", "section"), ("range_events", "range"),
 DRAIN_CHUNK = 4096  # compound map entries per batch system call
 
 
-def fields(struct) -> Dict[str, Union[int, str]]:
+def fields(struct) -> dict[str, int | str]:
     """A ctypes struct BCC built from the program's C declaration, by field name: the C struct
     is the contract (bpf/vmemtrace.bpf.c), nothing here repeats its layout. A char array (comm)
     is text; ctypes hands it over as bytes up to the first NUL."""
-    out: Dict[str, Union[int, str]] = {}
+    out: dict[str, int | str] = {}
     for name, _ in struct._fields_:
         value = getattr(struct, name)
         out[name] = value.decode("utf-8", "replace") if isinstance(value, bytes) else int(value)
     return out
 
 
-def defines(version: tuple, build: Path, layout: Optional[btf.Layout]) -> Tuple[List[str], Dict[str, str]]:
+def defines(version: tuple, build: Path, layout: btf.Layout | None) -> tuple[list[str], dict[str, str]]:
     """-D flags, and per fact where it came from. The struct layout, and each argument's
     position by its name, come from BTF where it has them (probes/args.py); else the layout and
     whether __populate_section_memmap has its pgmap from the headers, the positions and the
@@ -107,7 +107,7 @@ def defines(version: tuple, build: Path, layout: Optional[btf.Layout]) -> Tuple[
     return flags, sources
 
 
-def kaddrs_sources(addresses: Dict[str, int]) -> Dict[str, str]:
+def kaddrs_sources(addresses: dict[str, int]) -> dict[str, str]:
     """What the program's kernel data (struct kaddrs_t) lets it read, by these kallsyms
     addresses: how a fresh vmemmap page is told (the PTE maps the page just allocated, or an
     allocation happened during its call) and which bits of a PTE are address."""
@@ -117,10 +117,10 @@ def kaddrs_sources(addresses: Dict[str, int]) -> Dict[str, str]:
             else "sme_me_mask" if addresses.get("sme_me_mask") else "architecture"}
 
 
-def _rows(array, width: int) -> List[List[int]]:
+def _rows(array, width: int) -> list[list[int]]:
     """A C array of rows, flattened (u64 x[n * width]: BCC's types would drop a second
     dimension), as lists of width; nested arrays are flattened first."""
-    flat: List[int] = []
+    flat: list[int] = []
 
     def walk(a):
         for x in a:
@@ -137,7 +137,7 @@ def summary_fields(v) -> dict:
     """A struct cp_sum (bpf/vmemtrace.h) by field name, its arrays as lists: classes as
     (pages, lowest-headed page), parts as [part, pages, digest sum] where it has pages, cells
     whole; (u64)-1, "none", as None."""
-    out: Dict[str, object] = {}
+    out: dict[str, object] = {}
     for name, _ in v._fields_:
         value = getattr(v, name)
         if name == "classes":
@@ -198,7 +198,7 @@ class Compile:
     """BCC compiling the program in a thread of its own: most of it runs in libbcc (ctypes
     releases the GIL), so the kernel's facts are read meanwhile (bench/: start-up)."""
 
-    def __init__(self, release: str, version: tuple, layout: Optional[btf.Layout]):
+    def __init__(self, release: str, version: tuple, layout: btf.Layout | None):
         self.started = time.monotonic()
         self.cflags, self.fact_sources = defines(version, Path(f"/lib/modules/{release}/build"),
                                                  layout)
@@ -210,7 +210,7 @@ class Compile:
             (("fentry", "fexit"), compat.TRAMPOLINE_MISSES)) if compat.has(version, change)
             for kind in kinds}
         self._bpf = None
-        self._error: Optional[BaseException] = None
+        self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="bcc-compile", daemon=True)
         self._thread.start()
 
@@ -256,26 +256,26 @@ class Tracer:
     trampolines held by a link file descriptor, which die with it too; a kretprobe whose
     instances ran out shows as the program's missed_return error."""
 
-    def __init__(self, plan: List[TargetStatus], compiled: Compile,
+    def __init__(self, plan: list[TargetStatus], compiled: Compile,
                  progress: Callable[[str], None] = lambda _: None,
-                 addresses: Optional[Dict[str, int]] = None):
+                 addresses: dict[str, int] | None = None):
         self.cflags = compiled.cflags
         self.fact_sources = compiled.fact_sources
         self.misses_at = compiled.misses_at
         self.misses_counted = compiled.misses_counted
-        self.programs: Dict[str, str] = {}  # the BPF functions attached, by BCC's name: their kind
-        self.attached: Dict[str, str] = {}  # target: its strategy, as attached
+        self.programs: dict[str, str] = {}  # the BPF functions attached, by BCC's name: their kind
+        self.attached: dict[str, str] = {}  # target: its strategy, as attached
         self._progress = progress
         self.lost = 0
-        self._queue: List[dict] = []
+        self._queue: list[dict] = []
         self._perf: list = []  # the perf event arrays whose buffers are open
         # Complete compound pages (their perf events), judged as they come (compounds.py), by
         # the start of the range they belong to, until that range's event comes.
-        self._held: Dict[int, CompoundPages] = {}
+        self._held: dict[int, CompoundPages] = {}
         # Section calls until their range's event comes, summed by the range's start where the
         # kernel names it (has_pgmap, 5.19+), else as events (sections.py).
-        self._sections: Dict[int, Sections] = {}
-        self._loose: List[dict] = []
+        self._sections: dict[int, Sections] = {}
+        self._loose: list[dict] = []
         self.bpf = compiled.result()
         try:
             # Buffers first: a probe never fires into a buffer not yet open, and where perf
@@ -288,7 +288,7 @@ class Tracer:
             self.close()
             raise
 
-    def _write_kaddrs(self, addresses: Dict[str, int]) -> Dict[str, int]:
+    def _write_kaddrs(self, addresses: dict[str, int]) -> dict[str, int]:
         """The kernel data the program reads for itself (struct kaddrs_t in bpf/vmemtrace.h),
         at their kallsyms addresses; 0 where kallsyms lacks one: the program then keeps the
         architecture's PTE mask, and counts a fresh page by allocations alone."""
@@ -301,7 +301,7 @@ class Tracer:
         table[ctypes.c_int(0)] = value
         return out
 
-    def _attach(self, plan: List[TargetStatus]):
+    def _attach(self, plan: list[TargetStatus]):
         if self.bpf.kfunc_entry_fds or self.bpf.kfunc_exit_fds:
             # This BCC attached trampolines by itself (Compile's Program no longer stops it):
             # they would count every hit twice beside the plan's probes.
@@ -332,7 +332,7 @@ class Tracer:
                     else:
                         self.bpf.attach_kretprobe(event=symbol, fn_name=fn)
                 except Exception as e:
-                    raise VmemtraceError(f"cannot attach {kind} to {symbol}: {e}")
+                    raise VmemtraceError(f"cannot attach {kind} to {symbol}: {e}") from None
                 self.programs[fn] = kind
 
     def _attach_trampolines(self, status: TargetStatus) -> None:
@@ -370,7 +370,7 @@ class Tracer:
                 return name
         raise VmemtraceError(f"{fn}: not in the compiled program (the BTF had no {function})")
 
-    def _open_buffers(self) -> Dict[str, int]:
+    def _open_buffers(self) -> dict[str, int]:
         """Every perf buffer at PAGES or, where perf_mmap() refuses that much locked memory,
         all of them at half, and so on down to MIN_PAGES. Without CAP_IPC_LOCK a user may lock
         perf_event_mlock_kb per online CPU, then this process's RLIMIT_MEMLOCK
@@ -392,7 +392,7 @@ class Tracer:
                     limit = resource.getrlimit(resource.RLIMIT_MEMLOCK)[0]
                     raise VmemtraceError(
                         f"cannot open perf buffers of {MIN_PAGES} pages per CPU ({e}); the "
-                        f"locked-memory limit (RLIMIT_MEMLOCK) is {limit} bytes")
+                        f"locked-memory limit (RLIMIT_MEMLOCK) is {limit} bytes") from None
                 halvings += 1
 
     def _close_buffers(self):
@@ -450,14 +450,14 @@ class Tracer:
             if ev["type"] == "range":
                 yield from self._held_of(ev["start_pfn"], ev["nr_pages"])
 
-    def _held_of(self, start_pfn: Optional[int], nr_pages: int) -> Iterator[dict]:
+    def _held_of(self, start_pfn: int | None, nr_pages: int) -> Iterator[dict]:
         """The "compounds" summaries of the compound pages held for one range (all with
         start_pfn None)."""
         for start in [s for s in self._held
                       if start_pfn is None or start_pfn <= s < start_pfn + nr_pages]:
             yield self._held.pop(start).as_event()
 
-    def drain_sections(self, start_pfn: Optional[int] = None, nr_pages: int = 0) -> Iterator[dict]:
+    def drain_sections(self, start_pfn: int | None = None, nr_pages: int = 0) -> Iterator[dict]:
         """The summaries ("sections" events) of one range's section calls (of all with
         start_pfn None: at the end, those of ranges that never reached memmap_init_zone_device)."""
         def mine(pfn: int) -> bool:
@@ -471,7 +471,7 @@ class Tracer:
             yield self._sections.pop(start).as_event()
 
     @staticmethod
-    def _delete(table, keys: List[int]) -> None:
+    def _delete(table, keys: list[int]) -> None:
         from bcc.libbcc import lib
 
         for at in range(0, len(keys), DRAIN_CHUNK):
@@ -498,7 +498,7 @@ class Tracer:
         yield from self._held_of(None, 0)
 
     @staticmethod
-    def _read_compound(table) -> List[tuple]:
+    def _read_compound(table) -> list[tuple]:
         """(head pfn, compound event) of every map entry: BPF_MAP_LOOKUP_BATCH (Linux 5.6+,
         kernel/bpf/hashtab.c) reads DRAIN_CHUNK entries per system call, where iterating the
         table costs two per entry and deleting one more (1536 entries for one 3 GiB namespace
@@ -525,7 +525,7 @@ class Tracer:
                 return out
             raise VmemtraceError(f"cannot read the compound-page map: {os.strerror(err)}")
 
-    def errors(self) -> Dict[str, int]:
+    def errors(self) -> dict[str, int]:
         """The program's error counters, and "skipped_runs" where the kernel counts them."""
         out = fields(self.bpf["errors"][ctypes.c_int(0)])
         skipped = self.skipped_runs()
@@ -533,7 +533,7 @@ class Tracer:
             out["skipped_runs"] = skipped
         return out
 
-    def skipped_runs(self) -> Optional[int]:
+    def skipped_runs(self) -> int | None:
         """Probe hits whose program did not run (a kprobe's when another BPF program or a map
         system call held the CPU's bpf_prog_active: trace_call_bpf(); a trampoline's when the
         same program was already running on the CPU), summed over the attached programs, from
@@ -559,9 +559,9 @@ class Tracer:
             total += struct.unpack_from("<Q", info.raw, offset)[0]
         return total
 
-    def hits(self) -> Dict[str, int]:
+    def hits(self) -> dict[str, int]:
         """Entry-probe hits per function, summed over CPUs."""
-        out: Dict[str, int] = {}
+        out: dict[str, int] = {}
         for per_cpu in self.bpf["hits"][ctypes.c_int(0)]:
             for name, n in fields(per_cpu).items():
                 out[name] = out.get(name, 0) + n

@@ -5,7 +5,6 @@ from the version alone.
 """
 
 from dataclasses import dataclass
-from typing import Dict, FrozenSet, List, Optional, Set
 
 from vmemtrace.kernel.kallsyms import Kallsyms
 from vmemtrace.probes import args, targets
@@ -46,7 +45,7 @@ class TargetStatus:
     availability: str  # one of the constants above
     strategy: str  # kprobe+kretprobe, fentry+fexit, count, fallback, walk, unavailable, ...
     reason: str
-    clones: List[str]
+    clones: list[str]
 
     def as_json(self) -> dict:
         return {"availability": self.availability, "strategy": self.strategy,
@@ -54,7 +53,7 @@ class TargetStatus:
 
 
 def classify(target: Target, version: tuple, syms: Kallsyms,
-             filter_functions: Optional[Set[str]], blacklist: Optional[Set[str]]):
+             filter_functions: set[str] | None, blacklist: set[str] | None):
     """(availability, reason) of one target on this kernel."""
     name = target.name
     if syms.has_function(name):
@@ -79,13 +78,13 @@ def classify(target: Target, version: tuple, syms: Kallsyms,
 class Trampolines:
     """What BPF trampolines allow here: the targets the kernel's BTF has (kernel/btf.py), and
     why none can be attached that way (None: they can; kernel/trampoline.py)."""
-    functions: FrozenSet[str] = frozenset()
-    blocker: Optional[str] = "not asked"
+    functions: frozenset[str] = frozenset()
+    blocker: str | None = "not asked"
 
 
 def _strategy(t: Target, availability: str, reason: str, raw: dict, chosen: dict,
-              kprobes: bool, walk_blocker: Optional[str], trampolines: Trampolines,
-              found: Optional[args.Found] = None):
+              kprobes: bool, walk_blocker: str | None, trampolines: Trampolines,
+              found: args.Found | None = None):
     """(strategy, reason) of one target, given the strategies chosen for those before it and
     where its arguments are (probes/args.py): a target whose arguments the kernel's prototype
     does not name is never decoded, only counted where it can be, as a clone is."""
@@ -123,11 +122,11 @@ def _strategy(t: Target, availability: str, reason: str, raw: dict, chosen: dict
     return "unavailable", reason
 
 
-def build_plan(version: tuple, syms: Kallsyms, filter_functions: Optional[Set[str]],
-               blacklist: Optional[Set[str]], kprobes: bool,
-               walk_blocker: Optional[str] = "not asked", exclude=(),
+def build_plan(version: tuple, syms: Kallsyms, filter_functions: set[str] | None,
+               blacklist: set[str] | None, kprobes: bool,
+               walk_blocker: str | None = "not asked", exclude=(),
                trampolines: Trampolines = Trampolines(),
-               arguments: Optional[Dict[str, args.Found]] = None) -> List[TargetStatus]:
+               arguments: dict[str, args.Found] | None = None) -> list[TargetStatus]:
     """One TargetStatus per target, in TARGETS order.
 
     A traceable target is attached by BPF trampoline where the kernel has them and its BTF has
@@ -152,14 +151,14 @@ def build_plan(version: tuple, syms: Kallsyms, filter_functions: Optional[Set[st
     return [plan[t.name] for t in TARGETS]
 
 
-def probed_symbols(status: TargetStatus) -> List[str]:
+def probed_symbols(status: TargetStatus) -> list[str]:
     """The kernel symbols a planned target's probes attach to: the function, or its clones."""
     if status.strategy == COUNT and status.availability == CLONE:
         return list(status.clones)
     return [status.name]
 
 
-def programs(status: TargetStatus) -> List[tuple]:
+def programs(status: TargetStatus) -> list[tuple]:
     """(probe kind, BPF function) pairs to attach for a planned target."""
     t = BY_NAME[status.name]
     if status.strategy == COUNT:
@@ -192,7 +191,7 @@ class Sources:
         return self.populate and self.alloc
 
     @classmethod
-    def from_strategy(cls, strategy: Dict[str, str]) -> "Sources":
+    def from_strategy(cls, strategy: dict[str, str]) -> "Sources":
         def sees(kind, decoded=False):
             return any(t.sees == kind and is_attached(strategy.get(t.name, ""))
                        and not (decoded and strategy[t.name] == COUNT) for t in TARGETS)

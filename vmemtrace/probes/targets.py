@@ -13,7 +13,6 @@ that change's release.
 """
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
 
 from vmemtrace.kernel import compat
 
@@ -33,9 +32,9 @@ WALK = "page-table walk"
 class Arg:
     """An argument the BPF program reads, found in the kernel's prototype by its name."""
 
-    names: Tuple[str, ...]  # its parameter name in the kernel source; a later name after it
+    names: tuple[str, ...]  # its parameter name in the kernel source; a later name after it
     position: int  # where the version rule puts it, for a kernel without BTF
-    since: Optional[compat.Change] = None  # a parameter only kernels from this change have
+    since: compat.Change | None = None  # a parameter only kernels from this change have
 
     @property
     def key(self) -> str:
@@ -46,15 +45,15 @@ class Arg:
 @dataclass(frozen=True)
 class Target:
     name: str
-    programs: Tuple[Tuple[str, str], ...]  # (probe kind, BPF function) when traceable
-    since: Tuple[int, int]
+    programs: tuple[tuple[str, str], ...]  # (probe kind, BPF function) when traceable
+    since: tuple[int, int]
     sees: str
     tells: str
-    fallback: Optional[str] = None  # the target (or WALK) that answers when this one can't
-    count: Optional[str] = None  # BPF function that only counts hits (clones)
+    fallback: str | None = None  # the target (or WALK) that answers when this one can't
+    count: str | None = None  # BPF function that only counts hits (clones)
     # Attached only when this other target cannot be decoded: its answer is the same, cheaper.
-    unless_decoded: Optional[str] = None
-    args: Tuple[Arg, ...] = ()  # what its entry program reads, each declared once
+    unless_decoded: str | None = None
+    args: tuple[Arg, ...] = ()  # what its entry program reads, each declared once
 
     @property
     def attach(self) -> str:
@@ -62,7 +61,7 @@ class Target:
         return "+".join(kind for kind, _ in self.programs) or "count"
 
     @property
-    def trampoline(self) -> Tuple[Tuple[str, str], ...]:
+    def trampoline(self) -> tuple[tuple[str, str], ...]:
         """(probe kind, BPF function) when attached by BPF trampoline: the same handlers, called
         by BCC's kfunc__/kretfunc__ programs (the loader finds BCC's exact name)."""
         return tuple((TRAMPOLINE_KIND[kind], f"{TRAMPOLINE_PREFIX[kind]}{self.name}")
