@@ -21,7 +21,7 @@ from prometheus_client.core import (
 
 from vmemtrace import __version__
 from vmemtrace.checks import STATUSES
-from vmemtrace.ledger import Fold
+from vmemtrace.ledger import Folding
 from vmemtrace.probes.plan import WALK_STRATEGY, is_attached
 from vmemtrace.probes.targets import BY_NAME
 from vmemtrace.verdict import evaluate
@@ -52,7 +52,7 @@ class InitTally:
         self.total += seconds
 
 
-class LiveLedger:
+class LiveLedger(Folding):
     """The exporter's ledger: events folded as they come (ledger.Fold: a range's compound pages
     in compact columns, no event kept), and the verify document of the devices made again only
     when something changed: new events, once a poll brought none (a range being set up is judged
@@ -60,8 +60,7 @@ class LiveLedger:
     retire); scrapes read `doc`, which is replaced whole, never changed in place."""
 
     def __init__(self, events: Iterable[dict] = ()):
-        self.fold: Fold | None = None
-        self.count = 0  # events folded
+        super().__init__()
         self.judged = -1  # self.count when doc was made
         self.devices_seen: str | None = None
         self.doc: dict | None = None
@@ -69,17 +68,6 @@ class LiveLedger:
         self.absent: set[int] = set()  # range starts with no device at the last retire()
         for ev in events:
             self.append(ev)
-
-    def append(self, ev: dict) -> None:
-        if self.fold is None:
-            self.fold = Fold(ev)
-        else:
-            self.fold.add(ev)
-        self.count += 1
-
-    @property
-    def header(self) -> dict | None:
-        return self.fold.header if self.fold is not None else None
 
     def refresh(self, devices_now: list[dict], quiet: bool = True) -> None:
         """Judge again if events came since and the trace is quiet, or the devices changed."""

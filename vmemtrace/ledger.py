@@ -486,12 +486,38 @@ class Fold:
                       self.unattached.found + self.stray)
 
 
+class Folding:
+    """A fold fed one event at a time, the header first: the one way a stream of events becomes
+    a Fold (replay, verify and record, the exporter's live ledger)."""
+
+    def __init__(self):
+        self.fold: Fold | None = None
+        self.count = 0  # events folded
+        self.ranges = 0  # range events among them
+
+    def append(self, ev: dict) -> None:
+        if self.fold is None:
+            self.fold = Fold(ev)
+        else:
+            self.fold.add(ev)
+        self.count += 1
+        self.ranges += ev["type"] == "range"
+
+    @property
+    def header(self) -> dict | None:
+        return self.fold.header if self.fold is not None else None
+
+    def ledger(self) -> Ledger:
+        return self.fold.ledger()
+
+
 def _folded(events: Iterable[dict]) -> Fold:
-    it = iter(events)
-    state = Fold(next(it))
-    for ev in it:
-        state.add(ev)
-    return state
+    state = Folding()
+    for ev in events:
+        state.append(ev)
+    if state.fold is None:
+        raise StopIteration  # no header: what next() on an empty stream raised
+    return state.fold
 
 
 def fold(events: Iterable[dict]) -> Ledger:

@@ -15,7 +15,7 @@ from vmemtrace.events import header_event
 from vmemtrace.kernel import daxdev, leftovers, vmstat
 from vmemtrace.kernel.ftrace import tracefs
 from vmemtrace.kernel.kmsg import KmsgCursor, parse_memmap_init
-from vmemtrace.ledger import DeviceLedger, Fold, Ledger
+from vmemtrace.ledger import DeviceLedger, Folding
 from vmemtrace.probes.plan import Sources
 from vmemtrace.readiness import assess, cannot_trace, read_facts
 from vmemtrace.sections import Sections, first_pfn, summed
@@ -104,24 +104,9 @@ def closing_events(tracer, kmsg: KmsgCursor | None = None) -> list[dict]:
     return out
 
 
-class Folded:
+class Folded(Folding):
     """A trace folded as it goes (ledger.Fold), its events not kept: verify and record hold the
     memory their ranges need, not one object per event (a 1 TiB range logs a million)."""
-
-    def __init__(self):
-        self.fold: Fold | None = None
-        self.count = self.ranges = 0
-
-    def append(self, ev: dict) -> None:
-        if self.fold is None:
-            self.fold = Fold(ev)
-        else:
-            self.fold.add(ev)
-        self.count += 1
-        self.ranges += ev["type"] == "range"
-
-    def ledger(self) -> Ledger:
-        return self.fold.ledger()
 
 
 # Seconds a command gets to exit after SIGTERM when vmemtrace is interrupted, before SIGKILL.
