@@ -9,6 +9,7 @@ Conventions (https://prometheus.io/docs/practices/naming/): base units (bytes, s
 """
 
 import json
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -106,6 +107,10 @@ class Snapshot:
     errors: dict[str, int] = field(default_factory=dict)
     attached: list[str] = field(default_factory=list)  # functions with probes attached now
     not_tracing: str = ""  # why the exporter serves audits only, a snake_case code ("" while it traces)
+    # when the exporter's loop last brought it up to date (Unix time): a textfile node_exporter
+    # keeps serving after its writer died, or a loop that hangs while scrapes are answered,
+    # shows as this growing old (dashboards/alerts.yml, VmemtraceStale)
+    updated: float = field(default_factory=time.time)
 
 
 def present_devices(doc: dict, devices_now: list[dict]) -> list[dict]:
@@ -133,6 +138,8 @@ class LedgerCollector:
         info.add_metric([__version__, header["kernel"] if header else "",
                          (header or {}).get("bcc") or self.bcc or ""], 1)
         yield info
+        yield GaugeMetricFamily("vmemtrace_updated_timestamp_seconds", "when the exporter last "
+                                "brought its metrics up to date (Unix time)", value=snap.updated)
         if header is None:
             return  # still compiling the BPF program
         tracing = GaugeMetricFamily("vmemtrace_tracing", "1 while the probes are attached; 0 "

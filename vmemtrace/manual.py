@@ -112,7 +112,7 @@ FIELDS = (
 
 ALERTS = ("Each alert in alerts.yml links to docs/runbook.md by its runbook_url: "
           "VmemtraceCheckFailed, VmemtraceProbeNotAttached, VmemtraceNotTracing, "
-          "VmemtraceKernelSymbolsHidden, VmemtraceTextfileStale, VmemtraceEventsLost and "
+          "VmemtraceKernelSymbolsHidden, VmemtraceStale, VmemtraceEventsLost and "
           "VmemtraceExporterDown.")
 
 

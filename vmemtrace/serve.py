@@ -52,13 +52,6 @@ class Only:
                 yield family
 
 
-# When the textfile was last written: node_exporter keeps serving a file whose writer has died,
-# so its age is the only sign (dashboards/alerts.yml, VmemtraceTextfileStale).
-TEXTFILE_WRITTEN = ("# HELP vmemtrace_textfile_written_timestamp_seconds when vmemtrace last wrote "
-                    "this file (Unix time)\n# TYPE vmemtrace_textfile_written_timestamp_seconds "
-                    "gauge\nvmemtrace_textfile_written_timestamp_seconds {:.3f}\n")
-
-
 class Exporter:
     """Holds the snapshot the collector reads; the tracing loop updates it."""
 
@@ -85,7 +78,8 @@ class Exporter:
 
     def snapshot(self) -> Snapshot:
         s = self.snap
-        return Snapshot(s.live, s.lost, dict(s.errors), list(s.attached), s.not_tracing)
+        return Snapshot(s.live, s.lost, dict(s.errors), list(s.attached), s.not_tracing,
+                        s.updated)
 
     def serve(self, listen: str, cert: str | None, key: str | None) -> tuple[str, int]:
         host, port = parse_listen(listen)
@@ -141,7 +135,6 @@ class Exporter:
             try:
                 with open(tmp, "wb") as fh:
                     fh.write(generate_latest(self.registry))
-                    fh.write(TEXTFILE_WRITTEN.format(time.time()).encode())
                 os.replace(tmp, path)
             except OSError as e:
                 with contextlib.suppress(OSError):
@@ -176,6 +169,7 @@ def _trace(exporter: Exporter, textfile: str | None, interval: float,
                 take(tracer.poll(100))  # a generator: what it brought is what live counted
                 quiet = live.count == before
                 exporter.snap.lost = tracer.lost
+                exporter.snap.updated = time.time()
                 # Judged again once a range's events are in (a poll brings none), or when the
                 # devices change: never per scrape.
                 if (quiet and live.count != live.judged) or time.monotonic() >= next_look:
@@ -217,6 +211,7 @@ def _audit_only(exporter: Exporter, why: str, textfile: str | None, interval: fl
             if problem:
                 progress(f"the audit cannot run either: {problem}")
             seen = names
+        exporter.snap.updated = time.time()
         if textfile and time.monotonic() >= next_write:
             exporter.write_textfile(textfile)
             next_write += interval

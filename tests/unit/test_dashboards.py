@@ -185,10 +185,7 @@ def exposition():
     from prometheus_client import generate_latest
 
     from tests.unit.test_exporter import registry_for
-    from vmemtrace.serve import TEXTFILE_WRITTEN
-
-    page = generate_latest(registry_for(FIXTURES / "events/6.12.117+deb12-amd64/mem-2M.jsonl")).decode()
-    return page + TEXTFILE_WRITTEN.format(0)  # what --textfile adds
+    return generate_latest(registry_for(FIXTURES / "events/6.12.117+deb12-amd64/mem-2M.jsonl")).decode()
 
 
 def test_every_query_names_only_exported_metrics(exposition):

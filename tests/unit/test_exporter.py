@@ -134,10 +134,11 @@ def test_audited_device_has_no_observed_init_and_removed_devices_vanish():
     assert not [k for k in gone if k[0].startswith("vmemtrace_vmemmap")]
 
 
-def test_before_the_probes_attach_only_build_info():
+def test_before_the_probes_attach_only_build_info_and_the_stamp():
     reg = CollectorRegistry(auto_describe=False)
     reg.register(LedgerCollector(lambda: Snapshot(LiveLedger()), lambda: []))
-    assert {k[0] for k in samples(reg)} == {"vmemtrace_build_info"}
+    assert {k[0] for k in samples(reg)} == {"vmemtrace_build_info",
+                                            "vmemtrace_updated_timestamp_seconds"}
 
 
 @pytest.mark.parametrize("text,want", [("127.0.0.1:9477", ("127.0.0.1", 9477)),
@@ -205,10 +206,10 @@ def test_textfile_is_written_whole(tmp_path):
     ex.write_textfile(str(out))
     fams = {f.name for f in text_string_to_metric_families(out.read_text())}
     assert {"vmemtrace_build_info", "vmemtrace_probe_attached", "vmemtrace_memmap_init_seconds",
-            "vmemtrace_textfile_written_timestamp_seconds"} <= fams
+            "vmemtrace_updated_timestamp_seconds"} <= fams
     assert [p.name for p in tmp_path.iterdir()] == ["vmemtrace.prom"]  # no temporary left
     (written,) = [s.value for f in text_string_to_metric_families(out.read_text())
-                  for s in f.samples if s.name == "vmemtrace_textfile_written_timestamp_seconds"]
+                  for s in f.samples if s.name == "vmemtrace_updated_timestamp_seconds"]
     assert abs(written - time.time()) < 60
 
 
