@@ -93,8 +93,7 @@ class Reports:
         return self.junit is not None or self.ktap is not None
 
     def write(self, doc: dict) -> None:
-        """Each file asked for, whole (write, then rename); the first that cannot be written
-        raises."""
+        """Each file asked for; the first that cannot be written raises."""
         from vmemtrace.junit import junit_xml
         from vmemtrace.ktap import ktap
 
@@ -175,7 +174,7 @@ def _finish(doc: dict) -> None:
 EXPECT = click.option("--expect", type=click.Choice(["auto", "optimized", "unoptimized"]),
                       default="auto", show_default=True,
                       help="auto: what this kernel and device should do")
-JUNIT = _reports
+REPORTS = _reports
 JSON = click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 CHECKS = ("tail-reuse", "accounting", "init-skip", "no-false-optimisation")
 ALLOW_SKIP = click.option("--allow-skip", "allow_skip", multiple=True, type=click.Choice(CHECKS),
@@ -199,7 +198,7 @@ AUDIT_WAIVED = ("init-skip",)
 @cli.command()
 @EXPECT
 @JSON
-@JUNIT
+@REPORTS
 @ALLOW_SKIP
 @NO_PROBE
 @ATTACH
@@ -279,7 +278,7 @@ def record(output, cmd):
 @click.argument("file", type=click.Path(dir_okay=False))
 @EXPECT
 @JSON
-@JUNIT
+@REPORTS
 @ALLOW_SKIP
 @DEVICE
 @click.option("--trust-unsealed", is_flag=True,
@@ -311,7 +310,7 @@ def replay(file, expect, as_json, reports, allow_skip, only, trust_unsealed):
 @cli.command()
 @EXPECT
 @JSON
-@JUNIT
+@REPORTS
 @ALLOW_SKIP
 @click.option("--record", "record_to", type=click.Path(dir_okay=False, path_type=Path),
               help="also write the walk's events here (replay reads them)")

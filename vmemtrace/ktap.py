@@ -11,6 +11,7 @@ from vmemtrace.errors import printable
 
 
 def _line(text: str) -> str:
+    """One line, printable, without "#": in a result line it starts the directive."""
     return printable(" ".join(str(text).split())).replace("#", "%23")
 
 

@@ -450,19 +450,22 @@ class Tracer:
             if ev["type"] == "range":
                 yield from self._held_of(ev["start_pfn"], ev["nr_pages"])
 
+    @staticmethod
+    def _within(start_pfn: int | None, nr_pages: int) -> Callable[[int], bool]:
+        """Whether a pfn lies in the range (every pfn with start_pfn None)."""
+        return lambda pfn: start_pfn is None or start_pfn <= pfn < start_pfn + nr_pages
+
     def _held_of(self, start_pfn: int | None, nr_pages: int) -> Iterator[dict]:
         """The "compounds" summaries of the compound pages held for one range (all with
         start_pfn None)."""
-        for start in [s for s in self._held
-                      if start_pfn is None or start_pfn <= s < start_pfn + nr_pages]:
+        mine = self._within(start_pfn, nr_pages)
+        for start in [s for s in self._held if mine(s)]:
             yield self._held.pop(start).as_event()
 
     def drain_sections(self, start_pfn: int | None = None, nr_pages: int = 0) -> Iterator[dict]:
         """The summaries ("sections" events) of one range's section calls (of all with
         start_pfn None: at the end, those of ranges that never reached memmap_init_zone_device)."""
-        def mine(pfn: int) -> bool:
-            return start_pfn is None or start_pfn <= pfn < start_pfn + nr_pages
-
+        mine = self._within(start_pfn, nr_pages)
         loose = [s for s in self._loose if mine(s["pfn"])]
         self._loose = [s for s in self._loose if not mine(s["pfn"])]
         if loose:
