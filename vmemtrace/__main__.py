@@ -2,8 +2,20 @@
 vmemtrace is still being imported, before the commands' own handling (cli.one_line_errors) is
 in place: it exits 130 with one line here too, never a traceback nor a silent death."""
 
-import _signal  # the C module, at once: signal.py imports enum first
-import sys
+# Until main() is inside its try, a stop is only noted: raised anywhere before it (the imports
+# below, main's very call) nothing would catch it. The C module, at once: signal.py imports
+# enum first.
+try:
+    import _signal
+
+    _noted = []
+    _signal.signal(_signal.SIGINT, lambda signum, frame: _noted.append(signum))
+    _signal.signal(_signal.SIGTERM, lambda signum, frame: _noted.append(signum))
+except KeyboardInterrupt:  # it came before the note-taking handler was in place
+    import _signal
+
+    _noted = [_signal.SIGINT]
+import sys  # noqa: E402
 
 # Stops whose KeyboardInterrupt Python could not raise where the program was: the signal came
 # while it ran a callback (an import lock's weakref callback, a finaliser), where an exception
@@ -25,11 +37,14 @@ def _keep_stops(default):
 
 
 def main():
-    # SIGTERM as Ctrl-C from here on, as errors.terminate_on_sigterm() has it once a command
-    # runs: nothing has been opened yet that could be left behind.
-    _signal.signal(_signal.SIGTERM, _interrupt)
     sys.unraisablehook = _keep_stops(sys.unraisablehook)
     try:
+        # SIGTERM as Ctrl-C from here on, as errors.terminate_on_sigterm() has it once a
+        # command runs: nothing has been opened yet that could be left behind.
+        _signal.signal(_signal.SIGINT, _signal.default_int_handler)
+        _signal.signal(_signal.SIGTERM, _interrupt)
+        if _noted:
+            raise KeyboardInterrupt
         from vmemtrace.cli import main as run
 
         run()

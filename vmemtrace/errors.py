@@ -50,10 +50,17 @@ def json_asked(argv=None) -> bool:
     return "--json" in argv[:argv.index("--") if "--" in argv else None]
 
 
+_SENT = []  # the command printed its JSON document (render.emit_json)
+
+
+def document_sent() -> None:
+    _SENT.append(True)
+
+
 def exit_document(code: int, **what) -> None:
     """Under --json, the document of an exit that has no verdict (a wrong command line, an
-    interruption): every exit prints one."""
-    if json_asked():
+    interruption): every exit prints one, and only one."""
+    if json_asked() and not _SENT:
         print(json.dumps({"verdict": "error", **what, "exit": code}, indent=2), flush=True)
 
 

@@ -6,7 +6,7 @@ import sys
 from tabulate import tabulate
 
 from vmemtrace.compounds import layouts
-from vmemtrace.errors import printable
+from vmemtrace.errors import document_sent, printable, stops_held
 from vmemtrace.layouts import BY_NAME
 
 
@@ -21,8 +21,13 @@ def table(rows, **kwargs) -> str:
 
 
 def emit_json(doc) -> None:
-    json.dump(doc, sys.stdout, indent=2, sort_keys=False)
-    sys.stdout.write("\n")
+    """The command's one JSON document, written whole: a stop waits until it is out, and
+    none is printed after it (errors.exit_document)."""
+    with stops_held():
+        json.dump(doc, sys.stdout, indent=2, sort_keys=False)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        document_sent()
 
 
 def json_line(doc) -> str:
