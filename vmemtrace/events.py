@@ -65,7 +65,8 @@ REQUIRED = {
     "vmstat": ("when", "nr_memmap_pages"),
     # a dax device (one range of it) found in sysfs after the command (optional: "driver";
     # "mode", "namespace", "pgmap_start_pfn", "pgmap_nr_pages" from its nvdimm parent;
-    # "mapping", "mappings" for a device of several ranges; see kernel/daxdev.py)
+    # "mapping", "mappings" for a device of several ranges; "cxl_region", "cxl_decoder",
+    # "cxl_memdevs", "cxl_mode" for one in a CXL region; see kernel/daxdev.py)
     "device": ("name", "start_pfn", "nr_pages", "align"),
     # the kernel's own "memmap_init_zone_device initialised N pages in Xms" (kernel/kmsg.py)
     "kmsg": ("pages", "ms"),
@@ -100,8 +101,9 @@ TASK = ("pid", "ktime_ns", "comm")
 # range and walk: "boot_sections", the range's partly filled memory sections that were present
 # at boot (read from mem_section where kcore can be read; kernel/kcore.py early_sections()).
 # sections: "ktime", [first, last] CLOCK_MONOTONIC ns of its calls' returns (sections.py).
+CXL = ("cxl_region", "cxl_decoder", "cxl_memdevs", "cxl_mode")
 OPTIONAL = {"device": ("driver", "mode", "namespace", "pgmap_start_pfn", "pgmap_nr_pages",
-                       "mapping", "mappings"),
+                       "mapping", "mappings", *CXL),
             "section": TASK, "range": TASK + ("boot_sections",), "walk": ("boot_sections",),
             "compound": ("source", "out_of_order"), "compounds": ("source", "cells"),
             "sections": ("ktime",)}
@@ -121,7 +123,8 @@ TYPES = {
     "range": {"altmap": BOOL, "comm": STR, "boot_sections": INT_LIST},
     "walk": {"altmap": BOOL, "levels": INT_MAP, "boot_sections": INT_LIST},
     "vmstat": {"when": STR},
-    "device": {"name": STR, "align": MAYBE_INT, "driver": STR, "mode": STR, "namespace": STR},
+    "device": {"name": STR, "align": MAYBE_INT, "driver": STR, "mode": STR, "namespace": STR,
+               "cxl_region": STR, "cxl_decoder": STR, "cxl_memdevs": STR_LIST, "cxl_mode": STR},
     "command": {"argv": LIST, "exit": SIGNED, "seconds": NUMBER},
     "lost": {"errors": INT_MAP},
     "hits": {"hits": INT_MAP},

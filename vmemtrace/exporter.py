@@ -37,6 +37,17 @@ SERIES = (("vmemmap_pages", "vmemtrace_vmemmap{}_bytes", "vmemmap (struct page m
 INIT_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
+# The CXL labels of vmemtrace_device_info: `cxl list`'s region, decoder and memdev names.
+CXL_LABELS = ("cxl_region", "cxl_decoder", "cxl_memdevs")
+
+
+def cxl_labels(cxl: dict | None) -> list[str]:
+    """The values of CXL_LABELS for a device document's "cxl" (memdevs joined by commas)."""
+    if not cxl:
+        return ["", "", ""]
+    return [cxl["region"], cxl["decoder"] or "", ",".join(cxl["memdevs"])]
+
+
 @dataclass
 class InitTally:
     """memmap_init_zone_device durations of ranges no longer held (Fold.retire()): the
@@ -198,12 +209,13 @@ class LedgerCollector:
                                    labels=["device", "check", "status"])
         count = GaugeMetricFamily("vmemtrace_devices", "dax devices reported")
         count.add_metric([], len(devices))
-        # To join with ndctl's names: group_left(namespace) on device.
-        info = InfoMetricFamily("vmemtrace_device", "each dax device's nvdimm namespace "
-                                "(\"\" for hmem/CXL devices)", labels=["device", "namespace"])
+        # To join with ndctl's and cxl's names: group_left(namespace, cxl_region) on device.
+        info = InfoMetricFamily("vmemtrace_device", "each dax device's nvdimm namespace and the "
+                                "CXL region, root decoder and memory devices it lies in "
+                                "(\"\" where none)", labels=["device", "namespace", *CXL_LABELS])
         for d in devices:
             name, page = d["device"], d["page_size"]
-            info.add_metric([name, d["namespace"] or ""], {})
+            info.add_metric([name, d["namespace"] or "", *cxl_labels(d["cxl"])], {})
             for (key, kind), family in families.items():
                 value = d[key][kind]
                 if value is not None:

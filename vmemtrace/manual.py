@@ -107,7 +107,8 @@ FIELDS = (
     "and struct pages, __init_zone_device_page calls, its duration), COMPOUNDS (the range's "
     "compound pages by layout: PTEs, fresh, reused, on the first tail page; (walk) from the "
     "page tables), WALK (the page-table walk: vmemmap pages, mapped by level, distinct, "
-    "reused), DEVICE, VMSTAT (nr_memmap_pages), LOST and HITS (the BPF side's account at "
+    "reused), DEVICE (a dax device: pfns, alignment, and the CXL region it lies in, as `cxl "
+    "list` names it), VMSTAT (nr_memmap_pages), LOST and HITS (the BPF side's account at "
     "the end). --json prints each event as the event log has it.")
 
 ALERTS = ("Each alert in alerts.yml links to docs/runbook.md by its runbook_url: "

@@ -91,6 +91,13 @@ def _triple(d: dict) -> str:
     return f"{num(d['observed'])} / {num(d['expected'])} / {num(d['naive'])}"
 
 
+def cxl_place(cxl: dict) -> str:
+    """Where a device lies in CXL, in `cxl list`'s names: "CXL region0 (pmem, decoder0.0, mem0)"."""
+    what = [cxl.get("mode"), cxl.get("decoder"), ", ".join(cxl.get("memdevs") or [])]
+    region = f"CXL {cxl['region']}"
+    return f"{region} ({', '.join(w for w in what if w)})"
+
+
 def verify_table(doc: dict) -> str:
     rows = []
     for d in doc["devices"]:
@@ -105,6 +112,9 @@ def verify_table(doc: dict) -> str:
         out.append(table(rows, headers=["device", "start pfn", "pages", "align", "altmap",
                                            "eligible", "optimised", "vmemmap pages obs/exp/naive",
                                            "struct pages init obs/exp/naive", "init s", "verdict"]))
+    for d in doc["devices"]:
+        if d.get("cxl"):
+            out.append(safe(f"{d['device']} lies in {cxl_place(d['cxl'])}"))
     for d in doc["devices"]:
         out.append("")
         out.append(table([(f"{d['device']}", c["name"], c["status"], c["detail"]) for c in d["checks"]],
@@ -172,5 +182,11 @@ def _event_line(ev: dict) -> str:
     if kind == "vmstat":
         return f"VMSTAT   nr_memmap_pages {ev['nr_memmap_pages']} ({ev['when']})"
     if kind == "device":
-        return f"DEVICE   {ev['name']} pfn {ev['start_pfn']} +{ev['nr_pages']} align {ev['align']}"
+        where = ""
+        if "cxl_region" in ev:
+            where = "  in " + cxl_place({"region": ev["cxl_region"], "mode": ev.get("cxl_mode"),
+                                         "decoder": ev.get("cxl_decoder"),
+                                         "memdevs": ev.get("cxl_memdevs")})
+        return (f"DEVICE   {ev['name']} pfn {ev['start_pfn']} +{ev['nr_pages']} "
+                f"align {ev['align']}{where}")
     return f"{kind.upper():8} " + json.dumps(ev)

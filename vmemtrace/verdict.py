@@ -32,6 +32,7 @@ def _device_doc(d: DeviceLedger, v: DeviceView, checks: list[Check], verdict: st
         "device": d.name,
         "chardev": d.chardev,  # as `daxctl list` and `ndctl list` call it
         "namespace": d.namespace,
+        "cxl": d.cxl,  # the CXL region it lies in, as `cxl list` names it; null for none
         "start_pfn": d.start_pfn,
         "nr_pages": d.nr_pages,
         "compound_pages": n.compound_pages,

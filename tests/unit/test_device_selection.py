@@ -73,7 +73,9 @@ def test_exporter_joins_devices_to_their_namespace():
     dev = with_namespace(evs)
     reg = registry_for(log_path("6.12", "mem-2M"), devices_now=[dev])
     got = samples(reg)
-    assert got[("vmemtrace_device_info", (("device", "dax0.0"), ("namespace", "namespace0.0")))] == 1
+    labels = (("cxl_decoder", ""), ("cxl_memdevs", ""), ("cxl_region", ""), ("device", "dax0.0"),
+              ("namespace", "namespace0.0"))
+    assert got[("vmemtrace_device_info", labels)] == 1
 
 
 def dax_tree(root, name, ranges, driver="device_dax", align=2 << 20):

@@ -276,3 +276,57 @@ def test_a_kernel_without_device_dax_is_said_before_it_boots(tmp_path):
         f"(/boot/config-{release}): it has no device-dax to verify")
     config.write_text("CONFIG_DEV_DAX=m\nCONFIG_DEV_DAX_PMEM=m\n")
     assert device_dax_problem(kernel) is None
+
+
+def test_the_cxl_window_starts_where_asked(tmp_path):
+    """qemu 7.2 puts the CXL window 256 MiB past the 1 GiB boundary after RAM (and after a
+    memory slot's device area): measured in a 6.12 guest, 6912 MiB of RAM without a slot put
+    it at 9472 MiB; these options put it at 9216 MiB, where `cxl list` showed decoder0.0."""
+    from vmemtrace.lab.cxl import CxlMemory
+
+    GiB, MiB = 1 << 30, 1 << 20
+    aligned = CxlMemory(3 * GiB)
+    assert aligned.start == 9 * GiB
+    opts = aligned.qemu_opts("tcg", tmp_path)
+    # RAM ends at 7 GiB; the slot's 1 GiB and 768 MiB more end it at 8 GiB + 768 MiB, the host
+    # bridge registers 1 MiB later: the next 256 MiB boundary is 9 GiB
+    assert opts[opts.index("-m") + 1] == "5120M,slots=1,maxmem=5888M"
+    assert aligned.guest_memory() == 5 * GiB
+    assert "cxl-type3,bus=vt-cxl-rp0,memdev=vt-cxl-mem,lsa=vt-cxl-lsa,id=vt-cxl-pmem0" in opts
+    assert "cxl-fmw.0.targets.0=vt-cxl.0,cxl-fmw.0.size=3072M" in opts
+    # the kernel commits a region only where it can flush CPU caches, which it never assumes
+    # under a hypervisor: TCG has none to flush
+    assert opts[-2:] == ["-cpu", "max,hypervisor=off"]
+    assert "pcie_ports=compat" in aligned.kernel_args()
+    off = CxlMemory(3 * GiB, 9 * GiB + 256 * MiB)  # no slot: RAM up to 9 GiB
+    assert "-m" not in off.qemu_opts("tcg", tmp_path) and off.high_ram() == 5 * GiB
+    with aligned.backed(tmp_path):
+        assert sorted(p.stat().st_size for p in tmp_path.iterdir()) == [256 << 10, 3 * GiB]
+        assert all(p.stat().st_blocks == 0 for p in tmp_path.iterdir())
+    assert list(tmp_path.iterdir()) == []
+    for start, why in ((9 * GiB + 100 * MiB, "256M boundary"), (6 * GiB, "at least 3 GiB"),
+                       (8 * GiB + 256 * MiB + GiB, None)):
+        if why is None:
+            CxlMemory(GiB, start)
+            continue
+        with pytest.raises(VmemtraceError, match=why):
+            CxlMemory(GiB, start)
+    with pytest.raises(VmemtraceError, match="whole 256M pieces"):
+        CxlMemory(GiB + 128 * MiB)
+
+
+def test_a_kernel_without_cxl_regions_is_said_before_it_boots(tmp_path):
+    """5.10 predates CXL regions (6.0): `--pmem cxl` stops before the boot and says why."""
+    from vmemtrace.lab.cxl import CxlMemory
+    from vmemtrace.lab.image import GuestKernel, device_dax_problem
+
+    release = "5.10.0-46-amd64"
+    kernel = GuestKernel(release, tmp_path / "vmlinuz", tmp_path)
+    (tmp_path / "boot").mkdir()
+    (tmp_path / "boot" / f"config-{release}").write_text(
+        "CONFIG_DEV_DAX=m\nCONFIG_DEV_DAX_PMEM=m\nCONFIG_ACPI_NFIT=m\n")
+    assert device_dax_problem(kernel, CxlMemory.config) == (
+        f"{release} is built without CONFIG_CXL_ACPI, CONFIG_CXL_PCI, CONFIG_CXL_MEM, "
+        f"CONFIG_CXL_PMEM, CONFIG_CXL_REGION (/boot/config-{release}): it cannot make the "
+        "persistent memory this lab asked for")
+    assert device_dax_problem(kernel, nfit.Nvdimms.config) is None

@@ -50,6 +50,7 @@ def inventory(root: Path = Path("/")) -> list[dict]:
         if (dev / "driver").exists():
             ev["driver"] = (dev / "driver").resolve().name  # device_dax, or kmem (system-ram)
         ev.update(_nvdimm_parent(dev))
+        ev.update(_cxl_region(root, start))
         ranges = _mappings(dev)
         if len(ranges) <= 1:
             out.append(ev)
@@ -78,3 +79,39 @@ def _nvdimm_parent(dev: Path) -> dict:
         return {}  # not nvdimm-backed (hmem, CXL): the dax device's range is the pgmap's
     return {"mode": mode, "namespace": namespace, "pgmap_start_pfn": ns_start >> PAGE_SHIFT,
             "pgmap_nr_pages": (end - ns_start) >> PAGE_SHIFT}
+
+
+def _cxl_region(root: Path, start: int) -> dict:
+    """The CXL region a device's memory lies in, named as `cxl list` names it: the region
+    (regionN), the root decoder that is its fixed memory window (the region's sysfs parent,
+    drivers/cxl/core/region.c devm_cxl_add_region()), and the memory devices behind its
+    endpoint decoders (targetN; each endpoint port links its memdev as "uport",
+    drivers/cxl/core/port.c). Matched by physical address, which holds whichever way the dax
+    device was made (an nvdimm namespace on a pmem region, dax_cxl on a ram region). {} where
+    none holds it."""
+    for region in sorted((root / "sys/bus/cxl/devices").glob("region[0-9]*")):
+        try:
+            base = int(_read(region / "resource"), 0)
+            size = int(_read(region / "size"), 0)
+        except (OSError, ValueError):
+            continue  # a region being set up has no resource yet
+        if not base <= start < base + size:
+            continue
+        real = region.resolve()
+        memdevs = []
+        for target in sorted(real.glob("target[0-9]*"), key=lambda t: int(t.name[6:])):
+            try:
+                decoder = (root / "sys/bus/cxl/devices" / _read(target)).resolve()
+            except OSError:
+                continue
+            uport = decoder.parent / "uport"
+            if uport.exists():
+                memdevs.append(uport.resolve().name)
+        found = {"cxl_region": region.name, "cxl_decoder": real.parent.name,
+                 "cxl_memdevs": memdevs}
+        try:
+            found["cxl_mode"] = _read(region / "mode")  # "pmem" or "ram"
+        except OSError:
+            pass
+        return found
+    return {}

@@ -169,6 +169,7 @@ class Region:
     size: int
     start: int | None = None
     kind = "e820"  # the guest's name for it (lab/guest.py); lab/nfit.py's Nvdimms is the other
+    config = ("X86_PMEM_LEGACY",)  # nd_e820, beyond device-dax
 
     def __post_init__(self):
         if self.start is None:

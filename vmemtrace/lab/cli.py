@@ -6,12 +6,15 @@ import click
 
 from vmemtrace.errors import VmemtraceError
 from vmemtrace.lab.cases import DEFAULT_CASES, Region, parse_cases, parse_size, parse_start
+from vmemtrace.lab.cxl import WINDOW_START, CxlMemory
 from vmemtrace.lab.nfit import Nvdimms
 
 
 def memory(pmem: str, size: int, start):
     if pmem == "e820":
         return Region(size, start)
+    if pmem == "cxl":
+        return CxlMemory(size, WINDOW_START if start is None else start)
     if start is not None:
         raise VmemtraceError("--pmem-start places the memmap= region: qemu places NVDIMMs "
                              "itself (after guest RAM)")
@@ -31,10 +34,12 @@ def memory(pmem: str, size: int, start):
                    "dev-2M in one region, mem-1G in the other at the same time, one verify; "
                    "multi-kprobe: the same devices made first, bound all at once under verify "
                    "--attach kprobe")
-@click.option("--pmem", type=click.Choice(["e820", "nfit"]), default="e820", show_default=True,
+@click.option("--pmem", type=click.Choice(["e820", "nfit", "cxl"]), default="e820", show_default=True,
               help="the guest's persistent memory: e820, one memmap= region with one namespace; "
                    "nfit, two of qemu's ACPI NVDIMMs (sparse files in the lab cache) whose "
-                   "label-based regions hold several namespaces (needed by the multi case)")
+                   "label-based regions hold several namespaces (needed by the multi case); "
+                   "cxl, a CXL type 3 device behind a CXL host bridge, of which `cxl "
+                   "create-region` makes a persistent region (kernels with CXL regions: 6.0+)")
 @click.option("--size", default="3G", show_default=True,
               help="persistent memory region (and namespace) size, up to 1T and beyond; with "
                    "--pmem nfit each NVDIMM's (qemu's RAM for a large region is not reserved: "
@@ -43,7 +48,8 @@ def memory(pmem: str, size: int, start):
               help="guest physical address where the region starts (auto: 5G, or 1026G for a "
                    "region too large to end below qemu's HyperTransport hole at 1012G); one that "
                    "is not a multiple of 128M shares the region's first and last memory sections "
-                   "with boot RAM")
+                   "with boot RAM; with --pmem cxl, where the CXL window (and so the region) "
+                   "starts, a multiple of 256M (auto: 9G; 9472M puts it off 1 GiB alignment)")
 @click.option("--accel", type=click.Choice(["auto", "tcg", "kvm"]), default="auto",
               show_default=True, help="auto: KVM only if a probe boot shows it works")
 @click.option("--refresh", is_flag=True, help="refresh the guest's package lists first")

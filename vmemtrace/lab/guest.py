@@ -107,7 +107,31 @@ class Nfit:
         return case.create_args(["-r", name, "-s", str(size)])
 
 
-PMEM = {"e820": E820, "nfit": Nfit}
+def cxl_list(*args):
+    out = sh(["cxl", "list", *args]).stdout
+    return json.loads(out) if out.strip() else []
+
+
+class Cxl(Nfit):
+    """qemu's CXL type 3 device (lab/cxl.py): cxl(1) makes one persistent region of all its
+    capacity in the root decoder (the fixed memory window), as an operator would; cxl_pmem
+    makes it an nvdimm region whose labels live in the device's label storage area, where the
+    cases create namespaces as on NFIT."""
+
+    modules = ("cxl_acpi", "cxl_pci", "cxl_mem", "cxl_pmem", "dax_pmem", "device_dax")
+
+    def settle(self):
+        _wait_for(lambda: cxl_list("-M") and cxl_list("-D", "-d", "root"))
+        memdevs, roots = cxl_list("-M"), cxl_list("-D", "-d", "root")
+        if not memdevs or not roots:
+            raise RuntimeError("no CXL memory device or root decoder came up "
+                               f"(cxl list: {len(memdevs)} memdevs, {len(roots)} root decoders)")
+        sh(["cxl", "create-region", "-m", "-d", roots[0]["decoder"], "-t", "pmem",
+            "-w", str(len(memdevs)), *(m["memdev"] for m in memdevs)], check=True)
+        _wait_for(lambda: any(r.get("available_size") for r in ndctl_list("-R")))
+
+
+PMEM = {"e820": E820, "nfit": Nfit, "cxl": Cxl}
 
 
 def prepare(pmem):

@@ -84,14 +84,19 @@ class GuestKernel:
 DEVICE_DAX_CONFIG = ("DEV_DAX", "DEV_DAX_PMEM")
 
 
-def device_dax_problem(kernel: GuestKernel) -> str | None:
+def device_dax_problem(kernel: GuestKernel, pmem_config: tuple[str, ...] = ()) -> str | None:
     """Why this kernel cannot run the lab's namespace cases, as its config tells before it
-    boots; None where it can, or where no config says."""
+    boots; None where it can, or where no config says. pmem_config: what the guest's kind of
+    persistent memory needs beyond device-dax (CXL regions: the CXL drivers)."""
     options, source = config.read_config(kernel.root, kernel.release)
     missing = [f"CONFIG_{o}" for o in DEVICE_DAX_CONFIG if config.enabled(options, o) is False]
     if missing:
         return (f"{kernel.release} is built without {' and '.join(missing)} ({source}): it has "
                 "no device-dax to verify")
+    missing = [f"CONFIG_{o}" for o in pmem_config if config.enabled(options, o) is False]
+    if missing:
+        return (f"{kernel.release} is built without {', '.join(missing)} ({source}): it cannot "
+                "make the persistent memory this lab asked for")
     return None
 
 

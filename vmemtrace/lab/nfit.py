@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vmemtrace.lab.cases import TCG_ADDRESSES, GiB, Region
+from vmemtrace.lab.cxl import CxlMemory
 
 # qemu's smallest label area (hw/mem/nvdimm.c, MIN_NAMESPACE_LABEL_SIZE): room for the two
 # index blocks and a few hundred namespace labels.
@@ -36,6 +37,7 @@ class Nvdimms:
     size: int
     count: int = COUNT
     kind = "nfit"  # the guest's name for it (lab/guest.py)
+    config = ("ACPI_NFIT",)  # the NVDIMMs' driver, beyond device-dax
 
     def total(self) -> int:
         return self.size * self.count
@@ -94,5 +96,5 @@ class Nvdimms:
         return f"{self.count} NFIT NVDIMMs of {self.size >> 20} MiB"
 
 
-# What a guest's persistent memory can be: the memmap= region, or NVDIMMs.
-Pmem = Region | Nvdimms
+# What a guest's persistent memory can be: the memmap= region, NVDIMMs, or CXL memory.
+Pmem = Region | Nvdimms | CxlMemory

@@ -128,7 +128,7 @@ def run_lab(specs: list[KernelSpec], cases: list[Case], region: Pmem, accel: str
             say(f"the command exited {doc['exit']} on {doc['kernel']}")
             worst = worst or doc["exit"]
         return worst
-    problems = [p for p in map(image.device_dax_problem, kernels) if p]
+    problems = [p for p in (image.device_dax_problem(k, region.config) for k in kernels) if p]
     if problems:
         raise VmemtraceError(problems[0])
     worst = EXIT_OK

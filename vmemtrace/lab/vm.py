@@ -100,7 +100,9 @@ def _boot(kernel, src, out, exec_cmd, region, console, accel, cpus, timeout, app
         cmd += ["--append", append]
     if accel == "tcg":
         cmd.append("--disable-kvm")
-    opts = region.qemu_opts(accel, console.parent) + libdisk.qemu_opts(kernel.libraries)
+    # The library disk first: a PCI device without bus= goes to the newest bus, which the CXL
+    # host bridge would be, and it takes only bridges.
+    opts = libdisk.qemu_opts(kernel.libraries) + region.qemu_opts(accel, console.parent)
     if opts:  # one argument: vng's parser takes a value starting with "-" only after "="
         cmd.append("--qemu-opts=" + " ".join(opts))
     env = dict(os.environ)
