@@ -344,9 +344,34 @@ def boot_memmap(v: DeviceView) -> Check | None:
         "compound pages not optimised"))
 
 
+def _size(pfns: int, page_size: int) -> str:
+    n = pfns * page_size
+    return f"{n >> 30} GiB" if n % (1 << 30) == 0 else f"{n >> 20} MiB"
+
+
+def compound_alignment(v: DeviceView) -> Check | None:
+    """Compound pages start where the range starts (geometry.compound_offset()): on a range
+    that does not start on a boundary of their size (a CXL window 256 MiB past a 1 GiB one
+    holding a 1 GiB device) every compound page straddles two of the blocks the device maps
+    whole, and the folio a 1 GiB fault maps is not the block it maps (7.3.4 refuses the fault:
+    vmf_insert_folio_pud() warns and the program gets SIGBUS; docs/findings.md). Nothing to
+    say where they are aligned."""
+    shape = v.shape
+    offset = geometry.compound_offset(shape) if shape.pfns_per_compound > 1 else 0
+    if not offset:
+        return None
+    size, page = shape.pfns_per_compound, shape.page_size
+    return Check("compound-alignment", FAIL, (
+        f"compound pages of {_size(size, page)} start where the range starts, pfn "
+        f"{shape.start_pfn} ({shape.start_pfn * page >> 20} MiB), {_size(offset, page)} past a "
+        f"{_size(size, page)} boundary: each straddles two of the {_size(size, page)} blocks "
+        "the device maps whole, and a fault maps a block with a folio that is not it "
+        "(docs/findings.md)"))
+
+
 CHECKS: tuple[Callable[[DeviceView], Check | None], ...] = (
-    feature_present, eligibility, boot_memmap, tail_reuse, init_skip, accounting,
-    no_false_optimisation, cross_check, range_complete)
+    feature_present, eligibility, boot_memmap, compound_alignment, tail_reuse, init_skip,
+    accounting, no_false_optimisation, cross_check, range_complete)
 
 
 # The checks whose expectations come from the kernel's vmemmap layout (layouts.py).

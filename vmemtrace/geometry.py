@@ -36,6 +36,14 @@ class RangeShape:
     layout: Layout = TWO_PAGES
 
 
+def compound_offset(shape: RangeShape) -> int:
+    """How many pfns past a boundary of its own size the range's first compound page starts: 0
+    for naturally aligned compound pages. memmap_init_zone_device() lays compound pages from the
+    range's start (mm/mm_init.c: pfn += pfns_per_compound from start_pfn), wherever that is;
+    a folio is naturally aligned everywhere else in mm."""
+    return shape.start_pfn % shape.pfns_per_compound
+
+
 def eligibility(shape: RangeShape) -> tuple[bool, str]:
     """Mirrors vmemmap_can_optimize() (include/linux/mm.h): no altmap, sizeof(struct page) a
     power of two, and a compound page whose memmap is larger than the pages its layout keeps."""

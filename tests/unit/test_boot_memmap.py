@@ -228,6 +228,10 @@ def test_the_kernel_caused_1g_failure_with_both_witnesses_agreeing(start, distin
     assert "1 of them never allocated for the range" in checks["cross-check"]["detail"]
     walk = dev["page_table_walk"]
     assert (walk["distinct"], walk["reused"]) == (distinct, reused)
+    # and, on its own, the compound pages are not 1 GiB aligned: the range's start is not
+    offset = {"5184M": 64, "5100M": 1004}[start]
+    assert checks["compound-alignment"]["status"] == "fail"
+    assert f"{offset} MiB past a 1 GiB boundary" in checks["compound-alignment"]["detail"]
 
 
 @pytest.mark.parametrize("name", ["mem-2M.jsonl", "mem-2M.audit.jsonl", "mem-1G.audit.jsonl"])
@@ -239,6 +243,7 @@ def test_the_misaligned_region_s_other_logs(name):
     checks, dev = checks_of(json.loads(res.stdout))
     if name.startswith("mem-2M"):
         assert res.returncode == 0 and dev["verdict"] == "pass", res.stderr
+        assert "compound-alignment" not in checks  # 2 MiB pages: the start is 2 MiB aligned
     else:
         assert res.returncode == 1 and "the kernel's doing" in checks["tail-reuse"]["detail"]
 

@@ -147,3 +147,56 @@ def test_an_unbound_device_has_no_driver_and_is_not_audited(tmp_path):
     assert said == ["dax3.0: skipped, no driver bound, so no vmemmap (daxctl enable-device "
                     "dax3.0 binds device_dax)",
                     "dax4.0: skipped, onlined as System RAM (kmem): not ZONE_DEVICE"]
+
+
+def cxl_tree(root, base=0x240000000, size=0xC0000000):
+    """The CXL part of sysfs as a 7.3.4 lab guest showed it (`--pmem cxl`): the region under its
+    root decoder, its endpoint decoder under the endpoint port, whose uport links the memdev,
+    and the dax device under the nvdimm bridge's region (readlink -f of each /sys/bus entry)."""
+    acpi = root / "sys/devices/platform/ACPI0017:00/root0"
+    region = acpi / "decoder0.0/region0"
+    endpoint = acpi / "port1/endpoint2"
+    memdev = root / "sys/devices/pci0000:0c/0000:0c:00.0/0000:0d:00.0/mem0"
+    for d in (region, endpoint / "decoder2.0", memdev):
+        d.mkdir(parents=True)
+    for name, value in (("resource", f"{base:#x}"), ("size", f"{size:#x}"), ("mode", "pmem"),
+                        ("target0", "decoder2.0"), ("interleave_ways", "1")):
+        (region / name).write_text(value + "\n")
+    (endpoint / "uport").symlink_to(memdev)
+    bus = root / "sys/bus/cxl/devices"
+    bus.mkdir(parents=True)
+    for name, real in (("region0", region), ("decoder0.0", acpi / "decoder0.0"),
+                       ("decoder2.0", endpoint / "decoder2.0"), ("mem0", memdev)):
+        (bus / name).symlink_to(real)
+    return base
+
+
+def test_a_device_in_a_cxl_region_names_it_as_cxl_list_does(tmp_path):
+    from vmemtrace.kernel import daxdev
+
+    base = cxl_tree(tmp_path)
+    dax_tree(tmp_path, "dax0.0", [(base + (2 << 20), 3 * GiB - (2 << 20))])
+    dax_tree(tmp_path, "dax1.0", [(base + 3 * GiB, GiB)])  # past the region's end: in none
+    inside, outside = daxdev.inventory(tmp_path)
+    assert {k: inside[k] for k in events.CXL} == {
+        "cxl_region": "region0", "cxl_decoder": "decoder0.0", "cxl_memdevs": ["mem0"],
+        "cxl_mode": "pmem"}
+    assert not set(events.CXL) & set(outside)
+    assert events.validate(inside, "sysfs")
+    # through the ledger to the verify document, the exporter and trace's line
+    from vmemtrace.exporter import cxl_labels
+    from vmemtrace.ledger import DeviceLedger
+    from vmemtrace.render import event_line
+
+    cxl = DeviceLedger(0, 0, device=inside).cxl
+    assert cxl == {"region": "region0", "decoder": "decoder0.0", "memdevs": ["mem0"],
+                   "mode": "pmem"}
+    assert cxl_labels(cxl) == ["region0", "decoder0.0", "mem0"] and cxl_labels(None) == [""] * 3
+    assert event_line(inside, "0").endswith("in CXL region0 (pmem, decoder0.0, mem0)")
+
+
+def test_a_cxl_field_of_the_wrong_type_is_refused():
+    dev = {"type": "device", "name": "dax0.0", "start_pfn": 1, "nr_pages": 1, "align": 4096,
+           "cxl_memdevs": "mem0"}
+    with pytest.raises(VmemtraceError, match="cxl_memdevs"):
+        events.validate(dev, "log")

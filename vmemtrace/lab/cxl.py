@@ -37,6 +37,10 @@ SLOT_PADDING = GiB
 LABEL_SIZE = 256 * 1024
 # The PCI bus number of the host bridge: clear of the root complex's own buses.
 BUS_NR = 12
+# The device's serial number (PCIe Device Serial Number capability): without one qemu's device
+# has none, and newer kernels refuse to make an nvdimm region of it (drivers/cxl/pmem.c,
+# cxl_pmem_region_probe(): "invalid or missing serial number"; it names the interleave set).
+SERIAL = 0x766D656D74726163  # "vmemtrac"
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,7 @@ class CxlMemory:
                 "-device", f"pxb-cxl,bus_nr={BUS_NR},bus=pcie.0,id=vt-cxl.0",
                 "-device", "cxl-rp,port=0,bus=vt-cxl.0,id=vt-cxl-rp0,chassis=0,slot=2",
                 "-device", "cxl-type3,bus=vt-cxl-rp0,memdev=vt-cxl-mem,lsa=vt-cxl-lsa,"
-                           "id=vt-cxl-pmem0",
+                           f"sn={SERIAL:#x},id=vt-cxl-pmem0",
                 "-machine", f"cxl-fmw.0.targets.0=vt-cxl.0,cxl-fmw.0.size={self.size >> 20}M"]
         cpu = "max,hypervisor=off"
         if accel == "tcg" and self.start + self.size > TCG_ADDRESSES:

@@ -129,6 +129,14 @@ class Cxl(Nfit):
         sh(["cxl", "create-region", "-m", "-d", roots[0]["decoder"], "-t", "pmem",
             "-w", str(len(memdevs)), *(m["memdev"] for m in memdevs)], check=True)
         _wait_for(lambda: any(r.get("available_size") for r in ndctl_list("-R")))
+        if not ndctl_list("-R"):
+            said = [line for line in sh(["dmesg"]).stdout.splitlines() if "cxl" in line]
+            raise RuntimeError("cxl create-region made a region but no nvdimm region came up "
+                               f"for it (kernel: {said[-1].strip() if said else 'nothing'})")
+
+    def listing(self):
+        """`cxl list` of the regions, memdevs and decoders, for the host to join devices with."""
+        return cxl_list("-R", "-M", "-D")
 
 
 PMEM = {"e820": E820, "nfit": Nfit, "cxl": Cxl}
@@ -267,6 +275,8 @@ def main(argv=None):
     doc = {"kernel": os.uname().release, "pmem": args.pmem, "cases": []}
     try:
         doc["bcc_libraries"] = prepare(pmem)
+        if hasattr(pmem, "listing"):
+            doc[args.pmem] = pmem.listing()
         code, doc["check"], err = vmemtrace("check", "--json")
         doc["check_exit"], doc["check_error"] = code, err
         doc["evidence"] = evidence()
