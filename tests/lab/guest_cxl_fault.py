@@ -42,7 +42,8 @@ def write_first_gib(path):
 
 def main(out):
     create = ["ndctl", "create-namespace", "-r", "region0", "-m", "devdax", "-M", "mem", "-a", "1G"]
-    verify = run("vmemtrace", "verify", "--json", "--record", f"{out}/cxl-mem-1G.jsonl", "--", *create)
+    verify = run("vmemtrace", "verify", "--json", "--cross-check", "--record",
+                 f"{out}/cxl-mem-1G.jsonl", "--", *create)
     audit = run("vmemtrace", "audit", "--json", "--record", f"{out}/cxl-mem-1G.audit.jsonl")
     fault = write_first_gib("/dev/dax0.0")
     dmesg = subprocess.run(["dmesg"], capture_output=True, text=True).stdout.splitlines()

@@ -255,3 +255,31 @@ def test_a_compound_page_the_range_cuts_short_is_judged_for_what_it_holds():
     last = s.start_pfn + 2 * 262144
     assert geometry.vmemmap_pages_of_compound(last, s) == 3840
     assert geometry.vmemmap_pages_of_compound(s.start_pfn, s) == 4096
+
+
+CXL = FIXTURES / "events" / "cxl"
+
+
+@pytest.mark.parametrize("release", ["6.12.118+deb12-amd64", "7.3.4+deb13-amd64"])
+def test_a_1g_device_on_a_cxl_region_off_a_1g_boundary_fails_on_alignment_alone(release):
+    """`vmemtrace lab --pmem cxl --pmem-start 9472M` (tests/lab/guest_cxl_fault.py): the
+    optimisation holds, probes and walk agree, but the compound pages start at the region,
+    256 MiB past a 1 GiB boundary; the aligned window's device of the same size passes."""
+    for name in ("cxl-mem-1G.jsonl", "cxl-mem-1G.audit.jsonl"):
+        res = run_cli("replay", "--json", str(CXL / f"9472M-{release}" / name))
+        assert res.returncode == 1, res.stderr
+        checks, dev = checks_of(json.loads(res.stdout))
+        failed = sorted(n for n, c in checks.items() if c["status"] == "fail")
+        assert failed == ["compound-alignment"], checks
+        assert "pfn 2424832 (9472 MiB), 256 MiB past a 1 GiB boundary" in \
+            checks["compound-alignment"]["detail"]
+        assert dev["cxl"] == {"region": "region0", "decoder": "decoder0.0", "memdevs": ["mem0"],
+                              "mode": "pmem"}
+        if "audit" not in name:
+            assert checks["cross-check"]["status"] == "pass"
+            assert checks["tail-reuse"]["status"] == checks["init-skip"]["status"] == "pass"
+    aligned = CXL / "9216M-6.12.118+deb12-amd64" / "mem-1G.jsonl"
+    res = run_cli("replay", "--json", str(aligned))
+    assert res.returncode == 0, res.stderr
+    checks, dev = checks_of(json.loads(res.stdout))
+    assert "compound-alignment" not in checks and dev["cxl"]["region"] == "region0"
