@@ -51,8 +51,11 @@ def cli():
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default=Path("/"), hidden=True, help="read kernel files below this root (tests)")
+@click.option("--timing", is_flag=True,
+              help="also start tracing as verify does, detach at once, and say where the "
+                   "start-up went (interpreter, BTF, compile, kernel facts, attach)")
 @one_line_errors
-def check(as_json, root):
+def check(as_json, root, timing):
     """What this kernel offers: config, BTF, headers, each probe target and its strategy.
 
     Exit 0 when tracing can start, 2 (with the reason) when it cannot."""
@@ -61,6 +64,7 @@ def check(as_json, root):
     from vmemtrace.probes.targets import FUNCTIONS
     from vmemtrace.readiness import Blocker, assess, cannot_trace, check_report, read_facts
 
+    startup = _timed_startup(root) if timing else None
     facts = read_facts(root)
     ready = assess(facts)
     report = check_report(facts, ready)
@@ -74,12 +78,33 @@ def check(as_json, root):
                             "the kernel headers answer instead", FUNCTIONS)
     report["facts_from"] = {**defines(facts.version, root / "lib/modules" / facts.release / "build",
                                       layout)[1], **kaddrs_sources(facts.syms.addresses)}
+    if startup is not None:
+        report["timing"] = startup
     if as_json:
         render.emit_json(report)
     else:
         click.echo(render.check_table(report))
     if not ready.can_trace:
         raise cannot_trace(ready.blockers)
+
+
+def _timed_startup(root: Path) -> list[dict]:
+    """Start tracing as verify does (the compile first, the kernel's facts beside it, then the
+    attach), detach at once, and say where each second went: the spans of probes/startup.py."""
+    from vmemtrace.probes.startup import STARTUP
+    from vmemtrace.session import open_tracer
+
+    if root != Path("/"):
+        raise VmemtraceError("--timing starts tracing on the running kernel: not with --root")
+    _compile_early()
+    tracer, walker, *_ = open_tracer(say)
+    try:
+        STARTUP.since_start("total: start to attached")
+    finally:
+        tracer.close()
+        if walker is not None:
+            walker.close()
+    return STARTUP.rows()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -72,8 +72,15 @@ def check_table(report: dict) -> str:
     ]
     rows = [(name, t["availability"], t["strategy"], t["reason"])
             for name, t in report["targets"].items()]
-    return (table(head, tablefmt="plain") + "\n\n"
-            + table(rows, headers=["probe target", "availability", "strategy", "why"]))
+    out = (table(head, tablefmt="plain") + "\n\n"
+           + table(rows, headers=["probe target", "availability", "strategy", "why"]))
+    if report.get("timing"):
+        # Spans overlap: the compile runs in its own thread while the kernel's facts are read.
+        spans = [(t["phase"], f"{t['start']:.2f}", f"{t['end']:.2f}", f"{t['seconds']:.2f}")
+                 for t in report["timing"]]
+        out += "\n\n" + table(spans, headers=["start-up (check --timing)", "from s", "to s",
+                                                "seconds"])
+    return out
 
 
 def _trampolines(t: dict | None) -> str:

@@ -44,11 +44,13 @@ def open_tracer(progress: Callable[[str], None], cross_check: bool = False, excl
     exit 2 with the reason when tracing cannot start."""
     from vmemtrace.audit import open_walker
     from vmemtrace.probes.loader import PAGES, Tracer, kaddrs_sources, take_compile
+    from vmemtrace.probes.startup import STARTUP
 
     compiled = take_compile(progress)
     walker = None
     try:
-        facts = read_facts()
+        with STARTUP.span("kernel facts: kallsyms, ftrace, config, BTF"):
+            facts = read_facts()
         ready = assess(facts, exclude, attach)
         if ready.blockers:
             raise cannot_trace(ready.blockers)
@@ -58,7 +60,8 @@ def open_tracer(progress: Callable[[str], None], cross_check: bool = False, excl
                      + "; ".join(map(str, facts.leftovers)))
         mode = walk_mode(ready, cross_check)
         if mode or facts.walk_blocker is None:
-            walker = open_walker(facts)
+            with STARTUP.span("page-table walker: kcore"):
+                walker = open_walker(facts)
         if compiled is None:
             raise VmemtraceError("cannot trace: the BPF program could not be compiled",
                                  reason="compile_failed")

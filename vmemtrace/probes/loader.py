@@ -19,6 +19,7 @@ from vmemtrace.kernel import btf, compat, environment, headers
 from vmemtrace.kernel import release as kernel_release
 from vmemtrace.probes import args
 from vmemtrace.probes.plan import TRAMPOLINE, TargetStatus, is_attached, probed_symbols, programs
+from vmemtrace.probes.startup import STARTUP
 from vmemtrace.probes.targets import BY_NAME, FUNCTIONS, TARGETS
 from vmemtrace.sections import Sections, summed
 
@@ -162,6 +163,7 @@ def start_compile(progress: Callable[[str], None]) -> None:
     global _pending
     if _pending is not None:
         return
+    STARTUP.since_start("interpreter and imports")
     root = Path("/")
     try:
         rel = kernel_release.read_release(root)
@@ -172,8 +174,9 @@ def start_compile(progress: Callable[[str], None]) -> None:
     progress("compiling and attaching the BPF program (BCC) ...")
     # Without BTF (or with one we cannot read) the layout comes from the headers: slower to
     # compile, same numbers (bpf/vmemtrace.bpf.c, LAYOUT_CHECK).
-    layout = btf.try_layout(environment.btf_path(root), progress, "using the kernel headers instead",
-                            FUNCTIONS)
+    with STARTUP.span("BTF: struct layout and prototypes"):
+        layout = btf.try_layout(environment.btf_path(root), progress,
+                                "using the kernel headers instead", FUNCTIONS)
     _pending = Compile(rel, kernel_release.parse_version(rel), layout)
 
 
@@ -200,8 +203,9 @@ class Compile:
 
     def __init__(self, release: str, version: tuple, layout: btf.Layout | None):
         self.started = time.monotonic()
-        self.cflags, self.fact_sources = defines(version, Path(f"/lib/modules/{release}/build"),
-                                                 layout)
+        with STARTUP.span("compile flags"):
+            self.cflags, self.fact_sources = defines(
+                version, Path(f"/lib/modules/{release}/build"), layout)
         # Where the kernel counts skipped runs: how to read them, and of which kinds of
         # program (compat.KPROBE_MISSES, compat.TRAMPOLINE_MISSES).
         self.misses_at = layout.prog_info_misses if layout is not None else None
@@ -216,7 +220,8 @@ class Compile:
 
     def _run(self):
         try:
-            from bcc import BPF
+            with STARTUP.span("import bcc"):
+                from bcc import BPF
         except Exception as e:
             self._error = VmemtraceError(f"BCC is not usable: {e} (apt install python3-bpfcc)")
             return
@@ -226,7 +231,8 @@ class Compile:
                 the plan chooses (Tracer._attach), and an unwanted trampoline is never attached."""
 
         try:
-            self._bpf = Program(src_file=str(BPF_SOURCE), cflags=compile_flags(self.cflags))
+            with STARTUP.span("BCC: compile and load"):
+                self._bpf = Program(src_file=str(BPF_SOURCE), cflags=compile_flags(self.cflags))
         except Exception as e:
             last = str(e).splitlines()[-1] if str(e) else repr(e)
             self._error = VmemtraceError(f"BCC could not compile {BPF_SOURCE.name}: {last}")
@@ -276,14 +282,17 @@ class Tracer:
         # kernel names it (has_pgmap, 5.19+), else as events (sections.py).
         self._sections: dict[int, Sections] = {}
         self._loose: list[dict] = []
-        self.bpf = compiled.result()
+        with STARTUP.span("waiting for the compile"):
+            self.bpf = compiled.result()
         try:
             # Buffers first: a probe never fires into a buffer not yet open, and where perf
             # buffers are refused (perf_event_paranoid 3 without CAP_SYS_ADMIN) nothing has been
             # attached yet.
-            self.buffer_pages = self._open_buffers()
+            with STARTUP.span("perf buffers"):
+                self.buffer_pages = self._open_buffers()
             self.kaddrs = self._write_kaddrs(addresses or {})
-            self._attach(plan)
+            with STARTUP.span("attach"):
+                self._attach(plan)
         except Exception:
             self.close()
             raise
