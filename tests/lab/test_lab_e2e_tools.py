@@ -46,6 +46,8 @@ vmemtrace verify -- ndctl create-namespace -e namespace9.9 > /dev/null 2> /tmp/v
 echo "noop-err=$(tail -1 /tmp/v.err)"
 vmemtrace verify -- /nonexistent/cmd > /dev/null 2> /tmp/v.err; echo "nocmd-exit=$?"
 echo "nocmd-err=$(tail -1 /tmp/v.err)"
+echo "--- timing"; vmemtrace check --timing --json; echo "--- end"
+echo "kprobes-after-timing=$({COUNT_KPROBES})"
 """
 
 SCRIPT_5_10 = f"""
@@ -145,6 +147,24 @@ def test_sigterm_detaches_everything(out_6_12):
     assert int(value(out_6_12, "kprobes-during")) >= 3
     assert value(out_6_12, "trace-exit") == "0"
     assert value(out_6_12, "kprobes-after") == "0"
+
+
+def test_check_timing_attaches_detaches_and_accounts_for_the_start(out_6_12):
+    """check --timing starts tracing as verify does: every span lies between the process's
+    start and the moment it attached, the compile among them, and nothing stays attached."""
+    doc = json.loads(section(out_6_12, "timing"))
+    spans = {t["phase"]: t for t in doc["timing"]}
+    total = spans.pop("total: start to attached")
+    assert total["start"] == 0 and total["seconds"] > 1
+    assert {"interpreter and imports", "BCC: compile and load", "attach",
+            "kernel facts: kallsyms, ftrace, config, BTF", "waiting for the compile"} <= set(spans)
+    for t in spans.values():
+        assert 0 <= t["start"] <= t["end"] <= total["end"] + 0.01, t
+    # the compile overlaps the reading of the facts: it ran in its own thread meanwhile
+    compile_, facts = spans["BCC: compile and load"], spans["kernel facts: kallsyms, ftrace, config, BTF"]
+    assert compile_["start"] < facts["end"] and facts["start"] < compile_["end"]
+    assert doc["can_trace"] is True
+    assert value(out_6_12, "kprobes-after-timing") == "0"
 
 
 def test_stats_interval_count(out_6_12):
