@@ -10,7 +10,7 @@ name in defining_checks() too (docs/adding.md).
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vmemtrace import geometry
+from vmemtrace import check_names, geometry
 from vmemtrace.compounds import CLASS, LAYOUT, CompoundPages, coarsen, table_difference
 from vmemtrace.view import DeviceView, bounds
 
@@ -31,9 +31,7 @@ class Check:
 
 def defining_checks(feature: bool, eligible: bool) -> tuple[str, ...]:
     """The checks that define a range's case: "pass" needs every one of them judged."""
-    if feature and eligible:
-        return ("tail-reuse", "accounting", "init-skip")
-    return ("no-false-optimisation",)
+    return check_names.ELIGIBLE if feature and eligible else check_names.NOT_ELIGIBLE
 
 
 def feature_present(v: DeviceView) -> Check:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from vmemtrace import __version__, render
+from vmemtrace import __version__, check_names, render
 from vmemtrace.errors import (
     EXIT_CANNOT,
     EXIT_USAGE,
@@ -201,8 +201,8 @@ EXPECT = click.option("--expect", type=click.Choice(["auto", "optimized", "unopt
                       help="auto: what this kernel and device should do")
 REPORTS = _reports
 JSON = click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-CHECKS = ("tail-reuse", "accounting", "init-skip", "no-false-optimisation")
-ALLOW_SKIP = click.option("--allow-skip", "allow_skip", multiple=True, type=click.Choice(CHECKS),
+ALLOW_SKIP = click.option("--allow-skip", "allow_skip", multiple=True,
+                          type=click.Choice(check_names.DEFINING),
                           metavar="CHECK", help="pass although this defining check could not be "
                                                 "judged (repeatable); without it such a run is "
                                                 "'incomplete', exit 2")
@@ -216,8 +216,6 @@ NO_PROBE = click.option("--no-probe", "no_probe", multiple=True, metavar="FUNCTI
 DEVICE = click.option("-d", "--device", "only", multiple=True, metavar="DEVICE",
                       help="only this dax device, by chardev (dax0.0) or namespace "
                            "(namespace0.0), as `daxctl list` names them (repeatable)")
-# audit sees the vmemmap after the fact: struct page initialisation is never visible to it.
-AUDIT_WAIVED = ("init-skip",)
 
 
 @cli.command()
@@ -324,7 +322,7 @@ def replay(file, expect, as_json, reports, allow_skip, only, trust_unsealed):
     with _error_document(as_json, reports, expect):
         sealed = events.Sealed()
         led = fold(events.iter_file(file, sealed))  # streamed: a log of any size
-        waived = tuple(allow_skip) + (AUDIT_WAIVED if led.header.get("walk") == "audit" else ())
+        waived = tuple(allow_skip) + (check_names.AUDIT_WAIVED if led.header.get("walk") == "audit" else ())
         doc = evaluate(led, expect, waived, only)
         if sealed.why is not None and not trust_unsealed:
             doc = unsealed(doc, sealed.why)
@@ -359,7 +357,7 @@ def audit(expect, as_json, reports, allow_skip, record_to, only):
                     yield ev
 
             doc = evaluate(fold(logged(audit_log(say, only))), expect,
-                           tuple(allow_skip) + AUDIT_WAIVED, only)
+                           tuple(allow_skip) + check_names.AUDIT_WAIVED, only)
     _output_verdict(doc, as_json, reports)
     _finish(doc)
 

@@ -187,3 +187,17 @@ def test_every_defining_check_is_in_the_registry(case):
     assert len(names) == len(set(names))
     assert set(checks.defining_checks(v.feature, v.eligible)) <= set(names)
     assert {c.status for c in checks.run_checks(v)} <= set(checks.STATUSES)
+
+
+def test_compound_alignment_reads_the_range_start_alone():
+    """The 6.12 mem-1G recording starts on a 1 GiB boundary: nothing to say. The same view with
+    its start moved 256 MiB (as a CXL window can be) fails, naming where; 2 MiB pages, whose
+    ranges always start 2 MiB aligned, never do."""
+    v = view_of("6.12", "mem-1G.jsonl")
+    assert checks.compound_alignment(v) is None
+    moved = replace(v, shape=replace(v.shape, start_pfn=v.shape.start_pfn + (256 << 8)))
+    c = checks.compound_alignment(moved)
+    assert c.status == FAIL and c.name == "compound-alignment"
+    assert f"pfn {moved.shape.start_pfn} ({moved.shape.start_pfn >> 8} MiB), 256 MiB past a " \
+           "1 GiB boundary" in c.detail
+    assert checks.compound_alignment(view_of("6.12", "mem-2M.jsonl")) is None
