@@ -333,3 +333,19 @@ def test_a_kernel_without_cxl_regions_is_said_before_it_boots(tmp_path):
         f"CONFIG_CXL_PMEM, CONFIG_CXL_REGION (/boot/config-{release}): it cannot make the "
         "persistent memory this lab asked for")
     assert device_dax_problem(kernel, nfit.Nvdimms.config) is None
+
+
+def test_the_cxl_lab_table_names_the_region_each_device_lies_in():
+    """A real `lab --pmem cxl` document (6.12.118, the window at 9 GiB): every device row says
+    its CXL region, and the document carries the guest's own `cxl list` beside it."""
+    from tests.conftest import FIXTURES
+    from vmemtrace.lab.tables import case_table
+
+    doc = json.loads((FIXTURES / "events/cxl/9216M-6.12.118+deb12-amd64/lab.json").read_text())
+    assert doc["pmem"] == "cxl"
+    rows = [line.split() for line in case_table(doc).splitlines()[2:]]
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        ("mem-2M", "dax0.0", "(region0)"), ("mem-1G", "dax0.0", "(region0)"),
+        ("dev-2M", "dax0.0", "(region0)")]
+    listed = {k for part in doc["cxl"] for k in part}
+    assert {"memdevs", "root decoders", "endpoint decoders"} <= listed

@@ -28,7 +28,9 @@ def case_table(doc: dict) -> str:
                 rows.append((entry["case"], "-", "-", "-", "-", "-", "-", r["verdict"], audit, notes))
                 continue
             vm, sp = d["vmemmap_pages"], d["struct_pages_initialized"]
-            rows.append((entry["case"], d["device"], _n(d["align"]), _yn(d["expected_optimized"]),
+            # The CXL region it lies in, as `cxl list` names it (documents before it: none).
+            where = f" ({d['cxl']['region']})" if d.get("cxl") else ""
+            rows.append((entry["case"], d["device"] + where, _n(d["align"]), _yn(d["expected_optimized"]),
                          _yn(d["optimized"]), f"{_n(vm['observed'])}/{vm['expected']}/{vm['naive']}",
                          f"{_n(sp['observed'])}/{sp['expected']}/{sp['naive']}", r["verdict"],
                          audit, notes))
