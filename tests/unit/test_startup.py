@@ -50,3 +50,11 @@ def test_timing_refuses_another_root(tmp_path):
     assert res.returncode == 2
     assert res.stderr.strip().splitlines()[-1] == (
         "vmemtrace: --timing starts tracing on the running kernel: not with --root")
+
+
+def test_a_long_running_process_keeps_a_bounded_timeline():
+    t = startup.Timeline(time.monotonic())
+    for _ in range(startup.MAX_SPANS + 10):
+        with t.span("attach"):
+            pass
+    assert len(t.rows()) == startup.MAX_SPANS

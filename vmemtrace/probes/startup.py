@@ -26,6 +26,10 @@ def process_age() -> float:
         return 0.0
 
 
+# Spans kept at most: the exporter attaches again on every reload, for as long as it runs.
+MAX_SPANS = 256
+
+
 @dataclass
 class Timeline:
     """Spans (name, start, end) in seconds on the monotonic clock, measured from `origin`."""
@@ -40,7 +44,8 @@ class Timeline:
 
     def add(self, name: str, start: float, end: float) -> None:
         with self._lock:
-            self.spans.append((name, start, end))
+            if len(self.spans) < MAX_SPANS:
+                self.spans.append((name, start, end))
 
     @contextmanager
     def span(self, name: str):
