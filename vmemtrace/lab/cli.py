@@ -42,8 +42,9 @@ def memory(pmem: str, size: int, start):
                    "create-region` makes a persistent region (kernels with CXL regions: 6.0+)")
 @click.option("--size", default="3G", show_default=True,
               help="persistent memory region (and namespace) size, up to 1T and beyond; with "
-                   "--pmem nfit each NVDIMM's (qemu's RAM for a large region is not reserved: "
-                   "the host needs only what the guest touches)")
+                   "--pmem nfit each NVDIMM's, with --pmem cxl the CXL device's (a multiple of "
+                   "256M) (qemu's RAM for a large region is not reserved: the host needs only "
+                   "what the guest touches)")
 @click.option("--pmem-start", default="auto", show_default=True, metavar="ADDRESS",
               help="guest physical address where the region starts (auto: 5G, or 1026G for a "
                    "region too large to end below qemu's HyperTransport hole at 1012G); one that "
