@@ -102,10 +102,10 @@ class DeviceLedger:
     def totals(self) -> dict[str, int]:
         return dict(self.sections.totals)
 
-    def allocated_pages(self) -> int:
+    def allocated_pages(self, page_size: int) -> int:
         """vmemmap pages the allocator probes saw: one per fresh PTE, and the blocks."""
         t = self.totals()
-        return t["fresh"] + t["direct_bytes"] // self.shape(True).page_size
+        return t["fresh"] + t["direct_bytes"] // page_size
 
     def inconsistencies(self) -> list[str]:
         """What no kernel can have produced for this range: the probes and the walk key compound
@@ -177,9 +177,9 @@ class DeviceLedger:
         return ["the walk's compound pages hold {} PTEs ({} fresh, {} reused), its walk {} ({} "
                 "distinct, {} reused)".format(*theirs, *walked)]
 
-    def account(self, sources: "Sources", feature: bool, layout: Layout = TWO_PAGES) -> Account:
-        return account(self.shape(feature, layout), self.sections, self.range, sources,
-                       list(sources.allocators))
+    def account(self, sources: "Sources", shape: geometry.RangeShape) -> Account:
+        """What the probes' counts say of this range of this shape (account.py)."""
+        return account(shape, self.sections, self.range, sources, list(sources.allocators))
 
 
 def _mic_adds_up(r: dict) -> bool:

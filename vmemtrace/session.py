@@ -89,7 +89,7 @@ def _needs_walk(header: dict, rng: dict, sections: Sections) -> bool:
     """The probes' counts for this range do not add up (account.py): its page tables answer."""
     d = DeviceLedger(rng["start_pfn"], rng["nr_pages"], range=rng, sections=sections)
     return d.account(Sources.from_strategy(header["strategy"]),
-                     bool(header["feature"]["present"])).needs_walk
+                     d.shape(bool(header["feature"]["present"]))).needs_walk
 
 
 def closing_events(tracer, kmsg: KmsgCursor | None = None) -> list[dict]:

@@ -106,7 +106,8 @@ def _not_walked(ledger: Ledger) -> str:
     return f", and the page-table walk could not run: {blocker}" if blocker else ", and the range was not walked"
 
 
-def _init_observed(d: DeviceLedger, ledger: Ledger, acct: Account) -> tuple[int | None, str]:
+def _init_observed(d: DeviceLedger, ledger: Ledger, acct: Account,
+                   shape: geometry.RangeShape) -> tuple[int | None, str]:
     """The struct pages initialised, and how they were counted (or why they were not)."""
     src = ledger.sources
     if d.range is not None and acct.init is None:
@@ -115,23 +116,22 @@ def _init_observed(d: DeviceLedger, ledger: Ledger, acct: Account) -> tuple[int 
         if d.range["pfns_per_compound"] <= 1:
             # No compound pages: memmap_init_zone_device() initialises every pfn of its loop
             # one by one (mm/mm_init.c); the loop bounds are the kernel's own arguments.
-            return (geometry.init_loop_pages(d.shape(ledger.feature, _model(ledger))),
-                    "every pfn of memmap_init_zone_device's loop")
+            return (geometry.init_loop_pages(shape), "every pfn of memmap_init_zone_device's loop")
         return d.range["mic_pages"], "memmap_init_compound nr_pages, summed"
     if d.range is None and d.walk is not None:
         return None, AUDIT_INIT
     return None, acct.init or ""
 
 
-def observe(d: DeviceLedger, ledger: Ledger) -> Observed:
-    """Probes first where their counts add up for this range (account.py); the page-table walk
-    where it ran; else nothing, with the reason."""
+def observe(d: DeviceLedger, ledger: Ledger, shape: geometry.RangeShape) -> Observed:
+    """Probes first where their counts add up for this range of this shape (account.py); the
+    page-table walk where it ran; else nothing, with the reason."""
     src = ledger.sources
-    acct = d.account(src, ledger.feature, _model(ledger))
+    acct = d.account(src, shape)
     vmemmap, compounds, reused, walked = None, None, None, ""
     vmemmap_why = populate_why = ""
     if acct.alloc is None:
-        vmemmap = d.allocated_pages()
+        vmemmap = d.allocated_pages(shape.page_size)
     elif d.walk is not None:
         vmemmap, walked = d.walk["distinct"], BY_WALK
         vmemmap_why = f"; probes: {acct.alloc}" if src.alloc and d.sections else ""
@@ -144,7 +144,7 @@ def observe(d: DeviceLedger, ledger: Ledger) -> Observed:
         populate_why = f"; probes: {acct.populate}" if src.populate and d.sections else ""
     else:
         populate_why = acct.populate + _not_walked(ledger)
-    init, how = _init_observed(d, ledger, acct)
+    init, how = _init_observed(d, ledger, acct, shape)
     return Observed(vmemmap, init, how, compounds, reused, walked, vmemmap_why, populate_why, acct)
 
 
@@ -176,15 +176,17 @@ def expected(shape: geometry.RangeShape) -> Expected:
 
 
 def device_view(d: DeviceLedger, ledger: Ledger, expect: str) -> DeviceView:
+    """The one snapshot of a device the checks, the document and the metrics read: its shape
+    computed once, and everything observed of it against that shape."""
     shape = d.shape(ledger.feature, _model(ledger))
     eligible, why = geometry.eligibility(shape)
     return DeviceView(
         name=d.name, shape=shape, feature=ledger.feature, layout=ledger.layout,
         evidence=ledger.header["feature"]["evidence"], expect=expect, eligible=eligible, why=why,
-        numbers=expected(shape), seen=observe(d, ledger), sources=ledger.sources,
+        numbers=expected(shape), seen=observe(d, ledger, shape), sources=ledger.sources,
         range=d.range, walk=d.walk, probe_compounds=d.compounds,
         walk_compounds=d.walk_compounds,
-        probe_allocated=d.allocated_pages(),
+        probe_allocated=d.allocated_pages(shape.page_size),
         probe_reused=d.totals()["reused"], kernel_log=d.kernel_log, vmstat=dict(ledger.vmstat),
         n_devices=len(ledger.devices), cross_check=ledger.header.get("walk") == "cross-check",
         boot_unknown=d.boot_placement()[1])
