@@ -349,3 +349,15 @@ def test_the_cxl_lab_table_names_the_region_each_device_lies_in():
         ("dev-2M", "dax0.0", "(region0)")]
     listed = {k for part in doc["cxl"] for k in part}
     assert {"memdevs", "root decoders", "endpoint decoders"} <= listed
+
+
+def test_cxl_memory_runs_the_namespace_cases_not_the_two_region_ones():
+    """One CXL device makes one region: the multi cases need NFIT's two."""
+    assert [c.name for c in cases.parse_cases("mem-2M,mem-1G,dev-2M,mem-4K", "cxl")] == [
+        "mem-2M", "mem-1G", "dev-2M", "mem-4K"]
+    with pytest.raises(VmemtraceError, match="case multi needs --pmem nfit"):
+        cases.parse_cases("multi", "cxl")
+    res = run_cli("lab", "--pmem", "cxl", "--pmem-start", "9300M", "--kernel", "6.12")
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1] == (
+        "vmemtrace: --pmem-start 9300M: a CXL window starts on a 256M boundary")
