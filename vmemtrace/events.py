@@ -83,6 +83,15 @@ REQUIRED = {
 
 
 
+def cxl_of(device: dict) -> dict | None:
+    """The CXL region a "device" event lies in, as `cxl list` names it (region, its root
+    decoder, the memory devices behind it, pmem or ram); None where it lies in none."""
+    if "cxl_region" not in device:
+        return None
+    return {"region": device["cxl_region"], "decoder": device.get("cxl_decoder"),
+            "memdevs": device.get("cxl_memdevs", []), "mode": device.get("cxl_mode")}
+
+
 def named(device: dict, names) -> bool:
     """A "device" event named by its chardev (daxctl's "chardev", dax0.0) or by its nvdimm
     namespace (ndctl's "dev", namespace0.0): what -d matches. No names: every device."""

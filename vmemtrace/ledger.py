@@ -50,13 +50,8 @@ class DeviceLedger:
 
     @property
     def cxl(self) -> dict | None:
-        """The CXL region the device lies in, as `cxl list` names it (region, its root decoder,
-        the memory devices behind it, pmem or ram); None where it lies in none."""
-        d = self.device or {}
-        if "cxl_region" not in d:
-            return None
-        return {"region": d["cxl_region"], "decoder": d.get("cxl_decoder"),
-                "memdevs": d.get("cxl_memdevs", []), "mode": d.get("cxl_mode")}
+        """The CXL region the device lies in (events.cxl_of)."""
+        return events.cxl_of(self.device or {})
 
     def known_as(self, names) -> bool:
         """What -d matches (events.named), or this range's own name (dax1.0/mapping1, pfn-N)."""

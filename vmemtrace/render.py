@@ -7,6 +7,7 @@ from tabulate import tabulate
 
 from vmemtrace.compounds import layouts
 from vmemtrace.errors import document_sent, printable, stops_held
+from vmemtrace.events import cxl_of
 from vmemtrace.layouts import BY_NAME
 
 
@@ -100,7 +101,7 @@ def _triple(d: dict) -> str:
 
 def cxl_place(cxl: dict) -> str:
     """Where a device lies in CXL, in `cxl list`'s names: "CXL region0 (pmem, decoder0.0, mem0)"."""
-    what = [cxl.get("mode"), cxl.get("decoder"), ", ".join(cxl.get("memdevs") or [])]
+    what = [cxl["mode"], cxl["decoder"], ", ".join(cxl["memdevs"])]
     region = f"CXL {cxl['region']}"
     return f"{region} ({', '.join(w for w in what if w)})"
 
@@ -189,11 +190,8 @@ def _event_line(ev: dict) -> str:
     if kind == "vmstat":
         return f"VMSTAT   nr_memmap_pages {ev['nr_memmap_pages']} ({ev['when']})"
     if kind == "device":
-        where = ""
-        if "cxl_region" in ev:
-            where = "  in " + cxl_place({"region": ev["cxl_region"], "mode": ev.get("cxl_mode"),
-                                         "decoder": ev.get("cxl_decoder"),
-                                         "memdevs": ev.get("cxl_memdevs")})
+        cxl = cxl_of(ev)
+        where = "  in " + cxl_place(cxl) if cxl else ""
         return (f"DEVICE   {ev['name']} pfn {ev['start_pfn']} +{ev['nr_pages']} "
                 f"align {ev['align']}{where}")
     return f"{kind.upper():8} " + json.dumps(ev)
