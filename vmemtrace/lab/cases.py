@@ -153,6 +153,15 @@ TCG_ADDRESSES = TiB  # qemu 7.2's TCG CPU models have 40 physical address bits
 LARGE = 16 * GiB
 
 
+def cpu_options(accel: str, end: int, *flags: str) -> list[str]:
+    """-cpu beyond vng's "max" for guest memory that ends at `end`: 48 physical address bits
+    under TCG past its default 40 (KVM takes the host's), and these flags; nothing where
+    neither is needed."""
+    if accel == "tcg" and end > TCG_ADDRESSES:
+        flags += ("phys-bits=48",)
+    return ["-cpu", ",".join(("max",) + flags)] if flags else []
+
+
 def _moves_high_ram(high_ram: int) -> bool:
     return HIGH_RAM + high_ram + PCI_HOLE64 >= HT_HOLE
 
@@ -217,9 +226,7 @@ class Region:
     def qemu_opts(self, accel: str, scratch: Path | None = None) -> list[str]:
         """qemu options beyond vng's: 48 physical address bits where the region ends above
         TCG's default 40 (KVM takes the host's), and RAM mapped MAP_NORESERVE for a large one."""
-        opts = []
-        if accel == "tcg" and self.start + self.size + self.ram_after() > TCG_ADDRESSES:
-            opts += ["-cpu", "max,phys-bits=48"]
+        opts = cpu_options(accel, self.start + self.size + self.ram_after())
         if self.large:
             opts += ["-object", f"memory-backend-ram,id=vt-ram,size={self.guest_memory() >> 20}M,"
                      "reserve=off", "-machine", "memory-backend=vt-ram"]

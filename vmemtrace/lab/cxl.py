@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vmemtrace.errors import VmemtraceError
-from vmemtrace.lab.cases import HIGH_RAM, LOW_RAM, TCG_ADDRESSES, GiB, MiB
+from vmemtrace.lab.cases import HIGH_RAM, LOW_RAM, GiB, MiB, cpu_options
 
 # The CXL window granularity: fixed memory windows and regions are made of 256 MiB pieces
 # (CXL 2.0 8.2.5.12.3, HDM decoder base and size; qemu's cxl-fmw size must be a multiple).
@@ -121,10 +121,7 @@ class CxlMemory:
         # assumes under a hypervisor (drivers/cxl/core/region.c,
         # cxl_region_invalidate_memregion(): "Failed to synchronize CPU cache state"); TCG has
         # no caches to flush, so the CPU need not say it is a hypervisor's.
-        cpu = "max,hypervisor=off"
-        if accel == "tcg" and self.start + self.size > TCG_ADDRESSES:
-            cpu += ",phys-bits=48"
-        return opts + ["-cpu", cpu]
+        return opts + cpu_options(accel, self.start + self.size, "hypervisor=off")
 
     @contextmanager
     def backed(self, scratch: Path) -> Iterator[None]:

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmemtrace.lab.cases import TCG_ADDRESSES, GiB, Region
+from vmemtrace.lab.cases import GiB, Region, cpu_options
 from vmemtrace.lab.cxl import CxlMemory
 
 # qemu's smallest label area (hw/mem/nvdimm.c, MIN_NAMESPACE_LABEL_SIZE): room for the two
@@ -67,8 +67,7 @@ class Nvdimms:
                 "-machine", "nvdimm=on",
                 "-object", f"memory-backend-ram,id=vt-ram,size={ram >> 20}M,reserve=off",
                 "-machine", "memory-backend=vt-ram"]
-        if accel == "tcg" and 4 * GiB + maxmem > TCG_ADDRESSES:
-            opts += ["-cpu", "max,phys-bits=48"]
+        opts += cpu_options(accel, 4 * GiB + maxmem)
         for i, path in enumerate(self.files(scratch)):
             opts += ["-object", f"memory-backend-file,id=vt-nv{i},share=on,mem-path={path},"
                      f"size={self.file_size() >> 20}M,align={ALIGN >> 20}M",
