@@ -13,17 +13,16 @@ import signal
 import subprocess
 import sys
 
+sys.path.insert(0, "/opt/vmemtrace")
+from vmemtrace.lab.guest import cxl_list, vmemtrace  # noqa: E402  (the lab's own runner)
+
 GiB = 1 << 30
 MARK = b"vmemtrace: written through the 1 GiB mapping"
 
 
-def run(*argv):
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=900)
-    try:
-        doc = json.loads(proc.stdout) if proc.stdout.strip() else None
-    except ValueError:
-        doc = None
-    return {"exit": proc.returncode, "doc": doc, "stderr": proc.stderr.strip().splitlines()[-3:]}
+def run(*args):
+    code, doc, err = vmemtrace(*args)
+    return {"exit": code, "doc": doc, "stderr": err.splitlines()[-3:]}
 
 
 def write_first_gib(path):
@@ -42,13 +41,12 @@ def write_first_gib(path):
 
 def main(out):
     create = ["ndctl", "create-namespace", "-r", "region0", "-m", "devdax", "-M", "mem", "-a", "1G"]
-    verify = run("vmemtrace", "verify", "--json", "--cross-check", "--record",
-                 f"{out}/cxl-mem-1G.jsonl", "--", *create)
-    audit = run("vmemtrace", "audit", "--json", "--record", f"{out}/cxl-mem-1G.audit.jsonl")
+    verify = run("verify", "--json", "--cross-check", "--record", f"{out}/cxl-mem-1G.jsonl",
+                 "--", *create)
+    audit = run("audit", "--json", "--record", f"{out}/cxl-mem-1G.audit.jsonl")
     fault = write_first_gib("/dev/dax0.0")
     dmesg = subprocess.run(["dmesg"], capture_output=True, text=True).stdout.splitlines()
-    regions = json.loads(subprocess.run(["cxl", "list", "-R"], capture_output=True,
-                                        text=True).stdout or "[]")
+    regions = cxl_list("-R")
     print(json.dumps({"kernel": os.uname().release, "verify": verify, "audit": audit,
                       "fault": fault, "cxl_regions": regions,
                       "warnings": [line for line in dmesg if "WARNING:" in line]}))

@@ -35,9 +35,14 @@ def log(message):
     print(f"guest: {message}", flush=True)
 
 
-def ndctl_list(*args):
-    out = sh(["ndctl", "list", *args]).stdout
+def listed(tool, *args):
+    """`ndctl list`, `cxl list`: their JSON, [] where they print nothing (nothing matched)."""
+    out = sh([tool, "list", *args]).stdout
     return json.loads(out) if out.strip() else []
+
+
+def ndctl_list(*args):
+    return listed("ndctl", *args)
 
 
 def _wait_for(what):
@@ -108,8 +113,7 @@ class Nfit:
 
 
 def cxl_list(*args):
-    out = sh(["cxl", "list", *args]).stdout
-    return json.loads(out) if out.strip() else []
+    return listed("cxl", *args)
 
 
 class Cxl(Nfit):
