@@ -348,8 +348,8 @@ def _size(pfns: int, page_size: int) -> str:
 
 
 def compound_alignment(v: DeviceView) -> Check | None:
-    """Compound pages start where the range starts (geometry.compound_offset()): on a range
-    that does not start on a boundary of their size (a CXL window 256 MiB past a 1 GiB one
+    """Compound pages start where memmap_init_zone_device() starts (geometry.first_head()):
+    where that is not on a boundary of their size (a CXL window 256 MiB past a 1 GiB one
     holding a 1 GiB device) every compound page straddles two of the blocks the device maps
     whole, and the folio a 1 GiB fault maps is not the block it maps (7.3.4 refuses the fault:
     vmf_insert_folio_pud() warns and the program gets SIGBUS; docs/findings.md). Nothing to
@@ -358,13 +358,13 @@ def compound_alignment(v: DeviceView) -> Check | None:
     offset = geometry.compound_offset(shape) if shape.pfns_per_compound > 1 else 0
     if not offset:
         return None
-    size, page = shape.pfns_per_compound, shape.page_size
+    size, page, head = shape.pfns_per_compound, shape.page_size, geometry.first_head(shape)
+    where = "past the altmap's pfns" if shape.altmap_offset else "where the range starts"
     return Check("compound-alignment", FAIL, (
-        f"compound pages of {_size(size, page)} start where the range starts, pfn "
-        f"{shape.start_pfn} ({shape.start_pfn * page >> 20} MiB), {_size(offset, page)} past a "
-        f"{_size(size, page)} boundary: each straddles two of the {_size(size, page)} blocks "
-        "the device maps whole, and a fault maps a block with a folio that is not it "
-        "(docs/findings.md)"))
+        f"compound pages of {_size(size, page)} start {where}, pfn {head} "
+        f"({head * page >> 20} MiB), {_size(offset, page)} past a {_size(size, page)} "
+        f"boundary: each straddles two of the {_size(size, page)} blocks the device maps "
+        "whole, and a fault maps a block with a folio that is not it (docs/findings.md)"))
 
 
 CHECKS: tuple[Callable[[DeviceView], Check | None], ...] = (

@@ -36,12 +36,17 @@ class RangeShape:
     layout: Layout = TWO_PAGES
 
 
+def first_head(shape: RangeShape) -> int:
+    """The pfn of the range's first compound page: where memmap_init_zone_device()'s loop starts
+    (mm/mm_init.c: the range's start, past the pfns whose struct pages an altmap holds), from
+    which it lays compound pages every pfns_per_compound, wherever that is."""
+    return shape.start_pfn + shape.altmap_offset
+
+
 def compound_offset(shape: RangeShape) -> int:
     """How many pfns past a boundary of its own size the range's first compound page starts: 0
-    for naturally aligned compound pages. memmap_init_zone_device() lays compound pages from the
-    range's start (mm/mm_init.c: pfn += pfns_per_compound from start_pfn), wherever that is;
-    a folio is naturally aligned everywhere else in mm."""
-    return shape.start_pfn % shape.pfns_per_compound
+    for naturally aligned compound pages, as a folio is everywhere else in mm."""
+    return first_head(shape) % shape.pfns_per_compound
 
 
 def eligibility(shape: RangeShape) -> tuple[bool, str]:

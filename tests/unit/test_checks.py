@@ -201,3 +201,17 @@ def test_compound_alignment_reads_the_range_start_alone():
     assert f"pfn {moved.shape.start_pfn} ({moved.shape.start_pfn >> 8} MiB), 256 MiB past a " \
            "1 GiB boundary" in c.detail
     assert checks.compound_alignment(view_of("6.12", "mem-2M.jsonl")) is None
+
+
+def test_compound_alignment_counts_from_past_the_altmap():
+    """With an altmap memmap_init_zone_device() starts past the pfns whose struct pages it holds:
+    the real 6.12 dev-2M view moved so that only that first head is off 2 MiB fails; moved so
+    that the range's start is off but the first head is not, it passes."""
+    v = view_of("6.12", "dev-2M.jsonl")
+    assert v.shape.altmap and v.shape.altmap_offset and checks.compound_alignment(v) is None
+    off_head = replace(v, shape=replace(v.shape, altmap_offset=v.shape.altmap_offset + 256))
+    c = checks.compound_alignment(off_head)
+    assert c.status == FAIL and "past the altmap's pfns" in c.detail and "1 MiB past a 2 MiB" in c.detail
+    off_start = replace(v, shape=replace(v.shape, start_pfn=v.shape.start_pfn - 256,
+                                         altmap_offset=v.shape.altmap_offset + 256))
+    assert checks.compound_alignment(off_start) is None
