@@ -9,19 +9,15 @@ on tmpfs, gone at power-off. Driven by tests/lab/test_lab_e2e_install.py; assert
 import glob
 import json
 import os
-import shutil
 import subprocess
 import sys
 
 sys.path.insert(0, "/opt/vmemtrace")
+from vmemtrace.lab import deb  # noqa: E402  (the lab's installer, not the tool)
 from vmemtrace.lab.cases import CASES  # noqa: E402  (only the table of cases, not the tool)
 
 DIST = "/opt/vmemtrace/dist"
-# What apt and dpkg write, where the guest's root (9p, read-only) does not let them. Not /var
-# itself: the lab's results directory is mounted below it.
-WRITTEN = ("/usr", "/etc", "/var/lib/dpkg", "/var/lib/apt", "/var/cache/apt", "/var/log")
-# The installed tool must not see the source tree the lab's own wrapper runs.
-CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}
+CLEAN_ENV = dict(deb.CLEAN_ENV)
 # The lab's speed-ups only (BCC's libraries and Python's bytecode in tmpfs, lab/libdisk.py and
 # lab/runner.py): they change where files are read from, not which.
 CLEAN_ENV.update({k: os.environ[k] for k in ("LD_LIBRARY_PATH", "PYTHONPYCACHEPREFIX") if k in os.environ})
@@ -32,23 +28,6 @@ WHEEL_CASES = ("mem-2M", "mem-4K")
 
 def sh(*cmd, **kw):
     return subprocess.run(cmd, capture_output=True, text=True, env=CLEAN_ENV, cwd="/", **kw)
-
-
-def overlay_writable_dirs():
-    subprocess.run(["modprobe", "overlay"], check=False)
-    # Upper layers on a tmpfs of their own: the guest's /tmp is itself an overlay.
-    os.makedirs("/tmp/ov")
-    subprocess.run(["mount", "-t", "tmpfs", "ov", "/tmp/ov"], check=True)
-    for i, d in enumerate(WRITTEN):
-        # virtme-ng already lays writable overlays on some (/etc, /var, /tmp); a directory
-        # apt creates (the lab root has no /var/cache/apt) is made in those.
-        if not os.path.isdir(d) or os.access(d, os.W_OK):
-            continue
-        up, work = f"/tmp/ov/{i}/up", f"/tmp/ov/{i}/work"
-        os.makedirs(up)
-        os.makedirs(work)
-        subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
-                        f"lowerdir={d},upperdir={up},workdir={work}", d], check=True)
 
 
 def cases(exe, names=tuple(CASES)):
@@ -82,15 +61,9 @@ def where(exe):
 
 
 def main():
-    overlay_writable_dirs()
-    (deb,) = glob.glob(f"{DIST}/vmemtrace_*_all.deb")
+    deb.overlay_writable_dirs()
     (wheel,) = glob.glob(f"{DIST}/vmemtrace-*.whl")
-    # As a user would: `apt install ./FILE.deb` (with --no-download apt 2.6 refuses a local
-    # file: "Pathname to install is not absolute"). Its dependencies are in the lab root.
-    shutil.copy(deb, "/tmp")
-    apt = subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends",
-                          "./" + os.path.basename(deb)], capture_output=True, text=True,
-                         env=CLEAN_ENV, cwd="/tmp")
+    apt = deb.install(DIST)
     man = sh("man", "-P", "cat", "vmemtrace-verify")
     unit_file = "/lib/systemd/system/vmemtrace-exporter.service"  # no systemd as PID 1 here
     unit = open(unit_file).read() if os.path.exists(unit_file) else ""

@@ -182,6 +182,27 @@ def test_lab_refuses_bad_input_in_one_line(args, message):
     assert "Traceback" not in res.stderr
 
 
+def test_lab_systemd_runs_a_command_beside_the_unit():
+    res = run_cli("lab", "--systemd")
+    assert res.returncode == 64, res.stderr
+    assert "--systemd runs an --exec command" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_lab_systemd_needs_the_source_tree_to_build_the_deb(tmp_path):
+    from vmemtrace.errors import VmemtraceError
+    from vmemtrace.lab import deb
+
+    with pytest.raises(VmemtraceError, match="builds the .deb from a source checkout"):
+        deb.build(tmp_path, tmp_path / "out")
+
+
+def test_the_guest_is_told_to_install_the_unit_only_under_systemd():
+    from vmemtrace.lab.runner import guest_command
+
+    assert guest_command([], "true", systemd=True).endswith(" --systemd")
+    assert "--systemd" not in guest_command([], "true")
+
+
 def test_lab_without_qemu(tmp_path):
     res = run_cli("lab", env={"PATH": str(tmp_path)})
     assert res.returncode == 2

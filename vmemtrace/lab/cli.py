@@ -64,14 +64,21 @@ def memory(pmem: str, size: int, start):
 @click.option("--exec", "command", metavar="CMD",
               help="instead of the cases: run this shell command in each guest (device-dax "
                    "drivers loaded, `vmemtrace` on PATH); exit with its status")
+@click.option("--systemd", is_flag=True,
+              help="with --exec: boot systemd as PID 1, install the .deb built from this "
+                   "checkout and `systemctl enable --now` its exporter unit before the command")
 def lab(kernel_specs, modules, headers, case_list, pmem, size, pmem_start, accel, refresh, timeout,
-        as_json, append, shell, command):
+        as_json, append, shell, command, systemd):
     """Boot a throwaway guest with emulated pmem and run the cases in it.
 
     Exit 0 when every case passed, 1 when one failed, 2 when one could not be verified."""
     from vmemtrace.errors import one_line_errors, terminate_on_sigterm
     from vmemtrace.lab.kernels import parse_spec
     from vmemtrace.lab.runner import run_lab
+
+    if systemd and command is None:
+        raise click.UsageError("--systemd runs an --exec command beside the installed unit: "
+                               "give --exec CMD")
 
     @one_line_errors
     def go():
@@ -80,6 +87,6 @@ def lab(kernel_specs, modules, headers, case_list, pmem, size, pmem_start, accel
         with terminate_on_sigterm():
             region = memory(pmem, parse_size(size), parse_start(pmem_start))
             sys.exit(run_lab(specs, parse_cases(case_list, pmem), region, accel, refresh, as_json, shell,
-                             timeout or region.guest_seconds(), command, append))
+                             timeout or region.guest_seconds(), command, append, systemd))
 
     go()

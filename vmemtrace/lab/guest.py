@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from vmemtrace.lab import libdisk
+from vmemtrace.lab import deb, libdisk
 from vmemtrace.lab.cases import Multi, parse_cases
 from vmemtrace.probes.plan import Sources
 
@@ -247,14 +247,22 @@ def install_wrapper():
     os.environ["PATH"] = f"{bindir}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
 
 
-def run_exec(command, pmem, out):
-    """Prepare device-dax, then run one shell command; its output and exit code go to out."""
-    libraries = prepare(pmem)
+def run_exec(command, pmem, out, systemd=False):
+    """Prepare device-dax, then run one shell command; its output and exit code go to out.
+    systemd: the .deb in the results directory installed and its unit running first."""
+    doc = {"kernel": os.uname().release}
+    try:
+        doc["bcc_libraries"] = prepare(pmem)
+        if systemd:
+            doc["unit"] = deb.install_and_start(os.path.dirname(out))
+    except Exception as e:  # the host shows this line, with the console's tail
+        doc["error"] = f"{type(e).__name__}: {e}"
+        return write_result(doc, out)
     install_wrapper()
     proc = subprocess.run(["sh", "-c", command], capture_output=True, text=True,
                           timeout=COMMAND_TIMEOUT[0])
-    write_result({"kernel": os.uname().release, "exit": proc.returncode, "stdout": proc.stdout,
-                  "stderr": proc.stderr, "bcc_libraries": libraries}, out)
+    doc.update({"exit": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr})
+    write_result(doc, out)
 
 
 def write_result(doc, out):
@@ -271,11 +279,12 @@ def main(argv=None):
     parser.add_argument("--out", required=True)
     parser.add_argument("--command-timeout", type=float, default=COMMAND_TIMEOUT[0])
     parser.add_argument("--pmem", choices=sorted(PMEM), default="e820")
+    parser.add_argument("--systemd", action="store_true")
     args = parser.parse_args(argv)
     COMMAND_TIMEOUT[0] = args.command_timeout
     pmem = PMEM[args.pmem]()
     if args.command_file is not None:
-        return run_exec(Path(args.command_file).read_text(), pmem, args.out)
+        return run_exec(Path(args.command_file).read_text(), pmem, args.out, args.systemd)
     doc = {"kernel": os.uname().release, "pmem": args.pmem, "cases": []}
     try:
         doc["bcc_libraries"] = prepare(pmem)

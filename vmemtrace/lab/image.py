@@ -29,7 +29,10 @@ SECURITY = "http://deb.debian.org/debian-security"
 # .deb and wheel in a guest (tests/lab/test_lab_e2e_install.py).
 PACKAGES = ("kmod", "udev", "procps", "python3", "python3-bpfcc", "ndctl", "daxctl",
             "python3-click", "python3-tabulate", "python3-prometheus-client", "prometheus",
-            "bpftrace", "iproute2", "bpftool", "man-db", "python3-venv")
+            "bpftrace", "iproute2", "bpftool", "man-db", "python3-venv",
+            # systemd as PID 1 for `lab --systemd` (the .deb's unit as a host runs it); the other
+            # boots start virtme-ng's own init and never run it.
+            "systemd-sysv")
 # Per guest root, the archive suites its kernels come from (kernels.py says which root a kernel
 # boots in). Only kernels are taken from the extra suites, by `apt-get download`, never installed
 # with their dependencies: the root's own packages stay those of its suite.

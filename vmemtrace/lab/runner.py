@@ -9,7 +9,7 @@ from pathlib import Path
 import vmemtrace
 from vmemtrace import render
 from vmemtrace.errors import EXIT_CANNOT, EXIT_FAIL, EXIT_OK, VmemtraceError
-from vmemtrace.lab import image, vm
+from vmemtrace.lab import deb, image, vm
 from vmemtrace.lab.cases import Case
 from vmemtrace.lab.guest import PMEM
 from vmemtrace.lab.kernels import KernelSpec
@@ -44,7 +44,7 @@ GUEST_PYCACHE = "/run/vmemtrace-pycache"  # tmpfs in a virtme-ng guest
 
 
 def guest_command(cases: list[Case], command: str | None = None, seconds: float = 1200,
-                  pmem: str = "e820") -> str:
+                  pmem: str = "e820", systemd: bool = False) -> str:
     # An --exec command travels as a file in the results directory: vng passes the guest
     # command on the kernel command line, and a long one overflows it (2048 bytes on x86: the
     # kernel dies with an early exception while parsing it).
@@ -56,7 +56,7 @@ def guest_command(cases: list[Case], command: str | None = None, seconds: float 
             f"-m vmemtrace.lab.guest {what} --pmem {pmem} --out {image.GUEST_OUT}/result.json "
             # each command in the guest may take most of the guest's time, and the rest is left
             # to report it
-            f"--command-timeout {int(seconds * 0.9)}")
+            f"--command-timeout {int(seconds * 0.9)}" + (" --systemd" if systemd else ""))
 
 
 def _fail_with_console(boot: vm.Boot, message: str):
@@ -66,19 +66,25 @@ def _fail_with_console(boot: vm.Boot, message: str):
 
 
 def run_kernel(kernel, cases: list[Case], region: Pmem, accel: str, cache: Path,
-               timeout: float, command: str | None = None, append: str = "") -> dict:
+               timeout: float, command: str | None = None, append: str = "",
+               package: Path | None = None) -> dict:
+    """Boot kernel once for the cases or the command; the guest's result document.
+    package: a .deb the guest installs, its unit started under systemd as PID 1, first."""
     src = project_root()
     workdir = _new_workdir(cache, kernel.release)
     accel = vm.choose_accel(accel, kernel, src, workdir, cache)
     if command is not None:
         (workdir / "out" / COMMAND_FILE).write_text(command + "\n")
+    if package is not None:
+        shutil.copy(package, workdir / "out")
     what = (f"`{command if len(command) < 60 else command[:57] + '...'}`" if command is not None
             else f"cases {', '.join(c.name for c in cases)}")
     for attempt in (1, 2):
         with step(f"booting {kernel.release} ({accel}) with {region.describe()}, {what}"):
             boot = vm.boot(kernel, src, workdir / "out",
-                           guest_command(cases, command, timeout, region.kind), region,
-                           workdir / "console.log", accel=accel, timeout=timeout, append=append)
+                           guest_command(cases, command, timeout, region.kind, package is not None),
+                           region, workdir / "console.log", accel=accel, timeout=timeout,
+                           append=append, systemd=package is not None)
         # Under TCG a guest kernel now and then oopses on an int3 while it patches its own text
         # during early boot (seen once in about ten 7.3 boots): before anything of ours ran,
         # that is the emulator's doing, and one more boot is the cure.
@@ -105,7 +111,7 @@ def run_kernel(kernel, cases: list[Case], region: Pmem, accel: str, cache: Path,
 
 def run_lab(specs: list[KernelSpec], cases: list[Case], region: Pmem, accel: str, refresh: bool,
             as_json: bool, shell: bool, timeout: float, command: str | None = None,
-            append: str = "") -> int:
+            append: str = "", systemd: bool = False) -> int:
     vm.require_tools()
     cache = image.cache_dir()
     kernels = image.prepare(specs, refresh, cache)
@@ -119,9 +125,13 @@ def run_lab(specs: list[KernelSpec], cases: list[Case], region: Pmem, accel: str
                 workdir / "console.log", accel="tcg" if accel == "auto" else accel, append=append)
         return EXIT_OK
     if command is not None:
+        package = None
+        if systemd:
+            with step("building the .deb from the checkout (scripts/build-deb)"):
+                package = deb.build(project_root(), cache / "deb")
         worst = EXIT_OK
         for kernel in kernels:
-            doc = run_kernel(kernel, cases, region, accel, cache, timeout, command, append)
+            doc = run_kernel(kernel, cases, region, accel, cache, timeout, command, append, package)
             sys.stdout.write(doc["stdout"])
             sys.stderr.write(doc["stderr"])
             sys.stdout.flush()

@@ -78,14 +78,17 @@ def require_tools() -> str:
 
 def boot(kernel: GuestKernel, src: Path, out: Path, exec_cmd: str | None,
          region: Pmem, console: Path, accel: str = "tcg", cpus: int = 2,
-         timeout: float | None = 900, append: str = "") -> Boot:
+         timeout: float | None = 900, append: str = "", systemd: bool = False) -> Boot:
     """Boot once, run exec_cmd (None: an interactive shell), power off. Files the guest's
-    persistent memory needs (NVDIMMs' backing) live beside the console log for the boot."""
+    persistent memory needs (NVDIMMs' backing) live beside the console log for the boot.
+    systemd: the root's systemd as PID 1 (vng runs exec_cmd from its serial getty)."""
     with region.backed(console.parent):
-        return _boot(kernel, src, out, exec_cmd, region, console, accel, cpus, timeout, append)
+        return _boot(kernel, src, out, exec_cmd, region, console, accel, cpus, timeout, append,
+                     systemd)
 
 
-def _boot(kernel, src, out, exec_cmd, region, console, accel, cpus, timeout, append) -> Boot:
+def _boot(kernel, src, out, exec_cmd, region, console, accel, cpus, timeout, append,
+          systemd) -> Boot:
     vng = require_tools()
     cmd = [vng, "--root", str(kernel.root), "--run", str(kernel.image), "--memory",
            f"{region.guest_memory() >> 20}M", "--cpus", str(cpus),
@@ -100,6 +103,8 @@ def _boot(kernel, src, out, exec_cmd, region, console, accel, cpus, timeout, app
         cmd += ["--append", append]
     if accel == "tcg":
         cmd.append("--disable-kvm")
+    if systemd:
+        cmd.append("--systemd")
     # The library disk first: a PCI device without bus= goes to the newest bus, which the CXL
     # host bridge would be, and it takes only bridges.
     opts = libdisk.qemu_opts(kernel.libraries) + region.qemu_opts(accel, console.parent)

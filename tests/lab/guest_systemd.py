@@ -1,0 +1,164 @@
+"""Runs inside a `lab --systemd` guest (systemd PID 1, the .deb installed, its unit enabled and
+started by the lab): the shipped unit traces, judges a namespace made now, and a real Prometheus
+scrapes it and evaluates the alert rules; then the unit under the hardening that hid
+/proc/kallsyms says so and alerts; then it stops clean. Prints one JSON document.
+
+Driven by tests/lab/test_lab_e2e_systemd.py; the assertions live there.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+sys.path.insert(0, "/opt/vmemtrace")
+# Only the lab's helpers and tables: the unit runs the installed package, not this tree.
+from tests.lab.guest_prometheus import expected_saving, kprobes, lhs  # noqa: E402
+from vmemtrace.lab import deb  # noqa: E402
+from vmemtrace.lab.cases import CASES  # noqa: E402
+
+EXPORTER = "http://127.0.0.1:9477/metrics"  # the unit's own --listen (VMEMTRACE_OPTS)
+PROM = "http://127.0.0.1:9090"
+RULES = "/usr/share/vmemtrace/dashboards/alerts.yml"  # as the package installs them
+DROPIN = "/etc/systemd/system/vmemtrace-exporter.service.d"
+
+
+def get(url, timeout=5):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.read().decode()
+
+
+def query(expr):
+    doc = json.loads(get(f"{PROM}/api/v1/query?" + urllib.parse.urlencode({"query": expr})))
+    return doc["status"], doc["data"]["result"]
+
+
+def wait(what, test, timeout=600):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            got = test()
+        except OSError:
+            got = None
+        if got:
+            return got
+        time.sleep(1)
+    raise SystemExit(f"timed out waiting for {what}; unit: {' | '.join(deb.journal(8))}")
+
+
+def series(name):
+    """The exporter's samples of one metric: {label text: value}."""
+    out = {}
+    for line in get(EXPORTER).splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            key, value = line.rsplit(" ", 1)
+            out[key[len(name):]] = float(value)
+    return out
+
+
+def tracing():
+    return series("vmemtrace_tracing")
+
+
+def unit_state():
+    show = deb.systemctl("show", deb.UNIT, "-p", "MainPID,ActiveState,SubState,ExecMainStatus,"
+                         "NRestarts").stdout
+    state = dict(line.split("=", 1) for line in show.splitlines() if "=" in line)
+    pid = int(state.get("MainPID", "0"))
+    if pid:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            state["cmdline"] = fh.read().split(b"\0")[:3]
+            state["cmdline"] = [a.decode() for a in state["cmdline"]]
+    return state
+
+
+def security():
+    """systemd-analyze's exposure score of the unit as installed (lower is tighter)."""
+    proc = deb.systemctl("--version")  # the systemd that scores it
+    score = subprocess.run(["systemd-analyze", "security", "--no-pager", deb.UNIT],
+                           capture_output=True, text=True, env=deb.CLEAN_ENV)
+    last = [line for line in score.stdout.splitlines() if "Overall exposure level" in line]
+    return {"systemd": proc.stdout.split("\n", 1)[0], "exit": score.returncode,
+            "line": last[-1] if last else score.stderr.strip()[-300:]}
+
+
+def rules_now():
+    with open(RULES) as fh:
+        rules = re.findall(r"^\s*- alert: (\S+)\n\s*(?:#.*\n\s*)*expr: (.+)$", fh.read(), re.M)
+    out = {}
+    for name, expr in rules:
+        status, firing = query(expr)
+        _, data = query(lhs(expr))
+        out[name] = {"status": status, "firing": [r["metric"] for r in firing],
+                     "data": len(data)}
+    return out
+
+
+def restart_with(dropin):
+    """The unit restarted under one more setting (None: as shipped)."""
+    os.makedirs(DROPIN, exist_ok=True)
+    path = f"{DROPIN}/lab.conf"
+    if dropin is None:
+        if os.path.exists(path):
+            os.unlink(path)
+    else:
+        with open(path, "w") as fh:
+            fh.write(f"[Service]\n{dropin}\n")
+    deb.systemctl("daemon-reload")
+    deb.systemctl("restart", deb.UNIT)
+
+
+def main():
+    out = {"unit": unit_state(), "security": security()}
+    with open("/tmp/prometheus.yml", "w") as fh:
+        fh.write("global: {scrape_interval: 2s, evaluation_interval: 2s}\n"
+                 f"rule_files: [{RULES}]\n"
+                 "scrape_configs:\n  - job_name: vmemtrace\n"
+                 "    static_configs: [{targets: ['127.0.0.1:9477']}]\n")
+    prom = subprocess.Popen(["prometheus", "--config.file=/tmp/prometheus.yml",
+                             "--storage.tsdb.path=/tmp/prom-data",
+                             "--web.listen-address=127.0.0.1:9090"],
+                            stdout=subprocess.DEVNULL, stderr=open("/tmp/prometheus.err", "w"))
+    try:
+        out["tracing"] = wait("the unit to trace", lambda: tracing().get('{reason=""}') == 1
+                              and tracing())
+        out["kprobes_during"] = kprobes()
+        subprocess.run(["ndctl", "disable-namespace", "namespace0.0"], capture_output=True)
+        made = subprocess.run(CASES["mem-2M"].ndctl_args("namespace0.0"), capture_output=True,
+                              text=True)
+        out["ndctl_exit"] = made.returncode
+        expected = expected_saving()
+        out["expected_saved"] = expected
+        out["saved"] = wait("the saving in Prometheus", lambda: [
+            float(r["value"][1]) for r in query('vmemtrace_vmemmap_saved_bytes{device="dax0.0"}')[1]
+            if float(r["value"][1]) == expected])
+        out["checks"] = {k: v for k, v in series("vmemtrace_check_status").items() if v == 1}
+        time.sleep(6)  # more scrapes: rules with increase() over 1m have their two samples
+        out["rules"] = rules_now()
+        # The hardening that hid /proc/kallsyms and /proc/kcore: the unit must say so, alert, and
+        # recover once it is gone.
+        restart_with("ProtectKernelTunables=yes")
+        out["hidden_tracing"] = wait("the hidden-kallsyms diagnosis", lambda: (
+            tracing() if tracing().get('{reason="kallsyms_unreadable"}') == 0 else None))
+        out["hidden_alerts"] = wait("the alert on hidden kallsyms", lambda: [
+            r["metric"]["alertname"] for r in query("ALERTS")[1]
+            if r["metric"]["alertname"] == "VmemtraceKernelSymbolsHidden"])
+        out["hidden_journal"] = deb.journal(30)
+        restart_with(None)
+        out["recovered"] = wait("the unit to trace again", lambda: tracing().get('{reason=""}') == 1
+                                and tracing())
+        deb.systemctl("stop", deb.UNIT)
+        out["stopped"] = unit_state()
+        out["kprobes_after"] = kprobes()
+    finally:
+        prom.terminate()
+        prom.wait(timeout=60)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
