@@ -151,13 +151,15 @@ class LedgerCollector:
         yield info
         yield GaugeMetricFamily("vmemtrace_updated_timestamp_seconds", "when the exporter last "
                                 "brought its metrics up to date (Unix time)", value=snap.updated)
-        if header is None:
+        if header is None and not snap.not_tracing:
             return  # still compiling the BPF program
         tracing = GaugeMetricFamily("vmemtrace_tracing", "1 while the probes are attached; 0 "
                                     "when only the devices that exist are audited, and why",
                                     labels=["reason"])
         tracing.add_metric([snap.not_tracing], 0 if snap.not_tracing else 1)
         yield tracing
+        if header is None:
+            return  # not even the kernel's facts could be read (e.g. kallsyms hidden): no audit
         yield from self._probes(header, snap)
         lost = CounterMetricFamily("vmemtrace_events_lost", "events the perf buffer dropped")
         lost.add_metric([], snap.lost)

@@ -27,6 +27,14 @@ RULES = "/usr/share/vmemtrace/dashboards/alerts.yml"  # as the package installs 
 DROPIN = "/etc/systemd/system/vmemtrace-exporter.service.d"
 
 
+START = time.monotonic()
+
+
+def note(message):
+    """Progress on stderr, which the lab prints: where a guest that timed out had got to."""
+    print(f"guest_systemd: {time.monotonic() - START:6.1f}s {message}", file=sys.stderr, flush=True)
+
+
 def get(url, timeout=5):
     with urllib.request.urlopen(url, timeout=timeout) as r:
         return r.read().decode()
@@ -38,6 +46,7 @@ def query(expr):
 
 
 def wait(what, test, timeout=600):
+    note(f"waiting for {what}")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:

@@ -261,6 +261,21 @@ def test_a_host_that_cannot_trace_is_served_not_given_up(tmp_path):
     assert err.count("not tracing: cannot trace") == 2
 
 
+def test_not_tracing_is_served_where_not_even_the_kernel_can_be_read():
+    """Hidden /proc/kallsyms (systemd's ProtectKernelTunables=): no audit, not even a header,
+    yet the reason is served, so that its alert can fire; nothing is claimed beyond it."""
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(LedgerCollector(lambda: Snapshot(LiveLedger([]), not_tracing="kallsyms_unreadable"),
+                                 lambda: []))
+    s = samples(reg)
+    assert s[("vmemtrace_tracing", (("reason", "kallsyms_unreadable"),))] == 0
+    assert {name for name, _ in s} == {"vmemtrace_build_info", "vmemtrace_updated_timestamp_seconds",
+                                       "vmemtrace_tracing"}
+    still_compiling = CollectorRegistry(auto_describe=False)
+    still_compiling.register(LedgerCollector(lambda: Snapshot(LiveLedger([])), lambda: []))
+    assert "vmemtrace_tracing" not in {name for name, _ in samples(still_compiling)}
+
+
 @pytest.fixture
 def served():
     """The exporter's real server on a free loopback port, serving a recorded 6.12 log."""
