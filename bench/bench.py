@@ -162,6 +162,23 @@ def savings_rows(doc: dict) -> list:
     return rows
 
 
+def summary(doc: dict) -> dict:
+    """What the man pages quote of one kernel's run (vmemtrace/manual.py overhead_text()): each
+    case's traced / untraced ratio with its interval and probe hits, and the start-up times."""
+    out = {"kernel": doc["kernel"], "overhead": {}}
+    for case, o in doc.get("overhead", {}).items():
+        r, lo, hi = bootstrap_ratio(o["traced"], o["untraced"])
+        out["overhead"][case] = {"ratio": round(r, 3), "interval": [round(lo, 3), round(hi, 3)],
+                                 "runs": len(o["traced"]), "goal": GOALS.get(case),
+                                 "hits": sum(n for n, _ in (o.get("hits") or {}).values())}
+    s = doc.get("startup")
+    if s:
+        out["startup"] = {"seconds": round(med(s["vmemtrace"]), 1),
+                          "minimal_bcc_seconds": round(med(s["minimal BCC"]), 1),
+                          "goal": STARTUP_GOAL}
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kernel", action="append", help="6.12, 6.1 (default both)")
@@ -169,7 +186,8 @@ def main():
     ap.add_argument("--size", default="3G")
     ap.add_argument("--only", default="perhit,overhead,startup,loss,footprint")
     ap.add_argument("--cases", help="the overhead's namespace cases (default: all four)")
-    ap.add_argument("--json", help="also write the raw measurements here")
+    ap.add_argument("--json", help="also write the raw measurements and their summary here "
+                    "(docs/bench.json is the one the man pages quote: scripts/build-man)")
     args = ap.parse_args()
     extra = ["--cases", args.cases] if args.cases else []
     docs = [run_guest(k, ["--reps", str(args.reps), "--only", args.only, *extra], args.size)
@@ -182,7 +200,8 @@ def main():
                             "naive at 1 TiB", "observed at 1 TiB", "memmap_init",
                             "memmap_init at 1 TiB"]))
     if args.json:
-        Path(args.json).write_text(json.dumps(docs, indent=1))
+        Path(args.json).write_text(json.dumps({"summary": [summary(d) for d in docs], "runs": docs},
+                                              indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 themselves, made from the click commands so that an option cannot exist in one and not the
 other (tests/unit/test_manual.py). `scripts/build-man` writes them to man/.
 
-Pure text: the commands are handed in, nothing here reads the kernel.
+Pure text: the commands and the benchmark's numbers are handed in, nothing here reads the kernel.
 """
 
+import json
+from pathlib import Path
 
 import click
 
@@ -63,14 +65,37 @@ EXIT_OF = {"check": "check", "verify": "verdict", "replay": "verdict", "audit": 
            "record": "run", "trace": "run", "stats": "run", "exporter": "exporter", "lab": "lab"}
 
 # bench/bench.py in qemu TCG with 2 vCPUs, 3 GiB namespaces (docs/performance.md: the run).
-OVERHEAD = (
-    "Each vmemmap PTE populated fires a kprobe and a kretprobe (6.12), or nothing where the "
-    "populate functions are notrace and the page tables are walked once instead (6.1, 7.3). "
-    "Measured by bench/bench.py in a qemu TCG guest, 3 GiB namespaces: ndctl create-namespace "
-    "took 1.25 to 1.36 times as long traced as untraced on 6.12 (median of 5), about what "
-    "bpftrace counting hits on the same probes costs (vmemtrace / bpftrace 0.80 to 1.17). "
-    "Start-up to attached: 8.8 s, against 4.8 s for a minimal BCC program (the compile). "
-    "audit and replay attach nothing.")
+# The benchmark's last run (bench/bench.py --json), relative to the project's root: OVERHEAD
+# quotes its summary, so the pages say what was measured, not what once was.
+BENCH_RESULTS = "docs/bench.json"
+OVERHEAD_HOW = (
+    "Tracing costs a probe hit per vmemmap PTE populated and per struct page initialised where "
+    "the probes see them; where the populate functions cannot be probed, the page tables are "
+    "walked once instead. audit and replay attach nothing.")
+
+
+def measured(root: Path) -> list[dict]:
+    """The summary of the benchmark's last run in the project at root ([] where none is)."""
+    path = root / BENCH_RESULTS
+    return json.loads(path.read_text())["summary"] if path.exists() else []
+
+
+def overhead_text(summary: list[dict]) -> str:
+    """OVERHEAD: how tracing costs, then each kernel's measured ratios and start-up."""
+    if not summary:
+        return OVERHEAD_HOW + " Not measured yet: bench/bench.py measures it."
+    runs = []
+    for k in summary:
+        parts = [f"ndctl create-namespace {case} took {o['ratio']:.2f} [{o['interval'][0]:.2f}, "
+                 f"{o['interval'][1]:.2f}] times as long traced as untraced ({o['runs']} runs "
+                 f"each, {o['hits']} probe hits)" for case, o in k["overhead"].items()]
+        if k.get("startup"):
+            parts.append(f"start-up to attached took {k['startup']['seconds']:.1f} s, against "
+                         f"{k['startup']['minimal_bcc_seconds']:.1f} s for a minimal BCC program")
+        runs.append(f"on {k['kernel']}, " + "; ".join(parts))
+    return (OVERHEAD_HOW + " Measured by bench/bench.py in qemu TCG guests (3 GiB namespaces; "
+            "traced and untraced runs alternating in one guest; the ratio of medians and its 95% "
+            "bootstrap interval): " + "; ".join(runs) + ".")
 
 FILES = {
     "exporter": ["/etc/default/vmemtrace-exporter: VMEMTRACE_OPTS for the systemd unit",
@@ -162,7 +187,7 @@ def _option(p: click.Option) -> list[str]:
     return [".TP", flags, _esc(text)]
 
 
-def page(name: str, cmd: click.Command, version: str) -> str:
+def page(name: str, cmd: click.Command, version: str, overhead: str) -> str:
     """vmemtrace-NAME(8) in man(7) roff."""
     title = f"vmemtrace-{name}".upper()
     doc = (cmd.help or "").replace("\b\n", "")
@@ -178,7 +203,7 @@ def page(name: str, cmd: click.Command, version: str) -> str:
         out += [".TP", f"\\fB{_esc(cmdline)}\\fR", _esc(what)]
     if name == "trace":
         out += [".SH FIELDS", _esc(FIELDS)]
-    out += [".SH OVERHEAD", _esc(OVERHEAD), ".SH EXIT STATUS", _esc(EXIT_STATUS[EXIT_OF[name]])]
+    out += [".SH OVERHEAD", _esc(overhead), ".SH EXIT STATUS", _esc(EXIT_STATUS[EXIT_OF[name]])]
     if name != "replay":
         out += [".SH REQUIREMENTS", _esc(REQUIREMENTS)]
     out.append(".SH ENVIRONMENT")
@@ -196,7 +221,7 @@ def page(name: str, cmd: click.Command, version: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def index_page(group: click.Group, version: str) -> str:
+def index_page(group: click.Group, version: str, overhead: str) -> str:
     """vmemtrace(8): what it is, and one line per command."""
     out = [f'.TH VMEMTRACE 8 "" "vmemtrace {version}" "vmemtrace manual"',
            ".SH NAME", "vmemtrace \\- " + _esc(" ".join((group.help or "").split())),
@@ -219,15 +244,16 @@ def index_page(group: click.Group, version: str) -> str:
     out += [".SH SHELL COMPLETION",
             _esc("bash: eval \"$(_VMEMTRACE_COMPLETE=bash_source vmemtrace)\"; zsh: "
                  "_VMEMTRACE_COMPLETE=zsh_source; fish: _VMEMTRACE_COMPLETE=fish_source."),
-            ".SH OVERHEAD", _esc(OVERHEAD),
+            ".SH OVERHEAD", _esc(overhead),
             ".SH SEE ALSO", "\\fBndctl\\fR(1), \\fBdaxctl\\fR(1), \\fBbpftrace\\fR(8)"]
     return "\n".join(out) + "\n"
 
 
-def all_pages(group: click.Group, version: str) -> dict[str, str]:
+def all_pages(group: click.Group, version: str, bench: list[dict] = ()) -> dict[str, str]:
     """File name -> page, for every command of the group and the group itself (no date: the
-    pages in man/ must equal what this makes, on any day)."""
-    pages = {"vmemtrace.8": index_page(group, version)}
+    pages in man/ must equal what this makes, on any day); bench: measured()'s summary."""
+    overhead = overhead_text(list(bench))
+    pages = {"vmemtrace.8": index_page(group, version, overhead)}
     for name, cmd in group.commands.items():
-        pages[f"vmemtrace-{name}.8"] = page(name, cmd, version)
+        pages[f"vmemtrace-{name}.8"] = page(name, cmd, version, overhead)
     return pages

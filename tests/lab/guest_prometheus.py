@@ -35,13 +35,11 @@ def query(expr, at=None):
     return doc["status"], doc["data"]["result"]
 
 
-def wait(what, test, timeout=300, alive=None):
+def poll(test, timeout):
+    """test() once a second until it returns something true (an OSError is "not yet"); None
+    when timeout seconds pass first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if alive is not None and alive.poll() is not None:
-            with open("/tmp/exporter.err") as fh:
-                raise SystemExit(f"the exporter exited {alive.returncode} while waiting for "
-                                 f"{what}: {fh.read()[-2000:]}")
         try:
             got = test()
         except OSError:
@@ -49,6 +47,20 @@ def wait(what, test, timeout=300, alive=None):
         if got:
             return got
         time.sleep(1)
+    return None
+
+
+def wait(what, test, timeout=300, alive=None):
+    def alive_test():
+        if alive is not None and alive.poll() is not None:
+            with open("/tmp/exporter.err") as fh:
+                raise SystemExit(f"the exporter exited {alive.returncode} while waiting for "
+                                 f"{what}: {fh.read()[-2000:]}")
+        return test()
+
+    got = poll(alive_test, timeout)
+    if got:
+        return got
     with open("/tmp/exporter.err") as fh:
         raise SystemExit(f"timed out waiting for {what}; exporter: {fh.read()[-2000:]}")
 

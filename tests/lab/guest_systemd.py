@@ -12,17 +12,14 @@ import re
 import subprocess
 import sys
 import time
-import urllib.parse
-import urllib.request
 
 sys.path.insert(0, "/opt/vmemtrace")
 # Only the lab's helpers and tables: the unit runs the installed package, not this tree.
-from tests.lab.guest_prometheus import expected_saving, kprobes, lhs  # noqa: E402
+from tests.lab.guest_prometheus import expected_saving, get, kprobes, lhs, poll, query  # noqa: E402
 from vmemtrace.lab import deb  # noqa: E402
 from vmemtrace.lab.cases import CASES  # noqa: E402
 
 EXPORTER = "http://127.0.0.1:9477/metrics"  # the unit's own --listen (VMEMTRACE_OPTS)
-PROM = "http://127.0.0.1:9090"
 RULES = "/usr/share/vmemtrace/dashboards/alerts.yml"  # as the package installs them
 DROPIN = "/etc/systemd/system/vmemtrace-exporter.service.d"
 
@@ -35,28 +32,25 @@ def note(message):
     print(f"guest_systemd: {time.monotonic() - START:6.1f}s {message}", file=sys.stderr, flush=True)
 
 
-def get(url, timeout=5):
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return r.read().decode()
-
-
-def query(expr):
-    doc = json.loads(get(f"{PROM}/api/v1/query?" + urllib.parse.urlencode({"query": expr})))
-    return doc["status"], doc["data"]["result"]
-
-
 def wait(what, test, timeout=600):
     note(f"waiting for {what}")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            got = test()
-        except OSError:
-            got = None
-        if got:
-            return got
-        time.sleep(1)
-    raise SystemExit(f"timed out waiting for {what}; unit: {' | '.join(deb.journal(8))}")
+    got = poll(test, timeout)
+    if got:
+        return got
+    raise SystemExit(f"timed out waiting for {what}; unit: {' | '.join(deb.journal(8))}; "
+                     f"exporter: {' | '.join(exporter_state())}")
+
+
+def exporter_state():
+    """The exporter's own account of what it sees, for a message that says why a wait failed."""
+    try:
+        text = get(EXPORTER)
+    except OSError as e:
+        return [f"{EXPORTER}: {e}"]
+    return [line for line in text.splitlines() if not line.startswith("#") and (
+        "dax0.0" in line and "check_status" not in line or line.endswith(" 1.0") and "check_status" in line
+        or line.startswith(("vmemtrace_tracing", "vmemtrace_devices", "vmemtrace_events_lost",
+                            "vmemtrace_bpf_errors")))]
 
 
 def series(name):
@@ -123,6 +117,9 @@ def restart_with(dropin):
 
 def main():
     out = {"unit": unit_state(), "security": security()}
+    # The root's own Prometheus (Debian's package enables its unit) holds :9090 under systemd:
+    # stopped, so that the one started here, which scrapes the unit, answers the queries.
+    out["system_prometheus"] = deb.systemctl("stop", "prometheus.service").returncode
     with open("/tmp/prometheus.yml", "w") as fh:
         fh.write("global: {scrape_interval: 2s, evaluation_interval: 2s}\n"
                  f"rule_files: [{RULES}]\n"
@@ -136,6 +133,9 @@ def main():
         out["tracing"] = wait("the unit to trace", lambda: tracing().get('{reason=""}') == 1
                               and tracing())
         out["kprobes_during"] = kprobes()
+        if prom.poll() is not None:  # e.g. its port taken
+            with open("/tmp/prometheus.err") as fh:
+                raise SystemExit(f"prometheus exited {prom.returncode}: {fh.read()[-1000:]}")
         subprocess.run(["ndctl", "disable-namespace", "namespace0.0"], capture_output=True)
         made = subprocess.run(CASES["mem-2M"].ndctl_args("namespace0.0"), capture_output=True,
                               text=True)

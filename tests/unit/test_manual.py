@@ -18,7 +18,7 @@ GROUP = command_group()
 
 
 def test_the_pages_in_man_are_what_the_commands_make():
-    made = manual.all_pages(GROUP, __version__)
+    made = manual.all_pages(GROUP, __version__, manual.measured(ROOT))
     shipped = {p.name: p.read_text() for p in (ROOT / "man").glob("*.8")}
     assert sorted(shipped) == sorted(made), "run scripts/build-man"
     for name, text in made.items():
@@ -49,12 +49,12 @@ def test_every_option_is_in_its_page_and_no_other(name):
 
 def test_a_changed_option_makes_the_page_differ():
     cmd = GROUP.commands["audit"]
-    before = manual.page("audit", cmd, __version__)
+    before = manual.page("audit", cmd, __version__, "")
     extra = click.Option(["--new-thing"], help="x")
     cmd.params.append(extra)
     try:
-        assert "\\-\\-new\\-thing" in manual.page("audit", cmd, __version__)
-        assert manual.page("audit", cmd, __version__) != before
+        assert "\\-\\-new\\-thing" in manual.page("audit", cmd, __version__, "")
+        assert manual.page("audit", cmd, __version__, "") != before
     finally:
         cmd.params.remove(extra)
 
