@@ -35,11 +35,11 @@ def test_the_shipped_unit_runs_the_installed_command_under_systemd(unit):
     state = unit["unit"]
     assert state["ActiveState"] == "active" and state["SubState"] == "running", state
     assert state["cmdline"][1:] == ["/usr/bin/vmemtrace", "exporter"], state
-    # The sandbox as systemd scores it: the shipped unit measures 3.7 on 252 and 257
-    # (docs/runbook.md); a setting loosened without need shows here.
+    # The sandbox as systemd scores it: the shipped unit measures 3.5 on systemd 252 (bookworm)
+    # and 257 (trixie); a setting loosened without need shows here.
     assert unit["security"]["exit"] == 0, unit["security"]
     score = float(unit["security"]["line"].split(":")[1].split()[0])
-    assert score <= 4.0, unit["security"]
+    assert score <= 3.5, unit["security"]
 
 
 def test_it_traces_and_judges_a_namespace_made_while_it_runs(unit):

@@ -76,3 +76,26 @@ def test_the_estimate_prices_each_probe_kind_the_strategy_names():
     assert round(est, 6) == round(10 * (100e-6 + 200e-6) + 5 * 300e-6, 6)
     # a kind the per-hit run could not measure: no estimate rather than a wrong one
     assert bench.estimated_overhead({"f": [10, "kprobe+kretprobe"]}, perhit, 1.0) is None
+
+
+def test_the_man_pages_quote_the_benchmarks_last_run_unedited():
+    """docs/bench.json is bench.py --json's output: its summary is what bench.summary() makes of
+    its raw runs, and every page's OVERHEAD says those numbers."""
+    from vmemtrace import manual
+
+    doc = json.loads((ROOT / manual.BENCH_RESULTS).read_text())
+    assert doc["summary"] == [bench.summary(run) for run in doc["runs"]]
+    text = manual.overhead_text(doc["summary"])
+    for k in doc["summary"]:
+        assert f"on {k['kernel']}," in text
+        for case, o in k["overhead"].items():
+            assert f"{case} took {o['ratio']:.2f} [" in text
+    for page in (ROOT / "man").glob("*.8"):
+        body = page.read_text().split(".SH OVERHEAD\n", 1)[1].split("\n.SH ", 1)[0]
+        assert body.replace("\\-", "-") == text.replace("\\-", "-"), page.name
+
+
+def test_the_old_bench_runs_summarise_too():
+    (k612, _k61) = [bench.summary(run) for run in RUN]
+    o = k612["overhead"]["mem-2M"]
+    assert o["interval"][0] <= o["ratio"] <= o["interval"][1] and o["runs"] >= 5
