@@ -64,7 +64,6 @@ EXIT_STATUS = {k: v + USAGE for k, v in EXIT_STATUS.items()}
 EXIT_OF = {"check": "check", "verify": "verdict", "replay": "verdict", "audit": "verdict",
            "record": "run", "trace": "run", "stats": "run", "exporter": "exporter", "lab": "lab"}
 
-# bench/bench.py in qemu TCG with 2 vCPUs, 3 GiB namespaces (docs/performance.md: the run).
 # The benchmark's last run (bench/bench.py --json), relative to the project's root: OVERHEAD
 # quotes its summary, so the pages say what was measured, not what once was.
 BENCH_RESULTS = "docs/bench.json"

@@ -98,22 +98,32 @@ def kprobes():
     return n
 
 
-def main():
-    sys.path.insert(0, SRC)
-    out = {"cases": {}, "queries": {}, "rules": {}}
-    config = "/tmp/prometheus.yml"
-    with open(config, "w") as fh:
+def start_prometheus(rule_file):
+    """Debian's Prometheus on :9090, scraping the exporter every 2 s and evaluating rule_file."""
+    with open("/tmp/prometheus.yml", "w") as fh:
         fh.write("global: {scrape_interval: 2s, evaluation_interval: 2s}\n"
-                 f"rule_files: [{SRC}/dashboards/alerts.yml]\n"
+                 f"rule_files: [{rule_file}]\n"
                  "scrape_configs:\n  - job_name: vmemtrace\n"
                  "    static_configs: [{targets: ['127.0.0.1:9477']}]\n")
-    subprocess.run(["ndctl", "disable-namespace", "namespace0.0"], capture_output=True)
-    exporter = subprocess.Popen([sys.executable, "-m", "vmemtrace", "exporter"], cwd=SRC,
-                                stderr=open("/tmp/exporter.err", "w"))
-    prom = subprocess.Popen(["prometheus", f"--config.file={config}",
+    return subprocess.Popen(["prometheus", "--config.file=/tmp/prometheus.yml",
                              "--storage.tsdb.path=/tmp/prom-data",
                              "--web.listen-address=127.0.0.1:9090"],
                             stdout=subprocess.DEVNULL, stderr=open("/tmp/prometheus.err", "w"))
+
+
+def alert_rules(rule_file):
+    """(name, expression) of each alert in rule_file."""
+    with open(rule_file) as fh:
+        return re.findall(r"^\s*- alert: (\S+)\n\s*(?:#.*\n\s*)*expr: (.+)$", fh.read(), re.M)
+
+
+def main():
+    sys.path.insert(0, SRC)
+    out = {"cases": {}, "queries": {}, "rules": {}}
+    subprocess.run(["ndctl", "disable-namespace", "namespace0.0"], capture_output=True)
+    exporter = subprocess.Popen([sys.executable, "-m", "vmemtrace", "exporter"], cwd=SRC,
+                                stderr=open("/tmp/exporter.err", "w"))
+    prom = start_prometheus(f"{SRC}/dashboards/alerts.yml")
     try:
         wait("the exporter's probes", lambda: "vmemtrace_probe_attached" in get(EXPORTER),
              alive=exporter)
@@ -140,9 +150,7 @@ def main():
                 out["queries"][f"{panel['title']} [{target['refId']}]"] = {
                     "expr": expr, "status": status,
                     "values": [[r["metric"], r["value"][1]] for r in result]}
-        with open(f"{SRC}/dashboards/alerts.yml") as fh:
-            rules = re.findall(r"^\s*- alert: (\S+)\n\s*(?:#.*\n\s*)*expr: (.+)$", fh.read(), re.M)
-        for name, expr in rules:
+        for name, expr in alert_rules(f"{SRC}/dashboards/alerts.yml"):
             status, firing = query(expr)
             _, data = query(lhs(expr))
             out["rules"][name] = {"expr": expr, "status": status, "firing": len(firing),

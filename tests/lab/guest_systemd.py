@@ -8,14 +8,22 @@ Driven by tests/lab/test_lab_e2e_systemd.py; the assertions live there.
 
 import json
 import os
-import re
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, "/opt/vmemtrace")
 # Only the lab's helpers and tables: the unit runs the installed package, not this tree.
-from tests.lab.guest_prometheus import expected_saving, get, kprobes, lhs, poll, query  # noqa: E402
+from tests.lab.guest_prometheus import (  # noqa: E402
+    alert_rules,
+    expected_saving,
+    get,
+    kprobes,
+    lhs,
+    poll,
+    query,
+    start_prometheus,
+)
 from vmemtrace.lab import deb  # noqa: E402
 from vmemtrace.lab.cases import CASES  # noqa: E402
 
@@ -74,8 +82,7 @@ def unit_state():
     pid = int(state.get("MainPID", "0"))
     if pid:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            state["cmdline"] = fh.read().split(b"\0")[:3]
-            state["cmdline"] = [a.decode() for a in state["cmdline"]]
+            state["cmdline"] = [a.decode() for a in fh.read().split(b"\0")[:3]]
     return state
 
 
@@ -90,10 +97,8 @@ def security():
 
 
 def rules_now():
-    with open(RULES) as fh:
-        rules = re.findall(r"^\s*- alert: (\S+)\n\s*(?:#.*\n\s*)*expr: (.+)$", fh.read(), re.M)
     out = {}
-    for name, expr in rules:
+    for name, expr in alert_rules(RULES):
         status, firing = query(expr)
         _, data = query(lhs(expr))
         out[name] = {"status": status, "firing": [r["metric"] for r in firing],
@@ -120,15 +125,7 @@ def main():
     # The root's own Prometheus (Debian's package enables its unit) holds :9090 under systemd:
     # stopped, so that the one started here, which scrapes the unit, answers the queries.
     out["system_prometheus"] = deb.systemctl("stop", "prometheus.service").returncode
-    with open("/tmp/prometheus.yml", "w") as fh:
-        fh.write("global: {scrape_interval: 2s, evaluation_interval: 2s}\n"
-                 f"rule_files: [{RULES}]\n"
-                 "scrape_configs:\n  - job_name: vmemtrace\n"
-                 "    static_configs: [{targets: ['127.0.0.1:9477']}]\n")
-    prom = subprocess.Popen(["prometheus", "--config.file=/tmp/prometheus.yml",
-                             "--storage.tsdb.path=/tmp/prom-data",
-                             "--web.listen-address=127.0.0.1:9090"],
-                            stdout=subprocess.DEVNULL, stderr=open("/tmp/prometheus.err", "w"))
+    prom = start_prometheus(RULES)
     try:
         out["tracing"] = wait("the unit to trace", lambda: tracing().get('{reason=""}') == 1
                               and tracing())
