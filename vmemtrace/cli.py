@@ -272,11 +272,15 @@ def _recording(path):
     from vmemtrace.events import LogFile
 
     with terminate_on_sigterm():
-        log = LogFile(str(path))
+        log = None
         try:
+            with stops_held():  # the file's creation and its owner's name are one step
+                log = LogFile(str(path))
             yield log.write
         except BaseException:
-            log.abort()
+            if log is not None:
+                with stops_held():
+                    log.abort()
             raise
         with stops_held():  # the seal and the rename are one step
             log.seal()

@@ -318,7 +318,12 @@ class LogFile:
             fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         except OSError as e:
             raise VmemtraceError(f"cannot write {path}: {e.strerror}") from None
-        self.fh = os.fdopen(fd, "w")
+        try:
+            self.fh = os.fdopen(fd, "w")
+        except BaseException:
+            os.close(fd)
+            os.unlink(self.tmp)
+            raise
 
     def write(self, event: dict) -> None:
         line = json.dumps(event, sort_keys=True) + "\n"

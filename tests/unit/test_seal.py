@@ -166,6 +166,32 @@ def test_an_aborted_log_leaves_no_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("when", ["creating", "created"])
+def test_a_stop_while_the_log_is_created_leaves_no_file(tmp_path, monkeypatch, when):
+    """SIGTERM delivered inside the log's creation (before or just after its file is open)
+    ends the command and leaves no temporary file."""
+    import os
+    import signal
+
+    from vmemtrace import cli, errors
+
+    opened = os.fdopen
+
+    def fdopen(fd, mode):
+        if when == "creating":
+            os.kill(os.getpid(), signal.SIGTERM)
+        fh = opened(fd, mode)
+        if when == "created":
+            os.kill(os.getpid(), signal.SIGTERM)
+        return fh
+
+    monkeypatch.setattr(events.os, "fdopen", fdopen)
+    with errors.terminate_on_sigterm(), pytest.raises(KeyboardInterrupt):
+        with cli._recording(tmp_path / "x.jsonl"):
+            pass
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_record_that_cannot_trace_leaves_no_file(tmp_path):
     """This host cannot trace (no root or no kprobes): record fails, and nothing is left."""
     path = tmp_path / "x.jsonl"
