@@ -163,7 +163,7 @@ def savings_rows(doc: dict) -> list:
 
 
 def summary(doc: dict) -> dict:
-    """What the man pages quote of one kernel's run (vmemtrace/manual.py overhead_text()): each
+    """What the man pages quote of one kernel's run (vmemtrace/output/manual.py overhead_text()): each
     case's traced / untraced ratio with its interval and probe hits, and the start-up times."""
     out = {"kernel": doc["kernel"], "overhead": {}}
     for case, o in doc.get("overhead", {}).items():

@@ -22,10 +22,10 @@ from prometheus_client import generate_latest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vmemtrace import events  # noqa: E402
-from vmemtrace.exporter import LiveLedger, Snapshot  # noqa: E402
 from vmemtrace.kernel import daxdev  # noqa: E402
-from vmemtrace.serve import Exporter  # noqa: E402
+from vmemtrace.log import events  # noqa: E402
+from vmemtrace.output.exporter import Exporter  # noqa: E402
+from vmemtrace.output.metrics import LiveLedger, Snapshot  # noqa: E402
 
 LOG = next((Path(__file__).resolve().parent.parent / "tests/fixtures/events").glob("6.12*")) / "mem-2M.jsonl"
 SCRAPES = 21

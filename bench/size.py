@@ -28,8 +28,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from vmemtrace.compounds import CompoundPages  # noqa: E402
-from vmemtrace.sections import summed  # noqa: E402
+from vmemtrace.log.compounds import CompoundPages  # noqa: E402
+from vmemtrace.log.sections import summed  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 LOG = next((ROOT / "tests/fixtures/events").glob("6.12*")) / "mem-2M.jsonl"

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Event-log validation, ours against a well-kept library, side by side in one run: the typed
-table of vmemtrace/events.py (validate()) and jsonschema (Debian's python3-jsonschema, PyPI
+table of vmemtrace/log/events.py (validate()) and jsonschema (Debian's python3-jsonschema, PyPI
 jsonschema) with a schema made from the same table, over the same events of a real recording,
 repeated. Run on demand, never by the suite:
 
@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from vmemtrace import events  # noqa: E402
+from vmemtrace.log import events  # noqa: E402
 
 LOG = next((ROOT / "tests/fixtures/events").glob("6.12*")) / "mem-2M.jsonl"
 

@@ -32,7 +32,7 @@
  * own named struct of vmemtrace.h, decoded by field name in user space), and one summary per
  * range of its compound pages. A compound page is kept in a map entry while it is populated;
  * when all its vmemmap PTEs are there it is judged into its range's summary (struct cp_sum: the
- * layout classes, per-part digests and the difference table of vmemtrace/compounds.py,
+ * layout classes, per-part digests and the difference table of vmemtrace/log/compounds.py,
  * computed the same way) and its entry freed. Only a page whose layout is none of its range's
  * CP_CLASSES classes is sent on its own. The summary, and the pages that cannot complete, are
  * sent when the range is initialised (cp_send_range()): a 1 TiB range's 524288 compound pages
@@ -45,7 +45,7 @@
  * Probes that attach can still be blind: the compiler may inline every call of a function and
  * keep an unused out-of-line copy (Debian 7.3's vmemmap_alloc_block_buf). So every probe counts
  * its hits (struct hits_t), every counter below says what it saw, and user space checks that
- * the counts add up (vmemtrace/account.py) instead of reading a silent probe as zero.
+ * the counts add up (vmemtrace/judge/account.py) instead of reading a silent probe as zero.
  *
  * All probes are nested calls of one thread (memremap_pages() -> pagemap_range() ->
  * add_pages() -> ... -> __populate_section_memmap(), then memmap_init_zone_device()), so the
@@ -279,7 +279,7 @@ static __always_inline int cp_load(struct section_ctx *s, u64 head)
     return 1;
 }
 
-/* splitmix64's finaliser: compounds.py mix(), bit for bit. */
+/* splitmix64's finaliser: log/compounds.py mix(), bit for bit. */
 #define VT_GOLDEN 0x9E3779B97F4A7C15ULL
 static __always_inline u64 vt_mix(u64 z)
 {
@@ -293,7 +293,7 @@ static __always_inline u64 vt_step(u64 h, u64 v)
     return vt_mix((h ^ v) + VT_GOLDEN);
 }
 
-/* A compound page's (head, layout) as 64 bits: compounds.py digest(), fields in its LAYOUT
+/* A compound page's (head, layout) as 64 bits: log/compounds.py digest(), fields in its LAYOUT
  * order. */
 static __always_inline u64 cp_digest(struct cp_val *c)
 {
@@ -307,7 +307,7 @@ static __always_inline u64 cp_digest(struct cp_val *c)
     return vt_step(h, c->tail_fresh);
 }
 
-/* Two pages of one layout class: compounds.py CLASS. */
+/* Two pages of one layout class: log/compounds.py CLASS. */
 static __always_inline int cp_same_class(struct cp_val *a, struct cp_val *b)
 {
     return a->ptes == b->ptes && a->fresh == b->fresh && a->reused == b->reused &&
@@ -317,7 +317,7 @@ static __always_inline int cp_same_class(struct cp_val *a, struct cp_val *b)
 }
 
 /*
- * A range's compound pages, judged as they complete into its struct cp_sum (vmemtrace/compounds.py CompoundPages, whose
+ * A range's compound pages, judged as they complete into its struct cp_sum (vmemtrace/log/compounds.py CompoundPages, whose
  * constants the loader passes as CP_* defines): CP_CLASSES layout classes, each with its page
  * count and lowest-headed page; per part of 2^part_shift pages (part_shift chosen so that the
  * range has at most CP_PARTS parts) the pages and the sum of their digests; the difference

@@ -3,7 +3,7 @@
  * vmemtrace's BPF contract: every struct that crosses between bpf/vmemtrace.bpf.c and user space,
  * declared once (as libbpf-tools keep a tool's x.h beside its x.bpf.c). The perf events and the
  * maps user space reads are decoded by field name (vmemtrace/probes/loader.py), so a field's name
- * here is its key in the event log (vmemtrace/events.py); tests/unit/test_contract.py holds each
+ * here is its key in the event log (vmemtrace/log/events.py); tests/unit/test_contract.py holds each
  * struct against the Python that reads it, so a field added on one side fails the suite until the
  * other side has it.
  *
@@ -80,7 +80,7 @@ struct cp_val {
 };
 
 /* A range's compound pages, judged as they complete (the "compounds" event; struct cp_sum's
- * sizes are vmemtrace/compounds.py's, passed as CP_* defines). */
+ * sizes are vmemtrace/log/compounds.py's, passed as CP_* defines). */
 struct cp_class {
     u64 pages;
     struct cp_val first;   /* the lowest-headed page of the class */

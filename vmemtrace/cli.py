@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from vmemtrace import __version__, check_names, render
+from vmemtrace import __version__
 from vmemtrace.errors import (
     EXIT_CANNOT,
     EXIT_USAGE,
@@ -21,6 +21,8 @@ from vmemtrace.errors import (
     printable,
     say,
 )
+from vmemtrace.judge import check_names
+from vmemtrace.output import render
 
 
 def _compile_early(cmd=()) -> None:
@@ -61,8 +63,8 @@ def check(as_json, root, timing):
     Exit 0 when tracing can start, 2 (with the reason) when it cannot."""
     from vmemtrace.kernel import btf
     from vmemtrace.probes.loader import BPF_SOURCE, defines, kaddrs_sources
+    from vmemtrace.probes.readiness import Blocker, assess, cannot_trace, check_report, read_facts
     from vmemtrace.probes.targets import FUNCTIONS
-    from vmemtrace.readiness import Blocker, assess, cannot_trace, check_report, read_facts
 
     startup = _timed_startup(root) if timing else None
     facts = read_facts(root)
@@ -119,8 +121,8 @@ class Reports:
 
     def write(self, doc: dict) -> None:
         """Each file asked for; the first that cannot be written raises."""
-        from vmemtrace.junit import junit_xml
-        from vmemtrace.ktap import ktap
+        from vmemtrace.output.junit import junit_xml
+        from vmemtrace.output.ktap import ktap
 
         for path, render_as in ((self.junit, junit_xml), (self.ktap, lambda d: ktap(d).encode())):
             if path is None:
@@ -183,7 +185,7 @@ def _output_verdict(doc: dict, as_json: bool, reports: Reports) -> None:
 
 
 def _finish(doc: dict) -> None:
-    from vmemtrace.verdict import EXIT
+    from vmemtrace.judge.verdict import EXIT
 
     code = EXIT[doc["verdict"]]
     if code:
@@ -236,7 +238,7 @@ def verify(expect, as_json, reports, allow_skip, no_probe, attach, record_to, cr
 
     Where the populate functions are notrace, each range's vmemmap page tables are walked once
     memmap_init_zone_device returns. Exit 0 pass, 1 fail, 2 could not verify."""
-    from vmemtrace.verdict import evaluate
+    from vmemtrace.judge.verdict import evaluate
 
     with _error_document(as_json, reports, expect, os.uname().release):
         _known_targets(no_probe)
@@ -269,7 +271,7 @@ def _recording(path):
         yield None
         return
     from vmemtrace.errors import stops_held, terminate_on_sigterm
-    from vmemtrace.events import LogFile
+    from vmemtrace.log.events import LogFile
 
     with terminate_on_sigterm():
         log = None
@@ -319,9 +321,9 @@ def replay(file, expect, as_json, reports, allow_skip, only, trust_unsealed):
     A log is whole when its seal, written last, agrees with every line before it and its
     compound pages record their indices; another passes at most as incomplete unless
     --trust-unsealed."""
-    from vmemtrace import events
-    from vmemtrace.ledger import fold
-    from vmemtrace.verdict import evaluate, unsealed
+    from vmemtrace.judge.ledger import fold
+    from vmemtrace.judge.verdict import evaluate, unsealed
+    from vmemtrace.log import events
 
     with _error_document(as_json, reports, expect):
         sealed = events.Sealed()
@@ -348,9 +350,9 @@ def audit(expect, as_json, reports, allow_skip, record_to, only):
     through /proc/kcore. init-skip needs the act itself: it is skipped, and waived.
 
     Exit 0 pass, 1 fail, 2 could not verify (or no dax device)."""
-    from vmemtrace.audit import audit_log
-    from vmemtrace.ledger import fold
-    from vmemtrace.verdict import evaluate
+    from vmemtrace.judge.ledger import fold
+    from vmemtrace.judge.verdict import evaluate
+    from vmemtrace.walk.audit import audit_log
 
     with _error_document(as_json, reports, expect, os.uname().release):
         with _recording(record_to) as write:
@@ -379,7 +381,7 @@ def audit(expect, as_json, reports, allow_skip, record_to, only):
 def exporter(listen, textfile, interval, tls_cert, tls_key, only):
     """Prometheus metrics of every dax device: those that exist at start (page-table walk) and
     those created later (traced). Runs until SIGTERM or Ctrl-C, then detaches everything."""
-    from vmemtrace.serve import run
+    from vmemtrace.output.exporter import run
 
     if not (math.isfinite(interval) and interval > 0):
         raise VmemtraceError(f"--interval {interval}: must be a positive number of seconds")
@@ -434,9 +436,9 @@ def stats(interval, count, cumulative, only, as_json):
     only the devices whose ledger changed in that interval, as bcc tools clear their tables."""
     import time as _time
 
-    from vmemtrace.ledger import fold
+    from vmemtrace.judge.ledger import fold
+    from vmemtrace.judge.verdict import changed_since, evaluate
     from vmemtrace.session import watch
-    from vmemtrace.verdict import changed_since, evaluate
 
     if not (math.isfinite(interval) and interval > 0):
         raise VmemtraceError(f"INTERVAL {interval}: must be a positive number of seconds")
@@ -466,9 +468,9 @@ def stats(interval, count, cumulative, only, as_json):
 
 
 def command_group() -> click.Group:
-    """Every command, each with its examples (vmemtrace/manual.py) under its -h."""
-    from vmemtrace import manual
+    """Every command, each with its examples (vmemtrace/output/manual.py) under its -h."""
     from vmemtrace.lab.cli import lab
+    from vmemtrace.output import manual
 
     cli.add_command(lab)
     for name, cmd in cli.commands.items():

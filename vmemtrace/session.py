@@ -9,16 +9,16 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
-from vmemtrace.audit import boot_sections, existing_devices, walk_range
 from vmemtrace.errors import VmemtraceError, terminate_on_sigterm
-from vmemtrace.events import header_event
+from vmemtrace.judge.ledger import DeviceLedger, Folding
 from vmemtrace.kernel import daxdev, leftovers, vmstat
 from vmemtrace.kernel.ftrace import tracefs
 from vmemtrace.kernel.kmsg import KmsgCursor, parse_memmap_init
-from vmemtrace.ledger import DeviceLedger, Folding
+from vmemtrace.log.events import header_event
+from vmemtrace.log.sections import Sections, first_pfn, summed
 from vmemtrace.probes.plan import Sources
-from vmemtrace.readiness import assess, cannot_trace, read_facts
-from vmemtrace.sections import Sections, first_pfn, summed
+from vmemtrace.probes.readiness import assess, cannot_trace, read_facts
+from vmemtrace.walk.audit import boot_sections, existing_devices, walk_range
 
 
 def walk_mode(ready, cross_check: bool) -> str | None:
@@ -42,9 +42,9 @@ def open_tracer(progress: Callable[[str], None], cross_check: bool = False, excl
     """Facts, readiness, a loaded Tracer and the page-table walker where it can run (it walks
     every range in the modes of walk_mode(), and any range whose probe counts do not add up);
     exit 2 with the reason when tracing cannot start."""
-    from vmemtrace.audit import open_walker
     from vmemtrace.probes.loader import PAGES, Tracer, kaddrs_sources, take_compile
     from vmemtrace.probes.startup import STARTUP
+    from vmemtrace.walk.audit import open_walker
 
     compiled = take_compile(progress)
     walker = None
@@ -86,7 +86,7 @@ def open_tracer(progress: Callable[[str], None], cross_check: bool = False, excl
 
 
 def _needs_walk(header: dict, rng: dict, sections: Sections) -> bool:
-    """The probes' counts for this range do not add up (account.py): its page tables answer."""
+    """The probes' counts for this range do not add up (judge/account.py): its page tables answer."""
     d = DeviceLedger(rng["start_pfn"], rng["nr_pages"], range=rng, sections=sections)
     return d.account(Sources.from_strategy(header["strategy"]),
                      d.shape(bool(header["feature"]["present"]))).needs_walk

@@ -78,7 +78,7 @@ def lhs(expr):
 
 def expected_saving():
     """What geometry expects for the dax device that exists now (its pgmap range from sysfs)."""
-    from vmemtrace import geometry
+    from vmemtrace.judge import geometry
     from vmemtrace.kernel import daxdev
 
     (dev,) = daxdev.inventory()

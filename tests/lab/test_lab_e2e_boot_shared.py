@@ -11,7 +11,7 @@ import re
 import pytest
 
 from tests.conftest import run_cli
-from vmemtrace import geometry
+from vmemtrace.judge import geometry
 
 pytestmark = pytest.mark.lab
 

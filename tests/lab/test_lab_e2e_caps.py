@@ -8,7 +8,7 @@ import yaml
 
 from tests.conftest import run_cli
 from tests.unit.test_dashboards import ROOT
-from vmemtrace import geometry
+from vmemtrace.judge import geometry
 
 pytestmark = pytest.mark.lab
 

@@ -12,7 +12,7 @@ import re
 import pytest
 
 from tests.conftest import run_cli
-from vmemtrace import geometry
+from vmemtrace.judge import geometry
 from vmemtrace.lab.image import GUEST_OUT, GUEST_SRC
 
 pytestmark = pytest.mark.lab

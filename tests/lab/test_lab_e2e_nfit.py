@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli
-from vmemtrace import geometry
+from vmemtrace.judge import geometry
 
 pytestmark = pytest.mark.lab
 

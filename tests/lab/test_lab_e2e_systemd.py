@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tests.conftest import run_cli
-from vmemtrace import geometry
+from vmemtrace.judge import geometry
 from vmemtrace.lab.cases import PMEM_START
 
 pytestmark = pytest.mark.lab

@@ -7,7 +7,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from vmemtrace import geometry
+from vmemtrace.judge import geometry
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -81,7 +81,7 @@ def test_the_estimate_prices_each_probe_kind_the_strategy_names():
 def test_the_man_pages_quote_the_benchmarks_last_run_unedited():
     """docs/bench.json is bench.py --json's output: its summary is what bench.summary() makes of
     its raw runs, and every page's OVERHEAD says those numbers."""
-    from vmemtrace import manual
+    from vmemtrace.output import manual
 
     doc = json.loads((ROOT / manual.BENCH_RESULTS).read_text())
     assert doc["summary"] == [bench.summary(run) for run in doc["runs"]]

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import FIXTURES, run_cli
 from tests.unit.kcore_image import Image
-from vmemtrace import geometry
+from vmemtrace.judge import geometry
 from vmemtrace.kernel.kcore import SectionTable, Walker
 
 PPS = geometry.PAGES_PER_SECTION

@@ -1,4 +1,4 @@
-"""Each check of the registry (vmemtrace/checks.py) called with the view it judges: views built from
+"""Each check of the registry (vmemtrace/judge/checks.py) called with the view it judges: views built from
 real lab recordings, then changed in the one field the check reads, so that every status a
 check can give is reached and shown to follow from that field."""
 
@@ -7,9 +7,10 @@ from dataclasses import replace
 import pytest
 
 from tests.conftest import FIXTURES
-from vmemtrace import checks, events, ledger, view
-from vmemtrace.checks import ERROR, FAIL, PASS, SKIP
-from vmemtrace.compounds import CompoundPages
+from vmemtrace.judge import checks, ledger, view
+from vmemtrace.judge.checks import ERROR, FAIL, PASS, SKIP
+from vmemtrace.log import events
+from vmemtrace.log.compounds import CompoundPages
 
 LOGS = FIXTURES / "events"
 

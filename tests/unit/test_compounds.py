@@ -11,9 +11,10 @@ import pytest
 
 from tests.conftest import SERIES, run_cli
 from tests.unit.test_replay import load, log_path, write_log
-from vmemtrace import compounds, events, geometry
-from vmemtrace.compounds import CompoundPages, PfnSet, table_difference
-from vmemtrace.ledger import fold
+from vmemtrace.judge import geometry
+from vmemtrace.judge.ledger import fold
+from vmemtrace.log import compounds, events
+from vmemtrace.log.compounds import CompoundPages, PfnSet, table_difference
 
 ROOT = Path(__file__).resolve().parents[2]
 

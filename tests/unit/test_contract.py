@@ -4,8 +4,9 @@ side has it. No BCC, no root."""
 
 import re
 
-from vmemtrace import compounds, events, ledger, sections
+from vmemtrace.judge import ledger
 from vmemtrace.kernel import kcore
+from vmemtrace.log import compounds, events, sections
 from vmemtrace.probes.loader import BPF_HEADER, BPF_SOURCE
 from vmemtrace.probes.targets import TARGETS
 

@@ -7,10 +7,10 @@ import pytest
 from tests.conftest import run_cli
 from tests.unit.test_exporter import registry_for, samples
 from tests.unit.test_replay import doctor, load, log_path
-from vmemtrace import events
 from vmemtrace.errors import VmemtraceError
-from vmemtrace.ledger import fold
-from vmemtrace.verdict import changed_since, evaluate
+from vmemtrace.judge.ledger import fold
+from vmemtrace.judge.verdict import changed_since, evaluate
+from vmemtrace.log import events
 
 
 def with_namespace(evs):
@@ -135,8 +135,8 @@ def test_each_range_of_a_device_gets_its_own_name_and_ledger(tmp_path):
 
 
 def test_an_unbound_device_has_no_driver_and_is_not_audited(tmp_path):
-    from vmemtrace.audit import auditable
     from vmemtrace.kernel import daxdev
+    from vmemtrace.walk.audit import auditable
 
     dax_tree(tmp_path, "dax3.0", [(30 * GiB, GiB)], driver=None)
     dax_tree(tmp_path, "dax4.0", [(40 * GiB, GiB)], driver="kmem")
@@ -184,9 +184,9 @@ def test_a_device_in_a_cxl_region_names_it_as_cxl_list_does(tmp_path):
     assert not set(events.CXL) & set(outside)
     assert events.validate(inside, "sysfs")
     # through the ledger to the verify document, the exporter and trace's line
-    from vmemtrace.exporter import cxl_labels
-    from vmemtrace.ledger import DeviceLedger
-    from vmemtrace.render import event_line
+    from vmemtrace.judge.ledger import DeviceLedger
+    from vmemtrace.output.metrics import cxl_labels
+    from vmemtrace.output.render import event_line
 
     cxl = DeviceLedger(0, 0, device=inside).cxl
     assert cxl == {"region": "region0", "decoder": "decoder0.0", "memdevs": ["mem0"],

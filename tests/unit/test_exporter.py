@@ -11,10 +11,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import FIXTURES, run_cli
-from vmemtrace import events, geometry
 from vmemtrace.errors import VmemtraceError
-from vmemtrace.exporter import LedgerCollector, LiveLedger, Snapshot
-from vmemtrace.serve import Exporter, parse_listen
+from vmemtrace.judge import geometry
+from vmemtrace.log import events
+from vmemtrace.output.exporter import Exporter, parse_listen
+from vmemtrace.output.metrics import LedgerCollector, LiveLedger, Snapshot
 
 LOGS = FIXTURES / "events"
 
@@ -53,7 +54,7 @@ def samples(reg) -> dict:
 
 
 def shape_of(log) -> geometry.RangeShape:
-    from vmemtrace.ledger import fold
+    from vmemtrace.judge.ledger import fold
 
     (d,) = fold(log).devices
     return d.shape(True)
@@ -402,7 +403,7 @@ def test_no_client_can_stall_a_scrape(tmp_path, tls, idle, slow):
 
 def test_a_client_past_its_deadline_is_dropped(served, monkeypatch):
     """One deadline for the whole connection: a client still sending after it is closed."""
-    from vmemtrace import scrape_server
+    from vmemtrace.output import scrape_server
 
     _, port = served
     s = socket.create_connection(("127.0.0.1", port))
@@ -446,7 +447,7 @@ def test_devices_audited_before_tracing_are_not_an_inconsistent_log():
     audit = [dict(e) for e in log_of("6.12", "mem-1G.audit.jsonl")[1:]]
     walk = next(e for e in audit if e["type"] == "walk")
     walk["existing"] = True
-    from vmemtrace.ledger import fold
+    from vmemtrace.judge.ledger import fold
     assert fold([trace[0]] + audit + trace[1:]).inconsistent == []
     walk["existing"] = False
     assert "where no range was seen" in " ".join(fold([trace[0]] + audit + trace[1:]).inconsistent)
@@ -497,8 +498,8 @@ def _cycles(n: int) -> list:
 def test_retire_keeps_one_creation_of_a_re_created_range():
     """A range re-created at the same start replaces the old one (ledger.Fold): retire() drops
     the old one, and the document is the same as after one creation."""
-    from vmemtrace.ledger import fold
-    from vmemtrace.verdict import evaluate
+    from vmemtrace.judge.ledger import fold
+    from vmemtrace.judge.verdict import evaluate
 
     once, devices = _cycles(1)
     many, _ = _cycles(5)
@@ -543,8 +544,8 @@ def test_the_document_is_made_again_only_when_something_changed():
 def test_a_view_leaves_the_fold_as_it_was():
     """Fold.view() finishes copies: judging twice, with different devices, gives what one
     fold of the same events with those devices gives, and the fold goes on folding."""
-    from vmemtrace.ledger import Fold, fold
-    from vmemtrace.verdict import evaluate
+    from vmemtrace.judge.ledger import Fold, fold
+    from vmemtrace.judge.verdict import evaluate
 
     once, devices = _cycles(1)
     f = Fold(once[0])
@@ -562,7 +563,7 @@ def test_exporter_memory_follows_the_devices_that_exist(monkeypatch):
     import copy
 
     from vmemtrace.kernel import daxdev
-    from vmemtrace.serve import Exporter
+    from vmemtrace.output.exporter import Exporter
 
     once, devices = _cycles(1)
     monkeypatch.setattr(daxdev, "inventory", lambda: [dict(d) for d in devices])

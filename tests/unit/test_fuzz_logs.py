@@ -9,10 +9,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import FIXTURES
-from vmemtrace import events
 from vmemtrace.errors import VmemtraceError
-from vmemtrace.ledger import fold
-from vmemtrace.verdict import EXIT, evaluate
+from vmemtrace.judge.ledger import fold
+from vmemtrace.judge.verdict import EXIT, evaluate
+from vmemtrace.log import events
 
 # The numbers the verdict is made of, per event type.
 JUDGED = {

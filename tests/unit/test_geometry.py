@@ -4,7 +4,7 @@ numbers, and properties that must hold for any range (hypothesis)."""
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vmemtrace import geometry as g
+from vmemtrace.judge import geometry as g
 
 GiB_PFNS = (1 << 30) >> 12
 TWO_MiB, ONE_GiB = 512, 262144

@@ -8,7 +8,8 @@ import json
 import pytest
 
 from tests.conftest import FIXTURES, run_cli
-from vmemtrace import backing, compounds, events
+from vmemtrace.log import compounds, events
+from vmemtrace.walk import backing
 
 SEALED = FIXTURES / "events" / "sealed"
 OOO = compounds.COLUMNS.index("out_of_order")

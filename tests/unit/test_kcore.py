@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from tests.unit.kcore_image import Image
-from vmemtrace import geometry, verdict
-from vmemtrace.backing import walk_events
-from vmemtrace.compounds import CompoundPages
 from vmemtrace.errors import VmemtraceError
+from vmemtrace.judge import geometry, verdict
 from vmemtrace.kernel.kcore import Kcore, Walker, kcore_path, layout, walk_blocker
+from vmemtrace.log.compounds import CompoundPages
+from vmemtrace.walk.backing import walk_events
 
 
 def list_walk(*args):
@@ -67,7 +67,7 @@ def test_walk_returns_the_backing_page_of_every_vmemmap_page(tmp_path, levels, m
 def test_walked_compound_layout_passes_the_same_checks_as_live_probes(tmp_path, levels):
     """The walk's events go through the ledger and verdict: tail-reuse and accounting pass,
     and one remapped tail page makes tail-reuse fail, naming its compound page."""
-    from vmemtrace.ledger import fold
+    from vmemtrace.judge.ledger import fold
 
     rng = random.Random(levels)
     img = Image(levels, *BASES[levels][1])
@@ -95,7 +95,7 @@ def test_walked_compound_layout_passes_the_same_checks_as_live_probes(tmp_path, 
 
 
 def test_unmapped_vmemmap_is_none_and_fails_range_complete(tmp_path):
-    from vmemtrace.ledger import fold
+    from vmemtrace.judge.ledger import fold
 
     img = Image(4, *BASES[4][0])
     compound_layout(img, START_PFN, 2, 8, random.Random(1))

@@ -202,7 +202,7 @@ def test_an_empty_kallsyms_is_its_own_diagnosis(tmp_path):
 
 
 def test_each_reason_not_to_trace_has_a_code():
-    from vmemtrace.readiness import Blocker, cannot_trace
+    from vmemtrace.probes.readiness import Blocker, cannot_trace
 
     err = cannot_trace([Blocker("no_headers", "no kernel headers"), Blocker("no_bcc", "no BCC")])
     assert err.reason == "no_headers" and str(err) == "cannot trace: no kernel headers; no BCC"

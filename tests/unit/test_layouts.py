@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import kernel_root, run_cli
 from tests.unit.test_replay import checks, doctor, load, log_path, replay
-from vmemtrace import geometry, layouts
+from vmemtrace.judge import geometry, layouts
 
 GIB_PFNS = (1 << 30) >> 12
 

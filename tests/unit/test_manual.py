@@ -10,8 +10,9 @@ import click
 import pytest
 
 from tests.conftest import run_cli
-from vmemtrace import __version__, manual
+from vmemtrace import __version__
 from vmemtrace.cli import command_group
+from vmemtrace.output import manual
 
 ROOT = Path(__file__).resolve().parents[2]
 GROUP = command_group()
@@ -98,7 +99,7 @@ def test_every_page_has_its_environment_requirements_and_trace_its_fields():
         assert (".SH REQUIREMENTS" in text) == (name != "replay"), name
     assert ".SH FIELDS" in pages["vmemtrace-trace.8"]
     # the FIELDS name every event word trace prints
-    words = set(re.findall(r'return \(?f?"([A-Z]+) ', (ROOT / "vmemtrace/render.py").read_text()))
+    words = set(re.findall(r'return \(?f?"([A-Z]+) ', (ROOT / "vmemtrace/output/render.py").read_text()))
     assert words and all(w in manual.FIELDS for w in words - {"HEADER"}), words
     # ALERTS names every alert the rules define
     alerts = re.findall(r"- alert: (\w+)", (ROOT / "dashboards/alerts.yml").read_text())

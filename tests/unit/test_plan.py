@@ -6,7 +6,7 @@ import pytest
 
 from tests.conftest import kernel_root, run_cli
 from vmemtrace.probes import plan as P
-from vmemtrace.readiness import assess, check_report, read_facts
+from vmemtrace.probes.readiness import assess, check_report, read_facts
 
 
 def report(prefix):

@@ -58,7 +58,7 @@ def test_the_summary_struct_is_sized_by_what_compounds_py_passes():
     compounds.py, and a BCC array of rows is read whether BCC hands it over flat or nested."""
     import ctypes
 
-    from vmemtrace import compounds
+    from vmemtrace.log import compounds
     from vmemtrace.probes.loader import _rows, defines
 
     flags, _ = defines((6, 12, 0), Path("/nonexistent"), None)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import FIXTURES, SERIES, run_cli
-from vmemtrace import events
-from vmemtrace.ledger import fold
-from vmemtrace.verdict import evaluate
+from vmemtrace.judge.ledger import fold
+from vmemtrace.judge.verdict import evaluate
+from vmemtrace.log import events
 
 LOGS = FIXTURES / "events"
 
@@ -417,7 +417,7 @@ def test_verify_and_record_want_dashes_and_a_writable_log(tmp_path):
 
 
 def test_logs_are_written_0600(tmp_path):
-    from vmemtrace.events import LogFile
+    from vmemtrace.log.events import LogFile
 
     log = LogFile(str(tmp_path / "x.jsonl"))
     log.write({"type": "header"})

@@ -9,10 +9,10 @@ import pytest
 
 from tests.conftest import FIXTURES, run_cli
 from tests.unit.test_replay import log_path
-from vmemtrace import events
 from vmemtrace.errors import VmemtraceError
-from vmemtrace.ledger import fold
-from vmemtrace.verdict import evaluate, unsealed
+from vmemtrace.judge.ledger import fold
+from vmemtrace.judge.verdict import evaluate, unsealed
+from vmemtrace.log import events
 
 # Small real logs of each kind: a trace with its walk (cross-check), and an audit.
 LOGS = [("6.12", "mem-1G.jsonl"), ("7.3", "mem-1G.jsonl"), ("6.12", "mem-1G.audit.jsonl"),

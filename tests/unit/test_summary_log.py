@@ -13,10 +13,17 @@ import pytest
 
 from tests.conftest import FIXTURES
 from tests.unit.test_replay import load, replay, write_log
-from vmemtrace import events
-from vmemtrace.compounds import COLUMNS, MAX_PARTS, TABLE_WIDTH, CompoundPages, digest, table_add
-from vmemtrace.ledger import fold
-from vmemtrace.verdict import evaluate
+from vmemtrace.judge.ledger import fold
+from vmemtrace.judge.verdict import evaluate
+from vmemtrace.log import events
+from vmemtrace.log.compounds import (
+    COLUMNS,
+    MAX_PARTS,
+    TABLE_WIDTH,
+    CompoundPages,
+    digest,
+    table_add,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from size import summarised  # noqa: E402

@@ -51,7 +51,7 @@ TRAMPOLINE_MISSES = Change(
 
 # The layout that follows the two-page one (not in a release yet): read from the mm tree
 # (include/linux/vmemmap-optimization.h, mm/sparse-vmemmap.c vmemmap_populate_compound_pages()),
-# never seen by vmemtrace in a running kernel (layouts.py marks it not validated).
+# never seen by vmemtrace in a running kernel (judge/layouts.py marks it not validated).
 SHARED_TAIL_DAX = Change(
     None, "device-dax compound pages keep 1 vmemmap page (the head page); every tail vmemmap "
           "page maps a read-only page shared per zone and order (vmemmap_shared_tail_page()); "

@@ -26,7 +26,7 @@ def _mappings(dev: Path) -> list[tuple[int, int]]:
 
 
 def inventory(root: Path = Path("/")) -> list[dict]:
-    """One "device" event (events.py) per dax device range that has memory; sorted by name.
+    """One "device" event (log/events.py) per dax device range that has memory; sorted by name.
     A device of several ranges gives one event per range, with "mapping" (its index) and
     "mappings" (their number). No "driver" key: no driver bound, so no memmap at all."""
     base = root / "sys/bus/dax/devices"

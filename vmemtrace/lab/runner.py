@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import vmemtrace
-from vmemtrace import render
 from vmemtrace.errors import EXIT_CANNOT, EXIT_FAIL, EXIT_OK, VmemtraceError
 from vmemtrace.lab import deb, image, vm
 from vmemtrace.lab.cases import Case
@@ -16,6 +15,7 @@ from vmemtrace.lab.kernels import KernelSpec
 from vmemtrace.lab.nfit import Pmem
 from vmemtrace.lab.steps import say, step
 from vmemtrace.lab.tables import case_table
+from vmemtrace.output import render
 
 KEEP_RUNS = 20
 

@@ -1,7 +1,7 @@
 """The lab's per-case table: one row per case and device, from each case's verify document."""
 
-from vmemtrace.render import num as _n
-from vmemtrace.render import table
+from vmemtrace.output.render import num as _n
+from vmemtrace.output.render import table
 
 
 def _yn(v) -> str:

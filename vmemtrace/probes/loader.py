@@ -1,5 +1,5 @@
 """Compile bpf/vmemtrace.bpf.c with BCC, attach it as the plan says, and turn what it reports
-into typed events (plain dicts, the record/replay schema of vmemtrace/events.py)."""
+into typed events (plain dicts, the record/replay schema of vmemtrace/log/events.py)."""
 
 import ctypes
 import errno
@@ -12,16 +12,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Optional
 
-from vmemtrace import compounds
-from vmemtrace.compounds import CompoundPages
 from vmemtrace.errors import VmemtraceError
 from vmemtrace.kernel import btf, compat, environment, headers
 from vmemtrace.kernel import release as kernel_release
+from vmemtrace.log import compounds
+from vmemtrace.log.compounds import CompoundPages
+from vmemtrace.log.sections import Sections, summed
 from vmemtrace.probes import args
 from vmemtrace.probes.plan import TRAMPOLINE, TargetStatus, is_attached, probed_symbols, programs
 from vmemtrace.probes.startup import STARTUP
 from vmemtrace.probes.targets import BY_NAME, FUNCTIONS, TARGETS
-from vmemtrace.sections import Sections, summed
 
 # Package data (pyproject.toml): the same file in a source tree, a wheel or the .deb.
 BPF_SOURCE = Path(__file__).resolve().parents[1] / "bpf" / "vmemtrace.bpf.c"
@@ -159,7 +159,7 @@ _pending: Optional["Compile"] = None  # started by start_compile(), not yet take
 def start_compile(progress: Callable[[str], None]) -> None:
     """Start BCC on the program now, before the heavier imports and the slower kernel facts
     (kallsyms, ftrace), when the cheap facts say it can be used at all. Otherwise nothing is
-    started, and readiness (vmemtrace/readiness.py) will say why tracing cannot start."""
+    started, and readiness (vmemtrace/probes/readiness.py) will say why tracing cannot start."""
     global _pending
     if _pending is not None:
         return
@@ -275,11 +275,11 @@ class Tracer:
         self.lost = 0
         self._queue: list[dict] = []
         self._perf: list = []  # the perf event arrays whose buffers are open
-        # Complete compound pages (their perf events), judged as they come (compounds.py), by
+        # Complete compound pages (their perf events), judged as they come (log/compounds.py), by
         # the start of the range they belong to, until that range's event comes.
         self._held: dict[int, CompoundPages] = {}
         # Section calls until their range's event comes, summed by the range's start where the
-        # kernel names it (has_pgmap, 5.19+), else as events (sections.py).
+        # kernel names it (has_pgmap, 5.19+), else as events (log/sections.py).
         self._sections: dict[int, Sections] = {}
         self._loose: list[dict] = []
         with STARTUP.span("waiting for the compile"):

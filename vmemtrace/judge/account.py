@@ -1,4 +1,4 @@
-"""Do the probes' counts for one range add up? Pure logic over the events of events.py.
+"""Do the probes' counts for one range add up? Pure logic over the events of log/events.py.
 
 A probe that attached can still be blind: the compiler may inline every call site and keep an
 out-of-line copy nobody calls (Debian 7.3's vmemmap_alloc_block_buf is hit 0 times while its
@@ -9,8 +9,8 @@ by its page tables (kernel/kcore.py) or not at all.
 
 from dataclasses import dataclass
 
-from vmemtrace import geometry
-from vmemtrace.sections import Sections
+from vmemtrace.judge import geometry
+from vmemtrace.log.sections import Sections
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ made it, what a compound page keeps of its own, and what in a kernel says it has
 Pure: which layout a kernel has is decided here from what the kernel readers found (kallsyms,
 config); geometry takes a layout's numbers, the checks its per-page shape. A kernel whose
 markers match no entry, or an entry vmemtrace has not yet seen a real kernel lay out, cannot
-fail a device: what differs from the model makes the verdict incomplete (checks.py).
+fail a device: what differs from the model makes the verdict incomplete (judge/checks.py).
 """
 
 from collections.abc import Iterable
@@ -27,7 +27,7 @@ class Layout:
         """Why one compound page's vmemmap is not laid out as this layout lays it out, or None.
 
         The probes count the pages allocated for the compound page; the walk counts the distinct
-        pages behind it (backing.py), where a shared tail page is one more: so on the shared-tail
+        pages behind it (walk/backing.py), where a shared tail page is one more: so on the shared-tail
         layout the walk sees head + tail page and the tails on it, as on the two-page one, and
         only the sharing across compound pages tells the two apart (CompoundPages.sharing())."""
         head = c["head_pfn"]

@@ -5,11 +5,11 @@ and the witnesses beside it. Built once per device from a Ledger; pure, no I/O.
 
 from dataclasses import dataclass
 
-from vmemtrace import geometry
-from vmemtrace.account import Account
-from vmemtrace.compounds import CompoundPages
-from vmemtrace.layouts import TWO_PAGES, Detected
-from vmemtrace.ledger import DeviceLedger, Ledger
+from vmemtrace.judge import geometry
+from vmemtrace.judge.account import Account
+from vmemtrace.judge.layouts import TWO_PAGES, Detected
+from vmemtrace.judge.ledger import DeviceLedger, Ledger
+from vmemtrace.log.compounds import CompoundPages
 from vmemtrace.probes.plan import Sources
 
 AUDIT_INIT = ("the range existed before tracing: struct page initialisation is only visible "
@@ -24,7 +24,7 @@ class Observed:
     vmemmap_pages: int | None
     struct_pages_initialized: int | None
     init_source: str
-    compounds: CompoundPages | None  # the compound pages' vmemmap layout, judged (compounds.py)
+    compounds: CompoundPages | None  # the compound pages' vmemmap layout, judged (log/compounds.py)
     reused: int | None  # vmemmap PTEs mapped onto an already used page
     how: str  # "" when probes saw it, BY_WALK when the page-table walk did
     vmemmap_why: str  # why vmemmap_pages is None, or why the walk answered instead of the probes
@@ -80,7 +80,7 @@ class DeviceView:
     name: str
     shape: geometry.RangeShape
     feature: bool
-    layout: Detected  # the kernel's vmemmap layout and why (layouts.py)
+    layout: Detected  # the kernel's vmemmap layout and why (judge/layouts.py)
     evidence: str  # why the kernel is said to have the feature, or not
     expect: str  # auto | optimized | unoptimized
     eligible: bool
@@ -124,7 +124,7 @@ def _init_observed(d: DeviceLedger, ledger: Ledger, acct: Account,
 
 
 def observe(d: DeviceLedger, ledger: Ledger, shape: geometry.RangeShape) -> Observed:
-    """Probes first where their counts add up for this range of this shape (account.py); the
+    """Probes first where their counts add up for this range of this shape (judge/account.py); the
     page-table walk where it ran; else nothing, with the reason."""
     src = ledger.sources
     acct = d.account(src, shape)

@@ -8,7 +8,7 @@ x86_64 constants are defaults; every one is a parameter.
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from vmemtrace.layouts import TWO_PAGES, Layout
+from vmemtrace.judge.layouts import TWO_PAGES, Layout
 
 PAGE_SIZE = 4096
 STRUCT_PAGE_SIZE = 64
@@ -32,7 +32,7 @@ class RangeShape:
     # Memory sections of the range present at boot (early_section(), SECTION_IS_EARLY): a piece
     # of the range in one of them reuses the boot memmap (boot_shared()).
     boot_sections: frozenset[int] = frozenset()
-    # The kernel's vmemmap layout (layouts.py): how many vmemmap pages a compound page keeps.
+    # The kernel's vmemmap layout (judge/layouts.py): how many vmemmap pages a compound page keeps.
     layout: Layout = TWO_PAGES
 
 

@@ -1,5 +1,5 @@
-"""The check registry: each check is a small function of a DeviceView (view.py) that returns one
-Check, or None where it does not apply to the run. The verdict (verdict.py) derives from their
+"""The check registry: each check is a small function of a DeviceView (judge/view.py) that returns one
+Check, or None where it does not apply to the run. The verdict (judge/verdict.py) derives from their
 statuses alone. Witnesses beside the probes (the kernel's log line, /proc/vmstat) are folded in by
 the checks that use them.
 
@@ -10,9 +10,9 @@ name in defining_checks() too (docs/adding.md).
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vmemtrace import check_names, geometry
-from vmemtrace.compounds import CLASS, LAYOUT, CompoundPages, coarsen, table_difference
-from vmemtrace.view import DeviceView, bounds
+from vmemtrace.judge import check_names, geometry
+from vmemtrace.judge.view import DeviceView, bounds
+from vmemtrace.log.compounds import CLASS, LAYOUT, CompoundPages, coarsen, table_difference
 
 PASS, FAIL, SKIP, ERROR = "pass", "fail", "skip", "error"
 STATUSES = (PASS, FAIL, SKIP, ERROR)  # ERROR: the evidence itself is broken, not the kernel
@@ -225,7 +225,7 @@ def no_false_optimisation(v: DeviceView) -> Check:
 def layout_differences(a: CompoundPages, b: CompoundPages,
                        skip: Callable[[int], bool]) -> list[str]:
     """How two sources' compound pages differ, [] where they agree, all without going back to
-    the pages (compounds.py): the pages themselves where the difference tables can list them,
+    the pages (log/compounds.py): the pages themselves where the difference tables can list them,
     else per part of the range their counts and digests of (head, layout); and which layout
     each counts how often."""
     (sa, da), (sb, db) = a.digests(skip), b.digests(skip)
@@ -372,7 +372,7 @@ CHECKS: tuple[Callable[[DeviceView], Check | None], ...] = (
     accounting, no_false_optimisation, cross_check, range_complete)
 
 
-# The checks whose expectations come from the kernel's vmemmap layout (layouts.py).
+# The checks whose expectations come from the kernel's vmemmap layout (judge/layouts.py).
 LAYOUT_CHECKS = ("tail-reuse", "accounting", "init-skip", "cross-check")
 
 

@@ -1,14 +1,14 @@
-"""The verify document: the check registry (checks.py) run over each device's view (view.py),
+"""The verify document: the check registry (judge/checks.py) run over each device's view (judge/view.py),
 per-device and overall verdicts, and the exit code each verdict means.
 
 Pure: a Ledger in, the verify document of docs/design.md out. Expected numbers come from geometry only.
 """
 
 
-from vmemtrace import geometry
-from vmemtrace.checks import Check, defining_checks, device_verdict, run_checks
-from vmemtrace.ledger import DeviceLedger, Ledger
-from vmemtrace.view import DeviceView, device_view
+from vmemtrace.judge import geometry
+from vmemtrace.judge.checks import Check, defining_checks, device_verdict, run_checks
+from vmemtrace.judge.ledger import DeviceLedger, Ledger
+from vmemtrace.judge.view import DeviceView, device_view
 
 EXPECTATIONS = ("auto", "optimized", "unoptimized")
 

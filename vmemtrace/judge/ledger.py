@@ -1,20 +1,21 @@
 """Fold events (live, replayed, or from an audit) into one ledger per device range.
 
-Pure: takes the event dicts of events.py, returns plain objects; no kernel, no BPF.
+Pure: takes the event dicts of log/events.py, returns plain objects; no kernel, no BPF.
 """
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from vmemtrace import events, geometry
-from vmemtrace.account import Account, account
-from vmemtrace.compounds import CompoundPages
+from vmemtrace.judge import geometry
+from vmemtrace.judge.account import Account, account
+from vmemtrace.judge.layouts import TWO_PAGES, Detected, Layout, from_header
 from vmemtrace.kernel import compat
-from vmemtrace.layouts import TWO_PAGES, Detected, Layout, from_header
+from vmemtrace.log import events
+from vmemtrace.log.compounds import CompoundPages
+from vmemtrace.log.sections import Sections, first_pfn, summed
 from vmemtrace.probes import targets
 from vmemtrace.probes.plan import Sources, is_attached
 from vmemtrace.probes.targets import TARGETS
-from vmemtrace.sections import Sections, first_pfn, summed
 
 
 @dataclass
@@ -104,7 +105,7 @@ class DeviceLedger:
 
     def inconsistencies(self) -> list[str]:
         """What no kernel can have produced for this range: the probes and the walk key compound
-        pages by their head pfn, aligned within the range (bpf/vmemtrace.bpf.c, backing.py), one
+        pages by their head pfn, aligned within the range (bpf/vmemtrace.bpf.c, walk/backing.py), one
         event each. A log that says otherwise was cut or edited: judged as corrupt, not as the
         kernel's doing."""
         out = list(self.sections.problems)
@@ -156,7 +157,7 @@ class DeviceLedger:
         return out + self._walk_totals_problem()
 
     def _walk_totals_problem(self) -> list[str]:
-        """The walk's compound pages are its PTEs sorted by page (backing.py): all of them where
+        """The walk's compound pages are its PTEs sorted by page (walk/backing.py): all of them where
         the range holds whole sections, fewer where a boot piece is set apart."""
         w = self.walk
         if w is None or w["pfns_per_compound"] <= 1 or not len(self.walk_compounds):
@@ -173,7 +174,7 @@ class DeviceLedger:
                 "distinct, {} reused)".format(*theirs, *walked)]
 
     def account(self, sources: "Sources", shape: geometry.RangeShape) -> Account:
-        """What the probes' counts say of this range of this shape (account.py)."""
+        """What the probes' counts say of this range of this shape (judge/account.py)."""
         return account(shape, self.sections, self.range, sources, list(sources.allocators))
 
 
@@ -287,7 +288,7 @@ class Ledger:
 
     @property
     def layout(self) -> Detected:
-        """The vmemmap layout the header records (layouts.py)."""
+        """The vmemmap layout the header records (judge/layouts.py)."""
         return from_header(self.header["feature"])
 
 
@@ -323,7 +324,7 @@ class Fold:
     """The state of one fold, fed one event at a time (replay streams its file, a live trace
     folds as it goes): ranges by start pfn (a re-created range replaces the old), the sections
     still waiting for their range, and the closing events. Each event is folded into its range
-    and not kept: a range's compound pages are judged as they come (compounds.py)."""
+    and not kept: a range's compound pages are judged as they come (log/compounds.py)."""
 
     header: dict
     ranges: dict[int, DeviceLedger] = field(default_factory=dict)

@@ -20,11 +20,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.process_collector import ProcessCollector
 
-from vmemtrace import events
 from vmemtrace.errors import VmemtraceError, stops_held, terminate_on_sigterm
-from vmemtrace.exporter import LedgerCollector, LiveLedger, Snapshot
 from vmemtrace.kernel import daxdev, environment
-from vmemtrace.scrape_server import ScrapeServer
+from vmemtrace.log import events
+from vmemtrace.output.metrics import LedgerCollector, LiveLedger, Snapshot
+from vmemtrace.output.scrape_server import ScrapeServer
 
 DEFAULT_LISTEN = "127.0.0.1:9477"
 
@@ -195,7 +195,7 @@ def _audit_only(exporter: Exporter, why: str, textfile: str | None, interval: fl
     the log), until SIGHUP (returns: try
     again) or SIGTERM/Ctrl-C (KeyboardInterrupt). As ebpf_exporter does with a program that
     cannot attach: loud, not fatal."""
-    from vmemtrace.audit import audit_or_header
+    from vmemtrace.walk.audit import audit_or_header
 
     hangup.clear()
     seen, next_write = None, time.monotonic()

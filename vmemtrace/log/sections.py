@@ -1,8 +1,8 @@
 """One range's __populate_section_memmap() calls as the probes counted them (one "section" event
 each, bpf/vmemtrace.bpf.c), summed as they come: a 1 TiB range makes 8192 calls, and what the
-ledger, the account (account.py) and the checks read of them is their sums, which pieces were
+ledger, the account (judge/account.py) and the checks read of them is their sums, which pieces were
 populated, and the keys every call of a range shares. Logged as one "sections" event per range
-(events.py, schema 3). Pure: no I/O.
+(log/events.py, schema 3). Pure: no I/O.
 """
 
 from collections.abc import Iterable
@@ -128,7 +128,7 @@ class Sections:
 
     @classmethod
     def from_event(cls, ev: dict) -> "Sections":
-        """A logged summary (events.py has checked its types); what no sum of calls can be is
+        """A logged summary (log/events.py has checked its types); what no sum of calls can be is
         among its problems: an edited log."""
         self = cls()
         self.count = ev["count"]

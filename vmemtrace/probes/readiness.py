@@ -6,8 +6,8 @@ Pure logic over KernelFacts and the attach plan; `vmemtrace check` prints what t
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmemtrace import layouts
 from vmemtrace.errors import VmemtraceError
+from vmemtrace.judge import layouts
 from vmemtrace.kernel import compat, trampoline
 from vmemtrace.kernel.config import RELEVANT, enabled
 from vmemtrace.kernel.facts import DATA_SYMBOLS, KernelFacts, gather

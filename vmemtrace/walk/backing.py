@@ -6,12 +6,12 @@ too: _compound()). That is exactly what
 vmemmap_populate_compound_pages() leaves behind (mm/sparse-vmemmap.c): per compound page the
 head's vmemmap page and the first tail vmemmap page are allocated, every further tail vmemmap
 page maps the first tail page again (Documentation/mm/vmemmap_dedup.rst, "device-dax").
-The compound events carry the same keys as the live ones (events.py), so one verdict judges both.
+The compound events carry the same keys as the live ones (log/events.py), so one verdict judges both.
 """
 
 from collections.abc import Iterable, Iterator
 
-from vmemtrace.compounds import CompoundPages, PfnSet
+from vmemtrace.log.compounds import CompoundPages, PfnSet
 
 Backing = Iterable[tuple[int, str] | None]  # per vmemmap page: (backing pfn, level) or None
 
@@ -37,7 +37,7 @@ def walk_events(start_pfn: int, nr_pages: int, pfns_per_compound: int, altmap: b
     (altmap, or a range without compound pages) cannot share tail pages, exactly as the live
     probes, which only see PTEs, report no compound pages for it. `backing` is read once, in
     order; what is kept is one compound page's pages at a time, the set of backing pages (a bitmap)
-    and the compound pages' summary (compounds.py)."""
+    and the compound pages' summary (log/compounds.py)."""
     per_compound = pfns_per_compound * struct_page_size // page_size
     laid = pfns_per_compound > 1 and per_compound >= 1
     levels, seen, reused, count = {}, PfnSet(), 0, 0

@@ -5,10 +5,10 @@ import sys
 
 from tabulate import tabulate
 
-from vmemtrace.compounds import layouts
 from vmemtrace.errors import document_sent, printable, stops_held
-from vmemtrace.events import cxl_of
-from vmemtrace.layouts import BY_NAME
+from vmemtrace.judge.layouts import BY_NAME
+from vmemtrace.log.compounds import layouts
+from vmemtrace.log.events import cxl_of
 
 
 def safe(value):
@@ -41,7 +41,7 @@ def _yn(value) -> str:
 
 
 def _layout(feature: dict) -> str:
-    """The kernel's vmemmap layout as `check` prints it (layouts.py)."""
+    """The kernel's vmemmap layout as `check` prints it (judge/layouts.py)."""
     name = feature.get("layout")
     if name is None:
         return "-"

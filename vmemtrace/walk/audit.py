@@ -1,19 +1,20 @@
 """`vmemtrace audit`, and the walk verify does after each range: read the vmemmap page tables
-of device ranges through /proc/kcore (kernel/kcore.py) and turn them into events (backing.py)."""
+of device ranges through /proc/kcore (kernel/kcore.py) and turn them into events (walk/backing.py)."""
 
 import os
 from collections.abc import Callable, Iterator
 
-from vmemtrace import events, geometry
-from vmemtrace.backing import Walked, walk_events
 from vmemtrace.errors import VmemtraceError
-from vmemtrace.events import header_event
+from vmemtrace.judge import geometry
 from vmemtrace.kernel import btf, compat, daxdev
 from vmemtrace.kernel.config import enabled
 from vmemtrace.kernel.kcore import SectionTable, Walker
+from vmemtrace.log import events
+from vmemtrace.log.events import header_event
 from vmemtrace.probes.plan import AUDITED, WALK_STRATEGY
+from vmemtrace.probes.readiness import assess, read_facts
 from vmemtrace.probes.targets import FUNCTIONS, TARGETS, WALK_TARGETS
-from vmemtrace.readiness import assess, read_facts
+from vmemtrace.walk.backing import Walked, walk_events
 
 
 def walk_range(walker: Walker, start_pfn: int, nr_pages: int, pfns_per_compound: int,
@@ -56,7 +57,7 @@ def section_table(facts) -> SectionTable | None:
 
 def struct_page_size(facts, progress: Callable[[str], None]) -> int:
     """sizeof(struct page) from the kernel's BTF (kernel/btf.py); without BTF, x86_64's 64
-    (geometry.py), as every Debian kernel measured has it, and said so."""
+    (judge/geometry.py), as every Debian kernel measured has it, and said so."""
     assumed = f"assuming a {geometry.STRUCT_PAGE_SIZE}-byte struct page"
     layout = btf.try_layout(facts.btf, progress, assumed, FUNCTIONS)
     if layout is not None:
@@ -83,7 +84,7 @@ def auditable(devices: list[dict], progress: Callable[[str], None]) -> list[dict
 def audit_events(walker: Walker, facts, progress: Callable[[str], None], only=()) -> Iterator[dict]:
     """Per dax device in sysfs now (only those -d names, if any): the walk of its pgmap range,
     then its device event. Streamed: a 1 TiB range's compound pages are rows of columns
-    (backing.py) until the fold takes them, never a list of dicts (600 MB at 1 TiB)."""
+    (walk/backing.py) until the fold takes them, never a list of dicts (600 MB at 1 TiB)."""
     version, page = facts.version, struct_page_size(facts, progress)
     devices = auditable([d for d in daxdev.inventory() if events.named(d, only)], progress)
     progress(f"walking the vmemmap page tables ({walker.layout.levels}-level paging) "

@@ -14,15 +14,15 @@ from collections.abc import Iterable, Iterator
 from typing import IO
 
 from vmemtrace import __version__
-from vmemtrace.compounds import CELL_WIDTH, COLUMNS, LEGACY_COLUMNS, TABLE_CELLS
 from vmemtrace.errors import VmemtraceError
-from vmemtrace.sections import SHARED as SECTION_SHARED
-from vmemtrace.sections import SUMMED
+from vmemtrace.log.compounds import CELL_WIDTH, COLUMNS, LEGACY_COLUMNS, TABLE_CELLS
+from vmemtrace.log.sections import SHARED as SECTION_SHARED
+from vmemtrace.log.sections import SUMMED
 
 # 2: section events count allocations by their returns (plain, allocs, direct_bytes, pt_pages),
 # range events count __init_zone_device_page hits, and a "hits" event closes the log.
-# 3: a range's section calls are one "sections" event before its range event (sections.py), its
-# compound pages one "compounds" event per source after its range or walk event (compounds.py):
+# 3: a range's section calls are one "sections" event before its range event (log/sections.py), its
+# compound pages one "compounds" event per source after its range or walk event (log/compounds.py):
 # a log's size follows the ranges, not their size. Schema-2 logs, one "section" event per call
 # and one "compound" event per page, are read as they are.
 # 4: each compound page row ends with out_of_order (its PTEs whose index was not the next one),
@@ -41,10 +41,10 @@ REQUIRED = {
     # one compound page's vmemmap PTEs, aggregated in BPF
     "compound": ("head_pfn", "range_start_pfn", "pfns_per_compound", "ptes", "fresh", "reused",
                  "existing", "head_fresh", "tail_fresh", "tail_pfn", "on_tail", "max_index"),
-    # a range's section events summed (sections.py): their counts, the keys they share, the
+    # a range's section events summed (log/sections.py): their counts, the keys they share, the
     # pfns they populated as [first, end) runs, the tasks [pid, comm] that made them
     "sections": ("count",) + SUMMED + SECTION_SHARED + ("altmap", "ok", "runs", "tasks", "problems"),
-    # one source's compound pages of one range, judged as they came (compounds.py): rows are
+    # one source's compound pages of one range, judged as they came (log/compounds.py): rows are
     # compound events' counts in compounds.COLUMNS order (a class's row after its page count),
     # parts [part, pages, digest]; "source": "walk" for the walk's; "cells" (optional: summaries
     # logged by 8760c1b, the first schema-3 build, lack it) the difference table, [pages, head, digest, check] each
@@ -56,7 +56,7 @@ REQUIRED = {
               "altmap_reserve", "altmap_free", "mic_calls", "mic_pages", "mic_min", "mic_max",
               "izdp_calls",
               "duration_ns", "struct_page_size", "page_size"),
-    # the page-table walk of one range's vmemmap (kernel/kcore.py, backing.py); its compound
+    # the page-table walk of one range's vmemmap (kernel/kcore.py, walk/backing.py); its compound
     # pages follow as "compound" events with "source": "walk"; "existing": true marks the walk
     # of a device that was there before tracing started (the exporter audits those first)
     "walk": ("start_pfn", "nr_pages", "pfns_per_compound", "altmap", "vmemmap_pages", "mapped",
@@ -109,7 +109,7 @@ ERRORS = ("compound_map_full", "no_context", "read_failed", "missed_return", "un
 TASK = ("pid", "ktime_ns", "comm")
 # range and walk: "boot_sections", the range's partly filled memory sections that were present
 # at boot (read from mem_section where kcore can be read; kernel/kcore.py early_sections()).
-# sections: "ktime", [first, last] CLOCK_MONOTONIC ns of its calls' returns (sections.py).
+# sections: "ktime", [first, last] CLOCK_MONOTONIC ns of its calls' returns (log/sections.py).
 CXL = ("cxl_region", "cxl_decoder", "cxl_memdevs", "cxl_mode")
 OPTIONAL = {"device": ("driver", "mode", "namespace", "pgmap_start_pfn", "pgmap_nr_pages",
                        "mapping", "mappings", *CXL),

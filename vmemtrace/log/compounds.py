@@ -20,7 +20,7 @@ Pure: no I/O.
 
 from collections.abc import Callable, Iterable, Iterator
 
-from vmemtrace.geometry import PAGES_PER_SECTION
+from vmemtrace.judge.geometry import PAGES_PER_SECTION
 
 # A "compound" event's own counts (events.REQUIRED, and out_of_order), in the order a logged row
 # has them; rows logged before out_of_order was recorded (schema 3) lack the last column, and
@@ -29,7 +29,7 @@ COLUMNS = ("head_pfn", "ptes", "fresh", "reused", "existing", "head_fresh", "tai
            "tail_pfn", "on_tail", "max_index", "out_of_order")
 LEGACY_COLUMNS = COLUMNS[:-1]
 # Keys every compound page of one range shares (the range's start and its compound size, which
-# bpf/vmemtrace.bpf.c and backing.py copy into each).
+# bpf/vmemtrace.bpf.c and walk/backing.py copy into each).
 SHARED = ("range_start_pfn", "pfns_per_compound")
 # What the probes and the walk must agree on per compound page (the walk cannot tell a
 # pre-existing PTE from a new one, so "existing" is not among them).
@@ -420,7 +420,7 @@ class CompoundPages:
                 + 200 * (len(self.classes) + len(self.first_section) + len(self.last_section)))
 
     def as_event(self) -> dict:
-        """The summary as one "compounds" event (events.py) for the log: what the checks read,
+        """The summary as one "compounds" event (log/events.py) for the log: what the checks read,
         rows in COLUMNS order; not the bitmaps, which only appending needs (a range's summary
         is logged once it is complete)."""
         ev = {"type": "compounds", "range_start_pfn": self.shared[0],
@@ -440,7 +440,7 @@ class CompoundPages:
 
     @classmethod
     def from_event(cls, ev: dict) -> "CompoundPages":
-        """A logged summary (events.py has checked its types), with what no summary made by
+        """A logged summary (log/events.py has checked its types), with what no summary made by
         append() can hold among its problems: an edited log."""
         self = cls(ev.get("source"))
         self.shared = (ev["range_start_pfn"], ev["pfns_per_compound"])

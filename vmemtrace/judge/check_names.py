@@ -1,5 +1,5 @@
 """The names of the checks that define a range's case, which the command line offers to waive:
-here, apart from the checks themselves (checks.py), so that parsing options imports no judging."""
+here, apart from the checks themselves (judge/checks.py), so that parsing options imports no judging."""
 
 # An eligible range: the optimisation's promises (checks.defining_checks()).
 ELIGIBLE = ("tail-reuse", "accounting", "init-skip")

@@ -21,11 +21,11 @@ from prometheus_client.core import (
 )
 
 from vmemtrace import __version__
-from vmemtrace.checks import STATUSES
-from vmemtrace.ledger import Folding
+from vmemtrace.judge.checks import STATUSES
+from vmemtrace.judge.ledger import Folding
+from vmemtrace.judge.verdict import evaluate
 from vmemtrace.probes.plan import WALK_STRATEGY, is_attached
 from vmemtrace.probes.targets import BY_NAME
-from vmemtrace.verdict import evaluate
 
 # The verify document's observed/expected/naive triples and the metrics they become; vmemmap
 # pages are exported as bytes (times the range's page size).
