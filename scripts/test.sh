@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 ./scripts/install.sh
 # Lint first: seconds, where the suite takes half an hour.
 .venv/bin/ruff check vmemtrace tests bench scripts/record-fixtures scripts/build-man  # pyproject.toml [tool.ruff]
+.venv/bin/mypy  # the pure layer: pyproject.toml [tool.mypy]
 shellcheck scripts/*.sh scripts/build-deb .ci/run
 # Each test line shows its duration: a CI run cut off by its time limit still shows where time went.
 pytest() { .venv/bin/python -m pytest -v -rs -o console_output_style=times "$@"; }

@@ -50,7 +50,7 @@ def json_asked(argv=None) -> bool:
     return "--json" in argv[:argv.index("--") if "--" in argv else None]
 
 
-_SENT = []  # the command printed its JSON document (render.emit_json)
+_SENT: list[bool] = []  # the command printed its JSON document (render.emit_json)
 
 
 def document_sent() -> None:

@@ -82,6 +82,8 @@ def account(shape: geometry.RangeShape, sections: Sections, rng: dict | None,
             sources, allocators: list[str]) -> Account:
     """The account of one range; `sources` is probes.plan.Sources, `allocators` the allocator
     targets attached (named when they are blind)."""
+    alloc: str | None
+    populate: str | None
     if not sources.alloc:
         alloc = "no vmemmap allocator is probed on this kernel"
     else:

@@ -138,6 +138,7 @@ def init_skip(v: DeviceView) -> Check:
             "initialised: this kernel lacks \"mm/mm_init: fix uninitialized struct pages for "
             "ZONE_DEVICE\" (2026)")))
     r = v.range
+    assert r is not None, "struct pages counted without their range"
     per = (f"({r['mic_min']}..{r['mic_max']} per compound page)" if v.sources.init_decoded
            else f"({seen.init_source})")
     return with_kernel_log(v, Check(name, FAIL, f"{seen.struct_pages_initialized} struct pages "

@@ -60,14 +60,17 @@ class DeviceLedger:
 
     @property
     def pfns_per_compound(self) -> int:
-        if self.range or self.walk:
-            return (self.range or self.walk)["pfns_per_compound"]
-        return self.sections.shared["pfns_per_compound"] if self.sections else 1
+        source = self.range or self.walk
+        if source:
+            return source["pfns_per_compound"]
+        shared = self.sections.shared
+        return shared["pfns_per_compound"] if self.sections and shared else 1
 
     @property
     def altmap(self) -> bool:
-        if self.range or self.walk:
-            return bool((self.range or self.walk)["altmap"])
+        source = self.range or self.walk
+        if source:
+            return bool(source["altmap"])
         return self.sections.altmap
 
     def boot_placement(self) -> tuple[frozenset[int], tuple[tuple[int, int], ...]]:
@@ -109,9 +112,10 @@ class DeviceLedger:
         event each. A log that says otherwise was cut or edited: judged as corrupt, not as the
         kernel's doing."""
         out = list(self.sections.problems)
-        if self.sections.runs and (self.range or self.walk) is not None and not (
-                self.start_pfn <= self.sections.first_pfn
-                and self.sections.end_pfn <= self.start_pfn + self.nr_pages):
+        first = self.sections.first_pfn
+        if self.sections.runs and first is not None and (self.range or self.walk) is not None \
+                and not (self.start_pfn <= first
+                         and self.sections.end_pfn <= self.start_pfn + self.nr_pages):
             out.append(f"section calls at pfns {self.sections.first_pfn} to "
                        f"{self.sections.end_pfn}, outside the range")
         r = self.range
@@ -302,12 +306,14 @@ def kernel_log_pairs(calls: list[DeviceLedger], lines: list[dict]) -> list[tuple
     also call order (one device per command)."""
     if not lines or len(lines) != len(calls):
         return []
-    timed = [d for d in calls if "ktime_ns" in d.range and "duration_ns" in d.range]
+    timed = [(d.range, d) for d in calls
+             if d.range is not None and "ktime_ns" in d.range and "duration_ns" in d.range]
     if len(timed) != len(calls):
         return list(zip(calls, lines))
-    calls = sorted(calls, key=lambda d: d.range["ktime_ns"])
-    ends = [d.range["ktime_ns"] for d in calls]
-    starts = [d.range["ktime_ns"] - d.range["duration_ns"] for d in calls]
+    timed.sort(key=lambda rd: rd[0]["ktime_ns"])
+    calls = [d for _, d in timed]
+    ends = [r["ktime_ns"] for r, _ in timed]
+    starts = [r["ktime_ns"] - r["duration_ns"] for r, _ in timed]
     later_start = [float("inf")] * (len(calls) + 1)  # the earliest start of the calls after i
     for i in range(len(calls) - 1, -1, -1):
         later_start[i] = min(starts[i], later_start[i + 1])
@@ -514,6 +520,7 @@ class Folding:
         return self.fold.header if self.fold is not None else None
 
     def ledger(self) -> Ledger:
+        assert self.fold is not None, "nothing folded yet"
         return self.fold.ledger()
 
 

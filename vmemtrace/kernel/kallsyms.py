@@ -27,13 +27,15 @@ class Kallsyms:
         return name in self.addresses
 
 
-def parse_kallsyms(text: str, wanted: set[str] = None) -> Kallsyms:
+def parse_kallsyms(text: str, wanted: set[str] | None = None) -> Kallsyms:
     """Parse "addr type name [module]" lines. With `wanted`, keep only those names (and their
     clones): one regular expression over the whole text finds them instead of splitting each of
     ~120k lines. The address of every wanted name is kept whatever its type letter: Debian 7.3
     lists the page-table root init_top_pgt as "T", 6.x as "D"."""
     names = "|".join(re.escape(n) for n in sorted(wanted)) if wanted is not None else r"[A-Za-z0-9_]+"
-    funcs, clones, addresses = set(), {}, {}
+    funcs: set[str] = set()
+    clones: dict[str, list[str]] = {}
+    addresses: dict[str, int] = {}
     for m in re.finditer(rf" ([A-Za-z]) ((?:{names})(?:\.[A-Za-z0-9_]+)*)(?=\s|$)", text):
         kind, name = m.group(1), m.group(2)
         if kind in "tTW":
@@ -52,5 +54,5 @@ def parse_kallsyms(text: str, wanted: set[str] = None) -> Kallsyms:
     return Kallsyms(funcs, clones, addresses)
 
 
-def read_kallsyms(root: Path, wanted: set[str] = None) -> Kallsyms:
+def read_kallsyms(root: Path, wanted: set[str] | None = None) -> Kallsyms:
     return parse_kallsyms((root / "proc/kallsyms").read_text(errors="replace"), wanted)

@@ -268,12 +268,18 @@ class CompoundPages:
                 cls[1], cls[2] = c["head_pfn"], c
         d = digest(c)
         self._add_part(self.parts, c, d)
+        assert self.table is not None, "pages appended to a summary read without its cells"
         table_add(self.table, c["head_pfn"], d)
         if c["tail_fresh"] and not self._tails.add(c["tail_pfn"]) and self.shared_tail is None:
             self.shared_tail = (c["tail_pfn"], c["head_pfn"])
 
+    def _geometry(self) -> tuple[int, int]:
+        """(range start pfn, pfns per compound page): known from the first page on."""
+        assert self.shared is not None, "no compound page yet"
+        return self.shared
+
     def _add_part(self, parts: dict[int, list[int]], c: dict, d: int) -> None:
-        start, ppc = self.shared
+        start, ppc = self._geometry()
         index = (c["head_pfn"] - start) // max(ppc, 1)
         part = parts.setdefault(index >> self.part_shift, [0, 0])
         part[0] += 1
@@ -410,7 +416,7 @@ class CompoundPages:
         return table
 
     def part_pfns(self, shift: int, part: int) -> tuple[int, int]:
-        start, ppc = self.shared
+        start, ppc = self._geometry()
         return start + (part << shift) * ppc, start + ((part + 1) << shift) * ppc
 
     def nbytes(self) -> int:
@@ -423,8 +429,9 @@ class CompoundPages:
         """The summary as one "compounds" event (log/events.py) for the log: what the checks read,
         rows in COLUMNS order; not the bitmaps, which only appending needs (a range's summary
         is logged once it is complete)."""
-        ev = {"type": "compounds", "range_start_pfn": self.shared[0],
-              "pfns_per_compound": self.shared[1], "count": self.count,
+        start, ppc = self._geometry()
+        ev = {"type": "compounds", "range_start_pfn": start,
+              "pfns_per_compound": ppc, "count": self.count,
               "classes": [[n] + _row(c) for n, _, c in self.classes.values()],
               "unclassed": self.unclassed, "part_shift": self.part_shift,
               "parts": [[k, n, d] for k, (n, d) in sorted(self.parts.items())],

@@ -88,9 +88,10 @@ def _strategy(t: Target, availability: str, reason: str, raw: dict, chosen: dict
     """(strategy, reason) of one target, given the strategies chosen for those before it and
     where its arguments are (probes/args.py): a target whose arguments the kernel's prototype
     does not name is never decoded, only counted where it can be, as a clone is."""
-    undecodable = found is not None and found.problem is not None and availability == TRACEABLE
+    problem = found.problem if found is not None else None
+    undecodable = problem is not None and availability == TRACEABLE
     if undecodable:
-        reason = f"{reason}; {found.problem}"
+        reason = f"{reason}; {problem}"
     elif found is not None and found.source == args.BY_VERSION and t.programs \
             and availability == TRACEABLE:
         reason = f"{reason}; {found.describe()}"
@@ -137,7 +138,8 @@ def build_plan(version: tuple, syms: Kallsyms, filter_functions: set[str] | None
     clones.
     """
     raw = {t.name: classify(t, version, syms, filter_functions, blacklist) for t in TARGETS}
-    plan, chosen = {}, {}
+    plan: dict[str, TargetStatus] = {}
+    chosen: dict[str, str] = {}
     # A target attached only when another cannot be decoded is decided after that one.
     for t in sorted(TARGETS, key=lambda t: t.unless_decoded is not None):
         availability, reason = raw[t.name]

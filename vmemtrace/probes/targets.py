@@ -79,10 +79,16 @@ TRAMPOLINE_KIND = {"kprobe": "fentry", "kretprobe": "fexit"}
 TRAMPOLINE_PREFIX = {"kprobe": "kfunc__", "kretprobe": "kretfunc__"}
 
 
+def _since(change: compat.Change) -> tuple[int, int]:
+    """The release a change came in, for a target that exists since it."""
+    assert change.since is not None, change
+    return change.since
+
+
 TARGETS = (
     # mm/sparse-vmemmap.c, 5.19+: the populate loop for one section of a compound-page pgmap.
     # Static and called once: every Debian build inlines it into __populate_section_memmap.
-    Target("vmemmap_populate_compound_pages", (), compat.FEATURE.since, INFO,
+    Target("vmemmap_populate_compound_pages", (), _since(compat.FEATURE), INFO,
            "one call per section of a compound devmap (start_pfn, vmemmap range, pgmap)",
            fallback="__populate_section_memmap"),
     # mm/sparse-vmemmap.c: the caller; its pgmap argument came in 5.19 (kernel/compat.py).
@@ -93,7 +99,7 @@ TARGETS = (
                  Arg(("pgmap",), 4, compat.SECTION_PGMAP))),
     # mm/sparse-vmemmap.c, 5.19+; its reuse argument became (ptpfn, flags) in 6.15 (compat.py).
     Target("vmemmap_populate_address", (("kprobe", "vpa_enter"), ("kretprobe", "vpa_return")),
-           compat.FEATURE.since, POPULATE,
+           _since(compat.FEATURE), POPULATE,
            "one call per vmemmap page: the PTE it installs and whether its page is reused",
            fallback=WALK, args=(Arg(("addr",), 0), Arg(("reuse", "ptpfn"), 3))),
     # The allocators, outermost first: vmemmap_alloc_block_buf -> altmap_alloc_block_buf (the
@@ -119,12 +125,12 @@ TARGETS = (
            args=(Arg(("start_pfn",), 1), Arg(("nr_pages",), 2), Arg(("pgmap",), 3))),
     # mm/page_alloc.c (5.17+): initialises the struct pages of one compound page. Static: out
     # of line in Debian's 6.1/6.12, only a .constprop clone in 7.3 and trixie's 6.12.
-    Target("memmap_init_compound", (("kprobe", "mic_enter"),), compat.COMPOUND_DEVMAP.since, INIT,
+    Target("memmap_init_compound", (("kprobe", "mic_enter"),), _since(compat.COMPOUND_DEVMAP), INIT,
            "one call per compound page: how many struct pages it initialises",
            count="mic_count", fallback="__init_zone_device_page", args=(Arg(("nr_pages",), 5),)),
     # One call per struct page initialised: counted only where memmap_init_compound's nr_pages
     # cannot be read, since it costs a probe hit per struct page instead of per compound page.
-    Target("__init_zone_device_page", (), compat.COMPOUND_DEVMAP.since, INIT_PAGES,
+    Target("__init_zone_device_page", (), _since(compat.COMPOUND_DEVMAP), INIT_PAGES,
            "one call per struct page initialised", count="izdp_count",
            unless_decoded="memmap_init_compound"),
 )

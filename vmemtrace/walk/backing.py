@@ -40,8 +40,10 @@ def walk_events(start_pfn: int, nr_pages: int, pfns_per_compound: int, altmap: b
     and the compound pages' summary (log/compounds.py)."""
     per_compound = pfns_per_compound * struct_page_size // page_size
     laid = pfns_per_compound > 1 and per_compound >= 1
-    levels, seen, reused, count = {}, PfnSet(), 0, 0
-    compounds, chunk = CompoundPages("walk"), []
+    levels: dict[str, int] = {}
+    seen, reused, count = PfnSet(), 0, 0
+    compounds = CompoundPages("walk")
+    chunk: list[tuple[tuple[int, str] | None, bool]] = []
     head = start_pfn
 
     def lay_out():
