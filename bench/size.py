@@ -102,7 +102,7 @@ def grow(events: list[dict], size: int) -> Iterator[dict]:
 def summarised(events: Iterable[dict]) -> Iterator[dict]:
     """A schema-2 log as schema 3 logs it (events.py), what a live trace of the same range now
     writes: a range's section events summed into one "sections" event just before its range
-    event (probes/loader.py), each run of one source's compound events replaced by its
+    event (probes/tracer.py), each run of one source's compound events replaced by its
     summary (compounds.py) where the run ends."""
     run: CompoundPages | None = None
     held: dict[object, list[dict]] = {}  # sections by range start (has_pgmap), else "loose"

@@ -2,7 +2,7 @@
 /*
  * vmemtrace: watch the kernel build the vmemmap of device-dax memory (BCC program).
  *
- * One program for every kernel, parametrised by defines that vmemtrace/probes/loader.py takes
+ * One program for every kernel, parametrised by defines that vmemtrace/probes/program.py takes
  * from the kernel's BTF (headers and version only without it); nothing here is pasted together
  * from strings. Every kprobe function is compiled, and an fentry/fexit pair for each target
  * the kernel's BTF has; the attach plan decides which ones are loaded and attached
@@ -431,7 +431,7 @@ static __always_inline void cp_complete(void *ctx, struct section_ctx *s)
  *   - an fentry (fexit) program, run by the function's BPF trampoline
  *     (kernel/bpf/trampoline.c), which hands them over as an array of u64, the return value
  *     after the arguments. The trampolines are compiled only for a function the kernel's BTF
- *     has, as VT_ARGS_<function> = its argument count (vmemtrace/probes/loader.py), and are
+ *     has, as VT_ARGS_<function> = its argument count (vmemtrace/probes/program.py), and are
  *     cheaper per hit than kprobes (bench/guest_bench.py, docs/performance.md).
  */
 static __always_inline int on_section_enter(void *ctx, u64 pfn, u64 nr_pages, u64 altmap,

@@ -2,7 +2,7 @@
 /*
  * vmemtrace's BPF contract: every struct that crosses between bpf/vmemtrace.bpf.c and user space,
  * declared once (as libbpf-tools keep a tool's x.h beside its x.bpf.c). The perf events and the
- * maps user space reads are decoded by field name (vmemtrace/probes/loader.py), so a field's name
+ * maps user space reads are decoded by field name (vmemtrace/probes/maps.py), so a field's name
  * here is its key in the event log (vmemtrace/log/events.py); tests/unit/test_contract.py holds each
  * struct against the Python that reads it, so a field added on one side fails the suite until the
  * other side has it.

@@ -27,7 +27,7 @@ from vmemtrace.output import render
 
 def _compile_early(cmd=()) -> None:
     """Tracing commands start the BPF compile first thing: it runs in its own thread while the
-    rest of vmemtrace is imported and the kernel's facts are read (probes/loader.py). A command
+    rest of vmemtrace is imported and the kernel's facts are read (probes/program.py). A command
     to run must exist first, and be set apart by "--" (else `verify ndctl list --json` gives the
     command's --json to vmemtrace): fail before the compile, not after it."""
     import shutil
@@ -37,7 +37,7 @@ def _compile_early(cmd=()) -> None:
                              f"{click.get_current_context().info_name} [OPTIONS] -- {' '.join(cmd)}")
     if cmd and shutil.which(cmd[0]) is None:
         raise VmemtraceError(f"cannot run {cmd[0]}: No such file or directory")
-    from vmemtrace.probes.loader import start_compile
+    from vmemtrace.probes.program import start_compile
 
     start_compile(say)
 
@@ -62,7 +62,7 @@ def check(as_json, root, timing):
 
     Exit 0 when tracing can start, 2 (with the reason) when it cannot."""
     from vmemtrace.kernel import btf
-    from vmemtrace.probes.loader import BPF_SOURCE, defines, kaddrs_sources
+    from vmemtrace.probes.program import BPF_SOURCE, defines, kaddrs_sources
     from vmemtrace.probes.readiness import Blocker, assess, cannot_trace, check_report, read_facts
     from vmemtrace.probes.targets import FUNCTIONS
 

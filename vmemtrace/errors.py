@@ -103,11 +103,11 @@ def stops_held():
 
 
 def _discard_compile() -> None:
-    """A BPF compile started early (probes/loader.py) must not be inside LLVM while the
+    """A BPF compile started early (probes/program.py) must not be inside LLVM while the
     interpreter exits; looked up, never imported: most commands never start one."""
-    loader = sys.modules.get("vmemtrace.probes.loader")
-    if loader is not None:
-        loader.discard_pending()
+    program = sys.modules.get("vmemtrace.probes.program")
+    if program is not None:
+        program.discard_pending()
 
 
 def one_line_errors(fn):

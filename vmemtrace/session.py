@@ -42,8 +42,9 @@ def open_tracer(progress: Callable[[str], None], cross_check: bool = False, excl
     """Facts, readiness, a loaded Tracer and the page-table walker where it can run (it walks
     every range in the modes of walk_mode(), and any range whose probe counts do not add up);
     exit 2 with the reason when tracing cannot start."""
-    from vmemtrace.probes.loader import PAGES, Tracer, kaddrs_sources, take_compile
+    from vmemtrace.probes.program import kaddrs_sources, take_compile
     from vmemtrace.probes.startup import STARTUP
+    from vmemtrace.probes.tracer import PAGES, Tracer
     from vmemtrace.walk.audit import open_walker
 
     compiled = take_compile(progress)
@@ -77,7 +78,7 @@ def open_tracer(progress: Callable[[str], None], cross_check: bool = False, excl
     if tracer.buffer_pages != PAGES:
         progress("perf buffers cut to " + ", ".join(f"{t} {n}" for t, n in tracer.buffer_pages.items())
                  + " pages per CPU by the locked-memory limit: large devices may lose events")
-    # As attached: a trampoline the kernel refused was replaced by kprobes (probes/loader.py).
+    # As attached: a trampoline the kernel refused was replaced by kprobes (probes/tracer.py).
     strategy = {s.name: tracer.attached.get(s.name, s.strategy) for s in ready.plan}
     header = header_event(facts, ready, tracer.cflags, mode, strategy)
     header["facts_from"] = {**tracer.fact_sources, **kaddrs_sources(tracer.kaddrs)}

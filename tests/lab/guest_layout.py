@@ -19,7 +19,7 @@ SRC = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, SRC)
 
 from vmemtrace.kernel import btf, environment, release  # noqa: E402
-from vmemtrace.probes import loader  # noqa: E402
+from vmemtrace.probes import program  # noqa: E402
 from vmemtrace.probes.targets import PROGRAMS  # noqa: E402
 
 RELEASE = release.read_release(Path("/"))
@@ -27,12 +27,12 @@ RELEASE = release.read_release(Path("/"))
 
 def program_defines(layout):
     """The program's -D flags as vmemtrace would compile it here, with this layout."""
-    return loader.defines(release.parse_version(RELEASE), Path(f"/lib/modules/{RELEASE}/build"),
+    return program.defines(release.parse_version(RELEASE), Path(f"/lib/modules/{RELEASE}/build"),
                           layout)[0]
 
 
 def program_sources(layout):
-    return loader.defines(release.parse_version(RELEASE), Path(f"/lib/modules/{RELEASE}/build"),
+    return program.defines(release.parse_version(RELEASE), Path(f"/lib/modules/{RELEASE}/build"),
                           layout)[1]
 
 
@@ -41,7 +41,7 @@ def compile_and_load(cflags):
     from bcc import BPF
 
     start = time.monotonic()
-    b = BPF(src_file=str(loader.BPF_SOURCE), cflags=loader.compile_flags(cflags))
+    b = BPF(src_file=str(program.BPF_SOURCE), cflags=program.compile_flags(cflags))
     seconds = time.monotonic() - start
     loaded = []
     for fn in PROGRAMS:

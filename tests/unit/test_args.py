@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import FIXTURES, kernel_root, run_cli
 from vmemtrace.kernel import btf
 from vmemtrace.probes import args
-from vmemtrace.probes.loader import defines
+from vmemtrace.probes.program import defines
 from vmemtrace.probes.targets import BY_NAME, FUNCTIONS
 
 BTF_612 = FIXTURES / "btf" / "6.12.118+deb12-amd64.btf.xz"

@@ -1,4 +1,4 @@
-"""The loader's attach bookkeeping (vmemtrace/probes/loader.py, Tracer._attach): what the plan
+"""The loader's attach bookkeeping (vmemtrace/probes/tracer.py, Tracer._attach): what the plan
 says is attached, and a trampoline the kernel refuses is replaced by the target's kprobes. The
 BCC object here only records calls and refuses what it is told to: what a real kernel accepts
 is the lab's to show (tests/lab/test_lab_e2e.py, trampolines on four kernels)."""
@@ -8,8 +8,8 @@ import pytest
 from vmemtrace.errors import VmemtraceError
 from vmemtrace.kernel.kallsyms import Kallsyms
 from vmemtrace.probes import plan as P
-from vmemtrace.probes.loader import Tracer
 from vmemtrace.probes.targets import TARGETS
+from vmemtrace.probes.tracer import Tracer
 
 
 class Recorder:

@@ -7,7 +7,7 @@ import re
 from vmemtrace.judge import ledger
 from vmemtrace.kernel import kcore
 from vmemtrace.log import compounds, events, sections
-from vmemtrace.probes.loader import BPF_HEADER, BPF_SOURCE
+from vmemtrace.probes.program import BPF_HEADER, BPF_SOURCE
 from vmemtrace.probes.targets import TARGETS
 
 HEADER = BPF_HEADER.read_text()

@@ -64,7 +64,7 @@ def test_kernel_readers_import_only_the_kernel_layer():
 # beside the probes. What is pure holds logic over what the readers found.
 PURE = ("vmemtrace.judge.", "vmemtrace.log.sections", "vmemtrace.log.compounds",
         "vmemtrace.walk.backing", "vmemtrace.probes.plan", "vmemtrace.probes.targets")
-IO = ("vmemtrace.probes.loader", "vmemtrace.session", "vmemtrace.output.exporter",
+IO = ("vmemtrace.probes.tracer", "vmemtrace.probes.program", "vmemtrace.probes.maps", "vmemtrace.session", "vmemtrace.output.exporter",
       "vmemtrace.output.scrape_server", "vmemtrace.walk.audit", "vmemtrace.kernel.kcore",
       "vmemtrace.kernel.facts", "vmemtrace.cli", "vmemtrace.lab")
 BELOW_OUTPUT = ("vmemtrace.kernel.", "vmemtrace.probes.", "vmemtrace.log.", "vmemtrace.judge.",

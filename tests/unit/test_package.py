@@ -26,7 +26,7 @@ def test_an_installed_wheel_finds_its_bpf_program(tmp_path):
     res = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
                           str(site), str(wheel)], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    probe = ("import vmemtrace.probes.loader as l; print(l.BPF_SOURCE); "
+    probe = ("import vmemtrace.probes.program as l; print(l.BPF_SOURCE); "
              "print(l.BPF_SOURCE.read_text() == open(sys.argv[1]).read())")
     res = subprocess.run([sys.executable, "-c", "import sys; " + probe,
                           str(ROOT / "bpf/vmemtrace.bpf.c")], capture_output=True, text=True,

@@ -9,7 +9,7 @@ import pytest
 
 from vmemtrace.kernel.kallsyms import Kallsyms
 from vmemtrace.probes import plan as P
-from vmemtrace.probes.loader import BPF_SOURCE
+from vmemtrace.probes.program import BPF_SOURCE
 from vmemtrace.probes.targets import PROGRAMS, TARGETS
 
 SOURCE = BPF_SOURCE.read_text()
@@ -59,7 +59,8 @@ def test_the_summary_struct_is_sized_by_what_compounds_py_passes():
     import ctypes
 
     from vmemtrace.log import compounds
-    from vmemtrace.probes.loader import _rows, defines
+    from vmemtrace.probes.maps import _rows
+    from vmemtrace.probes.program import defines
 
     flags, _ = defines((6, 12, 0), Path("/nonexistent"), None)
     assert {f"-DCP_PARTS={compounds.MAX_PARTS}", f"-DCP_TABLE_WIDTH={compounds.TABLE_WIDTH}",

@@ -190,7 +190,7 @@ class Layout:
     signatures: Signatures = Signatures()
     mem_section: int | None = None  # sizeof(struct mem_section), for the walk (not the BPF program)
     # (sizeof(struct bpf_prog_info), offsetof(.., recursion_misses)): the skipped-run count the
-    # tracer reads back (probes/loader.py); None where the kernel has no such member (< 5.12)
+    # tracer reads back (probes/maps.py); None where the kernel has no such member (< 5.12)
     prog_info_misses: tuple[int, int] | None = None
 
     def defines(self) -> list[str]:

@@ -88,7 +88,7 @@ def gather(root: Path, functions: Sequence[str], with_bcc: bool = True,
     machine = machine_of(opts)
     btf = environment.btf_path(root)
     # The prototypes of the functions asked for (read once per process: the compile wants them
-    # too, probes/loader.py); a BTF that cannot be read is said by whoever needs its layout.
+    # too, probes/program.py); a BTF that cannot be read is said by whoever needs its layout.
     layout = btf_reader.try_layout(btf and str(root / btf.lstrip("/")), lambda _: None, "",
                                    tuple(functions))
     params = dict(layout.signatures.params) if layout is not None else {}

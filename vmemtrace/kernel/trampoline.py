@@ -2,7 +2,7 @@
 
 The attach plan prefers them to kprobes (vmemtrace/probes/plan.py); this says, from the
 kernel's facts, why they cannot be used, and the attach itself is the last word: a trampoline
-the kernel refuses falls back to kprobes (vmemtrace/probes/loader.py).
+the kernel refuses falls back to kprobes (vmemtrace/probes/tracer.py).
 """
 
 

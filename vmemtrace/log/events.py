@@ -98,7 +98,7 @@ def named(device: dict, names) -> bool:
     return not names or device.get("name") in names or device.get("namespace") in names
 
 # The "lost" event's error keys: struct errors_t's fields (bpf/vmemtrace.h), and the kernel's
-# count of probe runs it skipped (probes/loader.py skipped_runs()).
+# count of probe runs it skipped (probes/maps.py skipped_runs()).
 ERRORS = ("compound_map_full", "no_context", "read_failed", "missed_return", "unmatched_alloc",
           "unpaired_return", "skipped_runs")
 

@@ -54,7 +54,7 @@ def find(target: Target, params: Sequence[str] | None, version: tuple,
     """The positions of the target's arguments in `params` (its BTF prototype's parameter
     names, None without BTF for it). Without BTF, `optional` says whether the kernel has the
     parameters that came with a later change where something other than the version tells
-    (the headers: loader.defines()); else the version does."""
+    (the headers: program.defines()); else the version does."""
     found, missing = [], []
     for arg in target.args:
         if params is None:  # no BTF: the version rule

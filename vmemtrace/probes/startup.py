@@ -68,5 +68,5 @@ class Timeline:
                 for name, start, end in spans]
 
 
-# The one timeline of this process's start-up: the loader and the session add to it.
+# The one timeline of this process's start-up: the compile, the tracer and the session add to it.
 STARTUP = Timeline.from_process_start()
