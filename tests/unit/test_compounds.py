@@ -13,8 +13,10 @@ from tests.conftest import SERIES, run_cli
 from tests.unit.test_replay import load, log_path, write_log
 from vmemtrace.judge import geometry
 from vmemtrace.judge.ledger import fold
-from vmemtrace.log import compounds, events
-from vmemtrace.log.compounds import CompoundPages, PfnSet, table_difference
+from vmemtrace.log import compounds, difference, events
+from vmemtrace.log.compounds import CompoundPages
+from vmemtrace.log.difference import table_difference
+from vmemtrace.log.pfnset import PfnSet
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -195,18 +197,18 @@ def bpf_summary(pages: list, range_pages: int) -> dict:
     shift, n = compounds.PART_SHIFT, range_pages // ppc
     while n and (n - 1) >> shift >= compounds.MAX_PARTS:
         shift += 1
-    classes, parts, table = {}, {}, compounds.new_table()
+    classes, parts, table = {}, {}, difference.new_table()
     for c in pages:
         key = tuple(c.get(k) for k in compounds.CLASS)
         k = classes.setdefault(key, [0, c])
         k[0] += 1
         if c["head_pfn"] < k[1]["head_pfn"]:
             k[1] = c
-        d = compounds.digest(c)
+        d = difference.digest(c)
         part = parts.setdefault(((c["head_pfn"] - start) // ppc) >> shift, [0, 0])
         part[0] += 1
-        part[1] = (part[1] + d) & compounds.MASK
-        compounds.table_add(table, c["head_pfn"], d)
+        part[1] = (part[1] + d) & difference.MASK
+        difference.table_add(table, c["head_pfn"], d)
     reused = [c["head_pfn"] for c in pages if c["reused"]]
     return {"range_start_pfn": start, "pfns_per_compound": ppc, "count": len(pages),
             "part_shift": shift, "lowest_head": min(c["head_pfn"] for c in pages),
@@ -250,8 +252,8 @@ def test_a_bpf_summary_and_pages_sent_alone_fold_into_the_summary_of_all(case):
 def test_a_table_no_fold_can_make_ends_the_peeling():
     """A page in only one of its three cells (an edited log) would be peeled back and forth
     for ever: the listing gives up (None) instead."""
-    d = compounds.digest({"head_pfn": 512, **{k: 1 for k in compounds.LAYOUT}})
-    chk = compounds.check_of(d)
-    edited = compounds.new_table()
-    edited[chk % compounds.TABLE_WIDTH] = [1, 512, d, chk]
-    assert table_difference(edited, compounds.new_table()) is None
+    d = difference.digest({"head_pfn": 512, **{k: 1 for k in difference.LAYOUT}})
+    chk = difference.check_of(d)
+    edited = difference.new_table()
+    edited[chk % difference.TABLE_WIDTH] = [1, 512, d, chk]
+    assert table_difference(edited, difference.new_table()) is None

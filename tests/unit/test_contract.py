@@ -6,7 +6,7 @@ import re
 
 from vmemtrace.judge import ledger
 from vmemtrace.kernel import kcore
-from vmemtrace.log import compounds, events, sections
+from vmemtrace.log import compounds, difference, events, rows, sections
 from vmemtrace.probes.program import BPF_HEADER, BPF_SOURCE
 from vmemtrace.probes.targets import TARGETS
 
@@ -47,8 +47,8 @@ def test_a_compound_page_is_the_compound_event_and_its_logged_row():
     fields = struct_fields("cp_val")
     assert fields == list(events.REQUIRED["compound"]) + ["out_of_order"]
     assert "out_of_order" in events.OPTIONAL["compound"]  # schema-2 logs lack it
-    assert set(fields) == set(compounds.COLUMNS) | set(compounds.SHARED)
-    assert set(compounds.CLASS) | set(compounds.LAYOUT) <= set(fields)
+    assert set(fields) == set(rows.COLUMNS) | set(compounds.SHARED)
+    assert set(compounds.CLASS) | set(difference.LAYOUT) <= set(fields)
     assert struct_fields("cp_class") == ["pages", "first"]
 
 

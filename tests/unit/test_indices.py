@@ -8,13 +8,13 @@ import json
 import pytest
 
 from tests.conftest import FIXTURES, run_cli
-from vmemtrace.log import compounds, events
+from vmemtrace.log import events, rows
 from vmemtrace.walk import backing
 
 SEALED = FIXTURES / "events" / "sealed"
-OOO = compounds.COLUMNS.index("out_of_order")
-MAX = compounds.COLUMNS.index("max_index")
-PTES = compounds.COLUMNS.index("ptes")
+OOO = rows.COLUMNS.index("out_of_order")
+MAX = rows.COLUMNS.index("max_index")
+PTES = rows.COLUMNS.index("ptes")
 
 
 def resealed(tmp_path, src, edit):
@@ -80,8 +80,8 @@ def test_a_skipped_index_fails_the_kernel(tmp_path, src):
     def skipped(row):
         row[PTES] -= 1
         row[OOO] = 1
-        row[compounds.COLUMNS.index("reused")] -= 1
-        row[compounds.COLUMNS.index("on_tail")] -= 1
+        row[rows.COLUMNS.index("reused")] -= 1
+        row[rows.COLUMNS.index("on_tail")] -= 1
 
     res, doc = replay(resealed(tmp_path, src, skipped))
     assert res.returncode == 1 and doc["verdict"] == "fail", res.stderr

@@ -58,16 +58,16 @@ def test_the_summary_struct_is_sized_by_what_compounds_py_passes():
     compounds.py, and a BCC array of rows is read whether BCC hands it over flat or nested."""
     import ctypes
 
-    from vmemtrace.log import compounds
+    from vmemtrace.log import compounds, difference
     from vmemtrace.probes.maps import _rows
     from vmemtrace.probes.program import defines
 
     flags, _ = defines((6, 12, 0), Path("/nonexistent"), None)
-    assert {f"-DCP_PARTS={compounds.MAX_PARTS}", f"-DCP_TABLE_WIDTH={compounds.TABLE_WIDTH}",
-            f"-DCP_TABLE_HASHES={compounds.TABLE_HASHES}", f"-DCP_PART_SHIFT={compounds.PART_SHIFT}",
+    assert {f"-DCP_PARTS={compounds.MAX_PARTS}", f"-DCP_TABLE_WIDTH={difference.TABLE_WIDTH}",
+            f"-DCP_TABLE_HASHES={difference.TABLE_HASHES}", f"-DCP_PART_SHIFT={compounds.PART_SHIFT}",
             f"-DCP_CLASSES={compounds.BPF_CLASSES}", f"-DCP_PART_WIDTH={compounds.PART_WIDTH}",
-            f"-DCP_CELL_WIDTH={compounds.CELL_WIDTH}"} <= set(flags)
-    for n in (compounds.MAX_PARTS, compounds.TABLE_WIDTH):  # the C masks with n - 1
+            f"-DCP_CELL_WIDTH={difference.CELL_WIDTH}"} <= set(flags)
+    for n in (compounds.MAX_PARTS, difference.TABLE_WIDTH):  # the C masks with n - 1
         assert n & (n - 1) == 0, n
     nested = ((ctypes.c_ulonglong * 2) * 3)(*[(ctypes.c_ulonglong * 2)(i, 10 * i) for i in range(3)])
     flat = (ctypes.c_ulonglong * 6)(0, 0, 1, 10, 2, 20)

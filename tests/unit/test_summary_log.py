@@ -16,14 +16,9 @@ from tests.unit.test_replay import load, replay, write_log
 from vmemtrace.judge.ledger import fold
 from vmemtrace.judge.verdict import evaluate
 from vmemtrace.log import events
-from vmemtrace.log.compounds import (
-    COLUMNS,
-    MAX_PARTS,
-    TABLE_WIDTH,
-    CompoundPages,
-    digest,
-    table_add,
-)
+from vmemtrace.log.compounds import MAX_PARTS, CompoundPages
+from vmemtrace.log.difference import TABLE_WIDTH, digest, table_add
+from vmemtrace.log.rows import COLUMNS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from size import summarised  # noqa: E402

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from vmemtrace.judge import check_names, geometry
 from vmemtrace.judge.view import DeviceView, bounds
-from vmemtrace.log.compounds import CLASS, LAYOUT, CompoundPages, coarsen, table_difference
+from vmemtrace.log.compounds import CLASS, CompoundPages
+from vmemtrace.log.difference import LAYOUT, coarsen, table_difference
 
 PASS, FAIL, SKIP, ERROR = "pass", "fail", "skip", "error"
 STATUSES = (PASS, FAIL, SKIP, ERROR)  # ERROR: the evidence itself is broken, not the kernel
@@ -230,7 +231,7 @@ def layout_differences(a: CompoundPages, b: CompoundPages,
     else per part of the range their counts and digests of (head, layout); and which layout
     each counts how often."""
     (sa, da), (sb, db) = a.digests(skip), b.digests(skip)
-    shift = max(sa, sb)  # the coarser of the two: parts merge exactly (compounds.coarsen)
+    shift = max(sa, sb)  # the coarser of the two: parts merge exactly (difference.coarsen)
     da, db = coarsen(da, shift - sa), coarsen(db, shift - sb)
     differ = sorted(k for k in set(da) | set(db) if da.get(k) != db.get(k))
     ta, tb = a.difference_table(skip), b.difference_table(skip)

@@ -4,8 +4,8 @@ virtme-ng exports the guest root over 9p without caching (virtme/mkinitramfs.py 
 fixed options), and under TCG every 9p request is slow: `import bcc` maps libbcc, libLLVM and
 libclang-cpp (230 MB in bookworm) page by page over 9p, 30-50 s for the first process of a
 boot and 7-10 s for each one after. The same files as one tar on a virtio-blk disk unpack into
-the guest's tmpfs in about 6 s, and `import bcc` from there takes 2 s (measured in a 6.12 guest,
-2026-12-03). They are the root's own files, byte for byte: only where they are read from changes.
+the guest's tmpfs in about 6 s, and `import bcc` from there takes 2 s (measured in a 6.12 guest).
+They are the root's own files, byte for byte: only where they are read from changes.
 """
 
 import os

@@ -1,5 +1,5 @@
 """One range's compound pages as one source saw them (the probes, or the page-table walk): folded
-as they come into what the checks judge, in memory that does not grow with the range (issue 13).
+as they come into what the checks judge, in memory that does not grow with the range.
 
 A 1 TiB range of 2 MiB compound pages has 524288 of them per source. Kept one by one (as JSON
 objects, then as columns) they cost 1.9 GB, then 80 bytes each, and every scrape re-read them all.
@@ -18,22 +18,24 @@ Here each page is judged as it is appended and only this is kept:
 Pure: no I/O.
 """
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 
 from vmemtrace.judge.geometry import PAGES_PER_SECTION
+from vmemtrace.log import rows
+from vmemtrace.log.difference import (
+    MASK,
+    TABLE_CELLS,
+    coarsen,
+    digest,
+    new_table,
+    table_add,
+    table_sums,
+)
+from vmemtrace.log.pfnset import PfnSet
 
-# A "compound" event's own counts (events.REQUIRED, and out_of_order), in the order a logged row
-# has them; rows logged before out_of_order was recorded (schema 3) lack the last column, and
-# read it as None: their pages cannot show an index populated twice beside one skipped.
-COLUMNS = ("head_pfn", "ptes", "fresh", "reused", "existing", "head_fresh", "tail_fresh",
-           "tail_pfn", "on_tail", "max_index", "out_of_order")
-LEGACY_COLUMNS = COLUMNS[:-1]
 # Keys every compound page of one range shares (the range's start and its compound size, which
 # bpf/vmemtrace.bpf.c and walk/backing.py copy into each).
 SHARED = ("range_start_pfn", "pfns_per_compound")
-# What the probes and the walk must agree on per compound page (the walk cannot tell a
-# pre-existing PTE from a new one, so "existing" is not among them).
-LAYOUT = ("ptes", "fresh", "reused", "on_tail", "tail_pfn", "head_fresh", "tail_fresh")
 # A layout class: the counts a page is judged by, without its own pfns.
 CLASS = ("ptes", "fresh", "reused", "existing", "head_fresh", "tail_fresh", "on_tail", "max_index",
          "out_of_order")
@@ -45,135 +47,12 @@ MAX_CLASSES = 64
 # growing with the range as soon as it has them (8 GiB of 2 MiB pages).
 PART_SHIFT = 8
 MAX_PARTS = 16
-LOGGED_PARTS = 1024  # the most a logged summary may hold (8760c1b's logs had up to 1024)
-MAX_PROBLEMS = 3
-# The difference table: an invertible Bloom lookup table (Eppstein, Goodrich, Uyeda, Varghese,
-# "What's the difference? Efficient set reconciliation without prior context", SIGCOMM 2011).
-# Each page adds (1, head pfn, digest, check) into one cell of each of TABLE_HASHES sub-tables,
-# counts summed and the rest xor-ed, so the table does not depend on the order pages came in.
-# One source's table less another's holds only the pages they disagree on (a page both saw
-# alike cancels out); it lists them one by one while they are few: peeling a 3-hash table
-# succeeds with high probability up to about cells / 1.23 entries (a page seen differently by
-# both sources is two), whatever the range's size.
-TABLE_HASHES = 3
-TABLE_WIDTH = 16  # cells per sub-table: a power of two (bpf/ picks a cell with & (width - 1))
-TABLE_CELLS = TABLE_HASHES * TABLE_WIDTH
-CELL_WIDTH = 4  # a cell: [pages, head xor, digest xor, check xor]
 PART_WIDTH = 2  # a part in BPF: [pages, digest sum]
+LOGGED_PARTS = 1024  # the most a logged summary may hold (logs of schema 3 hold up to 1024)
+MAX_PROBLEMS = 3
 # Layout classes the BPF program keeps per range (struct cp_sum): a well-formed range has one; a
 # page of a fifth is sent to user space on its own, and judged here.
 BPF_CLASSES = 4
-
-
-class PfnSet:
-    """A set of page frame numbers as a sparse bitmap: 4 KiB per 32768 neighbouring pfns seen.
-    The backing pages of a range's vmemmap lie in a few runs of RAM, so a 1 TiB range's million
-    pages cost a few hundred KiB where a Python set took tens of MiB."""
-
-    CHUNK_BITS = 15
-
-    def __init__(self):
-        self._chunks: dict[int, bytearray] = {}
-        self._len = 0
-
-    def add(self, pfn: int) -> bool:
-        """Adds pfn; False when it was there already."""
-        chunk = self._chunks.get(pfn >> self.CHUNK_BITS)
-        if chunk is None:
-            chunk = self._chunks[pfn >> self.CHUNK_BITS] = bytearray(1 << (self.CHUNK_BITS - 3))
-        low = pfn & ((1 << self.CHUNK_BITS) - 1)
-        bit = 1 << (low & 7)
-        if chunk[low >> 3] & bit:
-            return False
-        chunk[low >> 3] |= bit
-        self._len += 1
-        return True
-
-    def __contains__(self, pfn: int) -> bool:
-        chunk = self._chunks.get(pfn >> self.CHUNK_BITS)
-        low = pfn & ((1 << self.CHUNK_BITS) - 1)
-        return chunk is not None and bool(chunk[low >> 3] & (1 << (low & 7)))
-
-    def __len__(self) -> int:
-        return self._len
-
-    def nbytes(self) -> int:
-        return sum(len(c) for c in self._chunks.values())
-
-
-MASK = (1 << 64) - 1
-
-
-def coarsen(parts: dict[int, list[int]], by: int) -> dict[int, list[int]]:
-    """Parts merged 2^by at a time: the digest of a union is the sum of the digests."""
-    out: dict[int, list[int]] = {}
-    for k, (n, d) in parts.items():
-        part = out.setdefault(k >> by, [0, 0])
-        part[0] += n
-        part[1] = (part[1] + d) & MASK
-    return out
-
-
-GOLDEN = 0x9E3779B97F4A7C15
-
-
-def mix(z: int) -> int:
-    """splitmix64's finaliser (bpf/vmemtrace.bpf.c vt_mix(), bit for bit: the program judges
-    the probes' pages, this module the walk's, and --cross-check compares the two)."""
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK
-    return z ^ (z >> 31)
-
-
-def digest(c: dict) -> int:
-    """A compound page's (head, layout) as 64 bits (bpf/vmemtrace.bpf.c cp_digest()); summed
-    modulo 2^64 per part, the sum does not depend on the order the pages came in."""
-    h = 0
-    for v in (c["head_pfn"],) + tuple(c[k] for k in LAYOUT):
-        h = mix(((h ^ v) + GOLDEN) & MASK)
-    return h
-
-
-def check_of(d: int) -> int:
-    """A second hash of a digest: a table cell holds exactly one page when its check is the
-    check of its digest; it also picks the page's cells."""
-    return mix((d + GOLDEN) & MASK)
-
-
-def new_table() -> list[list[int]]:
-    return [[0] * CELL_WIDTH for _ in range(TABLE_CELLS)]
-
-
-def table_add(table: list[list[int]], head: int, d: int, sign: int = 1) -> None:
-    """One page into (sign 1) or out of (-1) a difference table: [pages, head xor, digest xor,
-    check xor] in one cell of each sub-table."""
-    chk = check_of(d)
-    for j in range(TABLE_HASHES):
-        cell = table[j * TABLE_WIDTH + (chk >> (16 * j)) % TABLE_WIDTH]
-        cell[0] += sign
-        cell[1] ^= head
-        cell[2] ^= d
-        cell[3] ^= chk
-
-
-def table_difference(a: list[list[int]], b: list[list[int]]) -> list[tuple[int, int]] | None:
-    """The pages in which two sources' tables differ, as (head pfn, 1 where only a has that
-    (head, layout), -1 where only b has it), in head order; None where more differ than the
-    table can list."""
-    diff = [[x[0] - y[0], x[1] ^ y[1], x[2] ^ y[2], x[3] ^ y[3]] for x, y in zip(a, b)]
-    found: list[tuple[int, int]] = []
-    progress = True
-    while progress and len(found) <= TABLE_CELLS:  # an edited log's table may never empty
-        progress = False
-        for cell in diff:
-            if cell[0] in (1, -1) and check_of(cell[2]) == cell[3]:
-                head, d, sign = cell[1], cell[2], cell[0]
-                found.append((head, sign))
-                table_add(diff, head, d, -sign)
-                progress = True
-    if any(any(cell) for cell in diff):
-        return None
-    return sorted(found)
 
 
 class CompoundPages:
@@ -210,7 +89,7 @@ class CompoundPages:
             self.problems.append(f"{text} ({self.what})")
 
     def append(self, ev: dict) -> None:
-        c = page(ev)
+        c = rows.page(ev)
         head = c["head_pfn"]
         shared = tuple(ev[k] for k in SHARED)
         if self.shared is None:
@@ -303,7 +182,7 @@ class CompoundPages:
             return
         self.count += s["count"]
         for n, first in s["classes"]:
-            c = page(first)
+            c = rows.page(first)
             key = tuple(c[k] for k in CLASS)
             cls = self.classes.get(key)
             if cls is None and len(self.classes) < MAX_CLASSES:
@@ -432,10 +311,10 @@ class CompoundPages:
         start, ppc = self._geometry()
         ev = {"type": "compounds", "range_start_pfn": start,
               "pfns_per_compound": ppc, "count": self.count,
-              "classes": [[n] + _row(c) for n, _, c in self.classes.values()],
+              "classes": [[n] + rows.row(c) for n, _, c in self.classes.values()],
               "unclassed": self.unclassed, "part_shift": self.part_shift,
               "parts": [[k, n, d] for k, (n, d) in sorted(self.parts.items())],
-              "kept": [_row(c) for c in self.kept()], "lowest_head": self.lowest_head,
+              "kept": [rows.row(c) for c in self.kept()], "lowest_head": self.lowest_head,
               "highest_head": self.highest_head, "reused_head": self.reused_head,
               "shared_tail": list(self.shared_tail) if self.shared_tail else None,
               "problems": list(self.problems)}
@@ -463,14 +342,14 @@ class CompoundPages:
         start, ppc = self.shared
         pages = []
         for row in ev["classes"]:
-            c = page_of_row(row[1:])
+            c = rows.page_of_row(row[1:])
             key = tuple(c[k] for k in CLASS)
             if key in self.classes or row[0] < 1 or len(self.classes) >= MAX_CLASSES:
                 self._problem(f"the summary's layout class of compound page at pfn "
                               f"{c['head_pfn']} is empty, there twice or one too many")
             self.classes[key] = [row[0], c["head_pfn"], c]
             pages.append(c)
-        self.first_section = [page_of_row(row) for row in ev["kept"]]
+        self.first_section = [rows.page_of_row(row) for row in ev["kept"]]
         self.parts = {k: [n, d] for k, n, d in ev["parts"]}
         heads = PfnSet()
         for c, bits in [(c, None) for c in pages] + [(c, heads) for c in self.first_section]:
@@ -486,7 +365,7 @@ class CompoundPages:
             self._problem(f"the summary of {self.count} compound pages does not add up "
                           f"({summed} in layout classes, {len(self.first_section)} kept whole, "
                           f"{parted} in {len(self.parts)} parts)")
-        while len(self.parts) > MAX_PARTS:  # 8760c1b logged up to 1024 parts
+        while len(self.parts) > MAX_PARTS:  # schema 3 logs hold up to 1024 parts
             self.part_shift += 1
             self.parts = coarsen(self.parts, 1)
         self._read_table(ev.get("cells"), summed)
@@ -499,43 +378,7 @@ class CompoundPages:
         self.table = cells
         if cells is None:
             return
-        subs = [cells[j * TABLE_WIDTH:(j + 1) * TABLE_WIDTH] for j in range(TABLE_HASHES)]
-        sums = {(sum(c[0] for c in sub), *(_xor(c[i] for c in sub) for i in (1, 2, 3)))
-                for sub in subs}
+        sums = table_sums(cells)
         if len(sums) != 1 or next(iter(sums))[0] != summed:
             self._problem(f"the summary's difference table does not hold its {summed} "
                           "summarised compound pages")
-
-
-def _xor(values: Iterable[int]) -> int:
-    out = 0
-    for v in values:
-        out ^= v
-    return out
-
-
-def page(ev: dict) -> dict:
-    """A compound event's or BPF page's counts, by COLUMNS; out_of_order None where not
-    recorded."""
-    return {k: ev.get(k) for k in COLUMNS}
-
-
-def page_of_row(row: list[int]) -> dict:
-    """A logged row (of COLUMNS, or LEGACY_COLUMNS) as a page."""
-    return page(dict(zip(COLUMNS, row)))
-
-
-def _row(c: dict) -> list[int]:
-    return [c[k] for k in (COLUMNS if c["out_of_order"] is not None else LEGACY_COLUMNS)]
-
-
-def layouts(ev: dict) -> list[tuple[tuple, int]]:
-    """A logged summary's pages by (ptes, fresh, reused, on tail), most common first: what a
-    line of `trace` shows of it."""
-    out: dict[tuple, int] = {}
-    rows = [(row[0], page_of_row(row[1:])) for row in ev["classes"]]
-    rows += [(1, page_of_row(row)) for row in ev["kept"]]
-    for n, c in rows:
-        key = (c["ptes"], c["fresh"], c["reused"], c["on_tail"])
-        out[key] = out.get(key, 0) + n
-    return sorted(out.items(), key=lambda kv: -kv[1])

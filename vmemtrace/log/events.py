@@ -15,7 +15,8 @@ from typing import IO
 
 from vmemtrace import __version__
 from vmemtrace.errors import VmemtraceError
-from vmemtrace.log.compounds import CELL_WIDTH, COLUMNS, LEGACY_COLUMNS, TABLE_CELLS
+from vmemtrace.log.difference import CELL_WIDTH, TABLE_CELLS
+from vmemtrace.log.rows import COLUMNS, LEGACY_COLUMNS
 from vmemtrace.log.sections import SHARED as SECTION_SHARED
 from vmemtrace.log.sections import SUMMED
 
@@ -45,7 +46,7 @@ REQUIRED = {
     # pfns they populated as [first, end) runs, the tasks [pid, comm] that made them
     "sections": ("count",) + SUMMED + SECTION_SHARED + ("altmap", "ok", "runs", "tasks", "problems"),
     # one source's compound pages of one range, judged as they came (log/compounds.py): rows are
-    # compound events' counts in compounds.COLUMNS order (a class's row after its page count),
+    # compound events' counts in rows.COLUMNS order (a class's row after its page count),
     # parts [part, pages, digest]; "source": "walk" for the walk's; "cells" (optional: summaries
     # logged by 8760c1b, the first schema-3 build, lack it) the difference table, [pages, head, digest, check] each
     "compounds": ("range_start_pfn", "pfns_per_compound", "count", "classes", "unclassed",

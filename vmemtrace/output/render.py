@@ -7,8 +7,8 @@ from tabulate import tabulate
 
 from vmemtrace.errors import document_sent, printable, stops_held
 from vmemtrace.judge.layouts import BY_NAME
-from vmemtrace.log.compounds import layouts
 from vmemtrace.log.events import cxl_of
+from vmemtrace.log.rows import layouts
 
 
 def safe(value):

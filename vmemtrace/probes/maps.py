@@ -8,7 +8,7 @@ import os
 import struct
 
 from vmemtrace.errors import VmemtraceError
-from vmemtrace.log import compounds
+from vmemtrace.log import compounds, difference
 
 DRAIN_CHUNK = 4096  # compound map entries per batch system call
 
@@ -53,7 +53,7 @@ def summary_fields(v) -> dict:
             out[name] = [[i, n, d] for i, (n, d) in
                          enumerate(_rows(value, compounds.PART_WIDTH)) if n]
         elif name == "cells":
-            out[name] = _rows(value, compounds.CELL_WIDTH)
+            out[name] = _rows(value, difference.CELL_WIDTH)
         else:
             out[name] = None if int(value) == (1 << 64) - 1 else int(value)
     return out

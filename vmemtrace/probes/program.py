@@ -11,7 +11,7 @@ from typing import Optional
 from vmemtrace.errors import VmemtraceError
 from vmemtrace.kernel import btf, compat, environment, headers
 from vmemtrace.kernel import release as kernel_release
-from vmemtrace.log import compounds
+from vmemtrace.log import compounds, difference
 from vmemtrace.probes import args
 from vmemtrace.probes.startup import STARTUP
 from vmemtrace.probes.targets import BY_NAME, FUNCTIONS, TARGETS
@@ -74,9 +74,9 @@ def defines(version: tuple, build: Path, layout: btf.Layout | None) -> tuple[lis
     flags.append(f"-DCP_MAP_ENTRIES={CP_MAP_ENTRIES}")
     flags.extend(f"-D{name}={value}" for name, value in (
         ("CP_CLASSES", compounds.BPF_CLASSES), ("CP_PARTS", compounds.MAX_PARTS),
-        ("CP_PART_SHIFT", compounds.PART_SHIFT), ("CP_TABLE_HASHES", compounds.TABLE_HASHES),
-        ("CP_TABLE_WIDTH", compounds.TABLE_WIDTH), ("CP_PART_WIDTH", compounds.PART_WIDTH),
-        ("CP_CELL_WIDTH", compounds.CELL_WIDTH)))
+        ("CP_PART_SHIFT", compounds.PART_SHIFT), ("CP_TABLE_HASHES", difference.TABLE_HASHES),
+        ("CP_TABLE_WIDTH", difference.TABLE_WIDTH), ("CP_PART_WIDTH", compounds.PART_WIDTH),
+        ("CP_CELL_WIDTH", difference.CELL_WIDTH)))
     return flags, sources
 
 

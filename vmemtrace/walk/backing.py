@@ -11,7 +11,8 @@ The compound events carry the same keys as the live ones (log/events.py), so one
 
 from collections.abc import Iterable, Iterator
 
-from vmemtrace.log.compounds import CompoundPages, PfnSet
+from vmemtrace.log.compounds import CompoundPages
+from vmemtrace.log.pfnset import PfnSet
 
 Backing = Iterable[tuple[int, str] | None]  # per vmemmap page: (backing pfn, level) or None
 
