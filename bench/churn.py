@@ -23,7 +23,7 @@ from prometheus_client import generate_latest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vmemtrace.kernel import daxdev  # noqa: E402
-from vmemtrace.log import events  # noqa: E402
+from vmemtrace.log import logfile  # noqa: E402
 from vmemtrace.output.exporter import Exporter  # noqa: E402
 from vmemtrace.output.metrics import LiveLedger, Snapshot  # noqa: E402
 
@@ -33,7 +33,7 @@ SCRAPES = 21
 
 def recording():
     with open(LOG) as fh:
-        log = events.read(fh, str(LOG))
+        log = logfile.read(fh, str(LOG))
     body = [e for e in log[1:] if e["type"] not in ("device", "lost", "hits", "command", "vmstat")]
     return log[0], body, [e for e in log if e["type"] == "device"]
 

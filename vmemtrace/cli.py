@@ -271,7 +271,7 @@ def _recording(path):
         yield None
         return
     from vmemtrace.errors import stops_held, terminate_on_sigterm
-    from vmemtrace.log.events import LogFile
+    from vmemtrace.log.logfile import LogFile
 
     with terminate_on_sigterm():
         log = None
@@ -323,11 +323,11 @@ def replay(file, expect, as_json, reports, allow_skip, only, trust_unsealed):
     --trust-unsealed."""
     from vmemtrace.judge.ledger import fold
     from vmemtrace.judge.verdict import evaluate, unsealed
-    from vmemtrace.log import events
+    from vmemtrace.log import logfile
 
     with _error_document(as_json, reports, expect):
-        sealed = events.Sealed()
-        led = fold(events.iter_file(file, sealed))  # streamed: a log of any size
+        sealed = logfile.Sealed()
+        led = fold(logfile.iter_file(file, sealed))  # streamed: a log of any size
         waived = tuple(allow_skip) + (check_names.AUDIT_WAIVED if led.header.get("walk") == "audit" else ())
         doc = evaluate(led, expect, waived, only)
         if sealed.why is not None and not trust_unsealed:

@@ -9,7 +9,7 @@ import pytest
 from tests.conftest import FIXTURES
 from vmemtrace.judge import checks, ledger, view
 from vmemtrace.judge.checks import ERROR, FAIL, PASS, SKIP
-from vmemtrace.log import events
+from vmemtrace.log import logfile
 from vmemtrace.log.compounds import CompoundPages
 
 LOGS = FIXTURES / "events"
@@ -19,7 +19,7 @@ def view_of(series: str, case: str, expect: str = "auto") -> view.DeviceView:
     (folder,) = [p for p in LOGS.iterdir() if p.name.startswith(series + ".") or
                  p.name.startswith(series + "-")]
     with open(folder / case) as fh:
-        led = ledger.fold(events.read(fh, case))
+        led = ledger.fold(logfile.read(fh, case))
     (d,) = led.devices
     return view.device_view(d, led, expect)
 
@@ -29,7 +29,7 @@ def compound_events(series: str, case: str, source=None) -> list:
     (folder,) = [p for p in LOGS.iterdir() if p.name.startswith(series + ".") or
                  p.name.startswith(series + "-")]
     with open(folder / case) as fh:
-        return [e for e in events.read(fh, case)
+        return [e for e in logfile.read(fh, case)
                 if e["type"] == "compound" and e.get("source") == source]
 
 

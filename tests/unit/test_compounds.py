@@ -13,7 +13,7 @@ from tests.conftest import SERIES, run_cli
 from tests.unit.test_replay import load, log_path, write_log
 from vmemtrace.judge import geometry
 from vmemtrace.judge.ledger import fold
-from vmemtrace.log import compounds, difference, events
+from vmemtrace.log import compounds, difference, events, logfile
 from vmemtrace.log.compounds import CompoundPages
 from vmemtrace.log.difference import table_difference
 from vmemtrace.log.pfnset import PfnSet
@@ -139,7 +139,7 @@ def test_the_fold_of_a_terabyte_is_bounded():
 
 def test_the_fold_is_fed_one_event_at_a_time():
     path = log_path("6.12", "mem-2M")
-    streamed = fold(events.iter_file(str(path)))
+    streamed = fold(logfile.iter_file(str(path)))
     listed = fold(load("6.12", "mem-2M"))
     (a,), (b,) = streamed.devices, listed.devices
     assert summary(a.compounds) == summary(b.compounds) and len(a.compounds) == 1536
@@ -177,7 +177,7 @@ def test_a_grown_recording_replays_to_the_geometry_of_its_size(tmp_path, gib):
     that size, or its cost figures measure something else."""
     path = tmp_path / "grown.jsonl"
     with open(path, "w") as fh:
-        events.write(size.grow(size.recording(), gib << 30), fh)
+        logfile.write(size.grow(size.recording(), gib << 30), fh)
     res = run_cli("replay", "--trust-unsealed", str(path), "--json")
     assert res.returncode == 0, res.stderr
     (d,) = json.loads(res.stdout)["devices"]

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import FIXTURES, run_cli
 from vmemtrace.errors import VmemtraceError
 from vmemtrace.judge import geometry
-from vmemtrace.log import events
+from vmemtrace.log import logfile
 from vmemtrace.output.exporter import Exporter, parse_listen
 from vmemtrace.output.metrics import LedgerCollector, LiveLedger, Snapshot
 
@@ -23,12 +23,12 @@ LOGS = FIXTURES / "events"
 def log_of(series_dir: str, case: str) -> list:
     path = next(LOGS.glob(series_dir + "*")) / case
     with open(path) as fh:
-        return events.read(fh, str(path))
+        return logfile.read(fh, str(path))
 
 
 def registry_for(path: Path, devices_now=None) -> CollectorRegistry:
     with open(path) as fh:
-        log = events.read(fh, str(path))
+        log = logfile.read(fh, str(path))
     devices = [e for e in log if e["type"] == "device"] if devices_now is None else devices_now
     live = judged(e for e in log if e["type"] not in ("device", "lost"))
     live.refresh(devices)
@@ -106,7 +106,7 @@ def test_live_ledger_metrics_6_12_mem_2m():
 def test_a_probe_planned_but_not_attached_reads_0():
     path = next(LOGS.glob("6.12*")) / "mem-2M.jsonl"
     with open(path) as fh:
-        log = events.read(fh, str(path))
+        log = logfile.read(fh, str(path))
     reg = CollectorRegistry(auto_describe=False)
     live = judged(log)
     reg.register(LedgerCollector(lambda: Snapshot(live, attached=["memmap_init_zone_device"]),

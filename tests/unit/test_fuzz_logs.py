@@ -12,7 +12,7 @@ from tests.conftest import FIXTURES
 from vmemtrace.errors import VmemtraceError
 from vmemtrace.judge.ledger import fold
 from vmemtrace.judge.verdict import EXIT, evaluate
-from vmemtrace.log import events
+from vmemtrace.log import logfile
 
 # The numbers the verdict is made of, per event type.
 JUDGED = {
@@ -25,7 +25,7 @@ JUDGED = {
 }
 CLOSING = ("lost", "hits", "command")
 LOGS = sorted(p for p in (FIXTURES / "events").glob("*/*.jsonl") if not p.name.endswith(".audit.jsonl"))
-LOADED = {p: events.read(open(p), str(p)) for p in LOGS}
+LOADED = {p: logfile.read(open(p), str(p)) for p in LOGS}
 
 
 def outcome(evs):
@@ -33,10 +33,10 @@ def outcome(evs):
     import io
 
     text = io.StringIO()
-    events.write(evs, text)
+    logfile.write(evs, text)
     text.seek(0)
     try:
-        doc = evaluate(fold(events.read(text, "fuzzed")))
+        doc = evaluate(fold(logfile.read(text, "fuzzed")))
     except VmemtraceError:
         return 2, None
     return EXIT[doc["verdict"]], doc["verdict"]

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tests.conftest import FIXTURES, run_cli
-from vmemtrace.log import events, rows
+from vmemtrace.log import logfile, rows
 from vmemtrace.walk import backing
 
 SEALED = FIXTURES / "events" / "sealed"
@@ -21,7 +21,7 @@ def resealed(tmp_path, src, edit):
     """src's events, the first probe summary's first layout class row edited by edit(row),
     written and sealed by LogFile."""
     with open(src) as fh:
-        evs = events.read(fh, str(src))
+        evs = logfile.read(fh, str(src))
     done = False
     for ev in evs:
         if ev["type"] == "compounds" and "source" not in ev and ev["classes"] and not done:
@@ -33,7 +33,7 @@ def resealed(tmp_path, src, edit):
             done = True
     assert done
     path = tmp_path / src.name
-    log = events.LogFile(str(path))
+    log = logfile.LogFile(str(path))
     for ev in evs:
         log.write(ev)
     log.seal()

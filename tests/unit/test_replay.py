@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import FIXTURES, SERIES, run_cli
 from vmemtrace.judge.ledger import fold
 from vmemtrace.judge.verdict import evaluate
-from vmemtrace.log import events
+from vmemtrace.log import events, logfile
 
 LOGS = FIXTURES / "events"
 
@@ -23,7 +23,7 @@ def log_path(series: str, case: str) -> Path:
 
 def load(series, case):
     with open(log_path(series, case)) as fh:
-        return events.read(fh, str(log_path(series, case)))
+        return logfile.read(fh, str(log_path(series, case)))
 
 
 def replay(path, *args):
@@ -85,7 +85,7 @@ def without_walk(evs):
 def write_log(tmp_path, evs, name="doctored.jsonl"):
     path = tmp_path / name
     with open(path, "w") as fh:
-        events.write(evs, fh)
+        logfile.write(evs, fh)
     return path
 
 
@@ -212,7 +212,7 @@ def doctor(tmp_path, series, case, change):
     changed = change(evs)
     out = tmp_path / f"doctored-{case}.jsonl"
     with open(out, "w") as fh:
-        events.write(evs, fh)
+        logfile.write(evs, fh)
     return out, changed
 
 
@@ -417,7 +417,7 @@ def test_verify_and_record_want_dashes_and_a_writable_log(tmp_path):
 
 
 def test_logs_are_written_0600(tmp_path):
-    from vmemtrace.log.events import LogFile
+    from vmemtrace.log.logfile import LogFile
 
     log = LogFile(str(tmp_path / "x.jsonl"))
     log.write({"type": "header"})

@@ -12,7 +12,7 @@ from tests.unit.test_replay import log_path
 from vmemtrace.errors import VmemtraceError
 from vmemtrace.judge.ledger import fold
 from vmemtrace.judge.verdict import evaluate, unsealed
-from vmemtrace.log import events
+from vmemtrace.log import events, logfile
 
 # Small real logs of each kind: a trace with its walk (cross-check), and an audit.
 LOGS = [("6.12", "mem-1G.jsonl"), ("7.3", "mem-1G.jsonl"), ("6.12", "mem-1G.audit.jsonl"),
@@ -55,9 +55,9 @@ def sealed_copy(tmp_path, series, name):
     """The recording's events through LogFile, as `record` writes them: the path and its lines."""
     src = log_path(series, "mem-1G").parent / name
     with open(src) as fh:
-        evs = events.read(fh, str(src))
+        evs = logfile.read(fh, str(src))
     path = tmp_path / f"sealed-{series}-{name}"
-    log = events.LogFile(str(path))
+    log = logfile.LogFile(str(path))
     for ev in evs:
         log.write(ev)
     log.seal()
@@ -91,9 +91,9 @@ def verdict(lines, trust_index: bool = False) -> str:
     """What replay makes of these lines, in process: the verdict, or "error" for a log it
     refuses. trust_index: a sealed log of a schema before compound pages recorded their
     indices is judged as whole (what the seal proves, alone)."""
-    sealed = events.Sealed()
+    sealed = logfile.Sealed()
     try:
-        led = fold(events.stream(io.StringIO("".join(lines)), "log", sealed))
+        led = fold(logfile.stream(io.StringIO("".join(lines)), "log", sealed))
     except (VmemtraceError, StopIteration):
         return "error"
     waived = ("init-skip",) if led.header.get("walk") == "audit" else ()
@@ -159,7 +159,7 @@ def test_a_seal_that_disagrees_is_an_error_naming_it(tmp_path, edit, message):
 
 def test_an_aborted_log_leaves_no_file(tmp_path):
     path = tmp_path / "x.jsonl"
-    log = events.LogFile(str(path))
+    log = logfile.LogFile(str(path))
     log.write({"type": "header"})
     assert not path.exists()  # written under a temporary name until sealed
     log.abort()
@@ -185,7 +185,7 @@ def test_a_stop_while_the_log_is_created_leaves_no_file(tmp_path, monkeypatch, w
             os.kill(os.getpid(), signal.SIGTERM)
         return fh
 
-    monkeypatch.setattr(events.os, "fdopen", fdopen)
+    monkeypatch.setattr(logfile.os, "fdopen", fdopen)
     with errors.terminate_on_sigterm(), pytest.raises(KeyboardInterrupt):
         with cli._recording(tmp_path / "x.jsonl"):
             pass

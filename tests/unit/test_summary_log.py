@@ -15,7 +15,7 @@ from tests.conftest import FIXTURES
 from tests.unit.test_replay import load, replay, write_log
 from vmemtrace.judge.ledger import fold
 from vmemtrace.judge.verdict import evaluate
-from vmemtrace.log import events
+from vmemtrace.log import events, logfile
 from vmemtrace.log.compounds import MAX_PARTS, CompoundPages
 from vmemtrace.log.difference import TABLE_WIDTH, digest, table_add
 from vmemtrace.log.rows import COLUMNS
@@ -29,14 +29,14 @@ LOGS = sorted((FIXTURES / "events").glob("*/*.jsonl"))
 def through_text(evs) -> list:
     """Written and read back as replay reads a file: every event type-checked."""
     text = io.StringIO()
-    events.write(evs, text)
+    logfile.write(evs, text)
     text.seek(0)
-    return events.read(text, "summarised")
+    return logfile.read(text, "summarised")
 
 
 @pytest.mark.parametrize("path", LOGS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_recording_summarised_replays_to_the_same_verdict(path):
-    evs = events.read(open(path), str(path))
+    evs = logfile.read(open(path), str(path))
     new = through_text(summarised(evs))
     assert new[0]["schema"] == 3  # summaries of pages that did not record their indices
     assert not any(e["type"] in ("compound", "section") for e in new)
@@ -212,7 +212,7 @@ def test_a_sections_summary_says_when_its_calls_returned():
     """A range's section calls, summed, keep the first and last return time (CLOCK_MONOTONIC ns),
     before the range's own return; times not [first, last] are an edited log."""
     path = FIXTURES / "events" / "sealed" / "6.12.118+deb12-amd64" / "mem-2M.jsonl"
-    evs = events.read(open(path), str(path))
+    evs = logfile.read(open(path), str(path))
     (sec,) = [e for e in evs if e["type"] == "sections"]
     (rng,) = [e for e in evs if e["type"] == "range"]
     first, last = sec["ktime"]

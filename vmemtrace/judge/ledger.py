@@ -534,7 +534,7 @@ def _folded(events: Iterable[dict]) -> Fold:
 
 
 def fold(events: Iterable[dict]) -> Ledger:
-    """Events in the order they happened, the header first (a list, or a stream: events.stream):
+    """Events in the order they happened, the header first (a list, or a stream: logfile.stream):
     a range's sections come before its range event (__populate_section_memmap runs before
     memmap_init_zone_device), its compound pages after (drained when the range event arrives)."""
     return _folded(events).ledger()

@@ -115,7 +115,7 @@ def evaluate(ledger: Ledger, expect: str = "auto", allow_skip=(), only=()) -> di
 
 
 def unsealed(doc: dict, why: str) -> dict:
-    """The verdict of a log that does not prove itself whole (`why`, events.Sealed): a pass is
+    """The verdict of a log that does not prove itself whole (`why`, logfile.Sealed): a pass is
     only incomplete (what is missing could be a failure), a failure or an error stands."""
     out = {**doc, "sealed": False}
     if doc["verdict"] == "pass":
