@@ -1,7 +1,5 @@
 """The `vmemtrace` command line (click). Words and JSON keys are fixed (docs/design.md)."""
 
-import contextlib
-import dataclasses
 import functools
 import math
 import os
@@ -12,7 +10,6 @@ import click
 
 from vmemtrace import __version__
 from vmemtrace.errors import (
-    EXIT_CANNOT,
     EXIT_USAGE,
     VmemtraceError,
     exit_document,
@@ -22,7 +19,7 @@ from vmemtrace.errors import (
     say,
 )
 from vmemtrace.judge import check_names
-from vmemtrace.output import render
+from vmemtrace.output import render, results
 
 
 def _compile_early(cmd=()) -> None:
@@ -109,93 +106,17 @@ def _timed_startup(root: Path) -> list[dict]:
     return STARTUP.rows()
 
 
-@dataclasses.dataclass(frozen=True)
-class Reports:
-    """The result files a verdict command writes besides its output (--junit, --ktap)."""
-
-    junit: Path | None = None
-    ktap: Path | None = None
-
-    def __bool__(self) -> bool:
-        return self.junit is not None or self.ktap is not None
-
-    def write(self, doc: dict) -> None:
-        """Each file asked for; the first that cannot be written raises."""
-        from vmemtrace.output.junit import junit_xml
-        from vmemtrace.output.ktap import ktap
-
-        for path, render_as in ((self.junit, junit_xml), (self.ktap, lambda d: ktap(d).encode())):
-            if path is None:
-                continue
-            try:
-                path.write_bytes(render_as(doc))
-            except OSError as e:
-                raise VmemtraceError(f"cannot write {path}: {e.strerror}") from None
-
-
 def _reports(fn):
     """--junit and --ktap, handed to the command as one `reports`."""
     @functools.wraps(fn)
     def wrapper(*args, junit, ktap, **kwargs):
-        return fn(*args, reports=Reports(junit, ktap), **kwargs)
+        return fn(*args, reports=results.Reports(junit, ktap), **kwargs)
 
     wrapper = click.option("--ktap", type=click.Path(dir_okay=False, path_type=Path),
                            help="also write KTAP v1 here (kernel CI: kselftest, KernelCI, "
                                 "LKFT)")(wrapper)
     return click.option("--junit", type=click.Path(dir_okay=False, path_type=Path),
                         help="also write JUnit XML here")(wrapper)
-
-
-@contextlib.contextmanager
-def _error_document(as_json: bool, reports: Reports, expect: str, kernel=None):
-    """When the run cannot produce a verdict (not root, no kcore, a corrupt log, a trace that
-    never started), CI still gets a machine-readable reason: the verify document with verdict
-    "error" and the problem, and JUnit and KTAP files saying so. Then the one line and exit 2,
-    as always."""
-    try:
-        yield
-    except VmemtraceError as e:
-        if e.exit_code == EXIT_CANNOT and (as_json or reports):
-            doc = {"kernel": kernel, "verdict": "error", "strategy": {}, "expect": expect,
-                   "devices": [], "events_lost": 0, "waived": [], "problems": [str(e)]}
-            if as_json:
-                render.emit_json(doc)
-            try:
-                reports.write(doc)
-            except VmemtraceError as unwritable:
-                say(str(unwritable))  # the run's own reason stays the last line
-        raise
-
-
-def _output_verdict(doc: dict, as_json: bool, reports: Reports) -> None:
-    """The result files first: where one cannot be written the printed document says "error"
-    with the reason, never the verdict a CI would then not find in its file."""
-    unwritten = None
-    try:
-        reports.write(doc)
-    except VmemtraceError as e:
-        unwritten = e
-        doc = {**doc, "verdict": "error", "problems": doc.get("problems", []) + [str(e)]}
-    if as_json:
-        render.emit_json(doc)
-    else:
-        click.echo(render.verify_table(doc))
-    if unwritten is not None:
-        raise unwritten
-
-
-def _finish(doc: dict) -> None:
-    from vmemtrace.judge.verdict import EXIT
-
-    code = EXIT[doc["verdict"]]
-    if code:
-        reasons = doc.get("problems") or [doc[k] for k in ("unjudged_log",) if k in doc] or [
-            f"{d['device']} {c['name']}: {c['detail']}"
-            for d in doc["devices"] for c in d["checks"] if c["status"] in ("fail", "error")] or [
-            f"{d['device']}: {c['name']} not judged ({c['detail']}); waive it with "
-            f"--allow-skip {c['name']} if that is enough for you"
-            for d in doc["devices"] for c in d["checks"] if c["name"] in d.get("unjudged", ())]
-        raise VmemtraceError(f"{doc['verdict']}: {reasons[0] if reasons else 'see above'}", code)
 
 
 EXPECT = click.option("--expect", type=click.Choice(["auto", "optimized", "unoptimized"]),
@@ -240,17 +161,18 @@ def verify(expect, as_json, reports, allow_skip, no_probe, attach, record_to, cr
     memmap_init_zone_device returns. Exit 0 pass, 1 fail, 2 could not verify."""
     from vmemtrace.judge.verdict import evaluate
 
-    with _error_document(as_json, reports, expect, os.uname().release):
+    with results.error_document(as_json, reports, expect, os.uname().release):
         _known_targets(no_probe)
         _compile_early(cmd)
+        from vmemtrace.log.logfile import recording
         from vmemtrace.session import trace_command
 
-        with _recording(record_to) as on_event:
+        with recording(record_to) as on_event:
             folded = trace_command(list(cmd), say, on_event=on_event, quiet_stdout=as_json,
                                    cross_check=cross_check, exclude=no_probe, attach=attach)
         doc = evaluate(folded.ledger(), expect, allow_skip)
-    _output_verdict(doc, as_json, reports)
-    _finish(doc)
+    results.output_verdict(doc, as_json, reports)
+    results.finish(doc)
 
 
 def _known_targets(names) -> None:
@@ -262,32 +184,6 @@ def _known_targets(names) -> None:
                              f"(one of {', '.join(BY_NAME)})")
 
 
-@contextlib.contextmanager
-def _recording(path):
-    """The event log at `path` (None: no log), written as events come; yields the callback.
-    Sealed and given its name when the block ends normally; removed when anything ends it
-    early (an error, Ctrl-C, SIGTERM), so that no file at `path` is ever a cut log."""
-    if path is None:
-        yield None
-        return
-    from vmemtrace.errors import stops_held, terminate_on_sigterm
-    from vmemtrace.log.logfile import LogFile
-
-    with terminate_on_sigterm():
-        log = None
-        try:
-            with stops_held():  # the file's creation and its owner's name are one step
-                log = LogFile(str(path))
-            yield log.write
-        except BaseException:
-            if log is not None:
-                with stops_held():
-                    log.abort()
-            raise
-        with stops_held():  # the seal and the rename are one step
-            log.seal()
-
-
 @cli.command()
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="event log to write (JSON Lines)")
@@ -296,9 +192,10 @@ def _recording(path):
 def record(output, cmd):
     """Run CMD (no shell) under tracing and write every event to FILE, for `replay`."""
     _compile_early(cmd)
+    from vmemtrace.log.logfile import recording
     from vmemtrace.session import trace_command
 
-    with _recording(output) as on_event:  # fails before tracing when FILE cannot be written
+    with recording(output) as on_event:  # fails before tracing when FILE cannot be written
         folded = trace_command(list(cmd), say, on_event=on_event)
     say(f"recorded {folded.count} events ({folded.ranges} ranges) to {output}")
 
@@ -325,15 +222,15 @@ def replay(file, expect, as_json, reports, allow_skip, only, trust_unsealed):
     from vmemtrace.judge.verdict import evaluate, unsealed
     from vmemtrace.log import logfile
 
-    with _error_document(as_json, reports, expect):
+    with results.error_document(as_json, reports, expect):
         sealed = logfile.Sealed()
         led = fold(logfile.iter_file(file, sealed))  # streamed: a log of any size
         waived = tuple(allow_skip) + (check_names.AUDIT_WAIVED if led.header.get("walk") == "audit" else ())
         doc = evaluate(led, expect, waived, only)
         if sealed.why is not None and not trust_unsealed:
             doc = unsealed(doc, sealed.why)
-    _output_verdict(doc, as_json, reports)
-    _finish(doc)
+    results.output_verdict(doc, as_json, reports)
+    results.finish(doc)
 
 
 @cli.command()
@@ -352,10 +249,11 @@ def audit(expect, as_json, reports, allow_skip, record_to, only):
     Exit 0 pass, 1 fail, 2 could not verify (or no dax device)."""
     from vmemtrace.judge.ledger import fold
     from vmemtrace.judge.verdict import evaluate
+    from vmemtrace.log.logfile import recording
     from vmemtrace.walk.audit import audit_log
 
-    with _error_document(as_json, reports, expect, os.uname().release):
-        with _recording(record_to) as write:
+    with results.error_document(as_json, reports, expect, os.uname().release):
+        with recording(record_to) as write:
             def logged(log):  # folded as it is walked, and written as it passes
                 for ev in log:
                     if write is not None:
@@ -364,8 +262,8 @@ def audit(expect, as_json, reports, allow_skip, record_to, only):
 
             doc = evaluate(fold(logged(audit_log(say, only))), expect,
                            tuple(allow_skip) + check_names.AUDIT_WAIVED, only)
-    _output_verdict(doc, as_json, reports)
-    _finish(doc)
+    results.output_verdict(doc, as_json, reports)
+    results.finish(doc)
 
 
 @cli.command()

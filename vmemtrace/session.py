@@ -10,7 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from vmemtrace.errors import VmemtraceError, terminate_on_sigterm
-from vmemtrace.judge.ledger import DeviceLedger, Folding
+from vmemtrace.judge.device_ledger import DeviceLedger
+from vmemtrace.judge.ledger import Folding
 from vmemtrace.kernel import daxdev, leftovers, vmstat
 from vmemtrace.kernel.ftrace import tracefs
 from vmemtrace.kernel.kmsg import KmsgCursor, parse_memmap_init

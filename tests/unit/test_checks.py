@@ -8,7 +8,8 @@ import pytest
 
 from tests.conftest import FIXTURES
 from vmemtrace.judge import checks, ledger, view
-from vmemtrace.judge.checks import ERROR, FAIL, PASS, SKIP
+from vmemtrace.judge.cross_check import cross_check
+from vmemtrace.judge.outcome import ERROR, FAIL, PASS, SKIP, STATUSES, Check
 from vmemtrace.log import logfile
 from vmemtrace.log.compounds import CompoundPages
 
@@ -125,15 +126,15 @@ def test_no_false_optimisation_on_an_ineligible_range(dev2m, mem2m):
 
 def test_cross_check_only_when_asked(mem2m):
     assert mem2m.cross_check
-    assert checks.cross_check(mem2m).status == PASS
-    assert checks.cross_check(replace(mem2m, cross_check=False)) is None
-    assert checks.cross_check(replace(mem2m, walk=None)).status == FAIL
+    assert cross_check(mem2m).status == PASS
+    assert cross_check(replace(mem2m, cross_check=False)) is None
+    assert cross_check(replace(mem2m, walk=None)).status == FAIL
     walked = compound_events("6.12", "mem-2M.jsonl", "walk")
-    assert checks.cross_check(replace(mem2m, walk_compounds=pages(reversed(walked), "walk"))).status == PASS
+    assert cross_check(replace(mem2m, walk_compounds=pages(reversed(walked), "walk"))).status == PASS
     for i in (0, 600, 1535):  # each page named by the difference tables
         moved = [dict(c) for c in walked]
         moved[i] = dict(moved[i], tail_pfn=moved[i]["tail_pfn"] + 1)
-        c = checks.cross_check(replace(mem2m, walk_compounds=pages(moved, "walk")))
+        c = cross_check(replace(mem2m, walk_compounds=pages(moved, "walk")))
         assert c.status == FAIL and c.detail.startswith(
             f"1 compound page differs between probes and walk: pfn {walked[i]['head_pfn']} "
             "(laid out differently)"), c.detail
@@ -141,7 +142,7 @@ def test_cross_check_only_when_asked(mem2m):
     few = [dict(c) for c in walked]
     for i in (7, 300, 1200):
         few[i] = dict(few[i], tail_pfn=few[i]["tail_pfn"] + 1)
-    c = checks.cross_check(replace(mem2m, walk_compounds=pages(few[:-1], "walk")))
+    c = cross_check(replace(mem2m, walk_compounds=pages(few[:-1], "walk")))
     heads = sorted([walked[i]["head_pfn"] for i in (7, 300, 1200)])
     assert c.status == FAIL and c.detail.startswith(
         f"4 compound pages differ between probes and walk: pfn {heads[0]} (laid out differently), "
@@ -149,13 +150,13 @@ def test_cross_check_only_when_asked(mem2m):
         f"pfn {walked[-1]['head_pfn']} (only the probes saw it)"), c.detail
     # more than the tables can list: the parts say where to look
     everywhere = [dict(c, tail_pfn=c["tail_pfn"] + 1) if i >= 1024 else c for i, c in enumerate(walked)]
-    c = checks.cross_check(replace(mem2m, walk_compounds=pages(everywhere, "walk")))
+    c = cross_check(replace(mem2m, walk_compounds=pages(everywhere, "walk")))
     lo = mem2m.shape.start_pfn + 1024 * 512
     assert c.status == FAIL and f"differ in 2 of 6 parts of the range, first in pfns {lo} to " \
         f"{lo + 256 * 512}" in c.detail, c.detail
     unshared = [dict(c) for c in walked]
     unshared[5] = dict(unshared[5], reused=unshared[5]["reused"] - 1, fresh=unshared[5]["fresh"] + 1)
-    c = checks.cross_check(replace(mem2m, walk_compounds=pages(unshared, "walk")))
+    c = cross_check(replace(mem2m, walk_compounds=pages(unshared, "walk")))
     assert c.status == FAIL and "(8, 2, 6, 6, 1, 1): probes 1536, walk 1535" in c.detail, c.detail
 
 
@@ -170,14 +171,14 @@ def test_range_complete_error_is_the_evidence_not_the_kernel(mem2m):
 
 def test_verdict_from_statuses_alone():
     defining = checks.defining_checks(True, True)
-    judged = [checks.Check(n, PASS, "") for n in defining]
+    judged = [Check(n, PASS, "") for n in defining]
     assert checks.device_verdict(judged, defining) == ("pass", [])
-    skipped = judged[:-1] + [checks.Check(defining[-1], SKIP, "")]
+    skipped = judged[:-1] + [Check(defining[-1], SKIP, "")]
     assert checks.device_verdict(skipped, defining) == ("incomplete", [defining[-1]])
     assert checks.device_verdict(skipped, defining, allow_skip=(defining[-1],))[0] == "pass"
-    failed = skipped + [checks.Check("eligibility", FAIL, "")]
+    failed = skipped + [Check("eligibility", FAIL, "")]
     assert checks.device_verdict(failed, defining)[0] == "fail"
-    assert checks.device_verdict(failed + [checks.Check("range-complete", ERROR, "")],
+    assert checks.device_verdict(failed + [Check("range-complete", ERROR, "")],
                                  defining)[0] == "error"
 
 
@@ -187,7 +188,7 @@ def test_every_defining_check_is_in_the_registry(case):
     names = [c.name for c in checks.run_checks(v)]
     assert len(names) == len(set(names))
     assert set(checks.defining_checks(v.feature, v.eligible)) <= set(names)
-    assert {c.status for c in checks.run_checks(v)} <= set(checks.STATUSES)
+    assert {c.status for c in checks.run_checks(v)} <= set(STATUSES)
 
 
 def test_compound_alignment_reads_the_range_start_alone():

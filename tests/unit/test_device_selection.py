@@ -184,7 +184,7 @@ def test_a_device_in_a_cxl_region_names_it_as_cxl_list_does(tmp_path):
     assert not set(events.CXL) & set(outside)
     assert events.validate(inside, "sysfs")
     # through the ledger to the verify document, the exporter and trace's line
-    from vmemtrace.judge.ledger import DeviceLedger
+    from vmemtrace.judge.device_ledger import DeviceLedger
     from vmemtrace.output.metrics import cxl_labels
     from vmemtrace.output.render import event_line
 

@@ -103,3 +103,10 @@ def test_no_function_over_60_lines():
                 if length > 60:
                     long.append(f"{path.relative_to(PKG.parent)}:{node.lineno} {node.name} ({length})")
     assert not long, long
+
+
+def test_no_module_over_400_lines():
+    """A module that outgrows a few screens holds more than one job: split it by job."""
+    long = {str(p.relative_to(PKG.parent)): n for p in PKG.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 400}
+    assert not long, long

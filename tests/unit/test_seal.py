@@ -173,7 +173,7 @@ def test_a_stop_while_the_log_is_created_leaves_no_file(tmp_path, monkeypatch, w
     import os
     import signal
 
-    from vmemtrace import cli, errors
+    from vmemtrace import errors
 
     opened = os.fdopen
 
@@ -187,7 +187,7 @@ def test_a_stop_while_the_log_is_created_leaves_no_file(tmp_path, monkeypatch, w
 
     monkeypatch.setattr(logfile.os, "fdopen", fdopen)
     with errors.terminate_on_sigterm(), pytest.raises(KeyboardInterrupt):
-        with cli._recording(tmp_path / "x.jsonl"):
+        with logfile.recording(tmp_path / "x.jsonl"):
             pass
     assert list(tmp_path.iterdir()) == []
 

@@ -6,8 +6,10 @@ Pure: a Ledger in, the verify document of docs/design.md out. Expected numbers c
 
 
 from vmemtrace.judge import geometry
-from vmemtrace.judge.checks import Check, defining_checks, device_verdict, run_checks
-from vmemtrace.judge.ledger import DeviceLedger, Ledger
+from vmemtrace.judge.checks import defining_checks, device_verdict, run_checks
+from vmemtrace.judge.device_ledger import DeviceLedger
+from vmemtrace.judge.ledger import Ledger
+from vmemtrace.judge.outcome import Check
 from vmemtrace.judge.view import DeviceView, device_view
 
 EXPECTATIONS = ("auto", "optimized", "unoptimized")

@@ -3,12 +3,14 @@ expected numbers (geometry, the one source of them), what was observed and by wh
 and the witnesses beside it. Built once per device from a Ledger; pure, no I/O.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from vmemtrace.judge import geometry
 from vmemtrace.judge.account import Account
+from vmemtrace.judge.device_ledger import DeviceLedger
 from vmemtrace.judge.layouts import TWO_PAGES, Detected
-from vmemtrace.judge.ledger import DeviceLedger, Ledger
+from vmemtrace.judge.ledger import Ledger
 from vmemtrace.log.compounds import CompoundPages
 from vmemtrace.probes.plan import Sources
 
@@ -190,3 +192,9 @@ def device_view(d: DeviceLedger, ledger: Ledger, expect: str) -> DeviceView:
         probe_reused=d.totals()["reused"], kernel_log=d.kernel_log, vmstat=dict(ledger.vmstat),
         n_devices=len(ledger.devices), cross_check=ledger.header.get("walk") == "cross-check",
         boot_unknown=d.boot_placement()[1])
+
+
+def on_boot(v: DeviceView) -> Callable[[int], bool]:
+    """Whether a compound page, by its head, is on the boot memmap (boot-memmap): not laid out
+    by the populate path, its vmemmap the boot's; the checks of the layout set it apart."""
+    return lambda head: geometry.on_boot_memmap(head, v.shape)

@@ -2,6 +2,7 @@
 and hash of every line) before it takes its name; read back one validated event at a time,
 whole only when its seal says so. What each event holds is log/events.py."""
 
+import contextlib
 import hashlib
 import json
 import os
@@ -9,7 +10,7 @@ import stat
 from collections.abc import Iterable, Iterator
 from typing import IO
 
-from vmemtrace.errors import VmemtraceError
+from vmemtrace.errors import VmemtraceError, stops_held, terminate_on_sigterm
 from vmemtrace.log.events import INDEXED, MAX_LINE, READABLE, validate
 from vmemtrace.log.rows import COLUMNS
 
@@ -227,3 +228,26 @@ def iter_file(path: str, sealed: Sealed | None = None) -> Iterator[dict]:
         raise VmemtraceError(f"cannot read {path}: {e.strerror}") from None
     except UnicodeDecodeError:
         raise VmemtraceError(f"{path}: not a text file") from None
+
+
+@contextlib.contextmanager
+def recording(path):
+    """The event log at `path` (None: no log), written as events come; yields the callback.
+    Sealed and given its name when the block ends normally; removed when anything ends it
+    early (an error, Ctrl-C, SIGTERM), so that no file at `path` is ever a cut log."""
+    if path is None:
+        yield None
+        return
+    with terminate_on_sigterm():
+        log = None
+        try:
+            with stops_held():  # the file's creation and its owner's name are one step
+                log = LogFile(str(path))
+            yield log.write
+        except BaseException:
+            if log is not None:
+                with stops_held():
+                    log.abort()
+            raise
+        with stops_held():  # the seal and the rename are one step
+            log.seal()

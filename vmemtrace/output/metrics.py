@@ -21,8 +21,8 @@ from prometheus_client.core import (
 )
 
 from vmemtrace import __version__
-from vmemtrace.judge.checks import STATUSES
 from vmemtrace.judge.ledger import Folding
+from vmemtrace.judge.outcome import STATUSES
 from vmemtrace.judge.verdict import evaluate
 from vmemtrace.probes.plan import WALK_STRATEGY, is_attached
 from vmemtrace.probes.targets import BY_NAME
