@@ -56,57 +56,48 @@
 #include "vmemtrace.h" /* the structs user space reads: the event contract */
 
 /*
- * Struct layout. The loader passes the sizes and offsets the program reads as LAYOUT_* defines,
- * taken from the kernel's BTF (vmemtrace/kernel/btf.py): BCC parsing linux/mm_types.h and
- * linux/memremap.h is most of its compile time. Without BTF it passes LAYOUT_FROM_HEADERS and
- * the same numbers come from those headers; LAYOUT_CHECK (tests) has the compiler compare both.
+ * Struct layout. vmemtrace/probes/program.py passes the sizes and offsets the program reads as
+ * LAYOUT_<name> defines, taken from the kernel's BTF (vmemtrace/kernel/btf.py Layout): BCC
+ * parsing linux/mm_types.h and linux/memremap.h is most of its compile time. Without BTF it
+ * passes LAYOUT_FROM_HEADERS and the same numbers come from those headers; LAYOUT_CHECK (tests)
+ * has the compiler compare both. VT_LAYOUT is the one list of them: (name, its value in the
+ * headers); VT_L(name) is the value the program reads.
  */
+#define VT_LAYOUT(X)                                              \
+    X(STRUCT_PAGE, sizeof(struct page))                           \
+    X(PGMAP_ALTMAP, offsetof(struct dev_pagemap, altmap))         \
+    X(PGMAP_FLAGS, offsetof(struct dev_pagemap, flags))           \
+    X(PGMAP_NR_RANGE, offsetof(struct dev_pagemap, nr_range))     \
+    X(PGMAP_RANGES, offsetof(struct dev_pagemap, ranges))         \
+    X(ALTMAP_BASE_PFN, offsetof(struct vmem_altmap, base_pfn))    \
+    X(ALTMAP_RESERVE, offsetof(struct vmem_altmap, reserve))      \
+    X(ALTMAP_FREE, offsetof(struct vmem_altmap, free))            \
+    X(RANGE_SIZE, sizeof(struct range))                           \
+    VT_LAYOUT_SHIFT(X)
+/* dev_pagemap.vmemmap_shift came in 5.17: read only where the kernel has it. */
+#ifdef HAVE_VMEMMAP_SHIFT
+#define VT_LAYOUT_SHIFT(X) X(PGMAP_VMEMMAP_SHIFT, offsetof(struct dev_pagemap, vmemmap_shift))
+#else
+#define VT_LAYOUT_SHIFT(X)
+#endif
+
 #if defined(LAYOUT_FROM_HEADERS) || defined(LAYOUT_CHECK)
 #include <linux/mm_types.h>
 #include <linux/memremap.h>
 #include <linux/range.h>
-#define HDR_STRUCT_PAGE sizeof(struct page)
-#define HDR_PGMAP_ALTMAP offsetof(struct dev_pagemap, altmap)
-#define HDR_PGMAP_FLAGS offsetof(struct dev_pagemap, flags)
-#define HDR_PGMAP_NR_RANGE offsetof(struct dev_pagemap, nr_range)
-#define HDR_PGMAP_RANGES offsetof(struct dev_pagemap, ranges)
-#define HDR_ALTMAP_BASE_PFN offsetof(struct vmem_altmap, base_pfn)
-#define HDR_ALTMAP_RESERVE offsetof(struct vmem_altmap, reserve)
-#define HDR_ALTMAP_FREE offsetof(struct vmem_altmap, free)
-#define HDR_RANGE_SIZE sizeof(struct range)
-#ifdef HAVE_VMEMMAP_SHIFT
-#define HDR_PGMAP_VMEMMAP_SHIFT offsetof(struct dev_pagemap, vmemmap_shift)
-#endif
+#define VT_HDR_VALUE(name, value) VT_HDR_##name = (value),
+enum vt_hdr_layout { VT_LAYOUT(VT_HDR_VALUE) };
 #endif
 
 #ifdef LAYOUT_FROM_HEADERS
-#define LAYOUT_STRUCT_PAGE HDR_STRUCT_PAGE
-#define LAYOUT_PGMAP_ALTMAP HDR_PGMAP_ALTMAP
-#define LAYOUT_PGMAP_FLAGS HDR_PGMAP_FLAGS
-#define LAYOUT_PGMAP_NR_RANGE HDR_PGMAP_NR_RANGE
-#define LAYOUT_PGMAP_RANGES HDR_PGMAP_RANGES
-#define LAYOUT_ALTMAP_BASE_PFN HDR_ALTMAP_BASE_PFN
-#define LAYOUT_ALTMAP_RESERVE HDR_ALTMAP_RESERVE
-#define LAYOUT_ALTMAP_FREE HDR_ALTMAP_FREE
-#define LAYOUT_RANGE_SIZE HDR_RANGE_SIZE
-#ifdef HAVE_VMEMMAP_SHIFT
-#define LAYOUT_PGMAP_VMEMMAP_SHIFT HDR_PGMAP_VMEMMAP_SHIFT
-#endif
+#define VT_L(name) VT_HDR_##name
+#else
+#define VT_L(name) LAYOUT_##name
 #endif
 
 #ifdef LAYOUT_CHECK
-_Static_assert(LAYOUT_STRUCT_PAGE == HDR_STRUCT_PAGE, "sizeof(struct page)");
-_Static_assert(LAYOUT_PGMAP_ALTMAP == HDR_PGMAP_ALTMAP, "dev_pagemap.altmap");
-_Static_assert(LAYOUT_PGMAP_FLAGS == HDR_PGMAP_FLAGS, "dev_pagemap.flags");
-_Static_assert(LAYOUT_PGMAP_NR_RANGE == HDR_PGMAP_NR_RANGE, "dev_pagemap.nr_range");
-_Static_assert(LAYOUT_PGMAP_RANGES == HDR_PGMAP_RANGES, "dev_pagemap.ranges");
-_Static_assert(LAYOUT_ALTMAP_BASE_PFN == HDR_ALTMAP_BASE_PFN, "vmem_altmap.base_pfn");
-_Static_assert(LAYOUT_ALTMAP_RESERVE == HDR_ALTMAP_RESERVE, "vmem_altmap.reserve");
-_Static_assert(LAYOUT_ALTMAP_FREE == HDR_ALTMAP_FREE, "vmem_altmap.free");
-_Static_assert(LAYOUT_RANGE_SIZE == HDR_RANGE_SIZE, "sizeof(struct range)");
-#ifdef HAVE_VMEMMAP_SHIFT
-_Static_assert(LAYOUT_PGMAP_VMEMMAP_SHIFT == HDR_PGMAP_VMEMMAP_SHIFT, "dev_pagemap.vmemmap_shift");
-#endif
+#define VT_HDR_ASSERT(name, value) _Static_assert(LAYOUT_##name == (value), #name);
+VT_LAYOUT(VT_HDR_ASSERT)
 #endif
 
 /* include/linux/memremap.h: "pgmap->altmap is valid" (bit 0 of dev_pagemap.flags since 4.20). */
@@ -206,19 +197,19 @@ static __always_inline void read_pgmap(void *pgmap, u64 *pfns, u64 *range_start,
     *range_pages = 0;
     if (!pgmap)
         return;
-#ifdef LAYOUT_PGMAP_VMEMMAP_SHIFT
+#ifdef HAVE_VMEMMAP_SHIFT
     u64 shift = 0;
-    bpf_probe_read_kernel(&shift, sizeof(shift), pgmap + LAYOUT_PGMAP_VMEMMAP_SHIFT);
+    bpf_probe_read_kernel(&shift, sizeof(shift), pgmap + VT_L(PGMAP_VMEMMAP_SHIFT));
     if (shift < 64)
         *pfns = 1ULL << shift;
 #endif
     int nr_range = 0;
     u64 range[2] = {}; /* struct range { u64 start; u64 end; }, end inclusive (include/linux/range.h) */
-    bpf_probe_read_kernel(&nr_range, sizeof(nr_range), pgmap + LAYOUT_PGMAP_NR_RANGE);
+    bpf_probe_read_kernel(&nr_range, sizeof(nr_range), pgmap + VT_L(PGMAP_NR_RANGE));
     if (nr_range < 0 || nr_range > 64)
         return;
     if (bpf_probe_read_kernel(&range, sizeof(range),
-                              pgmap + LAYOUT_PGMAP_RANGES + nr_range * LAYOUT_RANGE_SIZE) == 0) {
+                              pgmap + VT_L(PGMAP_RANGES) + nr_range * VT_L(RANGE_SIZE)) == 0) {
         *range_start = range[0] >> PAGE_SHIFT;
         if (range[1] >= range[0])
             *range_pages = (range[1] - range[0] + 1) >> PAGE_SHIFT;
@@ -445,7 +436,7 @@ static __always_inline int on_section_enter(void *ctx, u64 pfn, u64 nr_pages, u6
     s.ev.pfn = pfn;
     s.ev.nr_pages = nr_pages;
     s.ev.altmap = altmap != 0;
-    s.ev.struct_page_size = LAYOUT_STRUCT_PAGE;
+    s.ev.struct_page_size = VT_L(STRUCT_PAGE);
     s.ev.page_size = PAGE_SIZE;
     read_kaddrs(&s);
 #ifdef HAVE_SECTION_PGMAP
@@ -559,10 +550,10 @@ static __always_inline int on_vpa_return(void *ctx, u64 pte_ptr)
 
     u64 ppc = s->ev.pfns_per_compound;
     if (ppc > 1 && addr >= s->start_addr) {
-        u64 pfn = s->ev.pfn + (addr - s->start_addr) / LAYOUT_STRUCT_PAGE;
+        u64 pfn = s->ev.pfn + (addr - s->start_addr) / VT_L(STRUCT_PAGE);
         u64 start = s->ev.range_start_pfn;
         u64 head = start + ((pfn - start) & ~(ppc - 1));
-        u64 index = ((pfn - head) * LAYOUT_STRUCT_PAGE) / PAGE_SIZE;
+        u64 index = ((pfn - head) * VT_L(STRUCT_PAGE)) / PAGE_SIZE;
         if (cp_load(s, head)) {
             struct cp_val *c = &s->cp;
             c->ptes++;
@@ -585,7 +576,7 @@ static __always_inline int on_vpa_return(void *ctx, u64 pte_ptr)
                 c->out_of_order++;
             if (index + 1 > c->max_index)
                 c->max_index = index + 1;
-            if (c->ptes >= (ppc * LAYOUT_STRUCT_PAGE) / PAGE_SIZE)
+            if (c->ptes >= (ppc * VT_L(STRUCT_PAGE)) / PAGE_SIZE)
                 cp_complete(ctx, s);
         }
     }
@@ -651,19 +642,19 @@ static __always_inline int on_mizd_enter(u64 start_pfn, u64 nr_pages, u64 pgmap_
     r.ts = bpf_ktime_get_ns();
     r.ev.start_pfn = start_pfn;
     r.ev.nr_pages = nr_pages;
-    r.ev.struct_page_size = LAYOUT_STRUCT_PAGE;
+    r.ev.struct_page_size = VT_L(STRUCT_PAGE);
     r.ev.page_size = PAGE_SIZE;
     read_pgmap(pgmap, &r.ev.pfns_per_compound, &r.range_start, &r.range_pages);
-    bpf_probe_read_kernel(&flags, sizeof(flags), pgmap + LAYOUT_PGMAP_FLAGS);
+    bpf_probe_read_kernel(&flags, sizeof(flags), pgmap + VT_L(PGMAP_FLAGS));
     if (flags & VT_PGMAP_ALTMAP_VALID) {
         /* memmap_init_zone_device() skips the pfns whose struct pages the altmap holds:
          * start_pfn = altmap->base_pfn + vmem_altmap_offset(altmap), i.e. + reserve + free
          * (include/linux/mm.h). */
         r.ev.altmap = 1;
-        void *altmap = pgmap + LAYOUT_PGMAP_ALTMAP;
-        bpf_probe_read_kernel(&r.ev.altmap_base_pfn, sizeof(u64), altmap + LAYOUT_ALTMAP_BASE_PFN);
-        bpf_probe_read_kernel(&r.ev.altmap_reserve, sizeof(u64), altmap + LAYOUT_ALTMAP_RESERVE);
-        bpf_probe_read_kernel(&r.ev.altmap_free, sizeof(u64), altmap + LAYOUT_ALTMAP_FREE);
+        void *altmap = pgmap + VT_L(PGMAP_ALTMAP);
+        bpf_probe_read_kernel(&r.ev.altmap_base_pfn, sizeof(u64), altmap + VT_L(ALTMAP_BASE_PFN));
+        bpf_probe_read_kernel(&r.ev.altmap_reserve, sizeof(u64), altmap + VT_L(ALTMAP_RESERVE));
+        bpf_probe_read_kernel(&r.ev.altmap_free, sizeof(u64), altmap + VT_L(ALTMAP_FREE));
     }
     r.ev.mic_min = (u64)-1;
     ranges.update(&t, &r);
@@ -900,43 +891,29 @@ VT_FEXIT(vmemmap_populate_address, VT_ARGS_vmemmap_populate_address)
 }
 #endif
 
-#ifdef VT_ARGS_vmemmap_alloc_block_buf
-VT_FENTRY(vmemmap_alloc_block_buf, VT_NARGS_vmemmap_alloc_block_buf)
-{
-    HIT(vmemmap_alloc_block_buf);
-    return alloc_enter(VT_FENTRY_ARG(vmemmap_alloc_block_buf, size), 1);
-}
+/* An allocator's fentry and fexit, as its kprobes above: buf 1 for a *_block_buf (never a
+ * page-table page). */
+#define VT_ALLOCATOR(fn, buf)                                  \
+    VT_FENTRY(fn, VT_NARGS_##fn)                               \
+    {                                                          \
+        HIT(fn);                                               \
+        return alloc_enter(VT_FENTRY_ARG(fn, size), buf);      \
+    }                                                          \
+    VT_FEXIT(fn, VT_ARGS_##fn)                                 \
+    {                                                          \
+        return alloc_return(ret);                              \
+    }
 
-VT_FEXIT(vmemmap_alloc_block_buf, VT_ARGS_vmemmap_alloc_block_buf)
-{
-    return alloc_return(ret);
-}
+#ifdef VT_ARGS_vmemmap_alloc_block_buf
+VT_ALLOCATOR(vmemmap_alloc_block_buf, 1)
 #endif
 
 #ifdef VT_ARGS_altmap_alloc_block_buf
-VT_FENTRY(altmap_alloc_block_buf, VT_NARGS_altmap_alloc_block_buf)
-{
-    HIT(altmap_alloc_block_buf);
-    return alloc_enter(VT_FENTRY_ARG(altmap_alloc_block_buf, size), 1);
-}
-
-VT_FEXIT(altmap_alloc_block_buf, VT_ARGS_altmap_alloc_block_buf)
-{
-    return alloc_return(ret);
-}
+VT_ALLOCATOR(altmap_alloc_block_buf, 1)
 #endif
 
 #ifdef VT_ARGS_vmemmap_alloc_block
-VT_FENTRY(vmemmap_alloc_block, VT_NARGS_vmemmap_alloc_block)
-{
-    HIT(vmemmap_alloc_block);
-    return alloc_enter(VT_FENTRY_ARG(vmemmap_alloc_block, size), 0);
-}
-
-VT_FEXIT(vmemmap_alloc_block, VT_ARGS_vmemmap_alloc_block)
-{
-    return alloc_return(ret);
-}
+VT_ALLOCATOR(vmemmap_alloc_block, 0)
 #endif
 
 #ifdef VT_ARGS_memmap_init_zone_device

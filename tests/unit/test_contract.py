@@ -79,3 +79,17 @@ def test_every_contract_field_is_a_u64_or_the_comm():
         for line in filter(str.strip, struct.splitlines()):
             assert re.match(r"\s+(u64 \w+(\[[^\]]+\])?|char comm\[16\]|struct \w+ \w+(\[\w+\])?);\s*$",
                             line), line
+
+
+def test_the_struct_layout_list_is_what_btf_layout_passes():
+    """VT_LAYOUT (bpf/vmemtrace.bpf.c) lists the sizes and offsets the program reads;
+    kernel/btf.py's Layout passes each as LAYOUT_<name>: a member added on one side fails here."""
+    import dataclasses
+
+    from vmemtrace.kernel import btf
+
+    listed = set(re.findall(r"\bX\((\w+), (?:sizeof|offsetof)\(", SOURCE))
+    values = {f.name: 8 for f in dataclasses.fields(btf.Layout)
+              if f.name not in ("signatures", "mem_section", "prog_info_misses")}
+    passed = {d.split("=")[0].removeprefix("-DLAYOUT_") for d in btf.Layout(**values).defines()}
+    assert listed == passed and "STRUCT_PAGE" in listed, (listed, passed)

@@ -88,10 +88,14 @@ def test_every_target_with_programs_has_its_trampolines_compiled_only_where_btf_
     block = trampoline_block(target.name)
     assert block is not None, target.name
     kinds = dict(target.trampoline)
-    assert re.search(rf"(VT_FENTRY|KFUNC_PROBE)\({target.name}\b", block)
-    fexit = re.search(rf"(VT_FEXIT|KRETFUNC_PROBE)\({target.name}(, VT_ARGS_{target.name}\))?", block)
+    # VT_ALLOCATOR(fn, buf): an allocator's fentry and its fexit over VT_ARGS_<fn> arguments.
+    allocator = re.search(rf"^VT_ALLOCATOR\({target.name}, [01]\)$", block, re.M)
+    assert allocator or re.search(rf"(VT_FENTRY|KFUNC_PROBE)\({target.name}\b", block)
+    fexit = allocator or re.search(
+        rf"(VT_FEXIT|KRETFUNC_PROBE)\({target.name}(, VT_ARGS_{target.name}\))?", block)
     assert ("fexit" in kinds) == (fexit is not None)
-    programs = re.compile(rf"^(VT_FENTRY|VT_FEXIT|KFUNC_PROBE|KRETFUNC_PROBE)\({target.name}\b", re.M)
+    programs = re.compile(
+        rf"^(VT_FENTRY|VT_FEXIT|VT_ALLOCATOR|KFUNC_PROBE|KRETFUNC_PROBE)\({target.name}\b", re.M)
     assert len(programs.findall(SOURCE)) == len(programs.findall(block))  # none outside it
     assert target.trampoline_attach == "+".join(kinds)
 
