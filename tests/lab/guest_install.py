@@ -1,9 +1,7 @@
-"""Runs inside a lab guest (python3 tests/lab/guest_install.py): install the built .deb with apt,
-and separately the wheel into a fresh venv, and verify every lab case with each installed
-vmemtrace, away from the mounted source tree. Prints one JSON document.
-
-The guest's root is the lab cache, shared read-only in spirit: what apt writes goes to overlays
-on tmpfs, gone at power-off. Driven by tests/lab/test_lab_e2e_install.py; assertions live there.
+"""The installed package checked inside a `lab --systemd` guest, once its unit has run and
+stopped (tests/lab/guest_systemd.py calls report()): the .deb's man pages and unit files, every
+lab case verified by /usr/bin/vmemtrace, and the wheel installed into a fresh venv verifying two,
+each away from the mounted source tree. The assertions live in tests/lab/test_lab_e2e_systemd.py.
 """
 
 import glob
@@ -13,7 +11,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, "/opt/vmemtrace")
-from vmemtrace.lab import deb  # noqa: E402  (the lab's installer, not the tool)
+from vmemtrace.lab import deb  # noqa: E402  (the lab's environment for a command, not the tool)
 from vmemtrace.lab.cases import CASES  # noqa: E402  (only the table of cases, not the tool)
 
 DIST = "/opt/vmemtrace/dist"
@@ -60,15 +58,13 @@ def where(exe):
             "module": mod.stdout.strip()}
 
 
-def main():
-    deb.overlay_writable_dirs()
+def report():
+    """What the installed package holds and does (the lab installed the .deb with apt)."""
     (wheel,) = glob.glob(f"{DIST}/vmemtrace-*.whl")
-    apt = deb.install(DIST)
     man = sh("man", "-P", "cat", "vmemtrace-verify")
-    unit_file = "/lib/systemd/system/vmemtrace-exporter.service"  # no systemd as PID 1 here
+    unit_file = "/lib/systemd/system/vmemtrace-exporter.service"
     unit = open(unit_file).read() if os.path.exists(unit_file) else ""
-    out = {"apt_exit": apt.returncode, "apt_err": apt.stderr[-2000:],
-           "man_exit": man.returncode, "man": man.stdout.splitlines()[:12],
+    out = {"man_exit": man.returncode, "man": man.stdout.splitlines()[:12],
            "unit_files": sorted(glob.glob("/lib/systemd/system/vmemtrace*")),
            "unit_exec": [line for line in unit.splitlines() if line.startswith("ExecStart")],
            "default": os.path.exists("/etc/default/vmemtrace-exporter"),
@@ -81,8 +77,4 @@ def main():
     out["venv_exit"], out["pip_exit"], out["pip_err"] = venv.returncode, pip.returncode, pip.stderr[-2000:]
     # The .deb is still installed: the venv's module must win in the venv, which is what it is for.
     out["wheel"] = {"where": where("/tmp/venv/bin/vmemtrace"), "cases": cases("/tmp/venv/bin/vmemtrace", WHEEL_CASES)}
-    print(json.dumps(out))
-
-
-if __name__ == "__main__":
-    main()
+    return out

@@ -1,7 +1,8 @@
 """Runs inside a `lab --systemd` guest (systemd PID 1, the .deb installed, its unit enabled and
 started by the lab): the shipped unit traces, judges a namespace made now, and a real Prometheus
 scrapes it and evaluates the alert rules; then the unit under the hardening that hid
-/proc/kallsyms says so and alerts; then it stops clean. Prints one JSON document.
+/proc/kallsyms says so and alerts; then it stops clean; with --package-on SERIES, on that kernel
+the installed package is checked too (guest_install.py). Prints one JSON document.
 
 Driven by tests/lab/test_lab_e2e_systemd.py; the assertions live there.
 """
@@ -14,6 +15,7 @@ import time
 
 sys.path.insert(0, "/opt/vmemtrace")
 # Only the lab's helpers and tables: the unit runs the installed package, not this tree.
+from tests.lab import guest_install  # noqa: E402
 from tests.lab.guest_prometheus import (  # noqa: E402
     alert_rules,
     expected_saving,
@@ -163,6 +165,11 @@ def main():
     finally:
         prom.terminate()
         prom.wait(timeout=60)
+    # The package itself, on one kernel (--package-on SERIES): in this boot, not one of its own.
+    if len(sys.argv) == 3 and sys.argv[1] == "--package-on" \
+            and os.uname().release.startswith(sys.argv[2] + "."):
+        note("the installed package: man pages, unit files, every case by the .deb and the wheel")
+        out["package"] = guest_install.report()
     print(json.dumps(out))
 
 

@@ -1,25 +1,38 @@
-"""End to end: the .deb's unit as a host runs it. `lab --systemd` boots systemd as PID 1 in 6.12
-and 7.3 guests, installs the package built from this tree and enables its unit; the unit traces,
-a namespace made then is judged, a real Prometheus scrapes it and evaluates the alert rules; under
-ProtectKernelTunables=yes (which hides /proc/kallsyms) it says so and alerts; it stops clean."""
+"""End to end: the package as a host installs and runs it. `lab --systemd` boots systemd as PID 1
+in 6.12 and 7.3 guests, installs the .deb built from this tree with apt and enables its unit; the
+unit traces, a namespace made then is judged, a real Prometheus scrapes it and evaluates the alert
+rules; under ProtectKernelTunables=yes (which hides /proc/kallsyms) it says so and alerts; it
+stops clean. Then, in the 6.12 boot, the installed package: its man pages and unit files, every
+lab case verified by /usr/bin/vmemtrace, and the wheel in a fresh venv, away from the source tree."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import run_cli
+from tests.lab.guest_install import WHEEL_CASES
 from vmemtrace.judge import geometry
-from vmemtrace.lab.cases import PMEM_START
+from vmemtrace.lab.cases import CASES, PMEM_START
 
 pytestmark = pytest.mark.lab
 KERNELS = ("6.12", "7.3")
+PACKAGE_ON = "6.12"  # the kernel whose boot also checks the installed package
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def units():
+    dist = ROOT / "dist"
+    for old in dist.glob("vmemtrace-*.whl"):
+        old.unlink()
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", str(dist), str(ROOT)], check=True, capture_output=True)
     args = [a for k in KERNELS for a in ("--kernel", k)]
     res = run_cli("lab", *args, "--systemd", "--exec",
-                  "python3 /opt/vmemtrace/tests/lab/guest_systemd.py")
+                  f"python3 /opt/vmemtrace/tests/lab/guest_systemd.py --package-on {PACKAGE_ON}")
     assert res.returncode == 0, res.stderr[-3000:]
     docs = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
     assert len(docs) == len(KERNELS), res.stdout[-2000:]
@@ -73,3 +86,48 @@ def test_systemctl_stop_detaches_everything(unit):
     assert stopped["ActiveState"] == "inactive" and stopped["ExecMainStatus"] == "0", stopped
     assert stopped["NRestarts"] == "0"
     assert unit["kprobes_after"] == 0
+
+
+@pytest.fixture(scope="module")
+def installed(units):
+    return units[PACKAGE_ON]["package"]
+
+
+# The lab's 3 GiB region on 6.12, as the source tree's own lab run measures it
+# (tests/lab/test_lab_e2e.py): vmemmap pages and struct pages initialised; None: as expected.
+MEASURED = {"mem-2M": (3072, 196608), "mem-1G": (6, 384), "dev-2M": (12288, None),
+            "mem-4K": (12288, None)}
+
+
+def test_apt_installs_the_deb_with_its_man_pages_and_unit(installed):
+    assert installed["man_exit"] == 0
+    assert any("vmemtrace-verify" in line for line in installed["man"][:4]), installed["man"]
+    assert installed["unit_files"] == ["/lib/systemd/system/vmemtrace-exporter.service"]
+    assert installed["unit_exec"] == ["ExecStart=/usr/bin/vmemtrace exporter $VMEMTRACE_OPTS"]
+    assert installed["default"]
+
+
+@pytest.mark.parametrize("how,prefix", [("deb", "/usr/lib/python3/dist-packages/vmemtrace/"),
+                                        ("wheel", "/tmp/venv/lib/")])
+def test_the_installed_tool_runs_from_where_it_was_installed(installed, how, prefix):
+    if how == "wheel":
+        assert installed["venv_exit"] == 0 and installed["pip_exit"] == 0, installed["pip_err"]
+    where = installed[how]["where"]
+    assert where["module"].startswith(prefix), where
+    assert where["bpf_program"].startswith(prefix) and where["bpf_program"].endswith("vmemtrace.bpf.c")
+    assert where["can_trace"] is True
+
+
+@pytest.mark.parametrize("how,case", [("deb", c) for c in sorted(CASES)] +
+                         [("wheel", c) for c in WHEEL_CASES])
+def test_the_installed_tool_passes_every_case(installed, how, case):
+    if how == "wheel":
+        assert installed["venv_exit"] == 0 and installed["pip_exit"] == 0, installed["pip_err"]
+    assert case in installed[how]["cases"], installed[how]["where"]
+    got = installed[how]["cases"][case]
+    assert (got["exit"], got["verdict"]) == (0, "pass"), got["err"]
+    (dev,) = got["devices"]
+    vmemmap, init = MEASURED[case]
+    assert dev["vmemmap_pages"]["observed"] == vmemmap
+    inits = dev["struct_pages_initialized"]
+    assert inits["observed"] == (init if init is not None else inits["expected"])

@@ -1,7 +1,7 @@
 """The built wheel and .deb carry what an installed vmemtrace needs to trace: the BPF program as
 package data (found where the package is, not in a source tree) and the licence; the .deb also
 the man pages, the exporter's unit and the dashboards. Installing them in a guest and tracing
-with them: tests/lab/test_lab_e2e_install.py."""
+with them: tests/lab/test_lab_e2e_systemd.py."""
 
 import io
 import subprocess

@@ -26,7 +26,7 @@ SECURITY = "http://deb.debian.org/debian-security"
 # Debian's BCC (python3-bpfcc) and vmemtrace's own Python dependencies from Debian; a real
 # Prometheus server to scrape the exporter, bpftrace as the benchmark's baseline, and bpftool to
 # see which BPF programs are loaded; man-db and python3-venv for the tests that install the built
-# .deb and wheel in a guest (tests/lab/test_lab_e2e_install.py).
+# .deb and wheel in a guest (tests/lab/test_lab_e2e_systemd.py).
 PACKAGES = ("kmod", "udev", "procps", "python3", "python3-bpfcc", "ndctl", "daxctl",
             "python3-click", "python3-tabulate", "python3-prometheus-client", "prometheus",
             "bpftrace", "iproute2", "bpftool", "man-db", "python3-venv",
