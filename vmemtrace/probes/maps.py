@@ -13,13 +13,13 @@ from vmemtrace.log import compounds, difference
 DRAIN_CHUNK = 4096  # compound map entries per batch system call
 
 
-def fields(struct) -> dict[str, int | str]:
+def fields(c_struct) -> dict[str, int | str]:
     """A ctypes struct BCC built from the program's C declaration, by field name: the C struct
-    is the contract (bpf/vmemtrace.bpf.c), nothing here repeats its layout. A char array (comm)
+    is the contract (bpf/vmemtrace.h), nothing here repeats its layout. A char array (comm)
     is text; ctypes hands it over as bytes up to the first NUL."""
     out: dict[str, int | str] = {}
-    for name, _ in struct._fields_:
-        value = getattr(struct, name)
+    for name, _ in c_struct._fields_:
+        value = getattr(c_struct, name)
         out[name] = value.decode("utf-8", "replace") if isinstance(value, bytes) else int(value)
     return out
 
