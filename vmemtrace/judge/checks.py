@@ -3,7 +3,8 @@ Check, or None where it does not apply to the run. The verdict (judge/verdict.py
 statuses alone. Witnesses beside the probes (the kernel's log line, /proc/vmstat) are folded in by
 the checks that use them.
 
-Adding a check is one function here and its place in CHECKS; if it defines a kind of range, its
+Adding a check is one function here (or in a module of its own, as judge/cross_check.py) and its
+place in CHECKS; if it defines a kind of range, its
 name in defining_checks() too (docs/adding.md).
 """
 

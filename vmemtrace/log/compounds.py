@@ -10,7 +10,7 @@ Here each page is judged as it is appended and only this is kept:
   boot memory can only share a section with a range's first or last piece (geometry.boot_shared),
   so these are the only pages the checks may have to set apart as on the boot memmap;
 - per part of the range, a count and an order-independent digest of each page's (head, layout),
-  and one difference table (below) for the whole range: what --cross-check compares between
+  and one difference table (log/difference.py) for the whole range: what --cross-check compares between
   sources, naming the compound pages that differ where few do;
 - one bit per compound page (a head seen twice) and one per first tail page's pfn (two pages
   sharing one), both sparse;

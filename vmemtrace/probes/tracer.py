@@ -15,10 +15,9 @@ from vmemtrace.probes.program import Compile
 from vmemtrace.probes.startup import STARTUP
 from vmemtrace.probes.targets import BY_NAME
 
-# Perf buffer pages per CPU (4 KiB each). Measured at 1 TiB under TCG, when every compound
-# page was sent: 128 pages lost 439 of 8192 section events while BCC's reader stayed on the
-# compound pages' buffer; 1024 pages hold 21000 (2.6 TiB of one range's sections). Compound
-# pages are now judged in BPF and only those of a fifth layout class are sent.
+# Perf buffer pages per CPU (4 KiB each): 1024 hold 21000 section events, 2.6 TiB of one range's
+# sections (docs/performance.md). Compound pages are judged in BPF: only those of a fifth layout
+# class are sent.
 PAGES = {"section_events": 1024, "range_events": 128, "compound_events": 256,
          "summary_events": 64}
 MIN_PAGES = 8  # BCC's default page_cnt: below it, no tracing
