@@ -5,6 +5,7 @@ under TCG); the guests that need another command line boot on their own."""
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -218,6 +219,35 @@ def test_audit_and_check_refused_under_lockdown_confidentiality():
     assert "kernel lockdown is in confidentiality mode: it forbids tracefs" in value(out, "check-err")
 
 
+def _parents():
+    """{pid: (parent pid, command name)} of every live process now."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # gone meanwhile
+            continue
+        # comm may hold spaces and parentheses: the fields after its last ")" are fixed
+        comm, rest = text.split("(", 1)[1].rsplit(")", 1)
+        state, ppid = rest.split()[:2]
+        if state != "Z":  # a zombie has ended; its parent only has not reaped it
+            parents[int(stat.parent.name)] = (int(ppid), comm)
+    return parents
+
+
+def _guests_of(pid):
+    """The live qemu processes below pid: this lab's guest, not those of labs beside it."""
+    parents = _parents()
+
+    def below(p):
+        while p in parents and p > 1:
+            p = parents[p][0]
+            if p == pid:
+                return True
+        return False
+    return {p for p, (_, comm) in parents.items() if comm.startswith("qemu-system") and below(p)}
+
+
 def test_sigterm_to_the_lab_leaves_no_guest_running():
     import os
     import signal
@@ -225,25 +255,22 @@ def test_sigterm_to_the_lab_leaves_no_guest_running():
     import sys
     import time
 
-    def qemus():  # live ones: a zombie left by someone else's run is not ours to count
-        states = subprocess.run(["ps", "-C", "qemu-system-x86_64", "-o", "stat="],
-                                capture_output=True, text=True).stdout.split()
-        return str(sum(1 for s in states if not s.startswith("Z")))
-
-    assert qemus() == "0"
     lab = subprocess.Popen([sys.executable, "-m", "vmemtrace", "lab", "--kernel", "6.12",
                             "--exec", "sleep 600"], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while qemus() == "0" and time.monotonic() < deadline:
+    guests = set()
+    while not guests and time.monotonic() < deadline:
         time.sleep(1)
-    assert qemus() != "0", "the guest never started"
+        guests = _guests_of(lab.pid)
+    assert guests, "the guest never started"
     os.kill(lab.pid, signal.SIGTERM)
     try:
         assert lab.wait(timeout=60) == 130
     finally:
         lab.kill()  # never leave a lab behind for the next test, whatever failed
     assert lab.stderr.read().strip().splitlines()[-1] == "vmemtrace: interrupted"
-    assert qemus() == "0"
+    alive = set(_parents())
+    assert not guests & alive, f"the lab's guest {guests} outlived it"
 
 
 def test_btf_layout_is_the_headers_layout(booted, series):

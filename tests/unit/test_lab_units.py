@@ -382,3 +382,31 @@ def test_cxl_memory_runs_the_namespace_cases_not_the_two_region_ones():
     assert res.returncode == 2
     assert res.stderr.strip().splitlines()[-1] == (
         "vmemtrace: --pmem-start 9300M: a CXL window starts on a 256M boundary")
+
+
+def test_labs_side_by_side_get_their_own_run_and_keep_each_others(tmp_path):
+    """Two labs started in the same second boot into different directories; pruning removes the
+    oldest runs beyond the kept number, never one a lab beside it may still be writing."""
+    import os
+    import time
+
+    from vmemtrace.lab import runner
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    hour_ago = time.time() - runner.BUSY_SECONDS - 60
+    for i in range(runner.KEEP_RUNS + 2):
+        old = runs / f"20000101-0000{i:02d}-6.12"
+        (old / "out").mkdir(parents=True)
+        os.utime(old, (hour_ago, hour_ago))
+    busy = runs / "20000101-000000-7.3"  # the oldest name, its console still written
+    (busy / "out").mkdir(parents=True)
+    os.utime(busy, (hour_ago, hour_ago))
+    (busy / "console.log").write_text("booting\n")
+    one, two = runner._new_workdir(tmp_path, "6.12"), runner._new_workdir(tmp_path, "6.12")
+    assert one != two and (one / "out").is_dir() and (two / "out").is_dir()
+    left = sorted(p.name for p in runs.iterdir())
+    assert busy.name in left
+    # each call found one more than it keeps and the busy run among the oldest: 3 removed
+    assert [n for n in left if n.endswith("-6.12")][:1] == ["20000101-000003-6.12"]
+    assert len(left) == runner.KEEP_RUNS + 2  # the kept ones, the busy one, the new one

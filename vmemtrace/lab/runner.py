@@ -1,8 +1,10 @@
 """Host side of `vmemtrace lab`: prepare the cache, boot each kernel, run the cases, report."""
 
+import contextlib
 import json
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,6 +20,8 @@ from vmemtrace.lab.tables import case_table
 from vmemtrace.output import render
 
 KEEP_RUNS = 20
+# A run whose console was written this recently may be a lab running beside this one: kept.
+BUSY_SECONDS = 3600
 
 
 def project_root() -> Path:
@@ -29,13 +33,23 @@ def project_root() -> Path:
     return root
 
 
+def _last_written(run: Path) -> float:
+    console = run / "console.log"
+    return max(run.stat().st_mtime, console.stat().st_mtime if console.exists() else 0)
+
+
 def _new_workdir(cache: Path, release: str) -> Path:
+    """A fresh directory for one boot, named by its start time, unique among labs that run at
+    once; the oldest runs beyond KEEP_RUNS are removed unless another lab may still be using them."""
     runs = cache / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     for old in sorted(runs.iterdir())[:-KEEP_RUNS]:
-        shutil.rmtree(old, ignore_errors=True)
-    workdir = runs / f"{time.strftime('%Y%m%d-%H%M%S')}-{release}"
-    (workdir / "out").mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):
+            if _last_written(old) < time.time() - BUSY_SECONDS:
+                shutil.rmtree(old, ignore_errors=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f"{time.strftime('%Y%m%d-%H%M%S')}-{release}-", dir=runs))
+    workdir.chmod(0o755)
+    (workdir / "out").mkdir()
     return workdir
 
 
