@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from tests.conftest import FIXTURES
+from vmemtrace.output.manual import RUNBOOK
 
 ROOT = Path(__file__).resolve().parents[2]
 DASH = ROOT / "dashboards"
@@ -170,7 +171,8 @@ def test_every_alert_has_a_runbook_section():
     for r in rules:
         url = r["annotations"]["runbook_url"]
         page, _, anchor = url.partition("#")
-        assert page.endswith("/docs/runbook.md") and anchor == r["alert"].lower(), url
+        # where the .deb installs it, uncompressed (tests/unit/test_package.py)
+        assert page == f"file://{RUNBOOK}" and anchor == r["alert"].lower(), url
         assert anchor in anchors, r["alert"]
 
 
@@ -213,6 +215,7 @@ def test_systemd_unit_verifies_and_is_sandboxed(tmp_path):
                          capture_output=True, text=True,
                          env={**os.environ, "MANPATH": str(tmp_path / "man")})
     assert res.returncode == 0 and not res.stderr.strip(), res.stderr
+    assert f"file://{RUNBOOK}" in unit.split("Documentation=", 1)[1].splitlines()[0]
     res = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--threshold=40",
                           str(tmp_path / "vmemtrace-exporter.service")], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout[-2000:]

@@ -10,6 +10,8 @@ import tarfile
 import zipfile
 from pathlib import Path
 
+from vmemtrace.output.manual import RUNBOOK
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -81,7 +83,7 @@ def test_the_deb_builds_and_holds_what_it_promises(tmp_path):
             "/lib/systemd/system/vmemtrace-exporter.service", "/etc/default/vmemtrace-exporter",
             "/usr/share/vmemtrace/dashboards/vmemtrace.json",
             "/usr/share/vmemtrace/dashboards/alerts.yml",
-            "/usr/share/doc/vmemtrace/copyright",
+            "/usr/share/doc/vmemtrace/copyright", RUNBOOK,
             "/usr/share/bash-completion/completions/vmemtrace"} <= files
     # Not enabled on install: no link into multi-user.target.wants, no start in postinst.
     assert not any("wants" in f for f in files)

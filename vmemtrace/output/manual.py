@@ -135,7 +135,11 @@ FIELDS = (
     "list` names it), VMSTAT (nr_memmap_pages), LOST and HITS (the BPF side's account at "
     "the end). --json prints each event as the event log has it.")
 
-ALERTS = ("Each alert in alerts.yml links to docs/runbook.md by its runbook_url: "
+# Where the .deb installs docs/runbook.md (debian/vmemtrace.docs, uncompressed: debian/rules): the
+# alerts' runbook_url and the unit's Documentation= point there.
+RUNBOOK = "/usr/share/doc/vmemtrace/runbook.md"
+ALERTS = (f"Each alert in alerts.yml links to the runbook the package installs, {RUNBOOK}, by its "
+          "runbook_url: "
           "VmemtraceCheckFailed, VmemtraceProbeNotAttached, VmemtraceNotTracing, "
           "VmemtraceKernelSymbolsHidden, VmemtraceStale, VmemtraceEventsLost and "
           "VmemtraceExporterDown.")
