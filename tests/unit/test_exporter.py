@@ -14,6 +14,7 @@ from tests.conftest import FIXTURES, run_cli
 from vmemtrace.errors import VmemtraceError
 from vmemtrace.judge import geometry
 from vmemtrace.log import logfile
+from vmemtrace.output import scrape_server
 from vmemtrace.output.exporter import Exporter, parse_listen
 from vmemtrace.output.metrics import LedgerCollector, LiveLedger, Snapshot
 
@@ -367,7 +368,7 @@ def _scrape_times(port, cert, n=40):
                          ids=["50-idle", "16-slowloris", "300-idle"])
 def test_no_client_can_stall_a_scrape(tmp_path, tls, idle, slow):
     """While clients connect and say nothing (over TLS: never start the handshake) or send a
-    request a byte at a time, every scrape answers, its 99th percentile under a second."""
+    request a byte at a time, every scrape answers, none waiting for them."""
     import threading
 
     cert, key = _tls_pair(tmp_path) if tls else (None, None)
@@ -393,7 +394,9 @@ def test_no_client_can_stall_a_scrape(tmp_path, tls, idle, slow):
         t.start()
     try:
         times = _scrape_times(port, cert)
-        assert times[int(0.99 * len(times))] < 1.0, times
+        # A scrape stuck behind a held connection waits out the server's DEADLINE (5 s); half of
+        # it tells the two apart on a busy machine too (a lab guest beside the unit tests).
+        assert times[int(0.99 * len(times))] < scrape_server.DEADLINE / 2, times
     finally:
         stop.set()
         for s in held:
