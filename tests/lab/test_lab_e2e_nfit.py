@@ -24,7 +24,8 @@ PAGE = 4096
 
 @pytest.fixture(scope="module")
 def lab():
-    args = ["lab", "--json", "--pmem", "nfit", "--case", "mem-2M,multi,multi-kprobe"]
+    # two vCPUs: the multi cases populate ranges from tasks that may run at the same moment
+    args = ["lab", "--json", "--cpus", "2", "--pmem", "nfit", "--case", "mem-2M,multi,multi-kprobe"]
     for k in KERNELS:
         args += ["--kernel", k]
     res = run_cli(*args)

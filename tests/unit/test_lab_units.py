@@ -410,3 +410,14 @@ def test_labs_side_by_side_get_their_own_run_and_keep_each_others(tmp_path):
     # each call found one more than it keeps and the busy run among the oldest: 3 removed
     assert [n for n in left if n.endswith("-6.12")][:1] == ["20000101-000003-6.12"]
     assert len(left) == runner.KEEP_RUNS + 2  # the kept ones, the busy one, the new one
+
+
+def test_labs_started_at_once_both_find_the_cache_writable(tmp_path):
+    """Each lab probes the cache with a file of its own: one never removes the other's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vmemtrace.lab import image
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: image.ensure_writable(tmp_path), range(400)))
+    assert list(tmp_path.iterdir()) == []

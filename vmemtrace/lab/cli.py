@@ -53,6 +53,10 @@ def memory(pmem: str, size: int, start):
                    "starts, a multiple of 256M (auto: 9G; 9472M puts it off 1 GiB alignment)")
 @click.option("--accel", type=click.Choice(["auto", "tcg", "kvm"]), default="auto",
               show_default=True, help="auto: KVM only if a probe boot shows it works")
+@click.option("--cpus", type=click.IntRange(1, 64), default=2, show_default=True,
+              envvar="VMEMTRACE_LAB_CPUS", show_envvar=True,
+              help="virtual CPUs per guest; under TCG each one busy takes a host core, so two "
+                   "labs side by side on 2 cores run best with 1 each")
 @click.option("--refresh", is_flag=True, help="refresh the guest's package lists first")
 @click.option("--timeout", type=float, help="seconds per guest  [default: 1200, and 3 more per "
                                              "GiB of --size]")
@@ -67,8 +71,8 @@ def memory(pmem: str, size: int, start):
 @click.option("--systemd", is_flag=True,
               help="with --exec: boot systemd as PID 1, install the .deb built from this "
                    "checkout and `systemctl enable --now` its exporter unit before the command")
-def lab(kernel_specs, modules, headers, case_list, pmem, size, pmem_start, accel, refresh, timeout,
-        as_json, append, shell, command, systemd):
+def lab(kernel_specs, modules, headers, case_list, pmem, size, pmem_start, accel, cpus, refresh,
+        timeout, as_json, append, shell, command, systemd):
     """Boot a throwaway guest with emulated pmem and run the cases in it.
 
     Exit 0 when every case passed, 1 when one failed, 2 when one could not be verified."""
@@ -87,6 +91,6 @@ def lab(kernel_specs, modules, headers, case_list, pmem, size, pmem_start, accel
         with terminate_on_sigterm():
             region = memory(pmem, parse_size(size), parse_start(pmem_start))
             sys.exit(run_lab(specs, parse_cases(case_list, pmem), region, accel, refresh, as_json, shell,
-                             timeout or region.guest_seconds(), command, append, systemd))
+                             timeout or region.guest_seconds(), command, append, systemd, cpus))
 
     go()

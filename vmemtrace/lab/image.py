@@ -11,6 +11,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -111,9 +112,9 @@ def cache_dir() -> Path:
 def ensure_writable(cache: Path) -> None:
     try:
         cache.mkdir(parents=True, exist_ok=True)
-        probe = cache / ".write-test"
-        probe.write_text("")
-        probe.unlink()
+        # a name of its own: a lab started beside this one probes at the same moment
+        with tempfile.NamedTemporaryFile(dir=cache, prefix=".write-test-"):
+            pass
     except OSError as e:
         raise VmemtraceError(f"the lab cache {cache} is not writable: {e.strerror}") from None
 

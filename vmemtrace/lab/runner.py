@@ -81,7 +81,7 @@ def _fail_with_console(boot: vm.Boot, message: str):
 
 def run_kernel(kernel, cases: list[Case], region: Pmem, accel: str, cache: Path,
                timeout: float, command: str | None = None, append: str = "",
-               package: Path | None = None) -> dict:
+               package: Path | None = None, cpus: int = 2) -> dict:
     """Boot kernel once for the cases or the command; the guest's result document.
     package: a .deb the guest installs, its unit started under systemd as PID 1, first."""
     src = project_root()
@@ -97,8 +97,8 @@ def run_kernel(kernel, cases: list[Case], region: Pmem, accel: str, cache: Path,
         with step(f"booting {kernel.release} ({accel}) with {region.describe()}, {what}"):
             boot = vm.boot(kernel, src, workdir / "out",
                            guest_command(cases, command, timeout, region.kind, package is not None),
-                           region, workdir / "console.log", accel=accel, timeout=timeout,
-                           append=append, systemd=package is not None)
+                           region, workdir / "console.log", accel=accel, cpus=cpus,
+                           timeout=timeout, append=append, systemd=package is not None)
         # Under TCG a guest kernel now and then oopses on an int3 while it patches its own text
         # during early boot (seen once in about ten 7.3 boots): before anything of ours ran,
         # that is the emulator's doing, and one more boot is the cure.
@@ -125,7 +125,7 @@ def run_kernel(kernel, cases: list[Case], region: Pmem, accel: str, cache: Path,
 
 def run_lab(specs: list[KernelSpec], cases: list[Case], region: Pmem, accel: str, refresh: bool,
             as_json: bool, shell: bool, timeout: float, command: str | None = None,
-            append: str = "", systemd: bool = False) -> int:
+            append: str = "", systemd: bool = False, cpus: int = 2) -> int:
     vm.require_tools()
     cache = image.cache_dir()
     kernels = image.prepare(specs, refresh, cache)
@@ -135,8 +135,8 @@ def run_lab(specs: list[KernelSpec], cases: list[Case], region: Pmem, accel: str
             f"`modprobe -a {' '.join(PMEM[region.kind].modules)}; cd {image.GUEST_SRC}; "
             "python3 -m vmemtrace check`")
         workdir = _new_workdir(cache, kernel.release)
-        vm.boot(kernel, project_root(), workdir / "out", None, region,
-                workdir / "console.log", accel="tcg" if accel == "auto" else accel, append=append)
+        vm.boot(kernel, project_root(), workdir / "out", None, region, workdir / "console.log",
+                accel="tcg" if accel == "auto" else accel, cpus=cpus, append=append)
         return EXIT_OK
     if command is not None:
         package = None
@@ -145,7 +145,8 @@ def run_lab(specs: list[KernelSpec], cases: list[Case], region: Pmem, accel: str
                 package = deb.build(project_root(), cache / "deb")
         worst = EXIT_OK
         for kernel in kernels:
-            doc = run_kernel(kernel, cases, region, accel, cache, timeout, command, append, package)
+            doc = run_kernel(kernel, cases, region, accel, cache, timeout, command, append, package,
+                             cpus)
             sys.stdout.write(doc["stdout"])
             sys.stderr.write(doc["stderr"])
             sys.stdout.flush()
@@ -157,7 +158,7 @@ def run_lab(specs: list[KernelSpec], cases: list[Case], region: Pmem, accel: str
         raise VmemtraceError(problems[0])
     worst = EXIT_OK
     for kernel in kernels:
-        doc = run_kernel(kernel, cases, region, accel, cache, timeout, append=append)
+        doc = run_kernel(kernel, cases, region, accel, cache, timeout, append=append, cpus=cpus)
         verdicts = [c[k]["verdict"] for c in doc["cases"] for k in ("result", "audit") if k in c]
         if any(v in ("error", "incomplete") for v in verdicts):
             worst = max(worst, EXIT_CANNOT)
