@@ -16,13 +16,12 @@ if [ $# -gt 0 ]; then pytest "$@"; exit; fi
 pytest -n 2 tests/unit
 pytest tests/host
 # The lab in two lanes at once, each guest with one virtual CPU: a TCG vCPU takes a host core
-# while it runs, and two guests of two vCPUs on two cores stall each other (a vCPU spins on a lock
-# whose holder's thread is not running): two 2-vCPU labs side by side took 1.1 of the time they
-# take one after the other, two 1-vCPU labs 0.65 of it, the lanes' modules 0.73 (docs/adding.md).
-# Lane "a" takes the modules LANE_A names, lane "b" every other one (a new module included) but
-# those SMP names, which need two vCPUs (each module says why) and run alone afterwards; the split
-# evens out measured times. Each line says its lane; each lane leaves its exit status in a file
-# (sh has no pipefail).
+# while it runs, and guests of two vCPUs side by side on two cores stall each other (a vCPU spins
+# on a lock whose holder's thread is not running); docs/adding.md has the measurements. Lane "a"
+# takes the modules LANE_A names, lane "b" every other one (a new module included) but those SMP
+# names, which need two vCPUs (each module says why) and run alone afterwards; the split evens
+# out measured times. Each line says its lane; each lane leaves its exit status in a file (sh has
+# no pipefail).
 status=$(mktemp -d)
 trap 'rm -rf "$status"' EXIT
 # Background jobs of a script ignore Ctrl-C: a stop of the script stops every lane and its guest.
