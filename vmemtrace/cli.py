@@ -158,7 +158,8 @@ def verify(expect, as_json, reports, allow_skip, no_probe, attach, record_to, cr
     """Run CMD (no shell) under tracing and judge what the kernel did.
 
     Where the populate functions are notrace, each range's vmemmap page tables are walked once
-    memmap_init_zone_device returns. Exit 0 pass, 1 fail, 2 could not verify."""
+    memmap_init_zone_device returns. HugeTLB pages CMD allocates or frees are judged by the
+    walk of their vmemmap afterwards (HVO). Exit 0 pass, 1 fail, 2 could not verify."""
     from vmemtrace.judge.verdict import evaluate
 
     with results.error_document(as_json, reports, expect, os.uname().release):
@@ -243,8 +244,8 @@ def replay(file, expect, as_json, reports, allow_skip, only, trust_unsealed):
 @DEVICE
 @one_line_errors
 def audit(expect, as_json, reports, allow_skip, record_to, only):
-    """Verify the dax devices that already exist, by walking their vmemmap page tables
-    through /proc/kcore. init-skip needs the act itself: it is skipped, and waived.
+    """Verify the dax devices and hugetlb pages that already exist, by walking their vmemmap
+    page tables through /proc/kcore. init-skip needs the act itself: it is skipped, and waived.
 
     Exit 0 pass, 1 fail, 2 could not verify (or no dax device)."""
     from vmemtrace.judge.ledger import fold

@@ -19,7 +19,8 @@ from vmemtrace.log.events import header_event
 from vmemtrace.log.sections import Sections, first_pfn, summed
 from vmemtrace.probes.plan import Sources
 from vmemtrace.probes.readiness import assess, cannot_trace, read_facts
-from vmemtrace.walk.audit import boot_sections, existing_devices, walk_range
+from vmemtrace.walk.audit import boot_sections, existing_devices, struct_page_size, walk_range
+from vmemtrace.walk.hugetlb import Snapshot, snapshot, walk_changes
 
 
 def walk_mode(ready, cross_check: bool) -> str | None:
@@ -159,11 +160,12 @@ def run_command(argv: list[str], tracer, on_events: Callable[[list[dict]], None]
 @contextmanager
 def traced(progress: Callable[[str], None], on_event: Callable[[dict], None] | None = None,
            cross_check: bool = False, audit_existing: bool = False, exclude=(), keep: bool = True,
-           sink=None, attach: str = "auto"):
+           sink=None, attach: str = "auto", hugetlb: bool = False):
     """Attach, log the header and the "before" counter (and with audit_existing the walk of the
     devices that exist already); yields (tracer, take, log): log is every event (a list), without
     keep a Folded, or the sink given (anything with append: the exporter's LiveLedger). On the
-    way out, closing events are logged and everything is detached, whatever happened."""
+    way out, closing events are logged and everything is detached, whatever happened. With
+    hugetlb, the hugetlb folios the command allocated or freed are walked at the end."""
     log = sink if sink is not None else [] if keep else Folded()
     walker, mode, sections = None, None, []
 
@@ -200,21 +202,44 @@ def traced(progress: Callable[[str], None], on_event: Callable[[dict], None] | N
                     take([{"type": "vmstat", "when": "before", "nr_memmap_pages": before}])
                 if audit_existing:  # after attaching: whatever is created from now on is traced
                     take(existing_devices(facts, walker, progress))
+                folios = hugetlb_before(walker, progress) if hugetlb else None
                 yield tracer, take, log
                 take(closing_events(tracer, kmsg))
+                if folios is not None and walker is not None:
+                    take(hugetlb_changes(walker, facts, folios, progress))
         finally:
             kmsg.close()
             if walker is not None:
                 walker.close()
 
 
+def hugetlb_before(walker, progress: Callable[[str], None]) -> Snapshot | None:
+    """The hugetlb folios before the command, where their vmemmap can be walked afterwards."""
+    if walker is None:
+        return None
+    try:
+        return snapshot()
+    except VmemtraceError as e:
+        progress(f"hugetlb folios will not be judged: {e}")
+        return None
+
+
+def hugetlb_changes(walker, facts, before: Snapshot, progress: Callable[[str], None]) -> list[dict]:
+    try:
+        return list(walk_changes(walker, facts, struct_page_size(facts, progress), before, progress))
+    except VmemtraceError as e:
+        progress(f"hugetlb folios not judged: {e}")
+        return []
+
+
 def trace_command(argv: list[str], progress: Callable[[str], None],
                   on_event: Callable[[dict], None] | None = None,
                   quiet_stdout: bool = False, cross_check: bool = False,
                   exclude=(), attach: str = "auto") -> Folded:
-    """argv run under tracing, folded as its events come (on_event sees each one)."""
+    """argv run under tracing, folded as its events come (on_event sees each one), with the
+    hugetlb folios it allocated or freed walked at the end."""
     with traced(progress, on_event, cross_check, exclude=exclude, keep=False,
-                attach=attach) as (tracer, take, log):
+                attach=attach, hugetlb=True) as (tracer, take, log):
         command = run_command(argv, tracer, take, quiet_stdout)
     take([command])
     return log

@@ -107,6 +107,7 @@ class Ledger:
     command: dict | None
     hits: dict[str, int] | None = None  # entry-probe hits per function, at the end
     inconsistent: list[str] = field(default_factory=list)  # what no kernel can have produced
+    hugetlb: list[dict] = field(default_factory=list)  # "hugetlb" events: judge/hvo.py
 
     @property
     def feature(self) -> bool:
@@ -162,6 +163,7 @@ class Fold:
     loose: list[dict] = field(default_factory=list)
     in_order: list[DeviceLedger] = field(default_factory=list)  # ranges as they came
     kmsg: list[dict] = field(default_factory=list)
+    hugetlb: list[dict] = field(default_factory=list)
     devices: list[dict] = field(default_factory=list)
     vmstat: dict[str, int] = field(default_factory=dict)
     lost: int = 0
@@ -262,6 +264,8 @@ class Fold:
             self.hits = ev["hits"]
         elif kind == "kmsg":
             self.kmsg.append(ev)
+        elif kind == "hugetlb":
+            self.hugetlb.append(ev)
 
     def finish(self) -> list[DeviceLedger]:
         for d, line in kernel_log_pairs(self.in_order, self.kmsg):
@@ -317,7 +321,7 @@ class Fold:
         ordered = self.finish()
         return Ledger(self.header, ordered, Sources.from_strategy(self.header["strategy"]),
                       self.vmstat, self.lost, self.bpf_errors, self.command, self.hits,
-                      self.unattached.found + self.stray)
+                      self.unattached.found + self.stray, list(self.hugetlb))
 
 
 class Folding:

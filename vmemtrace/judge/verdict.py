@@ -5,7 +5,7 @@ Pure: a Ledger in, the verify document of docs/design.md out. Expected numbers c
 """
 
 
-from vmemtrace.judge import geometry
+from vmemtrace.judge import geometry, hvo
 from vmemtrace.judge.checks import defining_checks, device_verdict, run_checks
 from vmemtrace.judge.device_ledger import DeviceLedger
 from vmemtrace.judge.ledger import Ledger
@@ -76,10 +76,14 @@ def evaluate(ledger: Ledger, expect: str = "auto", allow_skip=(), only=()) -> di
     devices so named, by chardev or namespace; a name that matches none is a problem."""
     chosen = [d for d in ledger.devices if not only or d.known_as(only)]
     devices = [check_device(d, ledger, expect, allow_skip) for d in chosen]
+    version = tuple(ledger.header.get("version") or ())
+    sizes = [ev for ev in ledger.hugetlb if not only or hvo.name(ev) in only]
+    devices += [hvo.check_size(ev, version, expect, allow_skip) for ev in sizes]
     problems = [f"inconsistent log: {p}" for p in ledger.inconsistent]
     problems += [f"inconsistent log, {d.name}: {p}" for d in chosen for p in d.inconsistencies()]
     problems += [f"no dax device {name!r} (by chardev or namespace, as `daxctl list` shows them)"
-                 for name in only if not any(d.known_as((name,)) for d in ledger.devices)]
+                 for name in only if not any(d.known_as((name,)) for d in ledger.devices)
+                 and not any(hvo.name(ev) == name for ev in ledger.hugetlb)]
     if ledger.lost:
         problems.append(f"{ledger.lost} events lost: the ledger is incomplete")
     bad = {k: v for k, v in ledger.bpf_errors.items() if v}

@@ -192,11 +192,15 @@ class Layout:
     # (sizeof(struct bpf_prog_info), offsetof(.., recursion_misses)): the skipped-run count the
     # tracer reads back (probes/maps.py); None where the kernel has no such member (< 5.12)
     prog_info_misses: tuple[int, int] | None = None
+    # struct zone has vmemmap_tails[]: HVO maps tails onto a page shared per zone and order
+    # (judge/hvo.py); not read by the BPF program
+    zone_vmemmap_tails: bool = False
 
     def defines(self) -> list[str]:
         out = []
         for key, value in vars(self).items():
-            if value is not None and key not in ("signatures", "mem_section", "prog_info_misses"):
+            if value is not None and key not in ("signatures", "mem_section", "prog_info_misses",
+                                                 "zone_vmemmap_tails"):
                 out.append(f"-DLAYOUT_{key.upper()}={value}")
         return out
 
@@ -238,7 +242,13 @@ def layout(btf: Btf, functions: tuple[str, ...] = ()) -> Layout:
                   altmap_base_pfn=altmap["base_pfn"], altmap_reserve=altmap["reserve"],
                   altmap_free=altmap["free"], range_size=btf.size(rng),
                   signatures=signatures(btf, functions), mem_section=_size_of(btf, "mem_section"),
-                  prog_info_misses=_prog_info_misses(btf))
+                  prog_info_misses=_prog_info_misses(btf),
+                  zone_vmemmap_tails=_has_member(btf, "zone", "vmemmap_tails"))
+
+
+def _has_member(btf: Btf, struct_name: str, member: str) -> bool:
+    tid = btf.find(struct_name, (STRUCT,))
+    return tid is not None and any(m == member for m, _, _ in btf.members(tid))
 
 
 def _prog_info_misses(btf: Btf) -> tuple[int, int] | None:

@@ -61,6 +61,20 @@ SHARED_TAIL_DAX = Change(
     'device DAX to shared tail vmemmap pages", "... drop the extra tail page from device DAX '
     'reservation"; in mm-unstable and linux-next (next-20261008), not yet in a release')
 
+# HugeTLB Vmemmap Optimisation (mm/hugetlb_vmemmap.c; judge/hvo.py): the layouts it has had.
+HVO_ONE_PAGE = Change(
+    (5, 18), "HVO keeps 1 vmemmap page per hugetlb folio (the head's) and maps every tail "
+             "vmemmap PTE onto it read-only (it kept 2 from 5.14)",
+    '"mm: hugetlb: free the 2nd vmemmap page associated with each HugeTLB page" (Muchun Song, '
+    '5.18)')
+# Released in 2026 (Debian's 7.3.4 has it); read from BTF, never from a version: struct zone
+# gains vmemmap_tails[].
+HVO_SHARED_TAIL = Change(
+    None, "HVO maps tail vmemmap PTEs onto a read-only page of tail struct pages shared per zone "
+          "and order (zone->vmemmap_tails[]) instead of the head's page",
+    '"mm/hugetlb: Remove fake head pages", series "Eliminate fake head pages" (Kiryl '
+    'Shutsemau, v7, 2026)')
+
 SECTION_PGMAP = Change(
     (5, 19), "__populate_section_memmap(pfn, nr_pages, nid, altmap, pgmap): pgmap added",
     '"mm/sparse-vmemmap: add a pgmap argument to section activation" (5.19)')

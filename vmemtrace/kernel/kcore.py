@@ -25,6 +25,7 @@ PT_LOAD = 1
 PHDR_SIZE = 56  # sizeof(Elf64_Phdr)
 PN_XNUM = 0xFFFF
 _PRESENT = 1 << 0
+_RW = 1 << 1
 _PSE = 1 << 7
 # Physical address bits 12..51 of an entry (PTE_PFN_MASK with __PHYSICAL_MASK_SHIFT 52).
 _ADDR = ((1 << 52) - 1) & ~0xFFF
@@ -199,6 +200,12 @@ class PageTables:
 
     def translate(self, vaddr: int) -> tuple[int, str] | None:
         """(physical address, "pte"|"pmd"|"pud") of the page mapping vaddr, or None."""
+        hit = self.mapping(vaddr)
+        return None if hit is None else hit[:2]
+
+    def mapping(self, vaddr: int) -> tuple[int, str, bool] | None:
+        """translate(), with whether the entry that maps the page lets it be written (_PAGE_RW:
+        HVO maps the vmemmap it frees read-only, mm/hugetlb_vmemmap.c)."""
         table = self.layout.init_top_pgt
         for shift in self.shifts:
             entry = self._table(table)[(vaddr >> shift) & (ENTRIES - 1)]
@@ -207,7 +214,8 @@ class PageTables:
             if shift == 12 or (shift in (21, 30) and entry & _PSE):
                 size = 1 << shift
                 base = entry & self.layout.addr_mask & ~(size - 1)
-                return base + (vaddr & (size - 1) & ~0xFFF), LEVEL_NAMES[shift]
+                return (base + (vaddr & (size - 1) & ~0xFFF), LEVEL_NAMES[shift],
+                        bool(entry & _RW))
             table = self.layout.page_offset_base + (entry & self.layout.addr_mask)
         raise AssertionError("unreachable: the last level is a PTE")
 
@@ -216,12 +224,18 @@ class PageTables:
         """Per vmemmap page of the struct pages of [start_pfn, start_pfn + nr_pages), in order:
         the pfn of the physical page behind it and the level that maps it, None where nothing
         is mapped. One at a time: 1 TiB of device has 4 Mi vmemmap pages."""
+        for hit in self.vmemmap_mappings(start_pfn, nr_pages, struct_page_size):
+            yield None if hit is None else hit[:2]
+
+    def vmemmap_mappings(self, start_pfn: int, nr_pages: int,
+                         struct_page_size: int) -> Iterator[tuple[int, str, bool] | None]:
+        """vmemmap_backing(), each with whether its entry is writable."""
         page = 1 << PAGE_SHIFT
         first = self.layout.vmemmap_base + start_pfn * struct_page_size
         last = self.layout.vmemmap_base + (start_pfn + nr_pages) * struct_page_size
         for va in range(first & ~(page - 1), last, page):
-            hit = self.translate(va)
-            yield None if hit is None else (hit[0] >> PAGE_SHIFT, hit[1])
+            hit = self.mapping(va)
+            yield None if hit is None else (hit[0] >> PAGE_SHIFT, hit[1], hit[2])
 
 
 # include/linux/mmzone.h: section_mem_map's flag bits (an enum since 5.17, the same values as the
@@ -313,6 +327,11 @@ class Walker:
         # Fresh tables (and table cache) per range: page tables change as namespaces come and go.
         return PageTables(self.kcore, self.layout).vmemmap_backing(start_pfn, nr_pages,
                                                                    struct_page_size)
+
+    def tables(self) -> "PageTables":
+        """Page tables read afresh, each table page once for as long as the caller keeps them
+        (one snapshot of every hugetlb folio's vmemmap)."""
+        return PageTables(self.kcore, self.layout)
 
     def boot_sections(self, numbers: Iterable[int]) -> list[int] | None:
         """Which of these memory sections were present at boot; None where mem_section

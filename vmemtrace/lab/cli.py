@@ -33,7 +33,8 @@ def memory(pmem: str, size: int, start):
               help="comma-separated namespace cases; multi (with --pmem nfit): mem-2M and "
                    "dev-2M in one region, mem-1G in the other at the same time, one verify; "
                    "multi-kprobe: the same devices made first, bound all at once under verify "
-                   "--attach kprobe")
+                   "--attach kprobe; hvo-1G, hvo-2M, hvo-off-2M: hugetlb pages allocated, "
+                   "audited and freed with HVO on (off)")
 @click.option("--pmem", type=click.Choice(["e820", "nfit", "cxl"]), default="e820", show_default=True,
               help="the guest's persistent memory: e820, one memmap= region with one namespace; "
                    "nfit, two of qemu's ACPI NVDIMMs (sparse files in the lab cache) whose "

@@ -159,7 +159,8 @@ def run_lab(specs: list[KernelSpec], cases: list[Case], region: Pmem, accel: str
     worst = EXIT_OK
     for kernel in kernels:
         doc = run_kernel(kernel, cases, region, accel, cache, timeout, append=append, cpus=cpus)
-        verdicts = [c[k]["verdict"] for c in doc["cases"] for k in ("result", "audit") if k in c]
+        verdicts = [c[k]["verdict"] for c in doc["cases"] for k in ("result", "audit", "free")
+                    if k in c]
         if any(v in ("error", "incomplete") for v in verdicts):
             worst = max(worst, EXIT_CANNOT)
         elif any(v != "pass" for v in verdicts):

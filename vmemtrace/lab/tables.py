@@ -19,24 +19,32 @@ def _notes(device) -> list:
 
 def case_table(doc: dict) -> str:
     rows = []
-    for entry in doc["cases"]:
-        r = entry["result"]
-        audit = _audit_cell(entry.get("audit"))
+    for entry, case, r in _documents(doc):
+        audit = _audit_cell(entry.get("audit")) if r is entry["result"] else "-"
         for d in r.get("devices") or [None]:
-            notes = "; ".join(_notes(d) + r.get("problems", []))
+            notes = "; ".join(_notes(d) + r.get("problems", [])
+                              + ([entry["problem"]] if "problem" in entry else []))
             if d is None:
-                rows.append((entry["case"], "-", "-", "-", "-", "-", "-", r["verdict"], audit, notes))
+                rows.append((case, "-", "-", "-", "-", "-", "-", r["verdict"], audit, notes))
                 continue
             vm, sp = d["vmemmap_pages"], d["struct_pages_initialized"]
             # The CXL region it lies in, as `cxl list` names it (documents before it: none).
             where = f" ({d['cxl']['region']})" if d.get("cxl") else ""
-            rows.append((entry["case"], d["device"] + where, _n(d["align"]), _yn(d["expected_optimized"]),
+            rows.append((case, d["device"] + where, _n(d["align"]), _yn(d["expected_optimized"]),
                          _yn(d["optimized"]), f"{_n(vm['observed'])}/{vm['expected']}/{vm['naive']}",
                          f"{_n(sp['observed'])}/{sp['expected']}/{sp['naive']}", r["verdict"],
                          audit, notes))
     return table(rows, headers=["case", "device", "align", "eligible", "optimised",
                                    "vmemmap pages obs/exp/naive", "struct pages init obs/exp/naive",
                                    "verdict", "audit (walked vmemmap pages)", "notes"])
+
+
+def _documents(doc: dict):
+    """(entry, case label, verify document) per case, and a second row for an hvo case's free."""
+    for entry in doc["cases"]:
+        yield entry, entry["case"], entry["result"]
+        if "free" in entry:
+            yield entry, f"{entry['case']} free", entry["free"]
 
 
 def _audit_cell(doc) -> str:

@@ -12,7 +12,7 @@ import time
 from vmemtrace import __version__
 from vmemtrace.errors import VmemtraceError
 from vmemtrace.log.difference import CELL_WIDTH, TABLE_CELLS
-from vmemtrace.log.rows import COLUMNS, LEGACY_COLUMNS
+from vmemtrace.log.rows import COLUMNS, HUGETLB_ROW, LEGACY_COLUMNS
 from vmemtrace.log.sections import SHARED as SECTION_SHARED
 from vmemtrace.log.sections import SUMMED
 
@@ -58,6 +58,14 @@ REQUIRED = {
     # of a device that was there before tracing started (the exporter audits those first)
     "walk": ("start_pfn", "nr_pages", "pfns_per_compound", "altmap", "vmemmap_pages", "mapped",
              "distinct", "reused", "levels", "struct_page_size", "page_size", "paging"),
+    # one hugepage size's hugetlb folios and their vmemmap, walked (walk/hugetlb.py): rows of
+    # rows.HUGETLB_ROW, each page that holds all of a folio's tails [pfn, folios mapping it],
+    # the HVO switches and layout marker read with it ("existing": walked after the fact, by
+    # audit); under verify also pool_before, freed, restored_rows, restored_distinct and
+    # stale_heads (the freed folios walked again)
+    "hugetlb": ("size_kb", "pfns_per_folio", "nr_hugepages", "folios", "rows", "shared_tails",
+                "heads_shared", "distinct", "zones", "hvo", "struct_page_size", "page_size",
+                "existing"),
     # /proc/vmstat nr_memmap_pages (6.11+) before and after the command
     "vmstat": ("when", "nr_memmap_pages"),
     # a dax device (one range of it) found in sysfs after the command (optional: "driver";
@@ -112,7 +120,10 @@ OPTIONAL = {"device": ("driver", "mode", "namespace", "pgmap_start_pfn", "pgmap_
                        "mapping", "mappings", *CXL),
             "section": TASK, "range": TASK + ("boot_sections",), "walk": ("boot_sections",),
             "compound": ("source", "out_of_order"), "compounds": ("source", "cells"),
-            "sections": ("ktime",)}
+            "sections": ("ktime",),
+            # verify's: the freed folios walked again (walk/hugetlb.py)
+            "hugetlb": ("pool_before", "freed", "restored_rows", "restored_distinct",
+                        "stale_heads")}
 
 # Types of the keys that are not non-negative integer counts (the rest are: pfns, pages, bytes).
 BOOL, STR, LIST, DICT, NUMBER, SIGNED, INT_MAP, MAYBE_INT, INT_LIST = (
@@ -123,6 +134,7 @@ CLASS_ROWS, PAGE_ROWS, PARTS, MAYBE_PAIR, STR_LIST, SOURCE = (
     f"a list of {len(COLUMNS) + 1} counts each", f"a list of {len(COLUMNS)} counts each",
     "a list of [part, pages, digest]", "a pair of counts or null", "a list of strings", '"walk"')
 CELLS = f"a list of {TABLE_CELLS} [pages, head, digest, check]"
+HUGETLB_ROWS, PFN_COUNTS = f"a list of {len(HUGETLB_ROW)} counts each", "a list of [pfn, count]"
 TYPES = {
     "header": {"kernel": STR, "version": LIST, "feature": DICT, "strategy": DICT},
     "section": {"altmap": BOOL, "has_pgmap": BOOL, "ok": BOOL, "comm": STR},
@@ -141,6 +153,8 @@ TYPES = {
     "compounds": {"source": SOURCE, "classes": CLASS_ROWS, "kept": PAGE_ROWS, "parts": PARTS,
                   "lowest_head": MAYBE_INT, "highest_head": MAYBE_INT, "reused_head": MAYBE_INT,
                   "shared_tail": MAYBE_PAIR, "problems": STR_LIST, "cells": CELLS},
+    "hugetlb": {"rows": HUGETLB_ROWS, "restored_rows": HUGETLB_ROWS, "shared_tails": PFN_COUNTS,
+                "hvo": DICT, "existing": BOOL},
 }
 # Physical limits: 52 address bits (x86_64 with 5-level paging) are 2^40 pages of 4 KiB.
 MAX_PFN = 1 << 40
@@ -189,6 +203,13 @@ def _typed(v, kind: str) -> bool:
         return isinstance(v, list) and all(isinstance(t, str) for t in v)
     if kind == SOURCE:
         return v == "walk"
+    if kind == HUGETLB_ROWS:
+        return isinstance(v, list) and all(
+            isinstance(r, list) and len(r) == len(HUGETLB_ROW) and all(_count(n) for n in r)
+            for r in v)
+    if kind == PFN_COUNTS:
+        return isinstance(v, list) and all(
+            isinstance(r, list) and len(r) == 2 and all(_count(n) for n in r) for r in v)
     if kind == RUNS:
         return isinstance(v, list) and all(
             isinstance(r, list) and len(r) == 2 and all(_count(n) and n <= MAX_PFN for n in r)

@@ -8,6 +8,13 @@ COLUMNS = ("head_pfn", "ptes", "fresh", "reused", "existing", "head_fresh", "tai
            "tail_pfn", "on_tail", "max_index", "out_of_order")
 LEGACY_COLUMNS = COLUMNS[:-1]
 
+# A "hugetlb" event's row (walk/hugetlb.py): the folios mapped alike, the lowest head pfn among
+# them, then how their vmemmap is mapped: PTEs, those present, distinct pages behind them, those
+# mapped at PTE level, whether the head's is writable, tails on the head's page, tails on the
+# page behind the first tail, writable tails.
+HUGETLB_ROW = ("folios", "first_head", "ptes", "mapped", "distinct", "pte_mapped",
+               "head_writable", "on_head", "on_first_tail", "tails_writable")
+
 
 def page(ev: dict) -> dict:
     """A compound event's or BPF page's counts, by COLUMNS; out_of_order None where not

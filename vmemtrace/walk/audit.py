@@ -15,6 +15,7 @@ from vmemtrace.probes.plan import AUDITED, WALK_STRATEGY
 from vmemtrace.probes.readiness import assess, read_facts
 from vmemtrace.probes.targets import FUNCTIONS, TARGETS, WALK_TARGETS
 from vmemtrace.walk.backing import Walked, walk_events
+from vmemtrace.walk.hugetlb import walk_sizes
 
 
 def walk_range(walker: Walker, start_pfn: int, nr_pages: int, pfns_per_compound: int,
@@ -81,9 +82,11 @@ def auditable(devices: list[dict], progress: Callable[[str], None]) -> list[dict
     return out
 
 
-def audit_events(walker: Walker, facts, progress: Callable[[str], None], only=()) -> Iterator[dict]:
+def audit_events(walker: Walker, facts, progress: Callable[[str], None], only=(),
+                 hugetlb: bool = False) -> Iterator[dict]:
     """Per dax device in sysfs now (only those -d names, if any): the walk of its pgmap range,
-    then its device event. Streamed: a 1 TiB range's compound pages are rows of columns
+    then its device event; with hugetlb, then per hugepage size its folios walked (the exporter
+    does not report those yet, so it does not walk them). Streamed: a 1 TiB range's compound pages are rows of columns
     (walk/backing.py) until the fold takes them, never a list of dicts (600 MB at 1 TiB)."""
     version, page = facts.version, struct_page_size(facts, progress)
     devices = auditable([d for d in daxdev.inventory() if events.named(d, only)], progress)
@@ -99,6 +102,8 @@ def audit_events(walker: Walker, facts, progress: Callable[[str], None], only=()
         walked.walk["existing"] = True  # the walk event: a device that was there before tracing
         yield from walked
         yield dev
+    if hugetlb and (not only or any(n.startswith("hugetlb-") for n in only)):
+        yield from walk_sizes(walker, facts, page, progress)
 
 
 def existing_devices(facts, walker: Walker | None,
@@ -129,7 +134,7 @@ def audit_log(progress: Callable[[str], None], only=()) -> Iterator[dict]:
     facts = read_facts(with_bcc=False)
     with open_walker(facts) as walker:
         yield _audit_header(facts)
-        yield from audit_events(walker, facts, progress, only)
+        yield from audit_events(walker, facts, progress, only, hugetlb=True)
 
 
 def audit_or_header(progress: Callable[[str], None]) -> tuple[list[dict], str | None]:
