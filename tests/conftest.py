@@ -34,6 +34,17 @@ def series(request):
     return request.param
 
 
+def lab_json(kernels, *args, returncode=0) -> dict:
+    """`vmemtrace lab --json` on these kernel series, one boot each: its documents by series,
+    each checked to be the series asked for; the lab's exit code must be `returncode`."""
+    res = run_cli("lab", "--json", *args, *(a for k in kernels for a in ("--kernel", k)))
+    assert res.returncode == returncode, res.stderr[-3000:]
+    docs = [json.loads(line) for line in res.stdout.splitlines()]
+    for doc, series in zip(docs, kernels, strict=True):
+        assert re.match(re.escape(series) + r"[.-]", doc["kernel"]), (series, doc["kernel"])
+    return dict(zip(kernels, docs))
+
+
 def run_cli(*args, env=None, timeout=3600):
     """The real command line in a subprocess: real exit code, real stderr."""
     import os

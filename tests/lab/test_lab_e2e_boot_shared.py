@@ -5,12 +5,11 @@ memmap for those pieces (mm/sparse.c), so they are neither allocated nor optimis
 BOOT_MEMMAP_INIT). Every case must come out with numbers that count those pieces apart.
 """
 
-import json
 import re
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import lab_json
 from vmemtrace.judge import geometry
 
 pytestmark = pytest.mark.lab
@@ -25,14 +24,9 @@ CASES = ("mem-2M", "mem-4K", "dev-2M", "mem-1G")
 
 @pytest.fixture(scope="module")
 def lab():
-    args = ["lab", "--json", "--pmem-start", f"{START_MIB}M", "--case", ",".join(CASES)]
-    for k in KERNELS:
-        args += ["--kernel", k]
-    res = run_cli(*args)
     # mem-1G fails on the kernel's doing (below): exit 1, never 2.
-    assert res.returncode == 1, res.stderr[-3000:]
-    docs = [json.loads(line) for line in res.stdout.splitlines()]
-    return dict(zip(KERNELS, docs))
+    return lab_json(KERNELS, "--pmem-start", f"{START_MIB}M", "--case", ",".join(CASES),
+                    returncode=1)
 
 
 def case(doc, name):

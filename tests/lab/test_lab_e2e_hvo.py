@@ -4,11 +4,9 @@ from each kernel: one vmemmap page kept per folio on 6.12, plus a tail page shar
 7.3. 6.1's recordings are replayed by tests/unit/test_hvo.py.
 """
 
-import json
-
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import lab_json
 
 pytestmark = pytest.mark.lab
 
@@ -18,14 +16,8 @@ CASES = ("hvo-1G", "hvo-2M", "hvo-off-2M")
 
 @pytest.fixture(scope="module")
 def lab():
-    args = ["lab", "--json", "--case", ",".join(CASES)]
-    for k in KERNELS:
-        args += ["--kernel", k]
-    res = run_cli(*args)
     # 6.12 keeps a freed, optimised 1 GiB page as bad pages (docs/findings.md): exit 1, never 2.
-    assert res.returncode == 1, res.stderr[-3000:]
-    docs = [json.loads(line) for line in res.stdout.splitlines()]
-    return dict(zip(KERNELS, docs))
+    return lab_json(KERNELS, "--case", ",".join(CASES), returncode=1)
 
 
 def case(doc, name):

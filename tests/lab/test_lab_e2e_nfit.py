@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import lab_json
 from vmemtrace.judge import geometry
 
 pytestmark = pytest.mark.lab
@@ -25,16 +25,9 @@ PAGE = 4096
 @pytest.fixture(scope="module")
 def lab():
     # two vCPUs: the multi cases populate ranges from tasks that may run at the same moment
-    args = ["lab", "--json", "--cpus", "2", "--pmem", "nfit", "--case", "mem-2M,multi,multi-kprobe"]
-    for k in KERNELS:
-        args += ["--kernel", k]
-    res = run_cli(*args)
-    assert res.returncode == 0, res.stderr[-3000:]
-    docs = [json.loads(line) for line in res.stdout.splitlines()]
-    for doc, series in zip(docs, KERNELS):
-        assert re.match(re.escape(series) + r"[.-]", doc["kernel"]), (series, doc["kernel"])
-        assert doc["pmem"] == "nfit"
-    return dict(zip(KERNELS, docs))
+    docs = lab_json(KERNELS, "--cpus", "2", "--pmem", "nfit", "--case", "mem-2M,multi,multi-kprobe")
+    assert all(doc["pmem"] == "nfit" for doc in docs.values())
+    return docs
 
 
 def entry(doc, name):

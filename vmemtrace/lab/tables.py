@@ -3,6 +3,8 @@
 from vmemtrace.output.render import num as _n
 from vmemtrace.output.render import table
 
+TRIPLE = ("observed", "expected", "naive")
+
 
 def _yn(v) -> str:
     return {True: "yes", False: "no", None: "-"}[v]
@@ -31,8 +33,8 @@ def case_table(doc: dict) -> str:
             # The CXL region it lies in, as `cxl list` names it (documents before it: none).
             where = f" ({d['cxl']['region']})" if d.get("cxl") else ""
             rows.append((case, d["device"] + where, _n(d["align"]), _yn(d["expected_optimized"]),
-                         _yn(d["optimized"]), f"{_n(vm['observed'])}/{vm['expected']}/{vm['naive']}",
-                         f"{_n(sp['observed'])}/{sp['expected']}/{sp['naive']}", r["verdict"],
+                         _yn(d["optimized"]), "/".join(_n(vm[k]) for k in TRIPLE),
+                         "/".join(_n(sp[k]) for k in TRIPLE), r["verdict"],
                          audit, notes))
     return table(rows, headers=["case", "device", "align", "eligible", "optimised",
                                    "vmemmap pages obs/exp/naive", "struct pages init obs/exp/naive",
