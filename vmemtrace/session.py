@@ -103,9 +103,9 @@ def closing_events(tracer, kmsg: KmsgCursor | None = None) -> list[dict]:
         out.extend(ev for ev in map(parse_memmap_init, kmsg.messages()) if ev)
     out.append({"type": "lost", "count": tracer.lost, "errors": tracer.errors()})
     out.append({"type": "hits", "hits": tracer.hits()})
-    n = vmstat.read_nr_memmap_pages()
-    if n is not None:
-        out.append({"type": "vmstat", "when": "after", "nr_memmap_pages": n})
+    counters = vmstat.vmstat_event("after")
+    if counters is not None:
+        out.append(counters)
     out.extend(daxdev.inventory())
     return out
 
@@ -197,9 +197,9 @@ def traced(progress: Callable[[str], None], on_event: Callable[[dict], None] | N
         try:
             with tracer:
                 take([header])
-                before = vmstat.read_nr_memmap_pages()
+                before = vmstat.vmstat_event("before")
                 if before is not None:
-                    take([{"type": "vmstat", "when": "before", "nr_memmap_pages": before}])
+                    take([before])
                 if audit_existing:  # after attaching: whatever is created from now on is traced
                     take(existing_devices(facts, walker, progress))
                 folios = hugetlb_before(walker, progress) if hugetlb else None

@@ -70,3 +70,18 @@ def test_pools_and_zones(tmp_path):
         "Node 0, zone   Movable\n  pages free     0\n        present  0\n"
         "Node 0, zone   Normal\n  pages free     9\n        present  1048576\n")
     assert hugetlb.populated_zones(tmp_path) == 2
+
+
+def test_vmstat_event_carries_the_boot_counter_where_the_kernel_has_it(tmp_path):
+    from vmemtrace.kernel.vmstat import vmstat_event
+
+    (tmp_path / "proc").mkdir()
+    vmstat = tmp_path / "proc/vmstat"
+    vmstat.write_text("nr_free_pages 3\nnr_memmap_pages 12288\nnr_memmap_boot_pages 20480\n")
+    assert vmstat_event("before", tmp_path) == {"type": "vmstat", "when": "before",
+                                                "nr_memmap_pages": 12288,
+                                                "nr_memmap_boot_pages": 20480}
+    vmstat.write_text("nr_free_pages 3\nnr_memmap_pages 12288\n")
+    assert "nr_memmap_boot_pages" not in vmstat_event("after", tmp_path)
+    vmstat.write_text("nr_free_pages 3\n")  # before 6.11
+    assert vmstat_event("after", tmp_path) is None

@@ -143,8 +143,11 @@ def name(ev: dict) -> str:
     return f"hugetlb-{ev['size_kb']}kB"
 
 
-def check_size(ev: dict, version: tuple, expect: str, allow_skip=()) -> dict:
-    """One hugepage size's part of the document: checks, verdict, and the numbers."""
+def check_size(ev: dict, version: tuple, expect: str, allow_skip=(),
+               memmap_delta: int | None = None) -> dict:
+    """One hugepage size's part of the document: checks, verdict, and the numbers.
+    memmap_delta: the kernel's memmap pages' change across the command, where this size alone
+    changed them (Ledger.memmap_delta())."""
     layout, layout_why = detect(ev, version)
     have, built_why = built(ev)
     on, on_why = switched_on(ev)
@@ -175,6 +178,8 @@ def check_size(ev: dict, version: tuple, expect: str, allow_skip=()) -> dict:
     if ev.get("freed"):
         checks.append(restore(ev))
         defining += check_names.HVO_FREED
+    if memmap_delta is not None and not ev["existing"]:
+        checks.append(counters(ev, memmap_delta, judged, on, shared))
     verdict, unjudged = device_verdict(checks, defining, allow_skip)
     return {
         "device": name(ev), "chardev": None, "namespace": None, "cxl": None,
@@ -282,6 +287,22 @@ def accounting(ev: dict, expected: int, shared: int, layout: HvoLayout | None) -
     tail = f" and {shared} shared tail page{plural}" if layout.shared_tails else ""
     return Check(name, PASS, f"{ev['distinct']} vmemmap pages: one per folio{tail} "
                              f"instead of {ev['folios'] * per_folio(ev)} (page-table walk)")
+
+
+def counters(ev: dict, delta: int, j: Judged, on: bool, shared: int) -> Check:
+    """The kernel's own count beside the walk: nr_memmap_pages + nr_memmap_boot_pages (6.11+,
+    mm/hugetlb_vmemmap.c accounts what it frees and allocates) change by what the walk says
+    HVO freed (per - 1 pages per folio optimised) and restore gave back (the same per folio
+    freed, taken as optimised while HVO is on), give or take the shared tail pages."""
+    per = per_folio(ev) - 1
+    freed = ev.get("freed", 0) if on else 0
+    expected = per * (freed - j.optimized)
+    what = (f"nr_memmap_pages + nr_memmap_boot_pages changed by {delta:+d} across the command, "
+            f"expected {expected:+d} ({j.optimized} folios optimised, {freed} restored, "
+            f"{per} pages each)")
+    if abs(delta - expected) > shared:
+        return Check("memmap-counters", FAIL, what)
+    return Check("memmap-counters", PASS, what)
 
 
 def no_false(ev: dict, j: Judged, have: bool) -> Check:

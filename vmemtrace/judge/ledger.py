@@ -108,6 +108,15 @@ class Ledger:
     hits: dict[str, int] | None = None  # entry-probe hits per function, at the end
     inconsistent: list[str] = field(default_factory=list)  # what no kernel can have produced
     hugetlb: list[dict] = field(default_factory=list)  # "hugetlb" events: judge/hvo.py
+    vmstat_boot: dict[str, int] = field(default_factory=dict)  # nr_memmap_boot_pages, where read
+
+    def memmap_delta(self) -> int | None:
+        """The change of the kernel's memmap pages, boot and not, across the command (6.11+);
+        None where either counter was not read at both ends."""
+        both = ("before", "after")
+        if not all(w in self.vmstat and w in self.vmstat_boot for w in both):
+            return None
+        return sum(c["after"] - c["before"] for c in (self.vmstat, self.vmstat_boot))
 
     @property
     def feature(self) -> bool:
@@ -166,6 +175,7 @@ class Fold:
     hugetlb: list[dict] = field(default_factory=list)
     devices: list[dict] = field(default_factory=list)
     vmstat: dict[str, int] = field(default_factory=dict)
+    vmstat_boot: dict[str, int] = field(default_factory=dict)
     lost: int = 0
     bpf_errors: dict[str, int] = field(default_factory=dict)
     command: dict | None = None
@@ -254,6 +264,8 @@ class Fold:
             getattr(self, kind)(ev)
         elif kind == "vmstat":
             self.vmstat[ev["when"]] = ev["nr_memmap_pages"]
+            if "nr_memmap_boot_pages" in ev:
+                self.vmstat_boot[ev["when"]] = ev["nr_memmap_boot_pages"]
         elif kind == "device":
             self.devices.append(ev)
         elif kind == "lost":
@@ -321,7 +333,8 @@ class Fold:
         ordered = self.finish()
         return Ledger(self.header, ordered, Sources.from_strategy(self.header["strategy"]),
                       self.vmstat, self.lost, self.bpf_errors, self.command, self.hits,
-                      self.unattached.found + self.stray, list(self.hugetlb))
+                      self.unattached.found + self.stray, list(self.hugetlb),
+                      dict(self.vmstat_boot))
 
 
 class Folding:

@@ -66,7 +66,8 @@ REQUIRED = {
     "hugetlb": ("size_kb", "pfns_per_folio", "nr_hugepages", "folios", "rows", "shared_tails",
                 "heads_shared", "distinct", "zones", "hvo", "struct_page_size", "page_size",
                 "existing"),
-    # /proc/vmstat nr_memmap_pages (6.11+) before and after the command
+    # /proc/vmstat nr_memmap_pages (6.11+) before and after the command, and where the kernel
+    # has it nr_memmap_boot_pages
     "vmstat": ("when", "nr_memmap_pages"),
     # a dax device (one range of it) found in sysfs after the command (optional: "driver";
     # "mode", "namespace", "pgmap_start_pfn", "pgmap_nr_pages" from its nvdimm parent;
@@ -120,7 +121,7 @@ OPTIONAL = {"device": ("driver", "mode", "namespace", "pgmap_start_pfn", "pgmap_
                        "mapping", "mappings", *CXL),
             "section": TASK, "range": TASK + ("boot_sections",), "walk": ("boot_sections",),
             "compound": ("source", "out_of_order"), "compounds": ("source", "cells"),
-            "sections": ("ktime",),
+            "sections": ("ktime",), "vmstat": ("nr_memmap_boot_pages",),
             # verify's: the freed folios walked again (walk/hugetlb.py)
             "hugetlb": ("pool_before", "freed", "restored_rows", "restored_distinct",
                         "stale_heads")}
