@@ -60,8 +60,11 @@ def test_allocated_with_hvo_on_every_folio_is_optimised(series, case, device, na
     dev = next(d for d in doc["devices"] if d["device"] == device)
     assert dev["vmemmap_pages"] == {"naive": naive, "expected": kept, "observed": kept}
     assert dev["optimized"] is True and dev["expected_optimized"] is True
-    assert statuses(dev) == {"feature-present": "pass", "eligibility": "pass",
-                             "folios-found": "pass", "tail-reuse": "pass", "accounting": "pass"}
+    want = {"feature-present": "pass", "eligibility": "pass", "folios-found": "pass",
+            "tail-reuse": "pass", "accounting": "pass"}
+    if not log and series != "6.1":  # verify on 6.11+: the kernel's counters beside the walk
+        want["memmap-counters"] = "pass"
+    assert statuses(dev) == want
     shared = series == "7.3"
     assert dev["hugetlb"]["layout"]["name"] == ("head+shared-tail" if shared else "head-page")
     assert dev["hugetlb"]["shared_tail_pages"] == int(shared)
@@ -156,3 +159,33 @@ def test_a_restored_folio_still_on_one_page_fails_restore():
 def test_a_hugepage_size_is_chosen_by_name():
     res, doc = replay(log_path("6.12", "hvo-1G.audit"), "-d", "hugetlb-1048576kB")
     assert res.returncode == 0 and [d["device"] for d in doc["devices"]] == ["hugetlb-1048576kB"]
+
+
+@pytest.mark.parametrize("series", ["6.12", "7.3"])
+@pytest.mark.parametrize("case", ["hvo-2M", "hvo-2M.free", "hvo-1G", "hvo-off-2M"])
+def test_the_kernels_memmap_counters_agree_with_the_walk(series, case):
+    dev, c = judged(load(series, case))
+    assert c["memmap-counters"]["status"] == "pass", c["memmap-counters"]
+    per, n = (7, 16) if "2M" in case else (4095, 1)
+    moved = 0 if "off" in case else per * n * (1 if case.endswith(".free") else -1)
+    assert f"changed by {moved:+d} across the command" in c["memmap-counters"]["detail"]
+
+
+def test_counters_that_disagree_fail_and_6_1_has_none():
+    evs = load("6.12", "hvo-2M")
+    after = next(e for e in evs if e["type"] == "vmstat" and e["when"] == "after")
+    after["nr_memmap_boot_pages"] += 8  # one folio's boot vmemmap not freed after all
+    dev, c = judged(evs)
+    assert c["memmap-counters"]["status"] == "fail" and dev["verdict"] == "fail"
+    _, c = judged(load("6.1", "hvo-2M"))  # before 6.11: no counters, no check
+    assert "memmap-counters" not in c
+
+
+def test_trace_lines_of_a_hugepage_size():
+    from vmemtrace.output.render import event_line
+
+    evs = load("7.3", "hvo-2M.free")
+    line = event_line(_size(evs), "0")
+    assert "HUGETLB  2048 kB  0 folios walked (pool 0), 0 distinct vmemmap pages behind them; 16 freed" in line
+    vmstat = event_line(next(e for e in evs if e["type"] == "vmstat"), "0")
+    assert "nr_memmap_boot_pages" in vmstat

@@ -132,7 +132,9 @@ FIELDS = (
     "compound pages by layout: PTEs, fresh, reused, on the first tail page; (walk) from the "
     "page tables), WALK (the page-table walk: vmemmap pages, mapped by level, distinct, "
     "reused), DEVICE (a dax device: pfns, alignment, and the CXL region it lies in, as `cxl "
-    "list` names it), VMSTAT (nr_memmap_pages), LOST and HITS (the BPF side's account at "
+    "list` names it), VMSTAT (nr_memmap_pages, and nr_memmap_boot_pages where the kernel has "
+    "it), HUGETLB (a hugepage size's folios walked after a verified command: folios, the "
+    "pool, distinct vmemmap pages, folios freed), LOST and HITS (the BPF side's account at "
     "the end). --json prints each event as the event log has it.")
 
 # Where the .deb installs docs/runbook.md (debian/vmemtrace.docs, uncompressed: debian/rules): the

@@ -188,7 +188,14 @@ def _event_line(ev: dict) -> str:
     if kind == "lost":
         return f"LOST     {ev['count']} events  " + " ".join(f"{k}={v}" for k, v in ev["errors"].items())
     if kind == "vmstat":
-        return f"VMSTAT   nr_memmap_pages {ev['nr_memmap_pages']} ({ev['when']})"
+        boot = (f" nr_memmap_boot_pages {ev['nr_memmap_boot_pages']}"
+                if "nr_memmap_boot_pages" in ev else "")
+        return f"VMSTAT   nr_memmap_pages {ev['nr_memmap_pages']}{boot} ({ev['when']})"
+    if kind == "hugetlb":
+        freed = f"; {ev['freed']} freed" if ev.get("freed") else ""
+        return (f"HUGETLB  {ev['size_kb']} kB  {ev['folios']} folios walked (pool "
+                f"{ev['nr_hugepages']}), {ev['distinct']} distinct vmemmap pages behind them"
+                f"{freed}")
     if kind == "device":
         cxl = cxl_of(ev)
         where = "  in " + cxl_place(cxl) if cxl else ""
