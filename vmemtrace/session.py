@@ -226,7 +226,8 @@ def hugetlb_before(walker, progress: Callable[[str], None]) -> Snapshot | None:
 
 def hugetlb_changes(walker, facts, before: Snapshot, progress: Callable[[str], None]) -> list[dict]:
     try:
-        return list(walk_changes(walker, facts, struct_page_size(facts, progress), before, progress))
+        page = struct_page_size(facts, progress)
+        return list(walk_changes(walker, facts, page, before, progress))
     except VmemtraceError as e:
         progress(f"hugetlb folios not judged: {e}")
         return []

@@ -189,3 +189,12 @@ def test_trace_lines_of_a_hugepage_size():
     assert "HUGETLB  2048 kB  0 folios walked (pool 0), 0 distinct vmemmap pages behind them; 16 freed" in line
     vmstat = event_line(next(e for e in evs if e["type"] == "vmstat"), "0")
     assert "nr_memmap_boot_pages" in vmstat
+
+
+def test_a_struct_page_that_is_no_power_of_two_is_never_eligible():
+    evs = load("6.12", "hvo-off-2M")
+    _size(evs)["hvo"]["sysctl"] = 1
+    _size(evs)["struct_page_size"] = 80  # KMSAN-sized: HVO optimises nothing
+    dev, c = judged(evs)
+    assert dev["expected_optimized"] is False
+    assert "sizeof(struct page) is 80, not a power of two" in c["eligibility"]["detail"]

@@ -21,6 +21,7 @@ class HvoLayout:
     shared_tails: bool  # tails map a read-only page shared per zone and order, not the head's
     what: str
     upstream: str
+    kept: int = 1  # vmemmap pages each optimised folio keeps (HUGETLB_VMEMMAP_RESERVE_SIZE)
 
     def distinct(self, per_folio: int) -> int:
         """Distinct pages behind one optimised folio's vmemmap PTEs."""
@@ -153,9 +154,14 @@ def check_size(ev: dict, version: tuple, expect: str, allow_skip=(),
     on, on_why = switched_on(ev)
     per, folios = per_folio(ev), ev["folios"]
     judged = classify(ev, layout)
-    kept = 1
+    kept = layout.kept if layout is not None else 1
     shared = len(ev["shared_tails"]) if layout is not None and layout.shared_tails else 0
-    eligible = have and on
+    # hugetlb_vmemmap_optimizable_size(): nothing is optimised unless sizeof(struct page) is a
+    # power of two (mm/hugetlb_vmemmap.h)
+    pow2 = ev["struct_page_size"] & (ev["struct_page_size"] - 1) == 0
+    eligible = have and on and pow2
+    if have and on and not pow2:
+        on_why += f"; but sizeof(struct page) is {ev['struct_page_size']}, not a power of two"
     naive = folios * per
     expected = folios * kept + shared if eligible else naive
     observed = ev["distinct"]
@@ -238,8 +244,8 @@ def restore(ev: dict) -> Check:
     bad = [r for r in rows(ev, "restored_rows") if not unoptimized(r, per)]
     if bad:
         r = bad[0]
-        return Check(name, FAIL, f"{sum(b['folios'] for b in bad)} of {freed} freed folios still without "
-                                 f"their own vmemmap: the one at pfn {r['first_head']} has "
+        return Check(name, FAIL, f"{sum(b['folios'] for b in bad)} of {freed} freed folios still "
+                                 f"without their own vmemmap: the one at pfn {r['first_head']} has "
                                  f"{r['distinct']} distinct pages behind {r['ptes']} PTEs, "
                                  f"{r['tails_writable']} tails writable")
     stale = ev.get("stale_heads", 0)
@@ -293,12 +299,12 @@ def counters(ev: dict, delta: int, j: Judged, on: bool, shared: int,
              layout: HvoLayout | None) -> Check:
     """The kernel's own count beside the walk: nr_memmap_pages + nr_memmap_boot_pages (6.11+,
     mm/hugetlb_vmemmap.c accounts what it frees and allocates) change by what the walk says
-    HVO freed (per - 1 pages per folio optimised) and restore gave back (the same per folio
-    freed, taken as optimised while HVO is on), give or take the shared tail pages."""
+    HVO freed (all but the pages kept, per folio optimised) and restore gave back (the same per
+    folio freed, taken as optimised while HVO is on), give or take the shared tail pages."""
     if layout is None and on:
         return Check("memmap-counters", SKIP, f"HVO layout unknown: the counters changed by "
                                               f"{delta:+d}, what each folio keeps is not known")
-    per = per_folio(ev) - 1
+    per = per_folio(ev) - (layout.kept if layout is not None else 1)
     freed = ev.get("freed", 0) if on else 0
     expected = per * (freed - j.optimized)
     what = (f"nr_memmap_pages + nr_memmap_boot_pages changed by {delta:+d} across the command, "

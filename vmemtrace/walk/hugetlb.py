@@ -90,13 +90,15 @@ def _events(walker: Walker, facts, struct_page_size: int, progress: Callable[[st
             new, gone = heads, []
         else:
             new = [h for h in heads if before.heads.get(h) != pages]
-            gone = sorted(h for h, n in before.heads.items() if n == pages and now.heads.get(h) != n)
+            gone = sorted(h for h, n in before.heads.items()
+                          if n == pages and now.heads.get(h) != n)
             if not new and not gone:
                 continue
         progress(f"walking the vmemmap of {len(new)} hugetlb folios of {size_kb} kB"
                  + (f", and of {len(gone)} freed" if gone else ""))
         ev = {"type": "hugetlb", "size_kb": size_kb, "pfns_per_folio": pages,
-              "nr_hugepages": now.pools.get(size_kb, 0), **walked(tables, new, pages, struct_page_size),
+              "nr_hugepages": now.pools.get(size_kb, 0),
+              **walked(tables, new, pages, struct_page_size),
               "zones": zones, "hvo": hvo, "struct_page_size": struct_page_size,
               "page_size": hugetlb.PAGE_SIZE, "existing": before is None}
         if before is not None:
