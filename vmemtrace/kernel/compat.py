@@ -67,7 +67,7 @@ HVO_ONE_PAGE = Change(
              "vmemmap PTE onto it read-only (it kept 2 from 5.14)",
     '"mm: hugetlb: free the 2nd vmemmap page associated with each HugeTLB page" (Muchun Song, '
     '5.18)')
-# Released in 2026 (Debian's 7.3.4 has it); read from BTF, never from a version: struct zone
+# In releases (Debian's 7.3.4 has it); read from BTF, never from a version: struct zone
 # gains vmemmap_tails[].
 HVO_SHARED_TAIL = Change(
     None, "HVO maps tail vmemmap PTEs onto a read-only page of tail struct pages shared per zone "
