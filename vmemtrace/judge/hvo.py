@@ -30,12 +30,12 @@ class HvoLayout:
 
 HEAD_ONLY = HvoLayout(
     "head-page", shared_tails=False,
-    what="1 vmemmap page kept per folio (a fresh copy of the head page); every tail vmemmap PTE "
+    what="1 vmemmap page kept per folio (the one holding the head); every tail vmemmap PTE "
          "maps it read-only",
     upstream=compat.HVO_ONE_PAGE.upstream)
 SHARED_TAIL = HvoLayout(
     "head+shared-tail", shared_tails=True,
-    what="1 vmemmap page kept per folio (a fresh copy of the head page); every tail vmemmap PTE "
+    what="1 vmemmap page kept per folio (the one holding the head); every tail vmemmap PTE "
          "maps a read-only page of tail struct pages shared per zone and order "
          "(struct zone's vmemmap_tails[])",
     upstream=compat.HVO_SHARED_TAIL.upstream)
