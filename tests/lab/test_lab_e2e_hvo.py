@@ -1,12 +1,15 @@
 """End to end: HugeTLB pages allocated, audited and freed under `vmemtrace verify` in lab guests
 (the hvo-* cases), with HVO on and off, judged by the page-table walk against the layout read
 from each kernel: one vmemmap page kept per folio on 6.12, plus a tail page shared per zone on
-7.3. 6.1's recordings are replayed by tests/unit/test_hvo.py.
+7.3, and a 1 GiB page reserved at boot judged by audit. 6.1's recordings are replayed by
+tests/unit/test_hvo.py.
 """
+
+import json
 
 import pytest
 
-from tests.conftest import lab_json
+from tests.conftest import lab_json, run_cli
 
 pytestmark = pytest.mark.lab
 
@@ -73,3 +76,28 @@ def test_freeing_it_restores_on_7_3_and_leaves_bad_pages_on_6_12(lab):
     assert entry["free"]["verdict"] == "fail"
     _, c = device(entry["free"])
     assert c["restore"]["status"] == "fail" and "Bad page state" in c["restore"]["detail"]
+
+
+def documents(text: str) -> list[dict]:
+    """The JSON documents one after the other in a lab --exec run's output (one per kernel)."""
+    decoder, docs, at = json.JSONDecoder(), [], 0
+    while (at := text.find("{", at)) >= 0:
+        doc, at = decoder.raw_decode(text, at)
+        docs.append(doc)
+    return docs
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_a_1G_page_reserved_at_boot_is_judged_by_audit(kernel):
+    """Only the walk sees a gigantic page reserved at boot: 6.12 optimises it once the allocator
+    runs, 7.3 populates it optimised from the start (vmemmap_populate_hvo())."""
+    res = run_cli("lab", "--kernel", kernel, "--append",
+                  "hugetlb_free_vmemmap=on hugepagesz=1G hugepages=1", "--exec",
+                  "vmemtrace audit --json -d hugetlb-1048576kB")
+    assert res.returncode == 0, res.stderr[-3000:]
+    (doc,) = documents(res.stdout)
+    (dev,) = doc["devices"]
+    kept = 2 if kernel == "7.3" else 1
+    assert doc["verdict"] == "pass" and dev["hugetlb"]["folios"] == 1
+    assert dev["vmemmap_pages"] == {"naive": 4096, "expected": kept, "observed": kept}
+    assert dev["hugetlb"]["hvo"]["cmdline"] == "on"

@@ -198,3 +198,13 @@ def test_a_struct_page_that_is_no_power_of_two_is_never_eligible():
     dev, c = judged(evs)
     assert dev["expected_optimized"] is False
     assert "sizeof(struct page) is 80, not a power of two" in c["eligibility"]["detail"]
+
+
+@pytest.mark.parametrize("series,kept", [("6.12", 1), ("7.3", 2)])
+def test_a_1G_page_reserved_at_boot_is_optimised(series, kept):
+    """Only the walk sees it: 7.3 populates it optimised before any tracer could attach."""
+    res, doc = replay(log_path(series, "boot-1G.audit"))
+    assert res.returncode == 0 and doc["verdict"] == "pass", res.stderr
+    (dev,) = doc["devices"]
+    assert dev["vmemmap_pages"] == {"naive": 4096, "expected": kept, "observed": kept}
+    assert dev["hugetlb"]["hvo"]["cmdline"] == "on"
