@@ -152,9 +152,7 @@ def check_size(ev: dict, version: tuple, expect: str, allow_skip=(),
     layout, layout_why = detect(ev, version)
     have, built_why = built(ev)
     on, on_why = switched_on(ev)
-    per, folios = per_folio(ev), ev["folios"]
-    judged = classify(ev, layout)
-    kept = layout.kept if layout is not None else 1
+    folios, judged = ev["folios"], classify(ev, layout)
     shared = len(ev["shared_tails"]) if layout is not None and layout.shared_tails else 0
     # hugetlb_vmemmap_optimizable_size(): nothing is optimised unless sizeof(struct page) is a
     # power of two (mm/hugetlb_vmemmap.h)
@@ -162,13 +160,7 @@ def check_size(ev: dict, version: tuple, expect: str, allow_skip=(),
     eligible = have and on and pow2
     if have and on and not pow2:
         on_why += f"; but sizeof(struct page) is {ev['struct_page_size']}, not a power of two"
-    naive = folios * per
-    expected = folios * kept + shared if eligible else naive
-    observed = ev["distinct"]
-    if not folios and ev.get("freed"):
-        # Only freed: the numbers are those of the freed folios' vmemmap, whole again.
-        naive = expected = ev["freed"] * per
-        observed = ev["restored_distinct"]
+    naive, expected, observed = numbers(ev, layout, eligible, shared)
     checks = [feature(have, built_why, expect),
               Check("eligibility", PASS if eligible or expect != "optimized" else FAIL,
                     ("eligible: " if eligible else "not eligible: ") + on_why)]
@@ -208,6 +200,18 @@ def check_size(ev: dict, version: tuple, expect: str, allow_skip=(),
                     "layout": {"name": layout.name if layout else None, "evidence": layout_why}},
         "checks": [c.as_json() for c in checks], "unjudged": unjudged, "verdict": verdict,
     }
+
+
+def numbers(ev: dict, layout: HvoLayout | None, eligible: bool,
+            shared: int) -> tuple[int, int, int]:
+    """Vmemmap pages behind the folios walked: naive, expected, observed; where folios were only
+    freed, those of the freed folios, whole again."""
+    per = per_folio(ev)
+    if not ev["folios"] and ev.get("freed"):
+        return ev["freed"] * per, ev["freed"] * per, ev["restored_distinct"]
+    naive = ev["folios"] * per
+    kept = layout.kept if layout is not None else 1
+    return naive, ev["folios"] * kept + shared if eligible else naive, ev["distinct"]
 
 
 def feature(have: bool, why: str, expect: str) -> Check:
