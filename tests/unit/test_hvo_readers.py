@@ -31,7 +31,7 @@ def test_folios_of_both_sizes_are_found_by_head_and_size(tmp_path):
     total = 3 * PAGES_1G
     folios = [(PAGES_2M, PAGES_2M), (3 * PAGES_2M, PAGES_2M), (PAGES_1G, PAGES_1G)]
     path = kpageflags(tmp_path, total, folios)
-    assert hugetlb.folio_heads([2048, 1048576], path) == folios
+    assert hugetlb.read_folios([2048, 1048576], path).heads == folios
 
 
 def test_fake_heads_left_by_a_freed_gigantic_folio_are_no_folios(tmp_path):
@@ -44,8 +44,8 @@ def test_fake_heads_left_by_a_freed_gigantic_folio_are_no_folios(tmp_path):
 
 def test_a_file_that_ends_mid_run_still_reads(tmp_path):
     path = kpageflags(tmp_path, PAGES_1G + 700, [(PAGES_1G, PAGES_2M)])
-    assert hugetlb.folio_heads([2048], path) == [(PAGES_1G, PAGES_2M)]
-    assert hugetlb.folio_heads([], path) == []
+    assert hugetlb.read_folios([2048], path).heads == [(PAGES_1G, PAGES_2M)]
+    assert hugetlb.read_folios([], path).heads == []
 
 
 def test_switches_take_the_sysctl_and_the_last_command_line_word(tmp_path):

@@ -72,10 +72,6 @@ class Folios:
     stale: list[int]  # pfns that read as a hugetlb head with no hugetlb tail behind them
 
 
-def folio_heads(sizes_kb: list[int], path: str = "/proc/kpageflags") -> list[tuple[int, int]]:
-    return read_folios(sizes_kb, path).heads
-
-
 def read_folios(sizes_kb: list[int], path: str = "/proc/kpageflags") -> Folios:
     """Every hugetlb folio: KPF_HUGE and KPF_COMPOUND_HEAD at a pfn aligned to the smallest size,
     with a hugetlb tail right after it; its size is the smallest one whose next aligned pfn is
