@@ -1,7 +1,8 @@
 """End to end: HugeTLB pages allocated, audited and freed under `vmemtrace verify` in lab guests
 (the hvo-* cases), with HVO on and off, judged by the page-table walk against the layout read
 from each kernel: one vmemmap page kept per folio on 6.12, plus a tail page shared per zone on
-7.3, and a 1 GiB page reserved at boot judged by audit. 6.1's recordings are replayed by
+7.3, and a 1 GiB page reserved at boot judged by audit. The recordings of all three cases on
+6.1, 6.12 and 7.3 (the 6.12 bug that keeps a freed 1 GiB page included) are replayed by
 tests/unit/test_hvo.py.
 """
 
@@ -14,13 +15,15 @@ from tests.conftest import lab_json, run_cli
 pytestmark = pytest.mark.lab
 
 KERNELS = ("6.12", "7.3")
-CASES = ("hvo-1G", "hvo-2M", "hvo-off-2M")
+# Not hvo-1G: a lab guest (5 GiB of RAM) sometimes has no free, aligned GiB at run time, even
+# after compaction (docs/kernels.md); its recordings (tests/unit/test_hvo.py) and the page
+# reserved at boot below cover 1 GiB pages.
+CASES = ("hvo-2M", "hvo-off-2M")
 
 
 @pytest.fixture(scope="module")
 def lab():
-    # 6.12 keeps a freed, optimised 1 GiB page as bad pages (docs/findings.md): exit 1, never 2.
-    return lab_json(KERNELS, "--case", ",".join(CASES), returncode=1)
+    return lab_json(KERNELS, "--case", ",".join(CASES))
 
 
 def case(doc, name):
@@ -58,24 +61,6 @@ def test_with_hvo_off_no_folio_is_optimised(lab, kernel):
     assert entry["result"]["verdict"] == "pass" and dev["expected_optimized"] is False
     assert dev["vmemmap_pages"]["observed"] == 128 and c["no-false-optimisation"]["status"] == "pass"
     assert entry["free"]["verdict"] == "pass"
-
-
-@pytest.mark.parametrize("kernel,kept", [("6.12", 1), ("7.3", 2)])
-def test_a_1G_page_keeps_its_head_page(lab, kernel, kept):
-    entry = case(lab[kernel], "hvo-1G")
-    dev, c = device(entry["result"])
-    assert entry["result"]["verdict"] == "pass"
-    assert dev["vmemmap_pages"] == {"naive": 4096, "expected": kept, "observed": kept}
-    assert entry["audit"]["verdict"] == "pass"
-
-
-def test_freeing_it_restores_on_7_3_and_leaves_bad_pages_on_6_12(lab):
-    _, c = device(case(lab["7.3"], "hvo-1G")["free"])
-    assert c["restore"]["status"] == "pass"
-    entry = case(lab["6.12"], "hvo-1G")
-    assert entry["free"]["verdict"] == "fail"
-    _, c = device(entry["free"])
-    assert c["restore"]["status"] == "fail" and "Bad page state" in c["restore"]["detail"]
 
 
 def documents(text: str) -> list[dict]:
