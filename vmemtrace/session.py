@@ -20,7 +20,7 @@ from vmemtrace.log.sections import Sections, first_pfn, summed
 from vmemtrace.probes.plan import Sources
 from vmemtrace.probes.readiness import assess, cannot_trace, read_facts
 from vmemtrace.walk.audit import boot_sections, existing_devices, struct_page_size, walk_range
-from vmemtrace.walk.hugetlb import Snapshot, snapshot, walk_changes
+from vmemtrace.walk.hugetlb import Snapshot, Watch, snapshot, walk_changes
 
 
 def walk_mode(ready, cross_check: bool) -> str | None:
@@ -160,12 +160,13 @@ def run_command(argv: list[str], tracer, on_events: Callable[[list[dict]], None]
 @contextmanager
 def traced(progress: Callable[[str], None], on_event: Callable[[dict], None] | None = None,
            cross_check: bool = False, audit_existing: bool = False, exclude=(), keep: bool = True,
-           sink=None, attach: str = "auto", hugetlb: bool = False):
+           sink=None, attach: str = "auto", hugetlb: str = ""):
     """Attach, log the header and the "before" counter (and with audit_existing the walk of the
-    devices that exist already); yields (tracer, take, log): log is every event (a list), without
-    keep a Folded, or the sink given (anything with append: the exporter's LiveLedger). On the
-    way out, closing events are logged and everything is detached, whatever happened. With
-    hugetlb, the hugetlb folios the command allocated or freed are walked at the end."""
+    devices that exist already); yields (tracer, take, log, watch): log is every event (a list),
+    without keep a Folded, or the sink given (anything with append: the exporter's LiveLedger).
+    On the way out, closing events are logged and everything is detached, whatever happened.
+    hugetlb "command": the hugetlb folios the command allocated or freed are walked at the end;
+    "watch": watch is a walk/hugetlb.py Watch of the pools for the caller to poll (else None)."""
     log = sink if sink is not None else [] if keep else Folded()
     walker, mode, sections = None, None, []
 
@@ -202,8 +203,9 @@ def traced(progress: Callable[[str], None], on_event: Callable[[dict], None] | N
                     take([before])
                 if audit_existing:  # after attaching: whatever is created from now on is traced
                     take(existing_devices(facts, walker, progress))
-                folios = hugetlb_before(walker, progress) if hugetlb else None
-                yield tracer, take, log
+                folios = hugetlb_before(walker, progress) if hugetlb == "command" else None
+                watch = hugetlb_watch(walker, facts, progress) if hugetlb == "watch" else None
+                yield tracer, take, log, watch
                 take(closing_events(tracer, kmsg))
                 if folios is not None and walker is not None:
                     take(hugetlb_changes(walker, facts, folios, progress))
@@ -224,6 +226,17 @@ def hugetlb_before(walker, progress: Callable[[str], None]) -> Snapshot | None:
         return None
 
 
+def hugetlb_watch(walker, facts, progress: Callable[[str], None]) -> Watch | None:
+    if walker is None:
+        progress("hugetlb pools will not be reported: the page-table walk cannot run")
+        return None
+    try:
+        return Watch(walker, facts, struct_page_size(facts, progress), progress)
+    except VmemtraceError as e:
+        progress(f"hugetlb pools will not be reported: {e}")
+        return None
+
+
 def hugetlb_changes(walker, facts, before: Snapshot, progress: Callable[[str], None]) -> list[dict]:
     try:
         page = struct_page_size(facts, progress)
@@ -240,7 +253,7 @@ def trace_command(argv: list[str], progress: Callable[[str], None],
     """argv run under tracing, folded as its events come (on_event sees each one), with the
     hugetlb folios it allocated or freed walked at the end."""
     with traced(progress, on_event, cross_check, exclude=exclude, keep=False,
-                attach=attach, hugetlb=True) as (tracer, take, log):
+                attach=attach, hugetlb="command") as (tracer, take, log, _):
         command = run_command(argv, tracer, take, quiet_stdout)
     take([command])
     return log
@@ -249,7 +262,7 @@ def trace_command(argv: list[str], progress: Callable[[str], None],
 def watch(seconds: float | None, progress: Callable[[str], None],
           on_event: Callable[[dict], None], tick: Callable[[], bool] | None = None) -> list[dict]:
     """Trace with no command until `seconds` pass, Ctrl-C/SIGTERM, or tick() returns False."""
-    with traced(progress, on_event) as (tracer, take, log):
+    with traced(progress, on_event) as (tracer, take, log, _):
         deadline = None if seconds is None else time.monotonic() + seconds
         try:
             while deadline is None or time.monotonic() < deadline:

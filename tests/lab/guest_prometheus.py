@@ -117,6 +117,45 @@ def alert_rules(rule_file):
         return re.findall(r"^\s*- alert: (\S+)\n\s*(?:#.*\n\s*)*expr: (.+)$", fh.read(), re.M)
 
 
+POOL = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
+HVO_SERIES = ("vmemtrace_hugetlb_folios", "vmemtrace_hugetlb_vmemmap_saved_bytes",
+              "vmemtrace_hugetlb_optimize_vmemmap", "vmemtrace_vmemmap_saved_bytes",
+              "vmemtrace_check_status")
+
+
+def write(path, text):
+    with open(path, "w") as fh:
+        fh.write(text)
+
+
+def hugetlb_pool(exporter):
+    """HVO switched on, then 16 pages of 2 MiB allocated while the exporter runs: Prometheus
+    must see each optimised; the series as Prometheus has them then."""
+    write("/proc/sys/vm/hugetlb_optimize_vmemmap", "1")
+    write("/proc/sys/vm/compact_memory", "1")
+    write(POOL, "16")
+    with open(POOL) as fh:
+        allocated = int(fh.read())
+
+    def optimised():
+        _, r = query('vmemtrace_hugetlb_folios{device="hugetlb-2048kB",state="optimized"}')
+        return sum(float(x["value"][1]) for x in r) == allocated and time.time()
+
+    at = wait("the hugetlb pool in Prometheus", optimised, alive=exporter)
+    return {"allocated": allocated, "at": at,
+            "series": {name: [[r["metric"], r["value"][1]] for r in
+                              query(name + '{device="hugetlb-2048kB"}', at)[1]]
+                       for name in HVO_SERIES}}
+
+
+def hugetlb_freed(exporter):
+    """The pool freed: the exporter must report every folio's vmemmap restored."""
+    write(POOL, "0")
+    restored = 'vmemtrace_check_status{device="hugetlb-2048kB",check="restore",status="pass"} 1.0'
+    wait("the freed pool's restore check", lambda: restored in get(EXPORTER), alive=exporter)
+    return [line for line in get(EXPORTER).splitlines() if 'device="hugetlb-2048kB"' in line]
+
+
 def main():
     sys.path.insert(0, SRC)
     out = {"cases": {}, "queries": {}, "rules": {}}
@@ -138,6 +177,7 @@ def main():
             at = wait(f"{case} in Prometheus", lambda want=expected: saved(want))
             out["cases"][case] = {"expected": expected, "at": at,
                                   "prometheus": query('vmemtrace_vmemmap_saved_bytes', at)[1]}
+        out["hugetlb"] = hugetlb_pool(exporter)
         time.sleep(6)  # a few more scrapes, so that increase() over 1m has its two samples
         with open(f"{SRC}/dashboards/vmemtrace.json") as fh:
             dashboard = json.load(fh)
@@ -161,6 +201,7 @@ def main():
                                   cwd=f"{SRC}/dashboards", capture_output=True, text=True)
         out["promtool_test"] = promtool.returncode
         out["metrics_text"] = get(EXPORTER)
+        out["hugetlb_freed"] = hugetlb_freed(exporter)
     finally:
         exporter.send_signal(signal.SIGTERM)
         out["exporter_exit"] = exporter.wait(timeout=60)

@@ -1,5 +1,6 @@
 """End to end: a real Prometheus (Debian's) scrapes `vmemtrace exporter` in a 6.12 guest while
-mem-2M and mem-1G namespaces are created; every dashboard and alert query must return data."""
+mem-2M and mem-1G namespaces are created and a pool of 2 MiB hugetlb pages is allocated with HVO
+on, then freed; every dashboard and alert query must return data."""
 
 import json
 from pathlib import Path
@@ -32,6 +33,31 @@ def test_saved_bytes_in_prometheus_is_what_geometry_expects(prom, case, align):
     (series,) = got["prometheus"]
     assert series["metric"]["device"] == "dax0.0" and series["metric"]["job"] == "vmemtrace"
     assert float(series["value"][1]) == want
+
+
+def test_hvo_series_in_prometheus_are_what_6_12_does(prom):
+    """6.12 keeps one vmemmap page of 8 per 2 MiB page (judge/hvo.py head-page layout), on the
+    guest's one node; the checks that define an optimised pool pass."""
+    h = prom["hugetlb"]
+    assert h["allocated"] == 16
+    series = {(name, tuple(sorted((k, v) for k, v in m.items() if k not in ("instance", "job",
+                                                                            "__name__")))): v
+              for name, rows in h["series"].items() for m, v in rows}
+    dev = ("device", "hugetlb-2048kB")
+    for state, n in (("optimized", 16), ("unoptimized", 0), ("other", 0)):
+        assert series["vmemtrace_hugetlb_folios", (dev, ("node", "0"), ("state", state))] == str(n)
+    saved = str(16 * 7 * 4096)
+    assert series["vmemtrace_hugetlb_vmemmap_saved_bytes", (dev, ("node", "0"))] == saved
+    assert series["vmemtrace_vmemmap_saved_bytes", (dev,)] == saved
+    assert series["vmemtrace_hugetlb_optimize_vmemmap", (dev,)] == "1"
+    for check in ("feature-present", "eligibility", "folios-found", "tail-reuse", "accounting"):
+        assert series["vmemtrace_check_status", (("check", check), dev, ("status", "pass"))] == "1"
+
+
+def test_a_freed_hvo_pool_is_reported_restored(prom):
+    lines = prom["hugetlb_freed"]
+    assert 'vmemtrace_check_status{device="hugetlb-2048kB",check="restore",status="pass"} 1.0' in lines
+    assert not [line for line in lines if 'status="fail"} 1.0' in line]
 
 
 def test_every_dashboard_query_returns_data(prom):

@@ -43,7 +43,7 @@ def promtool(*args, cwd=DASH):
 def test_promtool_checks_and_tests_the_rules():
     res = promtool("check", "rules", "alerts.yml")
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "SUCCESS: 7 rules found" in res.stdout
+    assert "SUCCESS: 8 rules found" in res.stdout
     res = promtool("test", "rules", "alerts_test.yml")
     assert res.returncode == 0, res.stdout + res.stderr
 
@@ -183,11 +183,15 @@ def metric_names(expr):
 
 @pytest.fixture(scope="module")
 def exposition():
-    """The exporter's real output for a ledger recorded in a 6.12 guest (mem-2M)."""
+    """The exporter's real output for ledgers recorded in 6.12 guests: mem-2M, and a pool of
+    2 MiB hugetlb pages (HVO on)."""
     from prometheus_client import generate_latest
 
     from tests.unit.test_exporter import registry_for
-    return generate_latest(registry_for(FIXTURES / "events/6.12.117+deb12-amd64/mem-2M.jsonl")).decode()
+    from tests.unit.test_hvo import load
+    from tests.unit.test_hvo_exporter import registry
+    dax = registry_for(FIXTURES / "events/6.12.117+deb12-amd64/mem-2M.jsonl")
+    return (generate_latest(dax) + generate_latest(registry(load("6.12", "hvo-2M")))).decode()
 
 
 def test_every_query_names_only_exported_metrics(exposition):

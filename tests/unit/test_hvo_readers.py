@@ -85,3 +85,24 @@ def test_vmstat_event_carries_the_boot_counter_where_the_kernel_has_it(tmp_path)
     assert "nr_memmap_boot_pages" not in vmstat_event("after", tmp_path)
     vmstat.write_text("nr_free_pages 3\n")  # before 6.11
     assert vmstat_event("after", tmp_path) is None
+
+
+def test_nodes_come_from_the_memory_blocks_sysfs_links_under_each_node(tmp_path):
+    """As 6.12 lays sysfs out: blocks of block_size_bytes (hex), memory<M> links under node<N>."""
+    (tmp_path / "sys/devices/system/memory").mkdir(parents=True)
+    (tmp_path / "sys/devices/system/memory/block_size_bytes").write_text("8000000\n")
+    for node, blocks in ((0, (0, 1)), (1, (3,))):
+        for block in blocks:
+            (tmp_path / f"sys/devices/system/node/node{node}/memory{block}").mkdir(parents=True)
+    nodes = hugetlb.Nodes(tmp_path)
+    per_block = (128 << 20) // 4096
+    assert [nodes.of(b * per_block + 5) for b in range(4)] == [0, 0, None, 1]
+    assert hugetlb.Nodes(tmp_path / "absent").of(0) is None
+
+
+def test_this_hosts_memory_has_nodes():
+    """The running kernel's sysfs: the pfn of each memory block lies on the node that lists it."""
+    nodes = hugetlb.Nodes()
+    assert nodes.block_pages and nodes.by_block
+    block, node = min(nodes.by_block.items())
+    assert nodes.of(block * nodes.block_pages) == node

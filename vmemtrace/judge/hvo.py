@@ -197,9 +197,25 @@ def check_size(ev: dict, version: tuple, expect: str, allow_skip=(),
                     "folios": folios, "optimized": judged.optimized,
                     "unoptimized": judged.unoptimized, "other": judged.problems,
                     "shared_tail_pages": shared, "freed": ev.get("freed", 0), "hvo": ev["hvo"],
-                    "layout": {"name": layout.name if layout else None, "evidence": layout_why}},
+                    "layout": {"name": layout.name if layout else None, "evidence": layout_why},
+                    "nodes": per_node(ev, layout)},
         "checks": [c.as_json() for c in checks], "unjudged": unjudged, "verdict": verdict,
     }
+
+
+def per_node(ev: dict, layout: HvoLayout | None) -> list[dict]:
+    """Each NUMA node's folios by state and the vmemmap pages behind them (the event's
+    node_rows and node_distinct; none where the walk could not tell the nodes)."""
+    per = per_folio(ev)
+    out = []
+    for node, distinct in ev.get("node_distinct", []):
+        mine = [r[1:] for r in ev["node_rows"] if r[0] == node]
+        j = classify({**ev, "rows": mine}, layout)
+        folios = sum(r[0] for r in mine)
+        out.append({"node": node, "folios": folios, "optimized": j.optimized,
+                    "unoptimized": j.unoptimized, "other": j.problems,
+                    "vmemmap_pages": {"naive": folios * per, "observed": distinct}})
+    return out
 
 
 def numbers(ev: dict, layout: HvoLayout | None, eligible: bool,

@@ -66,6 +66,27 @@ def populated_zones(root: Path = Path("/")) -> int:
     return len([m for m in re.findall(r"^\s+present\s+(\d+)", text, re.M) if int(m)])
 
 
+class Nodes:
+    """Which NUMA node a pfn's memory belongs to, from the memory blocks sysfs links under each
+    node (/sys/devices/system/node/node<N>/memory<M>, blocks of block_size_bytes); None where
+    sysfs does not say (no memory hotplug support, a pfn in no block)."""
+
+    def __init__(self, root: Path = Path("/")):
+        self.block_pages = 0
+        self.by_block: dict[int, int] = {}
+        try:
+            size = int((root / "sys/devices/system/memory/block_size_bytes").read_text(), 16)
+        except (OSError, ValueError):
+            return
+        self.block_pages = size // PAGE_SIZE
+        for node in (root / "sys/devices/system/node").glob("node[0-9]*"):
+            for block in node.glob("memory[0-9]*"):
+                self.by_block[int(block.name[len("memory"):])] = int(node.name[len("node"):])
+
+    def of(self, pfn: int) -> int | None:
+        return self.by_block.get(pfn // self.block_pages) if self.block_pages else None
+
+
 @dataclass(frozen=True)
 class Folios:
     heads: list[tuple[int, int]]  # (head pfn, pages) of each hugetlb folio

@@ -122,9 +122,10 @@ OPTIONAL = {"device": ("driver", "mode", "namespace", "pgmap_start_pfn", "pgmap_
             "section": TASK, "range": TASK + ("boot_sections",), "walk": ("boot_sections",),
             "compound": ("source", "out_of_order"), "compounds": ("source", "cells"),
             "sections": ("ktime",), "vmstat": ("nr_memmap_boot_pages",),
-            # verify's: the freed folios walked again (walk/hugetlb.py)
+            # verify's and the exporter's: the freed folios walked again; the rows and distinct
+            # pages of each NUMA node's folios, where sysfs tells the nodes (walk/hugetlb.py)
             "hugetlb": ("pool_before", "freed", "restored_rows", "restored_distinct",
-                        "stale_heads")}
+                        "stale_heads", "node_rows", "node_distinct")}
 
 # Types of the keys that are not non-negative integer counts (the rest are: pfns, pages, bytes).
 BOOL, STR, LIST, DICT, NUMBER, SIGNED, INT_MAP, MAYBE_INT, INT_LIST = (
@@ -136,6 +137,7 @@ CLASS_ROWS, PAGE_ROWS, PARTS, MAYBE_PAIR, STR_LIST, SOURCE = (
     "a list of [part, pages, digest]", "a pair of counts or null", "a list of strings", '"walk"')
 CELLS = f"a list of {TABLE_CELLS} [pages, head, digest, check]"
 HUGETLB_ROWS, PFN_COUNTS = f"a list of {len(HUGETLB_ROW)} counts each", "a list of [pfn, count]"
+NODE_ROWS, NODE_COUNTS = f"a list of {len(HUGETLB_ROW) + 1} counts each", "a list of [node, count]"
 TYPES = {
     "header": {"kernel": STR, "version": LIST, "feature": DICT, "strategy": DICT},
     "section": {"altmap": BOOL, "has_pgmap": BOOL, "ok": BOOL, "comm": STR},
@@ -155,7 +157,8 @@ TYPES = {
                   "lowest_head": MAYBE_INT, "highest_head": MAYBE_INT, "reused_head": MAYBE_INT,
                   "shared_tail": MAYBE_PAIR, "problems": STR_LIST, "cells": CELLS},
     "hugetlb": {"rows": HUGETLB_ROWS, "restored_rows": HUGETLB_ROWS, "shared_tails": PFN_COUNTS,
-                "hvo": DICT, "existing": BOOL},
+                "hvo": DICT, "existing": BOOL, "node_rows": NODE_ROWS,
+                "node_distinct": NODE_COUNTS},
 }
 # Physical limits: 52 address bits (x86_64 with 5-level paging) are 2^40 pages of 4 KiB.
 MAX_PFN = 1 << 40
@@ -204,11 +207,11 @@ def _typed(v, kind: str) -> bool:
         return isinstance(v, list) and all(isinstance(t, str) for t in v)
     if kind == SOURCE:
         return v == "walk"
-    if kind == HUGETLB_ROWS:
+    if kind in (HUGETLB_ROWS, NODE_ROWS):
+        width = len(HUGETLB_ROW) + (kind == NODE_ROWS)
         return isinstance(v, list) and all(
-            isinstance(r, list) and len(r) == len(HUGETLB_ROW) and all(_count(n) for n in r)
-            for r in v)
-    if kind == PFN_COUNTS:
+            isinstance(r, list) and len(r) == width and all(_count(n) for n in r) for r in v)
+    if kind in (PFN_COUNTS, NODE_COUNTS):
         return isinstance(v, list) and all(
             isinstance(r, list) and len(r) == 2 and all(_count(n) for n in r) for r in v)
     if kind == RUNS:

@@ -21,7 +21,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.process_collector import ProcessCollector
 
 from vmemtrace.errors import VmemtraceError, stops_held, terminate_on_sigterm
-from vmemtrace.kernel import daxdev, environment
+from vmemtrace.kernel import daxdev, environment, hugetlb
 from vmemtrace.log import events
 from vmemtrace.output.metrics import LedgerCollector, LiveLedger, Snapshot
 from vmemtrace.output.scrape_server import ScrapeServer
@@ -62,7 +62,7 @@ class Exporter:
         self.registry = CollectorRegistry(auto_describe=False)
         self.only = tuple(only)
         self.registry.register(LedgerCollector(self.snapshot, self.devices_now,
-                                               environment.bcc_version()))
+                                               environment.bcc_version(), self.only))
         # process_*, as node_exporter and ebpf_exporter name their own process's metrics.
         ProcessCollector(registry=self.registry)
         self.server = None
@@ -160,7 +160,8 @@ def _trace(exporter: Exporter, textfile: str | None, interval: float,
     from vmemtrace.session import traced
 
     live = LiveLedger()
-    with traced(progress, audit_existing=True, sink=live) as (tracer, take, _):
+    with traced(progress, audit_existing=True, sink=live, hugetlb="watch") as (tracer, take, _,
+                                                                              watch):
         exporter.snap = Snapshot(live, attached=list(tracer.attached))
         next_write = next_prune = next_look = time.monotonic()
         try:
@@ -173,6 +174,7 @@ def _trace(exporter: Exporter, textfile: str | None, interval: float,
                 # Judged again once a range's events are in (a poll brings none), or when the
                 # devices change: never per scrape.
                 if (quiet and live.count != live.judged) or time.monotonic() >= next_look:
+                    watch = _walk_hugetlb(watch, live, progress)
                     live.refresh(exporter.devices_now(), quiet)
                     next_look = time.monotonic() + DEVICES_SECONDS
                 if time.monotonic() >= next_prune:
@@ -186,6 +188,26 @@ def _trace(exporter: Exporter, textfile: str | None, interval: float,
                     next_write += interval
         except KeyboardInterrupt:
             progress("stopping: detaching the probes")
+
+
+def _walk_hugetlb(watch, live: LiveLedger, progress: Callable[[str], None]):
+    """The hugetlb pools walked again if they changed (walk/hugetlb.py Watch); the watch, or
+    None once it cannot walk them any more (said once)."""
+    if watch is None:
+        return None
+    try:
+        events = watch.poll()
+    except VmemtraceError as e:
+        progress(f"hugetlb pools no longer reported: {e}")
+        return None
+    if events is not None:
+        live.replace_hugetlb(events)
+    return watch
+
+
+def pools_state() -> str:
+    """The hugetlb pools and HVO's switches, to audit again when they change."""
+    return json.dumps([hugetlb.pools(), hugetlb.switches().as_json()])
 
 
 def _audit_only(exporter: Exporter, why: str, textfile: str | None, interval: float,
@@ -203,8 +225,9 @@ def _audit_only(exporter: Exporter, why: str, textfile: str | None, interval: fl
         # The devices as sysfs describes them, not only their names: a namespace re-created
         # under the same name with another size or align must be audited again.
         names = sorted(json.dumps(d, sort_keys=True) for d in daxdev.inventory())
+        names.append(pools_state())
         if names != seen:
-            log, problem = audit_or_header(progress)
+            log, problem = audit_or_header(progress, hugetlb=True)
             live = LiveLedger(log)
             live.refresh(exporter.devices_now())
             exporter.snap = Snapshot(live, not_tracing=why)

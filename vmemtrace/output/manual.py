@@ -142,9 +142,9 @@ FIELDS = (
 RUNBOOK = "/usr/share/doc/vmemtrace/runbook.md"
 ALERTS = (f"Each alert in alerts.yml links to the runbook the package installs, {RUNBOOK}, by its "
           "runbook_url: "
-          "VmemtraceCheckFailed, VmemtraceProbeNotAttached, VmemtraceNotTracing, "
-          "VmemtraceKernelSymbolsHidden, VmemtraceStale, VmemtraceEventsLost and "
-          "VmemtraceExporterDown.")
+          "VmemtraceCheckFailed, VmemtraceHugetlbNotOptimized, VmemtraceProbeNotAttached, "
+          "VmemtraceNotTracing, VmemtraceKernelSymbolsHidden, VmemtraceStale, "
+          "VmemtraceEventsLost and VmemtraceExporterDown.")
 
 
 def epilog(name: str) -> str:

@@ -101,6 +101,13 @@ class LiveLedger(Folding):
         if gone:
             self.judged = -1  # judged again at the next quiet poll
 
+    def replace_hugetlb(self, events: list[dict]) -> None:
+        """The hugetlb pools as walked again (walk/hugetlb.py Watch): they replace the last
+        walk's, judged at the next quiet poll."""
+        if self.fold is not None:
+            self.fold.hugetlb = list(events)
+            self.judged = -1
+
     def init_seconds(self) -> list[float]:
         """memmap_init_zone_device durations of the ranges held (re-created ones included until
         retired: a counter never goes down)."""
@@ -124,18 +131,25 @@ class Snapshot:
     updated: float = field(default_factory=time.time)
 
 
-def present_devices(doc: dict, devices_now: list[dict]) -> list[dict]:
+def present_devices(doc: dict, devices_now: list[dict], only=()) -> list[dict]:
     """The verdict's devices that exist now in sysfs: a namespace destroyed since stops being
-    reported, as node_exporter stops reporting a removed disk."""
+    reported, as node_exporter stops reporting a removed disk; and the hugepage sizes the
+    last walk of the pools reported (judge/hvo.py), those of `only` where it names any."""
     names = {d["name"] for d in devices_now}
-    return [d for d in doc["devices"] if d["chardev"] in names]
+    return [d for d in doc["devices"] if d["chardev"] in names
+            or ("hugetlb" in d and (not only or d["device"] in only))]
+
+
+# The states a hugepage size's folios are counted in (judge/hvo.py classify()).
+FOLIO_STATES = ("optimized", "unoptimized", "other")
 
 
 class LedgerCollector:
     def __init__(self, snapshot: Callable[[], Snapshot], devices_now: Callable[[], list[dict]],
-                 bcc: str | None = None):
+                 bcc: str | None = None, only=()):
         self.snapshot = snapshot
         self.devices_now = devices_now
+        self.only = tuple(only)  # -d: the hugepage sizes among them
         self.bcc = bcc  # BCC's version where a log's header does not say it (an audit's)
 
     def describe(self):
@@ -171,7 +185,9 @@ class LedgerCollector:
         yield errors
         doc = snap.live.doc
         if doc is not None:  # judged once the header's first poll is done
-            yield from self._devices(present_devices(doc, self.devices_now()))
+            devices = present_devices(doc, self.devices_now(), self.only)
+            yield from self._devices(devices)
+            yield from self._hugetlb([d for d in devices if "hugetlb" in d])
         yield self._init_histogram(snap.live.init_seconds(), snap.live.retired)
 
     def _probes(self, header: dict, snap: Snapshot) -> Iterator:
@@ -210,14 +226,15 @@ class LedgerCollector:
                                    "per state (1 the current one): pass, fail, skip, error",
                                    labels=["device", "check", "status"])
         count = GaugeMetricFamily("vmemtrace_devices", "dax devices reported")
-        count.add_metric([], len(devices))
+        count.add_metric([], sum("hugetlb" not in d for d in devices))
         # To join with ndctl's and cxl's names: group_left(namespace, cxl_region) on device.
         info = InfoMetricFamily("vmemtrace_device", "each dax device's nvdimm namespace and the "
                                 "CXL region, root decoder and memory devices it lies in "
                                 "(\"\" where none)", labels=["device", "namespace", *CXL_LABELS])
         for d in devices:
             name, page = d["device"], d["page_size"]
-            info.add_metric([name, d["namespace"] or "", *cxl_labels(d["cxl"])], {})
+            if "hugetlb" not in d:
+                info.add_metric([name, d["namespace"] or "", *cxl_labels(d["cxl"])], {})
             for (key, kind), family in families.items():
                 value = d[key][kind]
                 if value is not None:
@@ -228,6 +245,32 @@ class LedgerCollector:
                 for state in STATUSES:  # a state set (OpenMetrics), as node_exporter's systemd states
                     checks.add_metric([name, c["name"], state], 1 if c["status"] == state else 0)
         yield from (count, info, *families.values(), saved, checks)
+
+    @staticmethod
+    def _hugetlb(sizes: list[dict]) -> Iterator:
+        """Per hugepage size and NUMA node, its folios by state and the vmemmap bytes HVO saved
+        (node "" where the walk could not tell the nodes); per size whether HVO is on."""
+        folios = GaugeMetricFamily("vmemtrace_hugetlb_folios", "hugetlb folios walked, by "
+                                   "whether HVO optimised their vmemmap (\"other\": neither "
+                                   "optimised nor whole)", labels=["device", "node", "state"])
+        saved = GaugeMetricFamily("vmemtrace_hugetlb_vmemmap_saved_bytes", "vmemmap bytes HVO "
+                                  "freed behind the folios walked, by node",
+                                  labels=["device", "node"])
+        switch = GaugeMetricFamily("vmemtrace_hugetlb_optimize_vmemmap", "vm.hugetlb_optimize_"
+                                   "vmemmap when the pool was walked (1: HVO on; -1: no such "
+                                   "sysctl)", labels=["device"])
+        for d in sizes:
+            h, name = d["hugetlb"], d["device"]
+            sysctl = h["hvo"].get("sysctl")
+            switch.add_metric([name], -1 if sysctl is None else sysctl)
+            pages = d["vmemmap_pages"]
+            nodes = h["nodes"] or [{**h, "node": "", "vmemmap_pages": pages}]
+            for n in nodes:
+                for state in FOLIO_STATES:
+                    folios.add_metric([name, str(n["node"]), state], n[state])
+                vm = n["vmemmap_pages"]
+                saved.add_metric([name, str(n["node"])], (vm["naive"] - vm["observed"]) * d["page_size"])
+        yield from (folios, saved, switch)
 
     @staticmethod
     def _init_histogram(seconds: list[float], retired: InitTally) -> HistogramMetricFamily:

@@ -85,9 +85,10 @@ def auditable(devices: list[dict], progress: Callable[[str], None]) -> list[dict
 def audit_events(walker: Walker, facts, progress: Callable[[str], None], only=(),
                  hugetlb: bool = False) -> Iterator[dict]:
     """Per dax device in sysfs now (only those -d names, if any): the walk of its pgmap range,
-    then its device event; with hugetlb, then per hugepage size its folios walked (the exporter
-    does not report those yet, so it does not walk them). Streamed: a 1 TiB range's compound pages are rows of columns
-    (walk/backing.py) until the fold takes them, never a list of dicts (600 MB at 1 TiB)."""
+    then its device event; with hugetlb, then per hugepage size its folios walked (the
+    exporter walks those itself, walk/hugetlb.py Watch). Streamed: a 1 TiB range's compound
+    pages are rows of columns (walk/backing.py) until the fold takes them, never a list of
+    dicts (600 MB at 1 TiB)."""
     version, page = facts.version, struct_page_size(facts, progress)
     devices = auditable([d for d in daxdev.inventory() if events.named(d, only)], progress)
     progress(f"walking the vmemmap page tables ({walker.layout.levels}-level paging) "
@@ -137,15 +138,18 @@ def audit_log(progress: Callable[[str], None], only=()) -> Iterator[dict]:
         yield from audit_events(walker, facts, progress, only, hugetlb=True)
 
 
-def audit_or_header(progress: Callable[[str], None]) -> tuple[list[dict], str | None]:
-    """The audit's log, or where the walk cannot run the header alone (the kernel still named)
-    and why; nothing at all where even the kernel's facts cannot be read."""
+def audit_or_header(progress: Callable[[str], None],
+                    hugetlb: bool = False) -> tuple[list[dict], str | None]:
+    """The audit's log (with hugetlb, the hugetlb folios' too), or where the walk cannot run the
+    header alone (the kernel still named) and why; nothing at all where even the kernel's facts
+    cannot be read."""
     try:
         facts = read_facts(with_bcc=False)
     except VmemtraceError as e:
         return [], str(e)
     try:
         with open_walker(facts) as walker:
-            return [_audit_header(facts), *audit_events(walker, facts, progress)], None
+            return [_audit_header(facts), *audit_events(walker, facts, progress,
+                                                        hugetlb=hugetlb)], None
     except VmemtraceError as e:
         return [_audit_header(facts, walked=False)], str(e)

@@ -64,8 +64,7 @@ def snapshot() -> Snapshot:
 def walk_sizes(walker: Walker, facts, struct_page_size: int,
                progress: Callable[[str], None]) -> Iterator[dict]:
     """audit: one "hugetlb" event per hugepage size with folios in its pool, each walked."""
-    now = snapshot()
-    yield from _events(walker, facts, struct_page_size, progress, now, None)
+    yield from _events(walker, facts, struct_page_size, progress, snapshot(), None)
 
 
 def walk_changes(walker: Walker, facts, struct_page_size: int, before: Snapshot,
@@ -76,11 +75,52 @@ def walk_changes(walker: Walker, facts, struct_page_size: int, before: Snapshot,
     yield from _events(walker, facts, struct_page_size, progress, snapshot(), before)
 
 
+class Watch:
+    """The exporter's view of the hugetlb pools: every folio walked again whenever a pool or
+    HVO's switches change, and the folios freed since the last walk walked again (restored).
+    The folios that came while it watched, with HVO on before and after, were allocated with
+    HVO on: where all of a size's folios did, the size is judged as verify judges (not
+    `existing`). HVO turned off and on again between two polls would go unseen."""
+
+    def __init__(self, walker: Walker, facts, struct_page_size: int,
+                 progress: Callable[[str], None]):
+        self.walker, self.facts, self.page, self.progress = walker, facts, struct_page_size, progress
+        self.state: tuple | None = None  # (pools, switches) at the last walk
+        self.last: Snapshot | None = None
+        self.watched: set[int] = set()  # heads seen arrive with HVO on before and after
+        self.switched = False  # the switches changed while watched: allocated when, unknown
+
+    def poll(self) -> list[dict] | None:
+        """The events of a new walk where something changed since the last one, else None."""
+        switches = hugetlb.switches()
+        state = (hugetlb.pools(), switches)
+        if state == self.state:
+            return None
+        now = snapshot()
+        if self.state is not None and self.last is not None:
+            if switches != self.state[1]:
+                self.switched = True
+            elif switches.sysctl == 1:
+                self.watched |= set(now.heads) - set(self.last.heads)
+        self.watched &= set(now.heads)
+        events = list(_events(self.walker, self.facts, self.page, self.progress, now, self.last,
+                              whole=True))
+        for ev in events:
+            pages = ev["pfns_per_folio"]
+            heads = [h for h, n in now.heads.items() if n == pages]
+            ev["existing"] = self.switched or not set(heads) <= self.watched
+        self.state, self.last = state, now
+        return events
+
+
 def _events(walker: Walker, facts, struct_page_size: int, progress: Callable[[str], None],
-            now: Snapshot, before: Snapshot | None) -> Iterator[dict]:
+            now: Snapshot, before: Snapshot | None, whole: bool = False) -> Iterator[dict]:
+    """Per hugepage size: without `before` every folio walked (audit); with it, the folios
+    that came since (all of them when `whole`) and those that went, walked again."""
     hvo = hvo_facts(facts)
     tables = walker.tables()
     zones = hugetlb.populated_zones()
+    nodes = hugetlb.Nodes()
     for size_kb in sorted(set(now.pools) | set(before.pools if before else ())):
         pages = size_kb * 1024 // hugetlb.PAGE_SIZE
         heads = sorted(h for h, n in now.heads.items() if n == pages)
@@ -92,19 +132,22 @@ def _events(walker: Walker, facts, struct_page_size: int, progress: Callable[[st
             new = [h for h in heads if before.heads.get(h) != pages]
             gone = sorted(h for h, n in before.heads.items()
                           if n == pages and now.heads.get(h) != n)
-            if not new and not gone:
+            if not new and not gone and not (whole and heads):
                 continue
+            new = heads if whole else new
         progress(f"walking the vmemmap of {len(new)} hugetlb folios of {size_kb} kB"
                  + (f", and of {len(gone)} freed" if gone else ""))
         ev = {"type": "hugetlb", "size_kb": size_kb, "pfns_per_folio": pages,
               "nr_hugepages": now.pools.get(size_kb, 0),
-              **walked(tables, new, pages, struct_page_size),
+              **walked(tables, new, pages, struct_page_size, nodes),
               "zones": zones, "hvo": hvo, "struct_page_size": struct_page_size,
-              "page_size": hugetlb.PAGE_SIZE, "existing": before is None}
+              "page_size": hugetlb.PAGE_SIZE, "existing": before is None or whole}
         if before is not None:
             restored = walked(tables, gone, pages, struct_page_size)
-            ev.update({"pool_before": before.pools.get(size_kb, 0), "freed": len(gone),
-                       "restored_rows": restored["rows"], "restored_distinct": restored["distinct"],
+            if not whole:  # the pool's change is the witness of what came and went
+                ev["pool_before"] = before.pools.get(size_kb, 0)
+            ev.update({"freed": len(gone), "restored_rows": restored["rows"],
+                       "restored_distinct": restored["distinct"],
                        "stale_heads": len(stale_inside(now.stale, gone, pages))})
         yield ev
 
@@ -115,30 +158,63 @@ def stale_inside(stale: list[int], heads: list[int], pages: int) -> list[int]:
     return [pfn for pfn in stale if pfn - pfn % pages in starts]
 
 
-def walked(tables: PageTables, heads: list[int], pages: int, struct_page_size: int) -> dict:
+@dataclass(frozen=True)
+class Folio:
+    """One folio's walk: its row (log/rows.py HUGETLB_ROW after its first two) and the pfns
+    behind its head and, where all its tails lie on one page, behind its tails."""
+
+    head: int
+    row: tuple
+    head_pfn: int | None
+    tail_pfn: int | None
+
+
+def walk_folio(tables: PageTables, head: int, pages: int, struct_page_size: int) -> Folio:
+    row, head_pfn, tail_pfn = folio_row(tables, head, pages, struct_page_size)
+    counts = dict(zip(HUGETLB_ROW[2:], row, strict=True))
+    one_page = counts["ptes"] > 2 and counts["on_first_tail"] == counts["ptes"] - 1
+    shared = tail_pfn if tail_pfn is not None and tail_pfn != head_pfn and one_page else None
+    return Folio(head, row, head_pfn, shared)
+
+
+def walked(tables: PageTables, heads: list[int], pages: int, struct_page_size: int,
+           nodes: hugetlb.Nodes | None = None) -> dict:
     """The folios' rows, the pages that hold all the tails of a folio (HVO's shared tail page,
     where the kernel has one) with how many folios map each, and the distinct pages behind
-    them all."""
+    them all; with nodes, the rows and distinct pages of each NUMA node's folios too."""
+    folios = [walk_folio(tables, head, pages, struct_page_size) for head in heads]
+    out = summed(folios)
+    if nodes is not None and nodes.block_pages:
+        by_node: dict[int, list[Folio]] = {}
+        for f in folios:
+            node = nodes.of(f.head)
+            if node is not None:
+                by_node.setdefault(node, []).append(f)
+        per_node = {node: summed(group) for node, group in sorted(by_node.items())}
+        out["node_rows"] = sorted([node, *r] for node, s in per_node.items() for r in s["rows"])
+        out["node_distinct"] = [[node, s["distinct"]] for node, s in per_node.items()]
+    return out
+
+
+def summed(folios: list[Folio]) -> dict:
+    """Folios with equal rows as one row with a count; the distinct pages behind them all, a page
+    behind the tails (or the heads) of several folios counted once."""
     rows: dict[tuple, list[int]] = {}
     head_pages: Counter[int] = Counter()
     tail_pages: Counter[int] = Counter()
     distinct = 0
-    for head in heads:
-        row, head_pfn, tail_pfn = folio_row(tables, head, pages, struct_page_size)
-        entry = rows.setdefault(row, [0, head])
+    for f in folios:
+        entry = rows.setdefault(f.row, [0, f.head])
         entry[0] += 1
-        distinct += row[2]
-        if head_pfn is not None:
-            head_pages[head_pfn] += 1
-        counts = dict(zip(HUGETLB_ROW[2:], row, strict=True))
-        one_page = counts["ptes"] > 2 and counts["on_first_tail"] == counts["ptes"] - 1
-        if tail_pfn is not None and tail_pfn != head_pfn and one_page:
-            tail_pages[tail_pfn] += 1
-    # A page behind the tails of several folios is counted once (the shared tail page).
+        distinct += f.row[2]
+        if f.head_pfn is not None:
+            head_pages[f.head_pfn] += 1
+        if f.tail_pfn is not None:
+            tail_pages[f.tail_pfn] += 1
     shared = sorted([pfn, n] for pfn, n in tail_pages.items())
     distinct -= sum(n - 1 for _, n in shared)
     distinct -= sum(n - 1 for n in head_pages.values() if n > 1)
-    return {"folios": len(heads),
+    return {"folios": len(folios),
             "rows": sorted([count, first, *row] for row, (count, first) in rows.items()),
             "shared_tails": shared, "heads_shared": sum(n for n in head_pages.values() if n > 1),
             "distinct": distinct}

@@ -1,0 +1,90 @@
+"""The exporter's HugeTLB series, from hugetlb pools walked in lab guests: folios by HVO state and
+node, the bytes HVO saved, the switch, and the checks, beside (never counted among) dax devices."""
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from tests.unit.test_exporter import samples
+from tests.unit.test_hvo import load
+from vmemtrace.judge import hvo
+from vmemtrace.output.metrics import LedgerCollector, LiveLedger, Snapshot
+
+SIZE = "hugetlb-2048kB"
+
+
+def registry(events, only=()) -> CollectorRegistry:
+    live = LiveLedger(events)
+    live.refresh([])
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(LedgerCollector(lambda: Snapshot(live), lambda: [], only=only))
+    return reg
+
+
+def value(s: dict, name: str, **labels):
+    return s.get((name, tuple(sorted(labels.items()))))
+
+
+# series, case, folios optimised, unoptimised, vmemmap pages observed (naive: 8 per folio)
+CASES = [("6.12", "hvo-2M", 16, 0, 16), ("7.3", "hvo-2M", 16, 0, 17),
+         ("6.12", "hvo-off-2M", 0, 16, 128), ("6.1", "hvo-2M.audit", 16, 0, 16)]
+
+
+@pytest.mark.parametrize("series,case,opt,unopt,observed", CASES)
+def test_hugetlb_series_are_the_walks_numbers(series, case, opt, unopt, observed):
+    s = samples(registry(load(series, case)))
+    assert value(s, "vmemtrace_hugetlb_folios", device=SIZE, node="", state="optimized") == opt
+    assert value(s, "vmemtrace_hugetlb_folios", device=SIZE, node="", state="unoptimized") == unopt
+    assert value(s, "vmemtrace_hugetlb_folios", device=SIZE, node="", state="other") == 0
+    saved = (128 - observed) * 4096
+    assert value(s, "vmemtrace_hugetlb_vmemmap_saved_bytes", device=SIZE, node="") == saved
+    assert value(s, "vmemtrace_vmemmap_saved_bytes", device=SIZE) == saved
+    assert value(s, "vmemtrace_vmemmap_bytes", device=SIZE) == observed * 4096
+    assert value(s, "vmemtrace_vmemmap_naive_bytes", device=SIZE) == 128 * 4096
+    on = "off" not in case
+    assert value(s, "vmemtrace_hugetlb_optimize_vmemmap", device=SIZE) == int(on)
+    check = "tail-reuse" if on else "no-false-optimisation"
+    assert value(s, "vmemtrace_check_status", device=SIZE, check=check, status="pass") == 1
+    # a hugepage size is no dax device: not counted, no namespace info
+    assert value(s, "vmemtrace_devices") == 0
+    assert not [k for k in s if k[0] == "vmemtrace_device_info"]
+
+
+def test_a_freed_pool_reports_its_restore():
+    s = samples(registry(load("6.12", "hvo-2M.free")))
+    assert value(s, "vmemtrace_check_status", device=SIZE, check="restore", status="pass") == 1
+    assert value(s, "vmemtrace_hugetlb_folios", device=SIZE, node="", state="optimized") == 0
+
+
+def test_the_6_12_bad_pages_after_a_1G_free_fail_restore_in_the_exporter():
+    s = samples(registry(load("6.12", "hvo-1G.free")))
+    assert value(s, "vmemtrace_check_status", device="hugetlb-1048576kB", check="restore",
+                 status="fail") == 1
+
+
+def test_only_names_the_hugepage_sizes_reported():
+    events = load("6.12", "hvo-2M")
+    assert not [k for k in samples(registry(events, only=("dax0.0",))) if SIZE in str(k)]
+    assert [k for k in samples(registry(events, only=(SIZE,))) if SIZE in str(k)]
+
+
+def test_a_walk_replaced_is_judged_again():
+    """The exporter's watch hands in each walk of the pools whole: the last one is reported."""
+    on, off = load("6.12", "hvo-2M"), load("6.12", "hvo-off-2M")
+    live = LiveLedger(on)
+    live.refresh([])
+    live.replace_hugetlb([e for e in off if e["type"] == "hugetlb"])
+    live.refresh([])
+    (dev,) = live.doc["devices"]
+    assert dev["hugetlb"]["unoptimized"] == 16 and dev["hugetlb"]["optimized"] == 0
+
+
+def test_per_node_numbers_add_up_to_the_size():
+    """A walk's folios split by node (here the guest's one node, 0) are judged node by node
+    with the rows the size is judged with."""
+    (ev,) = [e for e in load("7.3", "hvo-2M") if e["type"] == "hugetlb"]
+    split = {**ev, "node_rows": [[0, *r] for r in ev["rows"]],
+             "node_distinct": [[0, ev["distinct"]]]}
+    (node,) = hvo.per_node(split, hvo.SHARED_TAIL)
+    assert node == {"node": 0, "folios": 16, "optimized": 16, "unoptimized": 0, "other": 0,
+                    "vmemmap_pages": {"naive": 128, "observed": 17}}
+    assert hvo.per_node(ev, hvo.SHARED_TAIL) == []  # a walk that could not tell the nodes
