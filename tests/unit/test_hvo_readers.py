@@ -106,3 +106,15 @@ def test_this_hosts_memory_has_nodes():
     assert nodes.block_pages and nodes.by_block
     block, node = min(nodes.by_block.items())
     assert nodes.of(block * nodes.block_pages) == node
+
+
+def test_copies_of_the_head_in_freed_folios_are_counted_at_each_vmemmap_page(tmp_path):
+    """As 6.12 leaves a freed 2 MiB folio: the first struct page of each restored vmemmap page
+    (every 64th pfn, with 64-byte struct pages) a copy of the head; the real head is not one."""
+    first, clean = PAGES_2M, 3 * PAGES_2M
+    fakes = [first + k * 64 for k in range(1, 8)]
+    path = kpageflags(tmp_path, 4 * PAGES_2M, [], fakes)
+    assert hugetlb.head_copies([first], PAGES_2M, 64, path) == 7
+    assert hugetlb.head_copies([clean], PAGES_2M, 64, path) == 0
+    # the aligned scan that finds folios never looks there: no stale head, no folio
+    assert hugetlb.read_folios([2048], path) == hugetlb.Folios([], [])

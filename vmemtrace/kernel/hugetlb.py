@@ -102,7 +102,8 @@ def read_folios(sizes_kb: list[int], path: str = "/proc/kpageflags") -> Folios:
     The tail is asked for because a head's flags alone can lie: once 6.12 has restored and freed
     an optimised 1 GiB folio, the first struct page of every vmemmap page it restored is still a
     copy of the head (KPF_HUGE and KPF_COMPOUND_HEAD), with no tail behind it, and the kernel
-    keeps those pages as bad ("BUG: Bad page state", docs/findings.md): they are `stale`.
+    keeps those pages as bad ("BUG: Bad page state", docs/findings.md): they are `stale`, no
+    folio (head_copies() counts them in the folios freed).
     """
     if not sizes_kb:
         return Folios([], [])
@@ -139,3 +140,25 @@ def read_folios(sizes_kb: list[int], path: str = "/proc/kpageflags") -> Folios:
                 out.append((pfn, size))
                 break
     return Folios(out, stale)
+
+
+def head_copies(heads: list[int], pages: int, stride: int,
+                path: str = "/proc/kpageflags") -> int:
+    """How many struct pages of these folios, other than their heads, read as a hugetlb head
+    (KPF_HUGE and KPF_COMPOUND_HEAD). Only the first struct page of each vmemmap page is looked
+    at (every `stride` pfns: PAGE_SIZE / sizeof(struct page)): where an optimised folio's
+    vmemmap, restored by copying the page it kept, has a copy of the head. Freed folios have
+    none once restore cleans them; the kernel keeps a folio with such copies as bad pages."""
+    head = (1 << KPF_HUGE) | (1 << KPF_COMPOUND_HEAD)
+    found = 0
+    try:
+        with open(path, "rb") as f:
+            for first in heads:
+                f.seek(first * 8)
+                data = f.read(pages * 8)
+                words = memoryview(data[:len(data) - len(data) % 8]).cast("Q")
+                found += sum(1 for w in words[stride::stride] if w & head == head)
+    except OSError as e:
+        raise VmemtraceError(f"cannot read {path}: {e.strerror}") from None
+    return found
+

@@ -121,13 +121,22 @@ class Hugetlb:
         return ["sh", "-c", f"echo {count} > {self.nr_hugepages}"]
 
 
-# 16 pages of 2 MiB: 128 vmemmap pages, 112 of them freed with HVO; one 1 GiB page, which a
-# guest allocates at run time only while its memory is not yet fragmented (run it first).
+# 16 pages of 2 MiB: 128 vmemmap pages, 112 of them freed with HVO; one 1 GiB page, from a CMA
+# area kept for gigantic pages at boot (hugetlb_cma_args()).
 HUGETLB = {h.name: h for h in (
     Hugetlb("hvo-1G", GiB, 1),
     Hugetlb("hvo-2M", 2 * MiB, 16),
     Hugetlb("hvo-off-2M", 2 * MiB, 16, hvo=False),
 )}
+
+
+def hugetlb_cma_args(cases) -> str:
+    """hugetlb_cma= for the gigantic pages the cases allocate at run time: a guest of 2 GiB
+    may have no free aligned GiB left once booted, while a CMA area the kernel sets aside at
+    boot lends its pages to movable allocations only and gets them back for hugetlb
+    (hugetlb_cma_reserve(), Documentation/admin-guide/kernel-parameters.txt)."""
+    need = sum(c.size * c.count for c in cases if isinstance(c, Hugetlb) and c.size >= GiB)
+    return f"hugetlb_cma={need >> 20}M" if need else ""
 
 
 def parse_cases(text: str, pmem: str = "e820") -> list[Case | Multi | Hugetlb]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import vmemtrace
 from vmemtrace.errors import EXIT_CANNOT, EXIT_FAIL, EXIT_OK, VmemtraceError
 from vmemtrace.lab import deb, image, vm
-from vmemtrace.lab.cases import Case
+from vmemtrace.lab.cases import Case, hugetlb_cma_args
 from vmemtrace.lab.guest import PMEM
 from vmemtrace.lab.kernels import KernelSpec
 from vmemtrace.lab.nfit import Pmem
@@ -91,6 +91,7 @@ def run_kernel(kernel, cases: list[Case], region: Pmem, accel: str, cache: Path,
         (workdir / "out" / COMMAND_FILE).write_text(command + "\n")
     if package is not None:
         shutil.copy(package, workdir / "out")
+    append = " ".join(a for a in (append, hugetlb_cma_args(cases)) if a)
     what = (f"`{command if len(command) < 60 else command[:57] + '...'}`" if command is not None
             else f"cases {', '.join(c.name for c in cases)}")
     for attempt in (1, 2):

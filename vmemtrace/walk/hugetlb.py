@@ -52,13 +52,12 @@ class Snapshot:
 
     pools: dict[int, int]  # size in KiB -> nr_hugepages
     heads: dict[int, int]  # head pfn -> pages
-    stale: list[int]  # pfns that read as a hugetlb head without being one (kernel/hugetlb.py)
 
 
 def snapshot() -> Snapshot:
     pools = hugetlb.pools()
     folios = hugetlb.read_folios(list(pools))
-    return Snapshot(pools, dict(folios.heads), folios.stale)
+    return Snapshot(pools, dict(folios.heads))
 
 
 def walk_sizes(walker: Walker, facts, struct_page_size: int,
@@ -148,14 +147,9 @@ def _events(walker: Walker, facts, struct_page_size: int, progress: Callable[[st
                 ev["pool_before"] = before.pools.get(size_kb, 0)
             ev.update({"freed": len(gone), "restored_rows": restored["rows"],
                        "restored_distinct": restored["distinct"],
-                       "stale_heads": len(stale_inside(now.stale, gone, pages))})
+                       "stale_heads": hugetlb.head_copies(
+                           gone, pages, hugetlb.PAGE_SIZE // struct_page_size)})
         yield ev
-
-
-def stale_inside(stale: list[int], heads: list[int], pages: int) -> list[int]:
-    """The stale heads that lie in these folios (freed ones: their struct pages not cleaned)."""
-    starts = set(heads)
-    return [pfn for pfn in stale if pfn - pfn % pages in starts]
 
 
 @dataclass(frozen=True)
