@@ -87,4 +87,4 @@ def test_per_node_numbers_add_up_to_the_size():
     (node,) = hvo.per_node(split, hvo.SHARED_TAIL)
     assert node == {"node": 0, "folios": 16, "optimized": 16, "unoptimized": 0, "other": 0,
                     "vmemmap_pages": {"naive": 128, "observed": 17}}
-    assert hvo.per_node(ev, hvo.SHARED_TAIL) == []  # a walk that could not tell the nodes
+    assert hvo.per_node(ev, hvo.SHARED_TAIL) is None  # a walk that could not tell the nodes

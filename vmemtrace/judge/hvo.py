@@ -203,9 +203,11 @@ def check_size(ev: dict, version: tuple, expect: str, allow_skip=(),
     }
 
 
-def per_node(ev: dict, layout: HvoLayout | None) -> list[dict]:
+def per_node(ev: dict, layout: HvoLayout | None) -> list[dict] | None:
     """Each NUMA node's folios by state and the vmemmap pages behind them (the event's
-    node_rows and node_distinct; none where the walk could not tell the nodes)."""
+    node_rows and node_distinct); None where the walk could not tell the nodes."""
+    if "node_distinct" not in ev:
+        return None
     per = per_folio(ev)
     out = []
     for node, distinct in ev.get("node_distinct", []):

@@ -264,7 +264,8 @@ class LedgerCollector:
             sysctl = h["hvo"].get("sysctl")
             switch.add_metric([name], -1 if sysctl is None else sysctl)
             pages = d["vmemmap_pages"]
-            nodes = h["nodes"] or [{**h, "node": "", "vmemmap_pages": pages}]
+            nodes = h["nodes"] if h["nodes"] is not None else [
+                {**h, "node": "", "vmemmap_pages": pages}]
             for n in nodes:
                 for state in FOLIO_STATES:
                     folios.add_metric([name, str(n["node"]), state], n[state])
