@@ -3,6 +3,7 @@ mem-2M and mem-1G namespaces are created and a pool of 2 MiB hugetlb pages is al
 on, then freed; every dashboard and alert query must return data."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -54,10 +55,17 @@ def test_hvo_series_in_prometheus_are_what_6_12_does(prom):
         assert series["vmemtrace_check_status", (("check", check), dev, ("status", "pass"))] == "1"
 
 
-def test_a_freed_hvo_pool_is_reported_restored(prom):
-    lines = prom["hugetlb_freed"]
-    assert 'vmemtrace_check_status{device="hugetlb-2048kB",check="restore",status="pass"} 1.0' in lines
-    assert not [line for line in lines if 'status="fail"} 1.0' in line]
+def test_the_exporter_sees_6_12_keep_freed_hvo_pages(prom):
+    """6.12 restores a freed folio's vmemmap with copies of its head left in it, and keeps the
+    folio as bad pages (docs/findings.md): the restore check fails, the others pass."""
+    state = {}
+    for line in prom["hugetlb_freed"]:
+        m = re.match(r'vmemtrace_check_status\{device="hugetlb-2048kB",check="([\w-]+)",'
+                     r'status="(\w+)"\} 1\.0$', line)
+        if m:
+            state[m[1]] = m[2]
+    assert state == {"feature-present": "pass", "eligibility": "pass", "folios-found": "pass",
+                     "restore": "fail"}
 
 
 def test_every_dashboard_query_returns_data(prom):

@@ -24,19 +24,20 @@ def value(s: dict, name: str, **labels):
     return s.get((name, tuple(sorted(labels.items()))))
 
 
-# series, case, folios optimised, unoptimised, vmemmap pages observed (naive: 8 per folio)
-CASES = [("6.12", "hvo-2M", 16, 0, 16), ("7.3", "hvo-2M", 16, 0, 17),
-         ("6.12", "hvo-off-2M", 0, 16, 128), ("6.1", "hvo-2M.audit", 16, 0, 16)]
+# series, case, node label, folios optimised, unoptimised, vmemmap pages observed (naive: 8 per
+# folio)
+CASES = [("6.12", "hvo-2M", "0", 16, 0, 16), ("7.3", "hvo-2M", "0", 16, 0, 17),
+         ("6.12", "hvo-off-2M", "0", 0, 16, 128), ("6.1", "hvo-2M.audit", "0", 16, 0, 16)]
 
 
-@pytest.mark.parametrize("series,case,opt,unopt,observed", CASES)
-def test_hugetlb_series_are_the_walks_numbers(series, case, opt, unopt, observed):
+@pytest.mark.parametrize("series,case,node,opt,unopt,observed", CASES)
+def test_hugetlb_series_are_the_walks_numbers(series, case, node, opt, unopt, observed):
     s = samples(registry(load(series, case)))
-    assert value(s, "vmemtrace_hugetlb_folios", device=SIZE, node="", state="optimized") == opt
-    assert value(s, "vmemtrace_hugetlb_folios", device=SIZE, node="", state="unoptimized") == unopt
-    assert value(s, "vmemtrace_hugetlb_folios", device=SIZE, node="", state="other") == 0
+    folios = {state: value(s, "vmemtrace_hugetlb_folios", device=SIZE, node=node, state=state)
+              for state in ("optimized", "unoptimized", "other")}
+    assert folios == {"optimized": opt, "unoptimized": unopt, "other": 0}
     saved = (128 - observed) * 4096
-    assert value(s, "vmemtrace_hugetlb_vmemmap_saved_bytes", device=SIZE, node="") == saved
+    assert value(s, "vmemtrace_hugetlb_vmemmap_saved_bytes", device=SIZE, node=node) == saved
     assert value(s, "vmemtrace_vmemmap_saved_bytes", device=SIZE) == saved
     assert value(s, "vmemtrace_vmemmap_bytes", device=SIZE) == observed * 4096
     assert value(s, "vmemtrace_vmemmap_naive_bytes", device=SIZE) == 128 * 4096
@@ -49,10 +50,13 @@ def test_hugetlb_series_are_the_walks_numbers(series, case, opt, unopt, observed
     assert not [k for k in s if k[0] == "vmemtrace_device_info"]
 
 
-def test_a_freed_pool_reports_its_restore():
-    s = samples(registry(load("6.12", "hvo-2M.free")))
-    assert value(s, "vmemtrace_check_status", device=SIZE, check="restore", status="pass") == 1
-    assert value(s, "vmemtrace_hugetlb_folios", device=SIZE, node="", state="optimized") == 0
+@pytest.mark.parametrize("series,status", [("7.3", "pass"), ("6.12", "fail")])
+def test_a_freed_pool_reports_its_restore(series, status):
+    """7.3 restores the vmemmap of freed 2 MiB pages whole; 6.12 leaves copies of the head in
+    it (docs/findings.md). No folio is left: no node is reported."""
+    s = samples(registry(load(series, "hvo-2M.free")))
+    assert value(s, "vmemtrace_check_status", device=SIZE, check="restore", status=status) == 1
+    assert not [k for k in s if k[0] == "vmemtrace_hugetlb_folios"]
 
 
 def test_the_6_12_bad_pages_after_a_1G_free_fail_restore_in_the_exporter():
@@ -78,13 +82,15 @@ def test_a_walk_replaced_is_judged_again():
     assert dev["hugetlb"]["unoptimized"] == 16 and dev["hugetlb"]["optimized"] == 0
 
 
-def test_per_node_numbers_add_up_to_the_size():
-    """A walk's folios split by node (here the guest's one node, 0) are judged node by node
-    with the rows the size is judged with."""
+def test_per_node_numbers_are_the_sizes_on_a_guest_of_one_node():
     (ev,) = [e for e in load("7.3", "hvo-2M") if e["type"] == "hugetlb"]
-    split = {**ev, "node_rows": [[0, *r] for r in ev["rows"]],
-             "node_distinct": [[0, ev["distinct"]]]}
-    (node,) = hvo.per_node(split, hvo.SHARED_TAIL)
+    (node,) = hvo.per_node(ev, hvo.SHARED_TAIL)
     assert node == {"node": 0, "folios": 16, "optimized": 16, "unoptimized": 0, "other": 0,
                     "vmemmap_pages": {"naive": 128, "observed": 17}}
-    assert hvo.per_node(ev, hvo.SHARED_TAIL) is None  # a walk that could not tell the nodes
+    # recorded before the walk told the nodes: totals under node ""
+    events = load("6.12", "boot-1G.audit")
+    (old,) = [e for e in events if e["type"] == "hugetlb"]
+    assert hvo.per_node(old, hvo.HEAD_ONLY) is None
+    s = samples(registry(events))
+    assert value(s, "vmemtrace_hugetlb_folios", device="hugetlb-1048576kB", node="",
+                 state="optimized") == 1

@@ -274,9 +274,10 @@ def restore(ev: dict) -> Check:
     if stale:
         return Check(name, FAIL, f"{stale} struct pages in the {freed} freed folios still read as "
                                  "hugetlb heads (/proc/kpageflags: KPF_HUGE and "
-                                 "KPF_COMPOUND_HEAD, no tail behind them): copies of the head "
-                                 "that restore left, which the kernel then keeps as bad pages "
-                                 "instead of freeing the memory (dmesg: \"Bad page state\")")
+                                 "KPF_COMPOUND_HEAD), each the first of a restored vmemmap "
+                                 "page: copies of the head that restore left, which the kernel "
+                                 "then keeps as bad pages instead of freeing the memory (dmesg: "
+                                 "\"Bad page state\")")
     if ev["restored_distinct"] != freed * per:
         return Check(name, FAIL, f"{ev['restored_distinct']} distinct vmemmap pages behind "
                                  f"{freed} freed folios, expected {freed * per}: a page behind two")
