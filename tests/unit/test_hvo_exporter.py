@@ -94,3 +94,13 @@ def test_per_node_numbers_are_the_sizes_on_a_guest_of_one_node():
     s = samples(registry(events))
     assert value(s, "vmemtrace_hugetlb_folios", device="hugetlb-1048576kB", node="",
                  state="optimized") == 1
+
+
+def test_check_says_whether_hvo_is_built_on_and_what_pools_exist():
+    from vmemtrace.output.render import _hvo
+
+    assert _hvo({"sysctl": None, "cmdline": None, "pools": {}}).startswith("not built in")
+    on = _hvo({"sysctl": 1, "cmdline": "on", "pools": {2048: 16, 1048576: 0}})
+    assert on == ("on (vm.hugetlb_optimize_vmemmap = 1, hugetlb_free_vmemmap=on at boot); "
+                  "hugepages 2048 kB: 16, 1048576 kB: 0")
+    assert _hvo({"sysctl": 0, "cmdline": None, "pools": {}}).startswith("off (")

@@ -52,6 +52,18 @@ def _layout(feature: dict) -> str:
     return f"{name}: {what}{model}; evidence: {feature.get('layout_evidence', '')}"
 
 
+def _hvo(hvo: dict | None) -> str:
+    """HVO's switches and the hugetlb pools, as `check` reads them (judge/hvo.py judges them)."""
+    if hvo is None:
+        return "-"
+    if hvo["sysctl"] is None:
+        return "not built in (no vm.hugetlb_optimize_vmemmap)"
+    boot = f", hugetlb_free_vmemmap={hvo['cmdline']} at boot" if hvo["cmdline"] else ""
+    state = "on" if hvo["sysctl"] == 1 else "off"
+    pools = ", ".join(f"{kb} kB: {n}" for kb, n in sorted(hvo["pools"].items())) or "none"
+    return f"{state} (vm.hugetlb_optimize_vmemmap = {hvo['sysctl']}{boot}); hugepages {pools}"
+
+
 def check_table(report: dict) -> str:
     opts = report["config"]["options"]
     head = [
@@ -59,6 +71,7 @@ def check_table(report: dict) -> str:
         ("compound-devmap optimisation", f"{_yn(report['feature']['present'])}: "
                                          f"{report['feature']['evidence']}"),
         ("vmemmap layout", _layout(report["feature"])),
+        ("HugeTLB vmemmap optimisation", _hvo(report.get("hvo"))),
         ("config", report["config"]["source"] or "not found (/proc/config.gz, /boot/config-*)"),
         ("config options", " ".join(f"{k}={v}" for k, v in opts.items()) if opts else "-"),
         ("privileged", _yn(report["privileged"])),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from vmemtrace.errors import VmemtraceError
 from vmemtrace.judge import layouts
-from vmemtrace.kernel import compat, trampoline
+from vmemtrace.kernel import compat, hugetlb, trampoline
 from vmemtrace.kernel.config import RELEVANT, enabled
 from vmemtrace.kernel.facts import DATA_SYMBOLS, KernelFacts, gather
 from vmemtrace.probes import args, targets
@@ -188,6 +188,7 @@ def check_report(facts: KernelFacts, ready: Readiness) -> dict:
         "config": {"source": facts.config_source,
                    "options": {o: (facts.config.get(o, "n") if facts.config is not None else None)
                                for o in RELEVANT}},
+        "hvo": {**hugetlb.switches().as_json(), "pools": hugetlb.pools()},
         "privileged": facts.privileged,
         "btf": facts.btf,
         "headers": facts.headers,
