@@ -151,9 +151,12 @@ def hugetlb_pool(exporter):
 def hugetlb_freed(exporter):
     """The pool freed: the exporter's series once it has judged the restore."""
     write(POOL, "0")
-    judged = re.compile(r'^vmemtrace_check_status\{device="hugetlb-2048kB",check="restore",'
-                        r'status="\w+"\} 1\.0$', re.M)
-    wait("the freed pool's restore check", lambda: judged.search(get(EXPORTER)), alive=exporter)
+    def judged():
+        return [line for line in get(EXPORTER).splitlines()
+                if line.startswith("vmemtrace_check_status{") and 'check="restore"' in line
+                and 'device="hugetlb-2048kB"' in line and line.endswith(" 1.0")]
+
+    wait("the freed pool's restore check", judged, alive=exporter)
     return [line for line in get(EXPORTER).splitlines() if 'device="hugetlb-2048kB"' in line]
 
 

@@ -60,10 +60,10 @@ def test_the_exporter_sees_6_12_keep_freed_hvo_pages(prom):
     folio as bad pages (docs/findings.md): the restore check fails, the others pass."""
     state = {}
     for line in prom["hugetlb_freed"]:
-        m = re.match(r'vmemtrace_check_status\{device="hugetlb-2048kB",check="([\w-]+)",'
-                     r'status="(\w+)"\} 1\.0$', line)
-        if m:
-            state[m[1]] = m[2]
+        if line.startswith("vmemtrace_check_status{") and line.endswith("} 1.0"):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+            assert labels["device"] == "hugetlb-2048kB"
+            state[labels["check"]] = labels["status"]
     assert state == {"feature-present": "pass", "eligibility": "pass", "folios-found": "pass",
                      "restore": "fail"}
 
