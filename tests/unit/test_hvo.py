@@ -125,6 +125,31 @@ def test_one_page_more_fails_accounting():
     assert "18 distinct vmemmap pages behind 16 folios, expected 17" in c["accounting"]["detail"]
 
 
+def test_folios_sharing_a_head_page_fail_accounting():
+    """A recording changed in the one field: two folios whose heads lie on one vmemmap page."""
+    evs = load("6.12", "hvo-2M")
+    assert _size(evs)["heads_shared"] == 0
+    _size(evs)["heads_shared"] = 2
+    dev, c = judged(evs)
+    assert c["accounting"]["status"] == "fail" and "share the vmemmap page" in c["accounting"]["detail"]
+
+
+@pytest.mark.parametrize("series", ["6.1", "6.12", "7.3"])
+def test_each_nodes_pool_witnesses_the_folios_walked_there(series):
+    """An audit walks every folio: per node, the folios found must be that node's pool. A
+    recording changed in the one field: node 0's pool one folio larger."""
+    evs = load(series, "hvo-2M.audit")
+    ev = _size(evs)
+    assert ev["node_pools"] == [[0, 16]]
+    dev, c = judged(evs)
+    assert c["folios-found"]["status"] == "pass" and "on 1 nodes" in c["folios-found"]["detail"]
+    ev["node_pools"] = [[0, 17]]
+    dev, c = judged(evs)
+    assert c["folios-found"]["status"] == "error"
+    assert c["folios-found"]["detail"] == ("found 16 folios of 2048 kB on node 0, its pool has "
+                                           "17 (node0's nr_hugepages)")
+
+
 def test_optimised_with_hvo_off_fails_under_verify_but_not_in_an_audit():
     evs = load("6.12", "hvo-2M")
     _size(evs)["hvo"]["sysctl"] = 0

@@ -249,7 +249,17 @@ def found(ev: dict) -> Check:
             return Check(name, ERROR, f"found {ev['folios']} hugetlb folios of {size} in "
                                       f"/proc/kpageflags, the pool has {ev['nr_hugepages']} "
                                       "(nr_hugepages)")
-        return Check(name, PASS, f"all {ev['folios']} folios of the pool walked")
+        walked = {node: 0 for node, n in ev.get("node_pools", []) if n}
+        walked.update((r[0], walked.get(r[0], 0) + r[1]) for r in ev.get("node_rows", []))
+        pools = dict(map(tuple, ev.get("node_pools", [])))
+        odd = [node for node, n in sorted(walked.items()) if pools and pools.get(node, 0) != n]
+        if odd:
+            node = odd[0]
+            return Check(name, ERROR, f"found {walked[node]} folios of {size} on node {node}, "
+                                      f"its pool has {pools.get(node, 0)} (node{node}'s "
+                                      "nr_hugepages)")
+        nodes = f", on {len(pools)} nodes as each node's pool says" if pools else ""
+        return Check(name, PASS, f"all {ev['folios']} folios of the pool walked{nodes}")
     grew = ev["nr_hugepages"] - ev["pool_before"]
     if ev["folios"] - ev["freed"] != grew:
         return Check(name, ERROR, f"{ev['folios']} {size} folios appeared and {ev['freed']} went "
@@ -309,6 +319,10 @@ def accounting(ev: dict, expected: int, shared: int, layout: HvoLayout | None) -
     if layout.shared_tails and shared > max(ev["zones"], 1):
         return Check(name, FAIL, f"{shared} shared tail pages behind {ev['size_kb']} kB folios, "
                                  f"at most one per zone ({ev['zones']} zones hold memory)")
+    if ev["heads_shared"]:
+        return Check(name, FAIL, f"{ev['heads_shared']} {ev['size_kb']} kB folios share the "
+                                 "vmemmap page behind their heads with another folio: each "
+                                 "folio keeps a page of its own")
     if ev["distinct"] != expected:
         return Check(name, FAIL, f"{ev['distinct']} distinct vmemmap pages behind "
                                  f"{ev['folios']} folios, expected {expected}")

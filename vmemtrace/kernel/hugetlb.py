@@ -56,6 +56,18 @@ def pools(root: Path = Path("/")) -> dict[int, int]:
     return out
 
 
+def node_pools(size_kb: int, root: Path = Path("/")) -> dict[int, int]:
+    """Node -> nr_hugepages of this size on it (/sys/devices/system/node/node<N>/hugepages/);
+    empty where sysfs has no nodes."""
+    out = {}
+    for f in (root / "sys/devices/system/node").glob(f"node[0-9]*/hugepages/hugepages-{size_kb}kB/nr_hugepages"):
+        try:
+            out[int(f.parts[-4][len("node"):])] = int(f.read_text())
+        except (OSError, ValueError):
+            continue
+    return dict(sorted(out.items()))
+
+
 def populated_zones(root: Path = Path("/")) -> int:
     """How many zones hold memory (/proc/zoneinfo, "present" > 0): the most shared tail pages
     one order can have, since the kernel keeps one per zone and order."""

@@ -123,9 +123,10 @@ OPTIONAL = {"device": ("driver", "mode", "namespace", "pgmap_start_pfn", "pgmap_
             "compound": ("source", "out_of_order"), "compounds": ("source", "cells"),
             "sections": ("ktime",), "vmstat": ("nr_memmap_boot_pages",),
             # verify's and the exporter's: the freed folios walked again; the rows and distinct
-            # pages of each NUMA node's folios, where sysfs tells the nodes (walk/hugetlb.py)
+            # pages of each NUMA node's folios, where sysfs tells the nodes, and where every
+            # folio was walked each node's pool [node, nr_hugepages] (walk/hugetlb.py)
             "hugetlb": ("pool_before", "freed", "restored_rows", "restored_distinct",
-                        "stale_heads", "node_rows", "node_distinct")}
+                        "stale_heads", "node_rows", "node_distinct", "node_pools")}
 
 # Types of the keys that are not non-negative integer counts (the rest are: pfns, pages, bytes).
 BOOL, STR, LIST, DICT, NUMBER, SIGNED, INT_MAP, MAYBE_INT, INT_LIST = (
@@ -158,7 +159,7 @@ TYPES = {
                   "shared_tail": MAYBE_PAIR, "problems": STR_LIST, "cells": CELLS},
     "hugetlb": {"rows": HUGETLB_ROWS, "restored_rows": HUGETLB_ROWS, "shared_tails": PFN_COUNTS,
                 "hvo": DICT, "existing": BOOL, "node_rows": NODE_ROWS,
-                "node_distinct": NODE_COUNTS},
+                "node_distinct": NODE_COUNTS, "node_pools": NODE_COUNTS},
 }
 # Physical limits: 52 address bits (x86_64 with 5-level paging) are 2^40 pages of 4 KiB.
 MAX_PFN = 1 << 40

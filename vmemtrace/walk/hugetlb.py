@@ -39,9 +39,8 @@ def hvo_facts(facts) -> dict:
     """What judge/hvo.py reads of the kernel beside the walk: HVO's config symbol, switches, and
     whether struct zone has vmemmap_tails[] (None without BTF to tell)."""
     layout = btf.try_layout(facts.btf, lambda _: None, "", FUNCTIONS)  # read once per process
-    config = (facts.config or {}).get("HUGETLB_PAGE_OPTIMIZE_VMEMMAP") if facts.config else None
-    if facts.config is not None and config is None:
-        config = "n"  # a readable config without the line: not built (it needs HUGETLB_PAGE)
+    # a readable config without the line: not built (it needs HUGETLB_PAGE)
+    config = None if facts.config is None else facts.config.get("HUGETLB_PAGE_OPTIMIZE_VMEMMAP", "n")
     return {**hugetlb.switches().as_json(), "config": config,
             "zone_vmemmap_tails": None if layout is None else layout.zone_vmemmap_tails}
 
@@ -77,9 +76,9 @@ def walk_changes(walker: Walker, facts, struct_page_size: int, before: Snapshot,
 class Watch:
     """The exporter's view of the hugetlb pools: every folio walked again whenever a pool or
     HVO's switches change, and the folios freed since the last walk walked again (restored).
-    The folios that came while it watched, with HVO on before and after, were allocated with
-    HVO on: where all of a size's folios did, the size is judged as verify judges (not
-    `existing`). HVO turned off and on again between two polls would go unseen."""
+    The folios that came between two walks with HVO on at both, and the switches unchanged,
+    were allocated with HVO on: where all of a size's folios did, the size is judged as verify
+    judges (not `existing`). HVO turned off and on again between two polls would go unseen."""
 
     def __init__(self, walker: Walker, facts, struct_page_size: int,
                  progress: Callable[[str], None]):
@@ -87,7 +86,6 @@ class Watch:
         self.state: tuple | None = None  # (pools, switches) at the last walk
         self.last: Snapshot | None = None
         self.watched: set[int] = set()  # heads seen arrive with HVO on before and after
-        self.switched = False  # the switches changed while watched: allocated when, unknown
 
     def poll(self) -> list[dict] | None:
         """The events of a new walk where something changed since the last one, else None."""
@@ -96,18 +94,18 @@ class Watch:
         if state == self.state:
             return None
         now = snapshot()
-        if self.state is not None and self.last is not None:
-            if switches != self.state[1]:
-                self.switched = True
-            elif switches.sysctl == 1:
-                self.watched |= set(now.heads) - set(self.last.heads)
+        if now.pools != state[0] or hugetlb.pools() != state[0]:
+            return None  # a pool growing or shrinking while read: walked once it holds still
+        if self.last is not None and self.state is not None and switches == self.state[1] \
+                and switches.sysctl == 1:
+            self.watched |= set(now.heads) - set(self.last.heads)
         self.watched &= set(now.heads)
         events = list(_events(self.walker, self.facts, self.page, self.progress, now, self.last,
                               whole=True))
         for ev in events:
             pages = ev["pfns_per_folio"]
             heads = [h for h, n in now.heads.items() if n == pages]
-            ev["existing"] = self.switched or not set(heads) <= self.watched
+            ev["existing"] = not set(heads) <= self.watched
         self.state, self.last = state, now
         return events
 
@@ -141,6 +139,8 @@ def _events(walker: Walker, facts, struct_page_size: int, progress: Callable[[st
               **walked(tables, new, pages, struct_page_size, nodes),
               "zones": zones, "hvo": hvo, "struct_page_size": struct_page_size,
               "page_size": hugetlb.PAGE_SIZE, "existing": before is None or whole}
+        if (before is None or whole) and "node_distinct" in ev:  # every folio walked
+            ev["node_pools"] = [list(kv) for kv in hugetlb.node_pools(size_kb).items()]
         if before is not None:
             restored = walked(tables, gone, pages, struct_page_size)
             if not whole:  # the pool's change is the witness of what came and went
