@@ -210,7 +210,7 @@ def per_node(ev: dict, layout: HvoLayout | None) -> list[dict] | None:
         return None
     per = per_folio(ev)
     out = []
-    for node, distinct in ev.get("node_distinct", []):
+    for node, distinct in ev["node_distinct"]:
         mine = [r[1:] for r in ev["node_rows"] if r[0] == node]
         j = classify({**ev, "rows": mine}, layout)
         folios = sum(r[0] for r in mine)

@@ -60,7 +60,8 @@ def node_pools(size_kb: int, root: Path = Path("/")) -> dict[int, int]:
     """Node -> nr_hugepages of this size on it (/sys/devices/system/node/node<N>/hugepages/);
     empty where sysfs has no nodes."""
     out = {}
-    for f in (root / "sys/devices/system/node").glob(f"node[0-9]*/hugepages/hugepages-{size_kb}kB/nr_hugepages"):
+    pattern = f"node[0-9]*/hugepages/hugepages-{size_kb}kB/nr_hugepages"
+    for f in (root / "sys/devices/system/node").glob(pattern):
         try:
             out[int(f.parts[-4][len("node"):])] = int(f.read_text())
         except (OSError, ValueError):
@@ -173,4 +174,3 @@ def head_copies(heads: list[int], pages: int, stride: int,
     except OSError as e:
         raise VmemtraceError(f"cannot read {path}: {e.strerror}") from None
     return found
-
