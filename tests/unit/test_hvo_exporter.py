@@ -104,3 +104,19 @@ def test_check_says_whether_hvo_is_built_on_and_what_pools_exist():
     assert on == ("on (vm.hugetlb_optimize_vmemmap = 1, hugetlb_free_vmemmap=on at boot); "
                   "hugepages 2048 kB: 16, 1048576 kB: 0")
     assert _hvo({"sysctl": 0, "cmdline": None, "pools": {}}).startswith("off (")
+
+
+def test_the_exporter_knows_a_folio_allocated_with_hvo_on_only_from_two_walks_around_it():
+    from vmemtrace.walk.hugetlb import Snapshot, allocated_with_hvo_on
+
+    at_start = Snapshot({2048: 1}, {512: 512})
+    grown = Snapshot({2048: 2}, {512: 512, 1024: 512})
+    shrunk = Snapshot({2048: 1}, {1024: 512})
+    # the folio there at the exporter's start is never known; the one that came while on is
+    assert allocated_with_hvo_on(set(), None, at_start, True) == set()
+    assert allocated_with_hvo_on(set(), at_start, grown, True) == {1024}
+    # HVO off, or switched, between the two walks: nothing learnt
+    assert allocated_with_hvo_on(set(), at_start, grown, False) == set()
+    # a freed folio is forgotten, a known one kept
+    assert allocated_with_hvo_on({1024}, grown, shrunk, False) == {1024}
+    assert allocated_with_hvo_on({512, 1024}, grown, shrunk, True) == {1024}

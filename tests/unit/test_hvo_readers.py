@@ -118,3 +118,4 @@ def test_copies_of_the_head_in_freed_folios_are_counted_at_each_vmemmap_page(tmp
     assert hugetlb.head_copies([clean], PAGES_2M, 64, path) == 0
     # the aligned scan that finds folios never looks there: no stale head, no folio
     assert hugetlb.read_folios([2048], path) == hugetlb.Folios([], [])
+

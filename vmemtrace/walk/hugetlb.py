@@ -96,18 +96,27 @@ class Watch:
         now = snapshot()
         if now.pools != state[0] or hugetlb.pools() != state[0]:
             return None  # a pool growing or shrinking while read: walked once it holds still
-        if self.last is not None and self.state is not None and switches == self.state[1] \
-                and switches.sysctl == 1:
-            self.watched |= set(now.heads) - set(self.last.heads)
-        self.watched &= set(now.heads)
+        on_throughout = (self.state is not None and switches == self.state[1]
+                         and switches.sysctl == 1)
+        self.watched = allocated_with_hvo_on(self.watched, self.last, now, on_throughout)
         events = list(_events(self.walker, self.facts, self.page, self.progress, now, self.last,
                               whole=True))
         for ev in events:
             pages = ev["pfns_per_folio"]
-            heads = [h for h, n in now.heads.items() if n == pages]
-            ev["existing"] = not set(heads) <= self.watched
+            ev["existing"] = not {h for h, n in now.heads.items() if n == pages} <= self.watched
         self.state, self.last = state, now
         return events
+
+
+def allocated_with_hvo_on(known: set[int], last: Snapshot | None, now: Snapshot,
+                          on_throughout: bool) -> set[int]:
+    """The heads known to have been allocated with HVO on: those known so far that still exist,
+    and those that came since the last walk where HVO was on at it and now, its switches
+    unchanged."""
+    heads = set(now.heads)
+    if last is not None and on_throughout:
+        return (known & heads) | (heads - set(last.heads))
+    return known & heads
 
 
 def _events(walker: Walker, facts, struct_page_size: int, progress: Callable[[str], None],
