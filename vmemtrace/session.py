@@ -237,6 +237,19 @@ def hugetlb_watch(walker, facts, progress: Callable[[str], None]) -> Watch | Non
         return None
 
 
+def pools_walked(watch: Watch | None, progress: Callable[[str], None]):
+    """(watch, events): the hugetlb events of a new walk of the pools where they changed since
+    the last one (walk/hugetlb.py Watch), else None; the watch is None once it cannot walk them
+    any more (said once)."""
+    if watch is None:
+        return None, None
+    try:
+        return watch, watch.poll()
+    except VmemtraceError as e:
+        progress(f"hugetlb pools no longer reported: {e}")
+        return None, None
+
+
 def hugetlb_changes(walker, facts, before: Snapshot, progress: Callable[[str], None]) -> list[dict]:
     try:
         page = struct_page_size(facts, progress)
@@ -259,14 +272,24 @@ def trace_command(argv: list[str], progress: Callable[[str], None],
     return log
 
 
+# How often, at most, trace, stats and the exporter look whether the hugetlb pools changed.
+POOLS_SECONDS = 1.0
+
+
 def watch(seconds: float | None, progress: Callable[[str], None],
           on_event: Callable[[dict], None], tick: Callable[[], bool] | None = None) -> list[dict]:
-    """Trace with no command until `seconds` pass, Ctrl-C/SIGTERM, or tick() returns False."""
-    with traced(progress, on_event) as (tracer, take, log, _):
+    """Trace with no command until `seconds` pass, Ctrl-C/SIGTERM, or tick() returns False; the
+    hugetlb pools walked whenever they change."""
+    with traced(progress, on_event, hugetlb="watch") as (tracer, take, log, pools):
         deadline = None if seconds is None else time.monotonic() + seconds
+        next_look = time.monotonic()
         try:
             while deadline is None or time.monotonic() < deadline:
                 take(tracer.poll(100))
+                if time.monotonic() >= next_look:
+                    pools, walked = pools_walked(pools, progress)
+                    take(walked or [])
+                    next_look = time.monotonic() + POOLS_SECONDS
                 if tick is not None and not tick():
                     break
         except KeyboardInterrupt:

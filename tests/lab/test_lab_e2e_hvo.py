@@ -94,16 +94,23 @@ def documents(text: str) -> list[dict]:
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
-def test_a_1G_page_reserved_at_boot_is_judged_by_audit(kernel):
+def test_a_1G_page_reserved_at_boot_is_judged_by_audit_and_stats(kernel):
     """Only the walk sees a gigantic page reserved at boot: 6.12 optimises it once the allocator
-    runs, 7.3 populates it optimised from the start (vmemmap_populate_hvo())."""
+    runs, 7.3 populates it optimised from the start (vmemmap_populate_hvo()). `stats` walks the
+    pools as it starts tracing and reports the page the same way."""
     res = run_cli("lab", "--kernel", kernel, "--append",
                   "hugetlb_free_vmemmap=on hugepagesz=1G hugepages=1", "--exec",
-                  "vmemtrace audit --json -d hugetlb-1048576kB")
+                  "vmemtrace audit --json -d hugetlb-1048576kB && "
+                  "vmemtrace stats 1 2 --cumulative --json -d hugetlb-1048576kB")
     assert res.returncode == 0, res.stderr[-3000:]
-    (doc,) = documents(res.stdout)
-    (dev,) = doc["devices"]
+    audit, *stats = documents(res.stdout)
+    assert len(stats) == 2
     kept = 2 if kernel == "7.3" else 1
-    assert doc["verdict"] == "pass" and dev["hugetlb"]["folios"] == 1
-    assert dev["vmemmap_pages"] == {"naive": 4096, "expected": kept, "observed": kept}
-    assert dev["hugetlb"]["hvo"]["cmdline"] == "on"
+    for doc in (audit, stats[-1]):
+        (dev,) = doc["devices"]
+        assert doc["verdict"] == "pass" and dev["hugetlb"]["folios"] == 1
+        assert dev["vmemmap_pages"] == {"naive": 4096, "expected": kept, "observed": kept}
+        assert dev["hugetlb"]["hvo"]["cmdline"] == "on"
+        assert dev["hugetlb"]["nodes"] == [{"node": 0, "folios": 1, "optimized": 1,
+                                            "unoptimized": 0, "other": 0,
+                                            "vmemmap_pages": {"naive": 4096, "observed": kept}}]

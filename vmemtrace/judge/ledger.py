@@ -277,7 +277,8 @@ class Fold:
         elif kind == "kmsg":
             self.kmsg.append(ev)
         elif kind == "hugetlb":
-            self.hugetlb.append(ev)
+            # a hugepage size as walked last: trace and stats walk the pools at each change
+            self.hugetlb = [e for e in self.hugetlb if e["size_kb"] != ev["size_kb"]] + [ev]
 
     def finish(self) -> list[DeviceLedger]:
         for d, line in kernel_log_pairs(self.in_order, self.kmsg):

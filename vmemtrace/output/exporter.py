@@ -157,7 +157,7 @@ DEVICES_SECONDS = 1.0
 def _trace(exporter: Exporter, textfile: str | None, interval: float,
            progress: Callable[[str], None]) -> None:
     """Attach and keep the snapshot current until SIGTERM or Ctrl-C (KeyboardInterrupt)."""
-    from vmemtrace.session import traced
+    from vmemtrace.session import pools_walked, traced
 
     live = LiveLedger()
     with traced(progress, audit_existing=True, sink=live, hugetlb="watch") as (tracer, take, _,
@@ -174,7 +174,9 @@ def _trace(exporter: Exporter, textfile: str | None, interval: float,
                 # Judged again once a range's events are in (a poll brings none), or when the
                 # devices change: never per scrape.
                 if (quiet and live.count != live.judged) or time.monotonic() >= next_look:
-                    watch = _walk_hugetlb(watch, live, progress)
+                    watch, walked = pools_walked(watch, progress)
+                    if walked is not None:
+                        live.replace_hugetlb(walked)
                     live.refresh(exporter.devices_now(), quiet)
                     next_look = time.monotonic() + DEVICES_SECONDS
                 if time.monotonic() >= next_prune:
@@ -188,21 +190,6 @@ def _trace(exporter: Exporter, textfile: str | None, interval: float,
                     next_write += interval
         except KeyboardInterrupt:
             progress("stopping: detaching the probes")
-
-
-def _walk_hugetlb(watch, live: LiveLedger, progress: Callable[[str], None]):
-    """The hugetlb pools walked again if they changed (walk/hugetlb.py Watch); the watch, or
-    None once it cannot walk them any more (said once)."""
-    if watch is None:
-        return None
-    try:
-        events = watch.poll()
-    except VmemtraceError as e:
-        progress(f"hugetlb pools no longer reported: {e}")
-        return None
-    if events is not None:
-        live.replace_hugetlb(events)
-    return watch
 
 
 def pools_state() -> str:
