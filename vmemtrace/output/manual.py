@@ -37,7 +37,8 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
     "trace": [("vmemtrace trace", "one line per event until Ctrl-C"),
               ("vmemtrace trace -T --duration 60 --json", "wall-clock times, for a minute, as JSON lines")],
     "stats": [("vmemtrace stats 5", "every 5 s, the devices whose ledger changed"),
-              ("vmemtrace stats --cumulative -d dax0.0 1 10", "one device's running totals, 10 times")],
+              ("vmemtrace stats --cumulative -d dax0.0 1 10", "one device's running totals, 10 times"),
+              ("vmemtrace stats -d hugetlb-2048kB 5", "2 MiB hugetlb pages, judged at each change")],
     "lab": [("vmemtrace lab", "boot Debian's 6.12 in qemu and verify the four cases"),
             ("vmemtrace lab --kernel 5.10,6.1,6.12,7.3 --json", "every kernel of the lab"),
             ("vmemtrace lab --kernel 6.12 --shell", "a shell in the guest, pmem attached")],
@@ -133,8 +134,8 @@ FIELDS = (
     "page tables), WALK (the page-table walk: vmemmap pages, mapped by level, distinct, "
     "reused), DEVICE (a dax device: pfns, alignment, and the CXL region it lies in, as `cxl "
     "list` names it), VMSTAT (nr_memmap_pages, and nr_memmap_boot_pages where the kernel has "
-    "it), HUGETLB (a hugepage size's folios walked after a verified command: folios, the "
-    "pool, distinct vmemmap pages, folios freed), LOST and HITS (the BPF side's account at "
+    "it), HUGETLB (a hugepage size's folios walked when tracing starts and whenever the pools "
+    "change: folios, the pool, distinct vmemmap pages, folios freed), LOST and HITS (the BPF side's account at "
     "the end). --json prints each event as the event log has it.")
 
 # Where the .deb installs docs/runbook.md (debian/vmemtrace.docs, uncompressed: debian/rules): the
