@@ -345,7 +345,8 @@ def accounting(ev: dict, expected: int, shared: int, layout: HvoLayout | None) -
     per = per_folio(ev)
     whole = (expected - shared - ev["folios"] * layout.kept) // max(per - layout.kept, 1)
     also = f", {per} for each of {whole} folios not optimised" if whole else ""
-    return Check(name, PASS, f"{ev['distinct']} vmemmap pages: one per folio{tail}{also} "
+    each = "optimised folio" if whole else "folio"
+    return Check(name, PASS, f"{ev['distinct']} vmemmap pages: one per {each}{tail}{also} "
                              f"instead of {ev['folios'] * per_folio(ev)} (page-table walk)")
 
 
