@@ -1,6 +1,7 @@
 """Runs inside a `lab --systemd` guest (systemd PID 1, the .deb installed, its unit enabled and
 started by the lab): the shipped unit traces, judges a namespace made now, and a real Prometheus
-scrapes it and evaluates the alert rules; then the unit under the hardening that hid
+scrapes it and evaluates the alert rules, a pool of hugetlb pages allocated with HVO on among
+them; then the unit under the hardening that hid
 /proc/kallsyms says so and alerts; then it stops clean; with --package-on SERIES, on that kernel
 the installed package is checked too (guest_install.py). Prints one JSON document.
 
@@ -17,6 +18,7 @@ sys.path.insert(0, "/opt/vmemtrace")
 # Only the lab's helpers and tables: the unit runs the installed package, not this tree.
 from tests.lab import guest_install  # noqa: E402
 from tests.lab.guest_prometheus import (  # noqa: E402
+    POOL,
     alert_rules,
     expected_saving,
     get,
@@ -25,6 +27,7 @@ from tests.lab.guest_prometheus import (  # noqa: E402
     poll,
     query,
     start_prometheus,
+    write,
 )
 from vmemtrace.lab import deb  # noqa: E402
 from vmemtrace.lab.cases import CASES  # noqa: E402
@@ -122,6 +125,21 @@ def restart_with(dropin):
     deb.systemctl("restart", deb.UNIT)
 
 
+def hugetlb_pool():
+    """HVO on, 16 pages of 2 MiB allocated: the unit, under its hardening, must walk them
+    (/proc/kpageflags, /proc/kcore) and report each optimised."""
+    write("/proc/sys/vm/hugetlb_optimize_vmemmap", "1")
+    write("/proc/sys/vm/compact_memory", "1")
+    write(POOL, "16")
+
+    def states():
+        got = {r["metric"]["state"]: float(r["value"][1]) for r in
+               query('vmemtrace_hugetlb_folios{device="hugetlb-2048kB"}')[1]}
+        return got if got.get("optimized") == 16 else None
+
+    return wait("the hugetlb pool in Prometheus", states)
+
+
 def main():
     out = {"unit": unit_state(), "security": security()}
     # The root's own Prometheus (Debian's package enables its unit) holds :9090 under systemd:
@@ -145,6 +163,7 @@ def main():
             float(r["value"][1]) for r in query('vmemtrace_vmemmap_saved_bytes{device="dax0.0"}')[1]
             if float(r["value"][1]) == expected])
         out["checks"] = {k: v for k, v in series("vmemtrace_check_status").items() if v == 1}
+        out["hugetlb"] = hugetlb_pool()
         time.sleep(6)  # more scrapes: rules with increase() over 1m have their two samples
         out["rules"] = rules_now()
         # The hardening that hid /proc/kallsyms and /proc/kcore: the unit must say so, alert, and

@@ -67,6 +67,10 @@ def test_it_traces_and_judges_a_namespace_made_while_it_runs(unit):
     assert any('check="tail-reuse"' in k and 'status="pass"' in k for k in judged), judged
 
 
+def test_the_unit_walks_the_hugetlb_pools_under_its_hardening(unit):
+    assert unit["hugetlb"] == {"optimized": 16.0, "unoptimized": 0.0, "other": 0.0}
+
+
 def test_every_rule_evaluates_and_none_fires_while_it_traces(unit):
     for name, rule in unit["rules"].items():
         assert rule["status"] == "success" and rule["data"], name
