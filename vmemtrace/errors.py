@@ -125,5 +125,12 @@ def one_line_errors(fn):
         except KeyboardInterrupt:
             _discard_compile()
             interrupted()
+        except RuntimeError as e:
+            # A stop while a class is being made (an import): Python 3.11 wraps the handler's
+            # KeyboardInterrupt, raised in __set_name__, in a RuntimeError.
+            if not isinstance(e.__cause__, KeyboardInterrupt):
+                raise
+            _discard_compile()
+            interrupted()
 
     return wrapper

@@ -30,9 +30,9 @@ COMMANDS = {
 
 
 def startup_only(err: str) -> bool:
-    """A traceback from CPython's own start-up (site and the .pth files of the interpreter's
-    site-packages, runpy finding the module), before any vmemtrace code ran."""
-    if err.startswith(("Fatal Python error: init_import_site", "Could not import runpy module")):
+    """A traceback from CPython's own start-up (its standard streams, site and the .pth files of
+    the interpreter's site-packages, runpy finding the module), before any vmemtrace code ran."""
+    if err.startswith(("Fatal Python error: init_", "Could not import runpy module")):
         return True
     frames = [line.strip() for line in err.splitlines() if line.strip().startswith('File "')]
     return bool(frames) and not any("/vmemtrace/" in f for f in frames)

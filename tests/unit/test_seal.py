@@ -280,3 +280,27 @@ def test_sigterm_ends_a_command_in_one_line():
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130 and err == "vmemtrace: interrupted\n", (proc.returncode, err)
+
+
+def test_a_stop_while_a_class_is_made_is_an_interruption_not_a_traceback():
+    """SIGTERM during an import: Python 3.11 wraps the handler's KeyboardInterrupt, raised in a
+    dataclass field's __set_name__, in a RuntimeError (seen with record stopped at start)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    body = ("import time\n"
+            "class Slow:\n"
+            "    def __set_name__(self, owner, name):\n"
+            "        time.sleep(30)\n"
+            "def make():\n"
+            "    class Made:\n"
+            "        field = Slow()\n")
+    proc = subprocess.Popen([sys.executable, "-c", body + "from vmemtrace.errors import "
+                             "one_line_errors; one_line_errors(make)()"],
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and err == "vmemtrace: interrupted\n", (proc.returncode, err)
