@@ -266,16 +266,20 @@ def test_sigterm_ends_a_command_in_one_line():
     """Every command unwinds on SIGTERM as on Ctrl-C: one_line_errors, which wraps each of them,
     around a body still busy when the signal comes (nothing on this host blocks for long: it
     cannot trace)."""
+    src = next(p for p in SEALED if p.name == "mem-2M.jsonl")
+    stopped_in_one_line(f"import time, sys; sys.argv = ['vmemtrace', 'replay', {str(src)!r}]; "
+                        "from vmemtrace.errors import one_line_errors; "
+                        "one_line_errors(lambda: time.sleep(30))()")
+
+
+def stopped_in_one_line(program: str) -> None:
+    """program, a Python one run in its own process, SIGTERMed while busy: one line, exit 130."""
     import signal
     import subprocess
     import sys
     import time
 
-    src = next(p for p in SEALED if p.name == "mem-2M.jsonl")
-    proc = subprocess.Popen([sys.executable, "-c", "import time, sys; sys.argv = ['vmemtrace', "
-                             f"'replay', {str(src)!r}]; from vmemtrace.errors import "
-                             "one_line_errors; one_line_errors(lambda: time.sleep(30))()"],
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", program], stderr=subprocess.PIPE, text=True)
     time.sleep(2)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
@@ -285,11 +289,6 @@ def test_sigterm_ends_a_command_in_one_line():
 def test_a_stop_while_a_class_is_made_is_an_interruption_not_a_traceback():
     """SIGTERM during an import: Python 3.11 wraps the handler's KeyboardInterrupt, raised in a
     dataclass field's __set_name__, in a RuntimeError (seen with record stopped at start)."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
     body = ("import time\n"
             "class Slow:\n"
             "    def __set_name__(self, owner, name):\n"
@@ -297,10 +296,5 @@ def test_a_stop_while_a_class_is_made_is_an_interruption_not_a_traceback():
             "def make():\n"
             "    class Made:\n"
             "        field = Slow()\n")
-    proc = subprocess.Popen([sys.executable, "-c", body + "from vmemtrace.errors import "
-                             "one_line_errors; one_line_errors(make)()"],
-                            stderr=subprocess.PIPE, text=True)
-    time.sleep(2)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130 and err == "vmemtrace: interrupted\n", (proc.returncode, err)
+    stopped_in_one_line(body + "from vmemtrace.errors import one_line_errors; "
+                               "one_line_errors(make)()")
